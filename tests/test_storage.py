@@ -1,0 +1,219 @@
+"""The storage contract, run against every backend (local folder and S3 through moto)."""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import parse_qs, urlparse
+
+import boto3
+import pytest
+
+from conftest import BUCKET, REGION
+from vpm.storage import (
+    InvalidKey,
+    LocalStorage,
+    ObjectNotFound,
+    PreconditionFailed,
+    S3Storage,
+    StorageError,
+    md5_etag,
+    validate_key,
+)
+
+
+def test_put_get_head_roundtrip(storage):
+    etag = storage.put("images/p1.jpg", b"\xff\xd8jpeg bytes", "image/jpeg")
+    assert storage.get("images/p1.jpg") == b"\xff\xd8jpeg bytes"
+    info = storage.head("images/p1.jpg")
+    assert info.size == 12
+    assert info.etag == etag == md5_etag(b"\xff\xd8jpeg bytes")
+    assert info.content_type == "image/jpeg"
+    assert info.last_modified.tzinfo is not None
+    assert info.sha256 == hashlib.sha256(b"\xff\xd8jpeg bytes").hexdigest()
+    assert storage.exists("images/p1.jpg")
+    assert not storage.exists("images/p2.jpg")
+
+
+def test_overwrite_replaces_content(storage):
+    storage.put("a/b.txt", b"one", "text/plain")
+    storage.put("a/b.txt", b"two!", "text/plain")
+    assert storage.get("a/b.txt") == b"two!"
+    assert storage.head("a/b.txt").size == 4
+
+
+def test_missing_object_raises_not_found(storage):
+    with pytest.raises(ObjectNotFound, match="nothing.jpg"):
+        storage.get("images/nothing.jpg")
+    with pytest.raises(ObjectNotFound):
+        storage.head("images/nothing.jpg")
+
+
+def test_delete_removes_and_missing_delete_is_quiet(storage):
+    storage.put("images/x.png", b"png", "image/png")
+    storage.delete("images/x.png")
+    assert not storage.exists("images/x.png")
+    storage.delete("images/x.png")  # as on S3: deleting what is gone is not an error
+
+
+def test_list_with_delimiter_gives_folders(storage):
+    for key in ["images/a.jpg", "images/b.jpg", "thumbnails/a.webp", "metadata/products.json", "top.txt"]:
+        storage.put(key, b"x")
+    page = storage.list("", delimiter="/")
+    assert page.prefixes == ["images/", "metadata/", "thumbnails/"]
+    assert [o.key for o in page.objects] == ["top.txt"]
+    assert page.next_token is None
+    inside = storage.list("images/", delimiter="/")
+    assert [o.key for o in inside.objects] == ["images/a.jpg", "images/b.jpg"]
+    assert inside.prefixes == []
+
+
+def test_list_paginates_completely_over_2500_objects(storage):
+    keys = {f"images/p{i:05d}.jpg" for i in range(2500)}
+    for key in keys:
+        storage.put(key, b"")
+    storage.put("other/z.txt", b"")
+    first = storage.list("images/", page_size=1000)
+    assert len(first.objects) == 1000 and first.next_token
+    listed = [o.key for o in storage.iter_objects("images/")]
+    assert len(listed) == 2500
+    assert set(listed) == keys
+    assert listed == sorted(listed)
+
+
+def test_conditional_put_if_absent(storage):
+    storage.put("metadata/products.json", b"{}", if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        storage.put("metadata/products.json", b"{\"x\": 1}", if_none_match=True)
+    assert storage.get("metadata/products.json") == b"{}"
+
+
+def test_conditional_put_if_match(storage):
+    etag = storage.put("metadata/products.json", b"v1")
+    _, read_etag = storage.get_with_etag("metadata/products.json")
+    assert read_etag == etag
+    new_etag = storage.put("metadata/products.json", b"v2", if_match=read_etag)
+    with pytest.raises(PreconditionFailed):
+        storage.put("metadata/products.json", b"v3", if_match=read_etag)  # stale ETag loses
+    assert storage.get("metadata/products.json") == b"v2"
+    storage.put("metadata/products.json", b"v3", if_match=new_etag)
+    assert storage.get("metadata/products.json") == b"v3"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["../etc/passwd", "images/../../x", "/abs/key", "images\\x.jpg", "a\x00b", "line\nbreak", "", "a//b",
+     "./x", ".vpm/locks/x"],
+)
+def test_hostile_keys_are_rejected_before_any_io(storage, key):
+    with pytest.raises(InvalidKey):
+        storage.put(key, b"x")
+    with pytest.raises(InvalidKey):
+        storage.get(key)
+    with pytest.raises(InvalidKey):
+        storage.delete(key)
+
+
+def test_validate_key_accepts_ordinary_keys():
+    assert validate_key("images/product_1.jpg") == "images/product_1.jpg"
+    assert validate_key("metadata/embeddings/clip-ViT-B-32.npz")
+
+
+def test_check_access_passes_on_a_reachable_backend(storage):
+    storage.check_access()
+
+
+# ------------------------------------------------------------------------------ backend-specific URLs
+
+
+def test_local_url_is_file_uri_or_app_served(tmp_path):
+    plain = LocalStorage(tmp_path)
+    plain.put("images/a b.jpg", b"x")
+    assert plain.url("images/a b.jpg") == (tmp_path / "images" / "a b.jpg").resolve().as_uri()
+    served = LocalStorage(tmp_path, public_base_url="http://127.0.0.1:5001/api/images/")
+    assert served.url("images/a b.jpg") == "http://127.0.0.1:5001/api/images/images/a%20b.jpg"
+
+
+def test_local_files_stay_inside_the_root_and_locks_are_hidden(tmp_path):
+    store = LocalStorage(tmp_path / "data")
+    store.put("images/a.jpg", b"x")
+    assert (tmp_path / "data" / "images" / "a.jpg").read_bytes() == b"x"
+    assert [o.key for o in store.iter_objects()] == ["images/a.jpg"]  # no .vpm/ bookkeeping listed
+
+
+def test_s3_url_is_presigned_and_expires(aws):
+    store = S3Storage(BUCKET, REGION)
+    store.put("images/a.jpg", b"x", "image/jpeg")
+    url = store.url("images/a.jpg", expires=600)
+    query = parse_qs(urlparse(url).query)
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    assert query["X-Amz-Expires"] == ["600"]
+    assert "images/a.jpg" in urlparse(url).path
+
+
+def test_s3_url_uses_cdn_when_configured(aws):
+    store = S3Storage(BUCKET, REGION, cdn_url="https://d111.cloudfront.net/")
+    assert store.url("images/a b.jpg") == "https://d111.cloudfront.net/images/a%20b.jpg"
+
+
+def test_s3_put_sends_sha256_checksum_and_user_metadata(aws):
+    store = S3Storage(BUCKET, REGION)
+    store.put("images/a.jpg", b"hello", "image/jpeg", metadata={"sha256": hashlib.sha256(b"hello").hexdigest()})
+    raw = boto3.client("s3", region_name=REGION).head_object(Bucket=BUCKET, Key="images/a.jpg", ChecksumMode="ENABLED")
+    assert raw["Metadata"]["sha256"] == hashlib.sha256(b"hello").hexdigest()
+    assert raw.get("ChecksumSHA256")
+    info = store.head("images/a.jpg")
+    assert info.metadata["sha256"] == info.sha256 == hashlib.sha256(b"hello").hexdigest()
+
+
+def test_s3_server_side_encryption_flag(aws):
+    store = S3Storage(BUCKET, REGION, sse="AES256")
+    store.put("images/a.jpg", b"x")
+    raw = boto3.client("s3", region_name=REGION).head_object(Bucket=BUCKET, Key="images/a.jpg")
+    assert raw["ServerSideEncryption"] == "AES256"
+
+
+def test_s3_bucket_stays_private(aws):
+    store = S3Storage(BUCKET, REGION)
+    store.put("images/a.jpg", b"x")
+    acl = boto3.client("s3", region_name=REGION).get_object_acl(Bucket=BUCKET, Key="images/a.jpg")
+    assert all("AllUsers" not in str(g.get("Grantee", {})) for g in acl["Grants"])
+
+
+def test_missing_bucket_is_one_clear_message(aws):
+    store = S3Storage("no-such-bucket-here", REGION)
+    with pytest.raises(StorageError, match=r"bucket 'no-such-bucket-here' does not exist.*S3_BUCKET_NAME"):
+        store.check_access()
+    with pytest.raises(StorageError, match="does not exist"):
+        store.put("images/a.jpg", b"x")
+
+
+def test_bad_credentials_are_one_clear_message_without_the_secret(aws):
+    from botocore.exceptions import ClientError
+
+    store = S3Storage(BUCKET, REGION, access_key_id="AKIAWRONG", secret_access_key="s3cr3t-value")
+    error = ClientError({"Error": {"Code": "InvalidAccessKeyId", "Message": "no"},
+                        "ResponseMetadata": {"HTTPStatusCode": 403}}, "HeadBucket")
+    message = str(store._error(error))
+    assert "rejected the credentials" in message and "AWS_ACCESS_KEY_ID" in message
+    assert "s3cr3t-value" not in message and "s3cr3t-value" not in repr(store.__dict__.get("description"))
+
+
+def test_access_denied_names_the_permissions(aws):
+    from botocore.exceptions import ClientError
+
+    store = S3Storage(BUCKET, REGION)
+    error = ClientError({"Error": {"Code": "AccessDenied", "Message": "no"},
+                        "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+    message = str(store._error(error, "images/a.jpg"))
+    assert "access denied to s3://vpm-test-bucket/images/a.jpg" in message
+    assert "s3:PutObject" in message
+
+
+def test_no_credentials_at_all(monkeypatch, tmp_path):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    # Point at a closed local port so boto3 never tries the instance-metadata service or the internet.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = S3Storage(BUCKET, REGION, endpoint_url="http://127.0.0.1:9")
+    with pytest.raises(StorageError, match="no AWS credentials found"):
+        store.check_access()

@@ -1,0 +1,201 @@
+"""Settings: environment > .env file > Streamlit secrets > defaults.
+
+Secrets are `SecretStr`, so they never appear in repr, logs or error messages. Invalid values fail at start
+with one line naming the variable (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+# AWS region names look like us-east-1, eu-central-2, us-gov-west-1, cn-north-1, ap-southeast-4.
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SECRET_FIELDS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "vpm_api_key"})
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid. The message is one line naming the variable."""
+
+
+def _streamlit_secrets() -> dict[str, Any]:
+    """Flat top-level values of st.secrets, only when Streamlit is already running this process."""
+    if "streamlit" not in sys.modules:
+        return {}
+    try:
+        import streamlit as st
+
+        return {k.lower(): v for k, v in st.secrets.to_dict().items() if not isinstance(v, dict)}
+    except Exception:  # no secrets.toml, or not running under Streamlit: nothing to add
+        return {}
+
+
+class _StreamlitSecretsSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ does the work
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        secrets = _streamlit_secrets()
+        return {name: secrets[name] for name in self.settings_cls.model_fields if name in secrets}
+
+
+def _check_prefix(value: str, name: str) -> str:
+    if ".." in value.split("/") or value.startswith("/") or "\\" in value:
+        raise ValueError(f"{name} must be a relative key prefix without '..', '\\' or a leading '/'")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{name} contains control characters")
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    s3_enabled: bool = False
+    s3_bucket_name: str | None = None
+    s3_region: str = "us-east-1"
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    aws_profile: str | None = None
+    s3_image_prefix: str = "images/"
+    s3_thumbnail_prefix: str = "thumbnails/"
+    s3_metadata_key: str = "metadata/products.json"
+    s3_cdn_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_sse: Literal["AES256", "aws:kms"] | None = None
+    s3_url_expiry_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    log_level: str = "INFO"
+    vpm_data_dir: Path = Path("./data")
+    vpm_max_upload_mb: int = Field(20, ge=1, le=1024)
+    vpm_model: str = "clip-ViT-B-32"
+    vpm_device: str = "auto"
+    vpm_api_key: SecretStr | None = None
+    vpm_cors_origins: str = ""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        return (init_settings, env_settings, dotenv_settings, _StreamlitSecretsSource(settings_cls))
+
+    @field_validator(
+        "s3_bucket_name", "s3_cdn_url", "s3_endpoint_url", "s3_sse", "aws_profile", "aws_access_key_id",
+        "aws_secret_access_key", "aws_session_token", "vpm_api_key", mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, v):
+        # `.env.example` copied as-is leaves `S3_CDN_URL=`; an empty value means "not set".
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("s3_region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        v = v.strip()
+        if not _REGION_RE.match(v):
+            raise ValueError(f"{v!r} is not an AWS region name such as us-east-1")
+        return v
+
+    @field_validator("s3_image_prefix", "s3_thumbnail_prefix")
+    @classmethod
+    def _prefix(cls, v: str, info) -> str:
+        v = _check_prefix(v.strip(), info.field_name.upper())
+        return v if not v or v.endswith("/") else v + "/"
+
+    @field_validator("s3_metadata_key")
+    @classmethod
+    def _metadata_key(cls, v: str) -> str:
+        v = _check_prefix(v.strip(), "S3_METADATA_KEY")
+        if not v or v.endswith("/"):
+            raise ValueError("must name an object such as metadata/products.json")
+        return v
+
+    @field_validator("s3_cdn_url", "s3_endpoint_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v.rstrip("/") if v else v
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        v = v.strip().upper()
+        if v not in _LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _bucket_required(self) -> "Settings":
+        if self.s3_enabled and not self.s3_bucket_name:
+            raise ValueError("S3_BUCKET_NAME is required when S3_ENABLED=true")
+        return self
+
+    # Derived keys: the embedding cache lives beside products.json.
+    @property
+    def metadata_prefix(self) -> str:
+        head, _, _ = self.s3_metadata_key.rpartition("/")
+        return head + "/" if head else ""
+
+    @property
+    def embeddings_prefix(self) -> str:
+        return self.metadata_prefix + "embeddings/"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.vpm_max_upload_mb * 1024 * 1024
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [o.strip() for o in self.vpm_cors_origins.split(",") if o.strip()]
+
+    def masked(self) -> dict[str, str]:
+        """Effective settings for display: secrets shown only as set/unset."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                shown = "•••••• (set)"
+            elif value is None:
+                shown = "(not set)"
+            else:
+                shown = str(value)
+            out[name.upper()] = shown
+        return out
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+    msg = first.get("msg", "invalid").removeprefix("Value error, ")
+    if loc == "settings":
+        return f"Invalid configuration: {msg}"
+    given = first.get("input")
+    shown = isinstance(given, (str, int, float, bool)) and loc not in SECRET_FIELDS
+    detail = f" (got {given!r})" if shown else ""
+    return f"Invalid {loc.upper()}: {msg}{detail}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; raise ConfigError with one line naming the bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("vpm").setLevel(getattr(logging, settings.log_level))
+

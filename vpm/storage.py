@@ -1,0 +1,559 @@
+"""One storage interface, two implementations with the same behaviour: a local folder and an S3 bucket.
+
+Keys are '/'-separated relative paths ("images/p1.jpg"), validated the same way on both backends. ETags are
+the quoted MD5 of the content on both, so a catalog written locally and one written to S3 behave alike under
+conditional puts. The contract test suite (tests/test_storage.py) runs against every implementation.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import quote
+
+log = logging.getLogger(__name__)
+
+# Local bookkeeping lives under this folder of the root; it is never listed and no key may name it.
+_LOCAL_INTERNAL = ".vpm"
+
+
+class StorageError(Exception):
+    """A storage operation failed; the message says what to check."""
+
+
+class InvalidKey(StorageError, ValueError):
+    pass
+
+
+class ObjectNotFound(StorageError, KeyError):
+    def __str__(self) -> str:  # KeyError would repr-quote the message
+        return str(self.args[0]) if self.args else "object not found"
+
+
+class PreconditionFailed(StorageError):
+    """A conditional put lost a race: the object changed (or appeared) since it was read."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+    content_type: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    sha256: str | None = None  # hex SHA-256 of the content when the backend knows it without a download
+
+
+@dataclass(frozen=True)
+class ListPage:
+    objects: list[ObjectInfo]
+    prefixes: list[str]  # "folders" when a delimiter is given
+    next_token: str | None  # pass back to list() for the next page; None on the last page
+
+
+def validate_key(key: str) -> str:
+    """Reject keys that could escape the root or confuse S3 tooling."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey("storage key must be a non-empty string")
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise InvalidKey(f"storage key {key!r} contains control characters")
+    if "\\" in key:
+        raise InvalidKey(f"storage key {key!r} contains a backslash")
+    if key.startswith("/"):
+        raise InvalidKey(f"storage key {key!r} is absolute (starts with '/')")
+    parts = key.split("/")
+    if any(p in ("..", ".") for p in parts):
+        raise InvalidKey(f"storage key {key!r} contains a '..' or '.' segment")
+    if "" in parts[:-1]:
+        raise InvalidKey(f"storage key {key!r} contains an empty segment ('//')")
+    if parts[0] == _LOCAL_INTERNAL:
+        raise InvalidKey(f"storage key {key!r} uses the reserved prefix {_LOCAL_INTERNAL}/")
+    if len(key.encode()) > 1024:
+        raise InvalidKey("storage key is longer than 1024 bytes")
+    return key
+
+
+def md5_etag(data: bytes) -> str:
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+
+
+class Storage(ABC):
+    """The contract every backend keeps. Keys are validated before any I/O."""
+
+    backend: str  # "local" or "s3"
+
+    @property
+    @abstractmethod
+    def description(self) -> str:
+        """Where the data lives, for people: 'local folder /x' or 's3://bucket (region)'."""
+
+    @abstractmethod
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str | None = None,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """Store bytes; return the new ETag. With if_match / if_none_match, raise PreconditionFailed when the
+        object's current ETag differs / when it already exists."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def get_with_etag(self, key: str) -> tuple[bytes, str]: ...
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo: ...
+
+    @abstractmethod
+    def list(
+        self, prefix: str = "", delimiter: str | None = None, page_size: int = 1000, token: str | None = None
+    ) -> ListPage: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object; deleting a missing object is not an error (as on S3)."""
+
+    @abstractmethod
+    def url(self, key: str, expires: int | None = None) -> str:
+        """A URL a browser or client can fetch the object from."""
+
+    @abstractmethod
+    def check_access(self) -> None:
+        """Raise StorageError with a clear message if the bucket/folder cannot be reached."""
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+            return True
+        except ObjectNotFound:
+            return False
+
+    def iter_objects(self, prefix: str = "", page_size: int = 1000) -> Iterator[ObjectInfo]:
+        token = None
+        while True:
+            page = self.list(prefix, page_size=page_size, token=token)
+            yield from page.objects
+            if not page.next_token:
+                return
+            token = page.next_token
+
+
+# --------------------------------------------------------------------------------------------- local
+
+
+class LocalStorage(Storage):
+    backend = "local"
+
+    def __init__(self, root: str | os.PathLike, public_base_url: str | None = None):
+        self.root = Path(root).expanduser().resolve()
+        # When set (e.g. the REST API's /api/images/), url() returns base + key instead of a file:// URI.
+        self.public_base_url = public_base_url
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    @property
+    def description(self) -> str:
+        return f"local folder {self.root}"
+
+    def _path(self, key: str) -> Path:
+        validate_key(key)
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise InvalidKey(f"storage key {key!r} resolves outside the storage folder")
+        return path
+
+    def _key_lock(self, key: str):
+        """A thread lock plus a file lock per key, so conditional puts are atomic across threads and processes."""
+        import filelock
+
+        with self._locks_guard:
+            tlock = self._locks.setdefault(key, threading.Lock())
+        lock_dir = self.root / _LOCAL_INTERNAL / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha1(key.encode()).hexdigest() + ".lock"
+        return _Both(tlock, filelock.FileLock(str(lock_dir / name), timeout=30))
+
+    def put(self, key, data, content_type=None, *, if_match=None, if_none_match=False, metadata=None):
+        path = self._path(key)
+        with self._key_lock(key):
+            if if_match is not None or if_none_match:
+                current = md5_etag(path.read_bytes()) if path.exists() else None
+                if if_none_match and current is not None:
+                    raise PreconditionFailed(f"{key} already exists")
+                if if_match is not None and current != if_match:
+                    raise PreconditionFailed(f"{key} changed since it was read")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write a temp file beside the target, then rename: readers see the old or the new file, never half.
+            fd, tmp = tempfile.mkstemp(dir=self.root / _LOCAL_INTERNAL, prefix="put-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return md5_etag(data)
+
+    def get(self, key):
+        return self.get_with_etag(key)[0]
+
+    def get_with_etag(self, key):
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(f"{key} not found in {self.description}") from None
+        return data, md5_etag(data)
+
+    def head(self, key):
+        path = self._path(key)
+        try:
+            st = path.stat()
+            if not path.is_file():
+                raise FileNotFoundError
+            data = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(f"{key} not found in {self.description}") from None
+        return self._info(key, st, md5_etag(data), hashlib.sha256(data).hexdigest())
+
+    @staticmethod
+    def _info(key: str, st: os.stat_result, etag: str, sha256: str | None = None) -> ObjectInfo:
+        import mimetypes
+
+        return ObjectInfo(
+            key=key,
+            size=st.st_size,
+            etag=etag,
+            last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
+            content_type=mimetypes.guess_type(key)[0],
+            sha256=sha256,
+        )
+
+    def _all_keys(self, prefix: str) -> list[str]:
+        # Walk only the folder the prefix points into, then filter: cheap for "images/" in a large tree.
+        base_dir = prefix.rpartition("/")[0]
+        start = self.root / base_dir if base_dir else self.root
+        if not start.is_dir():
+            return []
+        keys = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            if rel_dir == ".":
+                rel_dir = ""
+                dirnames[:] = [d for d in dirnames if d != _LOCAL_INTERNAL]
+            for name in filenames:
+                key = f"{rel_dir}/{name}" if rel_dir else name
+                if key.startswith(prefix):
+                    keys.append(key)
+        keys.sort()
+        return keys
+
+    def list(self, prefix="", delimiter=None, page_size=1000, token=None):
+        if prefix:
+            validate_key(prefix.rstrip("/") or "x")
+        keys = self._all_keys(prefix)
+        entries: list[tuple[str, bool]] = []  # (key or folder prefix, is_folder), sorted, as S3 returns them
+        seen_folders: set[str] = set()
+        for key in keys:
+            rest = key[len(prefix):]
+            if delimiter and delimiter in rest:
+                folder = prefix + rest.split(delimiter, 1)[0] + delimiter
+                if folder not in seen_folders:
+                    seen_folders.add(folder)
+                    entries.append((folder, True))
+            else:
+                entries.append((key, False))
+        if token:
+            entries = [e for e in entries if e[0] > token]
+        page, more = entries[:page_size], len(entries) > page_size
+        objects, prefixes = [], []
+        for name, is_folder in page:
+            if is_folder:
+                prefixes.append(name)
+            else:
+                path = self.root / name
+                try:
+                    objects.append(self._info(name, path.stat(), md5_etag(path.read_bytes())))
+                except FileNotFoundError:  # deleted between walk and stat
+                    continue
+        return ListPage(objects, prefixes, page[-1][0] if more and page else None)
+
+    def delete(self, key):
+        path = self._path(key)
+        with self._key_lock(key):
+            path.unlink(missing_ok=True)
+        # Tidy empty folders so the browser does not show ghosts, but never above the root.
+        parent = path.parent
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def url(self, key, expires=None):
+        path = self._path(key)
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/") + "/" + quote(key)
+        return path.as_uri()
+
+    def check_access(self):
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / _LOCAL_INTERNAL).mkdir(exist_ok=True)
+        except OSError as err:
+            raise StorageError(f"cannot use local folder {self.root}: {err.strerror}; check VPM_DATA_DIR") from None
+        if not os.access(self.root, os.R_OK | os.W_OK):
+            raise StorageError(f"local folder {self.root} is not readable and writable; check its permissions")
+
+
+class _Both:
+    """Enter a thread lock and a file lock together."""
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+    def __enter__(self):
+        self.a.acquire()
+        try:
+            self.b.acquire()
+        except BaseException:
+            self.a.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.b.release()
+        finally:
+            self.a.release()
+
+
+# ------------------------------------------------------------------------------------------------ s3
+
+
+class S3Storage(Storage):
+    backend = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        region: str = "us-east-1",
+        *,
+        endpoint_url: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+        profile: str | None = None,
+        cdn_url: str | None = None,
+        sse: str | None = None,
+        url_expiry: int = 3600,
+        client=None,
+    ):
+        self.bucket = bucket
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self.cdn_url = cdn_url.rstrip("/") if cdn_url else None
+        self.sse = sse
+        self.url_expiry = url_expiry
+        self.client = client or self._make_client(
+            region, endpoint_url, access_key_id, secret_access_key, session_token, profile
+        )
+
+    @staticmethod
+    def _make_client(region, endpoint_url, key_id, secret, token, profile):
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.session.Session(
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+            aws_session_token=token,
+            profile_name=profile,
+            region_name=region,
+        )
+        config = Config(
+            signature_version="s3v4",
+            retries={"mode": "standard", "max_attempts": 5},
+            max_pool_connections=32,
+            connect_timeout=5,
+            read_timeout=60,
+        )
+        return session.client("s3", endpoint_url=endpoint_url, config=config)
+
+    @property
+    def description(self) -> str:
+        where = f" via {self.endpoint_url}" if self.endpoint_url else ""
+        return f"s3://{self.bucket} ({self.region}){where}"
+
+    # One place that turns botocore's many failure shapes into a message a person can act on.
+    def _error(self, err: Exception, key: str | None = None) -> StorageError:
+        from botocore.exceptions import (
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        where = f"s3://{self.bucket}/{key}" if key else f"bucket {self.bucket!r}"
+        if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
+            return StorageError(
+                f"no AWS credentials found for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "AWS_PROFILE, or run where an IAM role is attached"
+            )
+        if isinstance(err, EndpointConnectionError):
+            return StorageError(
+                f"cannot reach S3 for {where} (endpoint {self.endpoint_url or 'AWS'}): check the network, "
+                "S3_REGION and S3_ENDPOINT_URL"
+            )
+        if isinstance(err, ClientError):
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("NoSuchKey", "NotFound") or (status == 404 and key and code != "NoSuchBucket"):
+                return ObjectNotFound(f"{key} not found in s3://{self.bucket}")
+            if code == "NoSuchBucket" or (status == 404 and not key):
+                return StorageError(
+                    f"bucket {self.bucket!r} does not exist in {self.region}: check S3_BUCKET_NAME and "
+                    f"S3_REGION, or create it (aws s3 mb s3://{self.bucket} --region {self.region})"
+                )
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                        "AuthorizationHeaderMalformed"):
+                return StorageError(
+                    f"AWS rejected the credentials for {where} ({code}): check AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or the profile / IAM role) and the system clock"
+                )
+            if code in ("AccessDenied", "Forbidden", "AllAccessDisabled") or status == 403:
+                return StorageError(
+                    f"access denied to {where}: the IAM policy needs s3:ListBucket on the bucket and "
+                    "s3:GetObject, s3:PutObject, s3:DeleteObject on its objects"
+                )
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return PreconditionFailed(f"{key or self.bucket} changed since it was read")
+            if code == "PermanentRedirect" or status == 301:
+                return StorageError(f"bucket {self.bucket!r} is not in {self.region}: set S3_REGION to its region")
+            return StorageError(f"S3 error on {where}: {code or status}")
+        return StorageError(f"S3 error on {where}: {type(err).__name__}")
+
+    def _call(self, fn, key=None, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kwargs)
+        except (ClientError, BotoCoreError) as err:
+            raise self._error(err, key) from None
+
+    def put(self, key, data, content_type=None, *, if_match=None, if_none_match=False, metadata=None):
+        validate_key(key)
+        kwargs = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": data,
+            "ContentType": content_type or "application/octet-stream",
+            # botocore computes the SHA-256; S3 verifies it on arrival (rejecting a corrupted upload) and
+            # stores it, so head() can compare content without downloading.
+            "ChecksumAlgorithm": "SHA256",
+        }
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if metadata:
+            kwargs["Metadata"] = metadata
+        if self.sse:
+            kwargs["ServerSideEncryption"] = self.sse
+        resp = self._call(self.client.put_object, key, **kwargs)
+        return resp.get("ETag") or md5_etag(data)
+
+    def get(self, key):
+        return self.get_with_etag(key)[0]
+
+    def get_with_etag(self, key):
+        validate_key(key)
+        resp = self._call(self.client.get_object, key, Bucket=self.bucket, Key=key)
+        return resp["Body"].read(), resp["ETag"]
+
+    def head(self, key):
+        validate_key(key)
+        resp = self._call(self.client.head_object, key, Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        checksum = resp.get("ChecksumSHA256")
+        return ObjectInfo(
+            key=key,
+            size=resp["ContentLength"],
+            etag=resp["ETag"],
+            last_modified=resp["LastModified"],
+            content_type=resp.get("ContentType"),
+            metadata=dict(resp.get("Metadata") or {}),
+            sha256=base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None,
+        )
+
+    def list(self, prefix="", delimiter=None, page_size=1000, token=None):
+        if prefix:
+            validate_key(prefix.rstrip("/") or "x")
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": page_size}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        if token:
+            kwargs["ContinuationToken"] = token
+        resp = self._call(self.client.list_objects_v2, None, **kwargs)
+        objects = [
+            ObjectInfo(key=o["Key"], size=o["Size"], etag=o.get("ETag", ""), last_modified=o["LastModified"])
+            for o in resp.get("Contents", [])
+        ]
+        prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", [])]
+        return ListPage(objects, prefixes, resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
+
+    def delete(self, key):
+        validate_key(key)
+        self._call(self.client.delete_object, key, Bucket=self.bucket, Key=key)
+
+    def url(self, key, expires=None):
+        validate_key(key)
+        if self.cdn_url:
+            return f"{self.cdn_url}/{quote(key)}"
+        # Private bucket: a presigned SigV4 GET that expires. Signing is local; it makes no request.
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires or self.url_expiry
+        )
+
+    def check_access(self):
+        self._call(self.client.head_bucket, None, Bucket=self.bucket)
+
+
+def make_storage(settings, public_base_url: str | None = None) -> Storage:
+    """The storage the settings describe: S3 when S3_ENABLED, else the local VPM_DATA_DIR folder."""
+    if settings.s3_enabled:
+
+        def secret(v):
+            return v.get_secret_value() if v is not None else None
+
+        return S3Storage(
+            settings.s3_bucket_name,
+            settings.s3_region,
+            endpoint_url=settings.s3_endpoint_url,
+            access_key_id=secret(settings.aws_access_key_id),
+            secret_access_key=secret(settings.aws_secret_access_key),
+            session_token=secret(settings.aws_session_token),
+            profile=settings.aws_profile,
+            cdn_url=settings.s3_cdn_url,
+            sse=settings.s3_sse,
+            url_expiry=settings.s3_url_expiry_seconds,
+        )
+    return LocalStorage(settings.vpm_data_dir, public_base_url=public_base_url)
