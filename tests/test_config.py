@@ -83,6 +83,12 @@ def test_bucket_required_when_s3_enabled(monkeypatch):
         load_settings()
 
 
+def test_half_a_key_pair_is_named(monkeypatch):
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(ConfigError, match="AWS_SECRET_ACCESS_KEY is not set"):
+        load_settings()
+
+
 def test_blank_optional_values_mean_unset(monkeypatch):
     monkeypatch.setenv("S3_CDN_URL", "")
     monkeypatch.setenv("S3_ENDPOINT_URL", "  ")

@@ -217,3 +217,8 @@ def test_no_credentials_at_all(monkeypatch, tmp_path):
     store = S3Storage(BUCKET, REGION, endpoint_url="http://127.0.0.1:9")
     with pytest.raises(StorageError, match="no AWS credentials found"):
         store.check_access()
+
+
+def test_half_a_key_pair_is_a_clear_error(aws):
+    with pytest.raises(StorageError, match="AWS_SECRET_ACCESS_KEY is not set"):
+        S3Storage(BUCKET, REGION, access_key_id="AKIAONLYHALF")

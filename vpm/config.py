@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     def _bucket_required(self) -> "Settings":
         if self.s3_enabled and not self.s3_bucket_name:
             raise ValueError("S3_BUCKET_NAME is required when S3_ENABLED=true")
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            missing = "AWS_SECRET_ACCESS_KEY" if self.aws_access_key_id else "AWS_ACCESS_KEY_ID"
+            raise ValueError(f"{missing} is not set: give both access key variables, or neither")
         return self
 
     # Derived keys: the embedding cache lives beside products.json.

@@ -381,6 +381,11 @@ class S3Storage(Storage):
     @staticmethod
     def _make_client(region, endpoint_url, key_id, secret, token, profile):
         import boto3
+
+        if bool(key_id) != bool(secret):
+            # botocore would fail later with a TypeError deep inside signing; say which half is missing.
+            missing = "AWS_SECRET_ACCESS_KEY" if key_id else "AWS_ACCESS_KEY_ID"
+            raise StorageError(f"{missing} is not set: give both access key variables, or neither (profile/IAM role)")
         from botocore.config import Config
 
         session = boto3.session.Session(
