@@ -36,9 +36,11 @@ def test_put_get_head_roundtrip(storage):
 
 def test_overwrite_replaces_content(storage):
     storage.put("a/b.txt", b"one", "text/plain")
-    storage.put("a/b.txt", b"two!", "text/plain")
-    assert storage.get("a/b.txt") == b"two!"
-    assert storage.head("a/b.txt").size == 4
+    assert storage.head("a/b.txt").etag == md5_etag(b"one")
+    storage.put("a/b.txt", b"two", "text/plain")  # same size: the ETag must still change
+    assert storage.get("a/b.txt") == b"two"
+    assert storage.head("a/b.txt").etag == md5_etag(b"two")
+    assert [o.etag for o in storage.iter_objects("a/")] == [md5_etag(b"two")]
 
 
 def test_missing_object_raises_not_found(storage):

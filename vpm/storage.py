@@ -166,6 +166,7 @@ class LocalStorage(Storage):
         self.public_base_url = public_base_url
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._digest_cache: dict[str, tuple[tuple[int, int, int], str, str]] = {}
 
     @property
     def description(self) -> str:
@@ -229,10 +230,25 @@ class LocalStorage(Storage):
             st = path.stat()
             if not path.is_file():
                 raise FileNotFoundError
-            data = path.read_bytes()
+            etag, sha256 = self._digests(path, st)
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(f"{key} not found in {self.description}") from None
-        return self._info(key, st, md5_etag(data), hashlib.sha256(data).hexdigest())
+        return self._info(key, st, etag, sha256)
+
+    def _digests(self, path: Path, st: os.stat_result) -> tuple[str, str]:
+        """(ETag, SHA-256) of a file, remembered per (inode, mtime, size).
+
+        Every write is a rename of a new file (new inode), so a changed file never matches a remembered entry;
+        head() and list() then cost a stat instead of reading and hashing the whole object each time.
+        """
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._digest_cache.get(str(path))
+        if cached and cached[0] == stamp:
+            return cached[1], cached[2]
+        data = path.read_bytes()
+        digests = (md5_etag(data), hashlib.sha256(data).hexdigest())
+        self._digest_cache[str(path)] = (stamp, *digests)
+        return digests
 
     @staticmethod
     def _info(key: str, st: os.stat_result, etag: str, sha256: str | None = None) -> ObjectInfo:
@@ -291,7 +307,8 @@ class LocalStorage(Storage):
             else:
                 path = self.root / name
                 try:
-                    objects.append(self._info(name, path.stat(), md5_etag(path.read_bytes())))
+                    st = path.stat()
+                    objects.append(self._info(name, st, *self._digests(path, st)))
                 except FileNotFoundError:  # deleted between walk and stat
                     continue
         return ListPage(objects, prefixes, page[-1][0] if more and page else None)
