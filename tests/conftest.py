@@ -102,3 +102,235 @@ def server_bucket(moto_server, request):
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
     boto3.client("s3", region_name=REGION, endpoint_url=moto_server).create_bucket(Bucket=name)
     return moto_server, name
+
+
+# ---------------------------------------------------------------------------------- Streamlit pages (AppTest)
+
+APP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "streamlit_app.py")
+
+
+def make_product_photo(seed: int, size: int = 96, fmt: str = "PNG") -> bytes:
+    """A distinct picture for each seed (colour, stripes and a blob differ), so products look different to a model."""
+    import io
+    import random
+
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    image = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    stripe = rng.randrange(4, 24)
+    colour = tuple(rng.randrange(256) for _ in range(3))
+    for x in range(0, size, stripe * 2):
+        box = [x, 0, x + stripe - 1, size] if seed % 2 else [0, x, size, x + stripe - 1]
+        draw.rectangle(box, fill=colour)
+    r = rng.randrange(size // 6, size // 3)
+    cx, cy = rng.randrange(r, size - r), rng.randrange(r, size - r)
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=tuple(rng.randrange(256) for _ in range(3)))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def product_photo():
+    """`product_photo(seed, size=96, fmt="PNG") -> bytes`: a distinct generated product picture per seed."""
+    return make_product_photo
+
+
+@pytest.fixture
+def app_settings(settings, tiny_clip_dir, monkeypatch):
+    """Settings for a Streamlit page run: the parametrised backend (local / S3 via moto) and the tiny CLIP."""
+    from vpm.config import load_settings
+
+    monkeypatch.setenv("VPM_MODEL", str(tiny_clip_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return load_settings()
+
+
+@pytest.fixture
+def seed_catalog(app_settings):
+    """`seed_catalog([(name, category, seed[, price]), ...]) -> [Product]`: products added through a Matcher."""
+    from vpm.matcher import Matcher
+
+    def seed(rows):
+        matcher = Matcher(app_settings)
+        added = []
+        for row in rows:
+            name, category, photo_seed, *rest = row
+            added.append(
+                matcher.add_product(
+                    make_product_photo(photo_seed), f"{name}.png", name=name, category=category,
+                    price=rest[0] if rest else None,
+                )
+            )
+        return added
+
+    return seed
+
+
+@pytest.fixture
+def app_file() -> str:
+    """The app's entry point, streamlit_app.py."""
+    return APP_FILE
+
+
+@pytest.fixture
+def open_page(app_file):
+    """`open_page("pages/search.py") -> AppTest` run through streamlit_app.py, with the app's caches cleared."""
+    from streamlit.testing.v1 import AppTest
+
+    from vpm import webapp
+
+    webapp.clear_caches()
+
+    def open_(page: str = "pages/home.py", timeout: float = 120) -> AppTest:
+        at = AppTest.from_file(app_file, default_timeout=timeout).run()
+        if page != "pages/home.py":
+            at.switch_page(page).run()
+        return at
+
+    yield open_
+    webapp.clear_caches()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Migration fixtures (tests/test_migrate.py, tests/test_cli_migrate.py)
+
+
+class LocalCatalogBuilder:
+    """A local catalog written directly: random bytes stand in for images (the migration never decodes)."""
+
+    def __init__(self, root):
+        from vpm.storage import LocalStorage
+
+        self.root = root
+        self.storage = LocalStorage(root)
+
+    def add(self, n: int, *, start: int = 0, size: int = 2000, image_prefix: str = "images/",
+            thumbnail_prefix: str = "thumbnails/", embeddings: bool = True):
+        import random
+
+        from vpm.catalog import Catalog, Product
+
+        rng = random.Random(start)
+        products = []
+        for i in range(start, start + n):
+            image, thumb = rng.randbytes(size + i), rng.randbytes(size // 10 + i)
+            pid = f"p{i:04d}"
+            self.storage.put(f"{image_prefix}{pid}.jpg", image)
+            self.storage.put(f"{thumbnail_prefix}{pid}.webp", thumb)
+            products.append(Product(id=pid, name=f"Product {i}", category="mugs" if i % 2 else "bags",
+                                    image_key=f"{image_prefix}{pid}.jpg",
+                                    thumbnail_key=f"{thumbnail_prefix}{pid}.webp",
+                                    created_at="2026-01-01T00:00:00+00:00"))
+        Catalog(self.storage).add_products(products)
+        if embeddings:
+            self.storage.put("metadata/embeddings/clip-ViT-B-32.npz", rng.randbytes(3000))
+        return products
+
+    def snapshot(self) -> dict:
+        """Every file under the folder (bookkeeping included) with its bytes and mtime: proves 'untouched'."""
+        return {p.relative_to(self.root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+                for p in sorted(self.root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def local_catalog(tmp_path, monkeypatch):
+    """An empty local catalog in VPM_DATA_DIR, with S3_BUCKET_NAME naming the test bucket (S3_ENABLED off)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setenv("VPM_DATA_DIR", str(root))
+    monkeypatch.setenv("S3_BUCKET_NAME", BUCKET)
+    return LocalCatalogBuilder(root)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Search fixtures (tests/test_matcher.py, test_index.py, test_importer.py, test_cli.py)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny random CLIP folder (text + image), built once per session; VPM_MODEL can point at it.
+
+    Also pins torch to one thread: the tiny model gains nothing from more, and on a busy 2-core machine
+    OpenMP's spinning threads made each tiny embedding ~20x slower (230 ms instead of 10 ms).
+    """
+    import torch
+    from tiny_clip import build_tiny_clip
+
+    torch.set_num_threads(1)
+    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+@pytest.fixture
+def search_settings(settings, tiny_clip_dir, monkeypatch):
+    """`settings` (local or S3) with VPM_MODEL = the tiny CLIP on cpu, also in the environment for CLI runs."""
+    from vpm.config import load_settings
+
+    monkeypatch.setenv("VPM_MODEL", str(tiny_clip_dir))
+    monkeypatch.setenv("VPM_DEVICE", "cpu")
+    return load_settings()
+
+
+@pytest.fixture
+def tiny_clip(search_settings):
+    """The tiny CLIP embedder (loaded once per process by vpm.embeddings)."""
+    from vpm.embeddings import load_embedder
+
+    return load_embedder(search_settings.vpm_model, search_settings.vpm_device)
+
+
+@pytest.fixture
+def matcher(search_settings):
+    """A Matcher over the parametrised backend that embeds with the tiny CLIP."""
+    from vpm.matcher import Matcher
+
+    return Matcher(search_settings)
+
+
+class CountingEmbedder:
+    """Wraps an embedder, counting the images and texts it embeds; optionally posing as another model.
+
+    With `model_id` and `permute`, it is a different model of the same dimension (its vectors are the inner
+    model's with the components rolled), which is exactly what must never be mixed with the original's.
+    """
+
+    def __init__(self, inner, model_id: str | None = None, permute: int = 0):
+        self.inner = inner
+        self.model_id = model_id or inner.model_id
+        self.display_name = model_id or inner.display_name
+        self.dim = inner.dim
+        self.supports_text = inner.supports_text
+        self.fallback_reason = inner.fallback_reason
+        self.device = inner.device
+        self.permute = permute
+        self.image_calls: list[int] = []  # images per embed_images call
+        self.text_calls: list[int] = []
+
+    @property
+    def images_embedded(self) -> int:
+        return sum(self.image_calls)
+
+    def _shift(self, vectors):
+        import numpy as np
+
+        return np.roll(vectors, self.permute, axis=1) if self.permute else vectors
+
+    def embed_images(self, images, batch_size=32, progress=None):
+        self.image_calls.append(len(images))
+        return self._shift(self.inner.embed_images(images, batch_size=batch_size, progress=progress))
+
+    def embed_texts(self, texts):
+        self.text_calls.append(len(texts))
+        return self._shift(self.inner.embed_texts(texts))
+
+
+@pytest.fixture
+def counting_embedder(tiny_clip):
+    """`counting_embedder(model_id=None, permute=0) -> CountingEmbedder` around the tiny CLIP."""
+
+    def make(model_id: str | None = None, permute: int = 0) -> CountingEmbedder:
+        return CountingEmbedder(tiny_clip, model_id, permute)
+
+    return make

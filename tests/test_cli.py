@@ -1,0 +1,228 @@
+"""`python -m vpm ...` on both backends: add / list / delete / health, and search / import / index.
+
+Commands run in-process through vpm.cli.main (the same code `python -m vpm` runs), with settings from the
+environment the fixtures set, and the tiny CLIP as VPM_MODEL.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vpm.cli import main
+
+
+@pytest.fixture
+def cli(search_settings, capsys):
+    """`cli(*args) -> (exit code, stdout, stderr)`."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def photos(tmp_path, product_photo) -> dict[str, Path]:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = {}
+    for name, seed in (("mug", 1), ("bag", 2), ("lamp", 3)):
+        paths[name] = folder / f"{name}.png"
+        paths[name].write_bytes(product_photo(seed))
+    return paths
+
+
+@pytest.fixture
+def stocked_cli(cli, photos):
+    for name, category in (("mug", "Mugs"), ("bag", "Bags"), ("lamp", "Lighting")):
+        code, _, err = cli("add", photos[name], "--name", name.title(), "--category", category, "--id", name)
+        assert code == 0, err
+    return cli
+
+
+# --- add / list / delete / health ------------------------------------------------------------------------------
+
+
+def test_add_list_and_delete_a_product(cli, photos):
+    code, out, _ = cli("add", photos["mug"], "--name", "Red mug", "--category", "Mugs", "--price", "9.5",
+                       "--id", "red-mug", "--description", "ceramic", "--json")
+    assert code == 0
+    added = json.loads(out)
+    assert (added["id"], added["name"], added["category"], added["price"]) == ("red-mug", "Red mug", "Mugs", 9.5)
+    assert added["image_url"] and added["thumbnail_url"]
+
+    code, out, _ = cli("list")
+    assert code == 0 and "red-mug  Red mug [Mugs]  $9.50" in out and "1 products" in out
+    code, out, _ = cli("list", "--category", "mugs", "--json")
+    assert [p["id"] for p in json.loads(out)] == ["red-mug"]
+    code, out, _ = cli("list", "--category", "Bags", "--json")
+    assert json.loads(out) == []
+
+    code, out, _ = cli("delete", "red-mug", "--json")
+    assert code == 0 and json.loads(out) == {"deleted": "red-mug"}
+    code, out, err = cli("delete", "red-mug")
+    assert code == 1 and out == "" and "no product with id 'red-mug'" in err
+    code, out, _ = cli("list")
+    assert "the catalog is empty" in out
+
+
+def test_add_refuses_bad_input_on_stderr(cli, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    code, out, err = cli("add", notes, "--name", "X", "--category", "Y")
+    assert code == 1 and out == "" and "notes.png is not an image" in err
+    code, out, err = cli("add", tmp_path / "missing.png", "--name", "X", "--category", "Y")
+    assert code == 1 and "cannot read" in err and "missing.png" in err
+
+
+def test_health_checks_storage_model_and_index(stocked_cli):
+    code, out, _ = stocked_cli("health", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["status"] == "pass"
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["model"]["status"] == "pass" and "tiny-clip" in checks["model"]["detail"]
+    assert checks["index"]["status"] == "pass" and "3/3" in checks["index"]["detail"]
+    code, out, _ = stocked_cli("health")
+    assert "[PASS] index: vectors cached for 3/3 products" in out and "overall: pass" in out
+
+
+# --- search ----------------------------------------------------------------------------------------------------
+
+
+def test_search_json_names_the_model_and_ranks_the_products_own_photo_first(stocked_cli, photos):
+    code, out, _ = stocked_cli("search", photos["bag"], "--threshold", "-1", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert set(doc) >= {"model", "took_ms", "results", "query"}
+    assert doc["model"].startswith("tiny-clip") and doc["query"] == "bag.png"
+    assert isinstance(doc["took_ms"], float)
+    first = doc["results"][0]
+    assert set(first) >= {"id", "name", "category", "score", "image_url"}
+    assert (first["id"], first["name"], first["category"]) == ("bag", "Bag", "Bags")
+    assert first["score"] == pytest.approx(1.0, abs=1e-4)
+    assert len(doc["results"]) == 3
+
+
+def test_search_prints_a_readable_table(stocked_cli, photos):
+    code, out, _ = stocked_cli("search", photos["lamp"], "--threshold", "-1", "--top-k", "2")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("query: lamp.png · model tiny-clip")
+    assert lines[1].split() == ["#", "score", "name", "category", "id"]
+    assert lines[2].split() == ["1", "100.0%", "Lamp", "Lighting", "lamp"]
+    assert len(lines) == 4
+
+
+def test_search_says_how_close_it_came_when_nothing_passes_the_threshold(stocked_cli, tmp_path, product_photo):
+    query = tmp_path / "other.png"
+    query.write_bytes(product_photo(77))
+    code, out, _ = stocked_cli("search", query, "--threshold", "1")
+    assert code == 0
+    assert "no product scored at least 100% (best: " in out and "lower --threshold" in out
+
+
+def test_several_images_are_searched_in_one_batch_each_with_its_query(stocked_cli, photos):
+    code, out, _ = stocked_cli("search", photos["lamp"], photos["mug"], "--threshold", "-1", "--top-k", "1", "--json")
+    assert code == 0
+    docs = json.loads(out)
+    assert [d["query"] for d in docs] == ["lamp.png", "mug.png"]
+    assert [d["results"][0]["id"] for d in docs] == ["lamp", "mug"]
+
+
+def test_search_by_text_and_by_category(stocked_cli, photos):
+    code, out, _ = stocked_cli("search", "--text", "a red mug", "--threshold", "-1", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["query"] == "a red mug" and {r["id"] for r in doc["results"]} == {"mug", "bag", "lamp"}
+    code, out, _ = stocked_cli("search", photos["mug"], "--threshold", "-1", "--category", "bags",
+                               "--category", "Lighting", "--json")
+    assert {r["category"] for r in json.loads(out)["results"]} == {"Bags", "Lighting"}
+
+
+def test_search_by_url_refuses_internal_addresses_with_the_reason(stocked_cli):
+    code, out, err = stocked_cli("search", "--url", "http://169.254.169.254/latest/meta-data/", "--json")
+    assert code == 1 and out == ""
+    assert err.startswith("error: ") and "169.254.169.254" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((), "give exactly one of"),
+        (("x.png", "--text", "mug"), "give exactly one of"),
+        (("--text", "mug", "--threshold", "80"), "between -1 and 1"),
+        (("--text", "mug", "--top-k", "0"), "--top-k must be at least 1"),
+        (("nowhere.png",), "cannot read nowhere.png"),
+    ],
+)
+def test_search_usage_errors_go_to_stderr(cli, args, message):
+    code, out, err = cli("search", *args)
+    assert code == 1 and out == "" and message in err
+
+
+def test_text_search_with_the_offline_fallback_model_says_why_not(cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("VPM_MODEL", "clip-ViT-B-32")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    code, out, err = cli("search", "--text", "red mug")
+    assert code == 1 and out == ""
+    assert "efficientnet-lite0 embeds images only (clip-ViT-B-32 could not be loaded:" in err
+
+
+# --- import ----------------------------------------------------------------------------------------------------
+
+
+def test_import_prints_a_json_report_and_progress_on_stderr(cli, tmp_path, product_photo):
+    folder = tmp_path / "catalog"
+    (folder / "mugs").mkdir(parents=True)
+    (folder / "mugs" / "red_mug.png").write_bytes(product_photo(1))
+    (folder / "lamp.png").write_bytes(product_photo(2))
+    (folder / "broken.png").write_bytes(product_photo(3)[:50])
+    code, out, err = cli("import", folder, "--json")
+    report = json.loads(out)
+    assert code == 1  # one image failed
+    imported = sorted((p["name"], p["category"]) for p in report["imported"])
+    assert imported == [("Lamp", "Uncategorized"), ("Red Mug", "mugs")]
+    assert [f["source"] for f in report["failed"]] == ["broken.png"]
+    assert report["summary"] == "imported 2, skipped 0, failed 1"
+    assert "3/3" in err  # the progress bar
+
+    (folder / "broken.png").unlink()
+    code, out, _ = cli("import", folder)
+    assert code == 0
+    assert out.splitlines()[0] == f"{folder}: imported 0, skipped 2, failed 0"
+    assert "duplicate" in out
+
+
+def test_import_of_a_malformed_csv_fails_with_the_reason(cli, tmp_path):
+    csv_path = tmp_path / "items.csv"
+    csv_path.write_text("picture,name\nx.png,X\n")
+    code, out, err = cli("import", csv_path)
+    assert code == 1 and out == ""
+    assert "items.csv is missing the required columns image, category" in err
+
+
+# --- index -----------------------------------------------------------------------------------------------------
+
+
+def test_index_reports_and_repairs_missing_vectors(stocked_cli, storage, search_settings):
+    code, out, _ = stocked_cli("index", "--check", "--json")
+    status = json.loads(out)
+    assert code == 0 and (status["products"], status["vectors"], status["missing"]) == (3, 3, 0)
+
+    for obj in list(storage.iter_objects(search_settings.embeddings_prefix)):
+        storage.delete(obj.key)  # the cache is lost
+    code, out, _ = stocked_cli("index", "--check")
+    assert code == 1 and "vectors cached for 0/3 products; 3 missing (run python -m vpm index)" in out
+
+    code, out, err = stocked_cli("index", "--json")
+    status = json.loads(out)
+    assert code == 0 and status["vectors"] == 3 and status["missing"] == 0 and status["ok"]
+    assert "3/3" in err
+
+    code, out, _ = stocked_cli("index", "--rebuild", "--json")
+    assert code == 0 and json.loads(out)["segments"] == 1

@@ -1,0 +1,391 @@
+"""Bulk import: folders, zips (zip-slip, bombs), CSVs (good and malformed), batches, interruption and resume."""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from vpm.importer import ImportLimits, ImportSourceError, ItemUnreadable, open_source, parse_price, pretty_name
+from vpm.matcher import Matcher
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def importer(search_settings, counting_embedder):
+    """A Matcher (tiny CLIP, counting its embeddings) to import into."""
+    return Matcher(search_settings, embedder=counting_embedder())
+
+
+def by_name(products) -> dict:
+    return {p.name: p for p in products}
+
+
+def vectors_cached(m: Matcher, products) -> bool:
+    cache = m._cache()
+    cache.refresh()
+    return all(p.image_sha256 in cache for p in products)
+
+
+# --- naming rules ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "stem, name",
+    [("red_running-shoe_01", "Red Running Shoe 01"), ("iPhone 13", "iPhone 13"), ("___", "___")],
+)
+def test_file_names_become_readable_product_names(stem, name):
+    assert pretty_name(stem) == name
+
+
+@pytest.mark.parametrize("text, value", [("12.50", 12.5), ("$1,299.00", 1299.0), ("€ 3", 3.0), ("", None)])
+def test_prices_are_read_the_way_people_write_them(text, value):
+    assert parse_price(text) == value
+
+
+@pytest.mark.parametrize("text", ["abc", "-5", "12,50.3.1", "1e3"])
+def test_other_prices_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_price(text)
+
+
+# --- folders ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def photo_folder(tmp_path, product_photo) -> Path:
+    root = tmp_path / "photos"
+    write(root / "mugs" / "red_mug.png", product_photo(1))
+    write(root / "mugs" / "blue-mug.jpg", product_photo(2, fmt="JPEG"))
+    write(root / "bags" / "canvas bag.png", product_photo(3))
+    write(root / "loose_item.png", product_photo(4))
+    write(root / "notes.txt", b"not a photo")
+    write(root / ".DS_Store", b"\x00\x00")
+    write(root / "mugs" / "._red_mug.png", b"mac resource fork")
+    write(root / ".hidden" / "secret.png", product_photo(5))
+    write(root / "__MACOSX" / "mugs" / "x.png", product_photo(6))
+    write(root / "mugs" / "broken.png", product_photo(7)[:60])
+    return root
+
+
+def test_a_folder_imports_every_image_with_names_and_categories(importer, photo_folder, product_photo):
+    report = importer.import_path(photo_folder)
+    products = by_name(report.imported)
+    assert set(products) == {"Red Mug", "Blue Mug", "Canvas Bag", "Loose Item"}
+    assert products["Red Mug"].category == "mugs" and products["Canvas Bag"].category == "bags"
+    assert products["Loose Item"].category == "Uncategorized"
+    assert [(i.source, "not an image" in i.reason) for i in report.skipped] == [("notes.txt", True)]
+    assert [i.source for i in report.failed] == ["mugs/broken.png"]
+    assert "truncated or damaged" in report.failed[0].reason
+    assert report.summary() == "imported 4, skipped 1, failed 1"
+
+    # Files, thumbnails, vectors and metadata are all there, and each product is found by its own photo.
+    assert by_name(importer.list_products()).keys() == products.keys()
+    for p in report.imported:
+        assert importer.storage.exists(p.image_key) and importer.storage.exists(p.thumbnail_key)
+    assert vectors_cached(importer, report.imported)
+    top = importer.search_image(product_photo(3), "q.png", threshold=-1).results[0]
+    assert top.product.name == "Canvas Bag"
+
+
+def test_running_the_same_import_again_adds_nothing(importer, photo_folder):
+    first = importer.import_path(photo_folder)
+    again = importer.import_path(photo_folder)
+    assert again.imported == []
+    duplicates = [i for i in again.skipped if i.reason.startswith("duplicate")]
+    assert len(duplicates) == len(first.imported)
+    assert len(importer.list_products()) == len(first.imported)
+
+
+def test_the_same_image_twice_in_one_import_is_added_once(importer, tmp_path, product_photo):
+    write(tmp_path / "in" / "a.png", product_photo(1))
+    write(tmp_path / "in" / "copy of a.png", product_photo(1))
+    report = importer.import_path(tmp_path / "in")
+    assert len(report.imported) == 1
+    (skip,) = report.skipped
+    assert "duplicate" in skip.reason and report.imported[0].id in skip.reason
+
+
+def test_progress_is_reported_per_batch_up_to_the_total(importer, tmp_path, product_photo):
+    for i in range(7):
+        write(tmp_path / "in" / f"{i}.png", product_photo(i, size=32))
+    calls = []
+    importer.import_path(tmp_path / "in", progress=lambda done, total, message="": calls.append((done, total)),
+                         batch_size=3)
+    assert calls == [(0, 7), (3, 7), (6, 7), (7, 7)]
+
+
+def test_missing_or_unknown_sources_are_refused_clearly(importer, tmp_path):
+    with pytest.raises(ImportSourceError, match="does not exist"):
+        importer.import_path(tmp_path / "nowhere")
+    write(tmp_path / "list.json", b"[]")
+    with pytest.raises(ImportSourceError, match="neither a folder, a .zip nor a .csv"):
+        importer.import_path(tmp_path / "list.json")
+    write(tmp_path / "fake.zip", b"this is not a zip")
+    with pytest.raises(ImportSourceError, match="not a readable zip"):
+        importer.import_path(tmp_path / "fake.zip")
+
+
+# --- batches, interruption, resume ----------------------------------------------------------------------------
+
+
+def test_a_big_import_writes_the_catalog_once_per_batch(importer, tmp_path, product_photo):
+    for i in range(70):
+        write(tmp_path / "many" / f"item_{i:02d}.png", product_photo(1000 + i, size=32))
+    catalog_writes = []
+    real_put = importer.storage.put
+
+    def counting_put(key, *args, **kwargs):
+        if key == importer.settings.s3_metadata_key:
+            catalog_writes.append(key)
+        return real_put(key, *args, **kwargs)
+
+    importer.storage.put = counting_put
+    report = importer.import_path(tmp_path / "many")
+    assert len(report.imported) == 70
+    assert len(catalog_writes) <= math.ceil(70 / 32)
+    assert importer.embedder.image_calls == [32, 32, 6]  # decoded and embedded in batches too
+    assert len(importer.list_products()) == 70
+
+
+def test_an_interrupted_import_keeps_what_it_committed_and_a_rerun_finishes_it(importer, tmp_path, product_photo):
+    for i in range(10):
+        write(tmp_path / "in" / f"item_{i}.png", product_photo(200 + i, size=32))
+
+    def stop_after_second_batch(done, total, message=""):
+        if done == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        importer.import_path(tmp_path / "in", progress=stop_after_second_batch, batch_size=4)
+    kept = importer.list_products()
+    assert sorted(p.name for p in kept) == [f"Item {i}" for i in range(8)]
+    for p in kept:
+        assert importer.storage.exists(p.image_key) and importer.storage.exists(p.thumbnail_key)
+    assert vectors_cached(Matcher(importer.settings, embedder=importer.embedder), kept)
+
+    resumed = importer.import_path(tmp_path / "in", batch_size=4)
+    assert sorted(p.name for p in resumed.imported) == ["Item 8", "Item 9"]
+    assert len(resumed.skipped) == 8
+    assert sorted(p.name for p in importer.list_products()) == [f"Item {i}" for i in range(10)]
+
+
+def test_an_interruption_inside_a_batch_leaves_no_stray_files(importer, tmp_path, product_photo, monkeypatch):
+    for i in range(6):
+        write(tmp_path / "in" / f"item_{i}.png", product_photo(300 + i, size=32))
+    real_add = importer.catalog.add_products
+    calls = []
+
+    def add_then_stop(products):
+        calls.append(len(products))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # e.g. Ctrl-C while the second batch's metadata was being written
+        return real_add(products)
+
+    monkeypatch.setattr(importer.catalog, "add_products", add_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        importer.import_path(tmp_path / "in", batch_size=3)
+    kept = importer.list_products()
+    assert len(kept) == 3
+    stored_images = [o.key for o in importer.storage.iter_objects(importer.settings.s3_image_prefix)]
+    assert sorted(stored_images) == sorted(p.image_key for p in kept)
+
+
+# --- zips ------------------------------------------------------------------------------------------------------
+
+
+def make_zip(path: Path, entries: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_a_zip_imports_like_a_folder(importer, tmp_path, product_photo):
+    archive = make_zip(tmp_path / "catalog.zip", {
+        "catalog/mugs/red_mug.png": product_photo(1),
+        "catalog/lamp.png": product_photo(2),
+        "catalog/readme.md": b"# hello",
+        "__MACOSX/catalog/mugs/._red_mug.png": b"fork",
+        "catalog/.DS_Store": b"\x00",
+    })
+    report = importer.import_path(archive)
+    products = by_name(report.imported)
+    assert products.keys() == {"Red Mug", "Lamp"}
+    assert products["Red Mug"].category == "mugs"
+    assert products["Lamp"].category == "Uncategorized"  # the zipped folder itself is the root
+    assert [i.source for i in report.skipped] == ["catalog/readme.md"]
+    assert report.failed == []
+    assert importer.import_path(archive).imported == []  # and again adds nothing
+
+
+def test_zip_slip_entries_are_refused_and_nothing_is_written_outside(importer, tmp_path, product_photo):
+    archive = make_zip(tmp_path / "work" / "evil.zip", {
+        "../escaped.png": product_photo(1),
+        "/etc/absolute.png": product_photo(2),
+        "shoes/../../climb.png": product_photo(3),
+        "C:/windows.png": product_photo(5),
+        "shoes/ok.png": product_photo(4),
+    })
+    report = importer.import_path(archive)
+    assert [p.name for p in report.imported] == ["Ok"]
+    refused = {i.source: i.reason for i in report.failed}
+    assert set(refused) == {"../escaped.png", "/etc/absolute.png", "shoes/../../climb.png", "C:/windows.png"}
+    assert all(reason.startswith("refused:") for reason in refused.values())
+    for name in ("escaped.png", "climb.png", "absolute.png"):
+        assert not list(tmp_path.rglob(name))
+    assert all(not p.image_key.count("..") for p in importer.list_products())
+
+
+def test_an_oversized_entry_is_not_unpacked(importer, tmp_path, product_photo):
+    bomb = b"\x00" * (3 * 1024 * 1024)  # compresses to a few KB
+    archive = make_zip(tmp_path / "bomb.zip", {"bomb.png": bomb, "fine.png": product_photo(1)})
+    report = importer.import_path(archive, limits=ImportLimits(max_file_bytes=1024 * 1024))
+    assert [p.name for p in report.imported] == ["Fine"]
+    (failed,) = report.failed
+    assert failed.source == "bomb.png" and "3.0 MB" in failed.reason and "limit is 1 MB" in failed.reason
+
+
+def test_a_zip_that_would_unpack_too_much_or_has_too_many_entries_is_refused(importer, tmp_path, product_photo):
+    archive = make_zip(tmp_path / "big.zip", {f"{i}.png": b"\x00" * 400_000 for i in range(5)})
+    with pytest.raises(ImportSourceError, match="would unpack to 2 MB; the limit is 1 MB"):
+        importer.import_path(archive, limits=ImportLimits(max_total_bytes=1024 * 1024))
+    with pytest.raises(ImportSourceError, match="has 5 entries; at most 3"):
+        importer.import_path(archive, limits=ImportLimits(max_members=3))
+    assert importer.list_products() == []
+
+
+def test_an_entry_larger_than_its_header_claims_is_not_read_past_the_limit(tmp_path):
+    # Forge the central directory so an entry says it is small while it unpacks to much more.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("liar.png", b"\x00" * 2_000_000)
+    data = bytearray(buffer.getvalue())
+    start = data.rfind(b"PK\x01\x02")
+    data[start + 24 : start + 28] = (1000).to_bytes(4, "little")  # uncompressed size in the central directory
+    path = write(tmp_path / "liar.zip", bytes(data))
+    with open_source(path, limits=ImportLimits(max_file_bytes=100_000)) as source:
+        (item,) = source.items
+        with pytest.raises(ItemUnreadable, match="liar.png is damaged inside the zip"):
+            item.read()
+
+
+# --- CSV -------------------------------------------------------------------------------------------------------
+
+
+def test_a_csv_imports_its_rows_with_all_their_fields(importer, tmp_path, product_photo, monkeypatch):
+    write(tmp_path / "shop" / "img" / "mug.png", product_photo(1))
+    write(tmp_path / "shop" / "img" / "bag.png", product_photo(2))
+    fetched = []
+
+    def fake_fetch(url):
+        fetched.append(url)
+        return product_photo(3), "lamp.png"
+
+    monkeypatch.setattr(importer, "fetch_url_image", fake_fetch)
+    csv_path = write(tmp_path / "shop" / "products.csv", (
+        "image,name,category,price,id,description,brand\n"
+        "img/mug.png,Red mug,Mugs,$9.50,mug-1,A red mug,Acme\n"
+        'img/bag.png,"Bag, canvas",Bags,"1,299.00",,,\n'
+        "https://cdn.example/lamp.png?v=2,Desk lamp,Lighting,,lamp-1,,\n"
+    ).encode())
+    report = importer.import_path(csv_path)
+    assert report.failed == [] and report.skipped == []
+    products = by_name(report.imported)
+    mug = products["Red mug"]
+    assert (mug.id, mug.category, mug.price, mug.description, mug.attributes) == (
+        "mug-1", "Mugs", 9.5, "A red mug", {"brand": "Acme"}
+    )
+    assert products["Bag, canvas"].price == 1299.0 and products["Bag, canvas"].attributes == {}
+    assert products["Desk lamp"].id == "lamp-1" and products["Desk lamp"].image_key.endswith(".png")
+    assert fetched == ["https://cdn.example/lamp.png?v=2"]
+
+
+def test_bad_csv_rows_fail_alone_naming_row_and_column(importer, tmp_path, product_photo):
+    write(tmp_path / "shop" / "ok.png", product_photo(1))
+    write(tmp_path / "shop" / "ok2.png", product_photo(2))
+    write(tmp_path / "outside.png", product_photo(3))
+    write(tmp_path / "shop" / "not-really.png", b"hello")
+    csv_path = write(tmp_path / "shop" / "items.csv", (
+        "Image,Name,Category,Price\n"  # header names are matched case-insensitively
+        "ok.png,Good,Mugs,4\n"
+        "ok2.png,Bad price,Mugs,cheap\n"
+        "missing.png,Ghost,Mugs,\n"
+        "../outside.png,Escape,Mugs,\n"
+        "ok2.png,,Mugs,\n"
+        "not-really.png,Text,Mugs,\n"
+        "ftp://host/x.png,Ftp,Mugs,\n"
+    ).encode())
+    report = importer.import_path(csv_path)
+    assert [p.name for p in report.imported] == ["Good"]
+    failed = {i.source: i.reason for i in report.failed}
+    assert failed == {
+        "row 3 (ok2.png)": "column price: 'cheap' is not a price (write it like 12.50)",
+        "row 4 (missing.png)": "column image: missing.png does not exist next to the CSV",
+        "row 5 (../outside.png)":
+            "column image: '../outside.png' points outside the CSV's folder; use a path relative to it",
+        "row 6 (ok2.png)": "column name is empty",
+        "row 7 (not-really.png)": failed["row 7 (not-really.png)"],
+        "row 8 (ftp://host/x.png)": "column image: 'ftp://host/x.png' is neither a relative path nor an http(s) URL",
+    }
+    assert "not-really.png is not an image" in failed["row 7 (not-really.png)"]
+
+
+def test_a_csv_image_url_to_an_internal_address_fails_with_the_reason(importer, tmp_path, product_photo):
+    write(tmp_path / "ok.png", product_photo(1))
+    csv_path = write(tmp_path / "items.csv", (
+        "image,name,category\n"
+        "ok.png,Good,Mugs\n"
+        "http://169.254.169.254/latest/meta-data/x.png,Metadata,Mugs\n"
+    ).encode())
+    report = importer.import_path(csv_path)
+    assert [p.name for p in report.imported] == ["Good"]
+    (failed,) = report.failed
+    assert failed.source.startswith("row 3") and "169.254.169.254" in failed.reason
+
+
+def test_a_csv_without_the_required_columns_is_refused_naming_them(importer, tmp_path):
+    csv_path = write(tmp_path / "items.csv", b"picture,title,category\nx.png,X,Mugs\n")
+    expected = r"missing the required columns image, name \(found: picture, title, category\)"
+    with pytest.raises(ImportSourceError, match=expected):
+        importer.import_path(csv_path)
+
+
+def test_a_csv_that_is_not_utf8_is_refused_naming_the_row(importer, tmp_path):
+    csv_path = write(tmp_path / "items.csv", "image,name,category\nx.png,Café crème,Mugs\n".encode("cp1252"))
+    with pytest.raises(ImportSourceError, match=r"not UTF-8 text \(byte 0xe9 on row 2\).*CSV UTF-8"):
+        importer.import_path(csv_path)
+
+
+def test_an_empty_csv_is_refused(importer, tmp_path):
+    with pytest.raises(ImportSourceError, match="empty"):
+        importer.import_path(write(tmp_path / "items.csv", b"\n"))
+
+
+def test_semicolon_csvs_and_existing_ids_are_handled(importer, tmp_path, product_photo):
+    write(tmp_path / "a.png", product_photo(1))
+    write(tmp_path / "b.png", product_photo(2))
+    importer.add_product(product_photo(9), "x.png", name="Taken", category="Mugs", product_id="taken")
+    csv_path = write(tmp_path / "items.csv", b"image;name;category;id\na.png;A;Mugs;taken\nb.png;B;Mugs;free\n")
+    report = importer.import_path(csv_path)
+    assert [p.id for p in report.imported] == ["free"]
+    (skip,) = report.skipped
+    assert skip.source == "row 2 (a.png)" and "id taken" in skip.reason
+
+
+def test_a_file_column_works_as_the_image_column(importer, tmp_path, product_photo):
+    """Exported catalogs (like the sample photos' metadata.csv) often name the image column 'file'."""
+    write(tmp_path / "a.png", product_photo(1))
+    csv_path = write(tmp_path / "metadata.csv", b"file,product_id,name,category\na.png,abo:1,Lamp,lighting\n")
+    report = importer.import_path(csv_path)
+    (product,) = report.imported
+    assert (product.name, product.category, product.attributes) == ("Lamp", "lighting", {"product_id": "abo:1"})

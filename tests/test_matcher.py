@@ -1,0 +1,445 @@
+"""Search through the Matcher, on both backends, with the tiny CLIP (and the offline fallback where it matters)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vpm import health
+from vpm.catalog import Catalog, Product
+from vpm.embeddings import EmbeddingError
+from vpm.images import NotAnImageError
+from vpm.matcher import Matcher
+from vpm.urlfetch import URLRefused
+
+CATALOG = [  # name, category, photo seed, price
+    ("Red mug", "Mugs", 1, 9.5),
+    ("Blue mug", "Mugs", 2, None),
+    ("Canvas bag", "Bags", 3, 30.0),
+    ("Leather bag", "Bags", 4, 120.0),
+    ("Desk lamp", "Lighting", 5, 45.0),
+    ("Floor lamp", "Lighting", 6, None),
+]
+
+
+@pytest.fixture
+def stocked(search_settings, counting_embedder, product_photo):
+    """A catalog of six products added through a Matcher whose embedder counts its work."""
+    embedder = counting_embedder()
+    m = Matcher(search_settings, embedder=embedder)
+    for name, category, seed, price in CATALOG:
+        m.add_product(product_photo(seed), f"{seed}.png", name=name, category=category, price=price,
+                      product_id=name.lower().replace(" ", "-"))
+    return m
+
+
+def segment_keys(m: Matcher) -> list[str]:
+    return sorted(o.key for o in m.storage.iter_objects(m.settings.embeddings_prefix))
+
+
+# --- image search ----------------------------------------------------------------------------------------------
+
+
+def test_a_products_own_photo_finds_it_first_with_score_one(stocked, product_photo):
+    response = stocked.search_image(product_photo(3), "query.png", threshold=-1)
+    first = response.results[0]
+    assert first.product.id == "canvas-bag"
+    assert first.score == pytest.approx(1.0, abs=1e-4)
+    assert all(m.score < 0.9999 for m in response.results[1:])
+    assert response.best_score == pytest.approx(1.0, abs=1e-4)
+    assert response.model == stocked.embedder.model_id and response.query == "query.png"
+
+
+def test_results_carry_what_a_client_needs_to_show_them(stocked, product_photo):
+    response = stocked.search_image(product_photo(4), "q.png", threshold=-1, top_k=1)
+    doc = response.as_dict()
+    (item,) = doc["results"]
+    assert item["id"] == "leather-bag" and item["name"] == "Leather bag" and item["category"] == "Bags"
+    assert item["price"] == 120.0
+    assert item["image_url"] == stocked.url_for(stocked.get_product("leather-bag").image_key)
+    assert item["thumbnail_url"]
+    assert set(doc) >= {"model", "took_ms", "results", "best_score", "query"}
+    assert doc["took_ms"] >= 0
+
+
+def test_top_k_limits_and_orders_the_results(stocked, product_photo):
+    response = stocked.search_image(product_photo(1), "q.png", threshold=-1, top_k=3)
+    assert len(response.results) == 3
+    scores = [m.score for m in response.results]
+    assert scores == sorted(scores, reverse=True)
+    everything = stocked.search_image(product_photo(1), "q.png", threshold=-1, top_k=50)
+    assert len(everything.results) == len(CATALOG)
+    assert [m.product.id for m in everything.results[:3]] == [m.product.id for m in response.results]
+
+
+def test_threshold_hides_weaker_matches_and_best_score_says_how_close_it_came(stocked, product_photo):
+    everything = stocked.search_image(product_photo(5), "q.png", threshold=-1, top_k=10)
+    second = everything.results[1].score
+    strict = stocked.search_image(product_photo(5), "q.png", threshold=(second + 1.0) / 2)
+    assert [m.product.id for m in strict.results] == ["desk-lamp"]
+
+    unrelated = product_photo(999)
+    best = stocked.search_image(unrelated, "q.png", threshold=-1).results[0].score
+    nothing = stocked.search_image(unrelated, "q.png", threshold=min(1.0, best + 0.001))
+    assert nothing.results == []
+    assert nothing.best_score == pytest.approx(best, abs=1e-5)
+
+
+def test_the_default_threshold_depends_on_the_query_kind(stocked):
+    assert -1 <= stocked.default_threshold("text") < stocked.default_threshold("image") <= 1
+    with pytest.raises(ValueError):
+        stocked.default_threshold("audio")
+
+
+def test_category_filter_limits_results_to_those_categories(stocked, product_photo):
+    response = stocked.search_image(product_photo(1), "q.png", threshold=-1, categories=["bags"])
+    assert {m.product.category for m in response.results} == {"Bags"}
+    response = stocked.search_image(product_photo(1), "q.png", threshold=-1, categories=["Bags", "LIGHTING"])
+    assert {m.product.category for m in response.results} == {"Bags", "Lighting"}
+    empty = stocked.search_image(product_photo(1), "q.png", categories=["Hats"])
+    assert empty.results == [] and empty.best_score is None
+
+
+def test_rank_refilters_without_embedding_again(stocked, product_photo):
+    vector = stocked.embed_query_image(product_photo(2), "q.png")
+    calls = len(stocked.embedder.image_calls)
+    loose = stocked.rank(vector, top_k=10)
+    assert len(loose.results) == len(CATALOG) and loose.threshold is None
+    strict = stocked.rank(vector, top_k=10, threshold=0.9999, query="q.png", took_ms=12.5)
+    assert [m.product.id for m in strict.results] == ["blue-mug"]
+    assert strict.took_ms >= 12.5 and strict.query == "q.png"
+    assert len(stocked.embedder.image_calls) == calls
+
+
+def test_a_bad_query_image_is_refused_with_an_image_error(stocked):
+    with pytest.raises(NotAnImageError, match="notes.txt"):
+        stocked.search_image(b"just some text", "notes.txt")
+    with pytest.raises(ValueError, match="between -1 and 1"):
+        stocked.search_image(b"x", "x.png", threshold=80)
+
+
+def test_batch_search_embeds_all_photos_in_one_call_and_keeps_their_order(stocked, product_photo):
+    stocked.search_image(product_photo(1), "warm-up.png")  # the index is built; now count only the queries
+    before = len(stocked.embedder.image_calls)
+    responses = stocked.search_images(
+        [(product_photo(6), "six.png"), (product_photo(1), "one.png"), (product_photo(3), "three.png")], threshold=-1
+    )
+    assert stocked.embedder.image_calls[before:] == [3]
+    assert [r.query for r in responses] == ["six.png", "one.png", "three.png"]
+    assert [r.results[0].product.id for r in responses] == ["floor-lamp", "red-mug", "canvas-bag"]
+
+
+def test_a_product_without_a_readable_image_does_not_break_search(stocked, product_photo, caplog):
+    lamp = stocked.get_product("floor-lamp")
+    stocked.storage.delete(lamp.image_key)
+    fresh = Matcher(stocked.settings, embedder=stocked.embedder)
+    # The lamp's vector is cached, so it stays searchable even though its file went missing.
+    assert fresh.search_image(product_photo(6), "q.png", threshold=-1).results[0].product.id == "floor-lamp"
+
+    # A product whose image is gone AND has no vector is left out, with a warning, and the rest still work.
+    Catalog(stocked.storage, stocked.settings.s3_metadata_key).add(
+        Product(id="ghost", name="Ghost", category="Mugs", image_key="images/ghost.png", image_sha256="f" * 64)
+    )
+    with caplog.at_level(logging.WARNING, logger="vpm.matcher"):
+        response = fresh.search_image(product_photo(2), "q.png", threshold=-1)
+    assert "ghost" not in [m.product.id for m in response.results]
+    assert response.results[0].product.id == "blue-mug"
+    assert "ghost" in caplog.text
+    status = fresh.index_status()
+    assert status.missing_ids == ["ghost"] and any("ghost" in p for p in status.problems)
+
+
+def test_a_product_written_without_its_image_hash_is_still_searchable(search_settings, tiny_clip, product_photo):
+    m = Matcher(search_settings, embedder=tiny_clip)
+    m.storage.put("images/old.png", product_photo(7), "image/png")
+    m.catalog.add(Product(id="old", name="Old", category="Legacy", image_key="images/old.png"))
+    response = m.search_image(product_photo(7), "q.png", threshold=-1)
+    assert response.results[0].product.id == "old"
+    assert response.results[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_an_empty_catalog_gives_no_results_not_an_error(matcher, product_photo):
+    response = matcher.search_image(product_photo(1), "q.png")
+    assert response.results == [] and response.best_score is None
+
+
+# --- text search -----------------------------------------------------------------------------------------------
+
+
+def test_text_search_ranks_by_cosine_to_the_text_vector(stocked):
+    response = stocked.search_text("a red ceramic mug", threshold=-1, top_k=10)
+    assert response.query == "a red ceramic mug"
+    text_vector = stocked.embedder.embed_texts(["a red ceramic mug"])[0]
+    ids = [p.id for p in stocked.list_products()]
+    shas = [p.image_sha256 for p in stocked.list_products()]
+    catalog_vectors = stocked._cache().get(shas)
+    expected = [ids[i] for i in np.argsort(-(catalog_vectors @ text_vector))]
+    assert [m.product.id for m in response.results] == expected
+    assert response.results[0].score == pytest.approx(float(np.max(catalog_vectors @ text_vector)), abs=1e-5)
+
+
+def test_an_empty_text_query_is_refused(stocked):
+    with pytest.raises(EmbeddingError, match="empty"):
+        stocked.search_text("   ")
+
+
+# --- the index: written before metadata, persisted, reused ------------------------------------------------------
+
+
+def test_adding_a_product_writes_image_thumbnail_vector_then_metadata(search_settings, tiny_clip, product_photo):
+    m = Matcher(search_settings, embedder=tiny_clip)
+    order: list[str] = []
+    real_put = m.storage.put
+
+    def recording_put(key, *args, **kwargs):
+        order.append(key)
+        return real_put(key, *args, **kwargs)
+
+    m.storage.put = recording_put
+    product = m.add_product(product_photo(1), "mug.png", name="Mug", category="Mugs")
+    assert order[:2] == [product.image_key, product.thumbnail_key]
+    assert order[2].startswith(f"{search_settings.embeddings_prefix}{tiny_clip.model_id}/")
+    assert order[3:] == [search_settings.s3_metadata_key]
+
+
+def test_adding_a_product_embeds_only_that_product(stocked, product_photo):
+    before = stocked.embedder.images_embedded
+    stocked.search_image(product_photo(1), "q.png")  # the query only: the catalog is already indexed
+    assert stocked.embedder.images_embedded == before + 1
+    stocked.add_product(product_photo(8), "new.png", name="New", category="Mugs")
+    assert stocked.embedder.images_embedded == before + 2
+    assert stocked.search_image(product_photo(8), "q.png").results[0].product.name == "New"
+    assert stocked.embedder.images_embedded == before + 3
+
+
+def test_a_new_matcher_over_the_same_storage_does_not_re_embed(stocked, counting_embedder, product_photo):
+    restarted = Matcher(stocked.settings, embedder=counting_embedder())
+    response = restarted.search_image(product_photo(4), "q.png", threshold=-1)
+    assert response.results[0].product.id == "leather-bag"
+    assert restarted.embedder.image_calls == [1]  # the query; every catalog vector came from the cache
+
+
+def test_searches_reuse_the_in_memory_index_until_the_catalog_changes(stocked, counting_embedder, product_photo):
+    reads: list[str] = []
+    real_get = stocked.storage.get
+
+    def counting_get(key):
+        reads.append(key)
+        return real_get(key)
+
+    stocked.storage.get = counting_get
+    stocked.search_image(product_photo(1), "q.png")
+    reads.clear()
+    stocked.search_image(product_photo(2), "q.png")
+    assert not [k for k in reads if k.startswith(stocked.settings.embeddings_prefix)]
+    assert stocked.settings.s3_metadata_key not in reads
+
+    # Another replica adds a product: the next search here sees it, loading its vector instead of embedding it.
+    other = Matcher(stocked.settings, embedder=counting_embedder())
+    other.add_product(product_photo(9), "nine.png", name="Nine", category="Mugs", product_id="nine")
+    before = stocked.embedder.images_embedded
+    response = stocked.search_image(product_photo(9), "q.png")
+    assert response.results[0].product.id == "nine"
+    assert stocked.embedder.images_embedded == before + 1  # just the query
+
+
+def test_edits_and_deletes_show_up_in_the_next_search(stocked, product_photo):
+    stocked.update_product("red-mug", category="Kitchen")
+    response = stocked.search_image(product_photo(1), "q.png", categories=["Kitchen"], threshold=-1)
+    assert [m.product.id for m in response.results] == ["red-mug"]
+
+    stocked.delete_product("red-mug")
+    response = stocked.search_image(product_photo(1), "q.png", threshold=-1)
+    assert "red-mug" not in [m.product.id for m in response.results]
+
+
+def test_reindex_prunes_vectors_of_deleted_products(stocked):
+    stocked.delete_product("red-mug")
+    assert stocked.index_status().orphans == 1
+    status = stocked.reindex()
+    assert status.orphans == 0 and status.vectors == len(CATALOG) - 1 and status.missing == 0
+    assert len(segment_keys(stocked)) == 1
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_cache_is_rebuilt_not_trusted_and_search_still_works(stocked, counting_embedder, product_photo,
+                                                                       damage, caplog):
+    keys = segment_keys(stocked)
+    for key in keys:
+        data = stocked.storage.get(key)
+        stocked.storage.put(key, b"\x00not a cache at all" if damage == "garbage" else data[: len(data) // 2])
+
+    restarted = Matcher(stocked.settings, embedder=counting_embedder())
+    assert restarted.index_status().stale
+    with caplog.at_level(logging.WARNING, logger="vpm.index"):
+        response = restarted.search_image(product_photo(5), "q.png", threshold=-1)
+    assert response.results[0].product.id == "desk-lamp"
+    assert "ignoring" in caplog.text
+    assert restarted.embedder.images_embedded == len(CATALOG) + 1  # the catalog re-embedded, plus the query
+
+    # The damaged files are gone and the cache is whole again: a third start embeds nothing.
+    assert not set(keys) & set(segment_keys(stocked))
+    third = Matcher(stocked.settings, embedder=counting_embedder())
+    status = third.index_status()
+    assert status.ok and status.vectors == len(CATALOG)
+    third.search_image(product_photo(5), "q.png")
+    assert third.embedder.images_embedded == 1
+
+
+def test_search_works_when_the_cache_cannot_be_written(stocked, counting_embedder, product_photo, caplog):
+    from vpm.storage import StorageError
+
+    other = Matcher(stocked.settings, embedder=counting_embedder("other-model", permute=1))
+    real_put = other.storage.put
+
+    def read_only_cache(key, *args, **kwargs):
+        if key.startswith(other.settings.embeddings_prefix):
+            raise StorageError(f"access denied to {key}")
+        return real_put(key, *args, **kwargs)
+
+    other.storage.put = read_only_cache
+    with caplog.at_level(logging.WARNING, logger="vpm.index"):
+        response = other.search_image(product_photo(3), "q.png", threshold=-1)
+        again = other.search_image(product_photo(4), "q.png", threshold=-1)
+    assert response.results[0].product.id == "canvas-bag" and again.results[0].product.id == "leather-bag"
+    assert "kept in memory only" in caplog.text
+    assert other.embedder.images_embedded == len(CATALOG) + 2  # embedded once, then reused from memory
+    assert not [k for k in segment_keys(other) if "/other-model/" in k]
+
+
+def test_a_refused_query_does_no_indexing_work(stocked, counting_embedder):
+    other = Matcher(stocked.settings, embedder=counting_embedder("other-model", permute=1))
+    with pytest.raises(NotAnImageError):
+        other.search_image(b"text", "notes.txt")
+    assert other.embedder.images_embedded == 0
+
+
+# --- changing the model ----------------------------------------------------------------------------------------
+
+
+def test_another_model_never_uses_the_first_models_vectors(stocked, counting_embedder, product_photo):
+    first_model_files = {k: stocked.storage.get(k) for k in segment_keys(stocked)}
+    other = Matcher(stocked.settings, embedder=counting_embedder("other-model", permute=3))
+
+    status = other.index_status()
+    assert status.model_id == "other-model" and status.vectors == 0 and status.missing == len(CATALOG)
+    progress: list[tuple[int, int]] = []
+    status = other.reindex(progress=lambda done, total, message="": progress.append((done, total)))
+    assert status.ok and status.vectors == len(CATALOG)
+    assert progress[0] == (0, len(CATALOG)) and progress[-1] == (len(CATALOG), len(CATALOG))
+    assert other.embedder.images_embedded == len(CATALOG)
+
+    # The query and the catalog are both in the other model's space: the own photo still scores 1.
+    response = other.search_image(product_photo(2), "q.png", threshold=-1)
+    assert response.model == "other-model"
+    assert response.results[0].product.id == "blue-mug"
+    assert response.results[0].score == pytest.approx(1.0, abs=1e-4)
+    # ...and the first model's files were not touched.
+    assert {k: stocked.storage.get(k) for k in first_model_files} == first_model_files
+
+
+def test_switching_models_re_embeds_the_catalog_on_first_search(stocked, counting_embedder, product_photo):
+    other = Matcher(stocked.settings, embedder=counting_embedder("other-model", permute=1))
+    other.search_image(product_photo(1), "q.png")
+    assert other.embedder.images_embedded == len(CATALOG) + 1
+
+
+def test_rebuild_re_embeds_every_product(stocked, counting_embedder):
+    m = Matcher(stocked.settings, embedder=counting_embedder())
+    assert m.reindex().ok and m.embedder.images_embedded == 0
+    status = m.reindex(rebuild=True)
+    assert status.ok and m.embedder.images_embedded == len(CATALOG)
+    assert len(segment_keys(m)) == 1
+
+
+# --- the offline fallback --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fallback_matcher(settings, monkeypatch, tmp_path):
+    """VPM_MODEL=clip-ViT-B-32 with an empty Hugging Face cache and the hub offline: EfficientNet takes over."""
+    from vpm.config import load_settings
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("VPM_MODEL", "clip-ViT-B-32")
+    monkeypatch.setenv("VPM_DEVICE", "cpu")
+    return Matcher(load_settings())
+
+
+def test_the_fallback_model_searches_images_and_refuses_text_saying_why(fallback_matcher, product_photo):
+    m = fallback_matcher
+    for seed in (1, 2, 3):
+        m.add_product(
+            product_photo(seed, size=64), f"{seed}.png", name=f"P{seed}", category="Mugs", product_id=f"p{seed}"
+        )
+    assert m.embedder.model_id == "efficientnet-lite0" and m.embedder.fallback_reason
+
+    response = m.search_image(product_photo(2, size=64), "q.png", threshold=-1)
+    assert response.model == "efficientnet-lite0"
+    assert response.results[0].product.id == "p2" and response.results[0].score == pytest.approx(1.0, abs=1e-4)
+
+    with pytest.raises(EmbeddingError) as refused:
+        m.search_text("red mug")
+    message = str(refused.value)
+    assert "efficientnet-lite0 embeds images only" in message
+    assert "clip-ViT-B-32 could not be loaded" in message
+
+    checks = {c.name: c for c in health.full_checks(m)}
+    assert checks["model"].status == "warn"
+    assert "clip-ViT-B-32" in checks["model"].detail and "VPM_MODEL" in checks["model"].fix
+    assert checks["index"].status == "pass"
+
+
+# --- URL search ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254"),
+        ("http://127.0.0.1:8080/admin.png", "127.0.0.1"),
+        ("file:///etc/passwd", "file"),
+    ],
+)
+def test_url_search_refuses_internal_addresses_saying_why(stocked, url, why):
+    with pytest.raises(URLRefused, match=why):
+        stocked.search_url(url)
+
+
+def test_url_search_searches_the_fetched_image(stocked, product_photo, monkeypatch):
+    fetched = []
+
+    def fake_fetch(url: str):
+        fetched.append(url)
+        return product_photo(4), "bag.png"
+
+    monkeypatch.setattr(stocked, "fetch_url_image", fake_fetch)
+    response = stocked.search_url("https://shop.example/bag.png", threshold=-1)
+    assert fetched == ["https://shop.example/bag.png"]
+    assert response.query == "https://shop.example/bag.png"
+    assert response.results[0].product.id == "leather-bag"
+
+
+# --- health ----------------------------------------------------------------------------------------------------
+
+
+def test_health_reports_model_and_index_coverage(stocked, counting_embedder):
+    checks = {c.name: c for c in health.full_checks(stocked)}
+    assert {"storage reachable", "storage read/write", "catalog readable", "model", "index"} <= set(checks)
+    assert checks["model"].status == "pass"
+    assert checks["index"].status == "pass" and f"{len(CATALOG)}/{len(CATALOG)}" in checks["index"].detail
+
+    other = Matcher(stocked.settings, embedder=counting_embedder("other-model", permute=2))
+    index_check = {c.name: c for c in health.full_checks(other)}["index"]
+    assert index_check.status == "warn"
+    assert f"0/{len(CATALOG)}" in index_check.detail and "python -m vpm index" in index_check.fix
+
+
+def test_the_model_loads_lazily_from_settings(matcher):
+    assert not matcher.model_loaded
+    assert matcher.embedder.supports_text
+    assert matcher.model_loaded
+    assert Path(matcher.settings.vpm_model).name == matcher.embedder.display_name

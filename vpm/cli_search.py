@@ -1,0 +1,172 @@
+"""`python -m vpm search | import | index`: search the catalog, bulk-import images, maintain the vector index.
+
+Progress bars go to stderr, so `--json` output on stdout stays one parseable document.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .cli import EXIT_ERROR, EXIT_OK, UserError, emit, make_matcher
+
+
+def register(sub, command) -> None:
+    """Add this module's subcommands to the parser."""
+    p = command("search", cmd_search, "find the catalog products that look like a photo (or match a description)")
+    p.add_argument(
+        "images", nargs="*", metavar="IMAGE", help="photo(s) to search with; several are searched in one batch"
+    )
+    p.add_argument("--url", help="search with the image at this http(s) URL")
+    p.add_argument("--text", help="search with a description (CLIP models only)")
+    p.add_argument("--top-k", type=int, default=10, help="at most this many results (default 10)")
+    p.add_argument(
+        "--threshold", type=float,
+        help="minimum cosine similarity, -1..1 (e.g. 0.8 = 80%%); default depends on the model and query kind",
+    )
+    p.add_argument("--category", action="append", help="only this category (repeat for several)")
+
+    p = command(
+        "import", cmd_import,
+        "add every image of a folder, a .zip or a .csv (columns image, name, category[, price, id, description]); "
+        "exit 1 if any image failed",
+    )
+    p.add_argument("path", metavar="PATH")
+
+    p = command("index", cmd_index, "embed the products missing from the search index, prune it and merge its files")
+    p.add_argument("--rebuild", action="store_true", help="re-embed every product, not only the missing ones")
+    p.add_argument("--check", action="store_true", help="only report; embed nothing; exit 1 if vectors are missing")
+
+
+# ---------------------------------------------------------------------------------------------- search
+
+
+def cmd_search(args) -> int:
+    from .embeddings import EmbeddingError
+
+    given = [bool(args.images), args.url is not None, args.text is not None]
+    if sum(given) != 1:
+        raise UserError("give exactly one of: IMAGE... , --url URL or --text TEXT")
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1 (got {args.top_k})")
+    if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
+        raise UserError(f"--threshold is a cosine similarity between -1 and 1 (e.g. 0.8 for 80%), not {args.threshold}")
+    options = {"top_k": args.top_k, "threshold": args.threshold, "categories": args.category}
+    images = [_read(path) for path in args.images]
+    matcher = make_matcher(args)
+    try:
+        if images:
+            responses = matcher.search_images(images, **options)
+        elif args.url is not None:
+            responses = [matcher.search_url(args.url, **options)]
+        else:
+            responses = [matcher.search_text(args.text, **options)]
+    except EmbeddingError as err:
+        raise UserError(str(err)) from None
+    documents = [r.as_dict() for r in responses]
+    document = documents if len(args.images) > 1 else documents[0]
+    emit(args, document, "\n\n".join(_table(r) for r in responses))
+    return EXIT_OK
+
+
+def _read(path: str) -> tuple[bytes, str]:
+    try:
+        return Path(path).read_bytes(), Path(path).name
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def _table(response) -> str:
+    head = f"query: {response.query} · model {response.model} · {response.took_ms:.0f} ms"
+    if response.threshold is not None:
+        head += f" · threshold {response.threshold * 100:.0f}%"
+    if not response.results:
+        if response.best_score is None:
+            return head + "\nno products to search (the catalog, or the chosen category, is empty)"
+        return head + (
+            f"\nno product scored at least {response.threshold * 100:.0f}% "
+            f"(best: {response.best_score * 100:.1f}%); lower --threshold to see more"
+        )
+    rows = [("#", "score", "name", "category", "id")]
+    for rank, match in enumerate(response.results, 1):
+        p = match.product
+        rows.append((str(rank), f"{match.score * 100:.1f}%", _clip(p.name, 40), _clip(p.category, 20), p.id))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = [
+        "  ".join(cell.rjust(w) if i < 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        for row in rows
+    ]
+    return head + "\n" + "\n".join(lines)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------- import
+
+
+class _Bar:
+    """A tqdm bar on stderr driven by progress(done, total, message) callbacks."""
+
+    def __init__(self, unit: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = done
+        if message:
+            self.bar.set_postfix_str(message, refresh=False)
+        self.bar.refresh()
+
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def cmd_import(args) -> int:
+    from .embeddings import EmbeddingError
+
+    matcher = make_matcher(args)
+    try:
+        with _Bar("img") as bar:
+            report = matcher.import_path(args.path, progress=bar)
+    except EmbeddingError as err:  # ImportSourceError is a ValueError: the CLI prints it as it is
+        raise UserError(str(err)) from None
+    lines = [f"{args.path}: {report.summary()}"]
+    for title, issues in (("skipped", report.skipped), ("failed", report.failed)):
+        if issues:
+            lines.append(f"{title}:")
+            lines += [f"  {issue.source}: {issue.reason}" for issue in issues]
+    emit(args, report.as_dict(), "\n".join(lines))
+    return EXIT_ERROR if report.failed else EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------- index
+
+
+def cmd_index(args) -> int:
+    from .embeddings import EmbeddingError
+
+    matcher = make_matcher(args)
+    try:
+        if args.check:
+            status = matcher.index_status()
+        else:
+            with _Bar("img") as bar:
+                status = matcher.reindex(rebuild=args.rebuild, progress=bar)
+    except EmbeddingError as err:
+        raise UserError(str(err)) from None
+    text = (
+        f"model {status.model_id}: vectors cached for {status.vectors}/{status.products} products"
+        + (f"; {status.missing} missing (run python -m vpm index)" if status.missing else "")
+        + (f"; {status.orphans} of deleted products" if status.orphans else "")
+        + "".join(f"\n  {problem}" for problem in status.problems)
+    )
+    emit(args, status.as_dict(), text)
+    return EXIT_OK if status.missing == 0 else EXIT_ERROR
