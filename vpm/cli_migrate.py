@@ -1,0 +1,151 @@
+"""`python -m vpm migrate` (local catalog -> S3) and `python -m vpm costs` (what the catalog costs on S3)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, emit
+from .health import as_report
+
+
+def register(sub, command) -> None:
+    p = command("migrate", cmd_migrate, "copy the local catalog to the S3 bucket in the settings (never deletes)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check-only", action="store_true",
+                      help="check credentials, bucket, permissions and the local catalog; writes only a "
+                           "probe object, then removes it")
+    mode.add_argument("--dry-run", action="store_true", help="print the plan, file by file; write nothing")
+    mode.add_argument("--force", action="store_true", help="migrate without asking for confirmation")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace bucket objects and products that differ from the local ones (default: report them)")
+    p.add_argument("--workers", type=_workers, default=8, help="concurrent uploads (1-32, default 8)")
+
+    p = command("costs", cmd_costs, "estimate what the active catalog costs on S3 (one-time and monthly)")
+    p.add_argument("--searches", type=_count, default=1000, metavar="N", help="searches a month (default 1000)")
+    p.add_argument("--images-per-search", type=_count, default=10, metavar="N",
+                   help="result images shown per search (default 10)")
+    p.add_argument("--cdn", action="store_true", help="serve images through CloudFront")
+    p.add_argument("--originals", action="store_true", help="results show the originals, not thumbnails")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _workers(text: str) -> int:
+    from .migrate import MAX_WORKERS
+
+    value = _count(text)
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_WORKERS}, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------- migrate
+
+
+def cmd_migrate(args) -> int:
+    from .migrate import Migration
+
+    migration = Migration(args.settings, workers=args.workers)
+    if args.check_only:
+        checks = migration.check()
+        report = as_report(checks)
+        lines = [_check_line(c) for c in checks]
+        emit(args, report, "\n".join(lines) + f"\noverall: {report['status']}")
+        return EXIT_OK if report["status"] != "fail" else EXIT_ERROR
+
+    with _Bar("planning", None, bytes_mode=False) as progress:
+        plan = migration.plan(overwrite=args.overwrite, progress=progress)
+    if args.dry_run:
+        emit(args, {"dry_run": True, "plan": plan.as_dict()}, plan.as_text() + "\n\n(dry run: nothing was written)")
+        return EXIT_OK
+
+    if plan.nothing_to_do:
+        report = migration.execute(plan)
+        emit(args, report.as_dict(), "nothing to do: the bucket already has the whole catalog\n" + report.as_text())
+        return report.exit_code
+
+    if not args.force:
+        if not sys.stdin.isatty():
+            print("error: refusing to ask for confirmation: stdin is not a terminal; use --force to migrate "
+                  "without asking, or --dry-run to see the plan", file=sys.stderr)
+            return EXIT_USAGE
+        print(plan.as_text(list_files=False), file=sys.stderr)
+        answer = input(f"Upload {len(plan.to_upload)} files to {plan.target}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("cancelled: nothing was written", file=sys.stderr)
+            return EXIT_ERROR
+
+    try:
+        with _Bar("uploading", plan.upload_bytes, bytes_mode=True) as progress:
+            report = migration.execute(plan, progress=progress)
+    except KeyboardInterrupt:
+        print("stopped: every object already uploaded is complete and products.json never points at a missing "
+              "one; run the same command again to upload only what is missing", file=sys.stderr)
+        raise
+    emit(args, report.as_dict(), report.as_text())
+    return report.exit_code
+
+
+def _check_line(c) -> str:
+    fix = f"\n       fix: {c.fix}" if c.fix and c.status != "pass" else ""
+    return f"[{c.status.upper():4}] {c.name}: {c.detail}{fix}"
+
+
+class _Bar:
+    """A tqdm bar on stderr fed by the migration's progress(done_files, total_files, done_bytes, total_bytes).
+
+    Uploads count bytes (tqdm shows the rate and ETA) with files as a postfix; planning counts files.
+    """
+
+    def __init__(self, desc: str, total: int | None, *, bytes_mode: bool):
+        self.desc, self.total, self.bytes_mode = desc, total, bytes_mode
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        units = dict(unit="B", unit_scale=True, unit_divisor=1024) if self.bytes_mode else dict(unit="file")
+        self.bar = tqdm(total=self.total, desc=self.desc, file=sys.stderr, disable=None, dynamic_ncols=True,
+                        leave=self.bytes_mode, **units)
+        return self.update
+
+    def update(self, done_files: int, total_files: int, done_bytes: int, total_bytes: int) -> None:
+        if self.bytes_mode:
+            self.bar.update(done_bytes - self.bar.n)
+            self.bar.set_postfix_str(f"{done_files}/{total_files} files", refresh=False)
+        else:
+            self.bar.total = total_files
+            self.bar.update(done_files - self.bar.n)
+
+    def __exit__(self, *exc):
+        self.bar.close()
+        return False
+
+
+# --------------------------------------------------------------------------------------------- costs
+
+
+def cmd_costs(args) -> int:
+    from .costs import CatalogSize, Traffic, estimate
+    from .storage import make_storage
+
+    settings = args.settings
+    storage = make_storage(settings)
+    size = CatalogSize.from_objects(
+        ((o.key, o.size) for o in storage.iter_objects()), settings.s3_image_prefix, settings.s3_thumbnail_prefix
+    )
+    traffic = Traffic(searches_per_month=args.searches, images_per_search=args.images_per_search,
+                      use_cdn=args.cdn, serve_thumbnails=not args.originals)
+    result = estimate(size, traffic)
+    header = (f"Catalog in {storage.description}: {size.images:,} images, {size.thumbnails:,} thumbnails, "
+              f"{size.metadata_objects:,} other objects, {size.bytes:,} bytes\n")
+    emit(args, {"storage": storage.description, **result.as_dict()}, header + result.as_text())
+    return EXIT_OK
