@@ -1,0 +1,438 @@
+"""Does storage agree with the catalog? Missing files, orphan files, products without a cached vector.
+(Plus the few helpers the storage browser needs to show a listing page: breadcrumbs, rows, preview kind.)
+
+Read-only, except `delete_orphans`, which removes only files that are still orphans when it runs: it reads
+products.json afresh and never deletes a key any product references. Files written in the last few minutes
+are kept by default, because `Matcher.add_product` writes the image before the metadata that points at it, so
+a brand-new file is briefly unreferenced while its product is being added.
+
+The vector part never loads a model: it asks the search index for the SHA-256s it has cached for the configured
+model. When the index cannot say that without embedding, the vector status is "unknown".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from .catalog import CatalogCorrupt, CatalogError, Product
+from .presentation import format_bytes
+from .storage import ObjectInfo, ObjectNotFound, StorageError
+
+log = logging.getLogger(__name__)
+
+# A file younger than this may belong to a product that is being added right now (image before metadata).
+RECENT_SECONDS = 10 * 60
+
+FileKind = Literal["image", "thumbnail"]
+VectorState = Literal["ok", "missing", "unknown"]
+
+
+class ConsistencyError(ValueError):
+    """The report or a cleanup cannot be done safely; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class MissingFile:
+    """A product points at a file that is not in storage."""
+
+    product_id: str
+    product_name: str
+    kind: FileKind
+    key: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A file under the image or thumbnail prefix that no product references."""
+
+    key: str
+    kind: FileKind
+    size: int
+    last_modified: datetime
+    recent: bool  # written in the last RECENT_SECONDS: maybe a product being added right now
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "last_modified": self.last_modified.isoformat()}
+
+
+@dataclass(frozen=True)
+class VectorCoverage:
+    """Which products have a cached vector for the configured model."""
+
+    state: VectorState
+    model_id: str | None
+    detail: str
+    missing_product_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConsistencyReport:
+    storage: str  # where it was checked, for people
+    products: int
+    image_files: int
+    thumbnail_files: int
+    missing: list[MissingFile]
+    orphans: list[Orphan]
+    vectors: VectorCoverage
+    catalog_exists: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.orphans and self.vectors.state != "missing"
+
+    @property
+    def orphan_keys(self) -> set[str]:
+        return {o.key for o in self.orphans}
+
+    @property
+    def orphan_bytes(self) -> int:
+        return sum(o.size for o in self.orphans)
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.products} products, {self.image_files} images, {self.thumbnail_files} thumbnails in {self.storage}",
+            f"{len(self.missing)} missing file(s)",
+            f"{len(self.orphans)} orphan file(s) ({format_bytes(self.orphan_bytes)})",
+        ]
+        if self.vectors.state == "unknown":
+            parts.append("vectors: unknown")
+        else:
+            parts.append(f"{len(self.vectors.missing_product_ids)} product(s) without a vector")
+        return "; ".join(parts)
+
+    def missing_rows(self) -> list[dict[str, Any]]:
+        return [{"product": m.product_id, "name": m.product_name, "file": m.kind, "key": m.key} for m in self.missing]
+
+    def orphan_rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "key": o.key,
+                "kind": o.kind,
+                "size": format_bytes(o.size),
+                "last modified": _utc(o.last_modified).strftime("%Y-%m-%d %H:%M UTC"),
+                "recent": o.recent,
+            }
+            for o in self.orphans
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "storage": self.storage,
+            "catalog_exists": self.catalog_exists,
+            "products": self.products,
+            "image_files": self.image_files,
+            "thumbnail_files": self.thumbnail_files,
+            "missing": [m.as_dict() for m in self.missing],
+            "orphans": [o.as_dict() for o in self.orphans],
+            "vectors": self.vectors.as_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    deleted: list[str]
+    kept: list[tuple[str, str]]  # (key, why it was not deleted)
+
+    def summary(self) -> str:
+        text = f"deleted {len(self.deleted)} orphan file(s)"
+        if self.kept:
+            text += f"; kept {len(self.kept)}"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"deleted": self.deleted, "kept": [{"key": k, "reason": r} for k, r in self.kept]}
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _file_prefixes(settings) -> dict[FileKind, str]:
+    return {"image": settings.s3_image_prefix, "thumbnail": settings.s3_thumbnail_prefix}
+
+
+def _is_metadata(key: str, settings) -> bool:
+    # With an empty image prefix the listing would include products.json and the embedding cache: never files.
+    return key == settings.s3_metadata_key or key.startswith(settings.embeddings_prefix) or (
+        bool(settings.metadata_prefix) and key.startswith(settings.metadata_prefix)
+    )
+
+
+def _kind_of(key: str, settings) -> FileKind | None:
+    """Which kind of product file a key is, by its prefix; the longer prefix wins when one contains the other."""
+    if _is_metadata(key, settings):
+        return None
+    matches = [(len(p), kind) for kind, p in _file_prefixes(settings).items() if key.startswith(p)]
+    return max(matches)[1] if matches else None
+
+
+def _list_files(storage, settings) -> dict[str, tuple[FileKind, ObjectInfo]]:
+    files: dict[str, tuple[FileKind, ObjectInfo]] = {}
+    prefixes = set(_file_prefixes(settings).values())
+    # List each folder once: one prefix inside the other (e.g. an empty image prefix) is already covered.
+    for prefix in sorted(p for p in prefixes if not any(q != p and p.startswith(q) for q in prefixes)):
+        for info in storage.iter_objects(prefix):
+            kind = _kind_of(info.key, settings)
+            if kind is not None:
+                files[info.key] = (kind, info)
+    return files
+
+
+def _referenced(products: Iterable[Product]) -> set[str]:
+    return {k for p in products for k in (p.image_key, p.thumbnail_key) if k}
+
+
+def _is_recent(info: ObjectInfo, now: datetime, min_age_seconds: float) -> bool:
+    return now - _utc(info.last_modified) < timedelta(seconds=min_age_seconds)
+
+
+def vector_coverage(matcher, products: list[Product]) -> VectorCoverage:
+    """Products whose image SHA-256 has no vector in the cache for the configured model, without loading it.
+
+    Uses the matcher's own index status when its model is already loaded (free), else reads which SHA-256s the
+    cache holds for the configured model. Anything it cannot answer without embedding is "unknown", never a guess.
+    """
+    try:
+        return _vector_coverage(matcher, products)
+    except Exception as err:  # derived data: a broken cache must not break the report
+        log.warning("vector coverage unavailable: %s", err)
+        return VectorCoverage("unknown", None, f"could not read the embedding cache: {err}")
+
+
+def _vector_coverage(matcher, products: list[Product]) -> VectorCoverage:
+    from . import index
+    from .embeddings import model_slug
+
+    settings = matcher.settings
+    if getattr(matcher, "model_loaded", False):
+        # The running model decides (it may be the offline fallback rather than the configured one).
+        model_id = matcher.embedder.model_id
+        status = matcher.index_status() if hasattr(matcher, "index_status") else None
+        missing_ids = _missing_ids_from_status(status, products) if status is not None else None
+        if missing_ids is not None:
+            return _coverage(model_id, products, missing_ids)
+        note = ""
+    else:
+        model_id = model_slug(settings.vpm_model)
+        note = " (the configured model; it is not loaded yet)"
+    cached = index.cached_sha256s(matcher.storage, settings, model_id)
+    if cached is None:  # no cache for this model yet
+        missing_ids = [p.id for p in products]
+    else:
+        missing_ids = [p.id for p in products if not p.image_sha256 or p.image_sha256 not in cached]
+    return _coverage(model_id, products, missing_ids, note)
+
+
+def _missing_ids_from_status(status, products: list[Product]) -> list[str] | None:
+    ids = getattr(status, "missing_ids", None) or getattr(status, "missing_product_ids", None)
+    if isinstance(ids, (list, tuple, set)):
+        return sorted(ids)
+    if getattr(status, "missing", None) == 0:
+        return []
+    return None  # a count without ids: let the cache reader name them
+
+
+def _coverage(model_id: str, products: list[Product], missing_ids: list[str], note: str = "") -> VectorCoverage:
+    if not missing_ids:
+        return VectorCoverage("ok", model_id, f"all {len(products)} products have a vector for {model_id}{note}")
+    return VectorCoverage(
+        "missing", model_id,
+        f"{len(missing_ids)} of {len(products)} products have no vector for {model_id}{note}; they are embedded "
+        "by the next search, or by a reindex",
+        list(missing_ids),
+    )
+
+
+def consistency_report(
+    matcher, *, vectors: bool = True, now: datetime | None = None, min_age_seconds: float = RECENT_SECONDS
+) -> ConsistencyReport:
+    """Compare the catalog with the files in storage. Raises CatalogCorrupt (with its own clear message) when
+    products.json cannot be read, since nothing can be judged against it then."""
+    settings, storage = matcher.settings, matcher.storage
+    now = now or datetime.now(timezone.utc)
+    snapshot = matcher.catalog.load()
+    products = snapshot.products
+    files = _list_files(storage, settings)
+
+    missing = []
+    for p in products:
+        for kind, key in (("image", p.image_key), ("thumbnail", p.thumbnail_key)):
+            if key and key not in files and not _exists_outside_listing(storage, key, settings):
+                missing.append(MissingFile(p.id, p.name, kind, key))
+
+    referenced = _referenced(products)
+    orphans = [
+        Orphan(key, kind, info.size, info.last_modified, _is_recent(info, now, min_age_seconds))
+        for key, (kind, info) in sorted(files.items())
+        if key not in referenced
+    ]
+    coverage = vector_coverage(matcher, products) if vectors else VectorCoverage("unknown", None, "not checked")
+    return ConsistencyReport(
+        storage=storage.description,
+        products=len(products),
+        image_files=sum(1 for kind, _ in files.values() if kind == "image"),
+        thumbnail_files=sum(1 for kind, _ in files.values() if kind == "thumbnail"),
+        missing=missing,
+        orphans=orphans,
+        vectors=coverage,
+        catalog_exists=snapshot.etag is not None,
+    )
+
+
+def _exists_outside_listing(storage, key: str, settings) -> bool:
+    """A product key outside both prefixes (e.g. written before the prefixes changed) is not in the listing."""
+    if _kind_of(key, settings) is not None:
+        return False
+    try:
+        return storage.exists(key)
+    except StorageError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- browsing
+# What the storage browser shows for one listing page; here so the page only lays it out.
+
+PreviewKind = Literal["image", "json", "text", "none"]
+_TEXT_TYPES = ("text/", "application/xml", "application/x-yaml")
+
+
+def breadcrumbs(prefix: str) -> list[tuple[str, str]]:
+    """('All files', '') then one (folder name, prefix) per level: 'images/a/' -> All files > images > a."""
+    crumbs = [("All files", "")]
+    path = ""
+    for part in [p for p in prefix.split("/") if p]:
+        path += part + "/"
+        crumbs.append((part, path))
+    return crumbs
+
+
+def parent_prefix(prefix: str) -> str:
+    head = prefix.rstrip("/").rpartition("/")[0]
+    return head + "/" if head else ""
+
+
+def content_type_of(info: ObjectInfo) -> str:
+    """The stored content type, else a guess from the extension (S3 listings do not carry it)."""
+    import mimetypes
+
+    return info.content_type or mimetypes.guess_type(info.key)[0] or "application/octet-stream"
+
+
+def object_rows(objects: Iterable[ObjectInfo], prefix: str = "") -> list[dict[str, Any]]:
+    """Rows for the listing table: name relative to the folder, human size, UTC time, content type."""
+    return [
+        {
+            "name": o.key[len(prefix):] if o.key.startswith(prefix) else o.key,
+            "size": format_bytes(o.size),
+            "bytes": o.size,
+            "last modified": _utc(o.last_modified).strftime("%Y-%m-%d %H:%M UTC"),
+            "content type": content_type_of(o),
+        }
+        for o in objects
+    ]
+
+
+def preview_kind(info: ObjectInfo) -> PreviewKind:
+    ctype = content_type_of(info)
+    if ctype.startswith("image/"):
+        return "image"
+    if ctype == "application/json" or info.key.endswith(".json"):
+        return "json"
+    if ctype.startswith(_TEXT_TYPES):
+        return "text"
+    return "none"
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+# ------------------------------------------------------------------------------------------------ cleanup
+
+
+def delete_orphans(
+    matcher,
+    keys: Iterable[str],
+    expected: set[str],
+    *,
+    min_age_seconds: float = RECENT_SECONDS,
+    now: datetime | None = None,
+) -> DeleteResult:
+    """Delete those of `keys` that the user saw as orphans (`expected`) and that are still orphans now.
+
+    Re-reads products.json first and keeps any key a product references, any key outside the image and
+    thumbnail prefixes, and (unless min_age_seconds=0) any file written in the last min_age_seconds.
+    """
+    settings, storage = matcher.settings, matcher.storage
+    try:
+        snapshot = matcher.catalog.load()
+    except CatalogCorrupt as err:
+        raise ConsistencyError(f"nothing was deleted: {err}") from None
+    except (CatalogError, StorageError) as err:
+        raise ConsistencyError(f"nothing was deleted: could not read the catalog ({err})") from None
+    if snapshot.etag is None:
+        # No products.json at all: every image would look orphaned. More likely the catalog is lost than empty.
+        raise ConsistencyError(
+            f"nothing was deleted: {settings.s3_metadata_key} does not exist in {storage.description}, so every "
+            "file looks orphaned; restore the catalog first (or delete files by hand if it really is empty)"
+        )
+    referenced = _referenced(snapshot.products)
+    now = now or datetime.now(timezone.utc)
+    deleted: list[str] = []
+    kept: list[tuple[str, str]] = []
+    for key in dict.fromkeys(keys):  # de-duplicated, order kept
+        if key not in expected:
+            kept.append((key, "not in the orphan report that was confirmed"))
+        elif _kind_of(key, settings) is None:
+            kept.append((key, "not under the image or thumbnail prefix"))
+        elif key in referenced:
+            kept.append((key, "a product references it now"))
+        else:
+            try:
+                info = storage.head(key)
+            except ObjectNotFound:
+                kept.append((key, "already gone"))
+                continue
+            except StorageError as err:
+                kept.append((key, f"could not check it: {err}"))
+                continue
+            if min_age_seconds and _is_recent(info, now, min_age_seconds):
+                kept.append((key, f"written in the last {min_age_seconds / 60:g} minutes; a product may be being added"))
+                continue
+            try:
+                storage.delete(key)
+            except StorageError as err:
+                kept.append((key, f"delete failed: {err}"))
+                continue
+            deleted.append(key)
+            log.info("deleted orphan %s from %s", key, storage.description)
+    return DeleteResult(deleted, kept)
+
+
+__all__ = [
+    "RECENT_SECONDS",
+    "ConsistencyError",
+    "ConsistencyReport",
+    "DeleteResult",
+    "MissingFile",
+    "Orphan",
+    "VectorCoverage",
+    "breadcrumbs",
+    "content_type_of",
+    "object_rows",
+    "parent_prefix",
+    "preview_kind",
+    "consistency_report",
+    "delete_orphans",
+    "vector_coverage",
+]
