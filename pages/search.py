@@ -1,0 +1,185 @@
+"""Search: a photo (upload or camera), an image link or words in; the closest products out, as cards.
+
+The query is embedded once and its vector kept in the session, so moving the threshold slider, changing
+top-k or the categories only re-ranks (`matcher.rank`), which takes milliseconds.
+"""
+
+import hashlib
+import time
+
+import streamlit as st
+
+from vpm import webapp
+from vpm.presentation import (
+    IMAGE_UPLOAD_TYPES,
+    format_ms,
+    nothing_found_text,
+    results_count_text,
+    results_csv,
+)
+
+PHOTO, LINK, WORDS = "Photo", "Image link", "Words"
+STATE = "search_query"
+
+st.title(":material/image_search: Search")
+
+settings = webapp.get_settings()
+matcher = webapp.get_matcher()
+
+try:
+    categories = matcher.categories()
+except Exception as err:
+    webapp.show_error(err, what="The catalog cannot be read")
+    st.page_link(webapp.HEALTH_PAGE, label="Open Health for what to do", icon=":material/monitor_heart:")
+    st.stop()
+
+if not categories:
+    st.info(
+        "The catalog is empty, so there is nothing to compare a photo with yet. Add a product or import a "
+        "zip or CSV first.",
+        icon=":material/inventory_2:",
+    )
+    st.page_link(webapp.CATALOG_PAGE, label="Add or import products", icon=":material/add_photo_alternate:")
+    st.stop()
+
+
+try:
+    webapp.ensure_model(matcher)  # first use: a spinner says the model is loading
+except Exception as err:  # e.g. an invalid VPM_DEVICE: say so rather than fail on every widget below
+    webapp.show_error(err, what="The image model could not be loaded")
+    st.page_link(webapp.HEALTH_PAGE, label="Open Health for what to do", icon=":material/monitor_heart:")
+    st.stop()
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_query() -> dict | None:
+    """What the person asked for, as {identity, kind, ...}; None when nothing is entered yet."""
+    mode = st.radio("Search by", [PHOTO, LINK, WORDS], horizontal=True, key="search_mode")
+    if mode == PHOTO:
+        # The camera only appears when asked for, so opening the page never triggers a camera prompt.
+        if st.toggle("Use the camera", key="search_camera"):
+            shot = st.camera_input("Take a photo of the product", key="search_camera_input")
+            if shot is None:
+                return None
+            data = shot.getvalue()
+            return {"identity": ("camera", _digest(data)), "kind": "image", "data": data, "filename": "camera.jpg"}
+        upload = st.file_uploader(
+            "Photo of a product",
+            type=list(IMAGE_UPLOAD_TYPES),
+            key="search_upload",
+            help=f"JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC, up to {settings.vpm_max_upload_mb} MB.",
+        )
+        if upload is None:
+            return None
+        data = upload.getvalue()
+        return {"identity": ("upload", upload.name, _digest(data)), "kind": "image", "data": data,
+                "filename": upload.name}
+    if mode == LINK:
+        url = st.text_input(
+            "Image link", key="search_url", placeholder="https://example.com/photo.jpg",
+            help="A public http(s) link to a JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC image. Press Enter to search.",
+        ).strip()
+        if not url:
+            return None
+        return {"identity": ("url", url), "kind": "image", "url": url}
+    embedder = webapp.ensure_model(matcher)
+    if not embedder.supports_text:
+        why = f" ({embedder.fallback_reason})" if embedder.fallback_reason else ""
+        st.info(
+            f"Searching by words needs a model that understands text. The active model, "
+            f"{embedder.display_name}, embeds images only{why}. Search with a photo or an image link instead.",
+            icon=":material/info:",
+        )
+        return None
+    text = st.text_input(
+        "Describe the product", key="search_text", placeholder="e.g. red running shoe",
+        help="Press Enter to search.",
+    ).strip()
+    if not text:
+        return None
+    return {"identity": ("text", text), "kind": "text", "text": text}
+
+
+def embed(query: dict) -> dict:
+    """Embed the query once; the result is kept in the session for re-ranking."""
+    webapp.ensure_model(matcher)
+    webapp.prepare_search_index(matcher)  # a progress bar if catalog images still need embedding
+    with st.spinner("Finding similar products…"):
+        started = time.perf_counter()
+        image = None
+        if query["kind"] == "text":
+            vector = matcher.embed_query_text(query["text"])
+            label = query["text"]
+        else:
+            if "url" in query:
+                data, filename = matcher.fetch_url_image(query["url"])
+                label = query["url"]
+            else:
+                data, filename = query["data"], query["filename"]
+                label = filename
+            vector = matcher.embed_query_image(data, filename)
+            image = data
+        embed_ms = (time.perf_counter() - started) * 1000
+    return {"identity": query["identity"], "kind": query["kind"], "vector": vector, "label": label,
+            "image": image, "embed_ms": embed_ms}
+
+
+ask, tune = st.columns([3, 2], gap="large")
+with ask:
+    query = read_query()
+
+if query is None:
+    st.session_state.pop(STATE, None)
+elif st.session_state.get(STATE, {}).get("identity") != query["identity"]:
+    st.session_state.pop(STATE, None)
+    try:
+        st.session_state[STATE] = embed(query)
+    except Exception as err:  # a bad photo or link: say exactly what, keep the page usable
+        webapp.show_error(err)
+
+current = st.session_state.get(STATE)
+
+with tune:
+    kind = current["kind"] if current else ("text" if st.session_state.get("search_mode") == WORDS else "image")
+    default = round(matcher.default_threshold(kind) * 100)
+    threshold = st.slider(
+        "Minimum similarity (%)", 0, 100, default, step=1, key=f"search_threshold_{kind}",
+        help="Only products at least this similar are shown. Lower it to see more, weaker matches.",
+    )
+    top_k = st.slider("Show at most", 1, 50, 12, key="search_top_k", help="The number of result cards.")
+    chosen = st.multiselect("Categories", categories, key="search_categories", placeholder="All categories")
+
+if current is None:
+    if query is None:
+        st.caption("Upload a photo, take one, paste an image link or describe the product to see matches.")
+    st.stop()
+
+response = matcher.rank(
+    current["vector"], top_k=top_k, threshold=threshold / 100, categories=chosen or None,
+    query=current["label"], took_ms=current["embed_ms"],
+)
+
+st.divider()
+summary, picture = st.columns([4, 1], vertical_alignment="top")
+with picture:
+    if current["image"] is not None:
+        st.image(current["image"], caption="Your photo", width=140)
+with summary:
+    st.subheader("Matches")
+    if current["kind"] == "text":
+        st.markdown(f"For “{current['label']}”")
+    if response.results:
+        st.markdown(f"**{results_count_text(len(response.results), threshold / 100)}**")
+        st.caption(f"Search took {format_ms(response.took_ms)} · model {response.model}")
+        st.download_button(
+            "Download results (CSV)", results_csv(response.results), file_name="vpm-results.csv",
+            mime="text/csv", icon=":material/download:", on_click="ignore",
+        )
+    else:
+        st.warning(nothing_found_text(response.best_score, threshold / 100), icon=":material/search_off:")
+
+if response.results:
+    webapp.product_grid(response.results, columns=4)

@@ -1,0 +1,286 @@
+"""Storage browser: the files behind the catalog, local folder or S3 bucket alike.
+
+Read-only, except one explicit, confirmed action: deleting orphan files the consistency report found.
+"""
+
+import json
+
+import streamlit as st
+
+from vpm import webapp
+from vpm.consistency import (
+    RECENT_SECONDS,
+    breadcrumbs,
+    consistency_report,
+    delete_orphans,
+    object_rows,
+    parent_prefix,
+    preview_kind,
+)
+from vpm.presentation import format_bytes, plural
+from vpm.storage import StorageError
+
+PAGE_SIZE = 100
+PREVIEW_MAX_BYTES = 25 * 1024 * 1024  # larger files are listed, not downloaded into the page
+
+st.title(":material/folder_open: Storage browser")
+
+settings = webapp.get_settings()
+matcher = webapp.get_matcher()
+storage = matcher.storage
+st.caption(f"Browsing {webapp.storage_summary(settings)}. Nothing here changes your files unless you confirm.")
+
+state = st.session_state
+state.setdefault("browse_prefix", "")
+state.setdefault("browse_tokens", [None])  # token of each page seen so far; the last is the current page
+
+
+def go_to(prefix: str) -> None:
+    state.browse_prefix = prefix
+    state.browse_tokens = [None]
+    state.pop("browse_preview", None)
+
+
+def next_page(token: str) -> None:
+    state.browse_tokens = [*state.browse_tokens, token]
+
+
+def previous_page() -> None:
+    state.browse_tokens = state.browse_tokens[:-1] or [None]
+
+
+files_tab, catalog_tab, check_tab = st.tabs(
+    [":material/folder: Files", ":material/data_object: products.json", ":material/rule: Consistency"]
+)
+
+# ------------------------------------------------------------------------------------------------- files
+with files_tab:
+    prefix = state.browse_prefix
+    with st.container(horizontal=True, gap="small"):
+        crumbs = breadcrumbs(prefix)
+        for i, (label, crumb_prefix) in enumerate(crumbs):
+            current = i == len(crumbs) - 1
+            st.button(
+                label,
+                key=f"crumb_{crumb_prefix}",
+                icon=":material/home:" if i == 0 else ":material/chevron_right:",
+                type="primary" if current else "secondary",
+                disabled=current,
+                on_click=go_to,
+                args=(crumb_prefix,),
+            )
+
+    page_number = len(state.browse_tokens)
+    try:
+        listing = storage.list(prefix, delimiter="/", page_size=PAGE_SIZE, token=state.browse_tokens[-1])
+    except StorageError as err:
+        webapp.show_error(err, what=f"Cannot list {prefix or 'the storage root'}")
+        listing = None
+
+    if listing is not None:
+        if listing.prefixes:
+            with st.container(horizontal=True, gap="small"):
+                for folder in listing.prefixes:
+                    st.button(
+                        folder[len(prefix):],
+                        key=f"folder_{folder}",
+                        icon=":material/folder:",
+                        on_click=go_to,
+                        args=(folder,),
+                    )
+        if prefix:
+            st.button("Up one level", icon=":material/arrow_upward:", on_click=go_to, args=(parent_prefix(prefix),))
+
+        shown = plural(len(listing.objects), "file")
+        more = " (more on the next page)" if listing.next_token else ""
+        st.caption(f"Page {page_number} · {shown} in `{prefix or '/'}`{more}")
+        if listing.objects:
+            st.dataframe(
+                object_rows(listing.objects, prefix),
+                hide_index=True,
+                width="stretch",
+                column_order=("name", "size", "last modified", "content type"),
+            )
+        elif not listing.prefixes:
+            st.info("This folder is empty.", icon=":material/folder_off:")
+
+        with st.container(horizontal=True, gap="small"):
+            st.button(
+                "Previous page",
+                icon=":material/navigate_before:",
+                disabled=page_number == 1,
+                on_click=previous_page,
+            )
+            st.button(
+                "Next page",
+                icon=":material/navigate_next:",
+                disabled=not listing.next_token,
+                on_click=next_page,
+                args=(listing.next_token,),
+            )
+
+        if listing.objects:
+            st.subheader("Preview")
+            by_key = {o.key: o for o in listing.objects}
+            choice = st.selectbox(
+                "File to preview",
+                [None, *by_key],
+                format_func=lambda k: "Choose a file…" if k is None else k[len(prefix):],
+                key="browse_preview",
+            )
+            if choice in by_key:
+                info = by_key[choice]
+                kind = preview_kind(info)
+                st.caption(f"`{choice}` · {format_bytes(info.size)}")
+                if info.size > PREVIEW_MAX_BYTES:
+                    st.info(f"Too large to preview here ({format_bytes(info.size)}).", icon=":material/info:")
+                elif kind == "none":
+                    st.info("No preview for this kind of file.", icon=":material/info:")
+                else:
+                    try:
+                        data = storage.get(choice)
+                    except StorageError as err:
+                        webapp.show_error(err, what=f"Cannot read {choice}")
+                        data = None
+                    if data is not None and kind == "image":
+                        try:
+                            picture = matcher.decode(data, choice).image
+                        except ValueError as err:  # ImageError: says what is wrong with the file
+                            webapp.show_error(err)
+                        else:
+                            st.image(picture, caption=choice, width="content")
+                    elif data is not None and kind == "json":
+                        try:
+                            st.json(json.loads(data), expanded=1)
+                        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                            st.error(f"`{choice}` is not valid JSON: {err}", icon=":material/error:")
+                    elif data is not None:
+                        st.code(data[:20_000].decode("utf-8", errors="replace"), language=None)
+
+# ---------------------------------------------------------------------------------------- products.json
+with catalog_tab:
+    key = settings.s3_metadata_key
+    st.caption(f"The catalog file `{key}`.")
+    try:
+        raw = storage.get(key) if storage.exists(key) else None
+    except StorageError as err:
+        webapp.show_error(err, what=f"Cannot read {key}")
+        raw = None
+    else:
+        if raw is None:
+            st.info(f"`{key}` does not exist yet: the catalog is empty. Add products on the Catalog page.")
+    if raw is not None:
+        try:
+            document = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            document = None
+        try:
+            snapshot = matcher.catalog.load()
+        except Exception as err:  # CatalogCorrupt names the file, the problem and that it was left untouched
+            webapp.show_error(err, what="products.json is corrupt")
+            if document is None:
+                st.caption(f"The first bytes of the file ({format_bytes(len(raw))} in all):")
+                st.code(raw[:2000].decode("utf-8", errors="replace"), language=None)
+        else:
+            with st.container(horizontal=True, gap="small"):
+                st.metric("Products", len(snapshot.products), border=True, width=110)
+                st.metric("Revision", snapshot.revision, border=True, width=110)
+                st.metric("Size", format_bytes(len(raw)), border=True, width=110)
+        if document is not None:
+            st.json(document, expanded=2)
+
+# ------------------------------------------------------------------------------------------ consistency
+with check_tab:
+    st.caption(
+        "Compares products.json with the files: products whose image is missing, files no product uses "
+        "(orphans), and products without a search vector for the active model."
+    )
+    if st.button("Run the consistency check", icon=":material/rule:", type="primary"):
+        try:
+            with st.spinner("Listing files and reading the catalog…"):
+                state.consistency_report = consistency_report(matcher)
+        except Exception as err:
+            webapp.show_error(err, what="The check could not run")
+            state.pop("consistency_report", None)
+
+    result = state.pop("orphan_delete_result", None)
+    if result is not None:
+        (st.success if result.deleted else st.warning)(result.summary().capitalize() + ".", icon=":material/delete:")
+        if result.deleted:
+            st.markdown("Deleted:\n" + "\n".join(f"- `{k}`" for k in result.deleted))
+        if result.kept:
+            st.markdown("Kept:\n" + "\n".join(f"- `{k}`: {why}" for k, why in result.kept))
+
+    report = state.get("consistency_report")
+    if report is not None:
+        with st.container(horizontal=True, gap="small"):
+            st.metric("Products", report.products, border=True, width=110)
+            st.metric("Images", report.image_files, border=True, width=110)
+            st.metric("Thumbnails", report.thumbnail_files, border=True, width=110)
+        if report.ok:
+            st.success("Storage and catalog agree.", icon=":material/check_circle:")
+
+        st.subheader(f"Missing files ({len(report.missing)})")
+        if report.missing:
+            st.error(
+                f"{plural(len(report.missing), 'file')} that products point at cannot be found. Restore them, "
+                "or delete and re-add those products on the Catalog page.",
+                icon=":material/broken_image:",
+            )
+            st.dataframe(report.missing_rows(), hide_index=True, width="stretch")
+        else:
+            st.caption("Every product's image and thumbnail is there.")
+
+        st.subheader(f"Orphan files ({len(report.orphans)})")
+        if not report.catalog_exists and report.orphans:
+            st.warning(
+                f"`{settings.s3_metadata_key}` does not exist, so every file looks orphaned. Restore the "
+                "catalog before deleting anything.",
+                icon=":material/warning:",
+            )
+        if report.orphans:
+            st.caption(f"Files no product references: {format_bytes(report.orphan_bytes)} in all.")
+            st.dataframe(report.orphan_rows(), hide_index=True, width="stretch")
+        if report.orphans and report.catalog_exists:
+            recent = [o for o in report.orphans if o.recent]
+            include_recent = False
+            if recent:
+                minutes = RECENT_SECONDS // 60
+                st.caption(
+                    f"{plural(len(recent), 'file')} {'was' if len(recent) == 1 else 'were'} written in the last "
+                    f"{minutes} minutes and may belong to a product being added right now; kept unless you "
+                    "include them."
+                )
+                include_recent = st.checkbox(f"Also delete files written in the last {minutes} minutes")
+            confirmed = st.checkbox(
+                f"I understand that {plural(len(report.orphans), 'orphan file')} will be deleted permanently "
+                "(each is re-checked against the catalog first)",
+                key="confirm_orphan_delete",
+            )
+            if st.button("Delete orphan files", icon=":material/delete:", disabled=not confirmed):
+                try:
+                    outcome = delete_orphans(
+                        matcher,
+                        [o.key for o in report.orphans],
+                        report.orphan_keys,
+                        min_age_seconds=0 if include_recent else RECENT_SECONDS,
+                    )
+                except Exception as err:
+                    webapp.show_error(err)
+                else:
+                    state.orphan_delete_result = outcome
+                    state.consistency_report = consistency_report(matcher)
+                    state.pop("confirm_orphan_delete", None)
+                    st.rerun()
+        elif not report.orphans:
+            st.caption("Every file under the image and thumbnail folders belongs to a product.")
+
+        st.subheader("Search vectors")
+        vectors = report.vectors
+        if vectors.state == "ok":
+            st.caption(vectors.detail)
+        elif vectors.state == "missing":
+            st.warning(vectors.detail, icon=":material/warning:")
+            st.caption("Products without a vector: " + ", ".join(f"`{i}`" for i in vectors.missing_product_ids[:50]))
+        else:
+            st.info(f"Unknown: {vectors.detail}", icon=":material/help:")

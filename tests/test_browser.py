@@ -1,0 +1,273 @@
+"""The app in a real browser: Playwright drives Debian's Chromium against `streamlit run streamlit_app.py`.
+
+Flows a person would follow: upload a photo on Search and see cards; move the threshold slider with the
+keyboard and see the count change; add a product on Catalog and find it by searching with its own photo.
+Screenshots of every page at desktop (1280 px) and phone (390 px) widths go to test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import APP_FILE, free_port, make_product_photo
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+REPO = Path(APP_FILE).parent
+SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
+PAGES = {  # url path -> (file stem for screenshots, a text that means the page has drawn)
+    "": ("home", "Visual Product Matcher"),
+    "search": ("search", "Search by"),
+    "catalog": ("catalog", "Add a product"),
+    "storage_browser": ("storage_browser", "Storage browser"),
+    "migration": ("migration", "Migration & costs"),
+    "health": ("health", "Effective settings"),
+}
+SEED = [("Red mug", "Kitchen", 1, 12.5), ("Blue mug", "Kitchen", 2), ("Trail shoe", "Shoes", 3, 89.0),
+        ("Road shoe", "Shoes", 4), ("Desk lamp", "Lighting", 5), ("Floor lamp", "Lighting", 6)]
+COUNT_RE = re.compile(r"(\d+) match(?:es)? at or above (\d+)%")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    if not Path(CHROMIUM).exists():
+        message = (
+            f"Chromium is not installed at {CHROMIUM}: install it with `apt-get install chromium` "
+            "(or `playwright install chromium`) to run the browser tests"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return CHROMIUM
+
+
+def _app_env(data_dir: Path, model_dir: Path) -> dict[str, str]:
+    # Only what the test sets: a developer's S3 / AWS / VPM variables must not reach the app under test.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "AWS_", "VPM_", "LOG_LEVEL"))}
+    env.update(VPM_DATA_DIR=str(data_dir), VPM_MODEL=str(model_dir), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def app_url(chromium, tiny_clip_dir, tmp_path_factory):
+    """`streamlit run streamlit_app.py` on a free port, over a catalog seeded with a few generated products."""
+    from vpm.config import load_settings
+    from vpm.matcher import Matcher
+
+    root = tmp_path_factory.mktemp("browser-app")
+    data_dir = root / "data"
+    settings = load_settings(s3_enabled=False, vpm_data_dir=data_dir, vpm_model=str(tiny_clip_dir))
+    matcher = Matcher(settings)
+    for name, category, seed, *price in SEED:
+        matcher.add_product(make_product_photo(seed, size=240), f"{name}.png", name=name, category=category,
+                            price=price[0] if price else None)
+    # Run from a folder holding only the app's Streamlit config: no stray .env or secrets from the checkout.
+    shutil.copytree(REPO / ".streamlit", root / ".streamlit", ignore=shutil.ignore_patterns("secrets.toml"))
+    port = free_port()
+    log = (root / "streamlit.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", APP_FILE, "--server.headless", "true", "--server.port",
+         str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=root, env=_app_env(data_dir, tiny_clip_dir), stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"streamlit did not start:\n{(root / 'streamlit.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser):
+    width, height = WIDTHS["desktop"]
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    yield page
+    context.close()
+
+
+def open_app(page, url: str, path: str = "") -> None:
+    page.goto(f"{url}/{path}")
+    page.get_by_text(PAGES[path][1], exact=False).first.wait_for()
+    settle(page)
+
+
+def settle(page) -> None:
+    """Wait until Streamlit has finished the current run (its 'running' indicator is gone)."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden")
+
+
+def upload_query(page, photo: bytes, name: str = "query.png") -> None:
+    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Photo of a product")
+    uploader.locator('input[type="file"]').set_input_files({"name": name, "mimeType": "image/png", "buffer": photo})
+
+
+def result_count(page) -> int | None:
+    """The number in 'N matches at or above X%' once that many cards have drawn; None when nothing matches."""
+    page.get_by_text(re.compile(r"match(es)? at or above|No product reaches")).first.wait_for()
+    settle(page)
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    found = COUNT_RE.search(text)
+    count = int(found.group(1)) if found else None
+    # The count line arrives before the grid below it: wait for the cards too.
+    deadline = time.monotonic() + 30
+    while _cards(page).count() != (count or 0) and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    return count
+
+
+def _cards(page):
+    # A card is the innermost block holding a score bar.
+    scored = page.locator('[data-testid="stVerticalBlock"]').filter(has=page.locator('[data-testid="stProgress"]'))
+    return scored.filter(has_not=scored)
+
+
+def card_names(page) -> list[str]:
+    cards = _cards(page)
+    return [cards.nth(i).locator("strong").first.inner_text() for i in range(cards.count())]
+
+
+def test_a_first_visit_straight_to_a_page_gets_the_apps_navigation(page, app_url):
+    # The server has just started: with a pages/ folder Streamlit would run pages/search.py on its own.
+    open_app(page, app_url, "search")
+
+    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+    assert "Migration & costs" in nav and "storage browser" not in nav
+    assert page.get_by_text(re.compile(r"\d+ products?$")).first.is_visible()  # the sidebar status drew
+
+
+def test_upload_a_photo_and_see_result_cards(page, app_url):
+    open_app(page, app_url, "search")
+
+    upload_query(page, make_product_photo(3, size=240))
+
+    assert result_count(page) >= 1
+    names = card_names(page)
+    assert names[0] == "Trail shoe"
+    assert page.get_by_text("100% match").first.is_visible()
+    assert page.get_by_role("img", name="Trail shoe").first.is_visible()  # the card's picture loaded
+
+
+def test_the_threshold_slider_moves_with_the_keyboard_and_changes_the_count(page, app_url):
+    open_app(page, app_url, "search")
+    upload_query(page, make_product_photo(1, size=240))
+    before = result_count(page)
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text="Minimum similarity").get_by_role("slider")
+
+    slider.focus()
+    page.keyboard.press("Home")  # 0%: every product
+    page.get_by_text(re.compile(r"at or above 0%")).wait_for()
+    everything = result_count(page)
+    slider.focus()
+    page.keyboard.press("End")  # 100%: at most the very same picture
+    page.get_by_text(re.compile(r"at or above 100%|No product reaches 100%")).wait_for()
+    at_most_one = result_count(page)
+    slider.focus()
+    page.keyboard.press("ArrowLeft")  # 99%: the very same picture only
+    page.get_by_text(re.compile(r"at or above 99%")).wait_for()
+    only_exact = result_count(page)
+
+    assert everything == len(SEED)
+    assert at_most_one in (None, 1)
+    assert only_exact == 1
+    assert before is None or before <= everything
+
+
+def test_add_a_product_and_find_it_with_its_own_photo(page, app_url):
+    photo = make_product_photo(42, size=240)
+    open_app(page, app_url, "catalog")
+    form = page.locator('[data-testid="stForm"]').first
+    form.locator('input[type="file"]').set_input_files({"name": "kettle.png", "mimeType": "image/png", "buffer": photo})
+    form.get_by_label("Name").fill("Steel kettle")
+    form.get_by_label("…or a new category").fill("Kitchen appliances")
+    form.get_by_role("button", name="Add product").click()
+    page.get_by_text("It is searchable now.").wait_for()
+    settle(page)
+
+    open_app(page, app_url, "search")
+    upload_query(page, photo, "kettle-again.png")
+    assert result_count(page) >= 1
+    assert card_names(page)[0] == "Steel kettle"
+
+
+def save_whole_page(page, path: Path, width: int, height: int) -> None:
+    """Streamlit scrolls inside its main area, not the document: grow the window to the content, then shoot."""
+    content = page.evaluate(
+        "() => Math.max(...[...document.querySelectorAll('[data-testid=stMain], [data-testid=stSidebarContent]')]"
+        ".map(e => e.scrollHeight))"
+    )
+    page.set_viewport_size({"width": width, "height": max(height, int(content))})
+    page.wait_for_timeout(400)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": width, "height": height})
+
+
+@pytest.mark.parametrize("width", list(WIDTHS))
+def test_screenshots_of_every_page(browser, app_url, width):
+    w, h = WIDTHS[width]
+    context = browser.new_context(viewport={"width": w, "height": h})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        for path, (stem, _ready) in PAGES.items():
+            open_app(page, app_url, path)
+            if path == "search":
+                upload_query(page, make_product_photo(1, size=240))
+                result_count(page)
+                page.wait_for_timeout(500)  # let the card pictures load
+            assert not page.locator('[data-testid="stException"]').count(), f"{stem} shows an exception"
+            save_whole_page(page, SCREENSHOTS / f"{stem}-{width}.png", w, h)
+            if path == "catalog":  # the product table is on the second tab
+                page.get_by_role("tab", name="Products").click()
+                page.get_by_text(re.compile(r"Showing \d+ of")).wait_for()
+                settle(page)
+                save_whole_page(page, SCREENSHOTS / f"catalog-products-{width}.png", w, h)
+    finally:
+        context.close()
+    expected = {f"{stem}-{width}.png" for stem, _ in PAGES.values()} | {f"catalog-products-{width}.png"}
+    assert expected <= {p.name for p in SCREENSHOTS.glob(f"*-{width}.png")}

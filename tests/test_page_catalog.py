@@ -1,0 +1,239 @@
+"""Catalog page: add one product, bulk import a zip, browse with filters, edit, delete with confirmation."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+
+CATALOG_PAGE = "pages/catalog.py"
+SEARCH = "pages/search.py"
+
+
+def matcher_for(settings):
+    from vpm.matcher import Matcher
+
+    return Matcher(settings)
+
+
+def button(at, label: str):
+    found = [b for b in at.button if b.label == label]
+    assert found, f"no button {label!r} in {[b.label for b in at.button]}"
+    return found[0]
+
+
+def add_form(at):
+    """The add form's widgets, found by label (the form's widgets have no keys)."""
+    return {
+        "photo": next(u for u in at.file_uploader if u.label == "Product photo"),
+        "name": next(t for t in at.text_input if t.label == "Name"),
+        "new_category": next(t for t in at.text_input if t.label == "…or a new category"),
+        "category": next(s for s in at.selectbox if s.label == "Category"),
+        "price": next(n for n in at.number_input if n.label == "Price (optional)"),
+    }
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_empty_catalog_offers_adding_and_importing(app_settings, open_page):
+    at = open_page(CATALOG_PAGE)
+
+    assert not at.exception
+    assert any("No products yet" in i.value for i in at.info)
+    assert add_form(at)["category"].disabled  # nothing to choose from yet: type a new one
+    assert [u.label for u in at.file_uploader] == ["Product photo", "Zip or CSV file"]
+
+
+def test_adding_a_product_shows_it_and_it_is_searchable_at_once(backend, app_settings, open_page, product_photo):
+    at = open_page(CATALOG_PAGE)
+    form = add_form(at)
+    photo = product_photo(7, fmt="JPEG")
+    form["photo"].set_value(("shoe.jpg", photo, "image/jpeg"))
+    form["name"].input("Trail shoe")
+    form["new_category"].input("Shoes")
+    form["price"].set_value(89.5)
+
+    at = button(at, "Add product").click().run()
+
+    assert not at.exception
+    assert at.success[0].value == "Added **Trail shoe**. It is searchable now."
+    (product,) = matcher_for(app_settings).list_products()
+    assert (product.name, product.category, product.price) == ("Trail shoe", "Shoes", 89.5)
+    shown = " ".join(m.value for m in at.markdown)
+    assert f"`{product.id}`" in shown
+    assert "**Image URL:**" in shown  # file:// locally, a presigned https URL on S3
+    if backend == "s3":
+        assert "X-Amz-Signature" in shown
+
+    at.switch_page(SEARCH).run()
+    at.file_uploader(key="search_upload").set_value(("same-shoe.jpg", photo, "image/jpeg"))
+    at.run()
+    assert not at.exception
+    assert any(m.value == "**Trail shoe**" for m in at.markdown)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_adding_picks_an_existing_category(app_settings, seed_catalog, open_page, product_photo):
+    seed_catalog([("Red mug", "Kitchen", 1)])
+    at = open_page(CATALOG_PAGE)
+    form = add_form(at)
+    form["photo"].set_value(("mug.png", product_photo(2), "image/png"))
+    form["name"].input("Blue mug")
+    form["category"].set_value("Kitchen")
+
+    at = button(at, "Add product").click().run()
+
+    assert not at.exception
+    assert sorted((p.name, p.category) for p in matcher_for(app_settings).list_products()) == [
+        ("Blue mug", "Kitchen"), ("Red mug", "Kitchen"),
+    ]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_adding_without_a_photo_or_category_says_what_is_missing(app_settings, open_page):
+    at = open_page(CATALOG_PAGE)
+    add_form(at)["name"].input("Nameless")
+
+    at = button(at, "Add product").click().run()
+
+    assert not at.exception
+    assert at.error[0].value == "To add a product, choose a photo of the product, choose a category or type a new one."
+    assert matcher_for(app_settings).list_products() == []
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_adding_a_bad_image_names_the_file_and_adds_nothing(app_settings, open_page):
+    at = open_page(CATALOG_PAGE)
+    form = add_form(at)
+    form["photo"].set_value(("scan.png", b"\x89PNG\r\n\x1a\n truncated", "image/png"))
+    form["name"].input("Scanner")
+    form["new_category"].input("Office")
+
+    at = button(at, "Add product").click().run()
+
+    assert not at.exception
+    assert "scan.png" in at.error[0].value
+    assert matcher_for(app_settings).list_products() == []
+    assert button(at, "Add product")  # the form is still there to try again
+
+
+def test_bulk_import_of_a_zip_reports_imported_skipped_and_failed(backend, app_settings, open_page, product_photo):
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as archive:
+        archive.writestr("Kitchen/red_mug.png", product_photo(1))
+        archive.writestr("Kitchen/blue_mug.png", product_photo(2))
+        archive.writestr("Shoes/trail_shoe.png", product_photo(3))
+        archive.writestr("Shoes/trail_shoe_copy.png", product_photo(3))  # the same picture again
+        archive.writestr("Shoes/broken.jpg", b"not really a jpeg")
+    at = open_page(CATALOG_PAGE)
+    next(u for u in at.file_uploader if u.label == "Zip or CSV file").set_value(
+        ("products.zip", bundle.getvalue(), "application/zip")
+    )
+    at.run()  # the Import button is enabled once a file is chosen
+
+    at = button(at, "Import").click().run()
+
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics == {"Imported": "3", "Skipped (duplicates)": "1", "Failed": "1"}
+    reasons = " ".join(m.value for m in at.markdown)
+    assert "broken.jpg" in reasons and "duplicate" in reasons
+    products = matcher_for(app_settings).list_products()
+    assert sorted((p.name, p.category) for p in products) == [
+        ("Blue Mug", "Kitchen"), ("Red Mug", "Kitchen"), ("Trail Shoe", "Shoes"),
+    ]
+    assert any("3 products in 2 categories" in c.value for c in at.caption)  # the page shows the new catalog
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_zip_that_is_not_a_zip_is_reported(app_settings, open_page):
+    at = open_page(CATALOG_PAGE)
+    next(u for u in at.file_uploader if u.label == "Zip or CSV file").set_value(
+        ("products.zip", b"plain text", "application/zip")
+    )
+    at.run()
+
+    at = button(at, "Import").click().run()
+
+    assert not at.exception
+    assert len(at.error) == 1 and "products.zip" in at.error[0].value
+    assert matcher_for(app_settings).list_products() == []
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_csv_import_reports_each_bad_row_with_its_reason(app_settings, open_page):
+    rows = (
+        "image,name,category,price\n"
+        "http://127.0.0.1:9/kettle.png,Kettle,Kitchen,20\n"  # a private address: refused, never fetched
+        ",No picture,Kitchen,\n"
+    )
+    at = open_page(CATALOG_PAGE)
+    next(u for u in at.file_uploader if u.label == "Zip or CSV file").set_value(
+        ("products.csv", rows.encode(), "text/csv")
+    )
+    at.run()
+
+    at = button(at, "Import").click().run()
+
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric} == {"Imported": "0", "Skipped (duplicates)": "0", "Failed": "2"}
+    reasons = [m.value for m in at.markdown if m.value.startswith("- `")]
+    assert len(reasons) == 2 and any("127.0.0.1" in r for r in reasons)
+    assert matcher_for(app_settings).list_products() == []
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_the_table_shows_thumbnails_and_filters_by_category_and_name(app_settings, seed_catalog, open_page):
+    seed_catalog([("Red mug", "Kitchen", 1, 4.5), ("Blue mug", "Kitchen", 2), ("Trail shoe", "Shoes", 3)])
+    at = open_page(CATALOG_PAGE)
+
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["Blue mug", "Red mug", "Trail shoe"]
+    assert all(str(src).startswith("data:image/webp;base64,") for src in table["picture"])
+    assert list(table["price"]) == ["", "$4.50", ""]
+
+    at.multiselect[0].set_value(["Kitchen"]).run()
+    assert list(at.dataframe[0].value["name"]) == ["Blue mug", "Red mug"]
+    next(t for t in at.text_input if t.label == "Name contains").input("red").run()
+    assert list(at.dataframe[0].value["name"]) == ["Red mug"]
+    assert any(c.value == "Showing 1 of 3 products." for c in at.caption)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_editing_a_product_saves_only_what_changed(app_settings, seed_catalog, open_page):
+    (mug,) = seed_catalog([("Red mug", "Kitchen", 1, 4.5)])
+    at = open_page(CATALOG_PAGE)
+    at.selectbox(key="catalog_selected").set_value(mug.id).run()
+
+    edit_name = [t for t in at.text_input if t.label == "Name" and t.value == "Red mug"][0]
+    edit_name.input("Crimson mug")
+    next(n for n in at.number_input if n.label == "Price").set_value(5.0)
+    at = button(at, "Save changes").click().run()
+
+    assert not at.exception
+    saved = matcher_for(app_settings).get_product(mug.id)
+    assert (saved.name, saved.category, saved.price) == ("Crimson mug", "Kitchen", 5.0)
+    assert list(at.dataframe[0].value["name"]) == ["Crimson mug"]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_delete_asks_for_confirmation_first(app_settings, seed_catalog, open_page):
+    mug, shoe = seed_catalog([("Red mug", "Kitchen", 1), ("Trail shoe", "Shoes", 3)])
+    at = open_page(CATALOG_PAGE)
+    at.selectbox(key="catalog_selected").set_value(shoe.id).run()
+
+    at = button(at, "Delete Trail shoe…").click().run()
+    assert any("Delete **Trail shoe**" in w.value for w in at.warning)
+    assert len(matcher_for(app_settings).list_products()) == 2  # nothing deleted yet
+
+    at = button(at, "Cancel").click().run()
+    assert not at.warning
+    assert len(matcher_for(app_settings).list_products()) == 2
+
+    at = button(at, "Delete Trail shoe…").click().run()
+    at = button(at, "Yes, delete").click().run()
+
+    assert not at.exception
+    assert [p.name for p in matcher_for(app_settings).list_products()] == ["Red mug"]
+    assert not (app_settings.vpm_data_dir / shoe.image_key).exists()  # its files went too
+    assert list(at.dataframe[0].value["name"]) == ["Red mug"]

@@ -1,0 +1,68 @@
+"""Health page: the CLI's checks with icons and fixes, masked settings, package versions."""
+
+from __future__ import annotations
+
+import pytest
+
+HEALTH = "pages/health.py"
+
+
+def test_checks_pass_on_a_working_catalog(backend, app_settings, seed_catalog, open_page):
+    seed_catalog([("Red mug", "Kitchen", 1)])
+
+    at = open_page(HEALTH)
+
+    assert not at.exception
+    markdown = [m.value for m in at.markdown]
+    assert any("**storage reachable** (pass)" in m for m in markdown)
+    assert any("**catalog readable** (pass)" in m for m in markdown)
+    assert any("1 products in 1 categories" in m or "1 product in 1 category" in m for m in markdown)
+    # The model is not loaded just to open this page; the index coverage is read from the cache instead.
+    assert any("**model and index** (pass)" in m for m in markdown)
+    assert any("All 1 products have a vector" in m and "loads on the first search" in m for m in markdown)
+    assert [s.value for s in at.success] == ["All checks passed."]
+    assert not at.error
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_loading_the_model_on_request_adds_the_model_and_index_checks(app_settings, seed_catalog, open_page):
+    seed_catalog([("Red mug", "Kitchen", 1)])
+    at = open_page(HEALTH)
+
+    next(b for b in at.button if b.label == "Load and check the model").click().run()
+
+    assert not at.exception
+    markdown = [m.value for m in at.markdown]
+    assert any("**model** (pass)" in m for m in markdown)
+    assert any("**index** (pass)" in m for m in markdown)
+    assert any("vectors cached for 1/1 products" in m for m in markdown)
+    assert "Load and check the model" not in [b.label for b in at.button]
+
+
+@pytest.mark.parametrize("backend", ["s3"], indirect=True)
+def test_a_missing_bucket_is_a_failed_check_with_what_to_do(app_settings, open_page, monkeypatch):
+    monkeypatch.setenv("S3_BUCKET_NAME", "no-such-bucket")
+
+    at = open_page(HEALTH)
+
+    assert not at.exception
+    assert any("**storage reachable** (fail)" in m.value for m in at.markdown)
+    assert any("What to do:" in c.value and "S3_BUCKET_NAME" in c.value for c in at.caption)
+    assert any("Something needs fixing" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_settings_are_shown_with_secrets_masked_and_versions_listed(app_settings, open_page, monkeypatch):
+    monkeypatch.setenv("VPM_API_KEY", "super-secret-value")
+
+    at = open_page(HEALTH)
+
+    assert not at.exception
+    settings_table, versions_table = (table.value for table in at.table)
+    shown = dict(zip(settings_table["setting"], settings_table["value"]))
+    assert shown["VPM_API_KEY"] == "•••••• (set)"
+    assert "super-secret-value" not in settings_table.to_string()
+    assert shown["VPM_MODEL"] == str(app_settings.vpm_model)
+    versions = dict(zip(versions_table["package"], versions_table["version"]))
+    assert versions["streamlit"][0].isdigit()
+    assert versions["python"].startswith("3.")

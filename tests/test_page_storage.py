@@ -1,0 +1,190 @@
+"""The storage browser page (AppTest), on the local folder and on S3 (moto in-process)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+PAGE = Path(__file__).resolve().parents[1] / "pages" / "storage_browser.py"
+TIMEOUT = 60
+
+
+@pytest.fixture(autouse=True)
+def app_env(settings, tiny_clip_dir, monkeypatch):
+    """`settings` put the backend's variables in the environment; the page reads them the same way."""
+    from vpm import webapp
+
+    monkeypatch.setenv("VPM_MODEL", str(tiny_clip_dir))
+    webapp.clear_caches()
+    yield
+    webapp.clear_caches()
+
+
+@pytest.fixture
+def matcher(settings):
+    from vpm.matcher import Matcher
+
+    return Matcher(settings)
+
+
+def jpeg(colour) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 32), colour).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def seed(matcher, *ids):
+    colours = [(220, 40, 40), (40, 200, 60), (30, 60, 220)]
+    return [
+        matcher.add_product(jpeg(colours[i % 3]), f"{pid}.jpg", name=f"Product {pid}", category="Test", product_id=pid)
+        for i, pid in enumerate(ids)
+    ]
+
+
+def run_page() -> AppTest:
+    at = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    return at
+
+
+def button(at: AppTest, label: str):
+    matches = [b for b in at.button if b.label == label]
+    assert matches, f"no button {label!r}; buttons: {[b.label for b in at.button]}"
+    return matches[0]
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    button(at, label).click()
+    at.run()
+    assert not at.exception
+    return at
+
+
+def listing(at: AppTest) -> list[str]:
+    """Names in the file table of the Files tab (the first table on the page)."""
+    if not at.dataframe:
+        return []
+    return list(at.dataframe[0].value["name"])
+
+
+def test_folders_navigate_with_buttons_and_breadcrumbs(matcher):
+    seed(matcher, "p1", "p2")
+    at = run_page()
+    labels = [b.label for b in at.button]
+    assert {"images/", "metadata/", "thumbnails/"} <= set(labels)
+    assert listing(at) == []  # nothing at the root but folders
+
+    click(at, "images/")
+    assert listing(at) == ["p1.jpg", "p2.jpg"]
+    assert button(at, "images").disabled  # the current crumb
+    assert "Page 1 · 2 files in `images/`" in [c.value for c in at.caption]
+
+    click(at, "All files")
+    assert "images/" in [b.label for b in at.button]
+    click(at, "metadata/")
+    assert listing(at) == ["products.json"]
+    click(at, "Up one level")
+    assert button(at, "All files").disabled
+
+
+def test_pagination_walks_250_objects_in_pages_of_100(storage):
+    for i in range(250):
+        storage.put(f"images/bulk/item-{i:03d}.txt", b"x" * i, "text/plain")
+    at = run_page()
+    click(at, "images/")
+    click(at, "bulk/")
+    first = listing(at)
+    assert len(first) == 100 and first[0] == "item-000.txt"
+    assert button(at, "Previous page").disabled
+
+    click(at, "Next page")
+    second = listing(at)
+    assert len(second) == 100 and second[0] == "item-100.txt"
+    click(at, "Next page")
+    third = listing(at)
+    assert len(third) == 50 and third[-1] == "item-249.txt"
+    assert button(at, "Next page").disabled
+    assert any(c.value.startswith("Page 3 · 50 files") for c in at.caption)
+
+    click(at, "Previous page")
+    assert listing(at) == second
+    rows = at.dataframe[0].value
+    assert rows.iloc[1]["size"] == "101 B" and rows.iloc[1]["content type"] == "text/plain"
+
+
+def test_selecting_an_image_previews_it(matcher):
+    (product,) = seed(matcher, "p1")
+    at = run_page()
+    click(at, "images/")
+    assert not at.image
+    at.selectbox(key="browse_preview").select(product.image_key).run()
+    assert not at.exception
+    assert len(at.image) == 1
+    assert at.image[0].captions == [product.image_key]
+
+
+def test_products_json_viewer_shows_the_catalog(matcher):
+    seed(matcher, "p1", "p2")
+    at = run_page()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Products"] == "2"
+    document = json.loads(at.json[0].value)
+    assert [p["name"] for p in document["products"]] == ["Product p1", "Product p2"]
+
+
+def test_a_corrupt_products_json_gets_a_clear_error(matcher, storage, settings):
+    seed(matcher, "p1")
+    storage.put(settings.s3_metadata_key, b'{"products": [ broken', "application/json")
+    at = run_page()
+    errors = " ".join(e.value for e in at.error)
+    assert "products.json is corrupt" in errors and "not valid JSON" in errors and "left untouched" in errors
+    assert '{"products": [ broken' in at.code[0].value  # the bytes, so the person can see what is wrong
+    assert storage.get(settings.s3_metadata_key) == b'{"products": [ broken'
+
+
+def test_consistency_report_shows_a_planted_orphan_and_a_missing_image(matcher, storage):
+    p1, _ = seed(matcher, "p1", "p2")
+    storage.delete(p1.image_key)
+    storage.put("images/stray.jpg", jpeg((1, 2, 3)), "image/jpeg")
+    at = run_page()
+    click(at, "Run the consistency check")
+
+    subheaders = [s.value for s in at.subheader]
+    assert "Missing files (1)" in subheaders and "Orphan files (1)" in subheaders
+    tables = [t.value for t in at.dataframe]
+    missing = next(t for t in tables if "product" in t.columns)
+    assert list(missing["key"]) == [p1.image_key] and list(missing["product"]) == ["p1"]
+    orphans = next(t for t in tables if "recent" in t.columns)
+    assert list(orphans["key"]) == ["images/stray.jpg"]
+    assert "Search vectors" in subheaders
+
+
+def test_deleting_orphans_needs_confirmation_and_deletes_only_the_orphan(matcher, storage):
+    p1, p2 = seed(matcher, "p1", "p2")
+    storage.put("images/stray.jpg", jpeg((1, 2, 3)), "image/jpeg")
+    at = run_page()
+    click(at, "Run the consistency check")
+    assert button(at, "Delete orphan files").disabled
+
+    at.checkbox(key="confirm_orphan_delete").check().run()
+    assert not button(at, "Delete orphan files").disabled
+    # The stray file was written a moment ago, so it is kept unless the person includes recent files.
+    click(at, "Delete orphan files")
+    assert storage.exists("images/stray.jpg")
+    assert any("written in the last 10 minutes" in m.value for m in at.markdown)
+
+    at.checkbox(key="confirm_orphan_delete").check().run()
+    next(c for c in at.checkbox if c.label.startswith("Also delete files written")).check().run()
+    click(at, "Delete orphan files")
+
+    assert not storage.exists("images/stray.jpg")
+    for product in (p1, p2):
+        assert storage.exists(product.image_key) and storage.exists(product.thumbnail_key)
+    assert any("Deleted 1 orphan file(s)" in s.value for s in at.success)
+    assert any("`images/stray.jpg`" in m.value for m in at.markdown)
+    assert "Orphan files (0)" in [s.value for s in at.subheader]

@@ -1,0 +1,192 @@
+"""How numbers and results look to people: percentages, prices, byte sizes, CSV export, table rows.
+
+Kept out of the pages so every page (and the tests) agree on one format, and importable without Streamlit.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable
+from typing import Any
+
+
+def score_percent(score: float) -> int:
+    """A cosine score in [-1, 1] as a whole percent for display, clamped to 0-100 (negatives read as 0%)."""
+    if not math.isfinite(score):
+        return 0
+    return max(0, min(100, round(score * 100)))
+
+
+def format_percent(score: float) -> str:
+    return f"{score_percent(score)}%"
+
+
+def format_price(price: float | None) -> str:
+    """'$89.50', or '' when the product has no price (cards then leave the line out)."""
+    if price is None or not math.isfinite(price):
+        return ""
+    return f"${price:,.2f}"
+
+
+def format_ms(ms: float) -> str:
+    """Search time: '42 ms' below a second, '1.3 s' above."""
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    return f"{ms / 1000:.1f} s"
+
+
+def format_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"  # pragma: no cover - loop always returns
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 product', '3 products', '0 categories' (with `many` for irregular plurals)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def results_count_text(shown: int, threshold: float) -> str:
+    """The line above the result grid: '3 matches at or above 25%'."""
+    return f"{plural(shown, 'match', 'matches')} at or above {format_percent(threshold)}"
+
+
+def nothing_found_text(best_score: float | None, threshold: float) -> str:
+    """What to say when no product reaches the threshold, so the person knows how far off the best one was."""
+    if best_score is None:
+        return "No products to compare with in the chosen categories."
+    return (
+        f"No product reaches {format_percent(threshold)} similarity. The best match scored "
+        f"{format_percent(best_score)}: lower the threshold to {format_percent(best_score)} or below to see it."
+    )
+
+
+CSV_COLUMNS = ("rank", "id", "name", "category", "price", "score_percent", "score", "image_url")
+
+
+def results_csv(matches: Iterable[Any]) -> bytes:
+    """Search results as CSV (UTF-8 with BOM so spreadsheet apps read accents), best first.
+
+    `matches` are objects with `as_dict()` giving id, name, category, price, score, image_url (vpm.matcher.Match).
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for rank, match in enumerate(matches, start=1):
+        row = match.as_dict()
+        score = float(row["score"])
+        writer.writerow([
+            rank,
+            row["id"],
+            _csv_safe(row["name"]),
+            _csv_safe(row["category"]),
+            "" if row.get("price") is None else f"{row['price']:.2f}",
+            score_percent(score),
+            f"{score:.4f}",
+            row.get("image_url") or "",
+        ])
+    return ("\ufeff" + buffer.getvalue()).encode("utf-8")
+
+
+def _csv_safe(text: str) -> str:
+    # A name such as "=HYPERLINK(...)" would run as a formula in a spreadsheet; a leading quote keeps it text.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+# Bare icons, as st.success / st.warning / st.error take them (they colour them themselves).
+STATUS_ICONS = {"pass": ":material/check_circle:", "warn": ":material/warning:", "fail": ":material/cancel:"}
+# The same in colour, for markdown lists of checks.
+STATUS_MARKS = {
+    "pass": ":green[:material/check_circle:]",
+    "warn": ":orange[:material/warning:]",
+    "fail": ":red[:material/cancel:]",
+}
+STATUS_WORDS = {"pass": "pass", "warn": "warning", "fail": "fail"}
+
+KEY_PACKAGES = (
+    "streamlit", "sentence-transformers", "transformers", "torch", "numpy", "pandas", "pillow", "pillow-heif",
+    "boto3", "pydantic", "pydantic-settings", "fastapi",
+)
+
+
+def package_versions(packages: Iterable[str] = KEY_PACKAGES) -> dict[str, str]:
+    """Installed versions from package metadata (no imports, so torch is never loaded just to ask)."""
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def pick_category(chosen: str | None, typed: str | None) -> str:
+    """The add form offers existing categories and a box for a new one: a typed name wins over a pick."""
+    typed = (typed or "").strip()
+    return typed or (chosen or "").strip()
+
+
+def filter_products(products: Iterable[Any], categories: Iterable[str] = (), name_query: str = "") -> list[Any]:
+    """Products in any of `categories` (all when empty) whose name contains `name_query` (any case), by name."""
+    wanted = {c.casefold() for c in categories}
+    needle = name_query.strip().casefold()
+    kept = [
+        p for p in products
+        if (not wanted or p.category.casefold() in wanted) and (not needle or needle in p.name.casefold())
+    ]
+    return sorted(kept, key=lambda p: (p.name.casefold(), p.id))
+
+
+_MIME_BY_EXTENSION = {
+    "webp": "image/webp", "jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif",
+    "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff", "heic": "image/heic",
+}
+
+
+def data_uri(data: bytes, key: str) -> str:
+    """A `data:` URI for a small picture, so tables show thumbnails from private buckets and local folders."""
+    import base64
+
+    mime = _MIME_BY_EXTENSION.get(key.rpartition(".")[2].lower(), "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def product_rows(products: Iterable[Any], picture: Any) -> list[dict[str, Any]]:
+    """Rows for the catalog table; `picture(product)` returns (bytes, key) or None."""
+    rows = []
+    for p in products:
+        found = picture(p)
+        rows.append({
+            "picture": data_uri(*found) if found else None,
+            "name": p.name,
+            "category": p.category,
+            "price": format_price(p.price),
+            "id": p.id,
+            "added": p.created_at[:10],
+        })
+    return rows
+
+
+def changed_fields(product: Any, **edited: Any) -> dict[str, Any]:
+    """The edited fields that differ from the product (blank description means none), for a minimal update."""
+    out = {}
+    for name, value in edited.items():
+        if isinstance(value, str):
+            value = value.strip()
+            if name == "description" and not value:
+                value = None
+        if value != getattr(product, name):
+            out[name] = value
+    return out
+
+
+# File-picker extensions for photo uploads: every format vpm.images accepts, with the usual spellings.
+IMAGE_UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif")

@@ -1,0 +1,376 @@
+"""The Streamlit app's shared resources and small reusable widgets. Only pages import this module.
+
+Resources are cached per process with `st.cache_resource` (one Matcher per storage configuration, one model
+per VPM_MODEL/VPM_DEVICE); the model is loaded on first use only, so drawing a page never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+
+from .catalog import Product
+from .config import ConfigError, Settings, load_settings
+from .presentation import format_percent, format_price, plural, score_percent
+
+log = logging.getLogger(__name__)
+
+
+def _leave_old_multipage_mode() -> None:
+    """Make every visit go through streamlit_app.py, even the first one after the server starts.
+
+    Streamlit treats a `pages/` folder beside the entry point as an old-style multipage app until some
+    session has called st.navigation: a first visitor who opens /search directly gets pages/search.py run on
+    its own (no page config, no sidebar status, pages named after files), and so does everyone after them
+    until someone opens the home page. Every page imports this module, so switch that mode off here and
+    rerun, which sends this very visit through streamlit_app.py to the same page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        if get_script_run_ctx(suppress_warning=True) is not None:
+            st.rerun()
+
+
+_leave_old_multipage_mode()
+
+MODEL_SPINNER = "Loading the image model (first use only)…"
+
+# Page files, used by streamlit_app.py for st.navigation and by pages for st.page_link.
+HOME_PAGE = "pages/home.py"
+SEARCH_PAGE = "pages/search.py"
+CATALOG_PAGE = "pages/catalog.py"
+STORAGE_PAGE = "pages/storage_browser.py"
+MIGRATION_PAGE = "pages/migration.py"
+HEALTH_PAGE = "pages/health.py"
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+def get_settings() -> Settings:
+    """Effective settings; a bad value stops the page with one line naming the variable and how to fix it."""
+    try:
+        return load_settings()
+    except ConfigError as err:
+        st.error(f"**Configuration problem:** {err}", icon=":material/settings_alert:")
+        st.info(
+            "Fix the variable in your environment, `.env` file or `.streamlit/secrets.toml`, then restart "
+            "the app. `.env.example` lists every setting with its default."
+        )
+        st.stop()
+
+
+def _settings_key(settings: Settings) -> str:
+    """A digest of every setting (secrets included) so a changed configuration gets a fresh Matcher.
+
+    Hashed rather than used directly so secret values never become a readable cache key.
+    """
+    values = {
+        name: (value.get_secret_value() if hasattr(value, "get_secret_value") else str(value))
+        for name, value in settings
+    }
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- resources
+
+
+@st.cache_resource(show_spinner=MODEL_SPINNER)
+def _embedder_for(model: str, device: str):
+    from .embeddings import load_embedder  # imports torch: only when a page really needs the model
+
+    return load_embedder(model, device)
+
+
+def get_embedder():
+    """The configured embedding model, loaded once per process with a spinner saying so."""
+    settings = get_settings()
+    return _embedder_for(settings.vpm_model, settings.vpm_device)
+
+
+def loaded_embedder(matcher):
+    """The matcher's embedder when it is already loaded, else None (for status displays that must not load)."""
+    return matcher.embedder if matcher.model_loaded else None
+
+
+def _app_matcher_class():
+    from .matcher import Matcher
+
+    class AppMatcher(Matcher):
+        """A Matcher whose model comes from `get_embedder()`: loaded on first use, with the spinner saying
+        so, and shared with every other Matcher in this process that uses the same model."""
+
+        @property
+        def embedder(self):
+            if self._embedder is None:
+                embedder = _embedder_for(self.settings.vpm_model, self.settings.vpm_device)
+                with self._lock:
+                    if self._embedder is None:
+                        self._embedder = embedder
+                _update_sidebar_model(self)
+            return self._embedder
+
+    return AppMatcher
+
+
+@st.cache_resource(show_spinner=False)
+def _matcher_for(key: str, _settings: Settings):
+    return _app_matcher_class()(_settings)
+
+
+def get_matcher():
+    """The Matcher for the current settings, shared by every session in this process."""
+    settings = get_settings()
+    return _matcher_for(_settings_key(settings), settings)
+
+
+def ensure_model(matcher) -> Any:
+    """Load the matcher's model now (the spinner says so on first use) and return it; call before work
+    that embeds, so the wait is explained rather than a silent pause."""
+    return matcher.embedder
+
+
+def prepare_search_index(matcher) -> None:
+    """Embed catalog products that have no vector yet (a new model, a lost cache), with a progress bar.
+
+    A search would embed them anyway, but silently; a catalog of thousands takes minutes on a CPU, so say so.
+    Reads the cache only when nothing is missing.
+    """
+    status = matcher.index_status()
+    if not status.missing:
+        return
+    with st.status(
+        f"Preparing the search index: embedding {plural(status.missing, 'catalog image')} "
+        f"for {status.model} (once per model)…",
+        expanded=True,
+    ) as box:
+        bar = st.progress(0.0)
+
+        def progress(done: int, total: int, message: str = "") -> None:
+            bar.progress(min(1.0, done / total) if total else 1.0, text=message or f"{done} of {total}")
+
+        after = matcher.reindex(progress=progress)
+        state = "complete" if not after.missing else "error"
+        label = "Search index ready" if not after.missing else (
+            f"{plural(after.missing, 'product')} could not be embedded: {'; '.join(after.problems[:3])}"
+        )
+        box.update(label=label, state=state, expanded=False)
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    headline: str  # short, for a metric: "ready", "3 to embed", "empty", "unknown"
+    detail: str  # one sentence for help text
+
+
+def index_summary(matcher, products: list[Product]) -> IndexSummary:
+    """The search index state for status displays. Reads the embedding cache only; never loads the model."""
+    if not products:
+        return IndexSummary("empty", "No products yet, so nothing to index.")
+    from .consistency import vector_coverage
+
+    coverage = vector_coverage(matcher, products)
+    if coverage.state == "ok":
+        return IndexSummary("ready", coverage.detail)
+    if coverage.state == "missing":
+        return IndexSummary(f"{len(coverage.missing_product_ids)} to embed", coverage.detail)
+    return IndexSummary("unknown", coverage.detail)
+
+
+def model_not_loaded_check(matcher):
+    """The Health page's model line before the model is loaded: the index coverage, read without loading it."""
+    from .health import Check
+
+    try:
+        products = matcher.list_products()
+    except Exception:
+        products = []  # the catalog check above already says why
+    index = index_summary(matcher, products)
+    status = "pass" if index.headline in ("ready", "empty") else "warn"
+    return Check(
+        "model and index",
+        status,
+        f"{index.detail[:1].upper()}{index.detail[1:]}; the model loads on the first search",
+        "they are embedded by the next search; or load and check the model below",
+    )
+
+
+def clear_caches() -> None:
+    """Forget cached matchers, models and thumbnails (tests call this between AppTest runs)."""
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def show_error(err: BaseException, *, what: str | None = None) -> None:
+    """Tell the person what went wrong in vpm's own words; never a traceback.
+
+    Expected failures (bad image, refused URL, invalid product, storage unreachable...) carry a message
+    written for people. Anything else is logged with its traceback and shown as one line.
+    """
+    prefix = f"{what}: " if what else ""
+    if _is_expected(err):
+        st.error(f"{prefix}{err}", icon=":material/error:")
+        return
+    log.exception("unexpected error in the app", exc_info=err)
+    st.error(
+        f"{prefix}something unexpected went wrong ({type(err).__name__}: {err}). "
+        "The details are in the app's log; try again, and check the Health page if it keeps happening.",
+        icon=":material/error:",
+    )
+
+
+def _is_expected(err: BaseException) -> bool:
+    from .catalog import CatalogError
+    from .storage import StorageError
+
+    expected: tuple[type[BaseException], ...] = (ConfigError, CatalogError, StorageError, ValueError)
+    try:
+        from .embeddings import EmbeddingError
+
+        expected += (EmbeddingError,)
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(err, expected)
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def thumbnail_bytes(key: str, etag: str | None = None) -> bytes | None:
+    """The bytes of a stored thumbnail (or image); `etag` (or any content token) makes a changed file reload.
+
+    None when the object cannot be read, so one missing picture never breaks a grid.
+    """
+    from .storage import StorageError
+
+    try:
+        return get_matcher().storage.get(key)
+    except StorageError as err:
+        log.warning("cannot read %s: %s", key, err)
+        return None
+
+
+def picture_and_key(product: Product) -> tuple[bytes, str] | None:
+    """Thumbnail bytes (falling back to the original image) and the key they came from."""
+    for key in (product.thumbnail_key, product.image_key):
+        if key:
+            data = thumbnail_bytes(key, product.image_sha256)
+            if data is not None:
+                return data, key
+    return None
+
+
+def product_picture(product: Product) -> bytes | None:
+    found = picture_and_key(product)
+    return found[0] if found else None
+
+
+# -------------------------------------------------------------------------------------------- grids
+
+
+def _unpack(item: Any) -> tuple[Product, float | None]:
+    """Accept a Match (product + score), a ProductView (product + URLs) or a bare Product."""
+    product = getattr(item, "product", item)
+    score = getattr(item, "score", None)
+    return product, score
+
+
+CARD_WIDTH = 170  # px: two cards side by side on a 390 px phone, four beside the sidebar on a laptop
+_GAP_ALLOWANCE = 24  # px per card for the gap between cards, with some slack
+
+
+def product_card(item: Any) -> None:
+    """One product: picture, name, category and price, and the score as a percent and a bar when given."""
+    product, score = _unpack(item)
+    picture = product_picture(product)
+    if picture is not None:
+        st.image(picture, width="stretch", alt=product.name)
+    else:
+        st.caption(":material/hide_image: no picture")
+    st.markdown(f"**{product.name}**", help=product.description or None)
+    details = [product.category]
+    price = format_price(product.price)
+    if price:
+        details.append(price)
+    st.caption(" · ".join(details))
+    if score is not None:
+        st.progress(score_percent(score), text=f"{format_percent(score)} match")
+
+
+def product_grid(items: Iterable[Any], columns: int = 4) -> None:
+    """Cards that wrap to the screen: at most `columns` a row, two a row on a phone (st.columns would stack
+    them one a row there, making a phone scroll through one big picture after another)."""
+    items = list(items)
+    width = columns * (CARD_WIDTH + _GAP_ALLOWANCE)
+    with st.container(horizontal=True, wrap=True, gap="small", width=width):
+        for item in items:
+            with st.container(border=True, width=CARD_WIDTH):
+                product_card(item)
+
+
+# ------------------------------------------------------------------------------------------ sidebar
+
+
+def storage_summary(settings: Settings) -> str:
+    """'Local folder ./data' or 'S3 bucket my-bucket (eu-west-1) · CDN on'."""
+    if settings.s3_enabled:
+        cdn = "CDN on" if settings.s3_cdn_url else "CDN off"
+        return f"S3 bucket `{settings.s3_bucket_name}` ({settings.s3_region}) · {cdn}"
+    return f"Local folder `{settings.vpm_data_dir}`"
+
+
+def model_summary(settings: Settings, matcher) -> str:
+    embedder = loaded_embedder(matcher)
+    if embedder is None:
+        return f"`{settings.vpm_model}` (loads on first search)"
+    text = "" if embedder.supports_text else " · images only"
+    return f"{embedder.display_name}{text}"
+
+
+_MODEL_SLOT = "_vpm_sidebar_model"
+
+
+def _show_model(slot, settings: Settings, matcher) -> None:
+    slot.caption(f":material/neurology: {model_summary(settings, matcher)}")
+
+
+def _update_sidebar_model(matcher) -> None:
+    """The sidebar is drawn before the page; when the page loads the model, correct the line in place."""
+    try:
+        slot = st.session_state.get(_MODEL_SLOT)
+        if slot is not None:
+            _show_model(slot, matcher.settings, matcher)
+    except Exception:  # no script run (CLI, tests) or the slot is from an earlier run: nothing to update
+        pass
+
+
+def sidebar_status() -> None:
+    """Backend, product count and model state in the sidebar. Never fails the page it is drawn on."""
+    try:
+        settings = load_settings()
+    except ConfigError:
+        return  # the page itself reports the configuration problem
+    with st.sidebar:
+        st.caption(f":material/storage: {storage_summary(settings)}")
+        matcher = get_matcher()
+        try:
+            count = len(matcher.list_products())
+            st.caption(f":material/inventory_2: {plural(count, 'product')}")
+        except Exception as err:  # the catalog may be unreadable; the Health page says why
+            st.caption(f":material/warning: catalog unavailable ({type(err).__name__})")
+        slot = st.empty()
+        _show_model(slot, settings, matcher)
+        st.session_state[_MODEL_SLOT] = slot
