@@ -21,12 +21,7 @@ st.title(":material/inventory_2: Catalog")
 settings = webapp.get_settings()
 matcher = webapp.get_matcher()
 
-try:
-    products = matcher.list_products()
-except Exception as err:
-    webapp.show_error(err, what="The catalog cannot be read")
-    st.page_link(webapp.HEALTH_PAGE, label="Open Health for what to do", icon=":material/monitor_heart:")
-    st.stop()
+products = webapp.catalog_or_stop(matcher.list_products)
 categories = sorted({p.category for p in products}, key=str.casefold)
 
 st.caption(

@@ -26,12 +26,7 @@ st.title(":material/image_search: Search")
 settings = webapp.get_settings()
 matcher = webapp.get_matcher()
 
-try:
-    categories = matcher.categories()
-except Exception as err:
-    webapp.show_error(err, what="The catalog cannot be read")
-    st.page_link(webapp.HEALTH_PAGE, label="Open Health for what to do", icon=":material/monitor_heart:")
-    st.stop()
+categories = webapp.catalog_or_stop(matcher.categories)
 
 if not categories:
     st.info(

@@ -59,8 +59,11 @@ def test_results_carry_what_a_client_needs_to_show_them(stocked, product_photo):
     (item,) = doc["results"]
     assert item["id"] == "leather-bag" and item["name"] == "Leather bag" and item["category"] == "Bags"
     assert item["price"] == 120.0
-    assert item["image_url"] == stocked.url_for(stocked.get_product("leather-bag").image_key)
-    assert item["thumbnail_url"]
+    # Compare without the query: a presigned URL's signature changes with the second it was signed in.
+    expected = stocked.url_for(stocked.get_product("leather-bag").image_key)
+    assert item["image_url"].split("?")[0] == expected.split("?")[0]
+    assert item["image_url"].split("?")[0].endswith("images/leather-bag.png")
+    assert item["thumbnail_url"].split("?")[0].endswith("thumbnails/leather-bag.webp")
     assert set(doc) >= {"model", "took_ms", "results", "best_score", "query"}
     assert doc["took_ms"] >= 0
 

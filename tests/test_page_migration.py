@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import boto3
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+import pagetools
+from pagetools import button, click
+
 from tests.conftest import BUCKET, REGION
 
-PAGE = Path(__file__).resolve().parents[1] / "pages" / "migration.py"
-TIMEOUT = 60
+PAGE = pagetools.PAGES / "migration.py"
 
 
 @pytest.fixture(autouse=True)
@@ -50,22 +51,7 @@ def bucket_keys() -> list[str]:
 
 
 def run_page() -> AppTest:
-    at = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT).run()
-    assert not at.exception
-    return at
-
-
-def button(at: AppTest, label: str):
-    matches = [b for b in at.button if b.label == label]
-    assert matches, f"no button {label!r}; buttons: {[b.label for b in at.button]}"
-    return matches[0]
-
-
-def click(at: AppTest, label: str) -> AppTest:
-    button(at, label).click()
-    at.run()
-    assert not at.exception
-    return at
+    return pagetools.run_page(PAGE)
 
 
 def text_input(at: AppTest, label: str):

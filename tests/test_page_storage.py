@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-PAGE = Path(__file__).resolve().parents[1] / "pages" / "storage_browser.py"
-TIMEOUT = 60
+import pagetools
+from pagetools import button, click
+
+PAGE = pagetools.PAGES / "storage_browser.py"
 
 
 @pytest.fixture(autouse=True)
@@ -47,22 +48,7 @@ def seed(matcher, *ids):
 
 
 def run_page() -> AppTest:
-    at = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT).run()
-    assert not at.exception
-    return at
-
-
-def button(at: AppTest, label: str):
-    matches = [b for b in at.button if b.label == label]
-    assert matches, f"no button {label!r}; buttons: {[b.label for b in at.button]}"
-    return matches[0]
-
-
-def click(at: AppTest, label: str) -> AppTest:
-    button(at, label).click()
-    at.run()
-    assert not at.exception
-    return at
+    return pagetools.run_page(PAGE)
 
 
 def listing(at: AppTest) -> list[str]:

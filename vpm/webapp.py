@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import streamlit as st
 
@@ -20,6 +20,7 @@ from .config import ConfigError, Settings, load_settings
 from .presentation import format_percent, format_price, plural, score_percent
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _leave_old_multipage_mode() -> None:
@@ -229,6 +230,16 @@ def show_error(err: BaseException, *, what: str | None = None) -> None:
         "The details are in the app's log; try again, and check the Health page if it keeps happening.",
         icon=":material/error:",
     )
+
+
+def catalog_or_stop(read: Callable[[], T]) -> T:
+    """Run a catalog read; if the catalog cannot be read, say why, point at Health and stop the page."""
+    try:
+        return read()
+    except Exception as err:
+        show_error(err, what="The catalog cannot be read")
+        st.page_link(HEALTH_PAGE, label="Open Health for what to do", icon=":material/monitor_heart:")
+        st.stop()
 
 
 def _is_expected(err: BaseException) -> bool:
