@@ -7,6 +7,8 @@ import zipfile
 
 import pytest
 
+from pagetools import button
+
 CATALOG_PAGE = "pages/catalog.py"
 SEARCH = "pages/search.py"
 
@@ -15,12 +17,6 @@ def matcher_for(settings):
     from vpm.matcher import Matcher
 
     return Matcher(settings)
-
-
-def button(at, label: str):
-    found = [b for b in at.button if b.label == label]
-    assert found, f"no button {label!r} in {[b.label for b in at.button]}"
-    return found[0]
 
 
 def add_form(at):
@@ -237,3 +233,14 @@ def test_delete_asks_for_confirmation_first(app_settings, seed_catalog, open_pag
     assert [p.name for p in matcher_for(app_settings).list_products()] == ["Red mug"]
     assert not (app_settings.vpm_data_dir / shoe.image_key).exists()  # its files went too
     assert list(at.dataframe[0].value["name"]) == ["Red mug"]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+@pytest.mark.parametrize("page", [CATALOG_PAGE, SEARCH])
+def test_a_corrupt_catalog_is_explained_and_left_alone(app_settings, storage, open_page, page):
+    storage.put(app_settings.s3_metadata_key, b"{not json", "application/json")
+    at = open_page(page)
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "The catalog cannot be read" in errors and "not valid JSON" in errors
+    assert storage.get(app_settings.s3_metadata_key) == b"{not json"
