@@ -68,6 +68,18 @@ def storage(settings):
     return make_storage(settings)
 
 
+def stop_process(process, timeout: float = 15) -> None:
+    """Stop a server started by a test: politely, then firmly."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     import socket
 
@@ -139,13 +151,9 @@ def product_photo():
 
 
 @pytest.fixture
-def app_settings(settings, tiny_clip_dir, monkeypatch):
+def app_settings(search_settings):
     """Settings for a Streamlit page run: the parametrised backend (local / S3 via moto) and the tiny CLIP."""
-    from vpm.config import load_settings
-
-    monkeypatch.setenv("VPM_MODEL", str(tiny_clip_dir))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return load_settings()
+    return search_settings
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import SecretStr
 
-from conftest import BUCKET, free_port
+from conftest import BUCKET, free_port, stop_process
 from vpm.api import MULTIPART_OVERHEAD_BYTES, create_app
 from vpm.config import load_settings
 from vpm.embeddings import Embedder
@@ -675,12 +675,7 @@ def test_the_guides_curl_commands_work_against_a_real_server(tmp_path, tiny_clip
         assert fetched.stdout == photo.read_bytes()
         assert (tmp_path / "data" / product["image_key"]).read_bytes() == photo.read_bytes()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, timeout=30)
 
 
 def test_serve_rejects_a_port_out_of_range(capsys):

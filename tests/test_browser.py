@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import APP_FILE, free_port, make_product_photo
+from conftest import APP_FILE, free_port, make_product_photo, stop_process
 
 pytestmark = pytest.mark.browser
 
@@ -101,11 +101,7 @@ def app_url(chromium, tiny_clip_dir, tmp_path_factory):
             time.sleep(0.3)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)
         log.close()
 
 
