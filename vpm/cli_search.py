@@ -110,11 +110,14 @@ class _Bar:
     """A tqdm bar on stderr driven by progress(done, total, message) callbacks."""
 
     def __init__(self, unit: str):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=0, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+        self.unit = unit
+        self.bar = None  # created on the first report, so no empty "0it" bar is drawn before the total is known
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=self.unit, file=sys.stderr, dynamic_ncols=True, leave=True)
         if self.bar.total != total:
             self.bar.total = total
         self.bar.n = done
@@ -126,7 +129,8 @@ class _Bar:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def cmd_import(args) -> int:
