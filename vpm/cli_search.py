@@ -115,6 +115,8 @@ class _Bar:
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         if self.bar is None:
+            if not total:
+                return
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit=self.unit, file=sys.stderr, dynamic_ncols=True, leave=True)
