@@ -239,17 +239,6 @@ with migrate_tab:
 # ----------------------------------------------------------------------------------------------- costs
 
 
-def cost_kind(item: str) -> str:
-    """The chart's four bars: short labels that fit a phone (the table below has every line in full)."""
-    if item.startswith("CloudFront"):
-        return "CDN"
-    if "storage" in item:
-        return "storage"
-    if "transfer" in item:
-        return "transfer"
-    return "requests"
-
-
 @st.cache_data(ttl=300, show_spinner="Measuring the local catalog…")
 def local_catalog_size(data_dir: str, image_prefix: str, thumbnail_prefix: str) -> CatalogSize:
     objects = ((o.key, o.size) for o in LocalStorage(data_dir).iter_objects())
@@ -290,11 +279,8 @@ with costs_tab:
                    help="PUT and LIST requests; transfer into S3 is free")
     cols[1].metric("Every month", format_usd(result.monthly_total), border=True,
                    help="storage, requests and transfer at these assumptions")
-    by_kind: dict[str, float] = {}
-    for line in result.monthly:
-        by_kind[cost_kind(line.item)] = by_kind.get(cost_kind(line.item), 0.0) + line.usd
     st.bar_chart(
-        [{"cost": kind, "USD a month": usd} for kind, usd in by_kind.items()],
+        [{"cost": group, "USD a month": usd} for group, usd in result.monthly_by_group().items()],
         x="cost",
         y="USD a month",
         horizontal=True,

@@ -316,3 +316,14 @@ def test_format_usd(amount, text):
 def test_format_usd_refuses_nan():
     with pytest.raises(ValueError, match="cannot format"):
         format_usd(float("nan"))
+
+
+def test_monthly_cost_groups_add_up_to_the_total_for_the_chart():
+    catalog = CatalogSize(images=1000, image_bytes=200 * 1024**3, thumbnails=1000, thumbnail_bytes=15_000_000)
+    with_cdn = estimate(catalog, Traffic(searches_per_month=1_000_000, images_per_search=20, use_cdn=True))
+    groups = with_cdn.monthly_by_group()
+    assert set(groups) == {"storage", "CDN", "requests", "transfer"}
+    assert sum(groups.values()) == pytest.approx(with_cdn.monthly_total)
+    assert groups["storage"] == pytest.approx(storage_cost(catalog.bytes / BYTES_PER_GB))
+    without = estimate(catalog, Traffic(searches_per_month=1_000_000, images_per_search=20)).monthly_by_group()
+    assert "CDN" not in without and without["requests"] > groups["requests"]

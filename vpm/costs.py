@@ -200,6 +200,7 @@ class CostLine:
     price_unit: str  # what unit_price is per: "per 1,000 requests", "per GB"
     usd: float  # after tiers and free allowances
     note: str = ""
+    group: str = "requests"  # the chart's bar: "storage", "requests", "transfer" or "CDN"
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,13 @@ class Estimate:
     @property
     def monthly_total(self) -> float:
         return sum(line.usd for line in self.monthly)
+
+    def monthly_by_group(self) -> dict[str, float]:
+        """Monthly USD per chart bar (storage, requests, transfer, CDN), in the order the lines come."""
+        totals: dict[str, float] = {}
+        for line in self.monthly:
+            totals[line.group] = totals.get(line.group, 0.0) + line.usd
+        return totals
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat dict per line, `kind` = "one-time" or "monthly": ready for a DataFrame or a chart."""
@@ -393,18 +401,18 @@ def estimate(
         storage_note += "; the catalog has no thumbnails yet, so storing them is not counted"
     monthly = [
         CostLine("S3 Standard storage", stored_gb, "GB-month", _storage_tier_rate(stored_gb, prices),
-                 "per GB-month", storage_cost(stored_gb, prices), storage_note),
+                 "per GB-month", storage_cost(stored_gb, prices), storage_note, group="storage"),
     ]
     if traffic.use_cdn:
         monthly += [
             CostLine("CloudFront HTTPS requests", views, "requests", prices.cdn_per_10k_requests,
                      "per 10,000 requests", _cdn_request_cost(views, prices),
                      f"{view_note}; first {_fmt_count(prices.cdn_free_requests)} a month free; "
-                     "origin fetches from S3 assumed cached, so not counted"),
+                     "origin fetches from S3 assumed cached, so not counted", group="CDN"),
             CostLine("CloudFront data transfer out", view_gb, "GB", prices.cdn_per_gb, "per GB",
                      _cdn_transfer_cost(view_gb, prices),
                      f"first {_fmt_gb(prices.cdn_free_gb)} a month free; S3 to CloudFront is free"
-                     f"{_rate_note(view_gb, prices)}"),
+                     f"{_rate_note(view_gb, prices)}", group="CDN"),
         ]
     else:
         monthly.append(
@@ -427,7 +435,7 @@ def estimate(
                  transfer_out_cost(out_gb, prices),
                  f"{' + '.join(out_parts)}; first {_fmt_gb(prices.transfer_out_free_gb)} a month free "
                  "(shared by the whole AWS account)"
-                 f"{_rate_note(out_gb, prices)}"),
+                 f"{_rate_note(out_gb, prices)}", group="transfer"),
     )
     return Estimate(catalog, traffic, prices, _migration_lines(catalog, prices), tuple(monthly))
 
