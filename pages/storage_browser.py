@@ -91,9 +91,12 @@ with files_tab:
         if prefix:
             st.button("Up one level", icon=":material/arrow_upward:", on_click=go_to, args=(parent_prefix(prefix),))
 
-        shown = plural(len(listing.objects), "file")
-        more = " (more on the next page)" if listing.next_token else ""
-        st.caption(f"Page {page_number} · {shown} in `{prefix or '/'}`{more}")
+        paged = page_number > 1 or bool(listing.next_token)
+        if listing.objects or not listing.prefixes:
+            shown = plural(len(listing.objects), "file")
+            more = " (more on the next page)" if listing.next_token else ""
+            page_label = f"Page {page_number} · " if paged else ""
+            st.caption(f"{page_label}{shown} in `{prefix or '/'}`{more}")
         if listing.objects:
             st.dataframe(
                 object_rows(listing.objects, prefix),
@@ -104,20 +107,21 @@ with files_tab:
         elif not listing.prefixes:
             st.info("This folder is empty.", icon=":material/folder_off:")
 
-        with st.container(horizontal=True, gap="small"):
-            st.button(
-                "Previous page",
-                icon=":material/navigate_before:",
-                disabled=page_number == 1,
-                on_click=previous_page,
-            )
-            st.button(
-                "Next page",
-                icon=":material/navigate_next:",
-                disabled=not listing.next_token,
-                on_click=next_page,
-                args=(listing.next_token,),
-            )
+        if paged:  # a pager only where there is more than one page
+            with st.container(horizontal=True, gap="small"):
+                st.button(
+                    "Previous page",
+                    icon=":material/navigate_before:",
+                    disabled=page_number == 1,
+                    on_click=previous_page,
+                )
+                st.button(
+                    "Next page",
+                    icon=":material/navigate_next:",
+                    disabled=not listing.next_token,
+                    on_click=next_page,
+                    args=(listing.next_token,),
+                )
 
         if listing.objects:
             st.subheader("Preview")
