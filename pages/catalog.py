@@ -1,13 +1,12 @@
 """Catalog: add one product, import many (zip or CSV), browse, edit and delete."""
 
-import tempfile
-from pathlib import Path
-
 import streamlit as st
 
 from vpm import webapp
+from vpm.catalog import categories_of
 from vpm.presentation import (
     IMAGE_UPLOAD_TYPES,
+    add_form_problems,
     changed_fields,
     filter_products,
     format_price,
@@ -22,7 +21,7 @@ settings = webapp.get_settings()
 matcher = webapp.get_matcher()
 
 products = webapp.catalog_or_stop(matcher.list_products)
-categories = sorted({p.category for p in products}, key=str.casefold)
+categories = categories_of(products)
 
 st.caption(
     f"{plural(len(products), 'product')} in {plural(len(categories), 'category', 'categories')} · "
@@ -59,15 +58,9 @@ with add_tab:
 
     if submitted:
         category = pick_category(chosen, typed)
-        problems = []
-        if photo is None:
-            problems.append("choose a photo of the product")
-        if not name.strip():
-            problems.append("give it a name")
-        if not category:
-            problems.append("choose a category or type a new one")
+        problems = add_form_problems(photo is not None, name, category)
         if problems:
-            st.error("To add a product, " + ", ".join(problems) + ".", icon=":material/error:")
+            st.error(problems, icon=":material/error:")
         else:
             try:
                 webapp.ensure_model(matcher)
@@ -120,11 +113,7 @@ with import_tab:
                     fraction = done / total if total else 1.0
                     bar.progress(min(1.0, fraction), text=message or f"{done} of {total}")
 
-                with tempfile.TemporaryDirectory(prefix="vpm-import-") as folder:
-                    # Keep the person's file name: error messages then name the file they chose.
-                    path = Path(folder) / (Path(bundle.name).name or "upload.zip")
-                    path.write_bytes(bundle.getvalue())
-                    report = matcher.import_path(path, progress=progress)
+                report = matcher.import_upload(bundle.getvalue(), bundle.name, progress=progress)
                 bar.progress(1.0, text="Done")
                 state = "complete" if not report.failed else "error"
                 status.update(label=f"{bundle.name}: {report.summary()}", state=state, expanded=False)

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from vpm import webapp
+from vpm.catalog import categories_of
 
 st.title(":material/image_search: Visual Product Matcher")
 st.caption("Find the products in your catalog that look like a photo.")
@@ -53,7 +54,7 @@ if products is not None:
     index = webapp.index_summary(matcher, products)
     with st.container(horizontal=True):  # one row even on a phone: the numbers are short
         st.metric("Products", len(products), border=True)
-        st.metric("Categories", len({p.category for p in products}), border=True)
+        st.metric("Categories", len(categories_of(products)), border=True)
         st.metric("Search index", index.headline, help=index.detail, border=True)
 
 st.subheader("Go to")

@@ -5,7 +5,6 @@ top-k or the categories only re-ranks (`matcher.rank`), which takes milliseconds
 """
 
 import hashlib
-import time
 
 import streamlit as st
 
@@ -80,14 +79,10 @@ def read_query() -> dict | None:
         if not url:
             return None
         return {"identity": ("url", url), "kind": "image", "url": url}
-    embedder = webapp.ensure_model(matcher)
-    if not embedder.supports_text:
-        why = f" ({embedder.fallback_reason})" if embedder.fallback_reason else ""
-        st.info(
-            f"Searching by words needs a model that understands text. The active model, "
-            f"{embedder.display_name}, embeds images only{why}. Search with a photo or an image link instead.",
-            icon=":material/info:",
-        )
+    webapp.ensure_model(matcher)
+    unavailable = matcher.text_search_unavailable()
+    if unavailable:
+        st.info(unavailable[0].upper() + unavailable[1:], icon=":material/info:")
         return None
     text = st.text_input(
         "Describe the product", key="search_text", placeholder="e.g. red running shoe",
@@ -103,23 +98,14 @@ def embed(query: dict) -> dict:
     webapp.ensure_model(matcher)
     webapp.prepare_search_index(matcher)  # a progress bar if catalog images still need embedding
     with st.spinner("Finding similar products…"):
-        started = time.perf_counter()
-        image = None
         if query["kind"] == "text":
-            vector = matcher.embed_query_text(query["text"])
-            label = query["text"]
+            embedded = matcher.embed_query(text=query["text"])
+        elif "url" in query:
+            embedded = matcher.embed_query(url=query["url"])
         else:
-            if "url" in query:
-                data, filename = matcher.fetch_url_image(query["url"])
-                label = query["url"]
-            else:
-                data, filename = query["data"], query["filename"]
-                label = filename
-            vector = matcher.embed_query_image(data, filename)
-            image = data
-        embed_ms = (time.perf_counter() - started) * 1000
-    return {"identity": query["identity"], "kind": query["kind"], "vector": vector, "label": label,
-            "image": image, "embed_ms": embed_ms}
+            embedded = matcher.embed_query(data=query["data"], filename=query["filename"])
+    return {"identity": query["identity"], "kind": embedded.kind, "vector": embedded.vector,
+            "label": embedded.label, "image": embedded.image, "embed_ms": embedded.embed_ms}
 
 
 ask, tune = st.columns([3, 2], gap="large")

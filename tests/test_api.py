@@ -14,16 +14,15 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import SecretStr
 
+from fakes import ColourMeanEmbedder
 from conftest import BUCKET, free_port, stop_process
 from vpm.api import MULTIPART_OVERHEAD_BYTES, create_app
 from vpm.config import load_settings
-from vpm.embeddings import Embedder
 from vpm.matcher import Matcher
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -391,7 +390,7 @@ def test_an_unexpected_error_is_a_generic_500_and_a_log_line(client_and_matcher,
     monkeypatch.setattr(matcher, "list_products", explode)
     with caplog.at_level(logging.ERROR, logger="vpm.api"):
         response = client.get("/api/products")
-    body = assert_error(response, 500, "internal server error")
+    assert_error(response, 500, "internal server error")
     assert "secret" not in response.text and "RuntimeError" not in response.text
     assert any("GET /api/products" in r.getMessage() for r in caplog.records)
 
@@ -566,27 +565,13 @@ def test_search_by_url_fetches_through_the_matcher_and_ranks(catalog_client, cli
     assert [r["id"] for r in body["results"]] == ["blue"]
 
 
-class ImageOnlyEmbedder(Embedder):
-    """Colour means: an image-only model, like the offline fallback."""
-
-    model_id = "image-only-test"
-    display_name = "image-only test model"
-    dim = 3
-    supports_text = False
-    fallback_reason = None
-    device = "cpu"
-
-    def _embed_image_batch(self, images):
-        return np.array([np.asarray(i, dtype=np.float32).mean(axis=(0, 1)) + 1.0 for i in images])
-
-
 def test_text_search_on_an_image_only_model_is_400_saying_why(api_settings):
-    matcher = Matcher(api_settings, embedder=ImageOnlyEmbedder())
+    matcher = Matcher(api_settings, embedder=ColourMeanEmbedder())
     client = TestClient(create_app(matcher=matcher))
     assert upload(client).status_code == 201
     assert_error(client.post("/api/search", json={"text": "red mug"}), 400, "text search is not available")
     image_search = client.post("/api/search", files={"image": ("q.jpg", jpeg(), "image/jpeg")})
-    assert image_search.json()["model"] == "image-only-test"
+    assert image_search.json()["model"] == "fake-colour"
 
 
 def test_search_with_a_bad_photo_is_422(catalog_client):

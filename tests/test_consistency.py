@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakes import ColourMeanEmbedder
 from vpm.catalog import CatalogCorrupt, validate_product
 from vpm.consistency import (
     ConsistencyError,
@@ -21,23 +22,8 @@ from vpm.consistency import (
     preview_kind,
 )
 from vpm.storage import ObjectInfo
-from vpm.embeddings import Embedder
 
 LATER = datetime.now(timezone.utc) + timedelta(hours=1)  # "now" for cleanups that must not see files as recent
-
-
-class FakeEmbedder(Embedder):
-    """Colour-mean vectors: deterministic, instant, no torch."""
-
-    model_id = "fake-colour"
-    display_name = "fake colour embedder"
-    dim = 3
-    supports_text = False
-    fallback_reason = None
-    device = "cpu"
-
-    def _embed_image_batch(self, images):
-        return np.array([np.asarray(im, dtype=np.float32).mean(axis=(0, 1)) + 1.0 for im in images])
 
 
 def jpeg(colour: tuple[int, int, int]) -> bytes:
@@ -49,7 +35,7 @@ def jpeg(colour: tuple[int, int, int]) -> bytes:
 def make_matcher(settings, storage):
     from vpm.matcher import Matcher
 
-    return Matcher(settings, storage, embedder=FakeEmbedder())
+    return Matcher(settings, storage, embedder=ColourMeanEmbedder())
 
 
 @pytest.fixture

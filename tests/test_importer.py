@@ -389,3 +389,11 @@ def test_a_file_column_works_as_the_image_column(importer, tmp_path, product_pho
     report = importer.import_path(csv_path)
     (product,) = report.imported
     assert (product.name, product.category, product.attributes) == ("Lamp", "lighting", {"product_id": "abo:1"})
+
+
+def test_an_uploaded_zip_imports_from_bytes_and_reports_the_chosen_name(importer, tmp_path, product_photo):
+    archive = make_zip(tmp_path / "shop.zip", {"Mugs/red_mug.png": product_photo(1), "notes.txt": b"hi"})
+    report = importer.import_upload(archive.read_bytes(), "My Shop.zip")
+    assert [(p.name, p.category) for p in report.imported] == [("Red Mug", "Mugs")]
+    assert report.source == "My Shop.zip"
+    assert [i.source for i in report.skipped] == ["notes.txt"]

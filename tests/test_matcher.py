@@ -446,3 +446,21 @@ def test_the_model_loads_lazily_from_settings(matcher):
     assert matcher.embedder.supports_text
     assert matcher.model_loaded
     assert Path(matcher.settings.vpm_model).name == matcher.embedder.display_name
+
+
+def test_a_query_embedded_once_reranks_like_a_fresh_search(stocked, product_photo):
+    """The Search page keeps one embedded query and re-ranks it as the slider moves: same answers, no re-embed."""
+    photo = product_photo(3)
+    query = stocked.embed_query(data=photo, filename="query.png")
+    assert (query.kind, query.label, query.image) == ("image", "query.png", photo)
+    embedded_before = stocked.embedder.images_embedded
+    strict = stocked.rank(query.vector, threshold=0.999, top_k=10)
+    loose = stocked.rank(query.vector, threshold=-1, top_k=10)
+    assert stocked.embedder.images_embedded == embedded_before
+    fresh = stocked.search_image(photo, "query.png", threshold=-1, top_k=10)
+    assert [m.product.id for m in loose.results] == [m.product.id for m in fresh.results]
+    assert len(strict.results) == 1 and len(loose.results) == 6
+    words = stocked.embed_query(text="  a red mug ")
+    assert (words.kind, words.label, words.image) == ("text", "a red mug", None)
+    with pytest.raises(ValueError, match="needs a photo"):
+        stocked.embed_query()

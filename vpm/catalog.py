@@ -163,7 +163,7 @@ class Catalog:
         raise ProductNotFound(f"no product with id {product_id!r}")
 
     def categories(self) -> list[str]:
-        return sorted({p.category for p in self.list()}, key=str.casefold)
+        return categories_of(self.list())
 
     # ---------------------------------------------------------------------------------------- writing
 
@@ -258,6 +258,11 @@ class Catalog:
         return removed
 
 
+def categories_of(products: Iterable[Product]) -> list[str]:
+    """The distinct categories of `products`, sorted as people expect (ignoring case)."""
+    return sorted({p.category for p in products}, key=str.casefold)
+
+
 def image_keys(product: Product) -> list[str]:
     return [k for k in (product.image_key, product.thumbnail_key) if k]
 
@@ -270,6 +275,7 @@ __all__ = [
     "InvalidProduct",
     "Product",
     "ProductNotFound",
+    "categories_of",
     "Snapshot",
     "StorageError",
     "image_keys",

@@ -74,6 +74,17 @@ class ProductView:
 
 
 @dataclass(frozen=True)
+class EmbeddedQuery:
+    """A query embedded once: re-rank it with `Matcher.rank` as filters change, without embedding again."""
+
+    kind: Literal["image", "text"]
+    vector: np.ndarray
+    label: str  # the file name, URL or words, for people
+    image: bytes | None  # the query photo's bytes, to show it; None for words
+    embed_ms: float
+
+
+@dataclass(frozen=True)
 class Match:
     """One search result: a product, its cosine similarity to the query, and where to show its image."""
 
@@ -379,6 +390,17 @@ class Matcher:
         log.info("import of %s: %s", path, report.summary())
         return report
 
+    def import_upload(self, data: bytes, filename: str, progress: Progress | None = None) -> ImportReport:
+        """Import an uploaded .zip or .csv (a browser hands bytes, not a path). The file keeps the person's
+        name in a private temporary folder, so every message names the file they chose."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="vpm-import-") as folder:
+            path = Path(folder) / (Path(filename).name or "upload.zip")
+            path.write_bytes(data)
+            report = self.import_path(path, progress)
+        return dataclasses.replace(report, source=Path(filename).name)
+
     def _prepare_batch(
         self,
         batch: Sequence[ImportItem],
@@ -456,24 +478,48 @@ class Matcher:
         fetched = fetch_image_bytes(url, max_bytes=self.settings.max_upload_bytes, timeout=URL_TIMEOUT_S)
         return fetched.data, fetched.filename
 
+    def text_search_unavailable(self) -> str | None:
+        """Why text search cannot run with the active model, in words for people; None when it can."""
+        embedder = self.embedder
+        if embedder.supports_text:
+            return None
+        why = (
+            f" ({self.settings.vpm_model} could not be loaded: {embedder.fallback_reason})"
+            if embedder.fallback_reason
+            else ""
+        )
+        return (
+            f"text search is not available: the active model {embedder.model_id} embeds images only{why}. "
+            "Search with a photo instead, or set VPM_MODEL to a CLIP model (e.g. clip-ViT-B-32)."
+        )
+
     def embed_query_text(self, text: str) -> np.ndarray:
         """The query vector of a description; raises EmbeddingError when the active model has no text tower."""
         from .embeddings import EmbeddingError
 
         if not isinstance(text, str) or not text.strip():
             raise EmbeddingError("the text query is empty: describe the product, e.g. 'red running shoe'")
-        embedder = self.embedder
-        if not embedder.supports_text:
-            why = (
-                f" ({self.settings.vpm_model} could not be loaded: {embedder.fallback_reason})"
-                if embedder.fallback_reason
-                else ""
-            )
-            raise EmbeddingError(
-                f"text search is not available: the active model {embedder.model_id} embeds images only{why}. "
-                "Search with a photo instead, or set VPM_MODEL to a CLIP model (e.g. clip-ViT-B-32)."
-            )
-        return embedder.embed_texts([text.strip()])[0]
+        unavailable = self.text_search_unavailable()
+        if unavailable:
+            raise EmbeddingError(unavailable)
+        return self.embedder.embed_texts([text.strip()])[0]
+
+    def embed_query(
+        self, *, data: bytes | None = None, filename: str = "image", url: str | None = None, text: str | None = None
+    ) -> EmbeddedQuery:
+        """Embed one query (photo bytes, an image URL, or words) once, for re-ranking with `rank` later."""
+        started = time.perf_counter()
+        if text is not None:
+            vector, label, image = self.embed_query_text(text), text.strip(), None
+        else:
+            if url is not None:
+                data, filename = self.fetch_url_image(url)
+            if data is None:
+                raise ValueError("a query needs a photo, an image URL or a text")
+            vector, image = self.embed_query_image(data, filename), data
+            label = url if url is not None else filename
+        took_ms = (time.perf_counter() - started) * 1000
+        return EmbeddedQuery("text" if text is not None else "image", vector, label, image, took_ms)
 
     def rank(
         self,

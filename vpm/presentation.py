@@ -82,7 +82,7 @@ def results_csv(matches: Iterable[Any]) -> bytes:
         score = float(row["score"])
         writer.writerow([
             rank,
-            row["id"],
+            _csv_safe(row["id"]),
             _csv_safe(row["name"]),
             _csv_safe(row["category"]),
             "" if row.get("price") is None else f"{row['price']:.2f}",
@@ -132,6 +132,18 @@ def pick_category(chosen: str | None, typed: str | None) -> str:
     """The add form offers existing categories and a box for a new one: a typed name wins over a pick."""
     typed = (typed or "").strip()
     return typed or (chosen or "").strip()
+
+
+def add_form_problems(has_photo: bool, name: str | None, category: str) -> str | None:
+    """What the add form still needs, as one sentence; None when it can be submitted."""
+    problems = []
+    if not has_photo:
+        problems.append("choose a photo of the product")
+    if not (name or "").strip():
+        problems.append("give it a name")
+    if not category:
+        problems.append("choose a category or type a new one")
+    return "To add a product, " + ", ".join(problems) + "." if problems else None
 
 
 def filter_products(products: Iterable[Any], categories: Iterable[str] = (), name_query: str = "") -> list[Any]:

@@ -1,0 +1,78 @@
+"""What people read: percentages, prices, sizes, the results CSV and the add form's checks."""
+
+from __future__ import annotations
+
+import csv
+import io
+from types import SimpleNamespace
+
+from vpm.presentation import (
+    add_form_problems,
+    changed_fields,
+    filter_products,
+    format_bytes,
+    format_percent,
+    format_price,
+    nothing_found_text,
+    pick_category,
+    results_csv,
+)
+
+
+class FakeMatch:
+    def __init__(self, **row):
+        self.row = row
+
+    def as_dict(self):
+        return self.row
+
+
+def test_scores_read_as_clamped_whole_percentages():
+    assert [format_percent(s) for s in (0.8749, 1.0, -0.3, float("nan"))] == ["87%", "100%", "0%", "0%"]
+
+
+def test_prices_and_sizes():
+    assert (format_price(1299.5), format_price(None)) == ("$1,299.50", "")
+    assert [format_bytes(n) for n in (512, 2048, 5 * 1024**2)] == ["512 B", "2.0 KB", "5.0 MB"]
+
+
+def test_nothing_found_names_the_best_score_to_lower_to():
+    text = nothing_found_text(0.613, 0.75)
+    assert text.startswith("No product reaches 75% similarity") and "lower the threshold to 61%" in text
+    assert "No products to compare" in nothing_found_text(None, 0.75)
+
+
+def test_results_csv_is_ranked_spreadsheet_safe_and_keeps_accents():
+    data = results_csv([
+        FakeMatch(id="p1", name="Crème brûlée dish", category="Kitchen", price=12.5, score=0.91234,
+                  image_url="https://cdn/p1.jpg"),
+        FakeMatch(id="p2", name="=HYPERLINK(\"http://evil\")", category="@SUM(A1)", price=None, score=0.5,
+                  image_url=None),
+    ])
+    assert data.startswith("\ufeff".encode())  # spreadsheet apps then read UTF-8
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+    assert [r["rank"] for r in rows] == ["1", "2"]
+    assert rows[0]["name"] == "Crème brûlée dish" and rows[0]["price"] == "12.50"
+    assert (rows[0]["score_percent"], rows[0]["score"]) == ("91", "0.9123")
+    assert rows[1]["name"].startswith("'=") and rows[1]["category"].startswith("'@")  # text, not formulas
+    assert rows[1]["price"] == "" and rows[1]["image_url"] == ""
+
+
+def test_the_add_form_says_everything_it_still_needs_in_one_sentence():
+    assert add_form_problems(False, " ", "") == (
+        "To add a product, choose a photo of the product, give it a name, choose a category or type a new one."
+    )
+    assert add_form_problems(True, "Mug", "") == "To add a product, choose a category or type a new one."
+    assert add_form_problems(True, "Mug", "Kitchen") is None
+    assert pick_category("Kitchen", "  Shoes ") == "Shoes" and pick_category("Kitchen", "") == "Kitchen"
+
+
+def test_filtering_and_edits():
+    products = [SimpleNamespace(id=f"p{i}", name=n, category=c) for i, (n, c) in enumerate(
+        (("Red mug", "Kitchen"), ("Blue MUG", "kitchen"), ("Trail shoe", "Shoes")))]
+    assert [p.name for p in filter_products(products, ["KITCHEN"], "mug")] == ["Blue MUG", "Red mug"]
+    assert [p.name for p in filter_products(products)] == ["Blue MUG", "Red mug", "Trail shoe"]
+    product = SimpleNamespace(name="Mug", category="Kitchen", price=None, description=None)
+    assert changed_fields(product, name=" Mug ", category="Kitchen", price=None, description="") == {}
+    assert changed_fields(product, name="Big mug", category="Kitchen", price=3.0, description="") == {
+        "name": "Big mug", "price": 3.0}
