@@ -5,6 +5,8 @@ import streamlit as st
 from vpm import webapp
 from vpm.catalog import categories_of
 from vpm.presentation import (
+    code,
+    plain,
     IMAGE_UPLOAD_TYPES,
     add_form_problems,
     changed_fields,
@@ -82,15 +84,15 @@ with add_tab:
         except Exception:
             view = None  # deleted since; nothing to show
         if view is not None:
-            st.success(f"Added **{view.product.name}**. It is searchable now.", icon=":material/check_circle:")
+            st.success(f"Added **{plain(view.product.name)}**. It is searchable now.", icon=":material/check_circle:")
             card, about = st.columns([1, 3])
             with card:
                 with st.container(border=True, width=webapp.CARD_WIDTH):
                     webapp.product_card(view)
             with about:
-                st.markdown(f"**Id:** `{view.product.id}`")
+                st.markdown(f"**Id:** {code(view.product.id)}")
                 if view.image_url:
-                    st.markdown(f"**Image URL:** `{view.image_url}`")
+                    st.markdown(f"**Image URL:** {code(view.image_url)}")
                 st.page_link(webapp.SEARCH_PAGE, label="Search with a photo", icon=":material/image_search:")
 
 # --------------------------------------------------------------------------------------------- import
@@ -106,7 +108,7 @@ with import_tab:
     if st.button("Import", type="primary", icon=":material/upload:", disabled=bundle is None):
         try:
             webapp.ensure_model(matcher)
-            with st.status(f"Importing {bundle.name}…", expanded=True) as status:
+            with st.status(f"Importing {plain(bundle.name)}…", expanded=True) as status:
                 bar = st.progress(0, text="Reading the file…")
 
                 def progress(done: int, total: int, message: str = "") -> None:
@@ -116,7 +118,7 @@ with import_tab:
                 report = matcher.import_upload(bundle.getvalue(), bundle.name, progress=progress)
                 bar.progress(1.0, text="Done")
                 state = "complete" if not report.failed else "error"
-                status.update(label=f"{bundle.name}: {report.summary()}", state=state, expanded=False)
+                status.update(label=f"{plain(bundle.name)}: {report.summary()}", state=state, expanded=False)
             st.session_state["catalog_import_report"] = (bundle.name, report)
             st.rerun()  # redraw counts, categories and the table with the imported products
         except Exception as err:
@@ -124,7 +126,7 @@ with import_tab:
 
     if "catalog_import_report" in st.session_state:
         source, report = st.session_state["catalog_import_report"]
-        st.markdown(f"**Last import: {source}**")
+        st.markdown(f"**Last import: {plain(source)}**")
         counts = st.columns(3)
         counts[0].metric("Imported", len(report.imported), border=True)
         counts[1].metric("Skipped (duplicates)", len(report.skipped), border=True)
@@ -132,11 +134,11 @@ with import_tab:
         if report.failed:
             with st.expander(f"Why {plural(len(report.failed), 'item')} failed", expanded=True):
                 for issue in report.failed:
-                    st.markdown(f"- `{issue.source}`: {issue.reason}")
+                    st.markdown(f"- {code(issue.source)}: {plain(issue.reason)}")
         if report.skipped:
             with st.expander(f"Skipped {plural(len(report.skipped), 'item')}"):
                 for issue in report.skipped:
-                    st.markdown(f"- `{issue.source}`: {issue.reason}")
+                    st.markdown(f"- {code(issue.source)}: {plain(issue.reason)}")
 
 # --------------------------------------------------------------------------------------------- browse
 
@@ -173,7 +175,7 @@ with browse_tab:
             )
             product = by_id[picked]
             with st.form(f"edit_{product.id}"):
-                st.markdown(f"**Edit {product.name}**")
+                st.markdown(f"**Edit {plain(product.name)}**")
                 new_name = st.text_input("Name", value=product.name, max_chars=200)
                 left, right = st.columns(2)
                 new_category = left.text_input("Category", value=product.category, max_chars=100)
@@ -192,19 +194,19 @@ with browse_tab:
                 else:
                     try:
                         matcher.update_product(product.id, **fields)
-                        st.toast(f"Saved {new_name.strip()}.", icon=":material/check_circle:")
+                        st.toast(f"Saved {plain(new_name.strip())}.", icon=":material/check_circle:")
                         st.rerun()
                     except Exception as err:
                         webapp.show_error(err, what=f"Could not save {product.name}")
 
             pending = st.session_state.get("catalog_confirm_delete")
             if pending != product.id:
-                if st.button(f"Delete {product.name}…", icon=":material/delete:"):
+                if st.button(f"Delete {plain(product.name)}…", icon=":material/delete:"):
                     st.session_state["catalog_confirm_delete"] = product.id
                     st.rerun()
             else:
                 st.warning(
-                    f"Delete **{product.name}** ({format_price(product.price) or 'no price'}, {product.category})? "
+                    f"Delete **{plain(product.name)}** ({format_price(product.price) or 'no price'}, {plain(product.category)})? "
                     "Its image and thumbnail are removed too. This cannot be undone.",
                     icon=":material/warning:",
                 )
@@ -215,7 +217,7 @@ with browse_tab:
                         matcher.delete_product(product.id)
                         if st.session_state.get("catalog_last_added") == product.id:
                             st.session_state.pop("catalog_last_added")
-                        st.toast(f"Deleted {product.name}.", icon=":material/delete:")
+                        st.toast(f"Deleted {plain(product.name)}.", icon=":material/delete:")
                         st.rerun()
                     except Exception as err:
                         webapp.show_error(err, what=f"Could not delete {product.name}")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from vpm import health, webapp
-from vpm.presentation import STATUS_ICONS, STATUS_MARKS, STATUS_WORDS, package_versions
+from vpm.presentation import STATUS_ICONS, STATUS_MARKS, STATUS_WORDS, package_versions, plain
 
 st.title(":material/monitor_heart: Health")
 st.caption("The same checks as `python -m vpm health`: storage, catalog, model and search index.")
@@ -34,9 +34,9 @@ if checks:
     summary[1](summary[0], icon=STATUS_ICONS[verdict])
     with st.container(border=True, gap="small"):
         for check in checks:
-            st.markdown(f"{STATUS_MARKS[check.status]} **{check.name}** ({STATUS_WORDS[check.status]}): {check.detail}")
+            st.markdown(f"{STATUS_MARKS[check.status]} **{check.name}** ({STATUS_WORDS[check.status]}): {plain(check.detail)}")
             if check.fix and check.status != "pass":
-                st.caption(f"What to do: {check.fix}")
+                st.caption(f"What to do: {plain(check.fix)}")
 with st.container(horizontal=True):
     st.button("Run the checks again", icon=":material/refresh:")
     if not st.session_state.get("health_check_model"):

@@ -14,7 +14,7 @@ from vpm.config import ConfigError, load_settings
 from vpm.costs import CatalogSize, PriceError, Traffic, estimate, format_usd
 from vpm.health import overall
 from vpm.migrate import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, Migration
-from vpm.presentation import STATUS_ICONS, STATUS_WORDS, format_bytes, plural
+from vpm.presentation import STATUS_ICONS, STATUS_WORDS, format_bytes, plain, plural
 from vpm.storage import LocalStorage
 
 st.title(":material/cloud_upload: Migration & costs")
@@ -41,12 +41,12 @@ def show_checks(checks) -> None:
     for check in sorted((c for c in checks if c.status != "pass"), key=lambda c: c.status != "fail"):
         with st.container(border=True):
             st.markdown(f"{STATUS_ICONS[check.status]} **{check.name}** · {STATUS_WORDS[check.status]}")
-            st.markdown(check.detail)
+            st.markdown(plain(check.detail))
             if check.fix:
-                st.caption(f"What to do: {check.fix}")
+                st.caption(f"What to do: {plain(check.fix)}")
     passed = [c for c in checks if c.status == "pass"]
     if passed:
-        st.markdown("  \n".join(f"{STATUS_ICONS['pass']} **{c.name}** · pass: {c.detail}" for c in passed))
+        st.markdown("  \n".join(f"{STATUS_ICONS['pass']} **{c.name}** · pass: {plain(c.detail)}" for c in passed))
 
 
 def metric_row(values) -> None:
@@ -161,7 +161,7 @@ with migrate_tab:
             f"**{plural(totals['files'], 'file')}, {format_bytes(totals['bytes'])}** from {plan.source} to "
             f"{plan.target}: {format_bytes(plan.upload_bytes)} to upload."
         )
-        st.markdown(f"**products.json**: {plan.metadata.action}: {plan.metadata.detail}")
+        st.markdown(f"**products.json**: {plan.metadata.action}: {plain(plan.metadata.detail)}")
         for warning in plan.warnings:
             st.warning(warning, icon=":material/warning:")
         if plan.blocked:
@@ -215,12 +215,12 @@ with migrate_tab:
             ("Conflicts", len(report.conflicts), "left alone: a different object at the same key"),
             ("Failed", len(report.failed), "did not arrive or did not verify"),
         ])
-        st.markdown(f"**products.json**: {report.metadata.status}: {report.metadata.detail}")
+        st.markdown(f"**products.json**: {report.metadata.status}: {plain(report.metadata.detail)}")
         st.caption(f"{format_bytes(report.bytes_uploaded)} uploaded in {report.duration_s:,.1f} s.")
         for check in report.verification:
-            st.markdown(f"{STATUS_ICONS[check.status]} **{check.name}**: {check.detail}")
+            st.markdown(f"{STATUS_ICONS[check.status]} **{check.name}**: {plain(check.detail)}")
             if check.fix and check.status != "pass":
-                st.caption(f"What to do: {check.fix}")
+                st.caption(f"What to do: {plain(check.fix)}")
         problems = [r.as_dict() for r in report.conflicts + report.failed]
         if problems:
             st.dataframe(problems, hide_index=True, width="stretch", column_order=("status", "key", "reason"))

@@ -17,11 +17,13 @@ from vpm.consistency import (
     parent_prefix,
     preview_kind,
 )
-from vpm.presentation import format_bytes, plural
+from vpm.images import make_thumbnail
+from vpm.presentation import code, format_bytes, plain, plural
 from vpm.storage import StorageError
 
 PAGE_SIZE = 100
 PREVIEW_MAX_BYTES = 25 * 1024 * 1024  # larger files are listed, not downloaded into the page
+PREVIEW_SIDE = 800  # px: the preview's longest side
 
 st.title(":material/folder_open: Storage browser")
 
@@ -96,7 +98,7 @@ with files_tab:
             shown = plural(len(listing.objects), "file")
             more = " (more on the next page)" if listing.next_token else ""
             page_label = f"Page {page_number} · " if paged else ""
-            st.caption(f"{page_label}{shown} in `{prefix or '/'}`{more}")
+            st.caption(f"{page_label}{shown} in {code(prefix or '/')}{more}")
         if listing.objects:
             st.dataframe(
                 object_rows(listing.objects, prefix),
@@ -135,7 +137,7 @@ with files_tab:
             if choice in by_key:
                 info = by_key[choice]
                 kind = preview_kind(info)
-                st.caption(f"`{choice}` · {format_bytes(info.size)}")
+                st.caption(f"{code(choice)} · {format_bytes(info.size)}")
                 if info.size > PREVIEW_MAX_BYTES:
                     st.info(f"Too large to preview here ({format_bytes(info.size)}).", icon=":material/info:")
                 elif kind == "none":
@@ -148,7 +150,8 @@ with files_tab:
                         data = None
                     if data is not None and kind == "image":
                         try:
-                            picture = matcher.decode(data, choice).image
+                            # A bounded preview: never hand a full-size decode to Streamlit to re-encode.
+                            picture = make_thumbnail(matcher.decode(data, choice).image, PREVIEW_SIDE)
                         except ValueError as err:  # ImageError: says what is wrong with the file
                             webapp.show_error(err)
                         else:
@@ -157,14 +160,14 @@ with files_tab:
                         try:
                             st.json(json.loads(data), expanded=1)
                         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                            st.error(f"`{choice}` is not valid JSON: {err}", icon=":material/error:")
+                            st.error(f"{code(choice)} is not valid JSON: {plain(err)}", icon=":material/error:")
                     elif data is not None:
                         st.code(data[:20_000].decode("utf-8", errors="replace"), language=None)
 
 # ---------------------------------------------------------------------------------------- products.json
 with catalog_tab:
     key = settings.s3_metadata_key
-    st.caption(f"The catalog file `{key}`.")
+    st.caption(f"The catalog file {code(key)}.")
     try:
         raw = storage.get(key) if storage.exists(key) else None
     except StorageError as err:
@@ -172,7 +175,7 @@ with catalog_tab:
         raw = None
     else:
         if raw is None:
-            st.info(f"`{key}` does not exist yet: the catalog is empty. Add products on the Catalog page.")
+            st.info(f"{code(key)} does not exist yet: the catalog is empty. Add products on the Catalog page.")
     if raw is not None:
         try:
             document = json.loads(raw)
@@ -211,9 +214,9 @@ with check_tab:
     if result is not None:
         (st.success if result.deleted else st.warning)(result.summary().capitalize() + ".", icon=":material/delete:")
         if result.deleted:
-            st.markdown("Deleted:\n" + "\n".join(f"- `{k}`" for k in result.deleted))
+            st.markdown("Deleted:\n" + "\n".join(f"- {code(k)}" for k in result.deleted))
         if result.kept:
-            st.markdown("Kept:\n" + "\n".join(f"- `{k}`: {why}" for k, why in result.kept))
+            st.markdown("Kept:\n" + "\n".join(f"- {code(k)}: {plain(why)}" for k, why in result.kept))
 
     report = state.get("consistency_report")
     if report is not None:

@@ -27,3 +27,11 @@ def click(at: AppTest, label: str) -> AppTest:
     at.run()
     assert not at.exception
     return at
+
+
+def shown(markdown: str) -> str:
+    """What a person reads from an element's Markdown source: backslash escapes resolved, the invisible word
+    joiners that keep "https://" from becoming a link removed (see vpm.presentation.plain)."""
+    import re
+
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u2060", "")

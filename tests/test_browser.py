@@ -230,6 +230,38 @@ def test_add_a_product_and_find_it_with_its_own_photo(page, app_url):
     assert card_names(page)[0] == "Steel kettle"
 
 
+WORD_JOINER = "\u2060"  # vpm.presentation.plain puts one inside "https://" so it is never made a link
+
+
+def visible_text(page) -> str:
+    """The main area's text as a person reads it (invisible word joiners removed)."""
+    return page.locator('[data-testid="stMain"]').inner_text().replace(WORD_JOINER, "")
+
+
+HOSTILE_NAME = "[click](https://evil.example) ![](https://tracker.example/p.gif) :red[x]"
+
+
+def test_a_hostile_product_name_shows_as_typed_never_as_a_link_or_an_image(page, app_url):
+    photo = make_product_photo(77, size=240)
+    open_app(page, app_url, "catalog")
+    form = page.locator('[data-testid="stForm"]').first
+    form.locator('input[type="file"]').set_input_files({"name": "odd.png", "mimeType": "image/png", "buffer": photo})
+    form.get_by_label("Name").fill(HOSTILE_NAME)
+    form.get_by_label("…or a new category").fill("[cat](https://evil.example)")
+    form.get_by_role("button", name="Add product").click()
+    page.get_by_text("It is searchable now.").wait_for()
+    settle(page)
+    assert HOSTILE_NAME in visible_text(page)
+
+    open_app(page, app_url, "search")
+    upload_query(page, photo, "odd-again.png")
+    assert result_count(page) >= 1
+    assert card_names(page)[0].replace(WORD_JOINER, "") == HOSTILE_NAME
+    for current in (page,):
+        assert current.locator('a[href*="evil.example"]').count() == 0
+        assert current.locator('img[src*="tracker.example"]').count() == 0
+
+
 def save_whole_page(page, path: Path, width: int, height: int) -> None:
     """Streamlit scrolls inside its main area, not the document: grow the window to the content, then shoot."""
     content = page.evaluate(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pagetools import shown
+
 HEALTH = "pages/health.py"
 
 
@@ -47,7 +49,7 @@ def test_a_missing_bucket_is_a_failed_check_with_what_to_do(app_settings, open_p
 
     assert not at.exception
     assert any("**storage reachable** (fail)" in m.value for m in at.markdown)
-    assert any("What to do:" in c.value and "S3_BUCKET_NAME" in c.value for c in at.caption)
+    assert any("What to do:" in c.value and "S3_BUCKET_NAME" in shown(c.value) for c in at.caption)
     assert any("Something needs fixing" in e.value for e in at.error)
 
 

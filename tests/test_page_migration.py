@@ -59,7 +59,8 @@ def text_input(at: AppTest, label: str):
 
 
 def texts(at: AppTest) -> str:
-    return "\n".join(m.value for m in [*at.markdown, *at.caption, *at.success, *at.warning, *at.error, *at.info])
+    elements = [*at.markdown, *at.caption, *at.success, *at.warning, *at.error, *at.info]
+    return pagetools.shown("\n".join(m.value for m in elements))
 
 
 def test_check_against_a_reachable_bucket_passes(seeded):

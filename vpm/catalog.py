@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -58,13 +59,41 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# Control characters in a name forge log lines ("\n...CRITICAL") and drive terminals (ESC sequences through
+# `vpm list`). Line breaks and tabs become one space; every other C0/C1 control and the bidi overrides that
+# reorder what a reader sees are dropped.
+_LINE_BREAKS_RE = re.compile(r"[\t\n\r\v\f\u0085\u2028\u2029]+")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# In a description line breaks are content; other controls are dropped.
+_DESCRIPTION_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def one_line_text(value: str) -> str:
+    """A name or category as one plain line: line breaks to a space, control characters removed."""
+    return _CONTROL_RE.sub("", _LINE_BREAKS_RE.sub(" ", value)).strip()
+
+
+def _json_safe(value: Any, where: str) -> Any:
+    """Attributes must survive strict JSON: finite numbers, strings, booleans, None, lists and objects."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}, not a finite number")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise ValueError(f"{where} is a {type(value).__name__}, not a JSON value")
+
+
 class Product(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
     id: str = Field(default_factory=new_product_id)
     name: str = Field(min_length=1, max_length=200)
     category: str = Field(min_length=1, max_length=100)
-    price: float | None = Field(default=None, ge=0)
+    # allow_inf_nan=False: 1e309 parses to inf, which passes ge=0 and then breaks strict JSON and every search.
+    price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     description: str | None = Field(default=None, max_length=5000)
     attributes: dict[str, Any] = Field(default_factory=dict)
     image_key: str | None = None
@@ -79,10 +108,22 @@ class Product(BaseModel):
             raise ValueError("may contain only letters, digits, '-' and '_' (1-100 characters)")
         return v
 
+    @field_validator("name", "category", mode="before")
+    @classmethod
+    def _one_line(cls, v):
+        return one_line_text(v) if isinstance(v, str) else v
+
     @field_validator("description", mode="before")
     @classmethod
     def _blank_description(cls, v):
+        if isinstance(v, str):
+            v = _DESCRIPTION_CONTROL_RE.sub("", v)
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _json_safe(v, "attributes")
 
 
 def validate_product(**fields: Any) -> Product:
@@ -142,6 +183,7 @@ class Catalog:
             raise CatalogCorrupt(f"{where} has schema {schema!r}, newer than this app understands ({SCHEMA_VERSION})")
         products = []
         for i, item in enumerate(doc["products"]):
+            item = _without_non_finite_price(item, i, where)
             try:
                 products.append(Product.model_validate(item))
             except ValidationError as err:
@@ -182,7 +224,8 @@ class Catalog:
                 "updated_at": _now(),
                 "products": [p.model_dump(mode="json") for p in products],
             }
-            body = json.dumps(doc, indent=2, ensure_ascii=False).encode()
+            # allow_nan=False: strict JSON, so other tools (and `vpm list --json`) can always read it.
+            body = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False).encode()
             try:
                 if snap.etag is None:
                     etag = self.storage.put(self.metadata_key, body, "application/json", if_none_match=True)
@@ -256,6 +299,20 @@ class Catalog:
 
         self.mutate(change)
         return removed
+
+
+def _without_non_finite_price(item: Any, index: int, where: str) -> Any:
+    """A product stored before prices had to be finite (`Infinity`, `NaN`) loads with no price, and says so."""
+    if not isinstance(item, dict):
+        return item
+    price = item.get("price")
+    if isinstance(price, float) and not math.isfinite(price):
+        log.warning(
+            "%s: product %r (#%d) has the price %s, which is not a number; it is shown without a price until "
+            "it is edited", where, str(item.get("id", "?"))[:100], index + 1, price,
+        )
+        return {**item, "price": None}
+    return item
 
 
 def categories_of(products: Iterable[Product]) -> list[str]:

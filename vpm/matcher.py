@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +183,11 @@ def _no_progress(done: int, total: int, message: str = "") -> None:
     pass
 
 
+def new_upload_token() -> str:
+    """A short random token that makes an upload's storage keys its own."""
+    return uuid.uuid4().hex[:12]
+
+
 class Matcher:
     def __init__(
         self,
@@ -229,11 +235,11 @@ class Matcher:
 
     # ------------------------------------------------------------------------------------------ keys
 
-    def image_key_for(self, product_id: str, extension: str) -> str:
-        return f"{self.settings.s3_image_prefix}{product_id}.{extension}"
+    def image_key_for(self, product_id: str, extension: str, upload: str) -> str:
+        return f"{self.settings.s3_image_prefix}{product_id}-{upload}.{extension}"
 
-    def thumbnail_key_for(self, product_id: str) -> str:
-        return f"{self.settings.s3_thumbnail_prefix}{product_id}.webp"
+    def thumbnail_key_for(self, product_id: str, upload: str) -> str:
+        return f"{self.settings.s3_thumbnail_prefix}{product_id}-{upload}.webp"
 
     def url_for(self, key: str | None) -> str | None:
         if not key:
@@ -276,21 +282,30 @@ class Matcher:
     def prepare_product(self, image: DecodedImage, *, name: str, category: str, **fields: Any) -> Product:
         """Validate the fields and attach the image keys; writes nothing."""
         product = validate_product(name=name, category=category, **fields)
+        # Each upload gets keys no other writer can produce (the id plus a random token), so a writer that loses
+        # a race for the same id removes only its own files, never the winner's.
+        upload = new_upload_token()
         return product.model_copy(
             update={
-                "image_key": self.image_key_for(product.id, image.extension),
-                "thumbnail_key": self.thumbnail_key_for(product.id),
+                "image_key": self.image_key_for(product.id, image.extension, upload),
+                "thumbnail_key": self.thumbnail_key_for(product.id, upload),
                 "image_sha256": image.sha256,
             }
         )
 
     def store_files(self, product: Product, image: DecodedImage) -> list[str]:
-        """Write the original and its thumbnail; return the keys written (for cleanup on failure)."""
+        """Write the original and its thumbnail; return the keys written (for cleanup on failure).
+
+        Created with if-none-match: a key that exists already is never overwritten, so the keys returned are
+        exactly the objects this call created, and only those may be deleted on failure.
+        """
         written = []
-        self.storage.put(product.image_key, image.data, image.content_type, metadata={"sha256": image.sha256})
+        self.storage.put(
+            product.image_key, image.data, image.content_type, metadata={"sha256": image.sha256}, if_none_match=True
+        )
         written.append(product.image_key)
         thumb = make_thumbnail(image.image)
-        self.storage.put(product.thumbnail_key, thumb, "image/webp")
+        self.storage.put(product.thumbnail_key, thumb, "image/webp", if_none_match=True)
         written.append(product.thumbnail_key)
         return written
 
@@ -319,9 +334,10 @@ class Matcher:
             image, name=name, category=category, price=price, description=description, id=product_id,
             attributes=attributes,
         )
-        if product_id and any(p.id == product_id for p in self.catalog.list()):
-            # Checked before writing any file so a duplicate never overwrites the existing product's image.
-            raise DuplicateProduct(f"a product with id {product_id!r} already exists")
+        # Read the catalog before writing anything: a catalog that cannot be read (or an id that is taken) is
+        # reported without leaving files or vectors behind.
+        if any(p.id == product.id for p in self.catalog.list()):
+            raise DuplicateProduct(f"a product with id {product.id!r} already exists")
         written = self.store_files(product, image)
         try:
             self.after_files_stored([(product, image)])

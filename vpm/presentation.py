@@ -8,8 +8,40 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
+
+
+# Every character Markdown, Streamlit's extensions (`:red[...]`, `:material/x:` icons, `$math$`) or HTML give a
+# meaning to. A backslash before any ASCII punctuation makes it literal in CommonMark.
+_WORD_JOINER = "\u2060"
+_AUTOLINK_RE = re.compile(r"(?<=\\:)(?=/)|(?<=www)(?=\\\.)|(?=@)", re.IGNORECASE)
+_MARKDOWN_SPECIALS = frozenset("\\`*_{}[]()<>#+-.!|~:$&\"'=^")
+
+
+def plain(text: object) -> str:
+    """`text` for st.markdown / st.caption / st.error / help= as literal characters, never links, images or
+    formatting: a stored name like `[click](https://evil.example)` shows as typed. Line breaks become spaces
+    (a single line of text must not start a list or a heading)."""
+    escaped = "".join("\\" + c if c in _MARKDOWN_SPECIALS else c for c in str(text))
+    # GFM turns bare "https://x", "www.x" and "a@b.c" into links after escapes are resolved, so a backslash
+    # cannot stop it; an invisible word joiner inside the pattern does.
+    escaped = _AUTOLINK_RE.sub(_WORD_JOINER, escaped)
+    return " ".join(escaped.split())
+
+
+def code(text: object) -> str:
+    """`text` as inline code whatever backticks it holds (a storage key may contain them): the fence is one
+    backtick longer than the longest run inside, so the span cannot be closed early."""
+    value = " ".join(str(text).split())
+    run = current = 0
+    for c in value:
+        current = current + 1 if c == "`" else 0
+        run = max(run, current)
+    fence = "`" * (run + 1)
+    pad = " " if value.startswith("`") or value.endswith("`") or run else ""
+    return f"{fence}{pad}{value}{pad}{fence}"
 
 
 def score_percent(score: float) -> int:

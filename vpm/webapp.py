@@ -17,7 +17,7 @@ import streamlit as st
 
 from .catalog import Product
 from .config import ConfigError, Settings, load_settings
-from .presentation import format_percent, format_price, plural, score_percent
+from .presentation import code, format_percent, format_price, plain, plural, score_percent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,7 +62,7 @@ def get_settings() -> Settings:
     try:
         return load_settings()
     except ConfigError as err:
-        st.error(f"**Configuration problem:** {err}", icon=":material/settings_alert:")
+        st.error(f"**Configuration problem:** {plain(err)}", icon=":material/settings_alert:")
         st.info(
             "Fix the variable in your environment, `.env` file or `.streamlit/secrets.toml`, then restart "
             "the app. `.env.example` lists every setting with its default."
@@ -222,12 +222,12 @@ def show_error(err: BaseException, *, what: str | None = None) -> None:
     """
     prefix = f"{what}: " if what else ""
     if _is_expected(err):
-        st.error(f"{prefix}{err}", icon=":material/error:")
+        st.error(plain(f"{prefix}{err}"), icon=":material/error:")
         return
     log.exception("unexpected error in the app", exc_info=err)
     st.error(
-        f"{prefix}something unexpected went wrong ({type(err).__name__}: {err}). "
-        "The details are in the app's log; try again, and check the Health page if it keeps happening.",
+        plain(f"{prefix}something unexpected went wrong ({type(err).__name__}: {err}). ")
+        + "The details are in the app's log; try again, and check the Health page if it keeps happening.",
         icon=":material/error:",
     )
 
@@ -311,8 +311,9 @@ def product_card(item: Any) -> None:
         st.image(picture, width="stretch", alt=product.name)
     else:
         st.caption(":material/hide_image: no picture")
-    st.markdown(f"**{product.name}**", help=product.description or None)
-    details = [product.category]
+    # Names, categories and descriptions are stored user input: shown as plain text, never as Markdown.
+    st.markdown(f"**{plain(product.name)}**", help=plain(product.description) if product.description else None)
+    details = [plain(product.category)]
     price = format_price(product.price)
     if price:
         details.append(price)
@@ -339,8 +340,8 @@ def storage_summary(settings: Settings) -> str:
     """'Local folder ./data' or 'S3 bucket my-bucket (eu-west-1) · CDN on'."""
     if settings.s3_enabled:
         cdn = "CDN on" if settings.s3_cdn_url else "CDN off"
-        return f"S3 bucket `{settings.s3_bucket_name}` ({settings.s3_region}) · {cdn}"
-    return f"Local folder `{settings.vpm_data_dir}`"
+        return f"S3 bucket {code(settings.s3_bucket_name)} ({settings.s3_region}) · {cdn}"
+    return f"Local folder {code(settings.vpm_data_dir)}"
 
 
 def model_summary(settings: Settings, matcher) -> str:
