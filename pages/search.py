@@ -9,6 +9,7 @@ import hashlib
 import streamlit as st
 
 from vpm import webapp
+from vpm.images import preview_thumbnail
 from vpm.presentation import (
     IMAGE_UPLOAD_TYPES,
     format_ms,
@@ -104,8 +105,12 @@ def embed(query: dict) -> dict:
             embedded = matcher.embed_query(url=query["url"])
         else:
             embedded = matcher.embed_query(data=query["data"], filename=query["filename"])
+    # A bounded thumbnail, never the upload itself: st.image would open and resize that outside our checks.
+    preview = None if embedded.image is None else preview_thumbnail(
+        embedded.image, embedded.label, max_bytes=settings.max_upload_bytes
+    )
     return {"identity": query["identity"], "kind": embedded.kind, "vector": embedded.vector,
-            "label": embedded.label, "image": embedded.image, "embed_ms": embedded.embed_ms}
+            "label": embedded.label, "preview": preview, "embed_ms": embedded.embed_ms}
 
 
 ask, tune = st.columns([3, 2], gap="large")
@@ -146,8 +151,8 @@ response = matcher.rank(
 st.divider()
 summary, picture = st.columns([4, 1], vertical_alignment="top")
 with picture:
-    if current["image"] is not None:
-        st.image(current["image"], caption="Your photo", width=140)
+    if current["preview"] is not None:
+        st.image(current["preview"], caption="Your photo", width=140)
 with summary:
     st.subheader("Matches")
     if current["kind"] == "text":

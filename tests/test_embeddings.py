@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile_images import HOSTILE_IMAGES, guard_resizes
 from PIL import Image, ImageDraw
-from tiny_clip import build_tiny_clip
+from tiny_clip import IMAGE_SIZE as TINY_CLIP_INPUT, build_tiny_clip
 
 from vpm.embeddings import (
     EfficientNetEmbedder,
@@ -29,6 +30,7 @@ from vpm.embeddings import (
     load_embedder,
     model_slug,
 )
+from vpm.images import MAX_ASPECT_RATIO
 
 ROOT = Path(__file__).resolve().parents[1]
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -366,6 +368,69 @@ def test_the_built_in_model_sees_a_rescaled_crop_as_the_same_picture(efficientne
     to_crop = vectors[0] @ vectors[1]
     to_others = vectors[2:] @ vectors[0]
     assert to_crop > to_others.max()
+
+
+# --- bounded preprocessing (issue 9) --------------------------------------------------------------------------
+
+# Ordinary shapes, up to exactly the aspect limit decode_image accepts (2000×100 and 57×1140 are 20:1).
+ORDINARY_SIZES = [(320, 240), (240, 320), (224, 224), (33, 17), (2000, 100), (57, 1140), (4000, 3000)]
+
+
+def _efficientnet_pixels_before_the_bound(image: Image.Image) -> np.ndarray:
+    """EfficientNetEmbedder._pixels as it was before issue 9, to prove ordinary images embed exactly as before."""
+    size = EfficientNetEmbedder.INPUT_SIZE
+    w, h = image.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return ((array - 0.5) / 0.5).transpose(2, 0, 1)
+
+
+def _upscaled_bound(input_size: int) -> int:
+    """The most pixels a short-side-to-`input_size` resize may make once the aspect ratio is bounded."""
+    return input_size * (input_size * MAX_ASPECT_RATIO + 1)  # + 1: rounding of the long side
+
+
+@pytest.mark.parametrize("size", ORDINARY_SIZES)
+def test_the_built_in_models_preprocessing_of_ordinary_images_is_unchanged(efficientnet, size):
+    image = _scene(size[0] * 7 + size[1], size=size) if min(size) > 40 else Image.new("RGB", size, (9, 99, 199))
+    np.testing.assert_array_equal(efficientnet._pixels(image), _efficientnet_pixels_before_the_bound(image))
+
+
+def test_clip_vectors_of_ordinary_images_are_what_sentence_transformers_gives_unbounded(clip):
+    images = [_scene(i, size=size) if min(size) > 40 else Image.new("RGB", size, (9, 99, 199))
+              for i, size in enumerate(ORDINARY_SIZES)]
+    unbounded = clip._model.encode(images, convert_to_numpy=True, show_progress_bar=False)  # no aspect bound
+
+    vectors = clip.embed_images(images)
+
+    expected = unbounded / np.linalg.norm(unbounded, axis=1, keepdims=True)
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_IMAGES, ids=lambda h: h.filename)
+def test_the_built_in_models_preprocessing_of_a_strip_stays_bounded(efficientnet, hostile, monkeypatch):
+    """Called directly, without decode_image: the resize must be bounded on its own (unbounded: 3-30 GB)."""
+    sizes = guard_resizes(monkeypatch, _upscaled_bound(EfficientNetEmbedder.INPUT_SIZE))
+
+    pixels = efficientnet._pixels(hostile.pil())
+
+    assert pixels.shape == (3, 224, 224)
+    assert sizes  # the guard saw the resize
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_IMAGES, ids=lambda h: h.filename)
+def test_clip_preprocessing_of_a_strip_stays_bounded(clip, hostile, monkeypatch):
+    """CLIP's processor scales the short side up before cropping: the embedder must hand it a bounded image."""
+    sizes = guard_resizes(monkeypatch, _upscaled_bound(TINY_CLIP_INPUT))
+
+    vectors = clip.embed_images([hostile.pil()])
+
+    assert vectors.shape == (1, 32) and _unit_rows(vectors)
+    assert sizes  # the guard saw the processor's resize
 
 
 def test_an_invalid_device_is_a_clear_error():

@@ -20,20 +20,26 @@ from pathlib import Path
 import numpy as np
 import pillow_heif
 import pytest
+from hostile_images import HOSTILE_IMAGES, guard_resizes
 from PIL import Image, ImageFile
 
 from vpm import images
 from vpm.images import (
+    MAX_ASPECT_RATIO,
+    PREVIEW_MAX_SIDE,
     SUPPORTED_FORMATS,
     DecodedImage,
     EmptyImageError,
     ImageError,
+    ImageShapeError,
     ImageTooLargeError,
     NotAnImageError,
     TruncatedImageError,
     UnsupportedImageError,
+    crop_to_aspect,
     decode_image,
     make_thumbnail,
+    preview_thumbnail,
     sha256_hex,
     to_jpeg,
 )
@@ -399,6 +405,40 @@ def test_max_pixels_parameter_is_honoured():
     assert str(caught.value).startswith("small.png is 100×51 pixels (0.0051 MP); the limit is 0.005 MP:")
 
 
+@pytest.mark.parametrize("hostile", HOSTILE_IMAGES, ids=lambda h: h.filename)
+def test_a_strip_is_refused_from_its_header_naming_its_shape_and_the_limit(hostile, no_pixel_decoding):
+    assert len(hostile.data) < 1000  # a few hundred bytes: the pixel cap alone lets it through
+
+    with pytest.raises(ImageShapeError) as caught:
+        decode_image(hostile.data, hostile.filename)
+
+    width, height = hostile.size
+    assert str(caught.value) == (
+        f"{hostile.filename} is {width}×{height} pixels (aspect ratio {max(width, height) // min(width, height)}:1); "
+        f"the limit is {MAX_ASPECT_RATIO}:1: crop it to the product and try again"
+    )
+    assert caught.value.filename == hostile.filename
+
+
+@pytest.mark.parametrize("size", [(40, 2), (2, 40), (1, 20), (970, 90), (90, 970)])
+def test_aspect_ratios_up_to_the_limit_are_accepted(size):
+    assert decode_image(encode(Image.new("RGB", size, RED), "PNG"), "banner.png").image.size == size
+
+
+def test_just_over_the_aspect_limit_does_not_read_as_equal_to_it():
+    with pytest.raises(ImageShapeError) as caught:
+        decode_image(encode(Image.new("RGB", (20, 401), RED), "PNG"), "ribbon.png")
+    assert str(caught.value).startswith("ribbon.png is 20×401 pixels (aspect ratio 20.05:1); the limit is 20:1:")
+
+
+def test_max_aspect_parameter_is_honoured():
+    data = encode(Image.new("RGB", (300, 100), RED), "PNG")
+    assert decode_image(data, "wide.png", max_aspect=3).width == 300
+    with pytest.raises(ImageShapeError) as caught:
+        decode_image(data, "wide.png", max_aspect=2.5)
+    assert str(caught.value).startswith("wide.png is 300×100 pixels (aspect ratio 3:1); the limit is 2.5:1:")
+
+
 @pytest.mark.parametrize("warning_action", ["ignore", "error"])
 def test_pillows_bomb_warning_range_is_refused_even_with_a_higher_max_pixels(warning_action):
     # 100 MP sits between Pillow's warning (~89 MP) and error (~179 MP) limits; our limit never exceeds Pillow's.
@@ -454,7 +494,10 @@ def test_control_characters_in_the_name_do_not_reach_the_message():
 
 
 def test_errors_are_value_errors_and_survive_pickling():
-    error_types = (EmptyImageError, TruncatedImageError, NotAnImageError, ImageTooLargeError, UnsupportedImageError)
+    error_types = (
+        EmptyImageError, TruncatedImageError, NotAnImageError, ImageTooLargeError, ImageShapeError,
+        UnsupportedImageError,
+    )
     for error_type in error_types:
         assert issubclass(error_type, ImageError) and issubclass(error_type, ValueError)
     error = pickle.loads(pickle.dumps(NotAnImageError("x.jpg is not an image", "x.jpg")))
@@ -507,6 +550,17 @@ def test_thumbnail_is_webp_within_bounds_keeping_aspect(size, max_side, expected
     assert source.size == size  # the caller's image is untouched
 
 
+@pytest.mark.parametrize("hostile", HOSTILE_IMAGES, ids=lambda h: h.filename)
+def test_thumbnail_of_a_strip_only_ever_shrinks(hostile, monkeypatch):
+    """make_thumbnail never passes through decode_image's checks itself: it must be bounded on its own."""
+    source = hostile.pil()
+    guard_resizes(monkeypatch, max_pixels=source.width * source.height)
+
+    thumbnail = Image.open(io.BytesIO(make_thumbnail(source, 256)))
+
+    assert max(thumbnail.size) == 256 and min(thumbnail.size) == 1
+
+
 def test_thumbnail_of_a_transparent_image_is_white_where_transparent():
     source = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
     thumbnail = Image.open(io.BytesIO(make_thumbnail(source, 32))).convert("RGB")
@@ -524,3 +578,67 @@ def test_decoded_image_is_usable_after_decode_returns():
     decoded: DecodedImage = decode_image(encode(Image.new("RGB", (20, 10), RED), "PNG"), "plain.png")
     assert decoded.image.getpixel((0, 0)) == RED  # the source file object is closed; the pixels are ours
     assert Image.open(io.BytesIO(make_thumbnail(decoded.image))).size == (20, 10)
+
+
+# --- bounding resizes and previews ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(320, 240), (40, 2), (2, 40), (1, 1), (0, 5)])
+def test_crop_to_aspect_returns_an_image_within_the_limit_itself(size):
+    image = Image.new("RGB", size, RED)
+    assert crop_to_aspect(image) is image  # so every image decode_image accepts embeds exactly as before
+
+
+@pytest.mark.parametrize(
+    ("size", "expected_box"),
+    [
+        ((1, 200_000), (0, 99_990, 1, 100_010)),
+        ((16_383, 1), (8181, 0, 8201, 1)),
+        ((40_000, 2), (19_980, 0, 20_020, 2)),
+        ((3, 100), (0, 20, 3, 80)),
+    ],
+)
+def test_crop_to_aspect_keeps_the_centre_of_a_strip(size, expected_box):
+    strip = Image.new("L", size)
+    strip.paste(255, expected_box)  # white exactly where the crop should land
+
+    cropped = crop_to_aspect(strip)
+
+    width, height = cropped.size
+    assert max(width, height) == min(width, height) * MAX_ASPECT_RATIO
+    assert cropped.getextrema() == (255, 255)
+
+
+def test_crop_to_aspect_takes_a_custom_limit_and_refuses_one_below_one():
+    assert crop_to_aspect(Image.new("RGB", (1000, 10)), max_aspect=2.5).size == (25, 10)
+    with pytest.raises(ValueError, match="at least 1"):
+        crop_to_aspect(Image.new("RGB", (10, 10)), max_aspect=0.5)
+
+
+def test_preview_is_a_small_upright_webp():
+    photo = Image.new("RGB", (800, 400), BLUE)
+    photo.paste(RED, (0, 0, 100, 100))
+    data = encode(photo, "JPEG", exif=exif_orientation(6))  # stored sideways: turned 90° clockwise to show
+
+    preview = Image.open(io.BytesIO(preview_thumbnail(data, "photo.jpg")))
+
+    assert preview.format == "WEBP"
+    assert preview.size == (PREVIEW_MAX_SIDE // 2, PREVIEW_MAX_SIDE)
+    assert_close(preview.getpixel((preview.width - 5, 5)), RED, 40)  # the top-left corner is now top-right
+
+
+def test_preview_of_a_large_jpeg_decodes_it_at_a_reduced_scale(monkeypatch):
+    seen = []
+    monkeypatch.setattr(images, "make_thumbnail", lambda image, max_side: seen.append(image.size) or b"webp")
+
+    preview_thumbnail(encode(noise(2400, 1600), "JPEG"), "big.jpg")
+
+    assert seen == [(600, 400)]  # a quarter of each side: still more than the 280 px preview needs
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_IMAGES, ids=lambda h: h.filename)
+def test_preview_refuses_what_decode_image_refuses(hostile):
+    with pytest.raises(ImageShapeError, match=rf"^{hostile.filename} is {hostile.shape} pixels"):
+        preview_thumbnail(hostile.data, hostile.filename)
+    with pytest.raises(ImageTooLargeError):
+        preview_thumbnail(b"\xff" * 200, "big.jpg", max_bytes=100)

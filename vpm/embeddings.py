@@ -146,7 +146,13 @@ class SentenceTransformerEmbedder(Embedder):
         return np.asarray(vectors, dtype=np.float32)
 
     def _embed_image_batch(self, images: list[Image.Image]) -> np.ndarray:
-        return self._encode(images, batch_size=len(images))  # embed_images already made the batch
+        from vpm.images import crop_to_aspect
+
+        # CLIP's processor scales the short side up to its input size before its centre crop: a 1×200000 strip
+        # would become a 30 GB image. Cropped to MAX_ASPECT_RATIO first, that step stays small; every image
+        # decode_image accepts is passed on untouched, so its vector is exactly what it was.
+        bounded = [crop_to_aspect(image) for image in images]
+        return self._encode(bounded, batch_size=len(bounded))  # embed_images already made the batch
 
     def _embed_text_batch(self, texts: list[str]) -> np.ndarray:
         return self._encode(texts, batch_size=64)
@@ -167,10 +173,17 @@ class EfficientNetEmbedder(Embedder):
         self.device = device
 
     def _pixels(self, image: Image.Image) -> np.ndarray:
-        """Shorter side to 224, centre crop, scaled to [-1, 1] (mean/std 0.5) as the TF weights expect."""
+        """Shorter side to 224, centre crop, scaled to [-1, 1] (mean/std 0.5) as the TF weights expect.
+
+        The image is first cut to MAX_ASPECT_RATIO around its centre (a no-op for every decoded upload), so the
+        resize makes at most 224 × 224·MAX_ASPECT_RATIO pixels whatever comes in, not 224 × 224·200000.
+        """
         from PIL import Image as PILImage
 
+        from vpm.images import crop_to_aspect
+
         size = self.INPUT_SIZE
+        image = crop_to_aspect(image)
         w, h = image.size
         scale = size / min(w, h)
         new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))

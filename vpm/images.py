@@ -1,11 +1,14 @@
 """Safe decoding of uploaded images into 8-bit RGB, plus thumbnails and content hashes.
 
-Everything a user can upload goes through `decode_image`: it checks the byte size, then the pixel count from the
-header (before any pixel is decoded), decodes, applies the EXIF orientation and converts every mode Pillow can
-produce to 8-bit RGB (alpha composited on white, 16-bit scaled rather than clipped). Each way an upload can be
-bad raises one subclass of `ImageError` whose message names the file and says what to do; no raw Pillow or
-OSError escapes. The original bytes are kept unchanged in `DecodedImage.data`: the catalog stores the upload as
-it came, and the decoded image feeds the embedder and the thumbnails.
+Everything a user can upload goes through `decode_image`: it checks the byte size, then the pixel count and the
+aspect ratio from the header (before any pixel is decoded), decodes, applies the EXIF orientation and converts every
+mode Pillow can produce to 8-bit RGB (alpha composited on white, 16-bit scaled rather than clipped). Each way an
+upload can be bad raises one subclass of `ImageError` whose message names the file and says what to do; no raw
+Pillow or OSError escapes. The original bytes are kept unchanged in `DecodedImage.data`: the catalog stores the
+upload as it came, and the decoded image feeds the embedder and the thumbnails.
+
+Memory stays bounded past decoding too: `crop_to_aspect` bounds any resize that scales the short side up (the
+embedders' preprocessing), thumbnails only ever shrink, and `preview_thumbnail` is what a UI shows of an upload.
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ MIB = 1024 * 1024
 DEFAULT_MAX_BYTES = 20 * MIB
 # Well below Pillow's own bomb limit (~89 MP warning, ~179 MP error): a 50 MP RGB image is already 150 MB decoded.
 DEFAULT_MAX_PIXELS = 50_000_000
+# Long side / short side. A pixel cap alone lets through strips of a few hundred bytes (1×200000, 40000×2) that the
+# models' preprocessing then blows up: it scales the short side up to 224 px, so a 1×200000 PNG becomes a
+# 224×44.8M (10 GP, 30 GB) image before anything is cropped. At 20:1 that step makes at most 224×4480 (1 MP, 3 MB).
+# Nothing legitimate is lost: product photos sit near 1:1, web banners reach ~11:1 (970×90), phone panoramas rarely
+# pass 10:1, and the models only look at the centre square anyway, which at 20:1 is already just 5% of the picture.
+MAX_ASPECT_RATIO = 20
+# The query photo shown beside the results: twice its 140 px display width, for high-density screens.
+PREVIEW_MAX_SIDE = 280
 
 # PIL format name -> (file extension, content type) for every format we accept.
 SUPPORTED_FORMATS: Mapping[str, tuple[str, str]] = MappingProxyType(
@@ -80,6 +91,10 @@ class ImageTooLargeError(ImageError):
     """Too many bytes, or too many pixels to decode safely."""
 
 
+class ImageShapeError(ImageError):
+    """A strip rather than a picture: the long side is more than MAX_ASPECT_RATIO times the short side."""
+
+
 class UnsupportedImageError(ImageError):
     """A real image, but in a format (or colour mode) we do not accept."""
 
@@ -106,8 +121,34 @@ def decode_image(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect: float = MAX_ASPECT_RATIO,
 ) -> DecodedImage:
     """Check, decode and normalise an upload. Raises a subclass of `ImageError` for every kind of bad input."""
+    return _decode(data, filename, max_bytes, max_pixels, max_aspect, draft_side=None)
+
+
+def preview_thumbnail(
+    data: bytes,
+    filename: str = "image",
+    *,
+    max_side: int = PREVIEW_MAX_SIDE,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect: float = MAX_ASPECT_RATIO,
+) -> bytes:
+    """A small WebP of an upload, to show it back to the person; the same checks and errors as `decode_image`.
+
+    Show this, never the raw upload: a UI that resizes the upload itself does so with no bound. JPEGs are decoded
+    at a reduced scale (1/2 to 1/8) when that still covers `max_side`, so a preview costs little.
+    """
+    decoded = _decode(data, filename, max_bytes, max_pixels, max_aspect, draft_side=max_side)
+    return make_thumbnail(decoded.image, max_side)
+
+
+def _decode(
+    data: bytes, filename: str, max_bytes: int, max_pixels: int, max_aspect: float, draft_side: int | None
+) -> DecodedImage:
+    """decode_image's work; with `draft_side`, formats that can (JPEG) decode at a reduced scale."""
     if not isinstance(data, bytes):
         data = bytes(data)  # bytearray / memoryview from upload widgets
     name = _display_name(filename)
@@ -128,9 +169,13 @@ def decode_image(
             raise _too_many_pixels(name, filename, (width, height), pixel_limit)
         if width == 0 or height == 0:
             raise TruncatedImageError(f"{name} is damaged (it has no pixels): re-export or re-upload it", filename)
+        if not within_aspect(width, height, max_aspect):
+            raise _too_narrow(name, filename, (width, height), max_aspect)
         pil_format = _FORMAT_ALIASES.get(source.format or "", source.format or "")
         if pil_format not in SUPPORTED_FORMATS:  # _open only tries accepted formats; this is a guard
             raise _unsupported(name, filename, pil_format)
+        if draft_side:
+            source.draft(None, (draft_side, draft_side))  # never below draft_side; a no-op outside JPEG
         try:
             source.load()  # the first frame only: animated GIF/WebP/PNG and multi-page TIFF keep frame 0
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -173,6 +218,32 @@ def make_thumbnail(image: Image.Image, max_side: int = 256) -> bytes:
     buffer = io.BytesIO()
     thumb.save(buffer, format="WEBP", quality=80)
     return buffer.getvalue()
+
+
+def within_aspect(width: int, height: int, max_aspect: float = MAX_ASPECT_RATIO) -> bool:
+    """True when the long side is at most `max_aspect` times the short side (limit included)."""
+    return max(width, height) <= min(width, height) * max_aspect
+
+
+def crop_to_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT_RATIO) -> Image.Image:
+    """The centre of `image`, cut so its long side is at most `max_aspect` times its short side.
+
+    Returns `image` itself when it is already within, so every image `decode_image` accepts is untouched. Call it
+    before any resize that scales the short side up (as the embedders' preprocessing does): the result can then
+    never exceed short-side-target² × max_aspect pixels, whatever the input. The centre is what such a resize
+    followed by a centre crop keeps anyway.
+    """
+    if max_aspect < 1:
+        raise ValueError(f"max_aspect must be at least 1, got {max_aspect}")
+    width, height = image.size
+    if width == 0 or height == 0 or within_aspect(width, height, max_aspect):
+        return image
+    keep = max(1, math.floor(min(width, height) * max_aspect))
+    if width > height:
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    top = (height - keep) // 2
+    return image.crop((0, top, width, top + keep))
 
 
 def to_jpeg(image: Image.Image, quality: int = 90) -> bytes:
@@ -319,6 +390,16 @@ def _too_many_pixels(
     megapixels, limit_mp = _over_limit(width * height / 1e6, pixel_limit / 1e6)
     return ImageTooLargeError(
         f"{name} is {width}×{height} pixels ({megapixels} MP); the limit is {limit_mp} MP: resize it and try again",
+        filename,
+    )
+
+
+def _too_narrow(name: str, filename: str, size: tuple[int, int], max_aspect: float) -> ImageShapeError:
+    width, height = size
+    ratio, limit = _over_limit(max(size) / min(size), max_aspect)
+    return ImageShapeError(
+        f"{name} is {width}×{height} pixels (aspect ratio {ratio}:1); the limit is {limit}:1: "
+        "crop it to the product and try again",
         filename,
     )
 
