@@ -5,7 +5,9 @@ shares its storage, catalog and index. Every error is JSON `{"success": false, "
 or 5xx status; unexpected exceptions are logged and answered with a generic 500, never a stack trace.
 
 Two checks run before any route, in `RequestGuard`: the API key (when VPM_API_KEY is set) and the request
-body size, so an unauthenticated or oversized upload is refused before its body is read.
+body size, so an unauthenticated or oversized upload is refused before its body is read. `BodyReadDeadline`
+bounds how long a request body may take to arrive; the server's other limits (`ServerLimits`: header
+deadline, concurrency cap, keep-alive) are applied by `python -m vpm serve`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
+import os
+import re
+from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 from fastapi import FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -31,7 +36,7 @@ from starlette.exceptions import HTTPException
 from . import __version__
 from . import health as checks_module
 from .catalog import CatalogError, DuplicateProduct, InvalidProduct, Product, ProductNotFound
-from .config import Settings, load_settings
+from .config import ConfigError, Settings, load_settings
 from .images import SUPPORTED_FORMATS, ImageError, ImageTooLargeError
 from .storage import InvalidKey, ObjectNotFound, StorageError, validate_key
 
@@ -49,15 +54,24 @@ IMAGE_TYPES: dict[str, str] = {ext: ctype for ext, ctype in SUPPORTED_FORMATS.va
 IMAGE_TYPES.update({"jpeg": "image/jpeg", "tif": "image/tiff", "heif": "image/heif"})
 
 
+# An absolute file path (POSIX, two or more parts; or a Windows drive path) that is not part of a URL.
+_SERVER_PATH = re.compile(r"(?<![\w.:/\\-])(?:/[^\s'\"/:;,()]+){2,}/?|\b[A-Za-z]:\\[^\s'\"]*")
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"success": False, "error": message}, status_code=status, headers=headers)
+
+
+def _client_message(exc: Exception) -> str:
+    """A library error's message for the client, minus server file paths: they tell an attacker our layout."""
+    return _SERVER_PATH.sub("<server path>", str(exc))
 
 
 class ApiError(HTTPException):
     """A refusal with a status and a message for the client (HTTPException, so FastAPI re-raises it as is)."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(status_code=status, detail=message)
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(status_code=status, detail=message, headers=headers)
 
 
 class BodyTooLarge(ApiError):
@@ -67,6 +81,51 @@ class BodyTooLarge(ApiError):
             f"request body is larger than the upload limit of {limit / (1024 * 1024):.0f} MB "
             "(VPM_MAX_UPLOAD_MB); send a smaller image",
         )
+
+
+class BodyReadTimeout(ApiError):
+    def __init__(self, timeout_s: float):
+        super().__init__(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s (VPM_API_BODY_TIMEOUT_S); send it again",
+            # uvicorn closes the connection after this response: the rest of the body is never coming.
+            headers={"Connection": "close"},
+        )
+
+
+# ------------------------------------------------------------------------------------- server limits
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What keeps slow or lying clients from holding the server; each is VPM_API_<NAME> in the environment."""
+
+    max_concurrency: int = 100  # open connections + running requests; past it uvicorn answers 503 at once
+    header_timeout_s: float = 10.0  # the request line and headers must arrive within this
+    body_timeout_s: float = 60.0  # the whole body must arrive within this of the app asking for it
+    keep_alive_s: int = 5  # an idle keep-alive connection is closed after this
+    shutdown_timeout_s: int = 10  # on SIGTERM, requests still running after this are cancelled
+
+
+def server_limits(settings: Settings) -> ServerLimits:
+    """The limits from Settings fields `vpm_api_<name>` when they exist, else from VPM_API_<NAME>, else defaults."""
+    return ServerLimits(**{f.name: _limit(settings, f.name, f.default) for f in fields(ServerLimits)})
+
+
+def _limit(settings: Settings, name: str, default: float) -> float:
+    setting = f"vpm_api_{name}"
+    value = getattr(settings, setting, None)
+    if value is None:
+        value = os.environ.get(setting.upper(), "").strip() or default
+    kind = type(default)  # int or float, as the default is
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"Invalid {setting.upper()}: {value!r} is not {what}") from None
+    if not 0 < number < 1e6:  # also refuses nan and inf
+        raise ConfigError(f"Invalid {setting.upper()}: must be a positive number (got {value!r})")
+    return number
 
 
 # ------------------------------------------------------------------------------------- request guard
@@ -122,16 +181,62 @@ class RequestGuard:
 
         try:
             await self.app(scope, capped_receive, tracking_send)
-        except BodyTooLarge as err:
+        except ApiError as err:  # raised while reading the body: too large, or too slow to arrive
             if started:
                 raise
-            await _error(413, str(err.detail))(scope, receive, send)
+            await _error(err.status_code, str(err.detail), err.headers)(scope, receive, send)
         except Exception:
             # Known errors were turned into JSON by the exception handlers; this is a bug. Log it, say little.
             log.exception("unexpected error on %s %s", scope["method"], scope.get("path"))
             if started:
                 raise
             await _error(500, "internal server error; the server log has the details")(scope, receive, send)
+
+
+class BodyReadDeadline:
+    """ASGI middleware: the request body must arrive within `timeout_s` of the app first asking for it.
+
+    uvicorn has no body read timeout: a client that declares Content-Length: 1000000 and sends 10 bytes would
+    hold its connection, and a concurrency slot, forever. Past the deadline the answer is 408 and the
+    connection is closed.
+    """
+
+    def __init__(self, app, *, timeout_s: float):
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        deadline: float | None = None
+        body_done = False
+        started = False
+
+        async def receive_in_time():
+            nonlocal deadline, body_done
+            if body_done:  # only http.disconnect comes after the body: waiting for it is not reading the body
+                return await receive()
+            if deadline is None:
+                deadline = anyio.current_time() + self.timeout_s
+            with anyio.move_on_after(deadline - anyio.current_time()) as scope_:
+                message = await receive()
+            if scope_.cancelled_caught:
+                log.info("%s %s: the body did not arrive within %g s", scope["method"], scope["path"], self.timeout_s)
+                raise BodyReadTimeout(self.timeout_s)
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive_in_time, tracking_send)
+        except BodyReadTimeout as err:  # only when no route or inner middleware turned it into a response
+            if started:
+                raise
+            await _error(err.status_code, str(err.detail), err.headers)(scope, receive, send)
 
 
 def _route_path(scope) -> str:
@@ -147,18 +252,19 @@ class SearchQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    image_url: str | None = Field(None, description="http(s) URL of a photo to search with")
+    image_url: str | None = Field(None, max_length=8192, description="http(s) URL of a photo to search with")
     text: str | None = Field(None, max_length=1000, description="a description to search with (CLIP models)")
     top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="at most this many results")
     threshold: float | None = Field(
-        None, description="minimum cosine similarity, -1 to 1 (0.25, not 25); default depends on the query kind"
+        None, allow_inf_nan=False,
+        description="minimum cosine similarity, -1 to 1 (0.25, not 25); default depends on the query kind",
     )
     category: str | list[str] | None = Field(None, description="only these categories")
 
     @field_validator("threshold")
     @classmethod
     def _cosine(cls, v: float | None) -> float | None:
-        if v is not None and (math.isnan(v) or not -1.0 <= v <= 1.0):
+        if v is not None and not -1.0 <= v <= 1.0:
             raise ValueError("must be a cosine similarity between -1 and 1 (e.g. 0.25 for 25%)")
         return v
 
@@ -238,6 +344,7 @@ def create_app(settings: Settings | None = None, matcher=None) -> FastAPI:
         max_body_bytes=upload_limit + MULTIPART_OVERHEAD_BYTES,
         upload_limit_bytes=upload_limit,
     )
+    app.add_middleware(BodyReadDeadline, timeout_s=server_limits(settings).body_timeout_s)
     if settings.cors_origins:  # added last: outermost, so refusals from the guard carry CORS headers too
         app.add_middleware(
             CORSMiddleware,
@@ -268,7 +375,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         def handler(request: Request, exc: Exception, status: int = status) -> JSONResponse:
             if status >= 500:
                 log.warning("%s %s: %s", request.method, request.url.path, exc)
-            return _error(status, str(exc))
+            return _error(status, _client_message(exc))
 
         app.add_exception_handler(exc_type, handler)
 
@@ -287,6 +394,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}; see /docs"
         return _error(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Only what escapes RequestGuard gets here (an error in an outer middleware): still JSON, still terse.
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal server error; the server log has the details")
 
 
 def _install_routes(app: FastAPI, matcher, settings: Settings) -> None:
@@ -362,7 +475,7 @@ def _install_routes(app: FastAPI, matcher, settings: Settings) -> None:
         image: UploadFile = File(..., description="the product photo (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC)"),
         name: str = Form(..., description="product name"),
         category: str = Form(..., description="product category"),
-        price: float | None = Form(None, ge=0, description="price, optional"),
+        price: float | None = Form(None, ge=0, allow_inf_nan=False, description="price, optional"),
         description: str | None = Form(None, description="optional"),
         id: str | None = Form(None, description="product id (letters, digits, - and _); generated when omitted"),
     ) -> JSONResponse:
@@ -396,11 +509,7 @@ def _install_routes(app: FastAPI, matcher, settings: Settings) -> None:
                 raise ApiError(422, "send either an image file or image_url/text, not both")
             response = await run_in_threadpool(matcher.search_image, data, filename, **query.options())
         elif content_type in ("application/json", ""):
-            raw = await request.body()
-            try:
-                body = json.loads(raw) if raw else None
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise ApiError(400, f"the body is not valid JSON ({err})") from None
+            body = _parse_json_body(await request.body())
             if not isinstance(body, dict):
                 raise ApiError(422, 'send a JSON object such as {"text": "red running shoes", "top_k": 5}')
             query = _parse_query(body)
@@ -496,6 +605,20 @@ def _read_limit(settings: Settings) -> int:
     return settings.max_upload_bytes + 1
 
 
+def _parse_json_body(raw: bytes) -> Any:
+    """The JSON document, or a 400 saying what is wrong with it; never a 500, whatever the bytes."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except RecursionError:  # e.g. 100000 nested '[': the parser gives up before the stack does
+        raise ApiError(400, "the body is not valid JSON: it is nested too deeply") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ApiError(400, f"the body is not valid JSON ({err})") from None
+    except ValueError:  # an integer of thousands of digits (Python's int conversion limit)
+        raise ApiError(400, "the body is not valid JSON: it has a number too long to read") from None
+
+
 def _parse_query(fields: dict[str, Any]) -> SearchQuery:
     try:
         return SearchQuery.model_validate(fields)
@@ -509,7 +632,7 @@ def _search_url(matcher, query: SearchQuery):
     try:
         return matcher.search_url(query.image_url, **query.options())
     except (URLRefused, URLFetchError) as err:  # the SSRF guard's refusal or a failed fetch: the reason is safe
-        raise ApiError(400, str(err)) from None
+        raise ApiError(400, _client_message(err)) from None
 
 
 def _search_text(matcher, query: SearchQuery):
@@ -518,7 +641,7 @@ def _search_text(matcher, query: SearchQuery):
     try:
         return matcher.search_text(query.text, **query.options())
     except EmbeddingError as err:  # e.g. the active model embeds images only
-        raise ApiError(400, str(err)) from None
+        raise ApiError(400, _client_message(err)) from None
 
 
 def _health_checks(matcher, load_model: bool) -> list:
