@@ -10,7 +10,7 @@ import json
 import streamlit as st
 
 from vpm import webapp
-from vpm.config import ConfigError, load_settings
+from vpm.config import ConfigError, load_settings, redact_url
 from vpm.costs import CatalogSize, PriceError, Traffic, estimate, format_usd
 from vpm.health import overall
 from vpm.migrate import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, Migration
@@ -80,9 +80,13 @@ with migrate_tab:
     )
     bucket = st.text_input("Bucket", value=settings.s3_bucket_name or "", placeholder="my-product-images")
     region = st.text_input("Region", value=settings.s3_region)
+    # Shown redacted (a password in the URL never reaches the screen); left as shown, the configured one is used.
+    shown_endpoint = redact_url(settings.s3_endpoint_url) or ""
     endpoint = st.text_input(
-        "Endpoint URL (only for S3-compatible services)", value=settings.s3_endpoint_url or "", placeholder="https://…"
+        "Endpoint URL (only for S3-compatible services)", value=shown_endpoint, placeholder="https://…"
     )
+    if endpoint == shown_endpoint:
+        endpoint = settings.s3_endpoint_url or ""
     image_prefix = st.text_input("Image prefix", value=settings.s3_image_prefix)
     thumbnail_prefix = st.text_input("Thumbnail prefix", value=settings.s3_thumbnail_prefix)
     st.caption(f"products.json goes to `{settings.s3_metadata_key}`, the same key as in the local folder.")

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import BUCKET, REGION
 from vpm.storage import (
+    LOCK_STRIPES,
     InvalidKey,
     LocalStorage,
     ObjectNotFound,
@@ -140,6 +141,47 @@ def test_local_files_stay_inside_the_root_and_locks_are_hidden(tmp_path):
     store.put("images/a.jpg", b"x")
     assert (tmp_path / "data" / "images" / "a.jpg").read_bytes() == b"x"
     assert [o.key for o in store.iter_objects()] == ["images/a.jpg"]  # no .vpm/ bookkeeping listed
+
+
+def test_lock_files_stay_bounded_however_many_keys_are_written(tmp_path):
+    store = LocalStorage(tmp_path)
+    for i in range(2000):
+        store.put(f"images/p{i:05d}.jpg", b"x", if_none_match=True)  # conditional: takes the key's lock
+    store.delete("images/p00000.jpg")
+    locks = list((tmp_path / ".vpm" / "locks").iterdir())
+    assert 0 < len(locks) <= LOCK_STRIPES
+    assert len(list(store.iter_objects("images/"))) == 1999
+
+
+def test_a_failed_put_leaves_no_temp_file_behind(tmp_path):
+    store = LocalStorage(tmp_path)
+    store.put("images/a.jpg", b"x")
+    with pytest.raises(OSError):
+        store.put("images", b"a file where a folder is")  # the rename onto the folder fails
+    assert [p.name for p in (tmp_path / ".vpm").iterdir()] == ["locks"]
+    assert store.get("images/a.jpg") == b"x"
+
+
+def test_leftovers_of_dead_writers_and_old_versions_are_removed_but_not_ones_in_use(tmp_path):
+    import os
+    import time
+
+    locks = tmp_path / ".vpm" / "locks"
+    locks.mkdir(parents=True)
+    dead, writing = tmp_path / ".vpm" / "put-dead123", tmp_path / ".vpm" / "put-live456"
+    per_key_lock, recent_per_key_lock = locks / ("a" * 40 + ".lock"), locks / ("b" * 40 + ".lock")
+    stripe = locks / "stripe-007.lock"
+    for path in (dead, writing, per_key_lock, recent_per_key_lock, stripe):
+        path.write_bytes(b"")
+    two_hours_ago = time.time() - 7200
+    for path in (dead, per_key_lock, stripe):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    LocalStorage(tmp_path)
+
+    assert not dead.exists() and not per_key_lock.exists()
+    assert writing.exists() and recent_per_key_lock.exists()  # maybe in use right now
+    assert stripe.exists()  # the stripes are the locks in use: never removed
 
 
 def test_s3_url_is_presigned_and_expires(aws):

@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -19,10 +20,48 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SECRET_FIELDS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "vpm_api_key"})
+# URLs that may carry a password (user:pw@host) or a token in their query: always shown through redact_url().
+URL_FIELDS = frozenset({"s3_endpoint_url", "s3_cdn_url"})
+# Libraries whose DEBUG output prints request headers (signatures, the access key id): capped at INFO.
+AWS_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 class ConfigError(ValueError):
     """A setting is missing or invalid. The message is one line naming the variable."""
+
+
+REDACTED = "***"
+
+
+def redact_url(url: str | None) -> str | None:
+    """`url` safe to show or log: a password in it (user:pw@host) and every query value become ***."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unparseable (e.g. a broken IPv6 literal): hide everything but the scheme
+        return url.partition("://")[0] + "://" + REDACTED
+    return urlunsplit((
+        parts.scheme,
+        _redact_userinfo(parts.netloc),
+        parts.path,
+        "&".join(_redact_query_pair(pair) for pair in parts.query.split("&")) if parts.query else "",
+        REDACTED if parts.fragment else "",
+    ))
+
+
+def _redact_userinfo(netloc: str) -> str:
+    userinfo, at, host = netloc.rpartition("@")
+    if not at:
+        return netloc
+    user, colon, _password = userinfo.partition(":")
+    # A lone user name may itself be a token (https://TOKEN@host): keep a name only when a password follows.
+    return f"{user}:{REDACTED}@{host}" if colon else f"{REDACTED}@{host}"
+
+
+def _redact_query_pair(pair: str) -> str:
+    name, equals, _value = pair.partition("=")
+    return f"{name}={REDACTED}" if equals else REDACTED
 
 
 def _streamlit_secrets() -> dict[str, Any]:
@@ -80,6 +119,14 @@ class Settings(BaseSettings):
     vpm_device: str = "auto"
     vpm_api_key: SecretStr | None = None
     vpm_cors_origins: str = ""
+    # The REST API's guard against slow or lying clients (vpm.api.ServerLimits; README "Running the API").
+    vpm_api_max_concurrency: int = Field(100, ge=1, le=100_000)
+    vpm_api_header_timeout_s: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)
+    vpm_api_body_timeout_s: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False)
+    vpm_api_keep_alive_s: int = Field(5, ge=1, le=3600)
+    vpm_api_shutdown_timeout_s: int = Field(10, ge=1, le=3600)
+    # botocore/urllib3 DEBUG logs print request headers; they stay at INFO unless this asks for them.
+    vpm_debug_aws: bool = False
 
     @classmethod
     def settings_customise_sources(
@@ -122,7 +169,7 @@ class Settings(BaseSettings):
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError(f"{v!r} is not an http(s) URL")
+            raise ValueError(f"{redact_url(v)!r} is not an http(s) URL")
         return v.rstrip("/") if v else v
 
     @field_validator("log_level")
@@ -169,6 +216,8 @@ class Settings(BaseSettings):
                 shown = "•••••• (set)"
             elif value is None:
                 shown = "(not set)"
+            elif name in URL_FIELDS:
+                shown = redact_url(value)
             else:
                 shown = str(value)
             out[name.upper()] = shown
@@ -182,6 +231,8 @@ def _one_line(err: ValidationError) -> str:
     if loc == "settings":
         return f"Invalid configuration: {msg}"
     given = first.get("input")
+    if loc in URL_FIELDS and isinstance(given, str):
+        given = redact_url(given)
     shown = isinstance(given, (str, int, float, bool)) and loc not in SECRET_FIELDS
     detail = f" (got {given!r})" if shown else ""
     return f"Invalid {loc.upper()}: {msg}{detail}"
@@ -196,9 +247,88 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("vpm").setLevel(getattr(logging, settings.log_level))
+    """Log at LOG_LEVEL to stderr; AWS libraries capped at INFO (unless VPM_DEBUG_AWS); secrets masked."""
+    level = getattr(logging, settings.log_level)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vpm").setLevel(level)
+    # Their DEBUG output prints every request's headers: the access key id, signatures, the endpoint URL.
+    aws_level = logging.DEBUG if settings.vpm_debug_aws else max(logging.INFO, level)
+    for name in AWS_LOGGERS:
+        logging.getLogger(name).setLevel(aws_level)
+    secret_filter = SecretFilter(secret_values(settings))
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, SecretFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(secret_filter)
 
+
+def secret_values(settings: Settings) -> list[str]:
+    """The configured values no log line may show: keys, tokens, and what URLs carry in userinfo or query."""
+    values = [
+        value.get_secret_value()
+        for name in SECRET_FIELDS
+        if (value := getattr(settings, name)) is not None
+    ]
+    for name in URL_FIELDS:
+        url = getattr(settings, name)
+        if url:
+            values += _url_secrets(url)
+    return values
+
+
+def _url_secrets(url: str) -> list[str]:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found = [parts.password] if parts.password else []
+    found += [pair.partition("=")[2] or pair for pair in parts.query.split("&") if pair]
+    return found + [unquote(value) for value in found]  # logged either way, escaped or not
+
+
+# Shapes of credentials in botocore/urllib3 output, masked whatever their value: SigV4 and SigV2 query and
+# header parts, Authorization and token headers, AWS access key ids, and passwords inside URLs.
+_SECRET_PATTERNS = (
+    (re.compile(r"(?i)\b((?:X-Amz-)?(?:Signature|Credential|Security-Token)['\"]?\s*[:=]\s*b?['\"]?)[^&\s,'\"]+"),
+     r"\1" + REDACTED),
+    (re.compile(r"(?i)\b(AWSAccessKeyId=)[^&\s,'\"]+"), r"\1" + REDACTED),
+    (re.compile(r"(?i)((?:Authorization|X-Amz-Security-Token|X-Api-Key)['\"]?\s*[:=]\s*b?['\"]?)[^'\"\r\n]+"),
+     r"\1" + REDACTED),
+    (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), REDACTED),
+    (re.compile(r"(://[^/\s:@]*:)[^@\s/]+@"), r"\1" + REDACTED + "@"),
+)
+# Shorter values would shred ordinary words in every line; no real key or token is this short.
+_MIN_SECRET_LENGTH = 4
+
+
+def mask_secrets(text: str, values: list[str] | tuple[str, ...] = ()) -> str:
+    """`text` with the given secret values and every credential-shaped part replaced by ***."""
+    for value in sorted(values, key=len, reverse=True):
+        if len(value) >= _MIN_SECRET_LENGTH:
+            text = text.replace(value, REDACTED)
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class SecretFilter(logging.Filter):
+    """Rewrites every record a handler emits so secrets never reach the log: a second line of defence
+    behind SecretStr, redact_url() and the AWS logger cap."""
+
+    def __init__(self, values: list[str]):
+        super().__init__()
+        self.values = tuple(v for v in values if v)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call (wrong %-args): logging itself reports it when emitting
+            return True
+        record.msg, record.args = mask_secrets(message, self.values), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text, self.values)
+        if record.stack_info:
+            record.stack_info = mask_secrets(record.stack_info, self.values)
+        return True

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from .catalog import CatalogError
-from .storage import StorageError
+from .storage import EndpointNotS3, StorageError
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -32,6 +32,8 @@ def overall(checks: list[Check]) -> Status:
 def _run(name: str, fn: Callable[[], tuple[Status, str, str] | str], fix: str) -> Check:
     try:
         result = fn()
+    except EndpointNotS3 as err:  # no bucket, region or permission fix helps while the address is wrong
+        return Check(name, "fail", str(err), err.fix)
     except (StorageError, CatalogError, OSError) as err:
         return Check(name, "fail", str(err), fix)
     if isinstance(result, str):

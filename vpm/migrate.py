@@ -28,7 +28,17 @@ from .catalog import Catalog, CatalogError, Product
 from .config import Settings
 from .costs import CatalogSize, Estimate, Traffic, estimate, format_usd
 from .health import Check, overall
-from .storage import LocalStorage, ObjectNotFound, PreconditionFailed, S3Storage, Storage, StorageError, make_storage
+from .storage import (
+    EndpointNotS3,
+    LocalStorage,
+    NotS3Answer,
+    ObjectNotFound,
+    PreconditionFailed,
+    S3Storage,
+    Storage,
+    StorageError,
+    make_storage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -427,10 +437,13 @@ class Migration:
         client = self.target.client
         mb = f"create it with `aws s3 mb s3://{bucket} --region {region}`, or fix S3_BUCKET_NAME"
         try:
-            client.head_bucket(Bucket=bucket)
+            client.list_objects_v2(Bucket=bucket, MaxKeys=1)  # unlike HeadBucket, its body shows it is S3
         except _boto_errors() as err:  # every failure becomes one line with its fix
             code = _error_code(err)
-            if code in ("404", "NoSuchBucket", "NotFound"):
+            mapped = self.target._error(err)
+            if isinstance(mapped, EndpointNotS3):  # a website's 404 page is not a missing bucket
+                checks.append(Check("bucket exists", "fail", str(mapped), mapped.fix))
+            elif code in ("404", "NoSuchBucket", "NotFound"):
                 checks.append(Check("bucket exists", "fail", f"bucket not found: s3://{bucket}", mb))
             elif code in ("403", "AccessDenied", "Forbidden"):
                 checks.append(Check("bucket exists", "fail", f"access denied to s3://{bucket}",
@@ -924,7 +937,7 @@ def half_set_keys(settings: Settings) -> str | None:
 def _boto_errors() -> tuple[type[Exception], ...]:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    return (ClientError, BotoCoreError)
+    return (ClientError, BotoCoreError, NotS3Answer)
 
 
 def _error_code(err: Exception) -> str:

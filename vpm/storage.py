@@ -13,17 +13,27 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from .config import redact_url
 
 log = logging.getLogger(__name__)
 
 # Local bookkeeping lives under this folder of the root; it is never listed and no key may name it.
 _LOCAL_INTERNAL = ".vpm"
+# Conditional puts lock one of this many stripes (chosen by the key's hash), so .vpm/locks holds at most this
+# many files however many keys are ever written; two keys that share a stripe merely wait for each other.
+LOCK_STRIPES = 256
+# A put's temp file (or an old per-key lock file) untouched for this long belongs to no running writer.
+_STALE_TEMP_SECONDS = 3600
+_TEMP_PREFIX = "put-"
 
 
 class StorageError(Exception):
@@ -41,6 +51,22 @@ class ObjectNotFound(StorageError, KeyError):
 
 class PreconditionFailed(StorageError):
     """A conditional put lost a race: the object changed (or appeared) since it was read."""
+
+
+class EndpointNotS3(StorageError):
+    """What answered at the S3 endpoint is not S3 (a web server, a proxy's error page, a wrong port)."""
+
+    def __init__(self, message: str, fix: str):
+        super().__init__(message)
+        self.fix = fix  # what to change, for check reports that show it on its own line
+
+
+class NotS3Answer(Exception):
+    """Raised inside botocore when an answer cannot have come from S3; S3Storage turns it into EndpointNotS3."""
+
+    def __init__(self, answer: str):
+        super().__init__(answer)
+        self.answer = answer  # what came back, for people: "an HTML page (HTTP 200)"
 
 
 @dataclass(frozen=True)
@@ -164,9 +190,9 @@ class LocalStorage(Storage):
         self.root = Path(root).expanduser().resolve()
         # When set (e.g. the REST API's /api/images/), url() returns base + key instead of a file:// URI.
         self.public_base_url = public_base_url
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self._stripe_locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._digest_cache: dict[str, tuple[tuple[int, int, int], str, str]] = {}
+        self._tidy_bookkeeping()
 
     @property
     def description(self) -> str:
@@ -180,15 +206,31 @@ class LocalStorage(Storage):
         return path
 
     def _key_lock(self, key: str):
-        """A thread lock plus a file lock per key, so conditional puts are atomic across threads and processes."""
+        """A thread lock plus a file lock for the key's stripe, so conditional puts are atomic across threads
+        and processes while .vpm/locks stays at LOCK_STRIPES files at most."""
         import filelock
 
-        with self._locks_guard:
-            tlock = self._locks.setdefault(key, threading.Lock())
+        stripe = int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big") % LOCK_STRIPES
         lock_dir = self.root / _LOCAL_INTERNAL / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha1(key.encode()).hexdigest() + ".lock"
-        return _Both(tlock, filelock.FileLock(str(lock_dir / name), timeout=30))
+        file_lock = filelock.FileLock(str(lock_dir / f"stripe-{stripe:03d}.lock"), timeout=30)
+        return _Both(self._stripe_locks[stripe], file_lock)
+
+    def _tidy_bookkeeping(self) -> None:
+        """Delete what no writer will use again: temp files of puts that died mid-write, and the per-key lock
+        files of older versions (one per key ever written). Only old ones: a young file may belong to a
+        write in progress in another process."""
+        internal = self.root / _LOCAL_INTERNAL
+        leftovers = [*internal.glob(_TEMP_PREFIX + "*"), *(internal / "locks").glob("*.lock")]
+        cutoff = time.time() - _STALE_TEMP_SECONDS
+        for path in leftovers:
+            if path.name.startswith("stripe-"):
+                continue
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except OSError:  # gone already, or not ours to remove: nothing to tidy
+                continue
 
     def put(self, key, data, content_type=None, *, if_match=None, if_none_match=False, metadata=None):
         path = self._path(key)
@@ -201,9 +243,9 @@ class LocalStorage(Storage):
                     raise PreconditionFailed(f"{key} changed since it was read")
             path.parent.mkdir(parents=True, exist_ok=True)
             # Write a temp file beside the target, then rename: readers see the old or the new file, never half.
-            fd, tmp = tempfile.mkstemp(dir=self.root / _LOCAL_INTERNAL, prefix="put-")
+            fd, tmp = tempfile.mkstemp(dir=self.root / _LOCAL_INTERNAL, prefix=_TEMP_PREFIX)
             try:
-                with os.fdopen(fd, "wb") as fh:
+                with open(fd, "wb") as fh:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
@@ -394,6 +436,7 @@ class S3Storage(Storage):
         self.client = client or self._make_client(
             region, endpoint_url, access_key_id, secret_access_key, session_token, profile
         )
+        _check_every_answer(self.client)
 
     @staticmethod
     def _make_client(region, endpoint_url, key_id, secret, token, profile):
@@ -423,8 +466,26 @@ class S3Storage(Storage):
 
     @property
     def description(self) -> str:
-        where = f" via {self.endpoint_url}" if self.endpoint_url else ""
+        where = f" via {redact_url(self.endpoint_url)}" if self.endpoint_url else ""
         return f"s3://{self.bucket} ({self.region}){where}"
+
+    @property
+    def _endpoint_name(self) -> str:
+        """The endpoint requests go to, safe to show: a password or token in S3_ENDPOINT_URL is redacted."""
+        return redact_url(self.endpoint_url) if self.endpoint_url else f"AWS S3 in {self.region}"
+
+    def _where(self, key: str | None) -> str:
+        return f"s3://{self.bucket}/{key}" if key else f"bucket {self.bucket!r}"
+
+    def _not_s3(self, key: str | None, answer: str) -> EndpointNotS3:
+        if self.endpoint_url:
+            check = "check S3_ENDPOINT_URL: it must be the S3 API endpoint of your storage service, not a website"
+            fix = "set S3_ENDPOINT_URL to the S3 API endpoint, or leave it empty for AWS"
+        else:
+            check = fix = "check the network and any proxy (HTTPS_PROXY) between here and AWS"
+        return EndpointNotS3(
+            f"{self._endpoint_name} does not answer like S3 (it sent {answer}) for {self._where(key)}: {check}", fix
+        )
 
     # One place that turns botocore's many failure shapes into a message a person can act on.
     def _error(self, err: Exception, key: str | None = None) -> StorageError:
@@ -435,7 +496,9 @@ class S3Storage(Storage):
             PartialCredentialsError,
         )
 
-        where = f"s3://{self.bucket}/{key}" if key else f"bucket {self.bucket!r}"
+        where = self._where(key)
+        if isinstance(err, NotS3Answer):
+            return self._not_s3(key, err.answer)
         if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
             return StorageError(
                 f"no AWS credentials found for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
@@ -443,7 +506,7 @@ class S3Storage(Storage):
             )
         if isinstance(err, EndpointConnectionError):
             return StorageError(
-                f"cannot reach S3 for {where} (endpoint {self.endpoint_url or 'AWS'}): check the network, "
+                f"cannot reach S3 for {where} (endpoint {self._endpoint_name}): check the network, "
                 "S3_REGION and S3_ENDPOINT_URL"
             )
         if isinstance(err, ClientError):
@@ -471,16 +534,23 @@ class S3Storage(Storage):
                 return PreconditionFailed(f"{key or self.bucket} changed since it was read")
             if code == "PermanentRedirect" or status == 301:
                 return StorageError(f"bucket {self.bucket!r} is not in {self.region}: set S3_REGION to its region")
-            return StorageError(f"S3 error on {where}: {code or status}")
-        return StorageError(f"S3 error on {where}: {type(err).__name__}")
+            return StorageError(f"S3 error on {where} (endpoint {self._endpoint_name}): {code or status}")
+        return StorageError(f"S3 error on {where} (endpoint {self._endpoint_name}): {type(err).__name__}")
 
-    def _call(self, fn, key=None, **kwargs):
+    @contextmanager
+    def _request(self, key: str | None = None):
+        """Every S3 request, and the reading of its answer, runs inside this: whatever fails, the caller gets
+        one StorageError saying what to check, never botocore's traceback."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return fn(**kwargs)
-        except (ClientError, BotoCoreError) as err:
+            yield
+        except StorageError:
+            raise
+        except (ClientError, BotoCoreError, NotS3Answer) as err:
             raise self._error(err, key) from None
+        except Exception as err:  # an unparseable body, a missing field: what answered is not S3
+            raise self._not_s3(key, f"an answer that could not be read ({type(err).__name__})") from None
 
     def put(self, key, data, content_type=None, *, if_match=None, if_none_match=False, metadata=None):
         validate_key(key)
@@ -501,30 +571,33 @@ class S3Storage(Storage):
             kwargs["Metadata"] = metadata
         if self.sse:
             kwargs["ServerSideEncryption"] = self.sse
-        resp = self._call(self.client.put_object, key, **kwargs)
-        return resp.get("ETag") or md5_etag(data)
+        with self._request(key):
+            resp = self.client.put_object(**kwargs)
+            return resp.get("ETag") or md5_etag(data)
 
     def get(self, key):
         return self.get_with_etag(key)[0]
 
     def get_with_etag(self, key):
         validate_key(key)
-        resp = self._call(self.client.get_object, key, Bucket=self.bucket, Key=key)
-        return resp["Body"].read(), resp["ETag"]
+        with self._request(key):
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+            return resp["Body"].read(), resp["ETag"]
 
     def head(self, key):
         validate_key(key)
-        resp = self._call(self.client.head_object, key, Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        checksum = resp.get("ChecksumSHA256")
-        return ObjectInfo(
-            key=key,
-            size=resp["ContentLength"],
-            etag=resp["ETag"],
-            last_modified=resp["LastModified"],
-            content_type=resp.get("ContentType"),
-            metadata=dict(resp.get("Metadata") or {}),
-            sha256=base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None,
-        )
+        with self._request(key):
+            resp = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            checksum = resp.get("ChecksumSHA256")
+            return ObjectInfo(
+                key=key,
+                size=resp["ContentLength"],
+                etag=resp["ETag"],
+                last_modified=resp["LastModified"],
+                content_type=resp.get("ContentType"),
+                metadata=dict(resp.get("Metadata") or {}),
+                sha256=base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None,
+            )
 
     def list(self, prefix="", delimiter=None, page_size=1000, token=None):
         if prefix:
@@ -534,29 +607,104 @@ class S3Storage(Storage):
             kwargs["Delimiter"] = delimiter
         if token:
             kwargs["ContinuationToken"] = token
-        resp = self._call(self.client.list_objects_v2, None, **kwargs)
-        objects = [
-            ObjectInfo(key=o["Key"], size=o["Size"], etag=o.get("ETag", ""), last_modified=o["LastModified"])
-            for o in resp.get("Contents", [])
-        ]
-        prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", [])]
-        return ListPage(objects, prefixes, resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
+        with self._request():
+            resp = self.client.list_objects_v2(**kwargs)
+            objects = [
+                ObjectInfo(key=o["Key"], size=o["Size"], etag=o.get("ETag", ""), last_modified=o["LastModified"])
+                for o in resp.get("Contents", [])
+            ]
+            prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", [])]
+            return ListPage(objects, prefixes, resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
 
     def delete(self, key):
         validate_key(key)
-        self._call(self.client.delete_object, key, Bucket=self.bucket, Key=key)
+        with self._request(key):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def url(self, key, expires=None):
         validate_key(key)
         if self.cdn_url:
             return f"{self.cdn_url}/{quote(key)}"
         # Private bucket: a presigned SigV4 GET that expires. Signing is local; it makes no request.
-        return self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires or self.url_expiry
-        )
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            url = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires or self.url_expiry
+            )
+        except BotoCoreError as err:  # no credentials to sign with, most likely
+            raise self._error(err, key) from None
+        # A user:password in S3_ENDPOINT_URL must not travel in every image link (and browsers refuse such
+        # links anyway); the signature covers the host, not the userinfo, so the link stays valid without it.
+        return _without_userinfo(url)
 
     def check_access(self):
-        self._call(self.client.head_bucket, None, Bucket=self.bucket)
+        # A one-key listing rather than HeadBucket: the same permission (s3:ListBucket), and a body that
+        # shows whether S3 answered at all (a website's 404 to a HEAD looks just like a missing bucket).
+        with self._request():
+            self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+
+
+# Their body is the stored object itself, whatever it holds, so only their headers can be judged.
+_OBJECT_ANSWERS = frozenset({"GetObject", "HeadObject"})
+
+
+def _check_every_answer(client) -> None:
+    """Run _reject_answers_not_from_s3 on every answer this client gets (migrate's own calls included).
+
+    It must see the answer before botocore's 200-error handler, which rewrites any 200 whose body is not
+    XML into a 500 and retries it as a cut-off S3 answer: a website's page would then be fetched five
+    times and reported as a server error.
+    """
+    from botocore import handlers
+
+    events = client.meta.events
+    theirs = getattr(handlers, "_handle_200_error", None)  # private: without it, ours simply runs second
+    if theirs is not None:
+        events.unregister("before-parse.s3.*", theirs)
+    # The unique id keeps a client shared by several S3Storage objects from running the check twice.
+    events.register_first("before-parse.s3.*", _reject_answers_not_from_s3, unique_id="vpm-not-s3-check")
+    if theirs is not None:
+        events.register_first("before-parse.s3.*", theirs)
+
+
+def _reject_answers_not_from_s3(operation_model, response_dict, **_):
+    """botocore 'before-parse' hook: stop an answer that cannot have come from S3 before botocore's parser
+    turns it into an empty listing, a 'missing object' or a KeyError. Raises NotS3Answer."""
+    body = response_dict.get("body")
+    answer = _why_not_s3(operation_model.name, response_dict.get("status_code", 0),
+                         response_dict.get("headers") or {}, body)
+    if answer:
+        if hasattr(body, "close"):  # a GetObject stream nobody will read: give its connection back
+            body.close()
+        raise NotS3Answer(answer)
+
+
+def _why_not_s3(operation: str, status: int, headers, body) -> str | None:
+    """What in this answer S3 would never send, for people; None when it may well be S3.
+
+    Judged by the body, not the Content-Type: real S3 servers (moto's among them) label bodiless answers
+    text/html. An answer to HEAD has no body over HTTP (whatever a mock hands back), so a website's 404 to
+    a HEAD cannot be told from S3's.
+    """
+    if status < 300 and operation in _OBJECT_ANSWERS:
+        has_etag = any(str(name).lower() == "etag" for name in headers)
+        return None if has_etag else f"HTTP {status} without an ETag"
+    if operation.startswith("Head") or not isinstance(body, bytes) or not body.strip():
+        return None
+    start = body.lstrip(b"\xef\xbb\xbf \t\r\n")[:64].lower()
+    if start.startswith((b"<!doctype html", b"<html")):
+        return f"an HTML page with HTTP {status}"
+    if not start.startswith(b"<") and status < 500:  # a proxy's plain-text 503 may pass: botocore retries it
+        return f"HTTP {status} with a body that is not XML"
+    return None
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def make_storage(settings, public_base_url: str | None = None) -> Storage:
