@@ -9,6 +9,8 @@ import textwrap
 
 import pytest
 
+from pagetools import shown
+
 HOME = "pages/home.py"
 
 
@@ -107,4 +109,4 @@ def test_a_bad_setting_stops_with_one_line_naming_it(app_settings, open_page, mo
     at = open_page(HOME)
 
     assert not at.exception
-    assert any("S3_REGION" in e.value for e in at.error)
+    assert any("S3_REGION" in shown(e.value) for e in at.error)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from .catalog import Product
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, configure_logging, load_settings
 from .presentation import code, format_percent, format_price, plain, plural, score_percent
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ def _app_matcher_class():
 
 @st.cache_resource(show_spinner=False)
 def _matcher_for(key: str, _settings: Settings):
+    # Once per configuration: LOG_LEVEL, the cap on AWS libraries' request logs, the secret-masking filter.
+    configure_logging(_settings)
     return _app_matcher_class()(_settings)
 
 
@@ -259,29 +261,36 @@ def _is_expected(err: BaseException) -> bool:
 # ------------------------------------------------------------------------------------------- images
 
 
-@st.cache_data(show_spinner=False, max_entries=2000)
-def thumbnail_bytes(key: str, etag: str | None = None) -> bytes | None:
-    """The bytes of a stored thumbnail (or image); `etag` (or any content token) makes a changed file reload.
-
-    None when the object cannot be read, so one missing picture never breaks a grid.
-    """
-    from .storage import StorageError
-
-    try:
-        return get_matcher().storage.get(key)
-    except StorageError as err:
-        log.warning("cannot read %s: %s", key, err)
-        return None
-
-
 def picture_and_key(product: Product) -> tuple[bytes, str] | None:
-    """Thumbnail bytes (falling back to the original image) and the key they came from."""
+    """Thumbnail bytes (falling back to a small preview made from the original) and the key they came from."""
     for key in (product.thumbnail_key, product.image_key):
         if key:
             data = thumbnail_bytes(key, product.image_sha256)
             if data is not None:
                 return data, key
     return None
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def thumbnail_bytes(key: str, etag: str | None = None) -> bytes | None:
+    """The bytes of a stored thumbnail, or a bounded preview of a stored original (never the original itself:
+    Streamlit would open and resize it outside our checks); `etag` (or any content token) makes a changed file
+    reload. None when the object cannot be read, so one missing picture never breaks a grid."""
+    from .images import ImageError, preview_thumbnail
+    from .storage import StorageError
+
+    try:
+        data = get_matcher().storage.get(key)
+    except StorageError as err:
+        log.warning("cannot read %s: %s", key, err)
+        return None
+    if key.startswith(get_settings().s3_thumbnail_prefix):
+        return data
+    try:
+        return preview_thumbnail(data, key, max_side=2 * CARD_WIDTH, max_bytes=max(len(data), 1))
+    except ImageError as err:
+        log.warning("cannot preview %s: %s", key, err)
+        return None
 
 
 def product_picture(product: Product) -> bytes | None:
