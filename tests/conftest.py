@@ -50,15 +50,37 @@ def backend(request) -> str:
 
 @pytest.fixture
 def settings(backend, tmp_path, request, monkeypatch):
-    """Settings for the parametrised backend, with the catalog in a fresh folder or bucket."""
+    """Settings for the parametrised backend, with the catalog in a fresh folder or bucket.
+
+    S3 is moto's HTTP server (a bucket per test): the catalog tables are written by LanceDB's own HTTP client,
+    which an in-process mock cannot intercept.
+    """
     from vpm.config import load_settings
 
     monkeypatch.setenv("VPM_DATA_DIR", str(tmp_path / "data"))
     if backend == "s3":
-        request.getfixturevalue("aws")
+        endpoint, bucket = request.getfixturevalue("server_bucket")
         monkeypatch.setenv("S3_ENABLED", "true")
-        monkeypatch.setenv("S3_BUCKET_NAME", BUCKET)
+        monkeypatch.setenv("S3_BUCKET_NAME", bucket)
+        monkeypatch.setenv("S3_ENDPOINT_URL", endpoint)
     return load_settings()
+
+
+@pytest.fixture
+def engine_location(settings):
+    """Where the parametrised backend keeps its catalog tables (vpm.engine.Location)."""
+    from vpm import engine
+
+    yield engine.location(settings)
+    engine.forget()
+
+
+@pytest.fixture
+def storage_for_location(settings):
+    """(Storage, prefix) holding the tables of `engine_location`, to look at their files."""
+    from vpm.storage import make_storage
+
+    return make_storage(settings), settings.metadata_prefix
 
 
 @pytest.fixture
@@ -203,39 +225,112 @@ def open_page(app_file):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Migration fixtures (tests/test_migrate.py, tests/test_cli_migrate.py)
+# Migration fixtures (tests/test_migrate.py, tests/test_cli_migrate.py, tests/test_page_migration.py)
 
 
 class LocalCatalogBuilder:
-    """A local catalog written directly: random bytes stand in for images (the migration never decodes)."""
+    """A local catalog in VPM_DATA_DIR written through the engine, and the bucket it migrates to (on moto's
+    HTTP server, since LanceDB's own client writes the bucket's tables).
 
-    def __init__(self, root):
+    `add` is the fast way: random bytes stand in for images (the migration never decodes them) and random unit
+    vectors for a model's; `create` adds a product with real photos through a Matcher that embeds with the
+    instant ColourMeanEmbedder, for tests that search the bucket afterwards.
+    """
+
+    MODEL = "fake-colour"  # ColourMeanEmbedder's model id, so both ways fill one vector table
+
+    def __init__(self, root, endpoint: str, bucket: str):
+        from vpm import engine
+        from vpm.config import load_settings
         from vpm.storage import LocalStorage
 
-        self.root = root
+        self.root, self.endpoint, self.bucket = root, endpoint, bucket
         self.storage = LocalStorage(root)
+        self.settings = load_settings(vpm_data_dir=root, s3_enabled=False)
+        self.where = engine.location(self.settings)
 
     def add(self, n: int, *, start: int = 0, size: int = 2000, image_prefix: str = "images/",
-            thumbnail_prefix: str = "thumbnails/", embeddings: bool = True):
+            thumbnail_prefix: str = "thumbnails/", vectors: bool = True):
+        import hashlib
         import random
 
-        from vpm.catalog import Catalog, Product
+        import numpy as np
+
+        from vpm.catalog import Photo, Product
+        from vpm.lance_catalog import LanceCatalogStore
+        from vpm.lance_vectors import LanceVectorIndex
+        from vpm.vector_index import PhotoVector
 
         rng = random.Random(start)
         products = []
         for i in range(start, start + n):
             image, thumb = rng.randbytes(size + i), rng.randbytes(size // 10 + i)
             pid = f"p{i:04d}"
-            self.storage.put(f"{image_prefix}{pid}.jpg", image)
-            self.storage.put(f"{thumbnail_prefix}{pid}.webp", thumb)
+            photo = Photo(key=f"{image_prefix}{pid}.jpg", thumbnail_key=f"{thumbnail_prefix}{pid}.webp",
+                          sha256=hashlib.sha256(image).hexdigest(), added_at="2026-01-01T00:00:00+00:00")
+            self.storage.put(photo.key, image)
+            self.storage.put(photo.thumbnail_key, thumb)
             products.append(Product(id=pid, name=f"Product {i}", category="mugs" if i % 2 else "bags",
-                                    image_key=f"{image_prefix}{pid}.jpg",
-                                    thumbnail_key=f"{thumbnail_prefix}{pid}.webp",
-                                    created_at="2026-01-01T00:00:00+00:00"))
-        Catalog(self.storage).add_products(products)
-        if embeddings:
-            self.storage.put("metadata/embeddings/clip-ViT-B-32.npz", rng.randbytes(3000))
+                                    photos=[photo], created_at="2026-01-01T00:00:00+00:00"))
+        assert LanceCatalogStore(self.where).add(products) == []
+        if vectors:
+            values = np.random.default_rng(start).normal(size=(n, 3)).astype(np.float32)
+            values /= np.linalg.norm(values, axis=1, keepdims=True)
+            LanceVectorIndex(self.where, self.MODEL, 3).upsert([
+                PhotoVector(p.photos[0].key, p.id, p.photos[0].sha256, p.category, v) for p, v in zip(products, values)
+            ])
         return products
+
+    def create(self, name: str, seeds: list[int], *, category: str = "mugs", product_id: str | None = None):
+        """A product with one real photo per seed (make_product_photo), its vectors made by ColourMeanEmbedder."""
+        from fakes import ColourMeanEmbedder
+
+        from vpm.matcher import Matcher
+
+        matcher = Matcher(self.settings, storage=self.storage, embedder=ColourMeanEmbedder())
+        images = [(make_product_photo(seed), f"{name}-{seed}.png") for seed in seeds]
+        return matcher.create_product(images, name=name, category=category, product_id=product_id)
+
+    # the bucket
+
+    def s3(self):
+        import boto3
+
+        return boto3.client("s3", region_name=REGION, endpoint_url=self.endpoint)
+
+    def bucket_objects(self) -> dict[str, str]:
+        """Every object in the bucket with its ETag: proves that nothing (LanceDB included) wrote there."""
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+    def bucket_keys(self) -> set[str]:
+        return set(self.bucket_objects())
+
+    def bucket_settings(self):
+        """The settings the app runs with after the migration (S3_ENABLED=true)."""
+        from vpm.config import load_settings
+
+        return load_settings(s3_enabled=True, s3_bucket_name=self.bucket, s3_endpoint_url=self.endpoint)
+
+    def bucket_catalog(self):
+        """The bucket's products table, opened afresh (another process may have written it)."""
+        from vpm import engine
+        from vpm.lance_catalog import LanceCatalogStore
+
+        where = engine.location(self.bucket_settings())
+        engine.forget(where)
+        return LanceCatalogStore(where, exists=True)
+
+    def bucket_products(self) -> dict:
+        return {p.id: p for batch in self.bucket_catalog().iter_batches() for p in batch}
+
+    def bucket_vectors(self, model_id: str = MODEL):
+        from vpm import engine
+        from vpm.lance_vectors import LanceVectorIndex
+
+        where = engine.location(self.bucket_settings())
+        engine.forget(where)
+        return LanceVectorIndex(where, model_id, None, exists=True)
 
     def snapshot(self) -> dict:
         """Every file under the folder (bookkeeping included) with its bytes and mtime: proves 'untouched'."""
@@ -244,13 +339,19 @@ class LocalCatalogBuilder:
 
 
 @pytest.fixture
-def local_catalog(tmp_path, monkeypatch):
-    """An empty local catalog in VPM_DATA_DIR, with S3_BUCKET_NAME naming the test bucket (S3_ENABLED off)."""
+def local_catalog(tmp_path, monkeypatch, server_bucket):
+    """An empty local catalog in VPM_DATA_DIR (S3_ENABLED off), and S3_BUCKET_NAME / S3_ENDPOINT_URL naming a
+    fresh bucket on moto's HTTP server: the migration's starting point."""
+    from vpm import engine
+
+    endpoint, bucket = server_bucket
     root = tmp_path / "data"
     root.mkdir()
     monkeypatch.setenv("VPM_DATA_DIR", str(root))
-    monkeypatch.setenv("S3_BUCKET_NAME", BUCKET)
-    return LocalCatalogBuilder(root)
+    monkeypatch.setenv("S3_BUCKET_NAME", bucket)
+    monkeypatch.setenv("S3_ENDPOINT_URL", endpoint)
+    yield LocalCatalogBuilder(root, endpoint, bucket)
+    engine.forget()
 
 
 # ------------------------------------------------------------------------------------------------------

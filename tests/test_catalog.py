@@ -1,69 +1,33 @@
-"""products.json: validation, guarded read-modify-write, and refusing to overwrite a broken catalog."""
+"""The product model (validation, photos, edits) and the first release's products.json format (vpm.legacy).
+
+The store itself has its own contract suite: tests/test_catalog_store.py.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
-import threading
 
 import pytest
 
 from vpm.catalog import (
-    Catalog,
     CatalogCorrupt,
-    DuplicateProduct,
     InvalidProduct,
+    Photo,
     Product,
     ProductNotFound,
+    apply_edit,
     validate_product,
+    with_photos,
+    without_photo,
 )
-
-KEY = "metadata/products.json"
-
-
-@pytest.fixture
-def catalog(storage):
-    return Catalog(storage, KEY)
+from vpm.legacy import parse_products_json, write_products_json
 
 
-def test_empty_catalog_reads_as_empty_without_writing(catalog, storage):
-    assert catalog.list() == []
-    assert not storage.exists(KEY)
-
-
-def test_add_get_list_update_remove(catalog):
-    shoe = catalog.add(validate_product(name="  Trail shoe ", category="Shoes", price=89.5))
-    assert shoe.name == "Trail shoe"  # trimmed
-    assert shoe.id.startswith("product_")
-    mug = catalog.add(validate_product(id="mug-1", name="Mug", category="Kitchen"))
-    assert [p.id for p in catalog.list()] == [shoe.id, "mug-1"]
-    assert catalog.get("mug-1").name == "Mug"
-    assert catalog.categories() == ["Kitchen", "Shoes"]
-    updated = catalog.update("mug-1", name="Big mug", price=12)
-    assert (updated.name, updated.price, updated.created_at) == ("Big mug", 12, mug.created_at)
-    assert catalog.get("mug-1").name == "Big mug"
-    catalog.remove(["mug-1"])
-    with pytest.raises(ProductNotFound, match="mug-1"):
-        catalog.get("mug-1")
-    assert [p.id for p in catalog.list()] == [shoe.id]
-
-
-def test_document_has_schema_and_revision(catalog, storage):
-    catalog.add(validate_product(name="A", category="C"))
-    catalog.add(validate_product(name="B", category="C"))
-    doc = json.loads(storage.get(KEY))
-    assert doc["schema"] == 1
-    assert doc["version"] == 2
-    assert [p["name"] for p in doc["products"]] == ["A", "B"]
-
-
-def test_duplicate_id_is_refused_and_changes_nothing(catalog, storage):
-    catalog.add(validate_product(id="p1", name="A", category="C"))
-    before = storage.get(KEY)
-    with pytest.raises(DuplicateProduct, match="p1"):
-        catalog.add(validate_product(id="p1", name="B", category="C"))
-    with pytest.raises(DuplicateProduct, match="twice"):
-        catalog.add_products([validate_product(id="x", name="B", category="C")] * 2)
-    assert storage.get(KEY) == before
+def photo(name: str) -> Photo:
+    return Photo(key=f"images/{name}.jpg", thumbnail_key=f"thumbnails/{name}.webp",
+                 sha256=hashlib.sha256(name.encode()).hexdigest())
 
 
 @pytest.mark.parametrize(
@@ -83,15 +47,77 @@ def test_invalid_products_get_a_message_naming_the_field(fields, message):
         validate_product(**fields)
 
 
-def test_update_rejects_unknown_and_invalid_fields(catalog):
-    catalog.add(validate_product(id="p1", name="A", category="C"))
-    with pytest.raises(InvalidProduct, match="image_key"):
-        catalog.update("p1", image_key="images/other.jpg")
+def test_product_ids_are_unique_and_safe():
+    ids = {Product(name="A", category="C").id for _ in range(500)}
+    assert len(ids) == 500
+    assert all(i.startswith("product_") and i.replace("_", "").isalnum() for i in ids)
+
+
+def test_the_first_photo_is_the_products_picture():
+    product = Product(name="A", category="C", photos=[photo("front"), photo("back")])
+    assert product.image_key == "images/front.jpg" and product.thumbnail_key == "thumbnails/front.webp"
+    assert product.file_keys() == ["images/front.jpg", "thumbnails/front.webp", "images/back.jpg",
+                                   "thumbnails/back.webp"]
+    document = product.as_json()
+    assert document["image_key"] == "images/front.jpg" and len(document["photos"]) == 2
+    assert "revision" not in document
+
+
+def test_two_photos_may_not_share_a_key():
+    with pytest.raises(ValueError, match="share"):
+        Product(name="A", category="C", photos=[photo("front"), photo("front")])
+
+
+def test_edits_touch_only_editable_fields_and_bump_the_revision():
+    product = Product(id="p1", name="A", category="C", photos=[photo("front")])
+    edited = apply_edit(product, {"name": "B", "price": 2.5})
+    assert (edited.name, edited.price, edited.revision) == ("B", 2.5, 1)
+    assert edited.photos == product.photos and edited.updated_at
+    with pytest.raises(InvalidProduct, match="photos"):
+        apply_edit(product, {"photos": []})
     with pytest.raises(InvalidProduct, match="name"):
-        catalog.update("p1", name="")
+        apply_edit(product, {"name": ""})
+
+
+def test_photos_are_added_and_removed_but_the_last_one_stays():
+    product = Product(id="p1", name="A", category="C", photos=[photo("front")])
+    more = with_photos(product, [photo("side")])
+    assert [p.key for p in more.photos] == ["images/front.jpg", "images/side.jpg"]
+    with pytest.raises(InvalidProduct, match="already has"):
+        with_photos(more, [photo("side")])
+    fewer = without_photo(more, "images/front.jpg")
+    assert [p.key for p in fewer.photos] == ["images/side.jpg"]
+    with pytest.raises(InvalidProduct, match="only photo"):
+        without_photo(fewer, "images/side.jpg")
     with pytest.raises(ProductNotFound):
-        catalog.update("nope", name="B")
-    assert catalog.get("p1").name == "A"
+        without_photo(more, "images/nope.jpg")
+
+
+# ------------------------------------------------------------------------------------- products.json
+
+
+def test_the_one_photo_layout_of_products_json_reads_as_a_photo():
+    sha = hashlib.sha256(b"x").hexdigest()
+    document = {"schema": 1, "version": 3, "products": [
+        {"id": "p1", "name": "Old", "category": "C", "image_key": "images/p1.jpg",
+         "thumbnail_key": "thumbnails/p1.webp", "image_sha256": sha, "created_at": "2026-01-01T00:00:00+00:00"},
+    ]}
+    (product,) = parse_products_json(json.dumps(document).encode(), "products.json")
+    assert [(p.key, p.thumbnail_key, p.sha256) for p in product.photos] == [
+        ("images/p1.jpg", "thumbnails/p1.webp", sha)
+    ]
+
+
+def test_the_earliest_bare_list_is_read():
+    (product,) = parse_products_json(json.dumps([{"id": "p1", "name": "Old", "category": "C"}]).encode(), "x")
+    assert product.name == "Old" and product.photos == []
+
+
+def test_a_missing_image_hash_is_asked_for():
+    raw = json.dumps([{"id": "p1", "name": "Old", "category": "C", "image_key": "images/p1.jpg"}]).encode()
+    sha = hashlib.sha256(b"bytes").hexdigest()
+    (product,) = parse_products_json(raw, "x", sha_of=lambda key: sha)
+    assert product.photos[0].sha256 == sha
 
 
 @pytest.mark.parametrize(
@@ -105,56 +131,19 @@ def test_update_rejects_unknown_and_invalid_fields(catalog):
         (b"\xff\xfe\x00", "not valid JSON"),
     ],
 )
-def test_corrupt_catalog_is_reported_and_never_overwritten(catalog, storage, content, message):
-    storage.put(KEY, content, "application/json")
+def test_a_corrupt_products_json_is_reported_naming_the_file(content, message):
     with pytest.raises(CatalogCorrupt, match=message) as err:
-        catalog.list()
-    assert KEY in str(err.value)
-    with pytest.raises(CatalogCorrupt):
-        catalog.add(validate_product(name="A", category="C"))
-    assert storage.get(KEY) == content
+        parse_products_json(content, "metadata/products.json in the bucket")
+    assert "metadata/products.json in the bucket" in str(err.value)
 
 
-def test_legacy_bare_list_is_read(catalog, storage):
-    storage.put(KEY, json.dumps([{"id": "p1", "name": "Old", "category": "C"}]).encode())
-    assert catalog.get("p1").name == "Old"
-
-
-@pytest.fixture(params=["local", "s3-http"])
-def shared_catalog(request, tmp_path):
-    """A catalog many threads share. S3 goes through moto's HTTP server: the in-process mock is not
-    thread-safe, and a real server with real connections is closer to what 20 app workers see anyway."""
-    from vpm.storage import LocalStorage, S3Storage
-
-    if request.param == "local":
-        return Catalog(LocalStorage(tmp_path / "data"), KEY)
-    endpoint, bucket = request.getfixturevalue("server_bucket")
-    return Catalog(S3Storage(bucket, endpoint_url=endpoint), KEY)
-
-
-def test_twenty_concurrent_writers_all_land(shared_catalog):
-    """Each thread adds one product at the same moment; optimistic concurrency must keep every one."""
-    catalog = shared_catalog
-    barrier = threading.Barrier(20)
-    errors: list[BaseException] = []
-
-    def add(i: int) -> None:
-        try:
-            barrier.wait()
-            catalog.add(validate_product(id=f"p{i:02d}", name=f"Product {i}", category="C"))
-        except BaseException as err:  # surfaced below
-            errors.append(err)
-
-    threads = [threading.Thread(target=add, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert sorted(p.id for p in catalog.list()) == [f"p{i:02d}" for i in range(20)]
-
-
-def test_product_ids_are_unique_and_safe():
-    ids = {Product(name="A", category="C").id for _ in range(500)}
-    assert len(ids) == 500
-    assert all(i.startswith("product_") and i.replace("_", "").isalnum() for i in ids)
+def test_an_export_is_strict_json_and_reads_back():
+    products = [Product(id=f"p{i}", name=f"N{i}", category="C", price=1.5, photos=[photo(f"p{i}")]) for i in range(3)]
+    out = io.StringIO()
+    assert write_products_json(products, out) == 3
+    document = json.loads(out.getvalue(), parse_constant=lambda c: pytest.fail(f"{c} in the export"))
+    assert [p["id"] for p in document["products"]] == ["p0", "p1", "p2"]
+    assert [p.id for p in parse_products_json(out.getvalue().encode(), "export")] == ["p0", "p1", "p2"]
+    empty = io.StringIO()
+    assert write_products_json([], empty) == 0
+    assert json.loads(empty.getvalue())["products"] == []

@@ -1,33 +1,31 @@
-"""The product catalog: `metadata/products.json` in storage, changed only by guarded read-modify-write.
+"""The product model (a product has one or more photos) and the catalog store contract.
 
-Data-safety rules (DESIGN.md): the image is written before the metadata that points at it; delete removes
-the metadata first, then the image. Every change to products.json is a conditional put on the ETag that was
-read (IfMatch, or IfNoneMatch for the first write); on a conflict the change is re-applied to a fresh read.
-A products.json that is not valid is reported, never silently replaced by an empty catalog.
+`CatalogStore` is what every face reads and writes products through; `vpm/lance_catalog.py` implements it on
+LanceDB tables beside the images, and one contract suite (tests/test_catalog_store.py) runs against every
+implementation, local and S3. The store holds rows only: the files a photo points at are written before the
+row that points at them, and deleted after it, by the Matcher.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import random
 import re
-import time
 import uuid
-from collections.abc import Callable, Iterable
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from .storage import ObjectNotFound, PreconditionFailed, Storage, StorageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_PHOTOS = 50  # per product: enough for every side of a product, few enough to show on one page
+EDITABLE_FIELDS = frozenset({"name", "category", "price", "description", "attributes"})
 
 
 class CatalogError(Exception):
@@ -51,11 +49,15 @@ class InvalidProduct(CatalogError, ValueError):
     pass
 
 
+class ConcurrentChange(CatalogError):
+    """A product kept changing under an update (another writer each time): try again."""
+
+
 def new_product_id() -> str:
     return "product_" + uuid.uuid4().hex[:12]
 
 
-def _now() -> str:
+def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -86,6 +88,26 @@ def _json_safe(value: Any, where: str) -> Any:
     raise ValueError(f"{where} is a {type(value).__name__}, not a JSON value")
 
 
+class Photo(BaseModel):
+    """One photo of a product: the original upload, its thumbnail, and the content hash its vector is keyed by."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    key: str = Field(min_length=1, max_length=1024)
+    thumbnail_key: str | None = None
+    sha256: str
+    width: int | None = Field(default=None, ge=1)
+    height: int | None = Field(default=None, ge=1)
+    added_at: str = Field(default_factory=now_iso)
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str) -> str:
+        if not _SHA256_RE.match(v):
+            raise ValueError("must be a SHA-256 hex digest")
+        return v
+
+
 class Product(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
@@ -96,10 +118,22 @@ class Product(BaseModel):
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     description: str | None = Field(default=None, max_length=5000)
     attributes: dict[str, Any] = Field(default_factory=dict)
-    image_key: str | None = None
-    thumbnail_key: str | None = None
-    image_sha256: str | None = None
-    created_at: str = Field(default_factory=_now)
+    photos: list[Photo] = Field(default_factory=list, max_length=MAX_PHOTOS)
+    created_at: str = Field(default_factory=now_iso)
+    updated_at: str | None = None
+    revision: int = 0  # bumped by every change; guards read-modify-write of the row
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_photo_fields(cls, data: Any) -> Any:
+        """Accept the one-photo layout of products.json (image_key, thumbnail_key, image_sha256)."""
+        if not isinstance(data, dict) or data.get("photos") or not data.get("image_key"):
+            return data
+        sha = data.get("image_sha256")
+        photo = {"key": data["image_key"], "thumbnail_key": data.get("thumbnail_key"), "sha256": sha}
+        if data.get("created_at"):
+            photo["added_at"] = data["created_at"]
+        return {**data, "photos": [photo] if sha else []}
 
     @field_validator("id")
     @classmethod
@@ -125,194 +159,57 @@ class Product(BaseModel):
     def _attributes(cls, v: dict[str, Any]) -> dict[str, Any]:
         return _json_safe(v, "attributes")
 
+    @field_validator("photos")
+    @classmethod
+    def _distinct_photos(cls, v: list[Photo]) -> list[Photo]:
+        keys = [p.key for p in v]
+        if len(set(keys)) != len(keys):
+            raise ValueError("two photos share one storage key")
+        return v
+
+    # The first photo is the product's picture in lists and cards.
+    @property
+    def image_key(self) -> str | None:
+        return self.photos[0].key if self.photos else None
+
+    @property
+    def thumbnail_key(self) -> str | None:
+        return self.photos[0].thumbnail_key if self.photos else None
+
+    @property
+    def image_sha256(self) -> str | None:
+        return self.photos[0].sha256 if self.photos else None
+
+    def photo(self, key: str) -> Photo:
+        for photo in self.photos:
+            if photo.key == key:
+                return photo
+        raise ProductNotFound(f"product {self.id!r} has no photo {key!r}")
+
+    def file_keys(self) -> list[str]:
+        """Every storage object this product points at (photos and thumbnails)."""
+        return [k for p in self.photos for k in (p.key, p.thumbnail_key) if k]
+
+    def as_json(self) -> dict[str, Any]:
+        """The product as a JSON document, with the first photo's keys at the top level for older tools."""
+        document = self.model_dump(mode="json", exclude={"revision"})
+        document.update(image_key=self.image_key, thumbnail_key=self.thumbnail_key, image_sha256=self.image_sha256)
+        return document
+
 
 def validate_product(**fields: Any) -> Product:
     """Build a Product, turning pydantic's report into one readable line."""
     try:
         return Product(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "product"
-        msg = first["msg"].removeprefix("Value error, ")
-        raise InvalidProduct(f"invalid {field}: {msg}") from None
+        raise InvalidProduct(one_problem(err)) from None
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """products.json as read: its revision, products in insertion order, and the ETag to guard a write."""
-
-    revision: int
-    products: list[Product]
-    etag: str | None  # None when the catalog does not exist yet
-
-    def by_id(self) -> dict[str, Product]:
-        return {p.id: p for p in self.products}
-
-
-class Catalog:
-    def __init__(self, storage: Storage, metadata_key: str = "metadata/products.json", max_retries: int = 50):
-        self.storage = storage
-        self.metadata_key = metadata_key
-        self.max_retries = max_retries
-
-    # ---------------------------------------------------------------------------------------- reading
-
-    def load(self) -> Snapshot:
-        try:
-            raw, etag = self.storage.get_with_etag(self.metadata_key)
-        except ObjectNotFound:
-            return Snapshot(0, [], None)
-        return Snapshot(*self._parse(raw), etag)
-
-    def _parse(self, raw: bytes) -> tuple[int, list[Product]]:
-        where = f"{self.metadata_key} in {self.storage.description}"
-        try:
-            doc = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CatalogCorrupt(
-                f"{where} is not valid JSON ({err}); fix or restore the file — it was left untouched"
-            ) from None
-        if isinstance(doc, list):  # earliest format: a bare list of products
-            doc = {"version": 0, "products": doc}
-        if not isinstance(doc, dict) or not isinstance(doc.get("products"), list):
-            raise CatalogCorrupt(
-                f"{where} is not a catalog: expected {{\"version\": N, \"products\": [...]}}; it was left untouched"
-            )
-        schema = doc.get("schema", SCHEMA_VERSION)
-        if not isinstance(schema, int) or schema > SCHEMA_VERSION:
-            raise CatalogCorrupt(f"{where} has schema {schema!r}, newer than this app understands ({SCHEMA_VERSION})")
-        products = []
-        for i, item in enumerate(doc["products"]):
-            item = _without_non_finite_price(item, i, where)
-            try:
-                products.append(Product.model_validate(item))
-            except ValidationError as err:
-                first = err.errors()[0]
-                field = ".".join(str(p) for p in first["loc"])
-                raise CatalogCorrupt(
-                    f"{where}: product #{i + 1} is invalid ({field}: {first['msg']}); it was left untouched"
-                ) from None
-        revision = doc.get("version", 0)
-        return (revision if isinstance(revision, int) else 0), products
-
-    def list(self) -> list[Product]:
-        return self.load().products
-
-    def get(self, product_id: str) -> Product:
-        for p in self.load().products:
-            if p.id == product_id:
-                return p
-        raise ProductNotFound(f"no product with id {product_id!r}")
-
-    def categories(self) -> list[str]:
-        return categories_of(self.list())
-
-    # ---------------------------------------------------------------------------------------- writing
-
-    def mutate(self, change: Callable[[list[Product]], list[Product]]) -> Snapshot:
-        """Apply `change` to the current products and write the result, guarded by the ETag that was read.
-
-        `change` must be a pure function of its input: on a conflict it runs again on a fresh read. It may
-        raise CatalogError to abort without writing.
-        """
-        for attempt in range(self.max_retries):
-            snap = self.load()
-            products = change(list(snap.products))
-            doc = {
-                "schema": SCHEMA_VERSION,
-                "version": snap.revision + 1,
-                "updated_at": _now(),
-                "products": [p.model_dump(mode="json") for p in products],
-            }
-            # allow_nan=False: strict JSON, so other tools (and `vpm list --json`) can always read it.
-            body = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False).encode()
-            try:
-                if snap.etag is None:
-                    etag = self.storage.put(self.metadata_key, body, "application/json", if_none_match=True)
-                else:
-                    etag = self.storage.put(self.metadata_key, body, "application/json", if_match=snap.etag)
-                return Snapshot(snap.revision + 1, products, etag)
-            except PreconditionFailed:
-                # Someone else wrote first: back off a little (with jitter, so 20 writers spread out) and redo.
-                time.sleep(min(0.5, 0.005 * (2 ** min(attempt, 7))) * random.random())
-        raise CatalogError(
-            f"{self.metadata_key} kept changing under us ({self.max_retries} attempts): try again"
-        )
-
-    def add_products(self, products: Iterable[Product]) -> list[Product]:
-        """Add products in one write. Duplicate ids (against the catalog or each other) abort the write."""
-        new = list(products)
-        ids = [p.id for p in new]
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise DuplicateProduct(f"product id {dup!r} appears twice in this batch")
-
-        def change(current: list[Product]) -> list[Product]:
-            existing = {p.id for p in current}
-            clash = [i for i in ids if i in existing]
-            if clash:
-                raise DuplicateProduct(f"a product with id {clash[0]!r} already exists")
-            return current + new
-
-        self.mutate(change)
-        return new
-
-    def add(self, product: Product) -> Product:
-        return self.add_products([product])[0]
-
-    def update(self, product_id: str, **fields: Any) -> Product:
-        """Change name/category/price/description/attributes; id, image and timestamps stay."""
-        allowed = {"name", "category", "price", "description", "attributes"}
-        unknown = set(fields) - allowed
-        if unknown:
-            raise InvalidProduct(f"cannot edit {', '.join(sorted(unknown))}")
-        result: list[Product] = []
-
-        def change(current: list[Product]) -> list[Product]:
-            out = []
-            found = None
-            for p in current:
-                if p.id == product_id:
-                    found = validate_product(**{**p.model_dump(), **fields})
-                    out.append(found)
-                else:
-                    out.append(p)
-            if found is None:
-                raise ProductNotFound(f"no product with id {product_id!r}")
-            result[:] = [found]
-            return out
-
-        self.mutate(change)
-        return result[0]
-
-    def remove(self, product_ids: Iterable[str]) -> list[Product]:
-        """Remove products from the metadata only (the caller deletes their files afterwards)."""
-        wanted = set(product_ids)
-        removed: list[Product] = []
-
-        def change(current: list[Product]) -> list[Product]:
-            missing = wanted - {p.id for p in current}
-            if missing:
-                raise ProductNotFound(f"no product with id {sorted(missing)[0]!r}")
-            removed[:] = [p for p in current if p.id in wanted]
-            return [p for p in current if p.id not in wanted]
-
-        self.mutate(change)
-        return removed
-
-
-def _without_non_finite_price(item: Any, index: int, where: str) -> Any:
-    """A product stored before prices had to be finite (`Infinity`, `NaN`) loads with no price, and says so."""
-    if not isinstance(item, dict):
-        return item
-    price = item.get("price")
-    if isinstance(price, float) and not math.isfinite(price):
-        log.warning(
-            "%s: product %r (#%d) has the price %s, which is not a number; it is shown without a price until "
-            "it is edited", where, str(item.get("id", "?"))[:100], index + 1, price,
-        )
-        return {**item, "price": None}
-    return item
+def one_problem(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "product"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"invalid {field}: {msg}"
 
 
 def categories_of(products: Iterable[Product]) -> list[str]:
@@ -320,22 +217,166 @@ def categories_of(products: Iterable[Product]) -> list[str]:
     return sorted({p.category for p in products}, key=str.casefold)
 
 
-def image_keys(product: Product) -> list[str]:
-    return [k for k in (product.image_key, product.thumbnail_key) if k]
+def sort_categories(counts: dict[str, int]) -> list[str]:
+    return sorted(counts, key=str.casefold)
+
+
+# ------------------------------------------------------------------------------------------------ contract
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing: the products on it and how many match in all."""
+
+    items: list[Product]
+    total: int
+    offset: int
+    limit: int
+
+    @property
+    def has_more(self) -> bool:
+        return self.offset + len(self.items) < self.total
+
+
+class CatalogStore(ABC):
+    """Products and their photos. Every implementation passes tests/test_catalog_store.py.
+
+    Writes are atomic per call and safe against concurrent writers in other threads and processes: an id is
+    taken once (insert-if-absent), and a change to one product is a read-modify-write guarded by its revision.
+    """
+
+    @property
+    @abstractmethod
+    def description(self) -> str:
+        """Where the products live, for people."""
+
+    # reading
+    @abstractmethod
+    def get(self, product_id: str) -> Product:
+        """The product, or ProductNotFound."""
+
+    @abstractmethod
+    def get_many(self, product_ids: Sequence[str]) -> dict[str, Product]:
+        """The products among `product_ids` that exist, by id."""
+
+    @abstractmethod
+    def page(
+        self, *, offset: int = 0, limit: int = 50, categories: Iterable[str] | None = None,
+        name_contains: str | None = None, newest_first: bool = True,
+    ) -> Page:
+        """A page of products, filtered by category (any of, case-insensitive) and by name (substring); with
+        `newest_first` the products added or changed most recently come first, else the oldest."""
+
+    @abstractmethod
+    def count(self, categories: Iterable[str] | None = None) -> int: ...
+
+    @abstractmethod
+    def photo_count(self) -> int:
+        """How many photos the catalog's products have in all."""
+
+    @abstractmethod
+    def category_counts(self) -> dict[str, int]:
+        """Every category with its number of products."""
+
+    @abstractmethod
+    def iter_batches(self, batch_size: int = 1000) -> Iterator[list[Product]]:
+        """Every product, a bounded batch at a time (for exports, checks and migrations)."""
+
+    @abstractmethod
+    def owners_of(self, shas: Iterable[str]) -> dict[str, str]:
+        """For each photo SHA-256 already in the catalog: the id of a product that has it."""
+
+    @abstractmethod
+    def referenced(self, keys: Iterable[str]) -> set[str]:
+        """Which of these storage keys a product's photo or thumbnail points at."""
+
+    @abstractmethod
+    def version(self) -> int:
+        """Changes whenever the products change (for caches)."""
+
+    # writing
+    @abstractmethod
+    def add(self, products: Sequence[Product]) -> list[str]:
+        """Insert the products whose id is free; return the ids that were taken already (nothing else is
+        written for those). Ids repeated within `products` raise DuplicateProduct."""
+
+    @abstractmethod
+    def update(self, product_id: str, **fields: Any) -> Product:
+        """Change editable fields (name, category, price, description, attributes)."""
+
+    @abstractmethod
+    def add_photos(self, product_id: str, photos: Sequence[Photo]) -> Product: ...
+
+    @abstractmethod
+    def remove_photo(self, product_id: str, key: str) -> Product:
+        """Remove one photo; a product keeps at least one."""
+
+    @abstractmethod
+    def delete(self, product_ids: Sequence[str]) -> list[Product]:
+        """Remove the rows (the caller deletes their files afterwards); unknown ids raise ProductNotFound."""
+
+    # helpers every implementation shares
+
+    def add_one(self, product: Product) -> Product:
+        if self.add([product]):
+            raise DuplicateProduct(f"a product with id {product.id!r} already exists")
+        return product
+
+    def categories(self) -> list[str]:
+        return sort_categories(self.category_counts())
+
+
+def apply_edit(product: Product, fields: dict[str, Any]) -> Product:
+    """The product with `fields` changed and its revision bumped; validated like a new product."""
+    unknown = set(fields) - EDITABLE_FIELDS
+    if unknown:
+        raise InvalidProduct(f"cannot edit {', '.join(sorted(unknown))}")
+    return _revised(product, fields)
+
+
+def with_photos(product: Product, photos: Sequence[Photo]) -> Product:
+    have = {p.key for p in product.photos}
+    clash = [p.key for p in photos if p.key in have]
+    if clash:
+        raise InvalidProduct(f"product {product.id!r} already has the photo {clash[0]!r}")
+    if len(product.photos) + len(photos) > MAX_PHOTOS:
+        raise InvalidProduct(f"a product has at most {MAX_PHOTOS} photos; {product.id!r} has {len(product.photos)}")
+    return _revised(product, {"photos": [*product.photos, *photos]})
+
+
+def without_photo(product: Product, key: str) -> Product:
+    product.photo(key)  # ProductNotFound when it has no such photo
+    if len(product.photos) == 1:
+        raise InvalidProduct(
+            f"{key!r} is the only photo of {product.id!r}: add another photo first, or delete the product"
+        )
+    return _revised(product, {"photos": [p for p in product.photos if p.key != key]})
+
+
+def _revised(product: Product, fields: dict[str, Any]) -> Product:
+    data = {**product.model_dump(), **fields, "revision": product.revision + 1, "updated_at": now_iso()}
+    try:
+        return Product.model_validate(data)
+    except ValidationError as err:
+        raise InvalidProduct(one_problem(err)) from None
 
 
 __all__ = [
-    "Catalog",
     "CatalogCorrupt",
     "CatalogError",
+    "CatalogStore",
+    "ConcurrentChange",
     "DuplicateProduct",
     "InvalidProduct",
+    "Page",
+    "Photo",
     "Product",
     "ProductNotFound",
+    "apply_edit",
     "categories_of",
-    "Snapshot",
-    "StorageError",
-    "image_keys",
     "new_product_id",
+    "now_iso",
     "validate_product",
+    "with_photos",
+    "without_photo",
 ]

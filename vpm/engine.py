@@ -1,0 +1,258 @@
+"""Where the catalog's tables live and how LanceDB reaches them: one connection per location per process.
+
+The tables sit beside the images, under the metadata prefix (`S3_METADATA_KEY`'s folder): in
+`<VPM_DATA_DIR>/metadata/` locally, under `s3://<S3_BUCKET_NAME>/metadata/` on S3. LanceDB is reached with the
+same settings as boto3: region, endpoint, keys and session token; a named profile is resolved through boto3's
+own chain (LanceDB's object store does not read profiles), and with none of these the object store finds
+credentials itself (environment, instance or task role).
+
+Every table handle of a location is shared by the whole process, so a write through one Matcher is seen by
+every other one at once; another process's write is seen within `READ_CONSISTENCY` (LanceDB checks the
+latest version at most that often; each check is one listing on S3).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from .storage import StorageError
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+log = logging.getLogger(__name__)
+
+READ_CONSISTENCY = timedelta(milliseconds=500)
+# Compact once this many small fragments have piled up (each one-by-one add writes one).
+SMALL_FRAGMENTS_BEFORE_COMPACTION = 24
+# Versions older than this are pruned by compaction; readers never hold a version nearly this long.
+KEEP_VERSIONS_FOR = timedelta(hours=1)
+
+
+class EngineError(StorageError):
+    """The table engine could not do what was asked; the message says where and what to check."""
+
+
+class TableUnreadable(EngineError):
+    """A table exists but cannot be opened. It is reported, never replaced by an empty one."""
+
+
+@dataclass(frozen=True)
+class Location:
+    uri: str  # a local folder, or s3://bucket/prefix
+    storage_options: tuple[tuple[str, str], ...]  # for LanceDB's object store; holds secrets: never log it
+    description: str  # for people, no secrets
+    prefix: str  # the storage key prefix the tables live under ("metadata/")
+
+    def options(self) -> dict[str, str]:
+        return dict(self.storage_options)
+
+
+def location(settings: Settings) -> Location:
+    """Where this configuration keeps its tables."""
+    prefix = settings.metadata_prefix
+    if not settings.s3_enabled:
+        folder = settings.vpm_data_dir.expanduser().resolve() / prefix
+        return Location(str(folder), (), f"local folder {folder}", prefix)
+    bucket = settings.s3_bucket_name
+    uri = f"s3://{bucket}/{prefix.rstrip('/')}" if prefix else f"s3://{bucket}"
+    return Location(uri, tuple(sorted(_s3_options(settings).items())), f"s3://{bucket}/{prefix}", prefix)
+
+
+def _s3_options(settings: Settings) -> dict[str, str]:
+    options = {"aws_region": settings.s3_region}
+    if settings.s3_endpoint_url:
+        options["aws_endpoint"] = settings.s3_endpoint_url
+        if settings.s3_endpoint_url.startswith("http://"):
+            options["allow_http"] = "true"
+    if settings.s3_sse:  # the table files are encrypted like the images (LanceDB's object store option)
+        options["aws_server_side_encryption"] = settings.s3_sse
+    key_id, secret, token = _credentials(settings)
+    if key_id and secret:
+        options["aws_access_key_id"] = key_id
+        options["aws_secret_access_key"] = secret
+        if token:
+            options["aws_session_token"] = token
+    return options
+
+
+def _credentials(settings: Settings) -> tuple[str | None, str | None, str | None]:
+    def secret(value) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    if settings.aws_access_key_id and settings.aws_secret_access_key:
+        return secret(settings.aws_access_key_id), secret(settings.aws_secret_access_key), secret(
+            settings.aws_session_token
+        )
+    if settings.aws_profile:
+        import boto3
+
+        credentials = boto3.Session(profile_name=settings.aws_profile).get_credentials()
+        if credentials is None:
+            raise EngineError(f"the AWS profile {settings.aws_profile!r} has no credentials; check AWS_PROFILE")
+        frozen = credentials.get_frozen_credentials()
+        return frozen.access_key, frozen.secret_key, frozen.token
+    return None, None, None  # the object store's own chain: environment, instance or task role
+
+
+_connections: dict[Location, Any] = {}
+_tables: dict[tuple[Location, str], Any] = {}
+_lock = threading.Lock()
+
+
+def connect(where: Location) -> Any:
+    """The process's LanceDB connection for `where` (opened on first use)."""
+    with _lock:
+        db = _connections.get(where)
+        if db is None:
+            import lancedb
+
+            try:
+                db = lancedb.connect(
+                    where.uri, storage_options=where.options() or None, read_consistency_interval=READ_CONSISTENCY
+                )
+            except Exception as err:
+                raise EngineError(f"cannot open the catalog tables in {where.description}: {_reason(err)}") from None
+            _connections[where] = db
+        return db
+
+
+PRIMARY_KEY = {b"lance-schema:unenforced-primary-key:position": b"1"}
+
+
+def with_primary_key(schema, column: str):
+    """`schema` with `column` marked as the primary key: LanceDB then detects two writers inserting one key
+    at once and lets exactly one of them insert it (set at creation, so it needs no commit of its own)."""
+    import pyarrow as pa
+
+    return pa.schema([f.with_metadata(PRIMARY_KEY) if f.name == column else f for f in schema])
+
+
+def open_or_create_table(where: Location, name: str, schema, *, exists: bool | None = None) -> Any:
+    """The table `name`, created empty only when nothing of it exists yet.
+
+    `exists` says whether any object of the table is in storage (the caller lists it through Storage); a table
+    whose files exist but cannot be opened raises TableUnreadable rather than being recreated empty.
+    """
+    key = (where, name)
+    with _lock:
+        table = _tables.get(key)
+    if table is not None:
+        return table
+    with _creation_lock:  # one opener per process; other processes are handled by create's exist_ok
+        with _lock:
+            table = _tables.get(key)
+        if table is not None:
+            return table
+        db = connect(where)
+        try:
+            table = db.open_table(name)
+        except Exception as err:
+            if exists:
+                raise TableUnreadable(
+                    f"the table {name} in {where.description} exists but cannot be opened ({_reason(err)}); it "
+                    "was left untouched: restore it from a backup, or move it aside to start an empty catalog"
+                ) from None
+            table = _create(db, where, name, schema)
+        with _lock:
+            return _tables.setdefault(key, table)
+
+
+_creation_lock = threading.Lock()
+
+
+def _create(db, where: Location, name: str, schema):
+    try:
+        return db.create_table(name, schema=schema, exist_ok=True)
+    except Exception as first:
+        try:  # another process created it at the same moment
+            return db.open_table(name)
+        except Exception:
+            raise EngineError(f"cannot create the table {name} in {where.description}: {_reason(first)}") from None
+
+
+def forget_table(where: Location, name: str) -> None:
+    """Drop the cached handle of one table (after it was dropped or replaced)."""
+    with _lock:
+        _tables.pop((where, name), None)
+
+
+def forget(where: Location | None = None) -> None:
+    """Drop cached connections and tables (tests; or after the files were replaced behind our back)."""
+    with _lock:
+        for key in [k for k in _tables if where is None or k[0] == where]:
+            del _tables[key]
+        for key in [k for k in _connections if where is None or k == where]:
+            del _connections[key]
+
+
+def _reason(err: Exception) -> str:
+    """One line of what the engine said, without the Rust backtrace it sometimes appends."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:300]
+
+
+@dataclass(frozen=True)
+class TableSummary:
+    name: str
+    holds: str  # what the table is, for people
+    rows: int
+    version: int
+    fragments: int
+    indexes: list[str]
+
+
+def summarize(table: Any, holds: str) -> TableSummary:
+    try:
+        stats = table.stats()
+        indexes = sorted(f"{', '.join(index.columns)} ({index.index_type})" for index in table.list_indices())
+        return TableSummary(table.name, holds, int(stats["num_rows"]), int(table.version),
+                            int(stats["fragment_stats"]["num_fragments"]), indexes)
+    except Exception as err:
+        raise EngineError(f"cannot describe the table {table.name}: {_reason(err)}") from None
+
+
+# ------------------------------------------------------------------------------------------- maintenance
+
+_compacting: set[tuple[str, str]] = set()
+
+
+def compact_when_due(table: Any, *, after=None, wait: bool = False) -> None:
+    """Merge small fragments (and fold new rows into indexes) once enough have piled up.
+
+    Runs in a background thread so a search or an add never waits for it; at most one per table per process.
+    `after` runs once the compaction is done (e.g. to build indexes a grown table now needs).
+    A compaction that loses a race with another writer is simply tried again after a later write.
+    """
+    try:
+        small = table.stats()["fragment_stats"]["num_small_fragments"]
+    except Exception:
+        return
+    if small < SMALL_FRAGMENTS_BEFORE_COMPACTION:
+        return
+    key = (str(table.uri), table.name)
+    with _lock:
+        if key in _compacting:
+            return
+        _compacting.add(key)
+
+    def run() -> None:
+        try:
+            table.optimize(cleanup_older_than=KEEP_VERSIONS_FOR)
+            log.debug("compacted table %s (%d small fragments)", table.name, small)
+            if after is not None:
+                after()
+        except Exception as err:  # a conflict with a concurrent writer: the next write tries again
+            log.info("compaction of %s postponed: %s", table.name, _reason(err))
+        finally:
+            with _lock:
+                _compacting.discard(key)
+
+    if wait:
+        run()
+    else:
+        threading.Thread(target=run, name=f"compact-{table.name}", daemon=True).start()

@@ -1,0 +1,394 @@
+"""The catalog store on a LanceDB table: one row a product, its photos a list inside the row.
+
+Keeping a product's photos in its own row makes every change to a product one atomic commit. Ids are unique
+through LanceDB's primary-key conflict detection (insert-if-absent: of two writers racing on one id exactly
+one inserts), and a change to a product is a read-modify-write guarded by the row's revision, retried on
+conflict. Listing pages read only the rows they show; `newest_first` walks the table's own order backwards
+(rows are appended as they are added or changed), so no page sorts the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import engine
+from .catalog import (
+    CatalogCorrupt,
+    CatalogStore,
+    ConcurrentChange,
+    DuplicateProduct,
+    Page,
+    Photo,
+    Product,
+    ProductNotFound,
+    apply_edit,
+    with_photos,
+    without_photo,
+)
+
+log = logging.getLogger(__name__)
+
+TABLE = "products"
+MAX_ATTEMPTS = 50
+# Scalar indexes help once a table is big enough that a scan shows; below this a scan is cheaper to keep.
+INDEX_FROM_ROWS = 5_000
+
+_PHOTO = pa.struct(
+    [
+        pa.field("key", pa.string()),
+        pa.field("thumbnail_key", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("added_at", pa.string()),
+    ]
+)
+SCHEMA = engine.with_primary_key(pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("name_key", pa.string(), nullable=False),  # casefolded, for the name search
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("category_key", pa.string(), nullable=False),  # casefolded, for the category filter
+        pa.field("price", pa.float64()),
+        pa.field("description", pa.string()),
+        pa.field("attributes", pa.string()),  # JSON object
+        pa.field("photos", pa.list_(_PHOTO)),
+        pa.field("photo_shas", pa.list_(pa.string())),  # for "which product already has this photo"
+        pa.field("file_keys", pa.list_(pa.string())),  # photos and thumbnails: "does a product use this file"
+        pa.field("photo_count", pa.int32(), nullable=False),  # summed for "how many photos in all"
+        pa.field("created_at", pa.string()),
+        pa.field("updated_at", pa.string()),
+        pa.field("revision", pa.int64(), nullable=False),
+    ]
+), "id")
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal: quotes doubled, so no value can end the literal early."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def sql_list(values: Iterable[str]) -> str:
+    return "(" + ", ".join(sql_string(v) for v in values) + ")"
+
+
+def to_row(product: Product) -> dict[str, Any]:
+    return {
+        "id": product.id,
+        "name": product.name,
+        "name_key": product.name.casefold(),
+        "category": product.category,
+        "category_key": product.category.casefold(),
+        "price": product.price,
+        "description": product.description,
+        "attributes": json.dumps(product.attributes, ensure_ascii=False, allow_nan=False),
+        "photos": [p.model_dump() for p in product.photos],
+        "photo_shas": [p.sha256 for p in product.photos],
+        "file_keys": product.file_keys(),
+        "photo_count": len(product.photos),
+        "created_at": product.created_at,
+        "updated_at": product.updated_at,
+        "revision": product.revision,
+    }
+
+
+def to_table(products: Sequence[Product]) -> pa.Table:
+    return pa.Table.from_pylist([to_row(p) for p in products], schema=SCHEMA)
+
+
+def from_row(row: dict[str, Any], where: str) -> Product:
+    try:
+        attributes = json.loads(row.get("attributes") or "{}")
+        return Product.model_validate({**row, "attributes": attributes, "photos": row.get("photos") or []})
+    except Exception as err:  # a row this code did not write: say which one, never guess
+        raise CatalogCorrupt(f"{where}: the row of product {row.get('id')!r} is not a valid product ({err})") from None
+
+
+class LanceCatalogStore(CatalogStore):
+    def __init__(self, where: engine.Location, *, exists: bool | None = None):
+        self.where = where
+        self._table = None
+        self._exists = exists
+        self._category_cache: tuple[int, dict[str, int]] | None = None
+        self._photo_total: tuple[int, int] | None = None  # (version, photos)
+
+    @property
+    def description(self) -> str:
+        return f"the products table in {self.where.description}"
+
+    @property
+    def table(self):
+        if self._table is None:
+            self._table = engine.open_or_create_table(
+                self.where, TABLE, SCHEMA, exists=self._exists
+            )
+        return self._table
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def _rows(self, query) -> list[dict[str, Any]]:
+        try:
+            return query.to_arrow().to_pylist()
+        except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
+            raise
+        except Exception as err:
+            raise engine.EngineError(f"cannot read {self.description}: {engine._reason(err)}") from None
+
+    def _products(self, query) -> list[Product]:
+        return [from_row(row, self.description) for row in self._rows(query)]
+
+    def get(self, product_id: str) -> Product:
+        found = self.get_many([product_id])
+        if product_id not in found:
+            raise ProductNotFound(f"no product with id {product_id!r}")
+        return found[product_id]
+
+    def get_many(self, product_ids: Sequence[str]) -> dict[str, Product]:
+        ids = list(dict.fromkeys(product_ids))
+        out: dict[str, Product] = {}
+        for start in range(0, len(ids), 500):  # bounded IN lists
+            chunk = ids[start : start + 500]
+            query = self.table.search().where(f"id IN {sql_list(chunk)}").limit(len(chunk) * 2)
+            for product in self._products(query):
+                out[product.id] = product
+        return out
+
+    @staticmethod
+    def _filter(categories: Iterable[str] | None, name_contains: str | None) -> str | None:
+        clauses = []
+        wanted = sorted({c.strip().casefold() for c in categories or () if c and c.strip()})
+        if wanted:
+            clauses.append(f"category_key IN {sql_list(wanted)}")
+        if name_contains and name_contains.strip():
+            clauses.append(f"contains(name_key, {sql_string(name_contains.strip().casefold())})")
+        return " AND ".join(clauses) or None
+
+    def page(self, *, offset=0, limit=50, categories=None, name_contains=None, newest_first=True) -> Page:
+        offset, limit = max(0, int(offset)), max(1, int(limit))
+        where = self._filter(categories, name_contains)
+        total = self._count(where)
+        if offset >= total:
+            return Page([], total, offset, limit)
+        size = min(limit, total - offset)
+        start = total - offset - size if newest_first else offset
+        query = self.table.search()
+        if where:
+            query = query.where(where)
+        items = self._products(query.offset(start).limit(size))
+        if newest_first:
+            items.reverse()
+        return Page(items, total, offset, limit)
+
+    def _count(self, where: str | None) -> int:
+        try:
+            return self.table.count_rows(where) if where else self.table.count_rows()
+        except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
+            raise
+        except Exception as err:
+            raise engine.EngineError(f"cannot read {self.description}: {engine._reason(err)}") from None
+
+    def count(self, categories=None) -> int:
+        return self._count(self._filter(categories, None))
+
+    def category_counts(self) -> dict[str, int]:
+        version = self.version()
+        cached = self._category_cache
+        if cached and cached[0] == version:
+            return dict(cached[1])
+        counts = self._group_categories()
+        self._category_cache = (version, counts)
+        return dict(counts)
+
+    def _group_categories(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        try:
+            batches = self.table.search().select(["category"]).limit(None).to_batches(batch_size=65536)
+            for batch in batches:
+                grouped = pa.Table.from_batches([batch]).group_by("category").aggregate([("category", "count")])
+                for row in grouped.to_pylist():
+                    counts[row["category"]] = counts.get(row["category"], 0) + row["category_count"]
+        except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
+            raise
+        except Exception as err:
+            raise engine.EngineError(f"cannot read {self.description}: {engine._reason(err)}") from None
+        return counts
+
+    def iter_batches(self, batch_size: int = 1000) -> Iterator[list[Product]]:
+        offset = 0
+        while True:
+            items = self._products(self.table.search().offset(offset).limit(batch_size))
+            if not items:
+                return
+            yield items
+            if len(items) < batch_size:
+                return
+            offset += len(items)
+
+    def owners_of(self, shas: Iterable[str]) -> dict[str, str]:
+        wanted = sorted(set(shas))
+        owners: dict[str, str] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            query = (
+                self.table.search()
+                .where(f"array_has_any(photo_shas, [{', '.join(sql_string(s) for s in chunk)}])")
+                .select(["id", "photo_shas"])
+                .limit(None)
+            )
+            for row in self._rows(query):
+                for sha in row["photo_shas"] or ():
+                    if sha in chunk:
+                        owners.setdefault(sha, row["id"])
+        return owners
+
+    def photo_count(self) -> int:
+        version = self.version()
+        cached = self._photo_total
+        if cached and cached[0] == version:
+            return cached[1]
+        total = 0
+        try:
+            for batch in self.table.search().select(["photo_count"]).limit(None).to_batches(batch_size=65536):
+                total += int(pc.sum(batch.column("photo_count")).as_py() or 0)
+        except engine.EngineError:
+            raise
+        except Exception as err:
+            raise engine.EngineError(f"cannot read {self.description}: {engine._reason(err)}") from None
+        self._photo_total = (version, total)
+        return total
+
+    def referenced(self, keys: Iterable[str]) -> set[str]:
+        wanted = sorted(set(keys))
+        used: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            query = (
+                self.table.search()
+                .where(f"array_has_any(file_keys, [{', '.join(sql_string(k) for k in chunk)}])")
+                .select(["file_keys"])
+                .limit(None)
+            )
+            chunk_set = set(chunk)
+            for row in self._rows(query):
+                used.update(k for k in row["file_keys"] or () if k in chunk_set)
+        return used
+
+    def version(self) -> int:
+        return int(self.table.version)
+
+    # ------------------------------------------------------------------------------------------ writing
+
+    def add(self, products: Sequence[Product]) -> list[str]:
+        products = list(products)
+        if not products:
+            return []
+        ids = [p.id for p in products]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise DuplicateProduct(f"product id {dup!r} appears twice in this batch")
+        self._write(
+            lambda: self.table.merge_insert("id").when_not_matched_insert_all().execute(to_table(products)),
+            "add products to",
+        )
+        # Which rows are ours: compare what is stored with what we sent.
+        stored = self.get_many(ids)
+        taken = [p.id for p in products if _identity(stored.get(p.id)) != _identity(p)]
+        engine.compact_when_due(self.table, after=self.ensure_indexes)
+        return taken
+
+    def upsert(self, products: Sequence[Product]) -> None:
+        """Insert or replace whole rows (a migration's --overwrite, an upgrade); bypasses revision checks."""
+        if not products:
+            return
+        self._write(
+            lambda: self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
+                to_table(list(products))
+            ),
+            "write products to",
+        )
+        engine.compact_when_due(self.table, after=self.ensure_indexes)
+
+    def update(self, product_id: str, **fields: Any) -> Product:
+        return self._change(product_id, lambda p: apply_edit(p, fields))
+
+    def add_photos(self, product_id: str, photos: Sequence[Photo]) -> Product:
+        return self._change(product_id, lambda p: with_photos(p, photos))
+
+    def remove_photo(self, product_id: str, key: str) -> Product:
+        return self._change(product_id, lambda p: without_photo(p, key))
+
+    def _change(self, product_id: str, change) -> Product:
+        """Read, change, write only if nobody changed the row since it was read; otherwise again."""
+        for attempt in range(MAX_ATTEMPTS):
+            current = self.get(product_id)
+            changed = change(current)
+            result = self._write(
+                lambda: self.table.merge_insert("id")
+                .when_matched_update_all(where=f"target.revision = {int(current.revision)}")
+                .execute(to_table([changed])),
+                "change a product in",
+            )
+            if result.num_updated_rows == 1:
+                engine.compact_when_due(self.table, after=self.ensure_indexes)
+                return changed
+            time.sleep(min(0.2, 0.005 * 2 ** min(attempt, 6)) * random.random())  # someone else won; re-read
+        raise ConcurrentChange(f"product {product_id!r} kept changing under this edit: try again")
+
+    def delete(self, product_ids: Sequence[str]) -> list[Product]:
+        ids = list(dict.fromkeys(product_ids))
+        if not ids:
+            return []
+        found = self.get_many(ids)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise ProductNotFound(f"no product with id {missing[0]!r}")
+        self._write(lambda: self.table.delete(f"id IN {sql_list(ids)}"), "delete products from")
+        engine.compact_when_due(self.table, after=self.ensure_indexes)
+        return [found[i] for i in ids]
+
+    def _write(self, operation, what: str):
+        try:
+            return operation()
+        except (CatalogCorrupt, DuplicateProduct):
+            raise
+        except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
+            raise
+        except Exception as err:
+            raise engine.EngineError(f"could not {what} {self.description}: {engine._reason(err)}") from None
+
+    # --------------------------------------------------------------------------------------- maintenance
+
+    def ensure_indexes(self) -> None:
+        """Scalar indexes for lookups by id, category and photo hash, once the table is big enough."""
+        ensure_scalar_indexes(self.table, {"id": "btree", "category_key": "bitmap", "photo_shas": "label_list", "file_keys": "label_list"})
+
+
+def ensure_scalar_indexes(table, wanted: dict[str, str]) -> None:
+    try:
+        if table.count_rows() < INDEX_FROM_ROWS:
+            return
+        from lancedb.index import Bitmap, BTree, LabelList
+
+        configs = {"btree": BTree, "bitmap": Bitmap, "label_list": LabelList}
+        have = {tuple(index.columns)[0] for index in table.list_indices()}
+        for column, kind in wanted.items():
+            if column not in have:
+                table.create_index(column, config=configs[kind]())
+                log.info("built a %s index on %s.%s", kind, table.name, column)
+    except Exception as err:  # an index is an optimisation: a failure is logged, never fatal
+        log.warning("could not index %s: %s", table.name, engine._reason(err))
+
+
+def _identity(product: Product | None):
+    """What tells our row from someone else's with the same id: the whole product (a photo's key carries a
+    token of its upload, so two writers never produce equal rows by chance)."""
+    return None if product is None else product.model_dump()
