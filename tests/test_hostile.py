@@ -82,11 +82,13 @@ def test_ten_uploads_with_one_id_leave_the_winners_files_intact(racing_settings)
 
 
 def test_two_uploads_of_one_id_never_share_storage_keys(racing_settings):
+    from vpm import photos
+
     matcher = Matcher(racing_settings)
     image = matcher.decode(png(1), "a.png")
-    first = matcher.prepare_product(image, name="A", category="C", id="same")
-    second = matcher.prepare_product(image, name="A", category="C", id="same")
-    assert first.image_key != second.image_key
+    first = photos.prepare(image, "same", "images/", "thumbnails/").photo
+    second = photos.prepare(image, "same", "images/", "thumbnails/").photo
+    assert first.key != second.key
     assert first.thumbnail_key != second.thumbnail_key
 
 
@@ -139,7 +141,7 @@ def test_the_api_refuses_a_non_finite_price_and_stores_nothing(search_settings, 
     response = client.post("/api/upload", files=files, data={"name": "Mug", "category": "Kitchen", "price": price})
     assert response.status_code == 422, response.text
     assert "price" in response.json()["error"].lower()
-    assert matcher.list_products() == []
+    assert matcher.count_products() == 0
     assert list(matcher.storage.iter_objects(search_settings.s3_image_prefix)) == []
 
 
@@ -149,37 +151,36 @@ def test_non_finite_attributes_are_refused():
 
 
 def test_a_catalog_holding_infinity_loads_that_product_without_a_price(settings, caplog):
-    from vpm.catalog import Catalog
-
-    storage_matcher = Matcher(settings)
+    """products.json of the previous release may hold Infinity/NaN: it upgrades, those prices become none."""
+    matcher = Matcher(settings)
     body = (
         '{"schema": 1, "version": 3, "products": ['
         '{"id": "p1", "name": "Mug", "category": "Kitchen", "price": Infinity},'
         '{"id": "p2", "name": "Cup", "category": "Kitchen", "price": NaN},'
         '{"id": "p3", "name": "Pan", "category": "Kitchen", "price": 12.5}]}'
     )
-    storage_matcher.storage.put(settings.s3_metadata_key, body.encode(), "application/json")
+    matcher.storage.put(settings.s3_metadata_key, body.encode(), "application/json")
     with caplog.at_level(logging.WARNING):
-        products = {p.id: p for p in Catalog(storage_matcher.storage, settings.s3_metadata_key).list()}
+        products = matcher.catalog.get_many(["p1", "p2", "p3"])
     assert products["p1"].price is None and products["p2"].price is None and products["p3"].price == 12.5
     assert "'p1'" in caplog.text and "'p2'" in caplog.text
 
 
-def test_after_reading_infinity_the_next_write_is_strict_json(settings):
-    from vpm.catalog import Catalog
-
-    storage = Matcher(settings).storage
-    storage.put(
+def test_after_reading_infinity_exports_are_strict_json(settings, tmp_path):
+    matcher = Matcher(settings)
+    matcher.storage.put(
         settings.s3_metadata_key,
         b'{"schema": 1, "version": 1, "products": [{"id": "p1", "name": "Mug", "category": "K", "price": Infinity}]}',
     )
-    Catalog(storage, settings.s3_metadata_key).update("p1", name="Mug 2")
-    document = json.loads(storage.get(settings.s3_metadata_key), parse_constant=_refuse_constant)
-    assert document["products"][0]["price"] is None
+    matcher.update_product("p1", name="Mug 2")
+    out = io.StringIO()
+    matcher.export_json(out)
+    document = json.loads(out.getvalue(), parse_constant=_refuse_constant)
+    assert document["products"][0]["price"] is None and document["products"][0]["name"] == "Mug 2"
 
 
 def _refuse_constant(name: str):
-    raise AssertionError(f"products.json holds the non-JSON constant {name}")
+    raise AssertionError(f"the document holds the non-JSON constant {name}")
 
 
 def test_vpm_list_json_is_strict_json_after_a_refused_infinite_price(tmp_path, tiny_clip_dir, search_settings):
@@ -195,7 +196,7 @@ def test_vpm_list_json_is_strict_json_after_a_refused_infinite_price(tmp_path, t
     with contextlib.redirect_stdout(out):
         assert main(["list", "--json"]) == 0
     listed = json.loads(out.getvalue(), parse_constant=_refuse_constant)
-    assert [p["name"] for p in listed] == ["Cup"]
+    assert [p["name"] for p in listed["items"]] == ["Cup"]
 
 
 # ------------------------------------------------------------------------------ 4. control characters

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import zipfile
 from pathlib import Path
 
@@ -30,9 +29,8 @@ def by_name(products) -> dict:
 
 
 def vectors_cached(m: Matcher, products) -> bool:
-    cache = m._cache()
-    cache.refresh()
-    return all(p.image_sha256 in cache for p in products)
+    keys = [photo.key for p in products for photo in p.photos]
+    return m.vectors.photo_keys_with_vectors(keys) == set(keys)
 
 
 # --- naming rules ----------------------------------------------------------------------------------------------
@@ -85,10 +83,10 @@ def test_a_folder_imports_every_image_with_names_and_categories(importer, photo_
     assert [(i.source, "not an image" in i.reason) for i in report.skipped] == [("notes.txt", True)]
     assert [i.source for i in report.failed] == ["mugs/broken.png"]
     assert "truncated or damaged" in report.failed[0].reason
-    assert report.summary() == "imported 4, skipped 1, failed 1"
+    assert report.summary() == "imported 4 products (4 photos), skipped 1, failed 1"
 
     # Files, thumbnails, vectors and metadata are all there, and each product is found by its own photo.
-    assert by_name(importer.list_products()).keys() == products.keys()
+    assert by_name(list(importer.iter_products())).keys() == products.keys()
     for p in report.imported:
         assert importer.storage.exists(p.image_key) and importer.storage.exists(p.thumbnail_key)
     assert vectors_cached(importer, report.imported)
@@ -102,7 +100,7 @@ def test_running_the_same_import_again_adds_nothing(importer, photo_folder):
     assert again.imported == []
     duplicates = [i for i in again.skipped if i.reason.startswith("duplicate")]
     assert len(duplicates) == len(first.imported)
-    assert len(importer.list_products()) == len(first.imported)
+    assert len(list(importer.iter_products())) == len(first.imported)
 
 
 def test_the_same_image_twice_in_one_import_is_added_once(importer, tmp_path, product_photo):
@@ -141,19 +139,18 @@ def test_a_big_import_writes_the_catalog_once_per_batch(importer, tmp_path, prod
     for i in range(70):
         write(tmp_path / "many" / f"item_{i:02d}.png", product_photo(1000 + i, size=32))
     catalog_writes = []
-    real_put = importer.storage.put
+    real_add = importer.catalog.add
 
-    def counting_put(key, *args, **kwargs):
-        if key == importer.settings.s3_metadata_key:
-            catalog_writes.append(key)
-        return real_put(key, *args, **kwargs)
+    def counting_add(products):
+        catalog_writes.append(len(products))
+        return real_add(products)
 
-    importer.storage.put = counting_put
+    importer.catalog.add = counting_add
     report = importer.import_path(tmp_path / "many")
     assert len(report.imported) == 70
-    assert len(catalog_writes) <= math.ceil(70 / 32)
+    assert catalog_writes == [32, 32, 6]  # one commit of rows per batch, not one per product
     assert importer.embedder.image_calls == [32, 32, 6]  # decoded and embedded in batches too
-    assert len(importer.list_products()) == 70
+    assert len(list(importer.iter_products())) == 70
 
 
 def test_an_interrupted_import_keeps_what_it_committed_and_a_rerun_finishes_it(importer, tmp_path, product_photo):
@@ -166,7 +163,7 @@ def test_an_interrupted_import_keeps_what_it_committed_and_a_rerun_finishes_it(i
 
     with pytest.raises(KeyboardInterrupt):
         importer.import_path(tmp_path / "in", progress=stop_after_second_batch, batch_size=4)
-    kept = importer.list_products()
+    kept = list(importer.iter_products())
     assert sorted(p.name for p in kept) == [f"Item {i}" for i in range(8)]
     for p in kept:
         assert importer.storage.exists(p.image_key) and importer.storage.exists(p.thumbnail_key)
@@ -175,13 +172,13 @@ def test_an_interrupted_import_keeps_what_it_committed_and_a_rerun_finishes_it(i
     resumed = importer.import_path(tmp_path / "in", batch_size=4)
     assert sorted(p.name for p in resumed.imported) == ["Item 8", "Item 9"]
     assert len(resumed.skipped) == 8
-    assert sorted(p.name for p in importer.list_products()) == [f"Item {i}" for i in range(10)]
+    assert sorted(p.name for p in list(importer.iter_products())) == [f"Item {i}" for i in range(10)]
 
 
 def test_an_interruption_inside_a_batch_leaves_no_stray_files(importer, tmp_path, product_photo, monkeypatch):
     for i in range(6):
         write(tmp_path / "in" / f"item_{i}.png", product_photo(300 + i, size=32))
-    real_add = importer.catalog.add_products
+    real_add = importer.catalog.add
     calls = []
 
     def add_then_stop(products):
@@ -190,10 +187,10 @@ def test_an_interruption_inside_a_batch_leaves_no_stray_files(importer, tmp_path
             raise KeyboardInterrupt  # e.g. Ctrl-C while the second batch's metadata was being written
         return real_add(products)
 
-    monkeypatch.setattr(importer.catalog, "add_products", add_then_stop)
+    monkeypatch.setattr(importer.catalog, "add", add_then_stop)
     with pytest.raises(KeyboardInterrupt):
         importer.import_path(tmp_path / "in", batch_size=3)
-    kept = importer.list_products()
+    kept = list(importer.iter_products())
     assert len(kept) == 3
     stored_images = [o.key for o in importer.storage.iter_objects(importer.settings.s3_image_prefix)]
     assert sorted(stored_images) == sorted(p.image_key for p in kept)
@@ -243,7 +240,7 @@ def test_zip_slip_entries_are_refused_and_nothing_is_written_outside(importer, t
     assert all(reason.startswith("refused:") for reason in refused.values())
     for name in ("escaped.png", "climb.png", "absolute.png"):
         assert not list(tmp_path.rglob(name))
-    assert all(not p.image_key.count("..") for p in importer.list_products())
+    assert all(not p.image_key.count("..") for p in list(importer.iter_products()))
 
 
 def test_an_oversized_entry_is_not_unpacked(importer, tmp_path, product_photo):
@@ -261,7 +258,7 @@ def test_a_zip_that_would_unpack_too_much_or_has_too_many_entries_is_refused(imp
         importer.import_path(archive, limits=ImportLimits(max_total_bytes=1024 * 1024))
     with pytest.raises(ImportSourceError, match="has 5 entries; at most 3"):
         importer.import_path(archive, limits=ImportLimits(max_members=3))
-    assert importer.list_products() == []
+    assert list(importer.iter_products()) == []
 
 
 def test_an_entry_larger_than_its_header_claims_is_not_read_past_the_limit(tmp_path):
@@ -372,14 +369,32 @@ def test_an_empty_csv_is_refused(importer, tmp_path):
 
 
 def test_semicolon_csvs_and_existing_ids_are_handled(importer, tmp_path, product_photo):
+    """A row whose id exists adds its photo to that product; a new id makes a new product."""
     write(tmp_path / "a.png", product_photo(1))
     write(tmp_path / "b.png", product_photo(2))
     importer.add_product(product_photo(9), "x.png", name="Taken", category="Mugs", product_id="taken")
     csv_path = write(tmp_path / "items.csv", b"image;name;category;id\na.png;A;Mugs;taken\nb.png;B;Mugs;free\n")
     report = importer.import_path(csv_path)
     assert [p.id for p in report.imported] == ["free"]
-    (skip,) = report.skipped
-    assert skip.source == "row 2 (a.png)" and "id taken" in skip.reason
+    assert report.photos_added == 1 and not report.skipped
+    taken = importer.get_product("taken")
+    assert taken.name == "Taken" and len(taken.photos) == 2  # the row's name does not overwrite the product's
+
+
+def test_rows_that_share_an_id_become_one_product_with_several_photos(importer, tmp_path, product_photo):
+    for i in range(5):
+        write(tmp_path / f"{i}.png", product_photo(60 + i))
+    rows = b"file,product_id,name,category\n0.png,shop:1,Lamp,Lighting\n1.png,shop:1,Lamp,Lighting\n" \
+           b"2.png,shop:2,Mug,Kitchen\n3.png,shop:1,Lamp,Lighting\n4.png,shop:2,Mug,Kitchen\n"
+    report = importer.import_path(write(tmp_path / "metadata.csv", rows), batch_size=2)
+    assert sorted((p.id, len(p.photos)) for p in report.imported) == [("shop-1", 3), ("shop-2", 2)]
+    lamp = importer.get_product("shop-1")
+    assert lamp.attributes["source_id"] == "shop:1"
+    response = importer.search_image(product_photo(63), "q.png", threshold=-1)
+    assert response.results[0].product.id == "shop-1"
+    assert [m.product.id for m in response.results].count("shop-1") == 1
+    again = importer.import_path(tmp_path / "metadata.csv")
+    assert again.imported == [] and len(again.skipped) == 5 and again.photos_added == 0
 
 
 def test_a_file_column_works_as_the_image_column(importer, tmp_path, product_photo):
@@ -388,7 +403,8 @@ def test_a_file_column_works_as_the_image_column(importer, tmp_path, product_pho
     csv_path = write(tmp_path / "metadata.csv", b"file,product_id,name,category\na.png,abo:1,Lamp,lighting\n")
     report = importer.import_path(csv_path)
     (product,) = report.imported
-    assert (product.name, product.category, product.attributes) == ("Lamp", "lighting", {"product_id": "abo:1"})
+    assert (product.id, product.name, product.category) == ("abo-1", "Lamp", "lighting")
+    assert product.attributes == {"source_id": "abo:1"}
 
 
 def test_an_uploaded_zip_imports_from_bytes_and_reports_the_chosen_name(importer, tmp_path, product_photo):

@@ -6,14 +6,13 @@ import logging
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from vpm import health
-from vpm.catalog import Catalog, Product
+from vpm.catalog import Photo, Product
 from vpm.embeddings import EmbeddingError
 from vpm.images import NotAnImageError
-from vpm.matcher import Matcher
+from vpm.matcher import DuplicatePhoto, Matcher
 from vpm.urlfetch import URLRefused
 
 CATALOG = [  # name, category, photo seed, price
@@ -35,10 +34,6 @@ def stocked(search_settings, counting_embedder, product_photo):
         m.add_product(product_photo(seed), f"{seed}.png", name=name, category=category, price=price,
                       product_id=name.lower().replace(" ", "-"))
     return m
-
-
-def segment_keys(m: Matcher) -> list[str]:
-    return sorted(o.key for o in m.storage.iter_objects(m.settings.embeddings_prefix))
 
 
 # --- image search ----------------------------------------------------------------------------------------------
@@ -141,29 +136,21 @@ def test_a_product_without_a_readable_image_does_not_break_search(stocked, produ
     lamp = stocked.get_product("floor-lamp")
     stocked.storage.delete(lamp.image_key)
     fresh = Matcher(stocked.settings, embedder=stocked.embedder)
-    # The lamp's vector is cached, so it stays searchable even though its file went missing.
+    # The lamp's vector is stored, so it stays searchable even though its file went missing.
     assert fresh.search_image(product_photo(6), "q.png", threshold=-1).results[0].product.id == "floor-lamp"
 
     # A product whose image is gone AND has no vector is left out, with a warning, and the rest still work.
-    Catalog(stocked.storage, stocked.settings.s3_metadata_key).add(
-        Product(id="ghost", name="Ghost", category="Mugs", image_key="images/ghost.png", image_sha256="f" * 64)
-    )
-    with caplog.at_level(logging.WARNING, logger="vpm.matcher"):
+    ghost = Product(id="ghost", name="Ghost", category="Mugs",
+                    photos=[Photo(key="images/ghost.png", sha256="f" * 64)])
+    fresh.catalog.add([ghost])
+    with caplog.at_level(logging.WARNING, logger="vpm.indexing"):
+        fresh.reindex()
         response = fresh.search_image(product_photo(2), "q.png", threshold=-1)
     assert "ghost" not in [m.product.id for m in response.results]
     assert response.results[0].product.id == "blue-mug"
     assert "ghost" in caplog.text
     status = fresh.index_status()
-    assert status.missing_ids == ["ghost"] and any("ghost" in p for p in status.problems)
-
-
-def test_a_product_written_without_its_image_hash_is_still_searchable(search_settings, tiny_clip, product_photo):
-    m = Matcher(search_settings, embedder=tiny_clip)
-    m.storage.put("images/old.png", product_photo(7), "image/png")
-    m.catalog.add(Product(id="old", name="Old", category="Legacy", image_key="images/old.png"))
-    response = m.search_image(product_photo(7), "q.png", threshold=-1)
-    assert response.results[0].product.id == "old"
-    assert response.results[0].score == pytest.approx(1.0, abs=1e-4)
+    assert status.missing_ids == ["ghost"] and any("images/ghost.png" in p for p in status.problems)
 
 
 def test_an_empty_catalog_gives_no_results_not_an_error(matcher, product_photo):
@@ -178,12 +165,11 @@ def test_text_search_ranks_by_cosine_to_the_text_vector(stocked):
     response = stocked.search_text("a red ceramic mug", threshold=-1, top_k=10)
     assert response.query == "a red ceramic mug"
     text_vector = stocked.embedder.embed_texts(["a red ceramic mug"])[0]
-    ids = [p.id for p in stocked.list_products()]
-    shas = [p.image_sha256 for p in stocked.list_products()]
-    catalog_vectors = stocked._cache().get(shas)
-    expected = [ids[i] for i in np.argsort(-(catalog_vectors @ text_vector))]
-    assert [m.product.id for m in response.results] == expected
-    assert response.results[0].score == pytest.approx(float(np.max(catalog_vectors @ text_vector)), abs=1e-5)
+    products = list(stocked.iter_products())
+    stored = stocked.vectors.vectors_for_shas([p.image_sha256 for p in products])
+    scores = {p.id: float(stored[p.image_sha256] @ text_vector) for p in products}
+    assert [m.product.id for m in response.results] == sorted(scores, key=scores.get, reverse=True)
+    assert response.results[0].score == pytest.approx(max(scores.values()), abs=1e-5)
 
 
 def test_an_empty_text_query_is_refused(stocked):
@@ -194,20 +180,31 @@ def test_an_empty_text_query_is_refused(stocked):
 # --- the index: written before metadata, persisted, reused ------------------------------------------------------
 
 
-def test_adding_a_product_writes_image_thumbnail_vector_then_metadata(search_settings, tiny_clip, product_photo):
+def test_adding_a_product_writes_image_thumbnail_vector_then_the_row(search_settings, tiny_clip, product_photo):
     m = Matcher(search_settings, embedder=tiny_clip)
     order: list[str] = []
-    real_put = m.storage.put
-
-    def recording_put(key, *args, **kwargs):
-        order.append(key)
-        return real_put(key, *args, **kwargs)
-
-    m.storage.put = recording_put
+    real_put, real_upsert, real_add = m.storage.put, m.vectors.upsert, m.catalog.add
+    m.storage.put = lambda key, *a, **k: (order.append(key), real_put(key, *a, **k))[1]
+    m.vectors.upsert = lambda entries: (order.append("vectors"), real_upsert(entries))[1]
+    m.catalog.add = lambda products: (order.append("row"), real_add(products))[1]
     product = m.add_product(product_photo(1), "mug.png", name="Mug", category="Mugs")
-    assert order[:2] == [product.image_key, product.thumbnail_key]
-    assert order[2].startswith(f"{search_settings.embeddings_prefix}{tiny_clip.model_id}/")
-    assert order[3:] == [search_settings.s3_metadata_key]
+    assert order == [product.image_key, product.thumbnail_key, "vectors", "row"]
+
+
+def test_a_failed_row_write_removes_the_files_and_vectors_it_wrote(search_settings, tiny_clip, product_photo):
+    from vpm.storage import StorageError
+
+    m = Matcher(search_settings, embedder=tiny_clip)
+
+    def refuse(products):
+        raise StorageError("the bucket went read-only")
+
+    m.catalog.add = refuse
+    with pytest.raises(StorageError, match="read-only"):
+        m.add_product(product_photo(1), "mug.png", name="Mug", category="Mugs")
+    assert list(m.storage.iter_objects(search_settings.s3_image_prefix)) == []
+    assert list(m.storage.iter_objects(search_settings.s3_thumbnail_prefix)) == []
+    assert m.vectors.count() == 0
 
 
 def test_adding_a_product_embeds_only_that_product(stocked, product_photo):
@@ -220,27 +217,34 @@ def test_adding_a_product_embeds_only_that_product(stocked, product_photo):
     assert stocked.embedder.images_embedded == before + 3
 
 
+def test_a_photo_with_bytes_embedded_before_reuses_that_vector(stocked, product_photo):
+    before = stocked.embedder.images_embedded
+    stocked.add_product(product_photo(1), "again.png", name="Red mug again", category="Mugs", allow_duplicate=True)
+    assert stocked.embedder.images_embedded == before
+
+
 def test_a_new_matcher_over_the_same_storage_does_not_re_embed(stocked, counting_embedder, product_photo):
     restarted = Matcher(stocked.settings, embedder=counting_embedder())
     response = restarted.search_image(product_photo(4), "q.png", threshold=-1)
     assert response.results[0].product.id == "leather-bag"
-    assert restarted.embedder.image_calls == [1]  # the query; every catalog vector came from the cache
+    assert restarted.embedder.image_calls == [1]  # the query; every catalog vector came from the index
 
 
-def test_searches_reuse_the_in_memory_index_until_the_catalog_changes(stocked, counting_embedder, product_photo):
-    reads: list[str] = []
-    real_get = stocked.storage.get
+def test_searches_reuse_the_in_memory_vectors_until_the_index_changes(stocked, counting_embedder, product_photo,
+                                                                      monkeypatch):
+    from vpm import lance_vectors
 
-    def counting_get(key):
-        reads.append(key)
-        return real_get(key)
+    loads: list[int] = []
+    real_snapshot = lance_vectors._Snapshot
 
-    stocked.storage.get = counting_get
+    def counting_snapshot(*args, **kwargs):
+        loads.append(1)
+        return real_snapshot(*args, **kwargs)
+
+    monkeypatch.setattr(lance_vectors, "_Snapshot", counting_snapshot)
     stocked.search_image(product_photo(1), "q.png")
-    reads.clear()
     stocked.search_image(product_photo(2), "q.png")
-    assert not [k for k in reads if k.startswith(stocked.settings.embeddings_prefix)]
-    assert stocked.settings.s3_metadata_key not in reads
+    assert len(loads) <= 1  # loaded at most once, then reused
 
     # Another replica adds a product: the next search here sees it, loading its vector instead of embedding it.
     other = Matcher(stocked.settings, embedder=counting_embedder())
@@ -259,60 +263,18 @@ def test_edits_and_deletes_show_up_in_the_next_search(stocked, product_photo):
     stocked.delete_product("red-mug")
     response = stocked.search_image(product_photo(1), "q.png", threshold=-1)
     assert "red-mug" not in [m.product.id for m in response.results]
+    assert stocked.vectors.count() == len(CATALOG) - 1  # its vector went with it
 
 
-def test_reindex_prunes_vectors_of_deleted_products(stocked):
-    stocked.delete_product("red-mug")
-    assert stocked.index_status().orphans == 1
+def test_reindex_drops_vectors_no_photo_points_at(stocked):
+    from vpm.vector_index import PhotoVector
+
+    vector = stocked.vectors.vectors_for_shas([stocked.get_product("red-mug").image_sha256])
+    stray = PhotoVector("images/never-landed.png", "never-landed", "e" * 64, "Mugs", next(iter(vector.values())))
+    stocked.vectors.upsert([stray])  # an add that crashed between its vector and its row
+    assert stocked.vectors.count() == len(CATALOG) + 1
     status = stocked.reindex()
-    assert status.orphans == 0 and status.vectors == len(CATALOG) - 1 and status.missing == 0
-    assert len(segment_keys(stocked)) == 1
-
-
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_a_corrupt_cache_is_rebuilt_not_trusted_and_search_still_works(stocked, counting_embedder, product_photo,
-                                                                       damage, caplog):
-    keys = segment_keys(stocked)
-    for key in keys:
-        data = stocked.storage.get(key)
-        stocked.storage.put(key, b"\x00not a cache at all" if damage == "garbage" else data[: len(data) // 2])
-
-    restarted = Matcher(stocked.settings, embedder=counting_embedder())
-    assert restarted.index_status().stale
-    with caplog.at_level(logging.WARNING, logger="vpm.index"):
-        response = restarted.search_image(product_photo(5), "q.png", threshold=-1)
-    assert response.results[0].product.id == "desk-lamp"
-    assert "ignoring" in caplog.text
-    assert restarted.embedder.images_embedded == len(CATALOG) + 1  # the catalog re-embedded, plus the query
-
-    # The damaged files are gone and the cache is whole again: a third start embeds nothing.
-    assert not set(keys) & set(segment_keys(stocked))
-    third = Matcher(stocked.settings, embedder=counting_embedder())
-    status = third.index_status()
-    assert status.ok and status.vectors == len(CATALOG)
-    third.search_image(product_photo(5), "q.png")
-    assert third.embedder.images_embedded == 1
-
-
-def test_search_works_when_the_cache_cannot_be_written(stocked, counting_embedder, product_photo, caplog):
-    from vpm.storage import StorageError
-
-    other = Matcher(stocked.settings, embedder=counting_embedder("other-model", permute=1))
-    real_put = other.storage.put
-
-    def read_only_cache(key, *args, **kwargs):
-        if key.startswith(other.settings.embeddings_prefix):
-            raise StorageError(f"access denied to {key}")
-        return real_put(key, *args, **kwargs)
-
-    other.storage.put = read_only_cache
-    with caplog.at_level(logging.WARNING, logger="vpm.index"):
-        response = other.search_image(product_photo(3), "q.png", threshold=-1)
-        again = other.search_image(product_photo(4), "q.png", threshold=-1)
-    assert response.results[0].product.id == "canvas-bag" and again.results[0].product.id == "leather-bag"
-    assert "kept in memory only" in caplog.text
-    assert other.embedder.images_embedded == len(CATALOG) + 2  # embedded once, then reused from memory
-    assert not [k for k in segment_keys(other) if "/other-model/" in k]
+    assert status.ok and status.vectors == len(CATALOG) and stocked.vectors.count() == len(CATALOG)
 
 
 def test_a_refused_query_does_no_indexing_work(stocked, counting_embedder):
@@ -326,7 +288,7 @@ def test_a_refused_query_does_no_indexing_work(stocked, counting_embedder):
 
 
 def test_another_model_never_uses_the_first_models_vectors(stocked, counting_embedder, product_photo):
-    first_model_files = {k: stocked.storage.get(k) for k in segment_keys(stocked)}
+    first_model_vectors = stocked.vectors.count()
     other = Matcher(stocked.settings, embedder=counting_embedder("other-model", permute=3))
 
     status = other.index_status()
@@ -342,8 +304,8 @@ def test_another_model_never_uses_the_first_models_vectors(stocked, counting_emb
     assert response.model == "other-model"
     assert response.results[0].product.id == "blue-mug"
     assert response.results[0].score == pytest.approx(1.0, abs=1e-4)
-    # ...and the first model's files were not touched.
-    assert {k: stocked.storage.get(k) for k in first_model_files} == first_model_files
+    # ...and the first model's vectors were not touched.
+    assert stocked.vectors.count() == first_model_vectors
 
 
 def test_switching_models_re_embeds_the_catalog_on_first_search(stocked, counting_embedder, product_photo):
@@ -352,12 +314,82 @@ def test_switching_models_re_embeds_the_catalog_on_first_search(stocked, countin
     assert other.embedder.images_embedded == len(CATALOG) + 1
 
 
+def test_a_large_gap_is_left_to_the_index_command_not_the_search(stocked, counting_embedder, product_photo,
+                                                                  monkeypatch, caplog):
+    from vpm import matcher as matcher_module
+
+    monkeypatch.setattr(matcher_module, "AUTO_EMBED_MAX", 2)
+    other = Matcher(stocked.settings, embedder=counting_embedder("other-model", permute=1))
+    with caplog.at_level(logging.WARNING, logger="vpm.matcher"):
+        response = other.search_image(product_photo(1), "q.png")
+    assert other.embedder.images_embedded == 1 and response.results == []
+    assert "python -m vpm index" in caplog.text
+
+
+def test_search_still_answers_when_the_vectors_cannot_be_stored(stocked, counting_embedder, product_photo, caplog):
+    from vpm.storage import StorageError
+
+    other = Matcher(stocked.settings, embedder=counting_embedder("other-model", permute=1))
+
+    def read_only(entries):
+        raise StorageError("access denied to the vectors table")
+
+    other.vectors.upsert = read_only
+    with caplog.at_level(logging.WARNING, logger="vpm.matcher"):
+        response = other.search_image(product_photo(3), "q.png", threshold=-1)
+    assert response.results == []  # nothing is indexed for this model yet, and that is said in the log
+    assert "access denied" in caplog.text
+
+
 def test_rebuild_re_embeds_every_product(stocked, counting_embedder):
     m = Matcher(stocked.settings, embedder=counting_embedder())
     assert m.reindex().ok and m.embedder.images_embedded == 0
     status = m.reindex(rebuild=True)
     assert status.ok and m.embedder.images_embedded == len(CATALOG)
-    assert len(segment_keys(m)) == 1
+    assert m.vectors.count() == len(CATALOG)
+
+
+# --- several photos per product --------------------------------------------------------------------------------
+
+
+def test_a_product_with_several_photos_is_found_by_any_of_them_once(stocked, product_photo):
+    shoe = stocked.create_product(
+        [(product_photo(20), "front.png"), (product_photo(21), "side.png"), (product_photo(22), "back.png")],
+        name="Trail shoe", category="Shoes", product_id="trail-shoe",
+    )
+    for number, seed in enumerate((20, 21, 22)):
+        response = stocked.search_image(product_photo(seed), "q.png", threshold=-1)
+        first = response.results[0]
+        assert first.product.id == "trail-shoe" and first.photo_key == shoe.photos[number].key
+        assert [m.product.id for m in response.results].count("trail-shoe") == 1
+
+
+def test_photos_are_added_to_and_removed_from_a_product(stocked, product_photo):
+    bag = stocked.add_photos("canvas-bag", [(product_photo(30), "inside.png")])
+    assert len(bag.photos) == 2
+    response = stocked.search_image(product_photo(30), "q.png", threshold=-1)
+    assert response.results[0].product.id == "canvas-bag" and response.results[0].photo_key == bag.photos[1].key
+    removed = stocked.remove_photo("canvas-bag", bag.photos[1].key)
+    assert len(removed.photos) == 1
+    assert not stocked.storage.exists(bag.photos[1].key) and not stocked.storage.exists(bag.photos[1].thumbnail_key)
+    response = stocked.search_image(product_photo(30), "q.png", threshold=-1)
+    assert all(m.photo_key != bag.photos[1].key for m in response.results)
+
+
+def test_a_photo_already_in_the_catalog_names_its_product(stocked, product_photo):
+    with pytest.raises(DuplicatePhoto, match="Red mug"):
+        stocked.add_product(product_photo(1), "again.png", name="Copy", category="Mugs")
+    with pytest.raises(DuplicatePhoto, match="same photo"):
+        stocked.create_product([(product_photo(40), "a.png"), (product_photo(40), "b.png")], name="X", category="Y")
+    assert stocked.count_products() == len(CATALOG)
+
+
+def test_listing_is_paged_and_filtered_without_reading_everything(stocked):
+    page = stocked.page_products(limit=4)
+    assert page.total == len(CATALOG) and len(page.items) == 4 and page.has_more
+    assert [p.name for p in stocked.page_products(categories=["bags"]).items] == ["Leather bag", "Canvas bag"]
+    assert [p.id for p in stocked.page_products(name_contains="LAMP").items] == ["floor-lamp", "desk-lamp"]
+    assert stocked.category_counts() == {"Mugs": 2, "Bags": 2, "Lighting": 2}
 
 
 # --- the offline fallback --------------------------------------------------------------------------------------
@@ -466,3 +498,21 @@ def test_a_query_embedded_once_reranks_like_a_fresh_search(stocked, product_phot
     assert (words.kind, words.label, words.image) == ("text", "a red mug", None)
     with pytest.raises(ValueError, match="needs a photo"):
         stocked.embed_query()
+
+
+def test_a_damaged_vector_table_is_reported_and_rebuilt_on_request(stocked, counting_embedder, product_photo):
+    from vpm import engine
+
+    storage, prefix = stocked.storage, stocked.settings.metadata_prefix
+    table = f"{prefix}vectors-{stocked.embedder.model_id}.lance/_versions/"
+    for info in list(storage.iter_objects(table)):
+        storage.put(info.key, b"not a manifest")
+    engine.forget()
+    restarted = Matcher(stocked.settings, embedder=counting_embedder())
+    with pytest.raises(engine.TableUnreadable, match="index --rebuild"):
+        restarted.search_image(product_photo(1), "q.png")
+    assert restarted.count_products() == len(CATALOG)  # the products are untouched
+
+    status = restarted.reindex(rebuild=True)
+    assert status.ok and status.vectors == len(CATALOG)
+    assert restarted.search_image(product_photo(1), "q.png").results[0].product.id == "red-mug"

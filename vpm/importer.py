@@ -330,9 +330,10 @@ def _csv(path: Path, limits: ImportLimits, fetch: Fetch | None) -> ParsedSource:
     except csv.Error as err:
         raise ImportSourceError(f"{path.name} row 1 is not valid CSV ({err})") from None
     columns = [h.strip().lower() for h in header]
-    if "image" not in columns and "file" in columns:
-        # Many exported catalogs (our sample photos' metadata.csv among them) call the image column "file".
-        columns[columns.index("file")] = "image"
+    # Many exported catalogs (our sample photos' metadata.csv among them) call these "file" and "product_id".
+    for alias, column in (("file", "image"), ("product_id", "id")):
+        if column not in columns and alias in columns:
+            columns[columns.index(alias)] = column
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         found = ", ".join(h for h in header if h.strip()) or "none"
@@ -412,11 +413,20 @@ def _csv_item(values: dict[str, str], row: int, base: Path, limits: ImportLimits
         read = _file_reader(target, image, limits.max_file_bytes)
         filename = image
     extra = {c: v for c, v in values.items() if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS and v}
+    product_id = catalog_id(values.get("id") or "")
+    if product_id and product_id != values.get("id"):
+        extra["source_id"] = values["id"]  # the id as the CSV wrote it, for people and other tools
     return ImportItem(
         source=label, filename=filename, name=values["name"], category=values["category"], read=read,
-        price=price, description=values.get("description") or None, product_id=values.get("id") or None,
+        price=price, description=values.get("description") or None, product_id=product_id or None,
         attributes=extra,
     )
+
+
+def catalog_id(text: str) -> str:
+    """An id from another system as a catalog id: each run of characters ids cannot hold (anything but letters,
+    digits, '-' and '_') becomes one '-' ("abo:B074M5HPBD" -> "abo-B074M5HPBD"); at most 100 characters."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text.strip()).strip("-")[:100]
 
 
 def _url_reader(url: str, fetch: Fetch) -> Callable[[], bytes]:

@@ -1,45 +1,42 @@
-"""The one facade the pages, the CLI and the API call: add, list, update, delete, import and search products.
+"""The one facade the pages, the CLI and the API call: read, add, edit, delete, import and search products.
 
-It owns the order of writes that keeps data safe: image, then thumbnail, then the vector, then the metadata
-that points at them; and on delete, metadata first, then the files (the vector stays as harmless derived data
-until `reindex` prunes it, see vpm/index.py).
-
-Search keeps an in-memory copy of the index (the catalog's products with their vectors), rebuilt only when
-products.json's ETag changes, so a search costs one HEAD of products.json plus the embedding and a matrix
-product. Products whose vector is missing (new model, lost or corrupt cache, added by an older version) are
-embedded from their stored image on the next search, or by `reindex` with progress.
+It composes the two contracts (a `CatalogStore` for products, a `VectorIndex` per model for their photos'
+vectors) with storage (the image files) and the embedder, and owns the order of writes that keeps data safe:
+a photo's image, thumbnail and vector are written before the product row that points at them, and a delete
+removes the row first, then the vectors and files. A write that does not land removes exactly what it wrote.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from . import engine, photos
 from .catalog import (
-    Catalog,
     CatalogError,
+    CatalogStore,
     DuplicateProduct,
+    InvalidProduct,
+    Page,
     Product,
-    ProductNotFound,
-    image_keys,
     validate_product,
 )
 from .config import Settings
-from .images import DecodedImage, ImageError, decode_image, make_thumbnail
-from .importer import ImportIssue, ImportItem, ImportLimits, ItemUnreadable, open_source
-from .index import SearchIndex, VectorCache
-from .storage import ObjectNotFound, Storage, StorageError, make_storage
+from .images import DecodedImage, decode_image
+from .indexing import IndexStatus, Indexer
+from .lance_catalog import LanceCatalogStore
+from .lance_vectors import LanceVectorIndex, existing_model_ids
+from .results import EmbeddedQuery, ImportReport, Match, PhotoView, ProductView, SearchResponse
+from .storage import Storage, StorageError, make_storage
+from .vector_index import PhotoVector, VectorIndex
 
 if TYPE_CHECKING:
     from .embeddings import Embedder
@@ -50,6 +47,13 @@ log = logging.getLogger(__name__)
 Progress = Callable[..., None]
 BATCH_SIZE = 32
 URL_TIMEOUT_S = 15.0
+# A search asks the index for a few more products than shown: a vector written just before its product row
+# (an add in flight) or left by an add that never landed is skipped without leaving the page short.
+_SPARE_HITS = 5
+# On the first search of a process, photos without a vector (a new model) are embedded then and there when
+# there are at most this many; more than that is a job for `python -m vpm index` (or the app's progress bar).
+AUTO_EMBED_MAX = 2_000
+MAX_PHOTOS_PER_CALL = 10
 
 # Default cosine thresholds by model family and query kind (the UI shows score * 100 as %): they hide the clearly
 # unrelated, not rank. CLIP's image-image cosine for two photos of one product is typically 0.8-0.95 and a
@@ -61,131 +65,20 @@ _THRESHOLDS = {
     "other": {"image": 0.6, "text": 0.2},
 }
 
-
-@dataclass(frozen=True)
-class ProductView:
-    """A product plus the URLs a client needs to show it."""
-
-    product: Product
-    image_url: str | None
-    thumbnail_url: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**self.product.model_dump(mode="json"), "image_url": self.image_url, "thumbnail_url": self.thumbnail_url}
+_upgraded: set[engine.Location] = set()
+_upgrade_lock = threading.Lock()
 
 
-@dataclass(frozen=True)
-class EmbeddedQuery:
-    """A query embedded once: re-rank it with `Matcher.rank` as filters change, without embedding again."""
-
-    kind: Literal["image", "text"]
-    vector: np.ndarray
-    label: str  # the file name, URL or words, for people
-    image: bytes | None  # the query photo's bytes, to show it; None for words
-    embed_ms: float
+class DuplicatePhoto(CatalogError):
+    """A photo whose bytes are already a photo of a product in the catalog (add it anyway on purpose only)."""
 
 
-@dataclass(frozen=True)
-class Match:
-    """One search result: a product, its cosine similarity to the query, and where to show its image."""
-
-    product: Product
-    score: float  # cosine, in [-1, 1]
-    image_url: str | None
-    thumbnail_url: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        p = self.product
-        return {
-            "id": p.id, "name": p.name, "category": p.category, "price": p.price, "score": round(self.score, 6),
-            "image_url": self.image_url, "thumbnail_url": self.thumbnail_url,
-        }
-
-
-@dataclass(frozen=True)
-class SearchResponse:
-    model: str  # the model id that embedded the query and the catalog
-    took_ms: float
-    results: list[Match]
-    best_score: float | None  # best score after the category filter, ignoring the threshold
-    query: str | None = None  # the file name, URL or text searched for
-    threshold: float | None = None  # the threshold applied (None: none)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "took_ms": round(self.took_ms, 2),
-            "results": [m.as_dict() for m in self.results],
-            "best_score": None if self.best_score is None else round(self.best_score, 6),
-            "query": self.query,
-            "threshold": self.threshold,
-        }
-
-
-@dataclass
-class ImportReport:
-    imported: list[Product] = field(default_factory=list)
-    skipped: list[ImportIssue] = field(default_factory=list)
-    failed: list[ImportIssue] = field(default_factory=list)
-    source: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "imported": [p.model_dump(mode="json") for p in self.imported],
-            "skipped": [i.as_dict() for i in self.skipped],
-            "failed": [i.as_dict() for i in self.failed],
-            "summary": self.summary(),
-        }
-
-    def summary(self) -> str:
-        return f"imported {len(self.imported)}, skipped {len(self.skipped)}, failed {len(self.failed)}"
-
-
-@dataclass(frozen=True)
-class IndexStatus:
-    model_id: str
-    model: str  # display name
-    products: int  # in the catalog
-    vectors: int  # catalog products with a cached vector for this model
-    missing: int  # catalog products without one
-    stale: bool  # the stored cache held segments that could not be trusted (corrupt, other model); rebuilt on use
-    missing_ids: list[str] = field(default_factory=list)
-    orphans: int = 0  # cached vectors of products no longer in the catalog (pruned by reindex)
-    segments: int = 0
-    problems: list[str] = field(default_factory=list)  # why segments were distrusted, images not embeddable
-    fallback_reason: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.missing == 0 and not self.stale
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model_id": self.model_id, "model": self.model, "products": self.products, "vectors": self.vectors,
-            "missing": self.missing, "stale": self.stale, "ok": self.ok, "missing_ids": list(self.missing_ids),
-            "orphans": self.orphans, "segments": self.segments, "problems": list(self.problems),
-            "fallback_reason": self.fallback_reason,
-        }
-
-
-@dataclass(frozen=True)
-class _SearchState:
-    """The in-memory index for one catalog revision and one model."""
-
-    etag: str | None
-    model_id: str
-    products: list[Product]  # row i of index is products[i]
-    index: SearchIndex
-
-
-def _no_progress(done: int, total: int, message: str = "") -> None:
-    pass
-
-
-def new_upload_token() -> str:
-    """A short random token that makes an upload's storage keys its own."""
-    return uuid.uuid4().hex[:12]
+def _check_photo_count(images: Sequence[Any]) -> None:
+    # Every photo of a call is decoded before any is written: bound how many are held at once.
+    if len(images) > MAX_PHOTOS_PER_CALL:
+        raise InvalidProduct(
+            f"{len(images)} photos at once; add at most {MAX_PHOTOS_PER_CALL} at a time (more can be added after)"
+        )
 
 
 class Matcher:
@@ -199,14 +92,92 @@ class Matcher:
     ):
         self.settings = settings
         self.storage = storage or make_storage(settings, public_base_url=public_base_url)
-        self.catalog = Catalog(self.storage, settings.s3_metadata_key)
+        self.where = engine.location(settings)
         self._embedder = embedder
-        self._vector_caches: dict[str, VectorCache] = {}
-        self._state: _SearchState | None = None
-        self._sha_of_key: dict[str, str] = {}  # for products stored without image_sha256 (older catalogs)
-        self._unembeddable: dict[str, str] = {}  # sha -> why its stored image could not be embedded
-        # Streamlit shares one Matcher between sessions (threads): one index rebuild or cache write at a time.
+        self._catalog: CatalogStore | None = None
+        self._vector_indexes: dict[str, VectorIndex] = {}
+        self._indexers: dict[str, Indexer] = {}
+        self._checked_models: set[str] = set()
         self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------------------------------ parts
+
+    @property
+    def catalog(self) -> CatalogStore:
+        """The products table (an older products.json catalog is upgraded into it on first use)."""
+        if self._catalog is None:
+            with self._lock:
+                if self._catalog is None:
+                    store = LanceCatalogStore(self.where, exists=self._table_exists("products"))
+                    self._upgrade_once(store)
+                    self._catalog = store
+        return self._catalog
+
+    def _table_exists(self, name: str) -> bool:
+        return bool(self.storage.list(f"{self.where.prefix}{name}.lance/", page_size=1).objects)
+
+    def _upgrade_once(self, store: CatalogStore) -> None:
+        from . import upgrade
+
+        with _upgrade_lock:
+            if self.where in _upgraded:
+                return
+            if upgrade.needs_upgrade(self.storage, self.settings.s3_metadata_key):
+                upgrade.upgrade(
+                    self.storage, self.settings.s3_metadata_key, self.settings.embeddings_prefix, store,
+                    lambda model_id, dim: self._vector_index_for(model_id, dim),
+                )
+            _upgraded.add(self.where)
+
+    def _vector_index_for(self, model_id: str, dim: int | None = None) -> VectorIndex:
+        with self._lock:
+            index = self._vector_indexes.get(model_id)
+            if index is None:
+                exists = self._table_exists(f"vectors-{model_id}")
+                index = LanceVectorIndex(self.where, model_id, dim, exists=exists)
+                self._vector_indexes[model_id] = index
+            return index
+
+    def catalog_exists(self) -> bool:
+        """Whether the products table (or a products.json still to be upgraded) is there at all."""
+        return self._table_exists("products") or self.storage.exists(self.settings.s3_metadata_key)
+
+    def has_vector_index(self, model_id: str) -> bool:
+        return model_id in self._vector_indexes or self._table_exists(f"vectors-{model_id}")
+
+    def vector_index(self, model_id: str) -> VectorIndex:
+        """An existing model's vector index (for reports that must not load that model)."""
+        return self._vector_index_for(model_id)
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """The active model's vector index."""
+        embedder = self.embedder
+        return self._vector_index_for(embedder.model_id, embedder.dim)
+
+    def _every_vector_index(self) -> list[VectorIndex]:
+        """The vector indexes of every model that has one here (deletes and edits must reach them all)."""
+        ids = set(existing_model_ids(self.where)) | set(self._vector_indexes)
+        return [self._vector_index_for(model_id) for model_id in sorted(ids)]
+
+    def table_summaries(self) -> list[engine.TableSummary]:
+        """Each catalog table with its size, version, files and indexes (for the storage browser)."""
+        summaries = []
+        if self._table_exists("products"):
+            summaries.append(engine.summarize(self.catalog.table, "products and their photos"))
+        for model_id in existing_model_ids(self.where):
+            summaries.append(engine.summarize(self._vector_index_for(model_id).table, f"{model_id} photo vectors"))
+        return summaries
+
+    @property
+    def indexer(self) -> Indexer:
+        embedder = self.embedder
+        with self._lock:
+            indexer = self._indexers.get(embedder.model_id)
+            if indexer is None:
+                indexer = Indexer(self.storage, self.catalog, self.vectors, embedder)
+                self._indexers[embedder.model_id] = indexer
+            return indexer
 
     # ------------------------------------------------------------------------------------------ model
 
@@ -233,13 +204,7 @@ class Matcher:
         family = "efficientnet-lite0" if model_id == "efficientnet-lite0" else "clip" if "clip" in model_id else "other"
         return _THRESHOLDS[family][kind]
 
-    # ------------------------------------------------------------------------------------------ keys
-
-    def image_key_for(self, product_id: str, extension: str, upload: str) -> str:
-        return f"{self.settings.s3_image_prefix}{product_id}-{upload}.{extension}"
-
-    def thumbnail_key_for(self, product_id: str, upload: str) -> str:
-        return f"{self.settings.s3_thumbnail_prefix}{product_id}-{upload}.webp"
+    # ------------------------------------------------------------------------------------------- urls
 
     def url_for(self, key: str | None) -> str | None:
         if not key:
@@ -251,160 +216,195 @@ class Matcher:
             return None
 
     def view(self, product: Product) -> ProductView:
-        return ProductView(product, self.url_for(product.image_key), self.url_for(product.thumbnail_key))
+        return ProductView(
+            product, [PhotoView(p, self.url_for(p.key), self.url_for(p.thumbnail_key)) for p in product.photos]
+        )
 
     # ---------------------------------------------------------------------------------------- reading
-
-    def list_products(self) -> list[Product]:
-        return self.catalog.list()
 
     def get_product(self, product_id: str) -> Product:
         return self.catalog.get(product_id)
 
+    def page_products(
+        self, *, offset: int = 0, limit: int = 50, categories: Iterable[str] | None = None,
+        name_contains: str | None = None,
+    ) -> Page:
+        return self.catalog.page(offset=offset, limit=limit, categories=categories, name_contains=name_contains)
+
+    def count_products(self, categories: Iterable[str] | None = None) -> int:
+        return self.catalog.count(categories)
+
+    def category_counts(self) -> dict[str, int]:
+        return self.catalog.category_counts()
+
     def categories(self) -> list[str]:
         return self.catalog.categories()
 
-    def read_thumbnail(self, product: Product) -> bytes:
-        """Thumbnail bytes for grids; falls back to the original image when the thumbnail is missing."""
-        for key in (product.thumbnail_key, product.image_key):
-            if key:
-                try:
-                    return self.storage.get(key)
-                except StorageError:
-                    continue
-        raise ProductNotFound(f"product {product.id!r} has no readable image")
+    def iter_products(self, batch_size: int = 1000) -> Iterator[Product]:
+        """Every product, read a batch at a time."""
+        for batch in self.catalog.iter_batches(batch_size):
+            yield from batch
 
     # ---------------------------------------------------------------------------------------- writing
 
     def decode(self, data: bytes, filename: str) -> DecodedImage:
         return decode_image(data, filename, max_bytes=self.settings.max_upload_bytes)
 
-    def prepare_product(self, image: DecodedImage, *, name: str, category: str, **fields: Any) -> Product:
-        """Validate the fields and attach the image keys; writes nothing."""
-        product = validate_product(name=name, category=category, **fields)
-        # Each upload gets keys no other writer can produce (the id plus a random token), so a writer that loses
-        # a race for the same id removes only its own files, never the winner's.
-        upload = new_upload_token()
-        return product.model_copy(
-            update={
-                "image_key": self.image_key_for(product.id, image.extension, upload),
-                "thumbnail_key": self.thumbnail_key_for(product.id, upload),
-                "image_sha256": image.sha256,
-            }
-        )
-
-    def store_files(self, product: Product, image: DecodedImage) -> list[str]:
-        """Write the original and its thumbnail; return the keys written (for cleanup on failure).
-
-        Created with if-none-match: a key that exists already is never overwritten, so the keys returned are
-        exactly the objects this call created, and only those may be deleted on failure.
-        """
-        written = []
-        self.storage.put(
-            product.image_key, image.data, image.content_type, metadata={"sha256": image.sha256}, if_none_match=True
-        )
-        written.append(product.image_key)
-        thumb = make_thumbnail(image.image)
-        self.storage.put(product.thumbnail_key, thumb, "image/webp", if_none_match=True)
-        written.append(product.thumbnail_key)
-        return written
-
-    def discard_files(self, keys: list[str]) -> None:
-        for key in keys:
-            try:
-                self.storage.delete(key)
-            except StorageError as err:
-                log.warning("could not remove %s after a failed add: %s", key, err)
-
     def add_product(
-        self,
-        image_bytes: bytes,
-        filename: str,
-        *,
-        name: str,
-        category: str,
-        price: float | None = None,
-        description: str | None = None,
-        product_id: str | None = None,
-        attributes: dict[str, Any] | None = None,
+        self, image_bytes: bytes, filename: str, *, name: str, category: str, price: float | None = None,
+        description: str | None = None, product_id: str | None = None, attributes: dict[str, Any] | None = None,
+        allow_duplicate: bool = False,
     ) -> Product:
-        """Decode and validate everything first; then image, thumbnail, metadata. On failure nothing remains."""
-        image = self.decode(image_bytes, filename)
-        product = self.prepare_product(
-            image, name=name, category=category, price=price, description=description, id=product_id,
-            attributes=attributes,
+        """Add a product with one photo (see `create_product`)."""
+        return self.create_product(
+            [(image_bytes, filename)], name=name, category=category, price=price, description=description,
+            product_id=product_id, attributes=attributes, allow_duplicate=allow_duplicate,
         )
-        # Read the catalog before writing anything: a catalog that cannot be read (or an id that is taken) is
-        # reported without leaving files or vectors behind.
-        if any(p.id == product.id for p in self.catalog.list()):
+
+    def create_product(
+        self, images: Sequence[tuple[bytes, str]], *, name: str, category: str, price: float | None = None,
+        description: str | None = None, product_id: str | None = None, attributes: dict[str, Any] | None = None,
+        allow_duplicate: bool = False,
+    ) -> Product:
+        """Add a product with one or more photos. Everything is checked before anything is written; then the
+        photos' files and vectors, then the product row. On failure nothing this call wrote remains."""
+        if not images:
+            raise InvalidProduct("a product needs at least one photo")
+        _check_photo_count(images)
+        decoded = [self.decode(data, filename) for data, filename in images]
+        product = validate_product(
+            name=name, category=category, price=price, description=description, id=product_id, attributes=attributes,
+        )
+        if self.catalog.get_many([product.id]):
             raise DuplicateProduct(f"a product with id {product.id!r} already exists")
-        written = self.store_files(product, image)
-        try:
-            self.after_files_stored([(product, image)])
-            self.catalog.add(product)
-        except BaseException:
-            self.discard_files(written)
-            raise
-        log.info("added product %s (%s)", product.id, product.name)
+        self._refuse_duplicates(decoded, [filename for _data, filename in images], allow_duplicate)
+        prepared = [self._prepare(image, product.id) for image in decoded]
+        product = Product.model_validate({**product.model_dump(), "photos": [p.photo for p in prepared]})
+        self._write_photos_then(product, prepared, lambda: self.catalog.add_one(product))
+        log.info("added product %s (%s) with %d photo(s)", product.id, product.name, len(prepared))
         return product
 
-    def after_files_stored(self, items: list[tuple[Product, DecodedImage]]) -> None:
-        """Between the files and the metadata: embed the new images and persist their vectors (one segment)."""
-        if not items:
-            return
-        cache = self._cache()
-        fresh: dict[str, DecodedImage] = {}
-        for _product, image in items:
-            if image.sha256 not in cache and image.sha256 not in fresh:
-                fresh[image.sha256] = image
-        if not fresh:
-            return
-        vectors = self.embedder.embed_images([img.image for img in fresh.values()], batch_size=BATCH_SIZE)
-        cache.add(list(fresh), vectors)
+    def add_photos(
+        self, product_id: str, images: Sequence[tuple[bytes, str]], *, allow_duplicate: bool = False
+    ) -> Product:
+        """Add photos to an existing product: files and vectors first, then the product row."""
+        if not images:
+            raise InvalidProduct("choose at least one photo to add")
+        _check_photo_count(images)
+        product = self.catalog.get(product_id)
+        decoded = [self.decode(data, filename) for data, filename in images]
+        self._refuse_duplicates(decoded, [filename for _data, filename in images], allow_duplicate)
+        prepared = [self._prepare(image, product.id) for image in decoded]
+        added: list[Product] = []
+
+        def commit() -> None:
+            added.append(self.catalog.add_photos(product.id, [p.photo for p in prepared]))
+
+        self._write_photos_then(product, prepared, commit)
+        log.info("added %d photo(s) to product %s", len(prepared), product.id)
+        return added[0]
+
+    def remove_photo(self, product_id: str, key: str) -> Product:
+        """The row first (so nothing points at a missing file), then the photo's vectors and files."""
+        before = self.catalog.get(product_id)
+        photo = before.photo(key)
+        after = self.catalog.remove_photo(product_id, key)
+        for index in self._every_vector_index():
+            self._quietly(lambda index=index: index.delete_photos([key]), "remove the vector of", key)
+        photos.discard(self.storage, [k for k in (photo.key, photo.thumbnail_key) if k], "after removing its photo")
+        return after
 
     def update_product(self, product_id: str, **fields: Any) -> Product:
-        return self.catalog.update(product_id, **fields)
+        before = self.catalog.get(product_id)
+        after = self.catalog.update(product_id, **fields)
+        if after.category.casefold() != before.category.casefold():
+            for index in self._every_vector_index():
+                self._quietly(lambda index=index: index.set_category(product_id, after.category),
+                              "follow the new category of", product_id)
+        return after
 
     def delete_product(self, product_id: str) -> Product:
-        """Metadata first (so nothing points at a missing file), then the files."""
-        (product,) = self.catalog.remove([product_id])
-        self.discard_files(image_keys(product))
+        """The row first (so nothing points at a missing file), then the vectors, then the files."""
+        (product,) = self.catalog.delete([product_id])
+        for index in self._every_vector_index():
+            self._quietly(lambda index=index: index.delete_products([product_id]), "remove the vectors of", product_id)
+        photos.discard(self.storage, product.file_keys(), "of a deleted product")
         log.info("deleted product %s", product_id)
         return product
 
+    def _prepare(self, image: DecodedImage, product_id: str) -> photos.PreparedPhoto:
+        return photos.prepare(image, product_id, self.settings.s3_image_prefix, self.settings.s3_thumbnail_prefix)
+
+    def _refuse_duplicates(self, decoded: list[DecodedImage], filenames: list[str], allow: bool) -> None:
+        """A photo already in the catalog (or twice in this request) is named, not silently added again."""
+        if allow:
+            return
+        seen: dict[str, str] = {}
+        for image, filename in zip(decoded, filenames):
+            if image.sha256 in seen:
+                raise DuplicatePhoto(f"{filename} and {seen[image.sha256]} are the same photo: choose it once")
+            seen[image.sha256] = filename
+        owners = self.catalog.owners_of(seen)
+        if owners:
+            sha, owner_id = next(iter(owners.items()))
+            owner = self.catalog.get_many([owner_id]).get(owner_id)
+            what = f"{owner.name} ({owner_id})" if owner else owner_id
+            raise DuplicatePhoto(
+                f"{seen[sha]} is already in the catalog: it is a photo of {what}. Add it anyway only if it really "
+                "shows another product"
+            )
+
+    def _write_photos_then(self, product: Product, prepared: list[photos.PreparedPhoto], commit) -> None:
+        """Files, then vectors, then `commit` (the row). If any step fails, remove what this call wrote."""
+        written: list[str] = []
+        vector_keys: list[str] = []
+        try:
+            for item in prepared:
+                photos.store(self.storage, item, written)
+            vector_keys = self._store_vectors(product, prepared)
+            commit()
+        except BaseException:
+            if vector_keys:
+                self._quietly(lambda: self.vectors.delete_photos(vector_keys), "remove the vectors of", product.id)
+            photos.discard(self.storage, written)
+            raise
+
+    def _store_vectors(self, product: Product, prepared: list[photos.PreparedPhoto]) -> list[str]:
+        return self.store_vectors([(product, prepared)])
+
+    def store_vectors(self, batch: list[tuple[Product, list[photos.PreparedPhoto]]]) -> list[str]:
+        """Embed the photos of several products in one call (reusing a vector this model made for the same
+        bytes), store them, and return the photo keys written."""
+        index = self.vectors
+        every = [p for _product, prepared in batch for p in prepared]
+        known = index.vectors_for_shas({p.photo.sha256 for p in every})
+        fresh = list({p.photo.sha256: p for p in every if p.photo.sha256 not in known}.values())
+        if fresh:
+            vectors = self.embedder.embed_images([p.image.image for p in fresh], batch_size=BATCH_SIZE)
+            known.update({p.photo.sha256: v for p, v in zip(fresh, vectors)})
+        entries = [
+            PhotoVector(p.photo.key, product.id, p.photo.sha256, product.category, known[p.photo.sha256])
+            for product, prepared in batch
+            for p in prepared
+        ]
+        index.upsert(entries)
+        return [e.photo_key for e in entries]
+
+    @staticmethod
+    def _quietly(operation, what: str, whom: str) -> None:
+        """Derived data: a failure is logged (the next `vpm index` tidies up), never the reason a change fails."""
+        try:
+            operation()
+        except (StorageError, CatalogError) as err:
+            log.warning("could not %s %s: %s", what, whom, err)
+
     # ---------------------------------------------------------------------------------------- import
 
-    def import_path(
-        self,
-        path: str | Path,
-        progress: Progress | None = None,
-        *,
-        batch_size: int = BATCH_SIZE,
-        limits: ImportLimits | None = None,
-    ) -> ImportReport:
-        """Import a folder of images, a .zip or a .csv (see vpm/importer.py) in batches.
+    def import_path(self, path: str | Path, progress: Progress | None = None, **options: Any) -> ImportReport:
+        """Import a folder of images, a .zip or a .csv (see vpm/importer.py and vpm/bulk_import.py)."""
+        from .bulk_import import import_path
 
-        Each batch: decode, then files (images + thumbnails), then vectors, then one products.json write. An
-        import cut off half-way keeps every batch it committed; running it again skips what is already there
-        (same image SHA-256 or same id) and adds the rest.
-        """
-        progress = progress or _no_progress
-        limits = limits or ImportLimits(max_file_bytes=self.settings.max_upload_bytes)
-        with open_source(path, limits=limits, fetch=lambda url: self.fetch_url_image(url)[0]) as source:
-            report = ImportReport(skipped=list(source.skipped), failed=list(source.failed), source=str(path))
-            snapshot = self.catalog.load()
-            known_images = {p.image_sha256: p.id for p in snapshot.products if p.image_sha256}
-            known_ids = {p.id for p in snapshot.products}
-            total = len(source.items)
-            progress(0, total, f"importing {total} images from {Path(path).name}")
-            for start in range(0, total, batch_size):
-                batch = source.items[start : start + batch_size]
-                ready = self._prepare_batch(batch, known_images, known_ids, report)
-                self._commit_batch(ready, report)
-                done = start + len(batch)
-                progress(done, total, f"{done}/{total}: {report.summary()}")
-        log.info("import of %s: %s", path, report.summary())
-        return report
+        return import_path(self, path, progress, **options)
 
     def import_upload(self, data: bytes, filename: str, progress: Progress | None = None) -> ImportReport:
         """Import an uploaded .zip or .csv (a browser hands bytes, not a path). The file keeps the person's
@@ -417,68 +417,11 @@ class Matcher:
             report = self.import_path(path, progress)
         return dataclasses.replace(report, source=Path(filename).name)
 
-    def _prepare_batch(
-        self,
-        batch: Sequence[ImportItem],
-        known_images: dict[str, str],
-        known_ids: set[str],
-        report: ImportReport,
-    ) -> list[tuple[Product, DecodedImage, ImportItem]]:
-        """Read, decode and validate one batch; record skips and failures; writes nothing."""
-        ready = []
-        for item in batch:
-            try:
-                data = item.read()
-                image = self.decode(data, item.filename)
-            except (ItemUnreadable, ImageError) as err:
-                report.failed.append(ImportIssue(item.source, str(err)))
-                continue
-            if image.sha256 in known_images:
-                existing = known_images[image.sha256]
-                report.skipped.append(ImportIssue(item.source, f"duplicate: the same image is already product {existing}"))
-                continue
-            if item.product_id and item.product_id in known_ids:
-                reason = f"duplicate: a product with id {item.product_id} exists"
-                report.skipped.append(ImportIssue(item.source, reason))
-                continue
-            try:
-                product = self.prepare_product(
-                    image, name=item.name, category=item.category, price=item.price, description=item.description,
-                    id=item.product_id, attributes=item.attributes or None,
-                )
-            except CatalogError as err:
-                report.failed.append(ImportIssue(item.source, str(err)))
-                continue
-            known_images[image.sha256] = product.id
-            known_ids.add(product.id)
-            ready.append((product, image, item))
-        return ready
+    def export_json(self, out) -> int:
+        """Write the catalog as a products.json document (for other tools) to the text stream `out`."""
+        from .legacy import write_products_json
 
-    def _commit_batch(self, ready: list[tuple[Product, DecodedImage, ImportItem]], report: ImportReport) -> None:
-        """Files, then vectors, then one metadata write. If anything fails, this batch's files are removed."""
-        if not ready:
-            return
-        written: list[str] = []
-        try:
-            for product, image, _item in ready:
-                written += self.store_files(product, image)
-            self.after_files_stored([(product, image) for product, image, _item in ready])
-            try:
-                self.catalog.add_products([product for product, _image, _item in ready])
-            except DuplicateProduct:
-                # Someone added one of these ids since we read the catalog: skip those, keep the rest.
-                taken = {p.id for p in self.catalog.list()}
-                clashing = [entry for entry in ready if entry[0].id in taken]
-                for product, _image, item in clashing:
-                    report.skipped.append(ImportIssue(item.source, f"duplicate: a product with id {product.id} exists"))
-                    self.discard_files(image_keys(product))
-                    written = [k for k in written if k not in image_keys(product)]
-                ready = [entry for entry in ready if entry[0].id not in taken]
-                self.catalog.add_products([product for product, _image, _item in ready])
-        except BaseException:
-            self.discard_files(written)
-            raise
-        report.imported.extend(product for product, _image, _item in ready)
+        return write_products_json(self.iter_products(), out)
 
     # ---------------------------------------------------------------------------------------- search
 
@@ -538,38 +481,40 @@ class Matcher:
         return EmbeddedQuery("text" if text is not None else "image", vector, label, image, took_ms)
 
     def rank(
-        self,
-        vector: np.ndarray,
-        *,
-        top_k: int = 10,
-        threshold: float | None = None,
-        categories: Iterable[str] | None = None,
-        query: str | None = None,
-        took_ms: float = 0.0,
+        self, vector: np.ndarray, *, top_k: int = 10, threshold: float | None = None,
+        categories: Iterable[str] | None = None, query: str | None = None, took_ms: float = 0.0,
     ) -> SearchResponse:
         """Rank the catalog against a query vector (no embedding: cheap enough for a slider). No threshold
         when `threshold` is None."""
         return self._rank_many(np.atleast_2d(vector), [query], top_k, threshold, categories, [took_ms])[0]
 
-    def _rank_many(
-        self, vectors, queries, top_k, threshold, categories, embed_ms, state: _SearchState | None = None
-    ) -> list[SearchResponse]:
-        state = state or self._ready_state()
+    def _rank_many(self, vectors, queries, top_k, threshold, categories, embed_ms) -> list[SearchResponse]:
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1 (got {top_k})")
         started = time.perf_counter()
-        if len(state.index) == 0:
-            found = [([], None)] * len(queries)
-        else:
-            found = state.index.search(vectors, top_k=top_k, threshold=threshold, categories=categories)
+        self._embed_missing_once()
+        results = self.vectors.query(vectors, k=top_k + _SPARE_HITS, threshold=threshold, categories=categories)
+        ids = sorted({hit.product_id for result in results for hit in result.hits})
+        products = self.catalog.get_many(ids)
+        wanted = {c.strip().casefold() for c in categories or () if c and c.strip()}
         rank_ms = (time.perf_counter() - started) * 1000 / max(1, len(queries))
         responses = []
-        for (hits, best), query, ms in zip(found, queries, embed_ms):
+        for result, query, ms in zip(results, queries, embed_ms):
             matches = []
-            for hit in hits:
-                product = state.products[hit.row]
+            for hit in result.hits:
+                product = products.get(hit.product_id)
+                if product is None or (wanted and product.category.casefold() not in wanted):
+                    continue  # an add in flight, or one that never landed; or a category changed just now
+                photo = next((p for p in product.photos if p.key == hit.photo_key), None)
+                if photo is None:
+                    continue  # a photo removed just now
                 matches.append(
-                    Match(product, hit.score, self.url_for(product.image_key), self.url_for(product.thumbnail_key))
+                    Match(product, hit.score, photo.key, self.url_for(photo.key), self.url_for(photo.thumbnail_key))
                 )
-            responses.append(SearchResponse(state.model_id, ms + rank_ms, matches, best, query, threshold))
+                if len(matches) == top_k:
+                    break
+            responses.append(SearchResponse(self.embedder.model_id, ms + rank_ms, matches, result.best_score, query,
+                                            threshold))
         return responses
 
     def _resolve_threshold(self, threshold: float | None, kind: str) -> float:
@@ -595,10 +540,8 @@ class Matcher:
         decoded = [self.decode(data, filename) for data, filename in images]
         vectors = self.embedder.embed_images([d.image for d in decoded], batch_size=BATCH_SIZE)
         per_query_ms = (time.perf_counter() - started) * 1000 / max(1, len(images))
-        state = self._ready_state()  # after the query's own cost (took_ms), which may be refused first
         return self._rank_many(
             vectors, [name for _data, name in images], top_k, threshold, categories, [per_query_ms] * len(images),
-            state,
         )
 
     def search_url(
@@ -615,145 +558,64 @@ class Matcher:
         started = time.perf_counter()
         vector = self.embed_query_text(text)
         took_ms = (time.perf_counter() - started) * 1000
-        state = self._ready_state()
-        return self._rank_many(np.atleast_2d(vector), [text], top_k, threshold, categories, [took_ms], state)[0]
+        return self._rank_many(np.atleast_2d(vector), [text], top_k, threshold, categories, [took_ms])[0]
 
     # ----------------------------------------------------------------------------------------- index
 
-    def _cache(self) -> VectorCache:
-        embedder = self.embedder
-        with self._lock:
-            cache = self._vector_caches.get(embedder.model_id)
-            if cache is None:
-                cache = VectorCache(self.storage, self.settings.embeddings_prefix, embedder.model_id, embedder.dim)
-                cache.refresh()
-                self._vector_caches[embedder.model_id] = cache
-            return cache
-
-    def _catalog_etag(self) -> str | None:
-        try:
-            return self.storage.head(self.settings.s3_metadata_key).etag
-        except ObjectNotFound:
-            return None
-
-    def _image_sha(self, product: Product) -> str | None:
-        """The SHA-256 a product's vector is keyed by (read from its image for catalogs that lack it)."""
-        if product.image_sha256:
-            return product.image_sha256
-        if not product.image_key:
-            return None
-        sha = self._sha_of_key.get(product.image_key)
-        if sha is None:
-            try:
-                sha = hashlib.sha256(self.storage.get(product.image_key)).hexdigest()
-            except StorageError as err:
-                log.warning("product %s: cannot read %s to index it: %s", product.id, product.image_key, err)
-                return None
-            self._sha_of_key[product.image_key] = sha
-        return sha
-
-    def _ready_state(self, progress: Progress | None = None) -> _SearchState:
-        """The in-memory index for the current catalog; rebuilt only when products.json changed."""
-        embedder = self.embedder
-        with self._lock:
-            etag = self._catalog_etag()
-            state = self._state
-            if state is not None and state.etag == etag and state.model_id == embedder.model_id:
-                return state
-            snapshot = self.catalog.load()
-            cache = self._cache()
-            keyed = [(p, self._image_sha(p)) for p in snapshot.products]
-            missing = [(p, sha) for p, sha in keyed if sha and sha not in cache and sha not in self._unembeddable]
-            if missing:
-                cache.refresh()  # another process may have embedded them
-                missing = [(p, sha) for p, sha in missing if sha not in cache]
-            if missing:
-                log.info(
-                    "embedding %d catalog images missing from the %s index", len(missing), embedder.model_id
-                )
-                self._embed_stored(missing, cache, progress or _no_progress, replace=False, best_effort=True)
-            if cache.corrupt:
-                try:
-                    cache.compact()  # the untrusted segments are replaced by a clean one
-                except StorageError as err:  # derived data: never the reason a search fails
-                    log.warning("could not replace the untrusted embedding cache files: %s", err)
-            searchable = [(p, sha) for p, sha in keyed if sha and sha in cache]
-            vectors = cache.get([sha for _p, sha in searchable])
-            products = [p for p, _sha in searchable]
-            index = SearchIndex(vectors, [p.category for p in products])
-            self._state = _SearchState(snapshot.etag, embedder.model_id, products, index)
-            return self._state
-
-    def _embed_stored(
-        self, items: list[tuple[Product, str]], cache: VectorCache, progress: Progress, *, replace: bool,
-        best_effort: bool = False,
-    ) -> int:
-        """Embed stored catalog images in batches, persisting each batch; returns how many were embedded."""
-        unique: dict[str, Product] = {}
-        for product, sha in items:
-            unique.setdefault(sha, product)
-        todo = list(unique.items())
-        total, embedded = len(todo), 0
-        progress(0, total, f"embedding {total} images with {self.embedder.model_id}")
-        for start in range(0, total, BATCH_SIZE):
-            shas, images = [], []
-            for sha, product in todo[start : start + BATCH_SIZE]:
-                try:
-                    data = self.storage.get(product.image_key) if product.image_key else b""
-                    image = decode_image(data, product.image_key or product.id, max_bytes=max(len(data), 1))
-                except (StorageError, ImageError) as err:
-                    reason = f"product {product.id}: its image cannot be embedded ({err})"
-                    log.warning("%s", reason)
-                    self._unembeddable[sha] = reason
-                    continue
-                shas.append(sha)
-                images.append(image.image)
-            if images:
-                vectors = self.embedder.embed_images(images, batch_size=BATCH_SIZE)
-                cache.add(shas, vectors, replace=replace, best_effort=best_effort)
-                embedded += len(images)
-            done = min(start + BATCH_SIZE, total)
-            progress(done, total, f"embedded {done}/{total} images")
-        return embedded
-
     def index_status(self) -> IndexStatus:
-        """How many catalog products have a vector for the active model; embeds nothing."""
-        embedder = self.embedder
-        with self._lock:
-            cache = self._cache()
-            cache.refresh()
-            products = self.catalog.list()
-            keyed = [(p, self._image_sha(p)) for p in products]
-            missing_ids = [p.id for p, sha in keyed if not sha or sha not in cache]
-            referenced = {sha for _p, sha in keyed if sha}
-            problems = list(cache.corrupt.values()) + [
-                self._unembeddable[sha] for sha in sorted(referenced) if sha in self._unembeddable
-            ]
-            return IndexStatus(
-                model_id=embedder.model_id,
-                model=embedder.display_name,
-                products=len(products),
-                vectors=len(products) - len(missing_ids),
-                missing=len(missing_ids),
-                stale=bool(cache.corrupt),
-                missing_ids=missing_ids,
-                orphans=len(cache.shas() - referenced),
-                segments=cache.segment_count,
-                problems=problems,
-                fallback_reason=embedder.fallback_reason,
-            )
+        """How many catalog photos have a vector for the active model; embeds nothing."""
+        return self.indexer.status()
+
+    def index_needs_embedding(self) -> int:
+        """A quick estimate of the photos the active model has no vector for (0 when the index is complete):
+        photos minus vectors, two counts, cheap at any size (a stray vector of an add that never landed can hide
+        a missing one until `reindex` prunes it). `index_status` walks the catalog for the exact figure."""
+        return max(0, self.catalog.photo_count() - self.vectors.count())
 
     def reindex(self, rebuild: bool = False, progress: Progress | None = None) -> IndexStatus:
-        """Embed the products missing from the active model's cache (every product with rebuild=True), drop
-        vectors of deleted products and untrusted segments, and merge the cache into one file."""
+        """Embed the photos missing from the active model's index (every photo with rebuild=True) and drop the
+        vectors of photos no longer in the catalog."""
+        if rebuild:
+            self._drop_unreadable_vectors()
+        indexer = self.indexer
+        indexer.embed_missing(progress, rebuild=rebuild)
+        indexer.prune()
+        self._checked_models.add(self.embedder.model_id)
+        return indexer.status()
+
+    def _drop_unreadable_vectors(self) -> None:
+        """A rebuild starts the active model's vector table afresh when it cannot be opened (it is derived from
+        the photos, so this loses nothing); a readable table is rebuilt in place."""
+        embedder = self.embedder
+        index = LanceVectorIndex(self.where, embedder.model_id, embedder.dim, exists=True)
+        try:
+            index.table
+        except engine.TableUnreadable as err:
+            log.warning("rebuilding the vector table of %s from the photos: %s", embedder.model_id, err)
+            index.drop()
+            with self._lock:
+                self._vector_indexes.pop(embedder.model_id, None)
+                self._indexers.pop(embedder.model_id, None)
+
+    def _embed_missing_once(self) -> None:
+        """On the first search with a model, fill in the vectors a small catalog lacks (say so in the log)."""
+        model_id = self.embedder.model_id
+        if model_id in self._checked_models:
+            return
         with self._lock:
-            cache = self._cache()
-            cache.refresh()
-            self._unembeddable.clear()  # an explicit reindex tries every image again
-            keyed = [(p, self._image_sha(p)) for p in self.catalog.list()]
-            keyed = [(p, sha) for p, sha in keyed if sha]
-            todo = keyed if rebuild else [(p, sha) for p, sha in keyed if sha not in cache]
-            self._embed_stored(todo, cache, progress or _no_progress, replace=rebuild)
-            cache.compact(keep={sha for _p, sha in keyed})
-            self._state = None
-        return self.index_status()
+            if model_id in self._checked_models:
+                return
+            missing = self.index_needs_embedding()
+            if missing and missing <= AUTO_EMBED_MAX:
+                log.info("embedding the catalog photos missing from the %s index (about %d)", model_id, missing)
+                try:
+                    self.indexer.embed_missing()
+                except (StorageError, CatalogError) as err:  # derived data: never the reason a search fails
+                    log.warning("could not store the vectors of the missing photos (%s); searching what is "
+                                "indexed", err)
+            elif missing:
+                log.warning(
+                    "about %d catalog photos have no %s vector and are not searchable yet: run python -m vpm index",
+                    missing, model_id,
+                )
+            self._checked_models.add(model_id)

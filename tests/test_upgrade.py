@@ -1,0 +1,153 @@
+"""A catalog written by the first release (products.json + .npz vectors) is upgraded in place on first start.
+
+The fixture in tests/fixtures/legacy-catalog was written by that release's own code (see its README); here it
+is copied into a fresh local folder or bucket and opened with today's Matcher.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import CountingEmbedder
+from vpm import engine, matcher as matcher_module
+from vpm.catalog import CatalogCorrupt
+from vpm.matcher import Matcher
+
+FIXTURE = Path(__file__).parent / "fixtures" / "legacy-catalog"
+IDS = ["red-mug", "blue-mug", "trail-shoe", "desk-lamp"]
+
+
+@pytest.fixture
+def legacy(settings):
+    """The fixture's files under the parametrised backend; returns {key: bytes} of what was copied."""
+    from vpm.storage import make_storage
+
+    storage = make_storage(settings)
+    copied = {}
+    for path in sorted(FIXTURE.rglob("*")):
+        if path.is_file() and path.name != "README.md":
+            key = path.relative_to(FIXTURE).as_posix()
+            storage.put(key, path.read_bytes())
+            copied[key] = path.read_bytes()
+    matcher_module._upgraded.clear()  # a fresh process, as far as the upgrade is concerned
+    yield copied
+    engine.forget()
+
+
+@pytest.fixture
+def offline_model():
+    """The built-in model the fixture's vectors were made with, counting what it embeds."""
+    from vpm.embeddings import load_embedder
+
+    return CountingEmbedder(load_embedder("efficientnet-lite0", "cpu"))
+
+
+def test_every_product_is_upgraded_with_its_photo_and_fields(settings, legacy):
+    matcher = Matcher(settings, embedder=None)
+    products = matcher.catalog.get_many(IDS)
+    assert sorted(products) == sorted(IDS)
+    mug = products["red-mug"]
+    assert (mug.name, mug.category, mug.price, mug.description) == ("Red mug", "Kitchen", 12.5, "A red mug")
+    assert [p.key for p in mug.photos] == ["images/red-mug.png"]
+    assert mug.photos[0].thumbnail_key == "thumbnails/red-mug.webp"
+    assert mug.created_at.startswith("2026-")
+    assert matcher.count_products() == 4
+
+
+def test_the_upgrade_reuses_the_cached_vectors_and_embeds_nothing(settings, legacy, offline_model):
+    matcher = Matcher(settings, embedder=offline_model)
+    photo = legacy["images/trail-shoe.png"]
+    response = matcher.search_image(photo, "query.png", threshold=0.0)
+    assert response.results[0].product.id == "trail-shoe"
+    assert response.results[0].score == pytest.approx(1.0, abs=1e-4)
+    assert offline_model.images_embedded == 1  # the query only: every catalog vector came from the .npz
+    assert matcher.index_status().missing == 0
+
+
+def test_the_old_files_are_left_exactly_as_they_were(settings, legacy):
+    Matcher(settings).catalog.count()
+    from vpm.storage import make_storage
+
+    storage = make_storage(settings)
+    for key, data in legacy.items():
+        assert storage.get(key) == data, key
+    marker = json.loads(storage.get("metadata/products.json.upgraded"))
+    assert marker["products"] == 4 and marker["vectors"] == {"efficientnet-lite0": 4}
+
+
+def test_the_upgrade_runs_once(settings, legacy):
+    matcher = Matcher(settings)
+    matcher.delete_product("desk-lamp")
+    matcher_module._upgraded.clear()
+    engine.forget()  # a restart
+    again = Matcher(settings)
+    assert sorted(again.catalog.get_many(IDS)) == sorted(["red-mug", "blue-mug", "trail-shoe"])
+
+
+def test_two_processes_upgrading_at_once_lose_and_duplicate_nothing(settings, legacy):
+    def open_catalog(_):
+        return Matcher(settings).count_products()
+
+    with ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(open_catalog, range(4)))
+    assert counts == [4, 4, 4, 4]
+    assert Matcher(settings).page_products(limit=10).total == 4
+
+
+def test_an_upgrade_cut_off_half_way_completes_on_the_next_start(settings, legacy, monkeypatch):
+    from vpm import upgrade
+
+    original = upgrade._copy_vectors
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(upgrade, "_copy_vectors", crash)
+    with pytest.raises(KeyboardInterrupt):
+        Matcher(settings).catalog
+    monkeypatch.setattr(upgrade, "_copy_vectors", original)
+    matcher_module._upgraded.clear()
+    matcher = Matcher(settings)
+    assert matcher.count_products() == 4
+    assert matcher.vector_index("efficientnet-lite0").count() == 4
+
+
+def test_a_corrupt_products_json_is_reported_and_left_untouched(settings, legacy):
+    from vpm.storage import make_storage
+
+    storage = make_storage(settings)
+    storage.put("metadata/products.json", b'{"products": [ broken')
+    with pytest.raises(CatalogCorrupt, match="left untouched"):
+        Matcher(settings).catalog
+    assert storage.get("metadata/products.json") == b'{"products": [ broken'
+    assert not storage.exists("metadata/products.json.upgraded")
+
+
+def test_a_stored_infinite_price_upgrades_as_no_price(settings, legacy, caplog):
+    from vpm.storage import make_storage
+
+    storage = make_storage(settings)
+    document = json.loads(legacy["metadata/products.json"])
+    document["products"][0]["price"] = float("inf")
+    storage.put("metadata/products.json", json.dumps(document).encode())  # json writes Infinity
+    assert Matcher(settings).get_product("red-mug").price is None
+    assert "red-mug" in caplog.text
+
+
+def test_the_seed_format_is_exported_and_imports_again(settings, legacy, tmp_path, tiny_clip_dir, monkeypatch):
+    matcher = Matcher(settings)
+    out = tmp_path / "export" / "products.json"
+    out.parent.mkdir()
+    with out.open("w") as fh:
+        assert matcher.export_json(fh) == 4
+    document = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the export"))
+    first = next(p for p in document["products"] if p["id"] == "red-mug")
+    assert first["image_key"] == "images/red-mug.png" and first["image_sha256"]
+    assert first["photos"][0]["key"] == "images/red-mug.png"
+    from vpm.legacy import parse_products_json
+
+    assert sorted(p.id for p in parse_products_json(out.read_bytes(), "export")) == sorted(IDS)

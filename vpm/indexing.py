@@ -1,0 +1,156 @@
+"""Keeping the vector index in step with the catalog: what is missing, embedding it, pruning what is left over.
+
+A photo's vector is written before the product row that points at it, so an add never leaves a product without
+a vector. Vectors go missing only when the model changes (a new model id starts an empty table), when a catalog
+is upgraded or migrated without them, or when another process with another model adds products. They are found
+by walking the catalog a batch at a time and asked for in bulk, so memory stays bounded whatever its size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .catalog import CatalogStore, Photo, Product
+from .images import ImageError, decode_image
+from .storage import Storage, StorageError
+from .vector_index import PhotoVector, VectorIndex
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[..., None]  # progress(done, total, message="")
+EMBED_BATCH = 32
+MISSING_IDS_SHOWN = 50
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    model_id: str
+    model: str  # display name
+    products: int
+    photos: int
+    vectors: int  # catalog photos with a vector for this model
+    missing: int  # catalog photos without one
+    missing_ids: list[str] = field(default_factory=list)  # products with a photo missing (the first few)
+    problems: list[str] = field(default_factory=list)  # stored images that could not be embedded
+    fallback_reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.missing == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id, "model": self.model, "products": self.products, "photos": self.photos,
+            "vectors": self.vectors, "missing": self.missing, "ok": self.ok, "missing_ids": list(self.missing_ids),
+            "problems": list(self.problems), "fallback_reason": self.fallback_reason,
+        }
+
+
+def _no_progress(done: int, total: int, message: str = "") -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Coverage:
+    products: int
+    photos: int
+    missing: int  # photos without a vector
+    missing_ids: list[str]  # products with a photo missing (the first MISSING_IDS_SHOWN)
+
+
+def coverage(catalog: CatalogStore, vectors: VectorIndex) -> Coverage:
+    """Which catalog photos have a vector in `vectors`: the catalog is walked a batch at a time."""
+    products = photos = missing = 0
+    missing_ids: list[str] = []
+    for batch in catalog.iter_batches():
+        products += len(batch)
+        keys = [p.key for product in batch for p in product.photos]
+        photos += len(keys)
+        have = vectors.photo_keys_with_vectors(keys)
+        for product in batch:
+            lacking = sum(1 for p in product.photos if p.key not in have)
+            missing += lacking
+            if lacking and len(missing_ids) < MISSING_IDS_SHOWN:
+                missing_ids.append(product.id)
+    return Coverage(products, photos, missing, missing_ids)
+
+
+class Indexer:
+    """Embeds the catalog's stored photos into one model's vector index."""
+
+    def __init__(self, storage: Storage, catalog: CatalogStore, vectors: VectorIndex, embedder):
+        self.storage = storage
+        self.catalog = catalog
+        self.vectors = vectors
+        self.embedder = embedder
+        self.unembeddable: dict[str, str] = {}  # photo key -> why its stored image could not be embedded
+
+    def status(self) -> IndexStatus:
+        found = coverage(self.catalog, self.vectors)
+        problems = [f"{key}: {why}" for key, why in list(self.unembeddable.items())[:20]]
+        return IndexStatus(
+            self.embedder.model_id, self.embedder.display_name, found.products, found.photos,
+            found.photos - found.missing, found.missing, found.missing_ids, problems, self.embedder.fallback_reason,
+        )
+
+    def embed_missing(self, progress: Progress | None = None, *, rebuild: bool = False) -> int:
+        """Embed every catalog photo without a vector (every photo with `rebuild`); returns how many."""
+        progress = progress or _no_progress
+        todo = list(self._photos_to_embed(rebuild))
+        total = len(todo)
+        progress(0, total, f"embedding {total} photos with {self.embedder.model_id}")
+        embedded = 0
+        for start in range(0, total, EMBED_BATCH):
+            embedded += self._embed_batch(todo[start : start + EMBED_BATCH], reuse=not rebuild)
+            done = min(start + EMBED_BATCH, total)
+            progress(done, total, f"embedded {done}/{total} photos")
+        return embedded
+
+    def _photos_to_embed(self, rebuild: bool):
+        self.unembeddable.clear()  # an explicit run tries every image again
+        for batch in self.catalog.iter_batches():
+            keys = [p.key for product in batch for p in product.photos]
+            have = set() if rebuild else self.vectors.photo_keys_with_vectors(keys)
+            for product in batch:
+                for photo in product.photos:
+                    if photo.key not in have:
+                        yield product, photo
+
+    def _embed_batch(self, items: list[tuple[Product, Photo]], *, reuse: bool) -> int:
+        known = self.vectors.vectors_for_shas({photo.sha256 for _p, photo in items}) if reuse else {}
+        entries: list[PhotoVector] = []
+        images, waiting = [], []
+        for product, photo in items:
+            if photo.sha256 in known:
+                entries.append(PhotoVector(photo.key, product.id, photo.sha256, product.category, known[photo.sha256]))
+                continue
+            try:
+                data = self.storage.get(photo.key)
+                images.append(decode_image(data, photo.key, max_bytes=max(len(data), 1)).image)
+                waiting.append((product, photo))
+            except (StorageError, ImageError) as err:
+                self.unembeddable[photo.key] = str(err)
+                log.warning("product %s: its photo %s cannot be embedded (%s)", product.id, photo.key, err)
+        if images:
+            vectors = self.embedder.embed_images(images, batch_size=EMBED_BATCH)
+            for (product, photo), vector in zip(waiting, vectors):
+                entries.append(PhotoVector(photo.key, product.id, photo.sha256, product.category, vector))
+        self.vectors.upsert(entries)
+        return len(entries)
+
+    def prune(self) -> int:
+        """Drop vectors whose photo is no longer in the catalog (an add that never landed, a removed photo)."""
+        orphans: list[str] = []
+        for batch in self.vectors.iter_keys():
+            products = self.catalog.get_many(sorted({pid for _key, pid in batch}))
+            for key, pid in batch:
+                product = products.get(pid)
+                if product is None or key not in {p.key for p in product.photos}:
+                    orphans.append(key)
+        if orphans:
+            self.vectors.delete_photos(orphans)
+            log.info("pruned %d vectors of photos no longer in the catalog (%s)", len(orphans), self.vectors.model_id)
+        return len(orphans)
