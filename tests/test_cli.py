@@ -57,11 +57,13 @@ def test_add_list_and_delete_a_product(cli, photos):
     assert added["image_url"] and added["thumbnail_url"]
 
     code, out, _ = cli("list")
-    assert code == 0 and "red-mug  Red mug [Mugs]  $9.50" in out and "1 products" in out
+    assert code == 0 and "red-mug  Red mug [Mugs]  $9.50" in out and "1-1 of 1 product" in out
     code, out, _ = cli("list", "--category", "mugs", "--json")
-    assert [p["id"] for p in json.loads(out)] == ["red-mug"]
+    listed = json.loads(out)
+    assert [p["id"] for p in listed["items"]] == ["red-mug"] and listed["total"] == 1
+    assert [i["key"] for i in listed["items"][0]["images"]] == [added["image_key"]]
     code, out, _ = cli("list", "--category", "Bags", "--json")
-    assert json.loads(out) == []
+    assert json.loads(out)["items"] == []
 
     code, out, _ = cli("delete", "red-mug", "--json")
     assert code == 0 and json.loads(out) == {"deleted": "red-mug"}
@@ -88,7 +90,7 @@ def test_health_checks_storage_model_and_index(stocked_cli):
     assert checks["model"]["status"] == "pass" and "tiny-clip" in checks["model"]["detail"]
     assert checks["index"]["status"] == "pass" and "3/3" in checks["index"]["detail"]
     code, out, _ = stocked_cli("health")
-    assert "[PASS] index: vectors cached for 3/3 products" in out and "overall: pass" in out
+    assert "[PASS] index: vectors for 3/3 photos of 3 products" in out and "overall: pass" in out
 
 
 # --- search ----------------------------------------------------------------------------------------------------
@@ -188,13 +190,13 @@ def test_import_prints_a_json_report_and_progress_on_stderr(cli, tmp_path, produ
     imported = sorted((p["name"], p["category"]) for p in report["imported"])
     assert imported == [("Lamp", "Uncategorized"), ("Red Mug", "mugs")]
     assert [f["source"] for f in report["failed"]] == ["broken.png"]
-    assert report["summary"] == "imported 2, skipped 0, failed 1"
+    assert report["summary"] == "imported 2 products (2 photos), skipped 0, failed 1"
     assert "3/3" in err  # the progress bar
 
     (folder / "broken.png").unlink()
     code, out, _ = cli("import", folder)
     assert code == 0
-    assert out.splitlines()[0] == f"{folder}: imported 0, skipped 2, failed 0"
+    assert out.splitlines()[0] == f"{folder}: imported 0 products (0 photos), skipped 2, failed 0"
     assert "duplicate" in out
 
 
@@ -210,14 +212,17 @@ def test_import_of_a_malformed_csv_fails_with_the_reason(cli, tmp_path):
 
 
 def test_index_reports_and_repairs_missing_vectors(stocked_cli, storage, search_settings):
+    from vpm import engine
+
     code, out, _ = stocked_cli("index", "--check", "--json")
     status = json.loads(out)
     assert code == 0 and (status["products"], status["vectors"], status["missing"]) == (3, 3, 0)
 
-    for obj in list(storage.iter_objects(search_settings.embeddings_prefix)):
-        storage.delete(obj.key)  # the cache is lost
+    for obj in list(storage.iter_objects(search_settings.metadata_prefix + "vectors-")):
+        storage.delete(obj.key)  # the vectors are lost (derived data: they can be made again)
+    engine.forget()
     code, out, _ = stocked_cli("index", "--check")
-    assert code == 1 and "vectors cached for 0/3 products; 3 missing (run python -m vpm index)" in out
+    assert code == 1 and "vectors for 0/3 photos of 3 products; 3 missing (run python -m vpm index)" in out
 
     code, out, err = stocked_cli("index", "--json")
     status = json.loads(out)
@@ -225,4 +230,70 @@ def test_index_reports_and_repairs_missing_vectors(stocked_cli, storage, search_
     assert "3/3" in err
 
     code, out, _ = stocked_cli("index", "--rebuild", "--json")
-    assert code == 0 and json.loads(out)["segments"] == 1
+    assert code == 0 and json.loads(out)["vectors"] == 3
+
+
+
+
+# --- several photos, pages, export ---------------------------------------------------------------------------
+
+
+def test_several_images_make_one_product_and_an_existing_id_gets_more(cli, photos, tmp_path, product_photo):
+    code, out, err = cli("add", photos["mug"], photos["bag"], "--name", "Gift set", "--category", "Gifts",
+                         "--id", "gift", "--json")
+    assert code == 0, err
+    assert len(json.loads(out)["images"]) == 2
+    side = tmp_path / "side.png"
+    side.write_bytes(product_photo(77))
+    code, out, err = cli("add", side, "--id", "gift")
+    assert code == 0 and "added 1 photo to gift: Gift set (3 in all)" in out
+    code, out, err = cli("add", side, "--id", "gift", "--name", "Renamed")
+    assert code == 1 and "takes only IMAGE... --id" in err
+    code, out, err = cli("add", photos["lamp"], "--id", "new-one")
+    assert code == 1 and "--name and --category required" in err
+
+
+def test_a_photo_already_in_the_catalog_is_refused_unless_asked(cli, photos):
+    assert cli("add", photos["mug"], "--name", "Mug", "--category", "Mugs", "--id", "mug")[0] == 0
+    code, _out, err = cli("add", photos["mug"], "--name", "Copy", "--category", "Mugs")
+    assert code == 1 and "already in the catalog" in err and "Mug (mug)" in err
+    code, _out, err = cli("add", photos["mug"], "--name", "Copy", "--category", "Mugs", "--allow-duplicate")
+    assert code == 0, err
+
+
+def test_remove_photo_keeps_the_product_and_refuses_the_last_one(cli, photos):
+    code, out, _ = cli("add", photos["mug"], photos["bag"], "--name", "Set", "--category", "Gifts", "--id", "set",
+                       "--json")
+    first, second = [i["key"] for i in json.loads(out)["images"]]
+    code, out, _ = cli("remove-photo", "set", first)
+    assert code == 0 and "1 photos left" in out
+    code, _out, err = cli("remove-photo", "set", second)
+    assert code == 1 and "only photo" in err
+
+
+def test_list_pages_through_the_catalog(cli, tmp_path, product_photo):
+    for i in range(7):
+        path = tmp_path / f"{i}.png"
+        path.write_bytes(product_photo(100 + i))
+        assert cli("add", path, "--name", f"Item {i}", "--category", "Odd" if i % 2 else "Even", "--id", f"i{i}")[0] == 0
+    code, out, _ = cli("list", "--limit", "3")
+    assert code == 0 and "1-3 of 7 products" in out and "next page: --offset 3" in out
+    assert [line.split()[0] for line in out.splitlines()[:3]] == ["i6", "i5", "i4"]
+    code, out, _ = cli("list", "--limit", "3", "--offset", "6", "--json")
+    assert [p["id"] for p in json.loads(out)["items"]] == ["i0"]
+    code, out, _ = cli("list", "--name", "item 3", "--json")
+    assert [p["id"] for p in json.loads(out)["items"]] == ["i3"]
+    with pytest.raises(SystemExit) as usage:
+        cli("list", "--limit", "0")
+    assert usage.value.code == 2
+
+
+def test_export_writes_a_products_json_other_tools_read(stocked_cli, tmp_path):
+    target = tmp_path / "out" / "products.json"
+    target.parent.mkdir()
+    code, out, _ = stocked_cli("export", target)
+    assert code == 0 and "wrote 3 products" in out
+    document = json.loads(target.read_text())
+    assert sorted(p["id"] for p in document["products"]) == ["bag", "lamp", "mug"]
+    assert all(p["image_key"] and p["image_sha256"] for p in document["products"])
+    assert not (tmp_path / "out" / "products.json.partial").exists()

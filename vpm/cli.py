@@ -37,39 +37,101 @@ def make_matcher(args):
     return Matcher(args.settings)
 
 
+def _read_images(paths: list[str]) -> list[tuple[bytes, str]]:
+    images = []
+    for name in paths:
+        path = Path(name)
+        try:
+            images.append((path.read_bytes(), path.name))
+        except OSError as err:
+            raise UserError(f"cannot read {path}: {err.strerror or err}") from None
+    return images
+
+
 def cmd_add(args) -> int:
-    path = Path(args.image)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    """Several images make one product; with --id of an existing product they are added to it."""
+    images = _read_images(args.images)
     matcher = make_matcher(args)
-    product = matcher.add_product(
-        data, path.name, name=args.name, category=args.category, price=args.price, product_id=args.id,
-        description=args.description,
-    )
+    existing = matcher.catalog.get_many([args.id]).get(args.id) if args.id else None
+    if existing is not None:
+        if args.name or args.category or args.price is not None or args.description:
+            raise UserError(
+                f"{args.id} exists already: adding photos to it takes only IMAGE... --id (edit its fields in the app)"
+            )
+        product = matcher.add_photos(args.id, images, allow_duplicate=args.allow_duplicate)
+        text = f"added {plural(len(images), 'photo')} to {product.id}: {product.name} ({len(product.photos)} in all)"
+    else:
+        if not args.name or not args.category:
+            missing = " and ".join(f"--{flag}" for flag in ("name", "category") if not getattr(args, flag))
+            raise UserError(f"{missing} required for a new product")
+        product = matcher.create_product(
+            images, name=args.name, category=args.category, price=args.price, product_id=args.id,
+            description=args.description, allow_duplicate=args.allow_duplicate,
+        )
+        text = f"added {product.id}: {product.name} [{product.category}] with {plural(len(images), 'photo')}"
     view = matcher.view(product)
-    emit(args, view.as_dict(), f"added {product.id}: {product.name} [{product.category}]\n{view.image_url}")
+    emit(args, view.as_dict(), f"{terminal_safe(text)}\n{view.image_url}")
     return EXIT_OK
 
 
 def cmd_list(args) -> int:
     matcher = make_matcher(args)
-    products = matcher.list_products()
-    if args.category:
-        products = [p for p in products if p.category.casefold() == args.category.casefold()]
+    page = matcher.page_products(
+        offset=args.offset, limit=args.limit, categories=args.category, name_contains=args.name,
+    )
     if getattr(args, "json", False):
-        emit(args, [matcher.view(p).as_dict() for p in products], "")
+        document = {
+            "total": page.total, "offset": page.offset, "limit": page.limit,
+            "items": [matcher.view(p).as_dict() for p in page.items],
+        }
+        emit(args, document, "")
         return EXIT_OK
-    if not products:
-        print("the catalog is empty: add a product with `python -m vpm add IMAGE --name N --category C`")
+    if not page.total:
+        filtered = args.category or args.name
+        print("no product matches" if filtered else
+              "the catalog is empty: add a product with `python -m vpm add IMAGE --name N --category C`")
         return EXIT_OK
-    width = max(len(p.id) for p in products)
-    for p in products:
+    width = max((len(p.id) for p in page.items), default=0)
+    for p in page.items:
         price = f"  ${p.price:,.2f}" if p.price is not None else ""
-        print(f"{p.id:<{width}}  {p.name} [{p.category}]{price}")
-    print(f"{len(products)} products")
+        photos = f"  ({len(p.photos)} photos)" if len(p.photos) > 1 else ""
+        print(terminal_safe(f"{p.id:<{width}}  {p.name} [{p.category}]{price}{photos}"))
+    shown = f"{page.offset + 1}-{page.offset + len(page.items)} of " if page.items else "none of "
+    more = f"; next page: --offset {page.offset + len(page.items)}" if page.has_more else ""
+    print(f"{shown}{plural(page.total, 'product')}, latest changes first{more}")
     return EXIT_OK
+
+
+def cmd_remove_photo(args) -> int:
+    matcher = make_matcher(args)
+    product = matcher.remove_photo(args.id, args.key)
+    emit(args, matcher.view(product).as_dict(),
+         terminal_safe(f"removed {args.key} from {product.id}: {product.name} ({len(product.photos)} photos left)"))
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    matcher = make_matcher(args)
+    target = Path(args.path)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8") as out:
+            count = matcher.export_json(out)
+        partial.replace(target)  # a cut-off export never leaves a half file under the real name
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise UserError(f"cannot write {target}: {err.strerror or err}") from None
+    emit(args, {"path": str(target), "products": count}, f"wrote {plural(count, 'product')} to {target}")
+    return EXIT_OK
+
+
+def terminal_safe(text: str) -> str:
+    """No escape sequence reaches the terminal, whatever an older version stored."""
+    return "".join("?" if (ord(c) < 32 and c != "\n") or 127 <= ord(c) < 160 else c for c in text)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def cmd_delete(args) -> int:
@@ -90,6 +152,35 @@ def cmd_health(args) -> int:
     return EXIT_OK if report["status"] != "fail" else EXIT_ERROR
 
 
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _price(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a price (write it like 12.50)") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a price (a finite number, 0 or more)")
+    return value
+
+
 class UserError(Exception):
     """A problem with what the user asked for; printed without a traceback."""
 
@@ -104,19 +195,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = command("add", cmd_add, "add a product from an image file")
-    p.add_argument("image", help="path to the product photo")
-    p.add_argument("--name", required=True)
-    p.add_argument("--category", required=True)
-    p.add_argument("--price", type=float)
-    p.add_argument("--id", help="product id (letters, digits, - and _); generated when omitted")
+    p = command("add", cmd_add, "add a product from one or more photos, or add photos to a product (--id)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="the product's photos (several make one product)")
+    p.add_argument("--name", help="the product's name (required for a new product)")
+    p.add_argument("--category", help="its category (required for a new product)")
+    p.add_argument("--price", type=_price)
+    p.add_argument("--id", help="product id (letters, digits, - and _); an existing id gets the photos added")
     p.add_argument("--description")
+    p.add_argument("--allow-duplicate", action="store_true",
+                   help="add a photo even when the very same image is already in the catalog")
 
-    p = command("list", cmd_list, "list the catalog's products")
-    p.add_argument("--category", help="only this category")
+    p = command("list", cmd_list, "list the catalog's products a page at a time, the most recently added or changed first")
+    p.add_argument("--category", action="append", help="only this category (repeat for several)")
+    p.add_argument("--name", help="only products whose name contains this")
+    p.add_argument("--limit", type=_positive, default=50, help="products per page (default 50)")
+    p.add_argument("--offset", type=_non_negative, default=0, help="skip this many (default 0)")
 
     p = command("delete", cmd_delete, "delete a product and its images")
     p.add_argument("id")
+
+    p = command("remove-photo", cmd_remove_photo, "remove one photo from a product (it keeps at least one)")
+    p.add_argument("id")
+    p.add_argument("key", help="the photo's storage key, as `list --json` shows it")
+
+    p = command("export", cmd_export, "write the catalog as a products.json file for other tools")
+    p.add_argument("path", help="the file to write, e.g. products.json")
 
     command("health", cmd_health, "check storage, catalog and model; exit 0 only when healthy")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli import EXIT_ERROR, EXIT_OK, UserError, emit, make_matcher
+from .cli import EXIT_ERROR, EXIT_OK, UserError, emit, make_matcher, terminal_safe
 
 
 def register(sub, command) -> None:
@@ -33,7 +33,7 @@ def register(sub, command) -> None:
     )
     p.add_argument("path", metavar="PATH")
 
-    p = command("index", cmd_index, "embed the products missing from the search index, prune it and merge its files")
+    p = command("index", cmd_index, "embed the photos missing from the search index and drop vectors of removed ones")
     p.add_argument("--rebuild", action="store_true", help="re-embed every product, not only the missing ones")
     p.add_argument("--check", action="store_true", help="only report; embed nothing; exit 1 if vectors are missing")
 
@@ -65,7 +65,7 @@ def cmd_search(args) -> int:
         raise UserError(str(err)) from None
     documents = [r.as_dict() for r in responses]
     document = documents if len(args.images) > 1 else documents[0]
-    emit(args, document, "\n\n".join(_table(r) for r in responses))
+    emit(args, document, terminal_safe("\n\n".join(_table(r) for r in responses)))
     return EXIT_OK
 
 
@@ -149,7 +149,7 @@ def cmd_import(args) -> int:
         if issues:
             lines.append(f"{title}:")
             lines += [f"  {issue.source}: {issue.reason}" for issue in issues]
-    emit(args, report.as_dict(), "\n".join(lines))
+    emit(args, report.as_dict(), terminal_safe("\n".join(lines)))
     return EXIT_ERROR if report.failed else EXIT_OK
 
 
@@ -169,9 +169,8 @@ def cmd_index(args) -> int:
     except EmbeddingError as err:
         raise UserError(str(err)) from None
     text = (
-        f"model {status.model_id}: vectors cached for {status.vectors}/{status.products} products"
+        f"model {status.model_id}: vectors for {status.vectors}/{status.photos} photos of {status.products} products"
         + (f"; {status.missing} missing (run python -m vpm index)" if status.missing else "")
-        + (f"; {status.orphans} of deleted products" if status.orphans else "")
         + "".join(f"\n  {problem}" for problem in status.problems)
     )
     emit(args, status.as_dict(), text)
