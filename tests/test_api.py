@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import logging
@@ -11,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -20,8 +22,9 @@ from PIL import Image
 from pydantic import SecretStr
 
 from fakes import ColourMeanEmbedder
-from conftest import BUCKET, free_port, stop_process
-from vpm.api import MULTIPART_OVERHEAD_BYTES, create_app
+from conftest import free_port, make_product_photo, stop_process
+from vpm.api import MAX_PHOTOS_PER_REQUEST, MULTIPART_OVERHEAD_BYTES, create_app
+from vpm.catalog import Photo, Product
 from vpm.config import load_settings
 from vpm.matcher import Matcher
 
@@ -37,6 +40,12 @@ def jpeg(color: str = "red", size: tuple[int, int] = (64, 48)) -> bytes:
 
 def stored_keys(matcher: Matcher) -> set[str]:
     return {o.key for o in matcher.storage.iter_objects("")}
+
+
+def photo_files(matcher: Matcher) -> set[str]:
+    """The photos and thumbnails in storage (a first read creates the empty catalog table: not a photo)."""
+    settings = matcher.settings
+    return {k for k in stored_keys(matcher) if k.startswith((settings.s3_image_prefix, settings.s3_thumbnail_prefix))}
 
 
 @pytest.fixture
@@ -69,6 +78,32 @@ def upload(client: TestClient, data: bytes | None = None, filename: str = "photo
     return client.post("/api/upload", files=files, data=form)
 
 
+def png(seed: int) -> bytes:
+    """A distinct product photo per seed."""
+    return make_product_photo(seed)
+
+
+def image_parts(photos: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """One multipart `image` part per photo, as curl -F "image=@a.png" -F "image=@b.png" sends them."""
+    return [("image", (f"photo{i}.png", data, "image/png")) for i, data in enumerate(photos)]
+
+
+def upload_photos(client: TestClient, photos: list[bytes], **fields):
+    form = {"name": "Red Mug", "category": "Kitchen", **fields}
+    return client.post("/api/upload", files=image_parts(photos), data=form)
+
+
+def add_photos(client: TestClient, product_id: str, photos: list[bytes], **fields):
+    return client.post(f"/api/products/{product_id}/images", files=image_parts(photos), data=fields)
+
+
+def search_with(client: TestClient, photo: bytes, **fields) -> list[dict]:
+    form = {"top_k": "10", "threshold": "-1", **fields}
+    response = client.post("/api/search", files={"image": ("query.png", photo, "image/png")}, data=form)
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
 def assert_error(response: httpx.Response, status: int, *words: str) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
@@ -89,7 +124,7 @@ def test_health_reports_storage_catalog_and_model_without_loading_the_model(clie
     body = response.json()
     assert body["status"] in ("pass", "warn")
     assert body["storage"]["backend"] == backend
-    assert body["storage"]["bucket"] == (BUCKET if backend == "s3" else None)
+    assert body["storage"]["bucket"] == (matcher.settings.s3_bucket_name if backend == "s3" else None)
     assert body["products"] == 0
     assert body["model"]["configured"] == matcher.settings.vpm_model
     assert body["model"]["loaded"] is False
@@ -122,6 +157,20 @@ def test_health_after_an_upload_shows_the_loaded_model_and_the_count(client_and_
     assert body["model"]["model_id"] == matcher.embedder.model_id
 
 
+def test_a_routine_health_probe_reads_counts_and_never_walks_the_catalog(client_and_matcher, monkeypatch):
+    client, matcher = client_and_matcher
+    assert upload_photos(client, [png(1), png(2)]).status_code == 201
+
+    def walk():
+        raise AssertionError("a routine probe walked the catalog")
+
+    monkeypatch.setattr(matcher, "index_status", walk)
+    body = client.get("/api/health").json()
+    assert body["status"] in ("pass", "warn"), body
+    assert body["index"] == {"model_id": matcher.embedder.model_id, "products": 1, "vectors": 2, "exact": False}
+    assert {c["name"] for c in body["checks"]} >= {"storage reachable", "catalog readable", "model"}
+
+
 def test_health_can_be_asked_to_load_and_check_the_model(client_and_matcher):
     client, matcher = client_and_matcher
     body = client.get("/api/health", params={"load_model": "true"}).json()
@@ -130,6 +179,7 @@ def test_health_can_be_asked_to_load_and_check_the_model(client_and_matcher):
     assert checks["model"]["status"] == "pass"
     assert checks["index"]["status"] == "pass"
     assert body["index"]["products"] == 0
+    assert body["index"]["exact"] is True
 
 
 # ------------------------------------------------------------------------------------------------ upload
@@ -158,7 +208,8 @@ def test_upload_stores_the_product_and_answers_201_with_its_urls(client_and_matc
         assert thumb.headers["content-type"] == "image/webp"
     else:
         assert "X-Amz-Signature=" in product["image_url"]
-        assert f"/{BUCKET}/" in product["image_url"] or f"//{BUCKET}." in product["image_url"]
+        bucket = matcher.settings.s3_bucket_name
+        assert f"/{bucket}/" in product["image_url"] or f"//{bucket}." in product["image_url"]
 
 
 def test_upload_with_a_chosen_id_keeps_it(client):
@@ -168,10 +219,11 @@ def test_upload_with_a_chosen_id_keeps_it(client):
     assert client.get("/api/products/sku-42").json()["product"]["name"] == "Red Mug"
 
 
-def test_upload_on_s3_with_a_cdn_returns_the_cdn_url(aws, tmp_path, tiny_clip_dir):
+def test_upload_on_s3_with_a_cdn_returns_the_cdn_url(server_bucket, tmp_path, tiny_clip_dir):
+    endpoint, bucket = server_bucket
     settings = load_settings(
-        s3_enabled=True, s3_bucket_name=BUCKET, s3_cdn_url="https://cdn.example.com/",
-        vpm_data_dir=tmp_path / "unused", vpm_model=str(tiny_clip_dir),
+        s3_enabled=True, s3_bucket_name=bucket, s3_endpoint_url=endpoint, s3_cdn_url="https://cdn.example.com/",
+        vpm_data_dir=tmp_path / "unused", vpm_model=str(tiny_clip_dir), vpm_device="cpu",
     )
     client, _ = make_client(settings)
     product = upload(client).json()["product"]
@@ -185,7 +237,7 @@ def test_a_file_that_is_not_an_image_is_422_and_stores_nothing(client_and_matche
     response = upload(client, b"just some text, not a photo", filename="notes.jpg")
     assert_error(response, 422, "notes.jpg", "not an image")
     assert stored_keys(matcher) == before
-    assert matcher.list_products() == []
+    assert matcher.count_products() == 0
 
 
 @pytest.mark.parametrize("missing", ["image", "name", "category"])
@@ -228,7 +280,7 @@ def test_a_duplicate_id_is_409_and_the_original_is_untouched(client_and_matcher)
     assert_error(response, 409, "sku-1", "already exists")
     after = {k: matcher.storage.get(k) for k in stored_keys(matcher) if not k.startswith("metadata/")}
     assert after == before
-    assert [p.name for p in matcher.list_products()] == ["Green Mug"]
+    assert [p.name for p in matcher.page_products().items] == ["Green Mug"]
 
 
 # ----------------------------------------------------------------------------------------- size limit
@@ -276,7 +328,7 @@ def test_a_chunked_upload_without_content_length_is_cut_off(api_settings):
     assert stored_keys(matcher) == before
 
 
-def _run_asgi(app, headers: list[tuple[bytes, bytes]], chunks):
+def _run_asgi(app, headers: list[tuple[bytes, bytes]], chunks, path: str = "/api/upload"):
     """Drive the app directly, counting how much of the request body it pulled."""
     pulled = 0
     sent: list[dict] = []
@@ -294,7 +346,7 @@ def _run_asgi(app, headers: list[tuple[bytes, bytes]], chunks):
 
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/api/upload", "raw_path": b"/api/upload", "query_string": b"", "root_path": "",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
         "headers": [(b"host", b"testserver"), *headers], "client": ("127.0.0.1", 5000),
         "server": ("testserver", 80),
     }
@@ -336,20 +388,22 @@ def test_a_declared_content_length_over_the_limit_is_refused_before_reading(api_
 # ------------------------------------------------------------------------------------ products & more
 
 
-def test_products_are_paginated_and_filtered_by_category(client):
+def test_products_are_listed_most_recent_first_a_page_at_a_time(client):
     for i, category in enumerate(["Kitchen", "Kitchen", "Garden", "kitchen", "Toys"]):
         assert upload(client, jpeg(("red", "green", "blue", "white", "black")[i]), id=f"p{i}",
                       category=category).status_code == 201
     page = client.get("/api/products", params={"limit": 2, "offset": 1}).json()
     assert page["success"] is True
-    assert page["total"] == 5
-    assert [p["id"] for p in page["items"]] == ["p1", "p2"]
-    assert all(p["image_url"] for p in page["items"])
+    assert (page["total"], page["limit"], page["offset"]) == (5, 2, 1)
+    assert [p["id"] for p in page["items"]] == ["p3", "p2"]
+    assert all(p["image_url"] and len(p["images"]) == 1 for p in page["items"])
     kitchen = client.get("/api/products", params={"category": "KITCHEN"}).json()
     assert kitchen["total"] == 3
     assert {p["id"] for p in kitchen["items"]} == {"p0", "p1", "p3"}
     assert client.get("/api/products", params={"offset": 10}).json()["items"] == []
     assert_error(client.get("/api/products", params={"limit": 0}), 422, "limit")
+    assert_error(client.get("/api/products", params={"limit": 1001}), 422, "limit")
+    assert_error(client.get("/api/products", params={"offset": -1}), 422, "offset")
 
 
 def test_categories_are_listed_with_counts(client):
@@ -384,10 +438,10 @@ def test_unknown_routes_and_methods_answer_in_json(client):
 def test_an_unexpected_error_is_a_generic_500_and_a_log_line(client_and_matcher, monkeypatch, caplog):
     client, matcher = client_and_matcher
 
-    def explode():
+    def explode(**options):
         raise RuntimeError("secret internals at /srv/private/path")
 
-    monkeypatch.setattr(matcher, "list_products", explode)
+    monkeypatch.setattr(matcher, "page_products", explode)
     with caplog.at_level(logging.ERROR, logger="vpm.api"):
         response = client.get("/api/products")
     assert_error(response, 500, "internal server error")
@@ -398,7 +452,192 @@ def test_an_unexpected_error_is_a_generic_500_and_a_log_line(client_and_matcher,
 def test_openapi_docs_are_served(client):
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/api/health", "/api/upload", "/api/search", "/api/products", "/api/categories"} <= set(paths)
+    assert {"/api/health", "/api/upload", "/api/search", "/api/products", "/api/categories",
+            "/api/products/{product_id}/images", "/api/products/{product_id}/images/{key}"} <= set(paths)
+
+
+# ------------------------------------------------------------------------------------- several photos
+
+
+def test_an_upload_with_three_photos_makes_one_product_with_three_images(client_and_matcher, backend):
+    client, matcher = client_and_matcher
+    photos = [png(1), png(2), png(3)]
+    response = upload_photos(client, photos, id="mug")
+    assert response.status_code == 201, response.text
+    product = response.json()["product"]
+    images = product["images"]
+    assert [i["sha256"] for i in images] == [hashlib.sha256(p).hexdigest() for p in photos]
+    assert all(set(i) == {"key", "url", "thumbnail_url", "sha256", "width", "height"} for i in images)
+    assert all((i["width"], i["height"]) == (96, 96) for i in images)
+    assert (product["image_key"], product["image_url"]) == (images[0]["key"], images[0]["url"])
+    assert product["thumbnail_url"] == images[0]["thumbnail_url"]
+    assert client.get("/api/products/mug").json()["product"]["images"] == images
+    assert client.get("/api/products").json()["total"] == 1
+    assert {i["key"] for i in images} <= stored_keys(matcher)
+    if backend == "local":
+        for image, photo in zip(images, photos):
+            assert client.get(image["url"]).content == photo
+            assert client.get(image["thumbnail_url"]).headers["content-type"] == "image/webp"
+
+
+def test_too_many_photos_in_one_request_are_422_and_store_nothing(client_and_matcher):
+    client, matcher = client_and_matcher
+    before = stored_keys(matcher)
+    response = upload_photos(client, [png(i) for i in range(MAX_PHOTOS_PER_REQUEST + 1)])
+    assert_error(response, 422, f"at most {MAX_PHOTOS_PER_REQUEST} photos", "/images")
+    assert stored_keys(matcher) == before
+
+
+def test_one_bad_photo_among_several_stores_nothing_and_names_it(client_and_matcher):
+    client, matcher = client_and_matcher
+    before = stored_keys(matcher)
+    response = upload_photos(client, [png(1), b"not a photo", png(2)])
+    assert_error(response, 422, "photo1.png")
+    assert stored_keys(matcher) == before
+    assert matcher.count_products() == 0
+
+
+def test_added_photos_are_searchable_and_the_product_is_listed_once(client):
+    assert upload_photos(client, [png(1)], id="mug", name="Mug").status_code == 201
+    assert upload_photos(client, [png(2)], id="pan", name="Pan").status_code == 201
+    response = add_photos(client, "mug", [png(3), png(4)])
+    assert response.status_code == 201, response.text
+    body = response.json()
+    product = body["product"]
+    assert [i["key"] for i in product["images"]][1:] == body["added"]
+    assert len(body["added"]) == 2
+
+    results = search_with(client, png(3))
+    ids = [r["id"] for r in results]
+    assert len(ids) == len(set(ids)) == 2  # two products, each once, though mug has three photos
+    assert results[0]["id"] == "mug"
+    assert results[0]["matched_image"] == body["added"][0]
+    assert results[0]["photo_count"] == 3
+    assert results[0]["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_adding_photos_to_an_unknown_product_is_404_and_stores_nothing(client_and_matcher):
+    client, matcher = client_and_matcher
+    assert_error(add_photos(client, "nope", [png(1)]), 404, "nope")
+    assert photo_files(matcher) == set()
+    assert_error(client.post("/api/products/nope/images", data={"x": "y"}), 422, "'image'")
+
+
+def test_deleting_a_photo_removes_its_files_and_it_no_longer_matches(client_and_matcher, backend):
+    client, matcher = client_and_matcher
+    product = upload_photos(client, [png(1), png(2)], id="mug").json()["product"]
+    kept, gone = product["images"]
+    gone_thumbnail = matcher.get_product("mug").photo(gone["key"]).thumbnail_key
+    assert search_with(client, png(2))[0]["matched_image"] == gone["key"]
+
+    response = client.delete(f"/api/products/mug/images/{gone['key']}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["removed"] == gone["key"]
+    assert [i["key"] for i in body["product"]["images"]] == [kept["key"]]
+    assert not {gone["key"], gone_thumbnail} & stored_keys(matcher)
+    assert kept["key"] in stored_keys(matcher)
+    if backend == "local":
+        assert_error(client.get(gone["url"]), 404)
+    results = search_with(client, png(2))
+    assert [r["matched_image"] for r in results] == [kept["key"]]
+
+
+def test_removing_the_last_photo_is_422_and_changes_nothing(client_and_matcher):
+    client, matcher = client_and_matcher
+    product = upload_photos(client, [png(1)], id="mug").json()["product"]
+    before = stored_keys(matcher)
+    response = client.delete(f"/api/products/mug/images/{product['image_key']}")
+    assert_error(response, 422, "only photo", "mug")
+    assert stored_keys(matcher) == before
+    assert client.get("/api/products/mug").json()["product"]["images"] == product["images"]
+
+
+def test_removing_an_unknown_photo_or_from_an_unknown_product_is_404(client_and_matcher):
+    client, matcher = client_and_matcher
+    product = upload_photos(client, [png(1), png(2)], id="mug").json()["product"]
+    before = stored_keys(matcher)
+    assert_error(client.delete("/api/products/mug/images/images/nope.png"), 404, "images/nope.png")
+    assert_error(client.delete(f"/api/products/nope/images/{product['image_key']}"), 404, "nope")
+    assert_error(client.delete("/api/products/mug/images/metadata/products.lance"), 404)
+    assert stored_keys(matcher) == before
+
+
+def test_a_photo_already_in_the_catalog_is_409_naming_its_product(client_and_matcher):
+    client, matcher = client_and_matcher
+    photo = png(1)
+    assert upload_photos(client, [photo], id="p1", name="Red Mug").status_code == 201
+    before = stored_keys(matcher)
+    assert_error(upload_photos(client, [png(2), photo], id="p2", name="Copy"), 409, "Red Mug", "p1",
+                 "allow_duplicate")
+    assert_error(add_photos(client, "p1", [photo]), 409, "Red Mug", "allow_duplicate")
+    assert_error(upload_photos(client, [png(3), png(3)], id="p3"), 409, "same photo")
+    assert stored_keys(matcher) == before
+    assert client.get("/api/products").json()["total"] == 1
+
+    copy = upload_photos(client, [photo], id="p2", name="Copy", allow_duplicate="true")
+    assert copy.status_code == 201, copy.text
+    again = add_photos(client, "p1", [photo], allow_duplicate="true")
+    assert again.status_code == 201, again.text
+    shas = {i["sha256"] for i in copy.json()["product"]["images"] + again.json()["product"]["images"]}
+    assert shas == {hashlib.sha256(photo).hexdigest()}
+    assert_error(upload_photos(client, [png(4)], allow_duplicate="maybe"), 422, "allow_duplicate")
+
+
+# --------------------------------------------------------------------------------- pages and filters
+
+
+def seed_products(matcher: Matcher, rows: list[tuple[str, str, str]]) -> None:
+    """Products straight into the catalog table (the listing never reads their files, so none are written)."""
+    products = [
+        Product(id=pid, name=name, category=category, photos=[Photo(
+            key=f"images/{pid}.png", thumbnail_key=f"thumbnails/{pid}.webp",
+            sha256=hashlib.sha256(pid.encode()).hexdigest(),
+        )])
+        for pid, name, category in rows
+    ]
+    assert matcher.catalog.add(products) == []
+
+
+def test_pages_of_50_walk_120_products_once_each(client_and_matcher):
+    client, matcher = client_and_matcher
+    seed_products(matcher, [(f"p{i:03d}", f"Product {i}", "Kitchen" if i % 3 else "Toys") for i in range(120)])
+    seen: list[str] = []
+    sizes = []
+    for offset in range(0, 200, 50):
+        page = client.get("/api/products", params={"limit": 50, "offset": offset}).json()
+        assert (page["total"], page["limit"], page["offset"]) == (120, 50, offset)
+        assert all(len(item["images"]) == 1 and item["image_url"] for item in page["items"])
+        sizes.append(len(page["items"]))
+        seen += [item["id"] for item in page["items"]]
+    assert sizes == [50, 50, 20, 0]
+    assert len(seen) == len(set(seen)) == 120
+    toys = client.get("/api/products", params={"category": "toys", "limit": 50, "offset": 20}).json()
+    assert (toys["total"], len(toys["items"])) == (40, 20)
+
+
+def test_products_filter_by_name_and_by_several_categories(client_and_matcher):
+    client, matcher = client_and_matcher
+    seed_products(matcher, [
+        ("red", "Red Mug", "Kitchen"), ("blue", "blue mug", "Toys"), ("pot", "Teapot", "Kitchen"),
+        ("obrien", "O'Brien's Mug", "Garden"), ("rake", "Rake", "Garden"),
+    ])
+
+    def ids(**params) -> set[str]:
+        response = client.get("/api/products", params=params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["total"] == len(body["items"])
+        return {item["id"] for item in body["items"]}
+
+    assert ids(q="MUG") == {"red", "blue", "obrien"}
+    assert ids(q="o'brien") == {"obrien"}
+    assert ids(category=["kitchen", "TOYS"]) == {"red", "blue", "pot"}
+    assert ids(q="mug", category=["Garden"]) == {"obrien"}
+    assert ids(q="  ") == ids() == {"red", "blue", "pot", "obrien", "rake"}
+    assert ids(q="x') OR 1=1 --") == set()  # a filter value, never SQL
+    assert ids(category=["Nothing"]) == set()
+    assert_error(client.get("/api/products", params={"q": "m" * 201}), 422, "q")
 
 
 # ---------------------------------------------------------------------------------------- image serving
@@ -413,14 +652,29 @@ def test_openapi_docs_are_served(client):
         ("/api/images/%2Fetc%2Fpasswd", 400),
         ("/api/images/images\\..\\metadata\\products.json", 400),
         ("/api/images/metadata/products.json", 404),
+        ("/api/images/metadata/products.lance/_versions/1.manifest", 404),
+        ("/api/images/images/products.lance/data/x.png", 404),
         ("/api/images/images/does-not-exist.jpg", 404),
     ],
 )
 def test_image_serving_refuses_traversal_and_anything_but_catalog_images(client, path, status):
-    upload(client, id="p1")  # so products.json exists and would leak if served
+    upload(client, id="p1")  # so the catalog tables exist and would leak if served
     response = client.get(path)
     body = assert_error(response, status)
     assert '"products"' not in response.text and body["error"]
+
+
+def test_no_file_of_the_catalog_tables_is_ever_served(client_and_matcher):
+    client, matcher = client_and_matcher
+    upload(client, id="p1")
+    metadata = matcher.settings.metadata_prefix
+    table_files = [o.key for o in matcher.storage.iter_objects(metadata)]
+    assert any(".lance/" in key for key in table_files)
+    for key in table_files:
+        assert_error(client.get(f"/api/images/{key}"), 404)
+    # Not even a file with an image's extension that someone put beside the tables.
+    matcher.storage.put(f"{metadata}products.lance/peek.png", make_product_photo(1), "image/png")
+    assert_error(client.get(f"/api/images/{metadata}products.lance/peek.png"), 404)
 
 
 def test_image_serving_refuses_a_non_image_under_the_image_prefix(client_and_matcher):
@@ -442,8 +696,11 @@ def test_with_an_api_key_set_every_route_but_health_needs_it(keyed_client, heade
     client, matcher = keyed_client
     before = stored_keys(matcher)
     for method, path in [("GET", "/api/products"), ("GET", "/api/categories"), ("GET", "/api/products/x"),
-                         ("DELETE", "/api/products/x"), ("GET", "/api/images/images/x.jpg")]:
+                         ("DELETE", "/api/products/x"), ("GET", "/api/images/images/x.jpg"),
+                         ("DELETE", "/api/products/x/images/images/x.jpg")]:
         assert_error(client.request(method, path, headers=headers), 401, "X-API-Key")
+    added = client.post("/api/products/x/images", headers=headers, files={"image": ("p.jpg", jpeg(), "image/jpeg")})
+    assert_error(added, 401, "API key")
     response = client.post(
         "/api/upload", headers=headers, files={"image": ("p.jpg", jpeg(), "image/jpeg")},
         data={"name": "Mug", "category": "Kitchen"},
@@ -452,6 +709,27 @@ def test_with_an_api_key_set_every_route_but_health_needs_it(keyed_client, heade
     assert_error(client.post("/api/search", headers=headers, json={"text": "mug"}), 401)
     assert stored_keys(matcher) == before
     assert client.get("/api/health", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/upload", "/api/products/p1/images"])
+def test_an_upload_without_the_key_is_refused_before_its_body_is_read(api_settings, path):
+    settings = api_settings.model_copy(update={"vpm_api_key": SecretStr("k")})
+    app = create_app(settings, Matcher(settings))
+    headers = [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"65536")]
+    status, body, pulled = _run_asgi(app, headers, iter([b"x" * 65536]), path=path)
+    assert status == 401
+    assert "X-API-Key" in body["error"]
+    assert pulled == 0
+
+
+def test_the_docs_show_which_routes_need_the_key(client):
+    document = client.get("/openapi.json").json()
+    assert document["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+    paths = document["paths"]
+    assert "security" not in paths["/api/health"]["get"]
+    for path, method in [("/api/products", "get"), ("/api/upload", "post"), ("/api/search", "post"),
+                         ("/api/products/{product_id}/images", "post"), ("/api/images/{key}", "get")]:
+        assert paths[path][method]["security"] == [{"APIKeyHeader": []}], path
 
 
 def test_with_the_right_api_key_requests_succeed(keyed_client):
@@ -517,9 +795,12 @@ def test_search_by_file_finds_the_same_photo_first(catalog_client, backend):
     assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)
     assert len(body["results"]) == 3
     first = body["results"][0]
-    assert set(first) >= {"id", "name", "category", "price", "score", "image_url", "thumbnail_url"}
+    assert set(first) >= {"id", "name", "category", "price", "score", "matched_image", "image_url", "thumbnail_url"}
+    green = catalog_client.get("/api/products/green").json()["product"]
+    assert first["matched_image"] == green["image_key"]
     if backend == "local":
-        assert first["image_url"].startswith("http://testserver/api/images/")
+        assert first["image_url"] == f"http://testserver/api/images/{green['image_key']}"
+        assert first["thumbnail_url"] == f"http://testserver/api/images/{green['thumbnail_key']}"
         assert catalog_client.get(first["image_url"]).status_code == 200
     else:
         assert "X-Amz-Signature=" in first["image_url"]
@@ -618,39 +899,64 @@ def _wait_for_health(base: str, server: subprocess.Popen, log_path: Path) -> Non
     pytest.fail(f"server did not answer /api/health:\n{log_path.read_text()}")
 
 
-def test_the_guides_curl_commands_work_against_a_real_server(tmp_path, tiny_clip_dir):
-    port = free_port()
-    photo = tmp_path / "photo.jpg"
-    photo.write_bytes(jpeg("orange", (120, 90)))
-    env = {
+class RunningServer:
+    """A `python -m vpm serve` subprocess on a loopback port."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "server.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "vpm", "serve", "--port", str(self.port)],
+                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def wait_until_healthy(self) -> None:
+        _wait_for_health(self.base, self.process, self.log_path)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_process(self.process, timeout=30)
+
+
+def server_env(tmp_path: Path, tiny_clip_dir: Path, **variables: str) -> dict[str, str]:
+    return {
         **os.environ,
         "VPM_DATA_DIR": str(tmp_path / "data"),
         "VPM_MODEL": str(tiny_clip_dir),
+        "VPM_DEVICE": "cpu",
         "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",  # two servers and the tests share two cores
         "PYTHONPATH": str(REPO_ROOT),
+        **variables,
     }
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "vpm", "serve", "--port", str(port)],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_for_health(f"http://127.0.0.1:{port}", server, log_path)
 
-        health = subprocess.run(
-            shlex.split(f"curl http://localhost:{port}/api/health"), capture_output=True, check=True, timeout=60
-        )
-        report = json.loads(health.stdout)
+
+def test_the_guides_curl_commands_work_against_a_real_server(tmp_path, tiny_clip_dir):
+    photo, back = tmp_path / "photo.jpg", tmp_path / "back.jpg"
+    photo.write_bytes(jpeg("orange", (120, 90)))
+    back.write_bytes(jpeg("purple", (120, 90)))
+    server = RunningServer(tmp_path, server_env(tmp_path, tiny_clip_dir))
+    port = server.port
+
+    def curl(command: str) -> dict:
+        done = subprocess.run(shlex.split(command), capture_output=True, check=True, timeout=120)
+        return json.loads(done.stdout)
+
+    try:
+        server.wait_until_healthy()
+        report = curl(f"curl http://localhost:{port}/api/health")
         assert report["status"] in ("pass", "warn")
         assert report["storage"]["backend"] == "local"
 
-        command = (
+        body = curl(
             f'curl -X POST http://localhost:{port}/api/upload -F "image=@{photo}" '
             '-F "name=Product Name" -F "category=Electronics"'
         )
-        added = subprocess.run(shlex.split(command), capture_output=True, check=True, timeout=120)
-        body = json.loads(added.stdout)
         assert body["success"] is True
         product = body["product"]
         assert (product["name"], product["category"]) == ("Product Name", "Electronics")
@@ -659,8 +965,93 @@ def test_the_guides_curl_commands_work_against_a_real_server(tmp_path, tiny_clip
         fetched = subprocess.run(["curl", "-sf", product["image_url"]], capture_output=True, check=True, timeout=60)
         assert fetched.stdout == photo.read_bytes()
         assert (tmp_path / "data" / product["image_key"]).read_bytes() == photo.read_bytes()
+
+        added = curl(f'curl -X POST http://localhost:{port}/api/products/{product["id"]}/images -F "image=@{back}"')
+        assert len(added["product"]["images"]) == 2
+        page = curl(f'curl "http://localhost:{port}/api/products?limit=50&offset=0&q=product&category=Electronics"')
+        assert [item["id"] for item in page["items"]] == [product["id"]]
+        photo_url = f"http://localhost:{port}/api/products/{product['id']}/images/{added['added'][0]}"
+        removed = curl(f"curl -X DELETE {photo_url}")
+        assert len(removed["product"]["images"]) == 1
     finally:
-        stop_process(server, timeout=30)
+        server.stop()
+
+
+# --------------------------------------------------------------------------- two servers, one bucket
+
+VISIBLE_WITHIN_S = 2.0  # the issue's bound: an upload through one server is searchable through another
+
+
+@pytest.fixture
+def two_servers(server_bucket, tmp_path, tiny_clip_dir):
+    """Two `vpm serve` processes on one bucket of moto's HTTP server, as two hosts behind a load balancer."""
+    endpoint, bucket = server_bucket
+    env = server_env(tmp_path, tiny_clip_dir, S3_ENABLED="true", S3_BUCKET_NAME=bucket, S3_ENDPOINT_URL=endpoint)
+    servers = [RunningServer(tmp_path / name, env) for name in ("a", "b")]
+    try:
+        for server in servers:
+            server.wait_until_healthy()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def post_product(base: str, photo: bytes, product_id: str) -> httpx.Response:
+    return httpx.post(
+        f"{base}/api/upload", files={"image": (f"{product_id}.png", photo, "image/png")},
+        data={"name": f"Product {product_id}", "category": "Shared", "id": product_id}, timeout=120,
+    )
+
+
+def found_by_search(base: str, photo: bytes, product_id: str) -> bool:
+    response = httpx.post(f"{base}/api/search", files={"image": ("q.png", photo, "image/png")},
+                          data={"top_k": "5", "threshold": "-1"}, timeout=60)
+    assert response.status_code == 200, response.text
+    return any(r["id"] == product_id for r in response.json()["results"])
+
+
+def listed_ids(base: str) -> list[str]:
+    response = httpx.get(f"{base}/api/products", params={"limit": 100}, timeout=60)
+    assert response.status_code == 200, response.text
+    return [item["id"] for item in response.json()["items"]]
+
+
+def poll(check, within_s: float, every_s: float = 0.1) -> bool:
+    """True as soon as `check()` is; False if it still is not after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(every_s)
+
+
+def test_an_upload_through_one_server_is_searchable_through_the_other_within_2_s(two_servers):
+    a, b = two_servers
+    # B has answered a search before (model loaded, tables open), as a server in service has.
+    assert not found_by_search(b.base, png(1), "shared-1")
+    response = post_product(a.base, png(1), "shared-1")
+    assert response.status_code == 201, response.text
+    uploaded_at = time.monotonic()
+    assert poll(lambda: found_by_search(b.base, png(1), "shared-1"), VISIBLE_WITHIN_S), (
+        f"not searchable through B {time.monotonic() - uploaded_at:.1f} s after the upload through A:\n"
+        + b.log()[-3000:]
+    )
+
+
+def test_concurrent_uploads_split_over_two_servers_all_land(two_servers):
+    a, b = two_servers
+    ids = [f"p{i:02d}" for i in range(20)]
+    with ThreadPoolExecutor(10) as pool:  # ten in flight at a time, alternating between the servers
+        responses = list(pool.map(lambda i: post_product((a, b)[i % 2].base, png(100 + i), ids[i]), range(20)))
+    assert [r.status_code for r in responses] == [201] * 20, [r.text for r in responses if r.status_code != 201]
+    for server in (a, b):
+        assert poll(lambda server=server: len(listed_ids(server.base)) == 20, VISIBLE_WITHIN_S), server.log()[-3000:]
+        listed = listed_ids(server.base)
+        assert sorted(listed) == ids
+        assert httpx.get(f"{server.base}/api/products", timeout=60).json()["total"] == 20
 
 
 def test_serve_rejects_a_port_out_of_range(capsys):

@@ -41,8 +41,13 @@ def backend() -> str:
 
 
 def jpeg() -> bytes:
+    return jpeg_of(0)
+
+
+def jpeg_of(shade: int) -> bytes:
+    """A small JPEG; a different one for each shade."""
     buffer = io.BytesIO()
-    Image.new("RGB", (48, 32), "red").save(buffer, "JPEG")
+    Image.new("RGB", (48, 32), (200, 20 * shade % 256, 0)).save(buffer, "JPEG")
     return buffer.getvalue()
 
 
@@ -286,7 +291,8 @@ def drive(app, path: str, headers: list[tuple[bytes, bytes]], first_chunk: bytes
 @pytest.mark.parametrize(
     ("path", "content_type", "first_chunk"),
     [("/api/search", b"application/json", b'{"te'),
-     ("/api/upload", b"multipart/form-data; boundary=vpm", multipart_start("vpm"))],
+     ("/api/upload", b"multipart/form-data; boundary=vpm", multipart_start("vpm")),
+     ("/api/products/p1/images", b"multipart/form-data; boundary=vpm", multipart_start("vpm"))],
 )
 def test_the_app_answers_408_and_closes_when_the_body_stops_coming(
     search_settings, monkeypatch, path, content_type, first_chunk
@@ -299,6 +305,70 @@ def test_the_app_answers_408_and_closes_when_the_body_stops_coming(
     assert headers[b"connection"] == b"close"
     assert set(body) == {"success", "error"} and body["success"] is False
     assert "VPM_API_BODY_TIMEOUT_S" in body["error"]
+
+
+# ------------------------------------------------------------------------------- photos and listings
+
+
+@pytest.fixture
+def client_and_matcher(search_settings):
+    matcher = Matcher(search_settings)
+    return TestClient(create_app(search_settings, matcher), raise_server_exceptions=False), matcher
+
+
+def every_file(matcher: Matcher) -> dict[str, bytes]:
+    return {o.key: matcher.storage.get(o.key) for o in matcher.storage.iter_objects("")}
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["..%2F..%2Fmetadata%2Fproducts.lance", "images/..%2F..%2Fetc%2Fpasswd", "metadata/products.lance/_versions",
+     "%2Fetc%2Fpasswd", "images%5C..%5Cmetadata"],
+)
+def test_removing_a_photo_by_a_hostile_key_deletes_nothing(client_and_matcher, key):
+    client, matcher = client_and_matcher
+    files = [("image", (f"{i}.jpg", jpeg_of(i), "image/jpeg")) for i in range(2)]
+    assert client.post("/api/upload", files=files, data={"name": "Mug", "category": "K", "id": "p1"}).status_code == 201
+    before = every_file(matcher)
+    response = client.delete(f"/api/products/p1/images/{key}")
+    assert response.status_code in (400, 404), response.text
+    assert response.json()["success"] is False
+    assert every_file(matcher) == before
+    assert len(client.get("/api/products/p1").json()["product"]["images"]) == 2
+
+
+@pytest.mark.parametrize(("parts", "status", "words"), [(11, 422, "at most 10 photos"), (1001, 400, "Too many files")])
+def test_a_flood_of_image_parts_is_refused_in_json_and_stores_nothing(client_and_matcher, parts, status, words):
+    client, matcher = client_and_matcher
+    files = [("image", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(parts)]
+    response = client.post("/api/upload", files=files, data={"name": "Mug", "category": "K"})
+    assert response.status_code == status, response.text
+    assert response.json()["success"] is False and words in response.json()["error"]
+    assert list(matcher.storage.iter_objects(matcher.settings.s3_image_prefix)) == []
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"offset": "9" * 5000}, {"limit": "9" * 5000}, {"offset": "1e3"}, {"limit": "nan"}, {"q": "\x00" * 300}],
+    ids=["5000-digit-offset", "5000-digit-limit", "float-offset", "nan-limit", "long-q"],
+)
+def test_absurd_listing_parameters_are_422_naming_the_parameter(client_and_matcher, params):
+    client, _ = client_and_matcher
+    response = client.get("/api/products", params=params)
+    assert response.status_code == 422, response.text
+    (name,) = params
+    assert f"invalid {name}" in response.json()["error"]
+
+
+@pytest.mark.parametrize("q", ["'", "%", "_", "\\", "') OR TRUE --", "\x00", "名前"])
+def test_odd_name_filters_are_literal_text_never_sql_or_wildcards(client_and_matcher, q):
+    client, _ = client_and_matcher
+    files = {"image": ("mug.jpg", jpeg(), "image/jpeg")}
+    assert client.post("/api/upload", files=files, data={"name": "Mug", "category": "K"}).status_code == 201
+    response = client.get("/api/products", params={"q": q, "category": [q, "K"]})
+    assert response.status_code == 200, response.text
+    assert response.json()["total"] == 0
+    assert client.get("/api/products", params={"q": "mu", "category": [q, "K"]}).json()["total"] == 1
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -340,10 +410,10 @@ def test_a_storage_or_catalog_error_names_no_server_path(search_settings, monkey
     error = getattr(vpm.storage, error_type, None) or getattr(vpm.catalog, error_type)
     matcher = Matcher(search_settings)
 
-    def broken():
+    def broken(**options):
         raise error(f"cannot use local folder {tmp_path}/data: Permission denied; check VPM_DATA_DIR")
 
-    monkeypatch.setattr(matcher, "list_products", broken)
+    monkeypatch.setattr(matcher, "page_products", broken)
     client = TestClient(create_app(search_settings, matcher), raise_server_exceptions=False)
     response = client.get("/api/products")
     assert response.status_code == 503, response.text
