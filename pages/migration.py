@@ -1,11 +1,8 @@
 """Migration & costs: copy the local catalog to S3 (check -> preview -> migrate -> verify) and estimate the bill.
 
-All the work is vpm.migrate's and vpm.costs'; this page collects the target settings for one run, keeps the
-preview the person saw, and allows Migrate only for exactly that preview.
+All the work is vpm.migration's and vpm.costs'; this page collects the target settings for one run, keeps the
+preview the person saw, and allows Migrate only while the settings still match that preview's fingerprint.
 """
-
-import hashlib
-import json
 
 import streamlit as st
 
@@ -13,7 +10,8 @@ from vpm import webapp
 from vpm.config import ConfigError, load_settings, redact_url
 from vpm.costs import CatalogSize, PriceError, Traffic, estimate, format_usd
 from vpm.health import overall
-from vpm.migrate import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, Migration
+from vpm.migration import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, Migration, catalog_size, plan_fingerprint
+from vpm.migration.report import plan_vectors_line, report_vectors_line
 from vpm.presentation import STATUS_ICONS, STATUS_WORDS, format_bytes, plain, plural
 from vpm.storage import LocalStorage
 
@@ -23,7 +21,8 @@ settings = webapp.get_settings()
 state = st.session_state
 st.caption(
     f"Copies the local catalog in `{settings.vpm_data_dir}` to an S3 bucket. It never deletes anything, skips "
-    "files already there with the same content, verifies every upload, and writes products.json last."
+    "files already there with the same content, verifies every upload, writes the products only once every "
+    "file they point at is verified, and copies the search vectors last, so nothing is embedded again."
 )
 
 migrate_tab, costs_tab = st.tabs([":material/cloud_upload: Migrate", ":material/payments: Costs"])
@@ -89,7 +88,7 @@ with migrate_tab:
         endpoint = settings.s3_endpoint_url or ""
     image_prefix = st.text_input("Image prefix", value=settings.s3_image_prefix)
     thumbnail_prefix = st.text_input("Thumbnail prefix", value=settings.s3_thumbnail_prefix)
-    st.caption(f"products.json goes to `{settings.s3_metadata_key}`, the same key as in the local folder.")
+    st.caption(f"The catalog tables go beside the images, under `{settings.metadata_prefix}`, as in the local folder.")
     overwrite = st.checkbox(
         "Replace bucket files and products that differ from the local ones",
         help="Off: differences are reported as conflicts and left alone. On: the local version replaces them.",
@@ -114,8 +113,11 @@ with migrate_tab:
     }
     if key_id or secret:
         overrides.update(aws_access_key_id=key_id, aws_secret_access_key=secret, aws_session_token=token or None)
-    # What Migrate must match: the settings of the preview. A digest, so no secret sits in session state twice.
-    fingerprint = hashlib.sha256(json.dumps({**overrides, "overwrite": overwrite}, sort_keys=True).encode()).hexdigest()
+    # What Migrate must match: the preview's fingerprint (a digest: no secret sits in session state twice).
+    try:
+        fingerprint = plan_fingerprint(load_settings(**overrides), overwrite=overwrite)
+    except Exception:  # settings that do not load cannot match any preview; Preview says why
+        fingerprint = None
 
     def make_migration() -> Migration | None:
         try:
@@ -147,7 +149,7 @@ with migrate_tab:
             except Exception as err:
                 webapp.show_error(err, what="The preview could not be made")
             else:
-                state.mig_plan, state.mig_plan_fingerprint = plan, fingerprint
+                state.mig_plan = plan
                 state.pop("mig_report", None)
             finally:
                 bar.empty()
@@ -165,12 +167,13 @@ with migrate_tab:
             f"**{plural(totals['files'], 'file')}, {format_bytes(totals['bytes'])}** from {plan.source} to "
             f"{plan.target}: {format_bytes(plan.upload_bytes)} to upload."
         )
-        st.markdown(f"**products.json**: {plan.metadata.action}: {plain(plan.metadata.detail)}")
+        st.markdown(f"**Products**: {plan.products.action}: {plain(plan.products.detail)}")
+        st.markdown(f"**Vectors**: {plain(plan_vectors_line(plan))}")
         for warning in plan.warnings:
             st.warning(warning, icon=":material/warning:")
         if plan.blocked:
             st.error(
-                "Some files the catalog points at are missing locally, so products.json would point at nothing. "
+                "Some files the products point at are missing locally, so no product is written to the bucket. "
                 "Restore them or delete those products, then preview again.",
                 icon=":material/block:",
             )
@@ -183,7 +186,7 @@ with migrate_tab:
 
     # ---------------------------------------------------------------------------------------- migrate
     st.subheader("4. Migrate")
-    stale = plan is not None and state.get("mig_plan_fingerprint") != fingerprint
+    stale = plan is not None and plan.fingerprint() != fingerprint
     if plan is None:
         st.caption("Preview first: Migrate runs exactly the plan you saw.")
     elif stale:
@@ -191,7 +194,11 @@ with migrate_tab:
     elif plan.nothing_to_do:
         st.caption("Nothing to upload: the bucket already has the whole catalog. Migrate will only verify it.")
     else:
-        st.caption(f"Uploads {plural(len(plan.to_upload), 'file')} ({format_bytes(plan.upload_bytes)}) to {plan.target}.")
+        st.caption(
+            f"Uploads {plural(len(plan.to_upload), 'file')} ({format_bytes(plan.upload_bytes)}), writes "
+            f"{plural(len(plan.products.to_write), 'product')} and copies {plural(plan.vectors_to_copy, 'vector')} "
+            f"to {plan.target}."
+        )
     if st.button("Migrate", icon=":material/cloud_upload:", type="primary",
                  disabled=plan is None or stale or plan.blocked):
         migration = make_migration()
@@ -219,7 +226,8 @@ with migrate_tab:
             ("Conflicts", len(report.conflicts), "left alone: a different object at the same key"),
             ("Failed", len(report.failed), "did not arrive or did not verify"),
         ])
-        st.markdown(f"**products.json**: {report.metadata.status}: {plain(report.metadata.detail)}")
+        st.markdown(f"**Products**: {report.products.status}: {plain(report.products.detail)}")
+        st.markdown(f"**Vectors**: {plain(report_vectors_line(report))}")
         st.caption(f"{format_bytes(report.bytes_uploaded)} uploaded in {report.duration_s:,.1f} s.")
         for check in report.verification:
             st.markdown(f"{STATUS_ICONS[check.status]} **{check.name}**: {plain(check.detail)}")
@@ -228,7 +236,7 @@ with migrate_tab:
         problems = [r.as_dict() for r in report.conflicts + report.failed]
         if problems:
             st.dataframe(problems, hide_index=True, width="stretch", column_order=("status", "key", "reason"))
-        if report.conflicts or report.metadata.conflicts:
+        if report.conflicts or report.products.conflicts:
             st.caption("Conflicts are never overwritten: inspect them, then tick 'Replace…' above and preview again.")
         if report.failed:
             st.caption("Preview and migrate again to send what is missing; nothing verified is sent twice.")
@@ -244,19 +252,20 @@ with migrate_tab:
 
 
 @st.cache_data(ttl=300, show_spinner="Measuring the local catalog…")
-def local_catalog_size(data_dir: str, image_prefix: str, thumbnail_prefix: str) -> CatalogSize:
-    objects = ((o.key, o.size) for o in LocalStorage(data_dir).iter_objects())
-    return CatalogSize.from_objects(objects, image_prefix, thumbnail_prefix)
+def local_catalog_size(data_dir: str, image_prefix: str, thumbnail_prefix: str, _settings) -> CatalogSize:
+    """Cached by folder and prefixes (`_settings`, unhashed, carries the same values)."""
+    return catalog_size(LocalStorage(data_dir), _settings)
 
 
 with costs_tab:
     st.caption("What the catalog would cost on S3: the migration once, then every month. Edit the assumptions.")
     plan = state.get("mig_plan")
     if plan is not None:
-        size = plan.estimate.catalog  # what the preview found, products.json as it would be in the bucket
+        size = plan.estimate.catalog  # what the preview measured (the same measure as below)
         where = "the previewed migration"
     else:
-        size = local_catalog_size(str(settings.vpm_data_dir), settings.s3_image_prefix, settings.s3_thumbnail_prefix)
+        size = local_catalog_size(str(settings.vpm_data_dir), settings.s3_image_prefix, settings.s3_thumbnail_prefix,
+                                  settings)
         where = f"the local folder `{settings.vpm_data_dir}`"
     st.markdown(
         f"Catalog ({where}): {plural(size.images, 'image')} ({format_bytes(size.image_bytes)}), "

@@ -1,5 +1,6 @@
-"""`python -m vpm migrate` and `python -m vpm costs`: in-process (vpm.cli.main) against moto, and as real
-subprocesses against moto's HTTP server (the integration guide's commands, and a kill -9 half-way)."""
+"""`python -m vpm migrate` and `python -m vpm costs`: in-process (vpm.cli.main) and as real subprocesses
+(the integration guide's commands, and kill -9 half-way), always against moto's HTTP server, since LanceDB's
+own client writes the bucket's tables."""
 
 from __future__ import annotations
 
@@ -10,20 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import pytest
 
 from vpm.cli import main
 
-from conftest import BUCKET, REGION
-
 REPO = Path(__file__).resolve().parents[1]
-
-
-def bucket_keys(endpoint: str | None = None, bucket: str = BUCKET) -> set[str]:
-    client = boto3.client("s3", region_name=REGION, endpoint_url=endpoint)
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return {o["Key"] for page in pages for o in page.get("Contents", [])}
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -37,31 +29,36 @@ class FakeTerminal(io.StringIO):
         return True
 
 
+def files_in(keys) -> set[str]:
+    """Photos and thumbnails, without the catalog tables."""
+    return {k for k in keys if not k.startswith("metadata/")}
+
+
 # -------------------------------------------------------------------------------------------- --check-only
 
 
-def test_check_only_prints_one_line_per_check_and_exits_0(aws, local_catalog, capsys):
+def test_check_only_prints_one_line_per_check_and_exits_0(local_catalog, capsys):
     local_catalog.add(2)
     code, out, _ = run(capsys, "migrate", "--check-only")
     assert code == 0
     assert "[PASS] bucket exists" in out and "[PASS] write probe" in out and "[PASS] delete probe" in out
     assert "[WARN] bucket versioning: versioning is off" in out
     assert "fix: turn it on" in out
-    assert "[PASS] local catalog consistent" in out
+    assert "[PASS] local catalog consistent" in out and "[PASS] local vectors" in out
     assert out.strip().endswith("overall: warn")
-    assert bucket_keys() == set()
+    assert local_catalog.bucket_keys() == set()
 
 
-def test_check_only_missing_bucket_exits_1_with_the_mb_command(aws, local_catalog, capsys, monkeypatch):
+def test_check_only_missing_bucket_exits_1_with_the_mb_command(local_catalog, capsys, monkeypatch):
     local_catalog.add(1)
     monkeypatch.setenv("S3_BUCKET_NAME", "missing-bucket")
     code, out, _ = run(capsys, "migrate", "--check-only")
     assert code == 1
-    assert "[FAIL] bucket exists: bucket not found: s3://missing-bucket" in out
+    assert "[FAIL] bucket exists: bucket 'missing-bucket' does not exist in us-east-1" in out
     assert "aws s3 mb s3://missing-bucket --region us-east-1" in out
 
 
-def test_check_only_json(aws, local_catalog, capsys):
+def test_check_only_json(local_catalog, capsys):
     local_catalog.add(1)
     code, out, _ = run(capsys, "migrate", "--check-only", "--json")
     report = json.loads(out)
@@ -85,82 +82,93 @@ def test_workers_out_of_range_is_a_usage_error(local_catalog, capsys):
 # ------------------------------------------------------------------------------------------- --dry-run
 
 
-def test_dry_run_prints_the_plan_file_by_file_and_writes_nothing(aws, local_catalog, capsys):
+def test_dry_run_prints_the_plan_file_by_file_and_writes_nothing(local_catalog, capsys):
     local_catalog.add(3)
     before = local_catalog.snapshot()
     code, out, _ = run(capsys, "migrate", "--dry-run")
     assert code == 0
     assert "upload    images/p0000.jpg" in out and "upload    thumbnails/p0002.webp" in out
-    assert "upload          7 files" in out
-    assert "products.json: create: 3 new" in out
+    assert "upload          6 files" in out
+    assert "products: write: 3 to add" in out
+    assert "vectors: fake-colour: 3 to copy, 0 already there" in out
     assert "Estimated cost: migration $" in out
     assert "(dry run: nothing was written)" in out
-    assert bucket_keys() == set()
+    assert local_catalog.bucket_keys() == set()
     assert local_catalog.snapshot() == before
 
 
-def test_dry_run_json_has_totals_and_estimate(aws, local_catalog, capsys):
+def test_dry_run_json_has_totals_estimate_and_fingerprint(local_catalog, capsys):
     local_catalog.add(2)
     code, out, _ = run(capsys, "migrate", "--dry-run", "--json")
     doc = json.loads(out)
     assert code == 0 and doc["dry_run"] is True
-    assert doc["plan"]["totals"]["upload"]["files"] == 5
+    assert doc["plan"]["totals"]["upload"]["files"] == 4
     assert doc["plan"]["estimate"]["catalog"]["images"] == 2
     assert {i["action"] for i in doc["plan"]["items"]} == {"upload"}
+    assert doc["plan"]["products"]["added"] == ["p0000", "p0001"]
+    assert len(doc["plan"]["fingerprint"]) == 64
 
 
 # ---------------------------------------------------------------------------------------------- --force
 
 
-def test_force_migrates_then_a_rerun_has_nothing_to_do(aws, local_catalog, capsys, monkeypatch):
+def test_force_migrates_then_a_rerun_has_nothing_to_do(local_catalog, capsys, monkeypatch):
     local_catalog.add(4)
     code, out, _ = run(capsys, "migrate", "--force", "--json")
     report = json.loads(out)
     assert code == 0 and report["ok"]
-    assert report["uploaded"]["files"] == 9 and report["failed"] == [] and report["conflicts"] == []
-    assert report["metadata"]["status"] == "written"
+    assert report["uploaded"]["files"] == 8 and report["failed"] == [] and report["conflicts"] == []
+    assert report["products"]["status"] == "written" and report["products"]["rows_written"] == 4
+    assert report["vectors"] == [{"model_id": "fake-colour", "status": "copied", "copied": 4, "planned": 4,
+                                  "detail": ""}]
 
     code, out, _ = run(capsys, "migrate", "--force")
     assert code == 0
     assert "nothing to do" in out and "uploaded        0 files" in out
+    assert "fake-colour: every vector already there" in out
 
     monkeypatch.setenv("S3_ENABLED", "true")  # the app now reads the bucket
     code, out, _ = run(capsys, "list")
     assert code == 0 and "p0003  Product 3 [mugs]" in out
 
 
-def test_unresolved_conflict_exits_1_and_overwrite_resolves_it(aws, local_catalog, capsys):
+def test_unresolved_conflict_exits_1_and_overwrite_resolves_it(local_catalog, capsys):
     local_catalog.add(2)
-    boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key="images/p0001.jpg", Body=b"other")
+    local_catalog.s3().put_object(Bucket=local_catalog.bucket, Key="images/p0001.jpg", Body=b"other")
     code, out, _ = run(capsys, "migrate", "--force")
     assert code == 1
     assert "conflict: images/p0001.jpg: bucket has 5 bytes" in out and "--overwrite" in out
+    assert "1 held back because a file is in conflict: p0001" in out
 
     code, out, _ = run(capsys, "migrate", "--force", "--overwrite", "--json")
     assert code == 0 and json.loads(out)["ok"]
 
 
-def test_without_force_refuses_to_prompt_when_stdin_is_not_a_terminal(aws, local_catalog, capsys, monkeypatch):
+def test_without_force_refuses_to_prompt_when_stdin_is_not_a_terminal(local_catalog, capsys, monkeypatch):
     local_catalog.add(2)
     monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
     code, _, err = run(capsys, "migrate")
     assert code == 2
     assert "stdin is not a terminal" in err and "--force" in err and "--dry-run" in err
-    assert bucket_keys() == set()
+    assert local_catalog.bucket_keys() == set()
 
 
-def test_without_force_asks_and_respects_the_answer(aws, local_catalog, capsys, monkeypatch):
+def test_without_force_asks_and_respects_the_answer(local_catalog, capsys, monkeypatch):
+    from vpm.config import load_settings
+    from vpm.migration import plan_fingerprint
+
     local_catalog.add(2)
     monkeypatch.setattr(sys, "stdin", FakeTerminal("n\n"))
     code, out, err = run(capsys, "migrate")
     assert code == 1 and "cancelled: nothing was written" in err
-    assert "Upload 5 files to s3://vpm-test-bucket" in out
-    assert bucket_keys() == set()
+    assert f"Upload 4 files, write 2 products and copy 2 vectors to s3://{local_catalog.bucket}" in out
+    assert f"(plan {plan_fingerprint(load_settings(), overwrite=False)[:12]})" in out
+    assert local_catalog.bucket_keys() == set()
 
     monkeypatch.setattr(sys, "stdin", FakeTerminal("y\n"))
     code, out, _ = run(capsys, "migrate")
-    assert code == 0 and "Migration to s3://vpm-test-bucket" in out
-    assert "metadata/products.json" in bucket_keys()
+    assert code == 0 and f"Migration to s3://{local_catalog.bucket}" in out
+    assert sorted(local_catalog.bucket_products()) == ["p0000", "p0001"]
 
 
 # ------------------------------------------------------------------------------------------------ costs
@@ -188,14 +196,23 @@ def test_costs_json_follows_the_traffic_flags(local_catalog, capsys):
     assert doc["monthly_total"] >= 0
 
 
-def test_costs_reads_the_bucket_when_s3_is_active(aws, local_catalog, capsys, monkeypatch):
+def test_costs_measures_the_catalog_the_way_the_migration_plan_does(local_catalog, capsys):
+    local_catalog.add(3)
+    _, costs, _ = run(capsys, "costs", "--json")
+    _, dry, _ = run(capsys, "migrate", "--dry-run", "--json")
+    assert json.loads(costs)["catalog"] == json.loads(dry)["plan"]["estimate"]["catalog"]
+
+
+def test_costs_reads_the_bucket_when_s3_is_active(local_catalog, capsys, monkeypatch):
     local_catalog.add(5)
     assert run(capsys, "migrate", "--force")[0] == 0
     monkeypatch.setenv("S3_ENABLED", "true")
     code, out, _ = run(capsys, "costs", "--json")
     doc = json.loads(out)
-    assert code == 0 and doc["storage"].startswith("s3://vpm-test-bucket")
-    assert (doc["catalog"]["images"], doc["catalog"]["thumbnails"], doc["catalog"]["metadata_objects"]) == (5, 5, 2)
+    assert code == 0 and doc["storage"].startswith(f"s3://{local_catalog.bucket}")
+    tables = [k for k in local_catalog.bucket_keys() if k.startswith("metadata/")]
+    assert (doc["catalog"]["images"], doc["catalog"]["thumbnails"]) == (5, 5)
+    assert doc["catalog"]["metadata_objects"] == len(tables) > 0
 
 
 def test_costs_rejects_a_negative_count(local_catalog, capsys):
@@ -208,22 +225,21 @@ def test_costs_rejects_a_negative_count(local_catalog, capsys):
 # ------------------------------------------------------------------------- real processes, moto over HTTP
 
 
-def subprocess_env(endpoint: str, bucket: str) -> dict[str, str]:
+def subprocess_env(lc) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(S3_ENDPOINT_URL=endpoint, S3_BUCKET_NAME=bucket,
+    env.update(S3_ENDPOINT_URL=lc.endpoint, S3_BUCKET_NAME=lc.bucket,
                PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
     return env
 
 
 def vpm(env, *argv: str, code: str | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "vpm", *argv]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_integration_guide_commands(server_bucket, local_catalog):
-    endpoint, bucket = server_bucket
+def test_integration_guide_commands(local_catalog):
     local_catalog.add(6)
-    env = subprocess_env(endpoint, bucket)
+    env = subprocess_env(local_catalog)
 
     check = vpm(env, "migrate", "--check-only")
     assert check.returncode == 0, check.stdout + check.stderr
@@ -231,12 +247,13 @@ def test_integration_guide_commands(server_bucket, local_catalog):
 
     dry = vpm(env, "migrate", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "upload         13 files" in dry.stdout and bucket_keys(endpoint, bucket) == set()
+    assert "upload         12 files" in dry.stdout and local_catalog.bucket_keys() == set()
 
     force = vpm(env, "migrate", "--force")
     assert force.returncode == 0, force.stdout + force.stderr
-    assert "uploaded       13 files" in force.stdout
-    assert len(bucket_keys(endpoint, bucket)) == 14  # 13 files and products.json
+    assert "uploaded       12 files" in force.stdout
+    assert len(files_in(local_catalog.bucket_keys())) == 12
+    assert len(local_catalog.bucket_products()) == 6 and local_catalog.bucket_vectors().count() == 6
 
 
 KILL_AFTER_10_UPLOADS = """
@@ -256,25 +273,54 @@ sys.exit(main(["migrate", "--force", "--workers", "4"]))
 """
 
 
-def test_killed_migration_resumes_with_nothing_lost(server_bucket, local_catalog):
-    endpoint, bucket = server_bucket
+def test_killed_migration_resumes_with_nothing_lost(local_catalog):
     local_catalog.add(20)
-    env = subprocess_env(endpoint, bucket)
+    env = subprocess_env(local_catalog)
 
     killed = vpm(env, code=KILL_AFTER_10_UPLOADS)
     assert killed.returncode == -9, killed.stdout + killed.stderr
-    arrived = bucket_keys(endpoint, bucket)
-    assert 10 <= len(arrived) < 41
-    assert "metadata/products.json" not in arrived
+    arrived = local_catalog.bucket_keys()
+    assert 10 <= len(arrived) < 40
+    assert files_in(arrived) == arrived  # no table yet: no row points at a file that is not there
 
     rerun = vpm(env, "migrate", "--force", "--json")
     report = json.loads(rerun.stdout)
     assert rerun.returncode == 0 and report["ok"], rerun.stdout + rerun.stderr
     assert report["skipped"]["files"] == len(arrived)
-    assert report["uploaded"]["files"] == 41 - len(arrived)
-    assert len(bucket_keys(endpoint, bucket)) == 42
-    client = boto3.client("s3", region_name=REGION, endpoint_url=endpoint)
-    products = json.loads(client.get_object(Bucket=bucket, Key="metadata/products.json")["Body"].read())
-    assert len(products["products"]) == 20
+    assert report["uploaded"]["files"] == 40 - len(arrived)
+    assert len(files_in(local_catalog.bucket_keys())) == 40
+    assert len(local_catalog.bucket_products()) == 20 and local_catalog.bucket_vectors().count() == 20
+    s3 = local_catalog.s3()
     for key in ("images/p0000.jpg", "thumbnails/p0019.webp"):
-        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == local_catalog.storage.get(key)
+        body = s3.get_object(Bucket=local_catalog.bucket, Key=key)["Body"].read()
+        assert body == local_catalog.storage.get(key)
+
+
+KILL_BEFORE_THE_VECTORS = """
+import os, signal, sys
+import vpm.migration.execute as execute
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # the product rows are committed; the vectors never start
+
+execute.copy_vectors = die
+from vpm.cli import main
+sys.exit(main(["migrate", "--force"]))
+"""
+
+
+def test_killed_between_the_products_and_the_vectors_a_rerun_copies_the_vectors(local_catalog):
+    local_catalog.add(8)
+    env = subprocess_env(local_catalog)
+
+    killed = vpm(env, code=KILL_BEFORE_THE_VECTORS)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert len(local_catalog.bucket_products()) == 8  # the bucket's catalog opens, complete
+    assert not any(k.startswith("metadata/vectors-") for k in local_catalog.bucket_keys())
+
+    rerun = vpm(env, "migrate", "--force", "--json")
+    report = json.loads(rerun.stdout)
+    assert rerun.returncode == 0 and report["ok"], rerun.stdout + rerun.stderr
+    assert report["uploaded"]["files"] == 0 and report["products"]["rows_written"] == 0
+    assert report["vectors"][0]["copied"] == 8
+    assert local_catalog.bucket_vectors().count() == 8

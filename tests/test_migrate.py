@@ -1,49 +1,46 @@
-"""vpm.migrate against moto: check, plan (dry run), execute, verify, resume, conflicts, fault injection."""
+"""vpm.migration against moto's HTTP server: check, plan (dry run), execute, verify, resume, conflicts, faults,
+and the catalog in the bucket afterwards (product rows and vectors written through the engine)."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import boto3
 import pytest
 from pydantic import SecretStr
 
-from vpm.catalog import Catalog, Product
+from conftest import REGION, CountingEmbedder, make_product_photo
+from fakes import ColourMeanEmbedder
+from vpm import engine
+from vpm.catalog import Photo, Product
 from vpm.config import ConfigError, load_settings
-from vpm.migrate import (
+from vpm.lance_catalog import LanceCatalogStore
+from vpm.matcher import Matcher
+from vpm.migration import (
     CONFLICT,
     MISSING,
+    OVERWRITE,
     SKIP,
     UPLOAD,
     Migration,
     MigrationError,
+    catalog_size,
     merge_products,
+    plan_fingerprint,
 )
+from vpm.migration import execute as execute_module
+from vpm.migration.checks import region_verdict
+from vpm.migration.files import bucket_key
 from vpm.storage import S3Storage, StorageError
-
-from conftest import BUCKET, REGION
 
 WRITE_OPS = {"PutObject", "DeleteObject", "DeleteObjects", "CopyObject", "CreateMultipartUpload", "UploadPart",
              "CompleteMultipartUpload", "PutBucketVersioning", "PutBucketEncryption"}
-
-
-def s3():
-    return boto3.client("s3", region_name=REGION)
-
-
-def bucket_keys() -> set[str]:
-    pages = s3().get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
-    return {o["Key"] for page in pages for o in page.get("Contents", [])}
-
-
-def bucket_products() -> list[dict]:
-    return json.loads(s3().get_object(Bucket=BUCKET, Key="metadata/products.json")["Body"].read())["products"]
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+LEGACY = Path(__file__).parent / "fixtures" / "legacy-catalog"
 
 
 @pytest.fixture
@@ -74,6 +71,21 @@ def fresh_migration(**kwargs) -> Migration:
     return Migration(load_settings(), **kwargs)
 
 
+def migrate(**kwargs):
+    migration = fresh_migration()
+    return migration.execute(migration.plan(**kwargs))
+
+
+def bucket_storage(lc) -> S3Storage:
+    return S3Storage(lc.bucket, REGION, endpoint_url=lc.endpoint)
+
+
+def put_bucket_products(lc, products) -> None:
+    """Products the bucket already has (written through the engine, as the app on S3 would)."""
+    where = engine.location(lc.bucket_settings())
+    assert LanceCatalogStore(where).add(products) == []
+
+
 # ----------------------------------------------------------------------------------------------- check
 
 
@@ -81,10 +93,11 @@ def by_name(checks):
     return {c.name: c for c in checks}
 
 
-def test_check_passes_on_a_good_setup_and_removes_its_probe(aws, local_catalog):
+def test_check_passes_on_a_good_setup_and_removes_its_probe(local_catalog):
     local_catalog.add(3)
-    s3().put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-    s3().put_bucket_encryption(Bucket=BUCKET, ServerSideEncryptionConfiguration={
+    s3 = local_catalog.s3()
+    s3.put_bucket_versioning(Bucket=local_catalog.bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_bucket_encryption(Bucket=local_catalog.bucket, ServerSideEncryptionConfiguration={
         "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
 
     checks = fresh_migration().check()
@@ -92,13 +105,15 @@ def test_check_passes_on_a_good_setup_and_removes_its_probe(aws, local_catalog):
     assert [c for c in checks if c.status != "pass"] == []
     names = set(by_name(checks))
     assert {"credentials", "bucket exists", "bucket region", "list objects", "write probe", "read probe",
-            "delete probe", "bucket versioning", "default encryption", "local catalog readable",
-            "local catalog consistent"} <= names
+            "delete probe", "bucket versioning", "default encryption", "bucket catalog", "local catalog readable",
+            "local catalog consistent", "local vectors"} <= names
     assert "AES256" in by_name(checks)["default encryption"].detail
-    assert bucket_keys() == set()  # the probe is gone
+    assert "no catalog tables in the bucket yet" in by_name(checks)["bucket catalog"].detail
+    assert "fake-colour" in by_name(checks)["local vectors"].detail
+    assert local_catalog.bucket_keys() == set()  # the probe is gone, and no table was created
 
 
-def test_check_warns_when_versioning_and_default_encryption_are_off(aws, local_catalog):
+def test_check_warns_when_versioning_and_default_encryption_are_off(local_catalog):
     local_catalog.add(1)
     checks = by_name(fresh_migration().check())
     assert checks["bucket versioning"].status == "warn"
@@ -108,32 +123,35 @@ def test_check_warns_when_versioning_and_default_encryption_are_off(aws, local_c
     assert all(c.status != "fail" for c in checks.values())
 
 
-def test_check_counts_s3_sse_as_encryption(aws, local_catalog, monkeypatch):
+def test_check_counts_s3_sse_as_encryption(local_catalog, monkeypatch):
     local_catalog.add(1)
     monkeypatch.setenv("S3_SSE", "AES256")
     assert by_name(fresh_migration().check())["default encryption"].status == "pass"
 
 
-def test_check_missing_bucket_fails_with_the_command_that_creates_it(aws, local_catalog, monkeypatch):
+def test_check_missing_bucket_fails_with_the_command_that_creates_it(local_catalog, monkeypatch):
     local_catalog.add(1)
     monkeypatch.setenv("S3_BUCKET_NAME", "no-such-bucket-here")
     checks = fresh_migration().check()
     bucket = by_name(checks)["bucket exists"]
     assert bucket.status == "fail"
-    assert "not found" in bucket.detail
+    assert "does not exist" in bucket.detail
     assert "aws s3 mb s3://no-such-bucket-here --region us-east-1" in bucket.fix
     assert "write probe" not in by_name(checks)  # no noise after the first failure
     assert by_name(checks)["local catalog readable"].status == "pass"  # the local side is still checked
 
 
-def test_check_bucket_in_another_region_fails_naming_it(aws, local_catalog, monkeypatch):
+def test_check_bucket_in_another_region_names_it(local_catalog, monkeypatch):
     local_catalog.add(1)
-    boto3.client("s3", region_name="eu-west-1").create_bucket(
-        Bucket="eu-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    monkeypatch.setenv("S3_BUCKET_NAME", "eu-bucket")
+    name = local_catalog.bucket[:40] + "-eu"
+    boto3.client("s3", region_name="eu-west-1", endpoint_url=local_catalog.endpoint).create_bucket(
+        Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    monkeypatch.setenv("S3_BUCKET_NAME", name)
     region = by_name(fresh_migration().check())["bucket region"]
-    assert region.status == "fail"
+    # Behind S3_ENDPOINT_URL (moto here) a region is only a hint; on AWS itself it is a failure.
+    assert region.status == "warn"
     assert "eu-west-1" in region.detail and region.fix == "set S3_REGION=eu-west-1"
+    assert region_verdict("eu-west-1", "us-east-1", custom_endpoint=False).status == "fail"
 
 
 def test_check_without_credentials_fails_with_how_to_set_them(local_catalog, monkeypatch):
@@ -147,7 +165,7 @@ def test_check_without_credentials_fails_with_how_to_set_them(local_catalog, mon
     assert "bucket exists" not in by_name(checks)
 
 
-def test_check_reports_products_whose_image_is_missing(aws, local_catalog):
+def test_check_reports_products_whose_image_is_missing(local_catalog):
     local_catalog.add(3)
     (local_catalog.root / "images" / "p0001.jpg").unlink()
     consistent = by_name(fresh_migration().check())["local catalog consistent"]
@@ -156,9 +174,16 @@ def test_check_reports_products_whose_image_is_missing(aws, local_catalog):
     assert "python -m vpm delete" in consistent.fix
 
 
-def test_check_reports_an_empty_local_catalog_as_a_warning(aws, local_catalog):
+def test_check_reports_an_empty_local_catalog_as_a_warning_and_creates_nothing(local_catalog):
     readable = by_name(fresh_migration().check())["local catalog readable"]
     assert readable.status == "warn" and "nothing to migrate" in readable.fix
+    assert local_catalog.snapshot() == {}  # no empty table was made just to be read
+
+
+def test_check_reports_photos_without_a_local_vector(local_catalog):
+    local_catalog.add(2, vectors=False)
+    vectors = by_name(fresh_migration().check())["local vectors"]
+    assert vectors.status == "warn" and "embeds every photo" in vectors.fix
 
 
 def test_migration_requires_a_bucket_name(local_catalog, monkeypatch):
@@ -170,60 +195,107 @@ def test_migration_requires_a_bucket_name(local_catalog, monkeypatch):
 # ------------------------------------------------------------------------------------------------ plan
 
 
-def test_dry_run_plans_upload_skip_and_conflict_and_writes_nothing(aws, local_catalog, api_calls):
+def test_dry_run_plans_upload_skip_and_conflict_and_writes_nothing(local_catalog, api_calls):
     products = local_catalog.add(5)
-    local = local_catalog.storage
-    target = S3Storage(BUCKET, REGION)
+    local, s3, bucket = local_catalog.storage, local_catalog.s3(), local_catalog.bucket
+    target = bucket_storage(local_catalog)
+    image = [p.photos[0].key for p in products]
     # p0000: identical, stored with a checksum. p0001: identical, stored by another tool without one
     # (the plan falls back to a download). p0002: same size, other bytes. p0003's thumbnail: other size.
-    target.put(products[0].image_key, local.get(products[0].image_key), "image/jpeg")
-    s3().put_object(Bucket=BUCKET, Key=products[1].image_key, Body=local.get(products[1].image_key))
-    other = bytes(b ^ 0xFF for b in local.get(products[2].image_key))
-    s3().put_object(Bucket=BUCKET, Key=products[2].image_key, Body=other)
-    s3().put_object(Bucket=BUCKET, Key=products[3].thumbnail_key, Body=b"short")
-    before_keys, before_local = bucket_keys(), local_catalog.snapshot()
+    target.put(image[0], local.get(image[0]), "image/jpeg")
+    s3.put_object(Bucket=bucket, Key=image[1], Body=local.get(image[1]))
+    s3.put_object(Bucket=bucket, Key=image[2], Body=bytes(b ^ 0xFF for b in local.get(image[2])))
+    s3.put_object(Bucket=bucket, Key=products[3].photos[0].thumbnail_key, Body=b"short")
+    before_bucket, before_local = local_catalog.bucket_objects(), local_catalog.snapshot()
     api_calls.clear()
 
     plan = fresh_migration().plan()
 
     actions = {i.key: i.action for i in plan.items}
-    assert actions[products[0].image_key] == SKIP
-    assert actions[products[1].image_key] == SKIP
-    assert actions[products[2].image_key] == CONFLICT
-    assert actions[products[3].thumbnail_key] == CONFLICT
-    assert actions[products[4].image_key] == UPLOAD
-    assert actions["metadata/embeddings/clip-ViT-B-32.npz"] == UPLOAD
-    conflict = next(i for i in plan.items if i.key == products[3].thumbnail_key)
+    assert actions[image[0]] == SKIP and actions[image[1]] == SKIP
+    assert actions[image[2]] == CONFLICT and actions[products[3].photos[0].thumbnail_key] == CONFLICT
+    assert actions[image[4]] == UPLOAD
+    conflict = next(i for i in plan.items if i.key == products[3].photos[0].thumbnail_key)
     assert "bucket has 5 bytes" in conflict.reason
     totals = plan.totals()
-    assert totals["files"] == 11  # 5 images, 5 thumbnails, 1 embedding cache
-    assert totals[SKIP]["files"] == 2 and totals[CONFLICT]["files"] == 2 and totals[UPLOAD]["files"] == 7
+    assert totals["files"] == 10  # 5 images and 5 thumbnails: never products.json, segments or table files
+    assert totals[SKIP]["files"] == 2 and totals[CONFLICT]["files"] == 2 and totals[UPLOAD]["files"] == 6
     assert totals[UPLOAD]["bytes"] == sum(i.size for i in plan.items if i.action == UPLOAD)
-    assert plan.metadata.action == "create"
-    assert set(plan.metadata.held_back) == {"p0002", "p0003"}  # never point them at the bucket's other bytes
+    assert plan.products.action == "write"
+    assert set(plan.products.added) == {"p0000", "p0001", "p0004"}
+    assert set(plan.products.held_back) == {"p0002", "p0003"}  # never point them at the bucket's other bytes
+    assert [(m.model_id, len(m.to_copy)) for m in plan.vectors] == [("fake-colour", 3)]
     assert plan.estimate.one_time_total > 0
     text = plan.as_text()
-    assert "conflict" in text and "Estimated cost" in text
+    assert "conflict" in text and "Estimated cost" in text and "fake-colour: 3 to copy" in text
     json.dumps(plan.as_dict())  # the page and --json render it
 
     assert not WRITE_OPS & set(api_calls), api_calls
-    assert bucket_keys() == before_keys
+    assert local_catalog.bucket_objects() == before_bucket  # no table either: LanceDB wrote nothing
     assert local_catalog.snapshot() == before_local
 
 
-def test_plan_blocks_metadata_when_a_local_image_is_missing(aws, local_catalog):
+def test_dry_run_opens_the_bucket_tables_only_to_read_them(local_catalog, api_calls):
+    local_catalog.add(3)
+    assert migrate().ok
+    local_catalog.add(2, start=3)  # new local products: the plan has rows and vectors to write
+    before = local_catalog.bucket_objects()
+    api_calls.clear()
+
+    plan = fresh_migration().plan()
+
+    assert set(plan.products.added) == {"p0003", "p0004"} and len(plan.products.unchanged) == 3
+    assert plan.vectors[0].already_there == 3 and len(plan.vectors[0].to_copy) == 2
+    assert not WRITE_OPS & set(api_calls), api_calls
+    assert local_catalog.bucket_objects() == before  # every table file as it was: nothing committed
+
+
+def test_plan_blocks_the_products_when_a_local_image_is_missing(local_catalog):
     local_catalog.add(3)
     (local_catalog.root / "images" / "p0001.jpg").unlink()
     plan = fresh_migration().plan()
-    missing = [i for i in plan.items if i.action == MISSING]
-    assert [i.key for i in missing] == ["images/p0001.jpg"]
-    assert plan.metadata.action == "blocked" and "missing locally" in plan.metadata.detail
+    assert [i.key for i in plan.items if i.action == MISSING] == ["images/p0001.jpg"]
+    assert plan.blocked and plan.products.action == "blocked" and "missing locally" in plan.products.detail
+
+
+def test_the_cost_estimate_measures_the_catalog_the_one_way_costs_does(local_catalog):
+    local_catalog.add(4)
+    plan = fresh_migration().plan()
+    size = catalog_size(local_catalog.storage, load_settings())
+    assert plan.estimate.catalog == size
+    assert (size.images, size.thumbnails) == (4, 4) and size.metadata_objects > 0  # the local tables
+
+
+# ------------------------------------------------------------------------------------------ fingerprint
+
+
+def test_the_fingerprint_follows_every_setting_the_plan_depends_on(local_catalog, monkeypatch):
+    local_catalog.add(1)
+    settings = load_settings()
+    plan = Migration(settings).plan()
+    assert plan.fingerprint() == plan_fingerprint(load_settings(), overwrite=False)
+    assert plan.fingerprint() != plan_fingerprint(settings, overwrite=True)
+    for change in ({"s3_image_prefix": "photos/"}, {"s3_bucket_name": "another-bucket"},
+                   {"aws_secret_access_key": SecretStr("another-secret")}, {"s3_region": "eu-west-1"}):
+        assert plan_fingerprint(settings.model_copy(update=change), overwrite=False) != plan.fingerprint(), change
+    assert "testing" not in json.dumps(plan.as_dict())
+
+
+def test_execute_refuses_a_plan_made_with_other_settings(local_catalog):
+    local_catalog.add(2)
+    plan = fresh_migration().plan()
+    other = Migration(load_settings(s3_image_prefix="photos/"))
+    with pytest.raises(MigrationError, match="preview again"):
+        other.execute(plan)
+    with pytest.raises(MigrationError, match="preview again"):  # --overwrite is part of what was previewed
+        fresh_migration().execute(dataclasses.replace(plan, overwrite=True))
+    assert local_catalog.bucket_keys() == set()
 
 
 # --------------------------------------------------------------------------------------------- execute
 
 
-def test_force_uploads_everything_with_checksums_and_points_the_catalog_at_s3(aws, local_catalog):
+def test_force_uploads_everything_with_checksums_and_writes_the_catalog_through_the_engine(local_catalog):
     products = local_catalog.add(12)
     before_local = local_catalog.snapshot()
     migration = fresh_migration(workers=4)
@@ -231,40 +303,107 @@ def test_force_uploads_everything_with_checksums_and_points_the_catalog_at_s3(aw
 
     report = migration.execute(migration.plan(), progress=lambda *a: seen.append(a))
 
-    assert report.ok and report.exit_code == 0
-    assert len(report.uploaded) == 25 and not report.failed and not report.conflicts
+    assert report.ok and report.exit_code == 0, report.as_text()
+    assert len(report.uploaded) == 24 and not report.failed and not report.conflicts
+    s3 = local_catalog.s3()
     for p in products:
-        for key, ctype in ((p.image_key, "image/jpeg"), (p.thumbnail_key, "image/webp")):
-            head = s3().head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
+        for key, ctype in ((p.photos[0].key, "image/jpeg"), (p.photos[0].thumbnail_key, "image/webp")):
+            head = s3.head_object(Bucket=local_catalog.bucket, Key=key, ChecksumMode="ENABLED")
             data = local_catalog.storage.get(key)
             assert head["ContentType"] == ctype
             assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(data).digest()).decode()
             assert head["ContentLength"] == len(data)
-    assert "metadata/embeddings/clip-ViT-B-32.npz" in bucket_keys()
-    listed = Catalog(S3Storage(BUCKET, REGION)).list()
-    assert [p.id for p in listed] == [p.id for p in products]
-    assert all(p.image_key.startswith("images/") and p.thumbnail_key.startswith("thumbnails/") for p in listed)
-    assert report.metadata.status == "written" and len(report.metadata.added) == 12
-    assert seen[-1][0] == seen[-1][1] == 25 and seen[-1][2] == seen[-1][3] == report.bytes_uploaded
+    keys = local_catalog.bucket_keys()
+    assert not any(k.endswith((".json", ".npz")) for k in keys)  # the catalog is tables, not plain copies
+    listed = local_catalog.bucket_products()
+    assert sorted(listed) == [p.id for p in products]
+    assert all(listed[p.id].model_dump(exclude={"revision", "updated_at"}) ==
+               p.model_dump(exclude={"revision", "updated_at"}) for p in products)
+    assert report.products.status == "written" and len(report.products.added) == 12
+    assert [(v.model_id, v.status, v.copied) for v in report.vectors] == [("fake-colour", "copied", 12)]
+    assert local_catalog.bucket_vectors().count() == 12
+    assert seen[-1][0] == seen[-1][1] == 24 and seen[-1][2] == seen[-1][3] == report.bytes_uploaded
     assert local_catalog.snapshot() == before_local  # copies, never moves or deletes
-    assert [c.status for c in report.verification] == ["pass", "pass"]
+    assert {c.name: c.status for c in report.verification} == {
+        "files in bucket": "pass", "bucket catalog complete": "pass", "fake-colour vectors": "pass"}
     json.dumps(report.as_dict())
 
 
-def test_products_move_to_the_configured_prefixes(aws, local_catalog, monkeypatch):
+def test_the_bucket_finds_a_product_by_its_own_photo_without_embedding_anything(local_catalog):
+    red = local_catalog.create("red mug", [1], product_id="red-mug")
+    local_catalog.create("green bag", [2], category="bags", product_id="green-bag")
+    assert migrate().ok
+
+    embedder = CountingEmbedder(ColourMeanEmbedder())
+    bucket = Matcher(local_catalog.bucket_settings(), embedder=embedder)
+    response = bucket.search_image(make_product_photo(1), "query.png", threshold=0.0)
+
+    assert response.results[0].product.id == "red-mug"
+    assert response.results[0].photo_key == red.photos[0].key
+    assert response.results[0].score == pytest.approx(1.0, abs=1e-5)
+    assert embedder.images_embedded == 1  # the query only: the catalog's vectors were copied
+
+
+def test_a_product_with_three_photos_migrates_with_all_three(local_catalog):
+    trio = local_catalog.create("trio", [11, 12, 13], product_id="trio")
+    assert len(trio.photos) == 3
+    report = migrate()
+
+    assert report.ok and len(report.uploaded) == 6
+    stored = local_catalog.bucket_products()["trio"]
+    assert [p.key for p in stored.photos] == [p.key for p in trio.photos]
+    assert local_catalog.bucket_keys() >= set(trio.file_keys())
+    assert local_catalog.bucket_vectors().photo_keys_with_vectors([p.key for p in trio.photos]) == {
+        p.key for p in trio.photos}
+    embedder = CountingEmbedder(ColourMeanEmbedder())
+    bucket = Matcher(local_catalog.bucket_settings(), embedder=embedder)
+    hit = bucket.search_image(make_product_photo(12), "second.png", threshold=0.0).results[0]
+    assert (hit.product.id, hit.photo_key) == ("trio", trio.photos[1].key)
+    assert embedder.images_embedded == 1
+
+
+def test_products_move_to_the_configured_prefixes(local_catalog):
     local_catalog.add(2, image_prefix="photos/", thumbnail_prefix="small/")
-    report = Migration(load_settings()).execute(Migration(load_settings()).plan())
-    assert report.ok
-    listed = {p.id: p for p in Catalog(S3Storage(BUCKET, REGION)).list()}
-    assert listed["p0000"].image_key == "images/p0000.jpg"
-    assert listed["p0001"].thumbnail_key == "thumbnails/p0001.webp"
-    assert s3().get_object(Bucket=BUCKET, Key="images/p0000.jpg")["Body"].read() == \
-        local_catalog.storage.get("photos/p0000.jpg")
+    report = migrate()
+    assert report.ok, report.as_text()
+    listed = local_catalog.bucket_products()
+    assert listed["p0000"].photos[0].key == "images/p0000.jpg"
+    assert listed["p0001"].photos[0].thumbnail_key == "thumbnails/p0001.webp"
+    body = local_catalog.s3().get_object(Bucket=local_catalog.bucket, Key="images/p0000.jpg")["Body"].read()
+    assert body == local_catalog.storage.get("photos/p0000.jpg")
+    assert local_catalog.bucket_vectors().photo_keys_with_vectors(["images/p0000.jpg", "images/p0001.jpg"]) == {
+        "images/p0000.jpg", "images/p0001.jpg"}
 
 
-def test_rerun_after_success_uploads_nothing(aws, local_catalog, api_calls):
+def test_a_remapped_file_keeps_its_name_and_gains_the_product_id_when_needed():
+    assert bucket_key("images/a.jpg", "p1", "images/") == "images/a.jpg"
+    assert bucket_key("photos/p1-x.jpg", "p1", "images/") == "images/p1-x.jpg"
+    assert bucket_key("photos/front.jpg", "p1", "images/") == "images/p1-front.jpg"
+    assert bucket_key("photos/p10.jpg", "p1", "images/") == "images/p1-p10.jpg"
+
+
+def test_an_old_products_json_catalog_is_upgraded_then_migrated_without_copying_its_files(local_catalog):
+    for path in sorted(LEGACY.rglob("*")):
+        if path.is_file() and path.name != "README.md":
+            target = local_catalog.root / path.relative_to(LEGACY)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    old_json = (local_catalog.root / "metadata" / "products.json").read_bytes()
+
+    report = migrate()
+
+    assert report.ok, report.as_text()
+    assert sorted(local_catalog.bucket_products()) == ["blue-mug", "desk-lamp", "red-mug", "trail-shoe"]
+    assert [(v.model_id, v.copied) for v in report.vectors] == [("efficientnet-lite0", 4)]
+    keys = local_catalog.bucket_keys()
+    assert not any(k.endswith((".npz", "products.json", ".upgraded")) for k in keys)
+    assert (local_catalog.root / "metadata" / "products.json").read_bytes() == old_json  # left as it was
+
+
+def test_rerun_after_success_writes_nothing(local_catalog, api_calls):
     local_catalog.add(6)
-    fresh_migration().execute(fresh_migration().plan())
+    assert migrate().ok
+    before = local_catalog.bucket_objects()
     api_calls.clear()
 
     migration = fresh_migration()
@@ -272,80 +411,82 @@ def test_rerun_after_success_uploads_nothing(aws, local_catalog, api_calls):
     assert plan.nothing_to_do and {i.action for i in plan.items} == {SKIP}
     report = migration.execute(plan)
 
-    assert report.ok and len(report.skipped) == 13 and not report.uploaded
-    assert report.metadata.status == "unchanged"
+    assert report.ok and len(report.skipped) == 12 and not report.uploaded
+    assert report.products.status == "unchanged" and report.products.rows_written == 0
+    assert report.vectors_copied == 0
     assert "PutObject" not in api_calls
+    assert local_catalog.bucket_objects() == before  # no table version either
 
 
-def test_sse_setting_encrypts_every_uploaded_object(aws, local_catalog, monkeypatch):
+def test_sse_setting_encrypts_every_uploaded_file(local_catalog, monkeypatch):
     products = local_catalog.add(2)
     monkeypatch.setenv("S3_SSE", "AES256")
-    assert fresh_migration().execute(fresh_migration().plan()).ok
-    for key in (products[0].image_key, products[1].thumbnail_key, "metadata/products.json"):
-        assert s3().head_object(Bucket=BUCKET, Key=key)["ServerSideEncryption"] == "AES256"
+    assert migrate().ok
+    for key in (products[0].photos[0].key, products[1].photos[0].thumbnail_key):
+        head = local_catalog.s3().head_object(Bucket=local_catalog.bucket, Key=key)
+        assert head["ServerSideEncryption"] == "AES256"
 
 
-def test_bucket_catalog_is_merged_not_replaced(aws, local_catalog):
+def test_bucket_products_are_kept_never_replaced(local_catalog):
     local_catalog.add(3)
-    target = S3Storage(BUCKET, REGION)
-    target.put("images/theirs.jpg", b"their image", "image/jpeg")
-    theirs = Product(id="theirs", name="Theirs", category="x", image_key="images/theirs.jpg")
-    Catalog(target).add(theirs)
+    bucket_storage(local_catalog).put("images/theirs.jpg", b"their image", "image/jpeg")
+    theirs = Product(id="theirs", name="Theirs", category="x",
+                     photos=[Photo(key="images/theirs.jpg", sha256=hashlib.sha256(b"their image").hexdigest())])
+    put_bucket_products(local_catalog, [theirs])
 
-    report = fresh_migration().execute(fresh_migration().plan())
+    report = migrate()
 
-    assert report.ok and report.metadata.kept == 1
-    assert [p["id"] for p in bucket_products()] == ["theirs", "p0000", "p0001", "p0002"]
+    assert report.ok and report.products.kept == 1
+    assert sorted(local_catalog.bucket_products()) == ["p0000", "p0001", "p0002", "theirs"]
 
 
-def test_conflicts_are_reported_and_kept_until_overwrite(aws, local_catalog):
+def test_conflicts_are_reported_and_kept_until_overwrite(local_catalog):
     products = local_catalog.add(3)
-    target = S3Storage(BUCKET, REGION)
-    # The bucket already has p0000 with another image, and p0001's record differs (another name).
-    target.put(products[0].image_key, b"someone else's photo", "image/jpeg")
-    Catalog(target).add_products([
-        products[0].model_copy(update={"name": "Their p0"}),
-        products[1].model_copy(update={"name": "Their p1"}),
-    ])
+    image0 = products[0].photos[0].key
+    # The bucket already has p0000 with another image, and p0001's row differs (another name).
+    bucket_storage(local_catalog).put(image0, b"someone else's photo", "image/jpeg")
+    put_bucket_products(local_catalog, [products[0].model_copy(update={"name": "Their p0"}),
+                                        products[1].model_copy(update={"name": "Their p1"})])
 
     migration = fresh_migration()
     report = migration.execute(migration.plan())
 
     assert not report.ok and report.exit_code == 1
-    assert [r.key for r in report.conflicts] == [products[0].image_key]
-    assert report.metadata.conflicts == ("p0001",) and report.metadata.held_back == ("p0000",)
-    assert s3().get_object(Bucket=BUCKET, Key=products[0].image_key)["Body"].read() == b"someone else's photo"
-    names = {p["id"]: p["name"] for p in bucket_products()}
+    assert [r.key for r in report.conflicts] == [image0]
+    assert report.products.conflicts == ("p0001",) and report.products.held_back == ("p0000",)
+    s3 = local_catalog.s3()
+    assert s3.get_object(Bucket=local_catalog.bucket, Key=image0)["Body"].read() == b"someone else's photo"
+    names = {pid: p.name for pid, p in local_catalog.bucket_products().items()}
     assert names == {"p0000": "Their p0", "p0001": "Their p1", "p0002": "Product 2"}
     assert "--overwrite" in report.as_text()
 
     plan = migration.plan(overwrite=True)
-    assert {i.key: i.action for i in plan.items}[products[0].image_key] == "overwrite"
+    assert {i.key: i.action for i in plan.items}[image0] == OVERWRITE
     report = migration.execute(plan)
 
     assert report.ok, report.as_text()
-    assert s3().get_object(Bucket=BUCKET, Key=products[0].image_key)["Body"].read() == \
-        local_catalog.storage.get(products[0].image_key)
-    names = {p["id"]: p["name"] for p in bucket_products()}
+    assert s3.get_object(Bucket=local_catalog.bucket, Key=image0)["Body"].read() == local_catalog.storage.get(image0)
+    names = {pid: p.name for pid, p in local_catalog.bucket_products().items()}
     assert names == {"p0000": "Product 0", "p0001": "Product 1", "p0002": "Product 2"}
+    assert local_catalog.bucket_vectors().count() == 3
 
 
-def test_missing_local_image_uploads_the_rest_but_never_writes_metadata(aws, local_catalog):
+def test_missing_local_image_uploads_the_rest_but_never_writes_products(local_catalog):
     local_catalog.add(3)
     (local_catalog.root / "images" / "p0001.jpg").unlink()
-    report = fresh_migration().execute(fresh_migration().plan())
+    report = migrate()
     assert not report.ok
     assert [r.key for r in report.failed] == ["images/p0001.jpg"]
     assert "missing locally" in report.failed[0].reason
-    assert report.metadata.status == "not written"
-    assert "metadata/products.json" not in bucket_keys()
-    assert "images/p0000.jpg" in bucket_keys()
+    assert report.products.status == "not written"
+    keys = local_catalog.bucket_keys()
+    assert "images/p0000.jpg" in keys and not any(k.startswith("metadata/") for k in keys)
 
 
 # ------------------------------------------------------------------------------ interruption and faults
 
 
-def test_interrupted_run_resumes_uploading_only_what_is_missing(aws, local_catalog, api_calls):
+def test_interrupted_run_resumes_uploading_only_what_is_missing(local_catalog, api_calls):
     local_catalog.add(20)
     migration = fresh_migration(workers=2)
 
@@ -355,9 +496,9 @@ def test_interrupted_run_resumes_uploading_only_what_is_missing(aws, local_catal
 
     with pytest.raises(KeyboardInterrupt):
         migration.execute(migration.plan(), progress=stop_after_8)
-    arrived = bucket_keys()
-    assert 8 <= len(arrived) < 41  # in-flight uploads finish; the rest never started
-    assert "metadata/products.json" not in arrived  # never points at objects that are not there
+    arrived = local_catalog.bucket_keys()
+    assert 8 <= len(arrived) < 40  # in-flight uploads finish; the rest never started
+    assert not any(k.startswith("metadata/") for k in arrived)  # no row points at what is not there
 
     api_calls.clear()
     plan = fresh_migration().plan()
@@ -365,12 +506,46 @@ def test_interrupted_run_resumes_uploading_only_what_is_missing(aws, local_catal
     report = fresh_migration().execute(plan)
 
     assert report.ok
-    assert len(report.uploaded) == 41 - len(arrived) and len(report.skipped) == len(arrived)
-    assert api_calls.count("PutObject") == 41 - len(arrived) + 1  # the missing files, then products.json
-    assert len(Catalog(S3Storage(BUCKET, REGION)).list()) == 20
+    assert len(report.uploaded) == 40 - len(arrived) and len(report.skipped) == len(arrived)
+    assert api_calls.count("PutObject") == 40 - len(arrived)  # rows and vectors go through the engine
+    assert len(local_catalog.bucket_products()) == 20
 
 
-def inject_put_faults(storage: S3Storage, *, fail_keys: set[str], every: int):
+def test_a_run_cut_off_between_the_products_and_the_vectors_is_finished_by_a_rerun(local_catalog, monkeypatch):
+    local_catalog.create("red mug", [1], product_id="red-mug")
+    local_catalog.create("trio", [11, 12, 13], product_id="trio")
+
+    def cut_off(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies right after the product rows were committed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(execute_module, "copy_vectors", cut_off)
+        with pytest.raises(KeyboardInterrupt):
+            migrate()
+
+    engine.forget()  # as a new process: open the bucket's tables afresh
+    assert sorted(local_catalog.bucket_products()) == ["red-mug", "trio"]  # the catalog opens, rows complete
+    assert "fake-colour" not in engine_model_ids(local_catalog)
+
+    plan = fresh_migration().plan()
+    assert not plan.to_upload and not plan.products.to_write
+    assert len(plan.vectors[0].to_copy) == 4
+    report = fresh_migration().execute(plan)
+    assert report.ok and report.products.rows_written == 0 and report.vectors_copied == 4
+
+    embedder = CountingEmbedder(ColourMeanEmbedder())
+    hit = Matcher(local_catalog.bucket_settings(), embedder=embedder).search_image(
+        make_product_photo(13), "q.png", threshold=0.0).results[0]
+    assert hit.product.id == "trio" and embedder.images_embedded == 1
+
+
+def engine_model_ids(lc) -> list[str]:
+    from vpm.lance_vectors import existing_model_ids
+
+    return existing_model_ids(engine.location(lc.bucket_settings()))
+
+
+def inject_put_faults(storage: S3Storage, bucket: str, *, fail_keys: set[str], every: int):
     """Before each PutObject attempt: a connection error for `fail_keys` always, and for every `every`-th
     attempt otherwise (a transient fault that botocore's retries may hide)."""
     from urllib.parse import unquote, urlsplit
@@ -382,76 +557,89 @@ def inject_put_faults(storage: S3Storage, *, fail_keys: set[str], every: int):
     def handler(request, **kwargs):
         attempts["n"] += 1
         path = unquote(urlsplit(request.url).path).lstrip("/")
-        key = path.removeprefix(f"{BUCKET}/")  # path-style or virtual-hosted URL
+        key = path.removeprefix(f"{bucket}/")  # path-style or virtual-hosted URL
         if key in fail_keys or attempts["n"] % every == 0:
             raise EndpointConnectionError(endpoint_url=request.url)
 
-    # First, so it runs before moto's in-process responder answers the request.
     storage.client.meta.events.register_first("before-send.s3.PutObject", handler)
     return attempts
 
 
-def test_network_faults_fail_only_their_files_and_keep_metadata_unwritten(aws, local_catalog, no_backoff):
+def test_network_faults_fail_only_their_files_and_keep_the_products_unwritten(local_catalog, no_backoff):
     from botocore.config import Config
 
     local_catalog.add(15)
-    client = boto3.client("s3", region_name=REGION,
+    client = boto3.client("s3", region_name=REGION, endpoint_url=local_catalog.endpoint,
                           config=Config(retries={"mode": "standard", "max_attempts": 3}))
-    target = S3Storage(BUCKET, REGION, client=client)
+    target = S3Storage(local_catalog.bucket, REGION, endpoint_url=local_catalog.endpoint, client=client)
     broken = {"images/p0003.jpg", "thumbnails/p0011.webp"}
-    attempts = inject_put_faults(target, fail_keys=broken, every=5)
-    migration = fresh_migration(target=target)
+    attempts = inject_put_faults(target, local_catalog.bucket, fail_keys=broken, every=5)
+    migration = fresh_migration(target_storage=target)
 
     report = migration.execute(migration.plan())
 
-    assert attempts["n"] > 31  # transient faults were retried
+    assert attempts["n"] > 30  # transient faults were retried
     assert {r.key for r in report.failed} == broken
     assert all("cannot reach S3" in r.reason for r in report.failed)
-    assert len(report.uploaded) == 29  # every other image and thumbnail, and the (derived) embedding cache
-    assert report.metadata.status == "not written" and "never points at a missing object" in report.metadata.detail
-    assert "metadata/products.json" not in bucket_keys()
+    assert len(report.uploaded) == 28  # every other photo and thumbnail
+    assert report.products.status == "not written"
+    assert "never points at a missing object" in report.products.detail
+    assert not any(k.startswith("metadata/") for k in local_catalog.bucket_keys())
     assert report.exit_code == 1
 
-    # The network is back: the re-run sends only the two missing files, then the catalog.
+    # The network is back: the re-run sends only the two missing files, then the rows and the vectors.
     plan = fresh_migration().plan()
     assert {i.key for i in plan.items if i.action == UPLOAD} == broken
     report = fresh_migration().execute(plan)
     assert report.ok and {r.key for r in report.uploaded} == broken
-    assert len(bucket_products()) == 15
+    assert len(local_catalog.bucket_products()) == 15 and report.vectors_copied == 15
 
 
 # ----------------------------------------------------------------------------------------------- merge
 
 
-def product(pid: str, name: str = "n") -> Product:
-    return Product(id=pid, name=name, category="c", image_key=f"images/{pid}.jpg",
-                   created_at="2026-01-01T00:00:00+00:00")
+def product(pid: str, name: str = "n", **changes) -> Product:
+    photo = Photo(key=f"images/{pid}.jpg", sha256="0" * 64, added_at="2026-01-01T00:00:00+00:00")
+    return Product(id=pid, name=name, category="c", photos=[photo], created_at="2026-01-01T00:00:00+00:00",
+                   **changes)
 
 
-def test_merge_keeps_bucket_only_products_and_reports_differences():
-    bucket = [product("b"), product("same"), product("differs", "theirs")]
-    local = [product("same"), product("differs", "ours"), product("new"), product("held")]
-    merge = merge_products(bucket, local, overwrite=False, held_back={"held"})
-    assert [p.id for p in merge.products] == ["b", "same", "differs", "new"]
-    assert merge.products[2].name == "theirs"
-    assert (merge.added, merge.conflicts, merge.held_back, merge.kept, merge.unchanged) == (
-        ("new",), ("differs",), ("held",), 1, 1)
+def test_merge_adds_leaves_identical_alone_and_reports_differences():
+    bucket = {p.id: p for p in (product("same", revision=4, updated_at="2026-02-02T00:00:00+00:00"),
+                                product("differs", "theirs"), product("held", "theirs"))}
+    local = [product("same"), product("differs", "ours"), product("new"), product("held", "ours"),
+             product("held-new")]
+    merge = merge_products(bucket, local, overwrite=False, held_back={"held", "held-new"})
+    assert [p.id for p in merge.to_add] == ["new"] and merge.to_replace == []
+    assert (merge.unchanged, merge.conflicts, merge.held_back) == (["same"], ["differs"], ["held", "held-new"])
 
     merge = merge_products(bucket, local, overwrite=True)
-    assert merge.products[2].name == "ours" and merge.replaced == ("differs",)
+    assert [p.id for p in merge.to_replace] == ["differs", "held"] and merge.unchanged == ["same"]
 
 
-def test_a_corrupt_bucket_catalog_stops_the_plan_and_is_left_untouched(aws, local_catalog):
+def test_a_damaged_bucket_table_stops_the_plan_and_is_left_untouched(local_catalog):
+    local_catalog.add(1)
+    local_catalog.s3().put_object(Bucket=local_catalog.bucket, Key="metadata/products.lance/_versions/1.manifest",
+                                  Body=b"not a manifest")
+    before = local_catalog.bucket_objects()
+    with pytest.raises(engine.TableUnreadable, match="left untouched"):
+        fresh_migration().plan()
+    assert local_catalog.bucket_objects() == before
+
+
+def test_a_corrupt_old_products_json_in_the_bucket_stops_the_plan(local_catalog):
     from vpm.catalog import CatalogCorrupt
 
     local_catalog.add(1)
-    s3().put_object(Bucket=BUCKET, Key="metadata/products.json", Body=b"{not json")
-    with pytest.raises(CatalogCorrupt, match="metadata/products.json in s3://vpm-test-bucket .* left untouched"):
+    s3, bucket = local_catalog.s3(), local_catalog.bucket
+    s3.put_object(Bucket=bucket, Key="metadata/products.json", Body=b"{not json")
+    with pytest.raises(CatalogCorrupt, match=rf"metadata/products.json in s3://{bucket} .* left untouched"):
         fresh_migration().plan()
-    assert s3().get_object(Bucket=BUCKET, Key="metadata/products.json")["Body"].read() == b"{not json"
+    assert s3.get_object(Bucket=bucket, Key="metadata/products.json")["Body"].read() == b"{not json"
+    assert local_catalog.bucket_keys() == {"metadata/products.json"}
 
 
-def test_half_a_key_pair_is_named_instead_of_failing_inside_boto(aws, local_catalog, monkeypatch):
+def test_half_a_key_pair_is_named_instead_of_failing_inside_boto(local_catalog, monkeypatch):
     local_catalog.add(1)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     # Settings refuse it at load time (the page shows that line)...
@@ -465,3 +653,40 @@ def test_half_a_key_pair_is_named_instead_of_failing_inside_boto(aws, local_cata
     with pytest.raises(StorageError, match="AWS_ACCESS_KEY_ID is not set") as err:
         Migration(settings)
     assert "typed-secret" not in str(err.value)
+
+
+def test_a_photo_changed_on_disk_since_it_was_added_blocks_the_products(local_catalog):
+    local_catalog.add(2)
+    (local_catalog.root / "images" / "p0001.jpg").write_bytes(b"other bytes")
+    assert "p0001 (photo images/p0001.jpg changed" in by_name(fresh_migration().check())["local catalog consistent"].detail
+    plan = fresh_migration().plan()
+    missing = [i for i in plan.items if i.action == MISSING]
+    assert [i.key for i in missing] == ["images/p0001.jpg"] and "not the photo its product records" in missing[0].reason
+    assert plan.products.action == "blocked"
+
+
+def copy_legacy_fixture(put) -> None:
+    for path in sorted(LEGACY.rglob("*")):
+        if path.is_file() and path.name != "README.md":
+            put(path.relative_to(LEGACY).as_posix(), path.read_bytes())
+
+
+def test_a_bucket_migrated_by_the_first_release_is_upgraded_and_finished(local_catalog):
+    copy_legacy_fixture(local_catalog.storage.put)
+    bucket = bucket_storage(local_catalog)
+    copy_legacy_fixture(bucket.put)  # what the first release's migration left: products.json, files, segments
+    old_json = bucket.get("metadata/products.json")
+
+    plan = fresh_migration().plan()
+    assert {i.action for i in plan.items} == {SKIP}
+    assert len(plan.products.unchanged) == 4 and not plan.products.to_write  # compared with its products.json
+    assert any("products.json catalog of the first release" in w for w in plan.warnings)
+    report = fresh_migration().execute(plan)
+
+    assert report.ok, report.as_text()
+    assert sorted(local_catalog.bucket_products()) == ["blue-mug", "desk-lamp", "red-mug", "trail-shoe"]
+    assert local_catalog.bucket_vectors("efficientnet-lite0").count() == 4
+    assert bucket.exists("metadata/products.json.upgraded") and bucket.get("metadata/products.json") == old_json
+    before = local_catalog.bucket_objects()
+    assert fresh_migration().plan().nothing_to_do
+    assert local_catalog.bucket_objects() == before

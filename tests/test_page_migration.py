@@ -1,4 +1,5 @@
-"""The Migration & costs page (AppTest): local catalog -> moto S3 bucket, in-process."""
+"""The Migration & costs page (AppTest): local catalog -> a bucket on moto's HTTP server (LanceDB's own client
+writes the bucket's tables), in-process."""
 
 from __future__ import annotations
 
@@ -12,31 +13,35 @@ from streamlit.testing.v1 import AppTest
 import pagetools
 from pagetools import button, click
 
-from tests.conftest import BUCKET, REGION
+from conftest import REGION
+from fakes import ColourMeanEmbedder
 
 PAGE = pagetools.PAGES / "migration.py"
 
 
 @pytest.fixture(autouse=True)
-def app_env(aws, tiny_clip_dir, tmp_path, monkeypatch):
+def app_env(server_bucket, tmp_path, monkeypatch):
     """A local catalog (S3 off) and an empty bucket named in the settings: the migration's starting point."""
-    from vpm import webapp
+    from vpm import engine, webapp
 
-    monkeypatch.setenv("VPM_MODEL", str(tiny_clip_dir))
+    endpoint, bucket = server_bucket
     monkeypatch.setenv("VPM_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("S3_BUCKET_NAME", BUCKET)
+    monkeypatch.setenv("S3_BUCKET_NAME", bucket)
     monkeypatch.setenv("S3_REGION", REGION)
+    monkeypatch.setenv("S3_ENDPOINT_URL", endpoint)
     webapp.clear_caches()
-    yield
+    yield endpoint, bucket
     webapp.clear_caches()
+    engine.forget()
 
 
 @pytest.fixture
 def seeded():
+    """Two products with real photos, embedded by the instant ColourMeanEmbedder (the page loads no model)."""
     from vpm.config import load_settings
     from vpm.matcher import Matcher
 
-    matcher = Matcher(load_settings())
+    matcher = Matcher(load_settings(), embedder=ColourMeanEmbedder())
     products = []
     for pid, colour in (("p1", (220, 40, 40)), ("p2", (40, 200, 60))):
         buf = io.BytesIO()
@@ -45,9 +50,16 @@ def seeded():
     return products
 
 
-def bucket_keys() -> list[str]:
-    resp = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET)
-    return sorted(o["Key"] for o in resp.get("Contents", []))
+@pytest.fixture
+def bucket_keys(app_env):
+    """`bucket_keys() -> [key, ...]`: what the bucket holds now."""
+    endpoint, bucket = app_env
+
+    def keys() -> list[str]:
+        resp = boto3.client("s3", region_name=REGION, endpoint_url=endpoint).list_objects_v2(Bucket=bucket)
+        return sorted(o["Key"] for o in resp.get("Contents", []))
+
+    return keys
 
 
 def run_page() -> AppTest:
@@ -63,7 +75,7 @@ def texts(at: AppTest) -> str:
     return pagetools.shown("\n".join(m.value for m in elements))
 
 
-def test_check_against_a_reachable_bucket_passes(seeded):
+def test_check_against_a_reachable_bucket_passes(seeded, bucket_keys):
     at = click(run_page(), "Check")
     assert not at.error
     assert any("Ready to migrate" in s.value for s in [*at.success, *at.warning])
@@ -80,7 +92,7 @@ def test_check_against_a_missing_bucket_shows_the_failure_and_the_fix(seeded):
     assert any("Not ready" in e.value for e in at.error)
     shown = texts(at)
     assert "**bucket exists** · fail" in shown
-    assert "bucket not found: s3://no-such-bucket-here" in shown
+    assert "bucket 'no-such-bucket-here' does not exist in us-east-1" in shown
     assert "aws s3 mb s3://no-such-bucket-here" in shown
 
 
@@ -111,7 +123,7 @@ def rendered(at: AppTest) -> str:
     return "\n".join(out)
 
 
-def test_preview_lists_every_file_and_writes_nothing(seeded):
+def test_preview_lists_every_file_and_writes_nothing(seeded, bucket_keys):
     p1, p2 = seeded
     at = run_page()
     assert button(at, "Migrate").disabled  # nothing previewed yet
@@ -122,12 +134,14 @@ def test_preview_lists_every_file_and_writes_nothing(seeded):
     assert set(plan["action"]) == {"upload"}
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Upload"] == str(len(plan)) and metrics["Conflicts"] == "0"
-    assert "products.json**: create" in texts(at)
-    assert bucket_keys() == []
+    shown = texts(at)
+    assert "**Products**: write: 2 to add" in shown
+    assert "**Vectors**: fake-colour: 2 to copy" in shown
+    assert bucket_keys() == []  # no file, and no table either
     assert not button(at, "Migrate").disabled
 
 
-def test_migrate_after_preview_uploads_and_reports(seeded):
+def test_migrate_after_preview_uploads_and_reports(seeded, bucket_keys):
     p1, p2 = seeded
     at = click(run_page(), "Preview")
     planned = len(at.dataframe[0].value)
@@ -137,13 +151,18 @@ def test_migrate_after_preview_uploads_and_reports(seeded):
     metrics = {m.label: m.value for m in at.metric}
     assert (metrics["Uploaded"], metrics["Failed"], metrics["Conflicts"]) == (str(planned), "0", "0")
     keys = bucket_keys()
-    for key in (p1.image_key, p1.thumbnail_key, p2.image_key, "metadata/products.json"):
+    for key in (p1.image_key, p1.thumbnail_key, p2.image_key):
         assert key in keys
-    assert "**bucket catalog complete**" in texts(at)
+    assert any(k.startswith("metadata/products.lance/") for k in keys)
+    assert any(k.startswith("metadata/vectors-fake-colour.lance/") for k in keys)
+    shown = texts(at)
+    assert "**bucket catalog complete**" in shown and "**fake-colour vectors**" in shown
+    assert "**Products**: written: 2 added" in shown
     assert button(at, "Migrate").disabled  # the plan was used; a new preview is needed
 
-    click(at, "Preview")  # a second run has nothing left to upload
+    click(at, "Preview")  # a second run has nothing left to upload or write
     assert set(at.dataframe[0].value["action"]) == {"skip"}
+    assert "Nothing to upload" in texts(at)
 
 
 def test_changing_settings_after_the_preview_disables_migrate(seeded):
@@ -171,3 +190,29 @@ def test_cost_panel_shows_numbers_and_follows_the_assumptions(seeded):
     searches = next(n for n in at.number_input if n.label == "Searches a month")
     searches.set_value(50_000_000).run()
     assert {m.label: m.value for m in at.metric}["Every month"] != metrics["Every month"]
+
+
+def test_ticking_overwrite_after_the_preview_disables_migrate(seeded):
+    at = click(run_page(), "Preview")
+    overwrite = next(c for c in at.checkbox if c.label.startswith("Replace bucket files"))
+    overwrite.check().run()
+    assert button(at, "Migrate").disabled  # --overwrite is part of what was previewed
+    overwrite.uncheck().run()
+    assert not button(at, "Migrate").disabled
+
+
+def test_the_cost_panel_measures_the_same_catalog_before_and_after_the_preview(seeded):
+    at = run_page()
+    before = next(m.value for m in at.markdown if m.value.startswith("Catalog ("))
+    click(at, "Preview")
+    after = next(m.value for m in at.markdown if m.value.startswith("Catalog ("))
+    assert "the local folder" in before and "the previewed migration" in after
+    assert before.partition("):")[2] == after.partition("):")[2]  # the same counts and sizes
+
+
+def test_without_a_bucket_name_the_page_draws_and_preview_names_the_setting(seeded, monkeypatch):
+    monkeypatch.delenv("S3_BUCKET_NAME")
+    at = run_page()
+    assert button(at, "Migrate").disabled
+    click(at, "Preview")
+    assert any("S3_BUCKET_NAME is not set" in pagetools.shown(e.value) for e in at.error)

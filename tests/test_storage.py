@@ -266,3 +266,23 @@ def test_no_credentials_at_all(monkeypatch, tmp_path):
 def test_half_a_key_pair_is_a_clear_error(aws):
     with pytest.raises(StorageError, match="AWS_SECRET_ACCESS_KEY is not set"):
         S3Storage(BUCKET, REGION, access_key_id="AKIAONLYHALF")
+
+
+def test_a_check_reports_what_it_knows_about_where_objects_live(storage, backend):
+    storage.check_access()
+    if backend == "local":
+        assert (storage.credentials_source(), storage.bucket_region(), storage.versioning(),
+                storage.default_encryption()) == ("local", None, None, None)
+    else:
+        assert storage.credentials_source()  # moto takes the fake keys the tests set
+        assert storage.bucket_region() == "us-east-1"
+        assert storage.versioning() in (None, "Suspended")
+        assert storage.default_encryption() in (None, "AES256")
+
+
+@pytest.mark.parametrize("backend", ["s3"], indirect=True)  # a local folder is created on first use
+def test_a_missing_bucket_is_its_own_error(settings):
+    from vpm.storage import BucketNotFound, make_storage
+
+    with pytest.raises(BucketNotFound, match="does not exist"):
+        make_storage(settings.model_copy(update={"s3_bucket_name": "no-such-bucket-here"})).check_access()

@@ -40,7 +40,7 @@ def _count(text: str) -> int:
 
 
 def _workers(text: str) -> int:
-    from .migrate import MAX_WORKERS
+    from .migration import MAX_WORKERS
 
     value = _count(text)
     if not 1 <= value <= MAX_WORKERS:
@@ -52,7 +52,7 @@ def _workers(text: str) -> int:
 
 
 def cmd_migrate(args) -> int:
-    from .migrate import Migration
+    from .migration import Migration
 
     migration = Migration(args.settings, workers=args.workers)
     if args.check_only:
@@ -79,7 +79,7 @@ def cmd_migrate(args) -> int:
                   "without asking, or --dry-run to see the plan", file=sys.stderr)
             return EXIT_USAGE
         print(plan.as_text(list_files=False), file=sys.stderr)
-        answer = input(f"Upload {len(plan.to_upload)} files to {plan.target}? [y/N] ")
+        answer = input(f"{_what_it_does(plan)} to {plan.target} (plan {plan.fingerprint()[:12]})? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("cancelled: nothing was written", file=sys.stderr)
             return EXIT_ERROR
@@ -88,11 +88,22 @@ def cmd_migrate(args) -> int:
         with _Bar("uploading", plan.upload_bytes, bytes_mode=True) as progress:
             report = migration.execute(plan, progress=progress)
     except KeyboardInterrupt:
-        print("stopped: every object already uploaded is complete and products.json never points at a missing "
-              "one; run the same command again to upload only what is missing", file=sys.stderr)
+        print("stopped: every object already uploaded is complete and the bucket's catalog never points at a "
+              "missing one; run the same command again to finish", file=sys.stderr)
         raise
     emit(args, report.as_dict(), report.as_text())
     return report.exit_code
+
+
+def _what_it_does(plan) -> str:
+    """'Upload 5 files, write 2 products and copy 5 vectors': what confirming starts."""
+    from .presentation import plural
+
+    counts = ((len(plan.to_upload), "upload", "file"), (len(plan.products.to_write), "write", "product"),
+              (plan.vectors_to_copy, "copy", "vector"))
+    parts = [f"{verb} {plural(n, noun)}" for n, verb, noun in counts if n] or ["verify the bucket"]
+    text = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+    return text[0].upper() + text[1:]
 
 
 def _check_line(c) -> str:
@@ -134,14 +145,13 @@ class _Bar:
 
 
 def cmd_costs(args) -> int:
-    from .costs import CatalogSize, Traffic, estimate
+    from .costs import Traffic, estimate
+    from .migration import catalog_size
     from .storage import make_storage
 
     settings = args.settings
     storage = make_storage(settings)
-    size = CatalogSize.from_objects(
-        ((o.key, o.size) for o in storage.iter_objects()), settings.s3_image_prefix, settings.s3_thumbnail_prefix
-    )
+    size = catalog_size(storage, settings)
     traffic = Traffic(searches_per_month=args.searches, images_per_search=args.images_per_search,
                       use_cdn=args.cdn, serve_thumbnails=not args.originals)
     result = estimate(size, traffic)

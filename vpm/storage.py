@@ -53,6 +53,14 @@ class PreconditionFailed(StorageError):
     """A conditional put lost a race: the object changed (or appeared) since it was read."""
 
 
+class BucketNotFound(StorageError):
+    """The bucket does not exist (or not where the region and endpoint point)."""
+
+
+class BucketAccessDenied(StorageError):
+    """The credentials are refused the bucket (the IAM policy lacks a permission)."""
+
+
 class EndpointNotS3(StorageError):
     """What answered at the S3 endpoint is not S3 (a web server, a proxy's error page, a wrong port)."""
 
@@ -161,7 +169,25 @@ class Storage(ABC):
 
     @abstractmethod
     def check_access(self) -> None:
-        """Raise StorageError with a clear message if the bucket/folder cannot be reached."""
+        """Raise StorageError with a clear message if the bucket/folder cannot be reached (BucketNotFound,
+        BucketAccessDenied for those two cases)."""
+
+    # What a pre-flight check reports about where the objects live; a local folder has none of these.
+    def credentials_source(self) -> str | None:
+        """How credentials were found ("explicit", "env", "iam-role"...); None when none were found."""
+        return "local"
+
+    def bucket_region(self) -> str | None:
+        """The region the bucket lives in (None for a local folder)."""
+        return None
+
+    def versioning(self) -> str | None:
+        """"Enabled", "Suspended", or None (never turned on, or a local folder)."""
+        return None
+
+    def default_encryption(self) -> str | None:
+        """The bucket's default server-side encryption algorithm; None when off (or a local folder)."""
+        return None
 
     def exists(self, key: str) -> bool:
         try:
@@ -515,7 +541,7 @@ class S3Storage(Storage):
             if code in ("NoSuchKey", "NotFound") or (status == 404 and key and code != "NoSuchBucket"):
                 return ObjectNotFound(f"{key} not found in s3://{self.bucket}")
             if code == "NoSuchBucket" or (status == 404 and not key):
-                return StorageError(
+                return BucketNotFound(
                     f"bucket {self.bucket!r} does not exist in {self.region}: check S3_BUCKET_NAME and "
                     f"S3_REGION, or create it (aws s3 mb s3://{self.bucket} --region {self.region})"
                 )
@@ -526,7 +552,7 @@ class S3Storage(Storage):
                     "AWS_SECRET_ACCESS_KEY (or the profile / IAM role) and the system clock"
                 )
             if code in ("AccessDenied", "Forbidden", "AllAccessDisabled") or status == 403:
-                return StorageError(
+                return BucketAccessDenied(
                     f"access denied to {where}: the IAM policy needs s3:ListBucket on the bucket and "
                     "s3:GetObject, s3:PutObject, s3:DeleteObject on its objects"
                 )
@@ -643,6 +669,38 @@ class S3Storage(Storage):
         # shows whether S3 answered at all (a website's 404 to a HEAD looks just like a missing bucket).
         with self._request():
             self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+
+    def credentials_source(self) -> str | None:
+        # botocore's accessor: how the client's credential chain found them ("explicit", "env", "iam-role"...).
+        credentials = self.client._get_credentials() if hasattr(self.client, "_get_credentials") else None
+        return getattr(credentials, "method", None) or ("found" if credentials is not None else None)
+
+    def bucket_region(self) -> str:
+        with self._request():
+            where = self.client.get_bucket_location(Bucket=self.bucket).get("LocationConstraint") or "us-east-1"
+        return "eu-west-1" if where == "EU" else where  # the oldest buckets answer with the legacy name
+
+    def versioning(self) -> str | None:
+        with self._request():
+            return self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+
+    def default_encryption(self) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            with self._request():
+                configuration = self.client.get_bucket_encryption(Bucket=self.bucket)
+        except StorageError as err:
+            cause = err.__context__
+            if isinstance(cause, ClientError) and "ServerSideEncryptionConfigurationNotFound" in str(cause):
+                return None
+            raise
+        rules = configuration.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
+        for rule in rules:
+            algorithm = rule.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm")
+            if algorithm:
+                return algorithm
+        return None
 
 
 # Their body is the stored object itself, whatever it holds, so only their headers can be judged.

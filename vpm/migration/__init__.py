@@ -1,0 +1,105 @@
+"""Copy the local catalog to S3 safely: check -> plan -> execute -> verify.
+
+The source is the local folder (VPM_DATA_DIR), read through the engine; the target is the bucket the S3
+settings name, whether or not S3_ENABLED is on yet. Rules (DESIGN.md):
+- copy, never delete: the local folder is only read;
+- skip a bucket object with the same size and SHA-256; a different one at the same key is a conflict, reported
+  and left alone unless `overwrite`;
+- verify every upload (head after put: size and SHA-256);
+- write the product rows only after every file they point at is verified, through the engine (insert-if-absent,
+  or replace with `overwrite`); then the vectors, which are derived data;
+- a dry run (`plan`) writes nothing anywhere and never creates a table in the bucket.
+A re-run after success writes nothing; a re-run after an interruption does only what is left.
+
+Modules: target (the two ends, the plan's fingerprint), checks (through the Storage contract), plan (with files: what happens to each file, and merge: to each product), execute (transfer,
+rows, vectors, verify), report (results and text), size (the catalog's size for the cost estimate).
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..config import Settings
+from ..health import Check
+from ..storage import S3Storage, Storage
+from .checks import run_checks
+from .execute import content_type_for, execute_plan, verify
+from .merge import Merge, merge_products, same_product
+from .files import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, PlanItem, Progress
+from .plan import MigrationPlan, ModelPlan, ProductsPlan, make_plan
+from .report import FAILED, SKIPPED, UPLOADED, ItemResult, MigrationReport, ProductsResult, VectorsResult
+from .size import catalog_size
+from .target import MigrationError, Source, Target, plan_fingerprint, require_bucket
+
+DEFAULT_WORKERS = 8
+MAX_WORKERS = 32  # S3Storage's connection pool holds 32; more threads would only queue for a connection
+
+
+class Migration:
+    """A local catalog and the bucket it goes to. The storages are injectable (tests, fault injection)."""
+
+    def __init__(self, settings: Settings, *, source_storage: Storage | None = None,
+                 target_storage: S3Storage | None = None, workers: int = DEFAULT_WORKERS):
+        if not 1 <= workers <= MAX_WORKERS:
+            raise MigrationError(f"workers must be between 1 and {MAX_WORKERS}, got {workers}")
+        self.settings = settings
+        self.workers = workers
+        self.target = Target(settings, target_storage)
+        self.source = Source(settings, source_storage)
+
+    def fingerprint(self, *, overwrite: bool = False) -> str:
+        """What a plan made now would carry: compare with `plan.fingerprint()` to know it still applies."""
+        return plan_fingerprint(self.settings, overwrite=overwrite)
+
+    def check(self) -> list[Check]:
+        """Everything the migration needs, one line each, with the fix. Writes only a probe, then removes it."""
+        return run_checks(self.settings, self.source, self.target)
+
+    def plan(self, *, overwrite: bool = False, progress: Progress | None = None) -> MigrationPlan:
+        """Compare the local catalog with the bucket. Reads only; writes nothing anywhere."""
+        return make_plan(self.settings, self.source, self.target, overwrite=overwrite, workers=self.workers,
+                         progress=progress)
+
+    def execute(self, plan: MigrationPlan, *, progress: Progress | None = None) -> MigrationReport:
+        """Run exactly `plan`: files, then product rows, then vectors, then verification."""
+        if plan.fingerprint() != self.fingerprint(overwrite=plan.overwrite):
+            raise MigrationError("this plan was made with other settings (bucket, prefixes, credentials or "
+                                 "--overwrite): preview again, then migrate")
+        return execute_plan(plan, self.source, self.target, self.workers, progress, time.monotonic)
+
+    def verify(self, plan: MigrationPlan) -> list[Check]:
+        return verify(plan, self.target)
+
+
+__all__ = [
+    "CONFLICT",
+    "DEFAULT_WORKERS",
+    "FAILED",
+    "MAX_WORKERS",
+    "MISSING",
+    "OVERWRITE",
+    "SKIP",
+    "SKIPPED",
+    "UPLOAD",
+    "UPLOADED",
+    "ItemResult",
+    "Merge",
+    "Migration",
+    "MigrationError",
+    "MigrationPlan",
+    "MigrationReport",
+    "ModelPlan",
+    "PlanItem",
+    "ProductsPlan",
+    "ProductsResult",
+    "Progress",
+    "Source",
+    "Target",
+    "VectorsResult",
+    "catalog_size",
+    "content_type_for",
+    "merge_products",
+    "plan_fingerprint",
+    "require_bucket",
+    "same_product",
+]

@@ -1,0 +1,205 @@
+"""The files of a migration: where each photo and thumbnail goes in the bucket, and what happens to it.
+
+Each file the local products point at is compared with the bucket by size, then SHA-256 (the bucket's stored
+checksum, our metadata, or a download as a last resort): upload a new one, skip an identical one, report a
+different one as a conflict (or overwrite it with --overwrite), and mark a missing or changed local file, which
+keeps every product row unwritten until it is fixed. Only reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+from ..catalog import Product
+from ..config import Settings
+from ..storage import ObjectNotFound, Storage, StorageError
+
+# progress(done_files, total_files, done_bytes, total_bytes)
+Progress = Callable[[int, int, int, int], None]
+T = TypeVar("T")
+
+# What happens to one file.
+UPLOAD, SKIP, CONFLICT, OVERWRITE, MISSING = "upload", "skip", "conflict", "overwrite", "missing"
+ACTIONS = (UPLOAD, OVERWRITE, SKIP, CONFLICT, MISSING)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One file: where it is, where it goes, and what the migration will do with it."""
+
+    kind: str  # "image" | "thumbnail"
+    source_key: str  # key in the local folder
+    key: str  # key in the bucket
+    size: int  # local size in bytes (0 when missing)
+    sha256: str | None  # local content hash (None when missing)
+    action: str  # upload | skip | conflict | overwrite | missing
+    reason: str = ""
+    remote_size: int | None = None
+    remote_etag: str | None = None  # guards an overwrite against a change since the plan
+    product_ids: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "product_ids": list(self.product_ids)}
+
+
+class KeyMap:
+    """Where each local file goes in the bucket, and the products pointed at those keys.
+
+    Files under the configured prefixes keep their keys. A catalog made with other prefixes moves under them,
+    keeping each file's name (prefixed with the product id when the name does not start with it, so names stay
+    unique). Two different files that would land on one key cannot both be migrated: the second becomes a
+    MISSING item, which keeps every product row unwritten until the catalog is fixed.
+    """
+
+    def __init__(self, settings: Settings):
+        self.prefixes = {"image": settings.s3_image_prefix, "thumbnail": settings.s3_thumbnail_prefix}
+        self.files: dict[str, tuple[str, str, list[str]]] = {}  # bucket key -> (kind, local key, product ids)
+        self.recorded: dict[str, str] = {}  # local photo key -> the SHA-256 its product records
+        self.blocked: list[PlanItem] = []
+        self.warnings: list[str] = []
+
+    def place(self, product: Product) -> Product:
+        self.recorded.update((photo.key, photo.sha256) for photo in product.photos)
+        photos = []
+        for photo in product.photos:
+            image = self._key(product.id, "image", photo.key)
+            thumbnail = photo.thumbnail_key and self._key(product.id, "thumbnail", photo.thumbnail_key)
+            photos.append(photo.model_copy(update={"key": image, "thumbnail_key": thumbnail or None}))
+        return product.model_copy(update={"photos": photos})
+
+    def _key(self, product_id: str, kind: str, key: str) -> str:
+        target = bucket_key(key, product_id, self.prefixes[kind])
+        known = self.files.get(target)
+        if known is not None and known[1] != key:
+            why = f"{key} and {known[1]} would both land on {target}: rename one"
+            self.blocked.append(PlanItem(kind, key, target, 0, None, MISSING, why, product_ids=(product_id,)))
+            self.warnings.append(why)
+            return key
+        self.files.setdefault(target, (kind, key, []))[2].append(product_id)
+        return target
+
+    def local_keys(self) -> dict[str, str]:
+        """Bucket key -> local key of every file to migrate."""
+        return {target: source for target, (_kind, source, _ids) in self.files.items()}
+
+    def entries(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
+        """(kind, local key, bucket key, product ids) of every file to migrate."""
+        return [(kind, source, target, tuple(ids)) for target, (kind, source, ids) in self.files.items()]
+
+
+def bucket_key(key: str, product_id: str, prefix: str) -> str:
+    if key.startswith(prefix):
+        return key
+    name = key.rpartition("/")[2]
+    owned = name.startswith(tuple(f"{product_id}{sep}" for sep in ".-_"))
+    return f"{prefix}{name}" if owned else f"{prefix}{product_id}-{name}"
+
+
+
+
+def decide_files(keymap: KeyMap, local: Storage, bucket: Storage, overwrite: bool, workers: int,
+                 progress: Progress | None) -> list[PlanItem]:
+    entries = keymap.entries()
+    remote = remote_sizes(bucket, {key for _, _, key, _ in entries})
+
+    def decide(entry: tuple[str, str, str, tuple[str, ...]]) -> PlanItem:
+        kind, source_key, key, ids = entry
+        try:
+            size, sha = local_digest(local, source_key)
+        except ObjectNotFound:
+            return PlanItem(kind, source_key, key, 0, None, MISSING, f"{source_key} is missing locally",
+                            product_ids=ids)
+        except (StorageError, OSError) as err:
+            return PlanItem(kind, source_key, key, 0, None, MISSING, f"cannot read {source_key}: {err}",
+                            product_ids=ids)
+        recorded = keymap.recorded.get(source_key) if kind == "image" else None
+        if recorded and recorded != sha:  # its vector and duplicate checks describe other bytes
+            return PlanItem(kind, source_key, key, 0, None, MISSING,
+                            f"{source_key} is not the photo its product records (SHA-256 {recorded[:12]}…, the file "
+                            f"has {sha[:12]}…): restore it, or remove the photo and add it again", product_ids=ids)
+        if key not in remote:
+            return PlanItem(kind, source_key, key, size, sha, UPLOAD, "new", product_ids=ids)
+        remote_size, etag = remote[key]
+        if remote_size == size:
+            remote_sha, etag = remote_sha256(bucket, key)
+            if remote_sha == sha:
+                return PlanItem(kind, source_key, key, size, sha, SKIP, "identical object already there",
+                                remote_size, etag, ids)
+            why = "same size, different SHA-256"
+        else:
+            why = f"bucket has {remote_size:,} bytes, local has {size:,}"
+        return PlanItem(kind, source_key, key, size, sha, OVERWRITE if overwrite else CONFLICT, why,
+                        remote_size, etag, ids)
+
+    seen = [0, 0]
+
+    def compared(_entry, item: PlanItem) -> None:
+        seen[0] += 1
+        seen[1] += item.size
+        if progress:
+            progress(seen[0], len(entries), seen[1], 0)  # total bytes are known only once all are read
+
+    return run_all(decide, entries, workers, on_done=compared)
+
+
+def local_digest(storage: Storage, key: str) -> tuple[int, str]:
+    """(size, SHA-256) of a local file: the storage's own digest when it has one, else by reading it."""
+    info = storage.head(key)
+    if info.sha256:
+        return info.size, info.sha256
+    data = storage.get(key)
+    return len(data), sha256_hex(data)
+
+
+def remote_sizes(bucket: Storage, keys: set[str]) -> dict[str, tuple[int, str]]:
+    """(size, etag) of the bucket objects at `keys`, from listings (1 request per 1,000 keys)."""
+    if not keys:
+        return {}
+    prefixes = sorted({k.rpartition("/")[0] + "/" if "/" in k else "" for k in keys})
+    # List each folder once; a folder inside another listed folder is already covered.
+    roots = [p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes)]
+    found: dict[str, tuple[int, str]] = {}
+    for prefix in roots:
+        for info in bucket.iter_objects(prefix):
+            if info.key in keys:
+                found[info.key] = (info.size, info.etag)
+    return found
+
+
+def remote_sha256(bucket: Storage, key: str) -> tuple[str, str]:
+    """SHA-256 of a bucket object: its stored checksum, our metadata, or (last resort) a download."""
+    info = bucket.head(key)
+    sha = info.sha256 or info.metadata.get("sha256")
+    if not sha:
+        sha = sha256_hex(bucket.get(key))
+    return sha, info.etag
+
+
+def run_all(fn: Callable[[Any], T], items: list, workers: int, *, on_done=None) -> list[T]:
+    """fn over items on a pool of `workers` threads, results in input order. on_done runs on this thread, so
+    an exception there (a progress callback's KeyboardInterrupt) cancels what has not started and propagates."""
+    results: list[Any] = [None] * len(items)
+    if not items:
+        return results
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vpm-migrate")
+    try:
+        futures: dict[Future, int] = {pool.submit(fn, item): n for n, item in enumerate(items)}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                n = futures[future]
+                results[n] = future.result()
+                if on_done:
+                    on_done(items[n], results[n])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results

@@ -1,0 +1,288 @@
+"""What a migration will do, decided before anything is written: the plan (a dry run is this and nothing else).
+
+Three parts, in the order the execution writes them:
+1. files: every photo and thumbnail the local products point at (see files.py);
+2. product rows: each local product merged with the bucket's product of the same id (see merge.py);
+3. vectors: per local model, the vectors of the migrated photos that the bucket's table lacks.
+Planning only reads: the bucket's tables are opened for reading when they exist and never created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ..catalog import Product
+from ..config import Settings
+from ..costs import Estimate, Traffic, estimate
+from ..legacy import parse_products_json
+from .files import (
+    ACTIONS,
+    CONFLICT,
+    MISSING,
+    OVERWRITE,
+    UPLOAD,
+    KeyMap,
+    PlanItem,
+    Progress,
+    decide_files,
+)
+from .merge import merge_products
+from .report import few
+from .size import catalog_size
+from .target import MigrationError, Source, Target, half_set_keys, plan_fingerprint
+
+BATCH = 500  # products or vectors per engine request: bounded IN lists, one commit per batch
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = BATCH) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True)
+class ProductsPlan:
+    """What happens to the bucket's product rows."""
+
+    action: str  # "write" | "unchanged" | "blocked"
+    detail: str
+    to_write: tuple[Product, ...] = ()  # local products (with bucket keys) to add, or replace with --overwrite
+    added: tuple[str, ...] = ()
+    replaced: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()  # identical in the bucket already
+    kept: int = 0  # bucket products that are not local: never touched
+    conflicts: tuple[str, ...] = ()  # different in the bucket, left alone (no --overwrite)
+    held_back: tuple[str, ...] = ()  # not written: one of their files is in conflict
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action, "detail": self.detail, "added": list(self.added), "replaced": list(self.replaced),
+            "unchanged": len(self.unchanged), "kept": self.kept, "conflicts": list(self.conflicts),
+            "held_back": list(self.held_back),
+        }
+
+
+@dataclass(frozen=True)
+class VectorCopy:
+    """One photo's vector: read locally by its image hash, written to the bucket under the photo's bucket key."""
+
+    key: str
+    product_id: str
+    sha256: str
+    category: str
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model's vectors."""
+
+    model_id: str
+    dim: int
+    to_copy: tuple[VectorCopy, ...]
+    already_there: int  # migrated photos whose vector the bucket has
+    without_vector: int  # migrated photos with no local vector: the bucket embeds them on first search
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "dim": self.dim, "to_copy": len(self.to_copy),
+                "already_there": self.already_there, "without_vector": self.without_vector}
+
+
+@dataclass
+class MigrationPlan:
+    source: str
+    target: str
+    overwrite: bool
+    items: list[PlanItem]
+    products: ProductsPlan
+    vectors: list[ModelPlan]
+    estimate: Estimate
+    warnings: list[str] = field(default_factory=list)
+    made_with: str = ""  # plan_fingerprint of the settings and --overwrite the plan was made with
+
+    def fingerprint(self) -> str:
+        """Migrate runs a plan only with the settings it was made with (the page keeps the preview's plan)."""
+        return self.made_with
+
+    def with_action(self, *actions: str) -> list[PlanItem]:
+        return [i for i in self.items if i.action in actions]
+
+    @property
+    def to_upload(self) -> list[PlanItem]:
+        return self.with_action(UPLOAD, OVERWRITE)
+
+    @property
+    def upload_bytes(self) -> int:
+        return sum(i.size for i in self.to_upload)
+
+    @property
+    def vectors_to_copy(self) -> int:
+        return sum(len(m.to_copy) for m in self.vectors)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.to_upload and not self.products.to_write and not self.vectors_to_copy
+
+    @property
+    def blocked(self) -> bool:
+        """Files the products point at are missing locally: no row is written until they are restored."""
+        return bool(self.with_action(MISSING))
+
+    def totals(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"files": len(self.items), "bytes": sum(i.size for i in self.items)}
+        for action in ACTIONS:
+            chosen = self.with_action(action)
+            out[action] = {"files": len(chosen), "bytes": sum(i.size for i in chosen)}
+        return out
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat dict per file, for a table."""
+        return [{"action": i.action, "kind": i.kind, "key": i.key, "size": i.size, "reason": i.reason}
+                for i in self.items]
+
+    def as_dict(self) -> dict[str, Any]:
+        from .report import plan_dict
+
+        return plan_dict(self)
+
+    def as_text(self, *, list_files: bool = True) -> str:
+        from .report import plan_text
+
+        return plan_text(self, list_files=list_files)
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+def make_plan(settings: Settings, source: Source, target: Target, *, overwrite: bool, workers: int,
+              progress: Progress | None = None) -> MigrationPlan:
+    half = half_set_keys(settings)
+    if half:
+        raise MigrationError(f"{half}: set both keys, or neither (to use AWS_PROFILE or an IAM role)")
+    keymap = KeyMap(settings)
+    products = [keymap.place(p) for batch in _local_batches(source) for p in batch]
+    items = keymap.blocked + decide_files(keymap, source.storage, target.storage, overwrite, workers, progress)
+    products_plan = plan_products(target, products, items, overwrite)
+    migrated = set(products_plan.added) | set(products_plan.replaced) | set(products_plan.unchanged)
+    rewritten = set(products_plan.added) | set(products_plan.replaced)
+    vectors, warnings = [], []
+    if products_plan.action != "blocked":
+        vectors, warnings = plan_vectors(source, target, [p for p in products if p.id in migrated], rewritten,
+                                         keymap.local_keys())
+    if target.has_old_catalog():
+        warnings.append("the bucket holds a products.json catalog of the first release: the migration upgrades it "
+                        "into tables first (as the app does on its first start), and merges with its products")
+    return MigrationPlan(
+        source.description, target.description, overwrite, items, products_plan, vectors,
+        estimate(catalog_size(source.storage, settings), Traffic()), keymap.warnings + warnings,
+        plan_fingerprint(settings, overwrite=overwrite),
+    )
+
+
+def _local_batches(source: Source) -> Iterator[list[Product]]:
+    if source.exists():  # an empty folder is left as it is: no empty table is created just to be read
+        yield from source.catalog.iter_batches()
+
+
+# ----------------------------------------------------------------------------------------------- products
+
+
+class BucketProducts:
+    """The bucket's products, read only: its table when there is one, plus the products of a products.json the
+    app has not upgraded yet (the upgrade inserts only ids the table lacks, so the table's rows win)."""
+
+    def __init__(self, target: Target):
+        self.store = target.catalog_for_reading()
+        self.old: dict[str, Product] = {}
+        if target.has_old_catalog():
+            key = target.settings.s3_metadata_key
+            raw = target.storage.get(key)
+            self.old = {p.id: p for p in parse_products_json(raw, f"{key} in {target.description}")}
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, Product]:
+        found = self.store.get_many(ids) if self.store is not None else {}
+        for product_id in ids:
+            if product_id not in found and product_id in self.old:
+                found[product_id] = self.old[product_id]
+        return found
+
+    def count(self) -> int:
+        in_table = self.store.count() if self.store is not None else 0
+        if not self.old:
+            return in_table
+        in_both = self.store.get_many(list(self.old)) if self.store is not None else {}
+        return in_table + len(self.old) - len(in_both)
+
+
+def plan_products(target: Target, products: list[Product], items: list[PlanItem], overwrite: bool) -> ProductsPlan:
+    bucket = BucketProducts(target)  # an unreadable bucket catalog stops the plan here, untouched
+    held = {pid for item in items if item.action == CONFLICT for pid in item.product_ids}
+    to_write: list[Product] = []
+    added, replaced, unchanged, conflicts, held_back = [], [], [], [], []
+    present = 0
+    for chunk in chunks(products):
+        theirs = bucket.get_many([p.id for p in chunk])
+        present += len(theirs)
+        merge = merge_products(theirs, chunk, overwrite=overwrite, held_back=held)
+        to_write += merge.to_write
+        added += [p.id for p in merge.to_add]
+        replaced += [p.id for p in merge.to_replace]
+        unchanged += merge.unchanged
+        conflicts += merge.conflicts
+        held_back += merge.held_back
+    kept = bucket.count() - present
+    missing = [i for i in items if i.action == MISSING]
+    counts = f"{len(added)} to add, {len(replaced)} to replace, {len(unchanged)} unchanged, {kept} bucket-only kept"
+    extra = ""
+    if conflicts:
+        extra += f"; {len(conflicts)} differ in the bucket and are left as they are: {few(conflicts)}"
+    if held_back:
+        extra += f"; {len(held_back)} held back (a file is in conflict): {few(held_back)}"
+    if missing:
+        action = "blocked"
+        detail = (f"none will be written: {len(missing)} files the products point at are missing locally "
+                  f"({few(i.source_key for i in missing)})")
+    elif to_write:
+        action, detail = "write", counts + extra
+    elif not products:
+        action, detail = "unchanged", "the local catalog has no products"
+    else:
+        action, detail = "unchanged", "the bucket already has every local product" + extra
+    return ProductsPlan(action, detail, tuple(to_write), tuple(added), tuple(replaced), tuple(unchanged), kept,
+                        tuple(conflicts), tuple(held_back))
+
+
+# ------------------------------------------------------------------------------------------------ vectors
+
+
+def plan_vectors(source: Source, target: Target, migrated: list[Product], rewritten: set[str],
+                 local_key: dict[str, str]) -> tuple[list[ModelPlan], list[str]]:
+    """Per local model: the vectors of migrated photos the bucket lacks (every photo of a product whose row is
+    added or replaced, since its category may have changed). `local_key` maps a photo's bucket key to its local
+    key, which its local vector is stored under."""
+    photos = [(product, photo) for product in migrated for photo in product.photos]
+    bucket_models = set(target.model_ids()) if photos else set()
+    plans, warnings = [], []
+    for model_id in source.model_ids() if photos else []:
+        local = source.vectors(model_id)
+        bucket = target.vectors_for_reading(model_id) if model_id in bucket_models else None
+        if bucket is not None and bucket.dim != local.dim:
+            warnings.append(f"the bucket's {model_id} vectors have {bucket.dim} values, the local ones {local.dim}: "
+                            "they are not copied (the bucket embeds its photos again)")
+            continue
+        to_copy: list[VectorCopy] = []
+        already = without = 0
+        for chunk in chunks(photos):
+            have_local = local.photo_keys_with_vectors(local_key[photo.key] for _, photo in chunk)
+            have_bucket = bucket.photo_keys_with_vectors(photo.key for _, photo in chunk) if bucket else set()
+            for product, photo in chunk:
+                if local_key[photo.key] not in have_local:
+                    without += 1
+                elif product.id in rewritten or photo.key not in have_bucket:
+                    to_copy.append(VectorCopy(photo.key, product.id, photo.sha256, product.category))
+                else:
+                    already += 1
+        plans.append(ModelPlan(model_id, local.dim, tuple(to_copy), already, without))
+    return plans, warnings
+
