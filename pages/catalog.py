@@ -1,32 +1,35 @@
-"""Catalog: add one product, import many (zip or CSV), browse, edit and delete."""
+"""Catalog: add a product (one or more photos), import many (zip or CSV), browse a page at a time, edit,
+add or remove photos, delete."""
 
 import streamlit as st
 
 from vpm import webapp
-from vpm.catalog import categories_of
 from vpm.presentation import (
-    code,
-    plain,
     IMAGE_UPLOAD_TYPES,
     add_form_problems,
     changed_fields,
-    filter_products,
+    code,
     format_price,
+    page_caption,
     pick_category,
+    plain,
     plural,
     product_rows,
 )
+
+PAGE_SIZE = 50
 
 st.title(":material/inventory_2: Catalog")
 
 settings = webapp.get_settings()
 matcher = webapp.get_matcher()
 
-products = webapp.catalog_or_stop(matcher.list_products)
-categories = categories_of(products)
+category_counts = webapp.catalog_or_stop(matcher.category_counts)
+categories = sorted(category_counts, key=str.casefold)
+total = sum(category_counts.values())
 
 st.caption(
-    f"{plural(len(products), 'product')} in {plural(len(categories), 'category', 'categories')} · "
+    f"{plural(total, 'product')} in {plural(len(categories), 'category', 'categories')} · "
     f"{webapp.storage_summary(settings)}"
 )
 
@@ -37,11 +40,15 @@ add_tab, import_tab, browse_tab = st.tabs(
 # ------------------------------------------------------------------------------------------------ add
 
 with add_tab:
-    with st.form("add_product", clear_on_submit=True, enter_to_submit=False):
-        photo = st.file_uploader(
-            "Product photo",
+    # What was typed stays when something is missing; a fresh form (new key) only after a product was added.
+    form_number = st.session_state.setdefault("catalog_add_form", 0)
+    with st.form(f"add_product_{form_number}", enter_to_submit=False):
+        photos = st.file_uploader(
+            "Product photos",
             type=list(IMAGE_UPLOAD_TYPES),
-            help=f"JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC, up to {settings.vpm_max_upload_mb} MB.",
+            accept_multiple_files=True,
+            help=f"One or more photos of the same product (front, side, back…): JPEG, PNG, WebP, GIF, BMP, TIFF "
+            f"or HEIC, up to {settings.vpm_max_upload_mb} MB each. Search matches a photo against every one.",
         )
         name = st.text_input("Name", max_chars=200, placeholder="e.g. Trail running shoe")
         left, right = st.columns(2)
@@ -56,26 +63,32 @@ with add_tab:
         left, right = st.columns(2)
         price = left.number_input("Price (optional)", min_value=0.0, value=None, step=0.01, format="%.2f")
         description = st.text_area("Description (optional)", max_chars=5000, height=80)
+        allow_duplicate = st.checkbox(
+            "Add it even if a photo is already in the catalog",
+            help="Normally a photo already in the catalog (the very same file) is refused, naming the product "
+            "that has it, so the catalog does not fill with copies.",
+        )
         submitted = st.form_submit_button("Add product", type="primary", icon=":material/add:")
 
     if submitted:
         category = pick_category(chosen, typed)
-        problems = add_form_problems(photo is not None, name, category)
+        problems = add_form_problems(bool(photos), name, category)
         if problems:
             st.error(problems, icon=":material/error:")
         else:
             try:
                 webapp.ensure_model(matcher)
-                with st.spinner(f"Adding {name.strip()}…"):
-                    product = matcher.add_product(
-                        photo.getvalue(), photo.name, name=name, category=category, price=price,
-                        description=description or None,
+                with st.spinner(f"Adding {plain(name.strip())}…"):
+                    product = matcher.create_product(
+                        [(photo.getvalue(), photo.name) for photo in photos], name=name, category=category,
+                        price=price, description=description or None, allow_duplicate=allow_duplicate,
                     )
                 st.session_state["catalog_last_added"] = product.id
+                st.session_state["catalog_add_form"] = form_number + 1
                 st.session_state.pop("catalog_confirm_delete", None)
                 st.rerun()  # redraw counts, categories and the table with the new product
             except Exception as err:
-                webapp.show_error(err, what=f"Could not add {photo.name}")
+                webapp.show_error(err, what=f"Could not add {name.strip() or 'the product'}")
 
     last_added = st.session_state.get("catalog_last_added")
     if last_added:
@@ -91,6 +104,7 @@ with add_tab:
                     webapp.product_card(view)
             with about:
                 st.markdown(f"**Id:** {code(view.product.id)}")
+                st.markdown(f"**Photos:** {len(view.product.photos)}")
                 if view.image_url:
                     st.markdown(f"**Image URL:** {code(view.image_url)}")
                 st.page_link(webapp.SEARCH_PAGE, label="Search with a photo", icon=":material/image_search:")
@@ -143,16 +157,27 @@ with import_tab:
 # --------------------------------------------------------------------------------------------- browse
 
 with browse_tab:
-    if not products:
+    if not total:
         st.info("No products yet: add one or import a zip or CSV in the other tabs.", icon=":material/info:")
     else:
         left, right = st.columns(2)
-        shown_categories = left.multiselect("Category", categories, placeholder="All categories")
-        name_query = right.text_input("Name contains", placeholder="Filter by name")
-        shown = filter_products(products, shown_categories, name_query)
-        st.caption(f"Showing {len(shown)} of {plural(len(products), 'product')}.")
+        shown_categories = left.multiselect("Category", categories, placeholder="All categories",
+                                            key="catalog_filter_categories")
+        name_query = right.text_input("Name contains", placeholder="Filter by name", key="catalog_filter_name")
+        # A new filter starts at its first page.
+        filters = (tuple(shown_categories), name_query.strip())
+        if st.session_state.get("catalog_filters") != filters:
+            st.session_state["catalog_filters"] = filters
+            st.session_state["catalog_offset"] = 0
+        offset = st.session_state.get("catalog_offset", 0)
+        page = webapp.catalog_or_stop(
+            lambda: matcher.page_products(
+                offset=offset, limit=PAGE_SIZE, categories=shown_categories, name_contains=name_query
+            )
+        )
+        st.caption(page_caption(page, total))
         st.dataframe(
-            product_rows(shown, webapp.picture_and_key),
+            product_rows(page.items, webapp.picture_and_key),
             hide_index=True,
             width="stretch",
             column_config={
@@ -160,20 +185,68 @@ with browse_tab:
                 "name": st.column_config.TextColumn("Name", width="medium"),
                 "category": "Category",
                 "price": "Price",
+                "photos": "Photos",
                 "id": "Id",
                 "added": "Added",
             },
         )
+        if page.offset or page.has_more:  # a pager only where there is more than one page
+            with st.container(horizontal=True, gap="small"):
+                if st.button("Previous page", icon=":material/navigate_before:", disabled=page.offset == 0):
+                    st.session_state["catalog_offset"] = max(0, page.offset - PAGE_SIZE)
+                    st.rerun()
+                if st.button("Next page", icon=":material/navigate_next:", disabled=not page.has_more):
+                    st.session_state["catalog_offset"] = page.offset + PAGE_SIZE
+                    st.rerun()
 
-        if shown:
-            by_id = {p.id: p for p in shown}
+        if page.items:
+            by_id = {p.id: p for p in page.items}
             picked = st.selectbox(
                 "Edit or delete",
                 list(by_id),
                 format_func=lambda pid: f"{by_id[pid].name} · {by_id[pid].category} ({pid})",
                 key="catalog_selected",
             )
-            product = by_id[picked]
+            product = by_id.get(picked) or page.items[0]
+
+            st.markdown(f"**Photos of {plain(product.name)}** ({len(product.photos)})")
+            with st.container(horizontal=True, wrap=True, gap="small"):
+                for number, photo in enumerate(product.photos, 1):
+                    with st.container(border=True, width=webapp.CARD_WIDTH):
+                        picture = webapp.product_picture(product, photo.key)
+                        if picture is not None:
+                            st.image(picture, width="stretch", alt=f"{product.name}, photo {number}")
+                        st.caption(f"Photo {number}" + (" · shown in lists" if number == 1 else ""))
+                        if len(product.photos) > 1 and st.button(
+                            "Remove", key=f"remove_{photo.key}", icon=":material/delete:",
+                            help="Remove this photo (its file and its vector); the product keeps its other photos.",
+                        ):
+                            try:
+                                matcher.remove_photo(product.id, photo.key)
+                                st.toast(f"Removed photo {number} of {plain(product.name)}.", icon=":material/delete:")
+                                st.rerun()
+                            except Exception as err:
+                                webapp.show_error(err, what="Could not remove the photo")
+            with st.form(f"add_photos_{product.id}_{st.session_state.get('catalog_photo_form', 0)}"):
+                more = st.file_uploader(
+                    "Add photos", type=list(IMAGE_UPLOAD_TYPES), accept_multiple_files=True,
+                    help="More photos of this product from other sides or in other light make matching surer.",
+                )
+                if st.form_submit_button("Add these photos", icon=":material/add_photo_alternate:"):
+                    if not more:
+                        st.error("Choose one or more photos to add.", icon=":material/error:")
+                    else:
+                        try:
+                            webapp.ensure_model(matcher)
+                            with st.spinner(f"Adding {plural(len(more), 'photo')}…"):
+                                matcher.add_photos(product.id, [(f.getvalue(), f.name) for f in more])
+                            st.session_state["catalog_photo_form"] = st.session_state.get("catalog_photo_form", 0) + 1
+                            st.toast(f"Added {plural(len(more), 'photo')} to {plain(product.name)}.",
+                                     icon=":material/check_circle:")
+                            st.rerun()
+                        except Exception as err:
+                            webapp.show_error(err, what=f"Could not add photos to {product.name}")
+
             with st.form(f"edit_{product.id}"):
                 st.markdown(f"**Edit {plain(product.name)}**")
                 new_name = st.text_input("Name", value=product.name, max_chars=200)
@@ -206,8 +279,9 @@ with browse_tab:
                     st.rerun()
             else:
                 st.warning(
-                    f"Delete **{plain(product.name)}** ({format_price(product.price) or 'no price'}, {plain(product.category)})? "
-                    "Its image and thumbnail are removed too. This cannot be undone.",
+                    f"Delete **{plain(product.name)}** ({format_price(product.price) or 'no price'}, "
+                    f"{plain(product.category)})? Its {plural(len(product.photos), 'photo')} and thumbnails are "
+                    "removed too. This cannot be undone.",
                     icon=":material/warning:",
                 )
                 yes, no = st.columns(2)

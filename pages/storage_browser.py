@@ -18,7 +18,7 @@ from vpm.consistency import (
     preview_kind,
 )
 from vpm.images import make_thumbnail
-from vpm.presentation import code, format_bytes, plain, plural
+from vpm.presentation import code, format_bytes, plain, plural, table_rows
 from vpm.storage import StorageError
 
 PAGE_SIZE = 100
@@ -52,7 +52,7 @@ def previous_page() -> None:
 
 
 files_tab, catalog_tab, check_tab = st.tabs(
-    [":material/folder: Files", ":material/data_object: products.json", ":material/rule: Consistency"]
+    [":material/folder: Files", ":material/table: Catalog tables", ":material/rule: Consistency"]
 )
 
 # ------------------------------------------------------------------------------------------------- files
@@ -164,43 +164,28 @@ with files_tab:
                     elif data is not None:
                         st.code(data[:20_000].decode("utf-8", errors="replace"), language=None)
 
-# ---------------------------------------------------------------------------------------- products.json
+# ---------------------------------------------------------------------------------------- catalog tables
 with catalog_tab:
-    key = settings.s3_metadata_key
-    st.caption(f"The catalog file {code(key)}.")
+    st.caption(
+        f"The catalog lives in LanceDB tables in {code(matcher.where.description)}: one row a product, one vector "
+        "a photo for each model. Their files sit under the metadata prefix; the files tab lists them."
+    )
     try:
-        raw = storage.get(key) if storage.exists(key) else None
-    except StorageError as err:
-        webapp.show_error(err, what=f"Cannot read {key}")
-        raw = None
+        tables = matcher.table_summaries()
+    except Exception as err:  # a table the engine cannot open: the engine's own message says which and why
+        webapp.show_error(err, what="The catalog tables cannot be read")
     else:
-        if raw is None:
-            st.info(f"{code(key)} does not exist yet: the catalog is empty. Add products on the Catalog page.")
-    if raw is not None:
-        try:
-            document = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            document = None
-        try:
-            snapshot = matcher.catalog.load()
-        except Exception as err:  # CatalogCorrupt names the file, the problem and that it was left untouched
-            webapp.show_error(err, what="products.json is corrupt")
-            if document is None:
-                st.caption(f"The first bytes of the file ({format_bytes(len(raw))} in all):")
-                st.code(raw[:2000].decode("utf-8", errors="replace"), language=None)
+        if not tables:
+            st.info("No catalog yet: add products on the Catalog page.", icon=":material/info:")
         else:
-            with st.container(horizontal=True, gap="small"):
-                st.metric("Products", len(snapshot.products), border=True, width=110)
-                st.metric("Revision", snapshot.revision, border=True, width=110)
-                st.metric("Size", format_bytes(len(raw)), border=True, width=110)
-        if document is not None:
-            st.json(document, expanded=2)
+            st.dataframe(table_rows(tables), hide_index=True, width="stretch")
+            st.caption("Small fragments are merged and old versions pruned automatically as products are added.")
 
 # ------------------------------------------------------------------------------------------ consistency
 with check_tab:
     st.caption(
-        "Compares products.json with the files: products whose image is missing, files no product uses "
-        "(orphans), and products without a search vector for the active model."
+        "Compares the catalog with the files: photos whose file is missing, files no product uses "
+        "(orphans), and photos without a search vector for the active model."
     )
     if st.button("Run the consistency check", icon=":material/rule:", type="primary"):
         try:

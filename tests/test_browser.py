@@ -292,7 +292,7 @@ def test_screenshots_of_every_page(browser, app_url, width):
             save_whole_page(page, SCREENSHOTS / f"{stem}-{width}.png", w, h)
             if path == "catalog":  # the product table is on the second tab
                 page.get_by_role("tab", name="Products").click()
-                page.get_by_text(re.compile(r"Showing \d+ of")).wait_for()
+                page.get_by_text(re.compile(r"Showing \d+-\d+ of")).wait_for()
                 settle(page)
                 save_whole_page(page, SCREENSHOTS / f"catalog-products-{width}.png", w, h)
     finally:

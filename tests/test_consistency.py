@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from datetime import datetime, timedelta, timezone
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from fakes import ColourMeanEmbedder
-from vpm.catalog import CatalogCorrupt, validate_product
+from vpm.catalog import Photo, validate_product
 from vpm.consistency import (
     ConsistencyError,
     consistency_report,
@@ -99,7 +100,8 @@ def test_metadata_is_never_an_orphan_even_with_an_empty_image_prefix(tmp_path, m
     report = consistency_report(matcher, vectors=False)
 
     assert [o.key for o in report.orphans] == ["stray.jpg"]
-    metadata = {settings.s3_metadata_key, settings.embeddings_prefix + "some-model.npz"}
+    table_file = next(o.key for o in storage.iter_objects(settings.metadata_prefix + "products.lance/"))
+    metadata = {table_file, settings.embeddings_prefix + "some-model.npz"}
     result = delete_orphans(matcher, metadata, metadata, now=LATER)
     assert result.deleted == []
     assert {why for _, why in result.kept} == {"not under the image or thumbnail prefix"}
@@ -135,8 +137,8 @@ def test_delete_rechecks_the_catalog_at_delete_time(matcher, storage):
     report = consistency_report(matcher, vectors=False)
     assert "images/late.jpg" in report.orphan_keys
     # Meanwhile someone adds a product that uses the file the report called an orphan.
-    matcher.catalog.add(validate_product(id="late", name="Late", category="Test").model_copy(
-        update={"image_key": "images/late.jpg"}))
+    late = Photo(key="images/late.jpg", sha256=hashlib.sha256(b"late").hexdigest())
+    matcher.catalog.add([validate_product(id="late", name="Late", category="Test", photos=[late])])
 
     result = delete_orphans(matcher, report.orphan_keys, report.orphan_keys, now=LATER)
 
@@ -164,19 +166,24 @@ def test_without_products_json_nothing_is_deleted(matcher, storage):
     keys = {"images/a.jpg"}
     report = consistency_report(matcher, vectors=False)
     assert not report.catalog_exists and report.orphan_keys == keys
-    with pytest.raises(ConsistencyError, match="does not exist"):
+    with pytest.raises(ConsistencyError, match="do not exist"):
         delete_orphans(matcher, keys, keys, now=LATER)
     assert storage.exists("images/a.jpg")
 
 
-def test_a_corrupt_catalog_is_reported_and_blocks_cleanup(matcher, storage, settings):
+def test_a_damaged_catalog_table_is_reported_and_blocks_cleanup(matcher, storage, settings):
+    from vpm import engine
+
     add(matcher, "p1")
     storage.put("images/a.jpg", b"a")
-    storage.put(settings.s3_metadata_key, b"{not json", "application/json")
-    with pytest.raises(CatalogCorrupt, match="not valid JSON"):
-        consistency_report(matcher, vectors=False)
-    with pytest.raises(ConsistencyError, match="nothing was deleted.*not valid JSON"):
-        delete_orphans(matcher, {"images/a.jpg"}, {"images/a.jpg"}, now=LATER)
+    for info in list(storage.iter_objects(settings.metadata_prefix + "products.lance/_versions/")):
+        storage.put(info.key, b"this is not a manifest")
+    engine.forget()  # a new process
+    fresh = make_matcher(settings, storage)
+    with pytest.raises(engine.TableUnreadable, match="left untouched"):
+        consistency_report(fresh, vectors=False)
+    with pytest.raises(ConsistencyError, match="nothing was deleted.*cannot be opened"):
+        delete_orphans(fresh, {"images/a.jpg"}, {"images/a.jpg"}, now=LATER)
     assert storage.exists("images/a.jpg")
 
 
@@ -210,37 +217,40 @@ def test_browsing_helpers():
 
 
 def _catalog_only(matcher, storage, pid: str, colour) -> str:
-    """A product written without embedding anything (files, then metadata): returns its image SHA-256."""
+    """A product written without embedding anything (files, then the row): returns its photo's key."""
+    from vpm import photos
+
     image = matcher.decode(jpeg(colour), f"{pid}.jpg")
-    product = matcher.prepare_product(image, name=pid, category="Test", id=pid)
-    matcher.store_files(product, image)
-    matcher.catalog.add(product)
-    return image.sha256
+    prepared = photos.prepare(image, pid, matcher.settings.s3_image_prefix, matcher.settings.s3_thumbnail_prefix)
+    photos.store(storage, prepared, [])
+    matcher.catalog.add([validate_product(id=pid, name=pid, category="Test", photos=[prepared.photo])])
+    return prepared.photo.key
 
 
 def test_vectors_missing_for_the_configured_model_without_loading_it(settings, storage):
     from vpm.embeddings import model_slug
-    from vpm.index import VectorCache
+    from vpm.lance_vectors import LanceVectorIndex
     from vpm.matcher import Matcher
+    from vpm.vector_index import PhotoVector
 
     matcher = Matcher(settings, storage)  # no embedder given: the model must stay unloaded
-    sha1 = _catalog_only(matcher, storage, "p1", (200, 30, 30))
+    key1 = _catalog_only(matcher, storage, "p1", (200, 30, 30))
     _catalog_only(matcher, storage, "p2", (30, 200, 30))
 
     nothing = consistency_report(matcher).vectors
-    assert (nothing.state, nothing.missing_product_ids) == ("missing", ["p1", "p2"])
+    assert nothing.state == "missing" and "none of the 2 products" in nothing.detail
 
     model_id = model_slug(settings.vpm_model)
-    VectorCache(storage, settings.embeddings_prefix, model_id, 3).add([sha1], np.array([[0.6, 0.8, 0.0]]))
-    storage.put(f"{settings.embeddings_prefix}{model_id}/0-broken.npz", b"not a vector file")
+    index = LanceVectorIndex(matcher.where, model_id, 3)
+    index.upsert([PhotoVector(key1, "p1", "a" * 64, "Test", np.array([0.6, 0.8, 0.0], dtype=np.float32))])
     report = consistency_report(matcher)
 
     assert report.vectors.state == "missing"
     assert report.vectors.model_id == model_id
     assert report.vectors.missing_product_ids == ["p2"]
-    assert "1 of 2 products have no vector" in report.vectors.detail
-    assert report.orphans == []  # the cache lives beside products.json, never an orphan
-    assert not getattr(matcher, "model_loaded", False)
+    assert "1 of 2 photos have no vector" in report.vectors.detail
+    assert report.orphans == []  # the tables live under the metadata prefix, never orphans
+    assert not matcher.model_loaded
 
 
 def test_vectors_of_the_running_model_once_it_is_loaded(matcher, storage, settings):
@@ -249,10 +259,13 @@ def test_vectors_of_the_running_model_once_it_is_loaded(matcher, storage, settin
     assert matcher.model_loaded
     report = consistency_report(matcher)
     assert (report.vectors.state, report.vectors.model_id) == ("ok", "fake-colour")
-    assert "all 2 products have a vector" in report.vectors.detail
+    assert "all 2 photos have a vector" in report.vectors.detail
 
-    for info in list(storage.iter_objects(settings.embeddings_prefix)):
-        storage.delete(info.key)  # the cache is lost (derived data)
+    from vpm import engine
+
+    for info in list(storage.iter_objects(settings.metadata_prefix + "vectors-")):
+        storage.delete(info.key)  # the vectors are lost (derived data)
+    engine.forget()
     fresh = make_matcher(settings, storage)  # a new process: nothing in memory
     fresh.embedder  # loaded, as it would be after a search
     lost = consistency_report(fresh).vectors

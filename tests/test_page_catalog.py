@@ -19,10 +19,14 @@ def matcher_for(settings):
     return Matcher(settings)
 
 
+def all_products(settings):
+    return list(matcher_for(settings).iter_products())
+
+
 def add_form(at):
     """The add form's widgets, found by label (the form's widgets have no keys)."""
     return {
-        "photo": next(u for u in at.file_uploader if u.label == "Product photo"),
+        "photo": next(u for u in at.file_uploader if u.label == "Product photos"),
         "name": next(t for t in at.text_input if t.label == "Name"),
         "new_category": next(t for t in at.text_input if t.label == "…or a new category"),
         "category": next(s for s in at.selectbox if s.label == "Category"),
@@ -37,14 +41,14 @@ def test_empty_catalog_offers_adding_and_importing(app_settings, open_page):
     assert not at.exception
     assert any("No products yet" in i.value for i in at.info)
     assert add_form(at)["category"].disabled  # nothing to choose from yet: type a new one
-    assert [u.label for u in at.file_uploader] == ["Product photo", "Zip or CSV file"]
+    assert [u.label for u in at.file_uploader] == ["Product photos", "Zip or CSV file"]
 
 
 def test_adding_a_product_shows_it_and_it_is_searchable_at_once(backend, app_settings, open_page, product_photo):
     at = open_page(CATALOG_PAGE)
     form = add_form(at)
     photo = product_photo(7, fmt="JPEG")
-    form["photo"].set_value(("shoe.jpg", photo, "image/jpeg"))
+    form["photo"].set_value([("shoe.jpg", photo, "image/jpeg")])
     form["name"].input("Trail shoe")
     form["new_category"].input("Shoes")
     form["price"].set_value(89.5)
@@ -53,7 +57,7 @@ def test_adding_a_product_shows_it_and_it_is_searchable_at_once(backend, app_set
 
     assert not at.exception
     assert at.success[0].value == "Added **Trail shoe**. It is searchable now."
-    (product,) = matcher_for(app_settings).list_products()
+    (product,) = all_products(app_settings)
     assert (product.name, product.category, product.price) == ("Trail shoe", "Shoes", 89.5)
     shown = " ".join(m.value for m in at.markdown)
     assert f"`{product.id}`" in shown
@@ -73,14 +77,14 @@ def test_adding_picks_an_existing_category(app_settings, seed_catalog, open_page
     seed_catalog([("Red mug", "Kitchen", 1)])
     at = open_page(CATALOG_PAGE)
     form = add_form(at)
-    form["photo"].set_value(("mug.png", product_photo(2), "image/png"))
+    form["photo"].set_value([("mug.png", product_photo(2), "image/png")])
     form["name"].input("Blue mug")
     form["category"].set_value("Kitchen")
 
     at = button(at, "Add product").click().run()
 
     assert not at.exception
-    assert sorted((p.name, p.category) for p in matcher_for(app_settings).list_products()) == [
+    assert sorted((p.name, p.category) for p in all_products(app_settings)) == [
         ("Blue mug", "Kitchen"), ("Red mug", "Kitchen"),
     ]
 
@@ -94,14 +98,15 @@ def test_adding_without_a_photo_or_category_says_what_is_missing(app_settings, o
 
     assert not at.exception
     assert at.error[0].value == "To add a product, choose a photo of the product, choose a category or type a new one."
-    assert matcher_for(app_settings).list_products() == []
+    assert add_form(at)["name"].value == "Nameless"  # what was typed is kept
+    assert all_products(app_settings) == []
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_adding_a_bad_image_names_the_file_and_adds_nothing(app_settings, open_page):
     at = open_page(CATALOG_PAGE)
     form = add_form(at)
-    form["photo"].set_value(("scan.png", b"\x89PNG\r\n\x1a\n truncated", "image/png"))
+    form["photo"].set_value([("scan.png", b"\x89PNG\r\n\x1a\n truncated", "image/png")])
     form["name"].input("Scanner")
     form["new_category"].input("Office")
 
@@ -109,7 +114,8 @@ def test_adding_a_bad_image_names_the_file_and_adds_nothing(app_settings, open_p
 
     assert not at.exception
     assert "scan.png" in shown(at.error[0].value)
-    assert matcher_for(app_settings).list_products() == []
+    assert add_form(at)["name"].value == "Scanner"  # kept to try again
+    assert all_products(app_settings) == []
     assert button(at, "Add product")  # the form is still there to try again
 
 
@@ -134,7 +140,7 @@ def test_bulk_import_of_a_zip_reports_imported_skipped_and_failed(backend, app_s
     assert metrics == {"Imported": "3", "Skipped (duplicates)": "1", "Failed": "1"}
     reasons = " ".join(m.value for m in at.markdown)
     assert "broken.jpg" in reasons and "duplicate" in reasons
-    products = matcher_for(app_settings).list_products()
+    products = all_products(app_settings)
     assert sorted((p.name, p.category) for p in products) == [
         ("Blue Mug", "Kitchen"), ("Red Mug", "Kitchen"), ("Trail Shoe", "Shoes"),
     ]
@@ -153,7 +159,7 @@ def test_a_zip_that_is_not_a_zip_is_reported(app_settings, open_page):
 
     assert not at.exception
     assert len(at.error) == 1 and "products.zip" in shown(at.error[0].value)
-    assert matcher_for(app_settings).list_products() == []
+    assert all_products(app_settings) == []
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -175,7 +181,7 @@ def test_a_csv_import_reports_each_bad_row_with_its_reason(app_settings, open_pa
     assert {m.label: m.value for m in at.metric} == {"Imported": "0", "Skipped (duplicates)": "0", "Failed": "2"}
     reasons = [m.value for m in at.markdown if m.value.startswith("- `")]
     assert len(reasons) == 2 and any("127.0.0.1" in r for r in reasons)
-    assert matcher_for(app_settings).list_products() == []
+    assert all_products(app_settings) == []
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -184,15 +190,16 @@ def test_the_table_shows_thumbnails_and_filters_by_category_and_name(app_setting
     at = open_page(CATALOG_PAGE)
 
     table = at.dataframe[0].value
-    assert list(table["name"]) == ["Blue mug", "Red mug", "Trail shoe"]
+    assert list(table["name"]) == ["Trail shoe", "Blue mug", "Red mug"]  # latest changes first
     assert all(str(src).startswith("data:image/webp;base64,") for src in table["picture"])
-    assert list(table["price"]) == ["", "$4.50", ""]
+    assert list(table["price"]) == ["", "", "$4.50"]
+    assert list(table["photos"]) == [1, 1, 1]
 
     at.multiselect[0].set_value(["Kitchen"]).run()
     assert list(at.dataframe[0].value["name"]) == ["Blue mug", "Red mug"]
     next(t for t in at.text_input if t.label == "Name contains").input("red").run()
     assert list(at.dataframe[0].value["name"]) == ["Red mug"]
-    assert any(c.value == "Showing 1 of 3 products." for c in at.caption)
+    assert any(c.value == "Showing 1-1 of 1 matching (3 in all), latest changes first." for c in at.caption)
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -220,27 +227,95 @@ def test_delete_asks_for_confirmation_first(app_settings, seed_catalog, open_pag
 
     at = button(at, "Delete Trail shoe…").click().run()
     assert any("Delete **Trail shoe**" in w.value for w in at.warning)
-    assert len(matcher_for(app_settings).list_products()) == 2  # nothing deleted yet
+    assert len(all_products(app_settings)) == 2  # nothing deleted yet
 
     at = button(at, "Cancel").click().run()
     assert not at.warning
-    assert len(matcher_for(app_settings).list_products()) == 2
+    assert len(all_products(app_settings)) == 2
 
     at = button(at, "Delete Trail shoe…").click().run()
     at = button(at, "Yes, delete").click().run()
 
     assert not at.exception
-    assert [p.name for p in matcher_for(app_settings).list_products()] == ["Red mug"]
+    assert [p.name for p in all_products(app_settings)] == ["Red mug"]
     assert not (app_settings.vpm_data_dir / shoe.image_key).exists()  # its files went too
     assert list(at.dataframe[0].value["name"]) == ["Red mug"]
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 @pytest.mark.parametrize("page", [CATALOG_PAGE, SEARCH])
-def test_a_corrupt_catalog_is_explained_and_left_alone(app_settings, storage, open_page, page):
-    storage.put(app_settings.s3_metadata_key, b"{not json", "application/json")
+def test_a_damaged_catalog_is_explained_and_left_alone(app_settings, storage, seed_catalog, open_page, page):
+    from vpm import engine
+
+    seed_catalog([("Red mug", "Kitchen", 1)])
+    manifests = list(storage.iter_objects(app_settings.metadata_prefix + "products.lance/_versions/"))
+    for info in manifests:
+        storage.put(info.key, b"not a manifest")
+    engine.forget()  # as a restarted app would find it
     at = open_page(page)
     assert not at.exception
-    errors = " ".join(e.value for e in at.error)
-    assert "The catalog cannot be read" in errors and "not valid JSON" in errors
-    assert storage.get(app_settings.s3_metadata_key) == b"{not json"
+    errors = shown(" ".join(e.value for e in at.error))
+    assert "The catalog cannot be read" in errors and "left untouched" in errors
+    assert all(storage.get(info.key) == b"not a manifest" for info in manifests)
+
+
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_product_is_added_with_several_photos(app_settings, open_page, product_photo):
+    at = open_page(CATALOG_PAGE)
+    form = add_form(at)
+    form["photo"].set_value([(f"side{i}.png", product_photo(50 + i), "image/png") for i in range(3)])
+    form["name"].input("Kettle")
+    form["new_category"].input("Kitchen")
+    at = button(at, "Add product").click().run()
+    assert not at.exception
+    (product,) = all_products(app_settings)
+    assert len(product.photos) == 3
+    assert "**Photos:** 3" in [m.value for m in at.markdown]
+    assert add_form(at)["name"].value == ""  # a fresh form after a product was added
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_photos_are_added_to_and_removed_from_the_chosen_product(app_settings, seed_catalog, open_page,
+                                                                  product_photo):
+    (mug,) = seed_catalog([("Red mug", "Kitchen", 1)])
+    at = open_page(CATALOG_PAGE)
+    uploader = next(u for u in at.file_uploader if u.label == "Add photos")
+    uploader.set_value([("handle.png", product_photo(61), "image/png"), ("base.png", product_photo(62), "image/png")])
+    at = button(at, "Add these photos").click().run()
+    assert not at.exception
+    photos = matcher_for(app_settings).get_product(mug.id).photos
+    assert len(photos) == 3
+    assert sum(1 for b in at.button if b.label == "Remove") == 3
+
+    at = [b for b in at.button if b.label == "Remove"][1].click().run()
+    assert not at.exception
+    left = matcher_for(app_settings).get_product(mug.id).photos
+    assert [p.key for p in left] == [photos[0].key, photos[2].key]
+    assert not (app_settings.vpm_data_dir / photos[1].key).exists()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_the_table_pages_through_a_large_catalog(app_settings, open_page, monkeypatch):
+    """Draws one page (50) at a time, with a pager; never the whole catalog."""
+    import hashlib
+
+    from vpm.catalog import Photo, Product
+
+    store = matcher_for(app_settings).catalog
+    store.add([
+        Product(id=f"p{i:03d}", name=f"Item {i:03d}", category="Bulk",
+                photos=[Photo(key=f"images/p{i:03d}.png", sha256=hashlib.sha256(str(i).encode()).hexdigest())])
+        for i in range(120)
+    ])
+    at = open_page(CATALOG_PAGE)
+    assert len(at.dataframe[0].value) == 50
+    assert any(c.value == "Showing 1-50 of 120 products, latest changes first." for c in at.caption)
+    at = button(at, "Next page").click().run()
+    at = button(at, "Next page").click().run()
+    assert any(c.value == "Showing 101-120 of 120 products, latest changes first." for c in at.caption)
+    assert list(at.dataframe[0].value["name"])[-1] == "Item 000"
+    assert button(at, "Next page").disabled
+    next(t for t in at.text_input if t.label == "Name contains").input("item 07").run()
+    assert any(c.value == "Showing 1-10 of 10 matching (120 in all), latest changes first." for c in at.caption)

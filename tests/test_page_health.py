@@ -21,7 +21,7 @@ def test_checks_pass_on_a_working_catalog(backend, app_settings, seed_catalog, o
     assert any("1 products in 1 categories" in m or "1 product in 1 category" in m for m in markdown)
     # The model is not loaded just to open this page; the index coverage is read from the cache instead.
     assert any("**model and index** (pass)" in m for m in markdown)
-    assert any("All 1 products have a vector" in m and "loads on the first search" in m for m in markdown)
+    assert any("1 photos of 1 products have a vector" in m and "loads on the first search" in m for m in markdown)
     assert [s.value for s in at.success] == ["All checks passed."]
     assert not at.error
 
@@ -37,7 +37,7 @@ def test_loading_the_model_on_request_adds_the_model_and_index_checks(app_settin
     markdown = [m.value for m in at.markdown]
     assert any("**model** (pass)" in m for m in markdown)
     assert any("**index** (pass)" in m for m in markdown)
-    assert any("vectors cached for 1/1 products" in m for m in markdown)
+    assert any("vectors for 1/1 photos of 1 products" in m for m in markdown)
     assert "Load and check the model" not in [b.label for b in at.button]
 
 

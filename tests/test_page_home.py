@@ -46,7 +46,7 @@ def test_populated_catalog_shows_counts_backend_and_index_state(backend, app_set
     text = all_text(at)
     assert "Your catalog is empty" not in text
     if backend == "s3":
-        assert "S3 bucket `vpm-test-bucket` (us-east-1) · CDN off" in text
+        assert f"S3 bucket `{app_settings.s3_bucket_name}` (us-east-1) · CDN off" in text
     else:
         assert "Local folder" in text
     assert "not loaded yet" in text or "tiny" in text  # the model is reported, not loaded on purpose

@@ -234,8 +234,12 @@ def test_a_lost_vector_cache_is_rebuilt_with_progress_before_the_first_search(
 ):
     import shutil
 
+    from vpm import engine
+
     seed_catalog(CATALOG)
-    shutil.rmtree(app_settings.vpm_data_dir / "metadata" / "embeddings")  # derived data: may be lost
+    for table in (app_settings.vpm_data_dir / "metadata").glob("vectors-*.lance"):
+        shutil.rmtree(table)  # derived data: may be lost
+    engine.forget()
 
     at = open_page(SEARCH)
     at = upload(at, "query.png", product_photo(2))
@@ -282,8 +286,9 @@ def test_results_csv_lists_matches_best_first_and_keeps_formulas_inert():
     from vpm.matcher import Match
 
     matches = [
-        Match(Product(id="a", name="=cmd()", category="X", price=3.5), 0.91234, "https://cdn/a.jpg", None),
-        Match(Product(id="b", name="Plain", category="Y"), 0.5, None, None),
+        Match(Product(id="a", name="=cmd()", category="X", price=3.5), 0.91234, "images/a.jpg", "https://cdn/a.jpg",
+              None),
+        Match(Product(id="b", name="Plain", category="Y"), 0.5, "images/b.jpg", None, None),
     ]
     rows = list(csv.reader(io.StringIO(results_csv(matches).decode("utf-8-sig"))))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import pytest
 from PIL import Image
@@ -52,10 +51,9 @@ def run_page() -> AppTest:
 
 
 def listing(at: AppTest) -> list[str]:
-    """Names in the file table of the Files tab (the first table on the page)."""
-    if not at.dataframe:
-        return []
-    return list(at.dataframe[0].value["name"])
+    """Names in the file table of the Files tab (the table with a name column)."""
+    tables = [d.value for d in at.dataframe if "name" in d.value.columns]
+    return list(tables[0]["name"]) if tables else []
 
 
 def test_folders_navigate_with_buttons_and_breadcrumbs(matcher):
@@ -76,7 +74,8 @@ def test_folders_navigate_with_buttons_and_breadcrumbs(matcher):
     click(at, "All files")
     assert "images/" in [b.label for b in at.button]
     click(at, "metadata/")
-    assert listing(at) == ["products.json"]
+    assert listing(at) == []  # only the catalog tables' folders
+    assert "products.lance/" in [b.label for b in at.button]
     click(at, "Up one level")
     assert button(at, "All files").disabled
 
@@ -117,23 +116,28 @@ def test_selecting_an_image_previews_it(matcher):
     assert at.image[0].captions == [product.image_key]
 
 
-def test_products_json_viewer_shows_the_catalog(matcher):
+def test_the_catalog_tables_tab_shows_each_table(matcher):
     seed(matcher, "p1", "p2")
     at = run_page()
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Products"] == "2"
-    document = json.loads(at.json[0].value)
-    assert [p["name"] for p in document["products"]] == ["Product p1", "Product p2"]
+    table = next(d.value for d in at.dataframe if "table" in d.value.columns)
+    rows = {row["table"]: row for row in table.to_dict("records")}
+    assert rows["products"]["rows"] == "2" and rows["products"]["holds"] == "products and their photos"
+    vectors = next(name for name in rows if name.startswith("vectors-"))
+    assert rows[vectors]["rows"] == "2" and "photo vectors" in rows[vectors]["holds"]
 
 
-def test_a_corrupt_products_json_gets_a_clear_error(matcher, storage, settings):
+def test_a_damaged_table_gets_a_clear_error_and_is_left_alone(matcher, storage, settings):
+    from vpm import engine
+
     seed(matcher, "p1")
-    storage.put(settings.s3_metadata_key, b'{"products": [ broken', "application/json")
+    manifests = list(storage.iter_objects(settings.metadata_prefix + "products.lance/_versions/"))
+    for info in manifests:
+        storage.put(info.key, b"not a manifest")
+    engine.forget()
     at = run_page()
     errors = shown(" ".join(e.value for e in at.error))
-    assert "products.json is corrupt" in errors and "not valid JSON" in errors and "left untouched" in errors
-    assert '{"products": [ broken' in at.code[0].value  # the bytes, so the person can see what is wrong
-    assert storage.get(settings.s3_metadata_key) == b'{"products": [ broken'
+    assert "The catalog tables cannot be read" in errors and "left untouched" in errors
+    assert all(storage.get(info.key) == b"not a manifest" for info in manifests)
 
 
 def test_consistency_report_shows_a_planted_orphan_and_a_missing_image(matcher, storage):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from vpm.presentation import (
     add_form_problems,
     changed_fields,
-    filter_products,
+    page_caption,
     format_bytes,
     format_percent,
     format_price,
@@ -67,11 +67,17 @@ def test_the_add_form_says_everything_it_still_needs_in_one_sentence():
     assert pick_category("Kitchen", "  Shoes ") == "Shoes" and pick_category("Kitchen", "") == "Kitchen"
 
 
-def test_filtering_and_edits():
-    products = [SimpleNamespace(id=f"p{i}", name=n, category=c) for i, (n, c) in enumerate(
-        (("Red mug", "Kitchen"), ("Blue MUG", "kitchen"), ("Trail shoe", "Shoes")))]
-    assert [p.name for p in filter_products(products, ["KITCHEN"], "mug")] == ["Blue MUG", "Red mug"]
-    assert [p.name for p in filter_products(products)] == ["Blue MUG", "Red mug", "Trail shoe"]
+def test_page_captions_say_which_products_are_shown():
+    def page(offset, items, total):
+        return SimpleNamespace(offset=offset, items=[object()] * items, total=total)
+
+    assert page_caption(page(0, 50, 1234), 1234) == "Showing 1-50 of 1,234 products, latest changes first."
+    assert page_caption(page(50, 30, 80), 1234) == "Showing 51-80 of 80 matching (1,234 in all), latest changes first."
+    assert page_caption(page(0, 0, 0), 12) == "No product matches (of 12 products)."
+    assert page_caption(page(0, 0, 0), 0) == "No products yet."
+
+
+def test_edits_keep_only_what_changed():
     product = SimpleNamespace(name="Mug", category="Kitchen", price=None, description=None)
     assert changed_fields(product, name=" Mug ", category="Kitchen", price=None, description="") == {}
     assert changed_fields(product, name="Big mug", category="Kitchen", price=3.0, description="") == {

@@ -1,24 +1,24 @@
-"""Does storage agree with the catalog? Missing files, orphan files, products without a cached vector.
+"""Does storage agree with the catalog? Missing files, orphan files, photos without a vector.
 (Plus the few helpers the storage browser needs to show a listing page: breadcrumbs, rows, preview kind.)
 
-Read-only, except `delete_orphans`, which removes only files that are still orphans when it runs: it reads
-products.json afresh and never deletes a key any product references. Files written in the last few minutes
-are kept by default, because `Matcher.add_product` writes the image before the metadata that points at it, so
-a brand-new file is briefly unreferenced while its product is being added.
+Read-only, except `delete_orphans`, which removes only files that are still orphans when it runs: it asks the
+catalog afresh and never deletes a key any product references. Files written in the last few minutes are kept
+by default, because an add writes the image before the product row that points at it, so a brand-new file is
+briefly unreferenced while its product is being added.
 
-The vector part never loads a model: it asks the search index for the SHA-256s it has cached for the configured
-model. When the index cannot say that without embedding, the vector status is "unknown".
+The vector part never loads a model: it asks the vector index of the running (or else the configured) model
+which photos it holds.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from .catalog import CatalogCorrupt, CatalogError, Product
+from .catalog import CatalogCorrupt, CatalogError
 from .presentation import format_bytes
 from .storage import ObjectInfo, ObjectNotFound, StorageError
 
@@ -188,105 +188,103 @@ def _list_files(storage, settings) -> dict[str, tuple[FileKind, ObjectInfo]]:
     return files
 
 
-def _referenced(products: Iterable[Product]) -> set[str]:
-    return {k for p in products for k in (p.image_key, p.thumbnail_key) if k}
-
-
 def _is_recent(info: ObjectInfo, now: datetime, min_age_seconds: float) -> bool:
     return now - _utc(info.last_modified) < timedelta(seconds=min_age_seconds)
 
 
-def vector_coverage(matcher, products: list[Product]) -> VectorCoverage:
-    """Products whose image SHA-256 has no vector in the cache for the configured model, without loading it.
-
-    Uses the matcher's own index status when its model is already loaded (free), else reads which SHA-256s the
-    cache holds for the configured model. Anything it cannot answer without embedding is "unknown", never a guess.
-    """
+def vector_coverage(matcher) -> VectorCoverage:
+    """Which catalog photos have no vector, for the running model when it is loaded, else for the configured
+    one (without loading it). Anything it cannot answer is "unknown", never a guess."""
     try:
-        return _vector_coverage(matcher, products)
-    except Exception as err:  # derived data: a broken cache must not break the report
+        return _vector_coverage(matcher)
+    except Exception as err:  # derived data: a broken index must not break the report
         log.warning("vector coverage unavailable: %s", err)
-        return VectorCoverage("unknown", None, f"could not read the embedding cache: {err}")
+        return VectorCoverage("unknown", None, f"could not read the vector index: {err}")
 
 
-def _vector_coverage(matcher, products: list[Product]) -> VectorCoverage:
-    from . import index
+def _vector_coverage(matcher) -> VectorCoverage:
     from .embeddings import model_slug
+    from .indexing import coverage
 
-    settings = matcher.settings
-    if getattr(matcher, "model_loaded", False):
-        # The running model decides (it may be the offline fallback rather than the configured one).
-        model_id = matcher.embedder.model_id
-        status = matcher.index_status() if hasattr(matcher, "index_status") else None
-        missing_ids = _missing_ids_from_status(status, products) if status is not None else None
-        if missing_ids is not None:
-            return _coverage(model_id, products, missing_ids)
-        note = ""
+    if matcher.model_loaded:  # the running model decides (it may be the offline fallback)
+        model_id, note = matcher.embedder.model_id, ""
     else:
-        model_id = model_slug(settings.vpm_model)
+        model_id = model_slug(matcher.settings.vpm_model)
         note = " (the configured model; it is not loaded yet)"
-    cached = index.cached_sha256s(matcher.storage, settings, model_id)
-    if cached is None:  # no cache for this model yet
-        missing_ids = [p.id for p in products]
-    else:
-        missing_ids = [p.id for p in products if not p.image_sha256 or p.image_sha256 not in cached]
-    return _coverage(model_id, products, missing_ids, note)
-
-
-def _missing_ids_from_status(status, products: list[Product]) -> list[str] | None:
-    ids = getattr(status, "missing_ids", None) or getattr(status, "missing_product_ids", None)
-    if isinstance(ids, (list, tuple, set)):
-        return sorted(ids)
-    if getattr(status, "missing", None) == 0:
-        return []
-    return None  # a count without ids: let the cache reader name them
-
-
-def _coverage(model_id: str, products: list[Product], missing_ids: list[str], note: str = "") -> VectorCoverage:
-    if not missing_ids:
-        return VectorCoverage("ok", model_id, f"all {len(products)} products have a vector for {model_id}{note}")
+    if not matcher.has_vector_index(model_id):
+        products = matcher.count_products()
+        if not products:
+            return VectorCoverage("ok", model_id, f"no products yet, so nothing to embed for {model_id}")
+        first = [p.id for p in matcher.catalog.page(limit=50, newest_first=False).items]
+        return VectorCoverage(
+            "missing", model_id, f"none of the {products} products has a vector for {model_id}{note} yet; they are "
+            "embedded by the first search, or by python -m vpm index", first,
+        )
+    found = coverage(matcher.catalog, matcher.vector_index(model_id))
+    if not found.missing:
+        return VectorCoverage("ok", model_id, f"all {found.photos} photos have a vector for {model_id}{note}")
     return VectorCoverage(
         "missing", model_id,
-        f"{len(missing_ids)} of {len(products)} products have no vector for {model_id}{note}; they are embedded "
-        "by the next search, or by a reindex",
-        list(missing_ids),
+        f"{found.missing} of {found.photos} photos have no vector for {model_id}{note}; they are embedded by the "
+        "next search, or by python -m vpm index",
+        list(found.missing_ids),
     )
 
 
 def consistency_report(
     matcher, *, vectors: bool = True, now: datetime | None = None, min_age_seconds: float = RECENT_SECONDS
 ) -> ConsistencyReport:
-    """Compare the catalog with the files in storage. Raises CatalogCorrupt (with its own clear message) when
-    products.json cannot be read, since nothing can be judged against it then."""
+    """Compare the catalog with the files in storage: photos whose file is missing, files no photo uses.
+
+    The catalog is read a batch at a time and the listing a page at a time; only the listed keys are held
+    (about 100 bytes a file). Raises the catalog's own clear error when it cannot be read.
+    """
     settings, storage = matcher.settings, matcher.storage
     now = now or datetime.now(timezone.utc)
-    snapshot = matcher.catalog.load()
-    products = snapshot.products
-    files = _list_files(storage, settings)
-
-    missing = []
-    for p in products:
-        for kind, key in (("image", p.image_key), ("thumbnail", p.thumbnail_key)):
-            if key and key not in files and not _exists_outside_listing(storage, key, settings):
-                missing.append(MissingFile(p.id, p.name, kind, key))
-
-    referenced = _referenced(products)
-    orphans = [
-        Orphan(key, kind, info.size, info.last_modified, _is_recent(info, now, min_age_seconds))
-        for key, (kind, info) in sorted(files.items())
-        if key not in referenced
-    ]
-    coverage = vector_coverage(matcher, products) if vectors else VectorCoverage("unknown", None, "not checked")
+    catalog_exists = matcher.catalog_exists()
+    listed: dict[str, FileKind] = {}
+    orphans: list[Orphan] = []
+    for page in _file_pages(storage, settings):
+        used = matcher.catalog.referenced([info.key for _kind, info in page]) if catalog_exists else set()
+        for kind, info in page:
+            listed[info.key] = kind
+            if info.key not in used:
+                orphans.append(Orphan(info.key, kind, info.size, info.last_modified,
+                                      _is_recent(info, now, min_age_seconds)))
+    missing: list[MissingFile] = []
+    products = 0
+    for product in matcher.iter_products() if catalog_exists else ():
+        products += 1
+        for photo in product.photos:
+            for kind, key in (("image", photo.key), ("thumbnail", photo.thumbnail_key)):
+                if key and key not in listed and not _exists_outside_listing(storage, key, settings):
+                    missing.append(MissingFile(product.id, product.name, kind, key))
+    coverage = vector_coverage(matcher) if vectors else VectorCoverage("unknown", None, "not checked")
     return ConsistencyReport(
         storage=storage.description,
-        products=len(products),
-        image_files=sum(1 for kind, _ in files.values() if kind == "image"),
-        thumbnail_files=sum(1 for kind, _ in files.values() if kind == "thumbnail"),
+        products=products,
+        image_files=sum(1 for kind in listed.values() if kind == "image"),
+        thumbnail_files=sum(1 for kind in listed.values() if kind == "thumbnail"),
         missing=missing,
-        orphans=orphans,
+        orphans=sorted(orphans, key=lambda o: o.key),
         vectors=coverage,
-        catalog_exists=snapshot.etag is not None,
+        catalog_exists=catalog_exists,
     )
+
+
+def _file_pages(storage, settings) -> Iterator[list[tuple[FileKind, ObjectInfo]]]:
+    """Image and thumbnail files, a listing page at a time (each folder listed once)."""
+    prefixes = set(_file_prefixes(settings).values())
+    for prefix in sorted(p for p in prefixes if not any(q != p and p.startswith(q) for q in prefixes)):
+        token = None
+        while True:
+            page = storage.list(prefix, page_size=1000, token=token)
+            files = [(kind, info) for info in page.objects if (kind := _kind_of(info.key, settings)) is not None]
+            if files:
+                yield files
+            if not page.next_token:
+                break
+            token = page.next_token
 
 
 def _exists_outside_listing(storage, key: str, settings) -> bool:
@@ -370,27 +368,27 @@ def delete_orphans(
 ) -> DeleteResult:
     """Delete those of `keys` that the user saw as orphans (`expected`) and that are still orphans now.
 
-    Re-reads products.json first and keeps any key a product references, any key outside the image and
+    Re-reads the catalog first and keeps any key a product references, any key outside the image and
     thumbnail prefixes, and (unless min_age_seconds=0) any file written in the last min_age_seconds.
     """
     settings, storage = matcher.settings, matcher.storage
+    if not matcher.catalog_exists():
+        # No catalog at all: every image would look orphaned. More likely the catalog is lost than empty.
+        raise ConsistencyError(
+            f"nothing was deleted: the catalog tables do not exist in {storage.description}, so every file looks "
+            "orphaned; restore the catalog first (or delete files by hand if it really is empty)"
+        )
+    wanted = [key for key in dict.fromkeys(keys)]
     try:
-        snapshot = matcher.catalog.load()
+        referenced = matcher.catalog.referenced(wanted)  # read afresh: a product added since the report counts
     except CatalogCorrupt as err:
         raise ConsistencyError(f"nothing was deleted: {err}") from None
     except (CatalogError, StorageError) as err:
         raise ConsistencyError(f"nothing was deleted: could not read the catalog ({err})") from None
-    if snapshot.etag is None:
-        # No products.json at all: every image would look orphaned. More likely the catalog is lost than empty.
-        raise ConsistencyError(
-            f"nothing was deleted: {settings.s3_metadata_key} does not exist in {storage.description}, so every "
-            "file looks orphaned; restore the catalog first (or delete files by hand if it really is empty)"
-        )
-    referenced = _referenced(snapshot.products)
     now = now or datetime.now(timezone.utc)
     deleted: list[str] = []
     kept: list[tuple[str, str]] = []
-    for key in dict.fromkeys(keys):  # de-duplicated, order kept
+    for key in wanted:  # de-duplicated, order kept
         if key not in expected:
             kept.append((key, "not in the orphan report that was confirmed"))
         elif _kind_of(key, settings) is None:

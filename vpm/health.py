@@ -69,11 +69,10 @@ def storage_checks(matcher) -> list[Check]:
     checks.append(_run("storage read/write", read_write, "grant s3:GetObject, s3:PutObject, s3:DeleteObject"))
 
     def catalog() -> str:
-        products = matcher.catalog.list()
-        cats = {p.category for p in products}
-        return f"{len(products)} products in {len(cats)} categories"
+        counts = matcher.category_counts()
+        return f"{sum(counts.values())} products in {len(counts)} categories ({matcher.where.description})"
 
-    checks.append(_run("catalog readable", catalog, f"fix or restore {matcher.settings.s3_metadata_key}"))
+    checks.append(_run("catalog readable", catalog, "restore the catalog tables from a backup, or see the log"))
     return checks
 
 
@@ -107,11 +106,11 @@ def index_check(matcher) -> Check:
 
     def status() -> tuple[Status, str, str]:
         s = matcher.index_status()
-        detail = f"vectors cached for {s.vectors}/{s.products} products ({s.model_id})"
-        if s.stale:
-            return "warn", detail + "; untrusted cache files were found: " + "; ".join(s.problems[:3]), fix
+        detail = f"vectors for {s.vectors}/{s.photos} photos of {s.products} products ({s.model_id})"
+        if s.problems:
+            return "warn", detail + "; some photos cannot be embedded: " + "; ".join(s.problems[:3]), fix
         if s.missing:
-            return "warn", detail + f"; {s.missing} missing (they are embedded on the next search)", fix
+            return "warn", detail + f"; {s.missing} missing (they are embedded before the next search)", fix
         return "pass", detail, ""
 
     from .embeddings import EmbeddingError

@@ -178,15 +178,21 @@ def add_form_problems(has_photo: bool, name: str | None, category: str) -> str |
     return "To add a product, " + ", ".join(problems) + "." if problems else None
 
 
-def filter_products(products: Iterable[Any], categories: Iterable[str] = (), name_query: str = "") -> list[Any]:
-    """Products in any of `categories` (all when empty) whose name contains `name_query` (any case), by name."""
-    wanted = {c.casefold() for c in categories}
-    needle = name_query.strip().casefold()
-    kept = [
-        p for p in products
-        if (not wanted or p.category.casefold() in wanted) and (not needle or needle in p.name.casefold())
-    ]
-    return sorted(kept, key=lambda p: (p.name.casefold(), p.id))
+def page_caption(page: Any, total: int) -> str:
+    """'Showing 51-100 of 1,234 products, latest changes first.', or how many match a filter.
+
+    The catalog lists the products added or edited most recently first (the table's own order: no page sorts
+    the whole catalog)."""
+    if not page.items:
+        return f"No product matches (of {_products(total)})." if total else "No products yet."
+    first, last = page.offset + 1, page.offset + len(page.items)
+    if page.total == total:
+        return f"Showing {first:,}-{last:,} of {_products(page.total)}, latest changes first."
+    return f"Showing {first:,}-{last:,} of {page.total:,} matching ({total:,} in all), latest changes first."
+
+
+def _products(n: int) -> str:
+    return f"{n:,} product{'' if n == 1 else 's'}"
 
 
 _MIME_BY_EXTENSION = {
@@ -213,10 +219,22 @@ def product_rows(products: Iterable[Any], picture: Any) -> list[dict[str, Any]]:
             "name": p.name,
             "category": p.category,
             "price": format_price(p.price),
+            "photos": len(p.photos),
             "id": p.id,
             "added": p.created_at[:10],
         })
     return rows
+
+
+def table_rows(tables: Iterable[Any]) -> list[dict[str, Any]]:
+    """Rows for the storage browser's table of catalog tables (vpm.engine.TableSummary)."""
+    return [
+        {
+            "table": t.name, "holds": t.holds, "rows": f"{t.rows:,}", "version": t.version,
+            "files": t.fragments, "indexes": ", ".join(t.indexes) or "none",
+        }
+        for t in tables
+    ]
 
 
 def changed_fields(product: Any, **edited: Any) -> dict[str, Any]:

@@ -143,17 +143,17 @@ def ensure_model(matcher) -> Any:
 
 
 def prepare_search_index(matcher) -> None:
-    """Embed catalog products that have no vector yet (a new model, a lost cache), with a progress bar.
+    """Embed catalog photos that have no vector yet (a new model, an upgraded catalog), with a progress bar.
 
-    A search would embed them anyway, but silently; a catalog of thousands takes minutes on a CPU, so say so.
-    Reads the cache only when nothing is missing.
+    A search would embed a few silently; a catalog of thousands takes minutes on a CPU, so say so. Costs two
+    counts when nothing is missing.
     """
-    status = matcher.index_status()
-    if not status.missing:
+    missing = matcher.index_needs_embedding()
+    if not missing:
         return
     with st.status(
-        f"Preparing the search index: embedding {plural(status.missing, 'catalog image')} "
-        f"for {status.model} (once per model)…",
+        f"Preparing the search index: embedding about {plural(missing, 'catalog photo')} "
+        f"for {matcher.embedder.display_name} (once per model)…",
         expanded=True,
     ) as box:
         bar = st.progress(0.0)
@@ -164,9 +164,9 @@ def prepare_search_index(matcher) -> None:
         after = matcher.reindex(progress=progress)
         state = "complete" if not after.missing else "error"
         label = "Search index ready" if not after.missing else (
-            f"{plural(after.missing, 'product')} could not be embedded: {'; '.join(after.problems[:3])}"
+            f"{plural(after.missing, 'photo')} could not be embedded: {'; '.join(after.problems[:3])}"
         )
-        box.update(label=label, state=state, expanded=False)
+        box.update(label=plain(label), state=state, expanded=False)
 
 
 @dataclass(frozen=True)
@@ -175,18 +175,29 @@ class IndexSummary:
     detail: str  # one sentence for help text
 
 
-def index_summary(matcher, products: list[Product]) -> IndexSummary:
-    """The search index state for status displays. Reads the embedding cache only; never loads the model."""
+def index_summary(matcher, products: int) -> IndexSummary:
+    """The search index state for status displays, from two counts; never loads the model."""
     if not products:
         return IndexSummary("empty", "No products yet, so nothing to index.")
-    from .consistency import vector_coverage
+    from .embeddings import model_slug
 
-    coverage = vector_coverage(matcher, products)
-    if coverage.state == "ok":
-        return IndexSummary("ready", coverage.detail)
-    if coverage.state == "missing":
-        return IndexSummary(f"{len(coverage.missing_product_ids)} to embed", coverage.detail)
-    return IndexSummary("unknown", coverage.detail)
+    try:
+        if matcher.model_loaded:
+            model_id, note = matcher.embedder.model_id, ""
+        else:
+            model_id, note = model_slug(matcher.settings.vpm_model), " (the configured model; not loaded yet)"
+        vectors = matcher.vector_index(model_id).count() if matcher.has_vector_index(model_id) else 0
+    except Exception as err:  # derived data: never the reason a status display fails
+        return IndexSummary("unknown", f"the vector index could not be read: {err}")
+    photos = matcher.catalog.photo_count()
+    if vectors >= photos:
+        return IndexSummary("ready", f"{photos} photos of {products} products have a vector for {model_id}{note}.")
+    missing = photos - vectors
+    return IndexSummary(
+        f"{missing} to embed",
+        f"about {missing} of {photos} photos have no vector for {model_id}{note}; they are embedded before "
+        "the next search.",
+    )
 
 
 def model_not_loaded_check(matcher):
@@ -194,15 +205,15 @@ def model_not_loaded_check(matcher):
     from .health import Check
 
     try:
-        products = matcher.list_products()
+        products = matcher.count_products()
     except Exception:
-        products = []  # the catalog check above already says why
+        products = 0  # the catalog check above already says why
     index = index_summary(matcher, products)
     status = "pass" if index.headline in ("ready", "empty") else "warn"
     return Check(
         "model and index",
         status,
-        f"{index.detail[:1].upper()}{index.detail[1:]}; the model loads on the first search",
+        f"{index.detail[:1].upper()}{index.detail[1:]} The model loads on the first search.",
         "they are embedded by the next search; or load and check the model below",
     )
 
@@ -261,11 +272,17 @@ def _is_expected(err: BaseException) -> bool:
 # ------------------------------------------------------------------------------------------- images
 
 
-def picture_and_key(product: Product) -> tuple[bytes, str] | None:
-    """Thumbnail bytes (falling back to a small preview made from the original) and the key they came from."""
-    for key in (product.thumbnail_key, product.image_key):
+def picture_and_key(product: Product, photo_key: str | None = None) -> tuple[bytes, str] | None:
+    """Thumbnail bytes (falling back to a small preview made from the original) of one photo (the first unless
+    `photo_key` names another), and the key they came from."""
+    photo = next((p for p in product.photos if p.key == photo_key), None) or (
+        product.photos[0] if product.photos else None
+    )
+    if photo is None:
+        return None
+    for key in (photo.thumbnail_key, photo.key):
         if key:
-            data = thumbnail_bytes(key, product.image_sha256)
+            data = thumbnail_bytes(key, photo.sha256)
             if data is not None:
                 return data, key
     return None
@@ -293,19 +310,18 @@ def thumbnail_bytes(key: str, etag: str | None = None) -> bytes | None:
         return None
 
 
-def product_picture(product: Product) -> bytes | None:
-    found = picture_and_key(product)
+def product_picture(product: Product, photo_key: str | None = None) -> bytes | None:
+    found = picture_and_key(product, photo_key)
     return found[0] if found else None
 
 
 # -------------------------------------------------------------------------------------------- grids
 
 
-def _unpack(item: Any) -> tuple[Product, float | None]:
-    """Accept a Match (product + score), a ProductView (product + URLs) or a bare Product."""
+def _unpack(item: Any) -> tuple[Product, float | None, str | None]:
+    """Accept a Match (product + score + the photo that matched), a ProductView or a bare Product."""
     product = getattr(item, "product", item)
-    score = getattr(item, "score", None)
-    return product, score
+    return product, getattr(item, "score", None), getattr(item, "photo_key", None)
 
 
 CARD_WIDTH = 170  # px: two cards side by side on a 390 px phone, four beside the sidebar on a laptop
@@ -314,8 +330,8 @@ _GAP_ALLOWANCE = 24  # px per card for the gap between cards, with some slack
 
 def product_card(item: Any) -> None:
     """One product: picture, name, category and price, and the score as a percent and a bar when given."""
-    product, score = _unpack(item)
-    picture = product_picture(product)
+    product, score, photo_key = _unpack(item)
+    picture = product_picture(product, photo_key)  # a search result shows the photo that matched
     if picture is not None:
         st.image(picture, width="stretch", alt=product.name)
     else:
@@ -329,6 +345,9 @@ def product_card(item: Any) -> None:
     st.caption(" · ".join(details))
     if score is not None:
         st.progress(score_percent(score), text=f"{format_percent(score)} match")
+        if len(product.photos) > 1:
+            number = next((i for i, p in enumerate(product.photos, 1) if p.key == photo_key), 1)
+            st.caption(f"Best match: photo {number} of {len(product.photos)}")
 
 
 def product_grid(items: Iterable[Any], columns: int = 4) -> None:
@@ -388,7 +407,7 @@ def sidebar_status() -> None:
         st.caption(f":material/storage: {storage_summary(settings)}")
         matcher = get_matcher()
         try:
-            count = len(matcher.list_products())
+            count = matcher.count_products()
             st.caption(f":material/inventory_2: {plural(count, 'product')}")
         except Exception as err:  # the catalog may be unreadable; the Health page says why
             st.caption(f":material/warning: catalog unavailable ({type(err).__name__})")
