@@ -4,7 +4,9 @@ add or remove photos, delete."""
 import streamlit as st
 
 from vpm import webapp
+from vpm.catalog import ProductNotFound
 from vpm.presentation import (
+    IMAGE_FORMATS_TEXT,
     IMAGE_UPLOAD_TYPES,
     add_form_problems,
     changed_fields,
@@ -47,8 +49,8 @@ with add_tab:
             "Product photos",
             type=list(IMAGE_UPLOAD_TYPES),
             accept_multiple_files=True,
-            help=f"One or more photos of the same product (front, side, back…): JPEG, PNG, WebP, GIF, BMP, TIFF "
-            f"or HEIC, up to {settings.vpm_max_upload_mb} MB each. Search matches a photo against every one.",
+            help=f"One or more photos of the same product (front, side, back…): {IMAGE_FORMATS_TEXT}, up to "
+            f"{settings.vpm_max_upload_mb} MB each. Search matches a photo against every one.",
         )
         name = st.text_input("Name", max_chars=200, placeholder="e.g. Trail running shoe")
         left, right = st.columns(2)
@@ -94,14 +96,13 @@ with add_tab:
     if last_added:
         try:
             view = matcher.view(matcher.get_product(last_added))
-        except Exception:
+        except ProductNotFound:
             view = None  # deleted since; nothing to show
         if view is not None:
             st.success(f"Added **{plain(view.product.name)}**. It is searchable now.", icon=":material/check_circle:")
             card, about = st.columns([1, 3])
-            with card:
-                with st.container(border=True, width=webapp.CARD_WIDTH):
-                    webapp.product_card(view)
+            with card, st.container(border=True, width=webapp.CARD_WIDTH):
+                webapp.product_card(view)
             with about:
                 st.markdown(f"**Id:** {code(view.product.id)}")
                 st.markdown(f"**Photos:** {len(view.product.photos)}")

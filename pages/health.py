@@ -16,10 +16,7 @@ if st.session_state.get("health_check_model") or matcher.model_loaded:
     st.session_state["health_check_model"] = True
 with st.spinner("Running checks…"):
     try:
-        if st.session_state.get("health_check_model"):
-            checks = health.full_checks(matcher)
-        else:
-            checks = health.storage_checks(matcher) + [webapp.model_not_loaded_check(matcher)]
+        checks = health.checks_for(matcher, load_model=bool(st.session_state.get("health_check_model")))
     except Exception as err:  # a check that itself breaks is a failed check, not a broken page
         webapp.show_error(err, what="The checks could not run")
         checks = []
@@ -39,10 +36,11 @@ if checks:
                 st.caption(f"What to do: {plain(check.fix)}")
 with st.container(horizontal=True):
     st.button("Run the checks again", icon=":material/refresh:")
-    if not st.session_state.get("health_check_model"):
-        if st.button("Load and check the model", icon=":material/neurology:"):
-            st.session_state["health_check_model"] = True
-            st.rerun()
+    if not st.session_state.get("health_check_model") and st.button(
+        "Load and check the model", icon=":material/neurology:"
+    ):
+        st.session_state["health_check_model"] = True
+        st.rerun()
 
 settings_column, versions_column = st.columns([3, 2], gap="large")
 with settings_column:

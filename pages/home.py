@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from vpm import webapp
+from vpm import health, webapp
 
 st.title(":material/image_search: Visual Product Matcher")
 st.caption("Find the products in your catalog that look like a photo.")
@@ -34,24 +34,22 @@ if products == 0:
 
 st.subheader("Status")
 top = st.columns(2)
-with top[0]:
-    with st.container(border=True):
-        st.markdown("**:material/storage: Storage**")
-        st.markdown(webapp.storage_summary(settings))
-with top[1]:
-    with st.container(border=True):
-        st.markdown("**:material/neurology: Model**")
-        embedder = webapp.loaded_embedder(matcher)
-        if embedder is None:
-            st.markdown(f"`{settings.vpm_model}`, not loaded yet: it loads on the first search.")
-        else:
-            text = "text and images" if embedder.supports_text else "images only"
-            st.markdown(f"{embedder.display_name} ({text})")
-            if embedder.fallback_reason:
-                st.warning(f"Using the built-in fallback model: {embedder.fallback_reason}", icon=":material/info:")
+with top[0], st.container(border=True):
+    st.markdown("**:material/storage: Storage**")
+    st.markdown(webapp.storage_summary(settings))
+with top[1], st.container(border=True):
+    st.markdown("**:material/neurology: Model**")
+    embedder = webapp.loaded_embedder(matcher)
+    if embedder is None:
+        st.markdown(f"`{settings.vpm_model}`, not loaded yet: it loads on the first search.")
+    else:
+        text = "text and images" if embedder.supports_text else "images only"
+        st.markdown(f"{embedder.display_name} ({text})")
+        if embedder.fallback_reason:
+            st.warning(f"Using the built-in fallback model: {embedder.fallback_reason}", icon=":material/info:")
 
 if products is not None:
-    index = webapp.index_summary(matcher, products)
+    index = health.index_summary(matcher, products)
     with st.container(horizontal=True):  # one row even on a phone: the numbers are short
         st.metric("Products", f"{products:,}", border=True)
         st.metric("Categories", f"{len(categories):,}", border=True)
@@ -66,7 +64,7 @@ pages = [
     (webapp.HEALTH_PAGE, "Health", ":material/monitor_heart:", "Checks, settings and versions."),
 ]
 for start in range(0, len(pages), 3):  # row by row, so a phone (one column) keeps the order
-    for column, (page, label, icon, what) in zip(st.columns(3), pages[start : start + 3]):
+    for column, (page, label, icon, what) in zip(st.columns(3), pages[start : start + 3], strict=False):
         with column, st.container(border=True):
             st.page_link(page, label=label, icon=icon)
             st.caption(what)

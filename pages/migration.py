@@ -116,7 +116,7 @@ with migrate_tab:
     # What Migrate must match: the preview's fingerprint (a digest: no secret sits in session state twice).
     try:
         fingerprint = plan_fingerprint(load_settings(**overrides), overwrite=overwrite)
-    except Exception:  # settings that do not load cannot match any preview; Preview says why
+    except ConfigError:  # settings that do not load cannot match any preview; Preview says why
         fingerprint = None
 
     def make_migration() -> Migration | None:

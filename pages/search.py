@@ -11,6 +11,7 @@ import streamlit as st
 from vpm import webapp
 from vpm.images import preview_thumbnail
 from vpm.presentation import (
+    IMAGE_FORMATS_TEXT,
     IMAGE_UPLOAD_TYPES,
     format_ms,
     nothing_found_text,
@@ -65,7 +66,7 @@ def read_query() -> dict | None:
             "Photo of a product",
             type=list(IMAGE_UPLOAD_TYPES),
             key="search_upload",
-            help=f"JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC, up to {settings.vpm_max_upload_mb} MB.",
+            help=f"{IMAGE_FORMATS_TEXT}, up to {settings.vpm_max_upload_mb} MB.",
         )
         if upload is None:
             return None
@@ -75,7 +76,7 @@ def read_query() -> dict | None:
     if mode == LINK:
         url = st.text_input(
             "Image link", key="search_url", placeholder="https://example.com/photo.jpg",
-            help="A public http(s) link to a JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC image. Press Enter to search.",
+            help=f"A public http(s) link to a {IMAGE_FORMATS_TEXT} image. Press Enter to search.",
         ).strip()
         if not url:
             return None

@@ -17,7 +17,7 @@ from vpm.consistency import (
     parent_prefix,
     preview_kind,
 )
-from vpm.images import make_thumbnail
+from vpm.images import ImageError, make_thumbnail
 from vpm.presentation import code, format_bytes, plain, plural, table_rows
 from vpm.storage import StorageError
 
@@ -152,7 +152,7 @@ with files_tab:
                         try:
                             # A bounded preview: never hand a full-size decode to Streamlit to re-encode.
                             picture = make_thumbnail(matcher.decode(data, choice).image, PREVIEW_SIDE)
-                        except ValueError as err:  # ImageError: says what is wrong with the file
+                        except ImageError as err:  # says what is wrong with the file
                             webapp.show_error(err)
                         else:
                             st.image(picture, caption=choice, width="content")

@@ -15,10 +15,12 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import VpmError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ MAX_PHOTOS = 50  # per product: enough for every side of a product, few enough t
 EDITABLE_FIELDS = frozenset({"name", "category", "price", "description", "attributes"})
 
 
-class CatalogError(Exception):
+class CatalogError(VpmError):
     """A catalog operation could not be done; the message says why."""
 
 
@@ -58,7 +60,7 @@ def new_product_id() -> str:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # Control characters in a name forge log lines ("\n...CRITICAL") and drive terminals (ESC sequences through

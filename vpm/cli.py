@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 from pathlib import Path
 
-from .catalog import CatalogError
 from .config import ConfigError, configure_logging, load_settings
-from .images import ImageError
-from .storage import StorageError
+from .errors import VpmError, log_unexpected, something_went_wrong
+
+log = logging.getLogger(__name__)
 
 # Modules that add subcommands: each defines register(subparsers) and sets `func` on its parsers.
 COMMAND_MODULES: list[str] = ["vpm.cli_search", "vpm.cli_migrate", "vpm.cli_serve"]
@@ -145,7 +146,7 @@ def cmd_health(args) -> int:
     from . import health
 
     matcher = make_matcher(args)
-    checks = health.full_checks(matcher) if hasattr(health, "full_checks") else health.storage_checks(matcher)
+    checks = health.checks_for(matcher, load_model=True)  # a command line has the time to load the model
     report = health.as_report(checks)
     lines = [f"[{c.status.upper():4}] {c.name}: {c.detail}" + (f"\n       fix: {c.fix}" if c.fix and c.status != "pass" else "") for c in checks]
     emit(args, report, "\n".join(lines) + f"\noverall: {report['status']}")
@@ -153,13 +154,14 @@ def cmd_health(args) -> int:
 
 
 def _positive(text: str) -> int:
-    value = _non_negative(text)
+    value = non_negative(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
-def _non_negative(text: str) -> int:
+def non_negative(text: str) -> int:
+    """An argparse type: a whole number, 0 or more (shared by every command's counts)."""
     try:
         value = int(text)
     except ValueError:
@@ -181,7 +183,7 @@ def _price(text: str) -> float:
     return value
 
 
-class UserError(Exception):
+class UserError(VpmError):
     """A problem with what the user asked for; printed without a traceback."""
 
 
@@ -209,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", action="append", help="only this category (repeat for several)")
     p.add_argument("--name", help="only products whose name contains this")
     p.add_argument("--limit", type=_positive, default=50, help="products per page (default 50)")
-    p.add_argument("--offset", type=_non_negative, default=0, help="skip this many (default 0)")
+    p.add_argument("--offset", type=non_negative, default=0, help="skip this many (default 0)")
 
     p = command("delete", cmd_delete, "delete a product and its images")
     p.add_argument("id")
@@ -239,9 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.settings)
     try:
         return args.func(args)
-    except (UserError, ImageError, CatalogError, StorageError, ValueError) as err:
+    except VpmError as err:  # written for people: what is wrong and what to do
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - a bug: the traceback goes to the log, the person gets its id
+        print(f"error: {something_went_wrong(log_unexpected(log, err, f'vpm {args.command}'))}", file=sys.stderr)
+        return EXIT_ERROR

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, emit
+from .cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, emit, non_negative
 from .health import as_report
 
 
@@ -22,27 +22,17 @@ def register(sub, command) -> None:
     p.add_argument("--workers", type=_workers, default=8, help="concurrent uploads (1-32, default 8)")
 
     p = command("costs", cmd_costs, "estimate what the active catalog costs on S3 (one-time and monthly)")
-    p.add_argument("--searches", type=_count, default=1000, metavar="N", help="searches a month (default 1000)")
-    p.add_argument("--images-per-search", type=_count, default=10, metavar="N",
+    p.add_argument("--searches", type=non_negative, default=1000, metavar="N", help="searches a month (default 1000)")
+    p.add_argument("--images-per-search", type=non_negative, default=10, metavar="N",
                    help="result images shown per search (default 10)")
     p.add_argument("--cdn", action="store_true", help="serve images through CloudFront")
     p.add_argument("--originals", action="store_true", help="results show the originals, not thumbnails")
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def _workers(text: str) -> int:
     from .migration import MAX_WORKERS
 
-    value = _count(text)
+    value = non_negative(text)
     if not 1 <= value <= MAX_WORKERS:
         raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_WORKERS}, got {value}")
     return value
@@ -123,7 +113,7 @@ class _Bar:
     def __enter__(self):
         from tqdm import tqdm
 
-        units = dict(unit="B", unit_scale=True, unit_divisor=1024) if self.bytes_mode else dict(unit="file")
+        units = {"unit": "B", "unit_scale": True, "unit_divisor": 1024} if self.bytes_mode else {"unit": "file"}
         self.bar = tqdm(total=self.total, desc=self.desc, file=sys.stderr, disable=None, dynamic_ncols=True,
                         leave=self.bytes_mode, **units)
         return self.update

@@ -93,7 +93,7 @@ def _table(response) -> str:
         rows.append((str(rank), f"{match.score * 100:.1f}%", _clip(p.name, 40), _clip(p.category, 20), p.id))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = [
-        "  ".join(cell.rjust(w) if i < 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        "  ".join(cell.rjust(w) if i < 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
         for row in rows
     ]
     return head + "\n" + "\n".join(lines)
@@ -127,7 +127,7 @@ class _Bar:
             self.bar.set_postfix_str(message, refresh=False)
         self.bar.refresh()
 
-    def __enter__(self) -> "_Bar":
+    def __enter__(self) -> _Bar:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .errors import VpmError
+
 # AWS region names look like us-east-1, eu-central-2, us-gov-west-1, cn-north-1, ap-southeast-4.
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -26,7 +28,7 @@ URL_FIELDS = frozenset({"s3_endpoint_url", "s3_cdn_url"})
 AWS_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
-class ConfigError(ValueError):
+class ConfigError(VpmError, ValueError):
     """A setting is missing or invalid. The message is one line naming the variable."""
 
 
@@ -72,7 +74,7 @@ def _streamlit_secrets() -> dict[str, Any]:
         import streamlit as st
 
         return {k.lower(): v for k, v in st.secrets.to_dict().items() if not isinstance(v, dict)}
-    except Exception:  # no secrets.toml, or not running under Streamlit: nothing to add
+    except Exception:  # noqa: BLE001 - no secrets.toml, or not under Streamlit: nothing to add
         return {}
 
 
@@ -181,12 +183,12 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
-    def _bucket_required(self) -> "Settings":
+    def _bucket_required(self) -> Settings:
         if self.s3_enabled and not self.s3_bucket_name:
             raise ValueError("S3_BUCKET_NAME is required when S3_ENABLED=true")
-        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
-            missing = "AWS_SECRET_ACCESS_KEY" if self.aws_access_key_id else "AWS_ACCESS_KEY_ID"
-            raise ValueError(f"{missing} is not set: give both access key variables, or neither")
+        half = half_set_keys(self.aws_access_key_id, self.aws_secret_access_key)
+        if half:
+            raise ValueError(half)
         return self
 
     # Derived keys: the embedding cache lives beside products.json.
@@ -222,6 +224,16 @@ class Settings(BaseSettings):
                 shown = str(value)
             out[name.upper()] = shown
         return out
+
+
+def half_set_keys(key_id: object, secret: object) -> str | None:
+    """Which half of an AWS key pair is missing, as one line; None when both or neither are given.
+
+    boto3 signs with a half-set pair and fails deep inside botocore; every place that takes keys asks this."""
+    if bool(key_id) == bool(secret):
+        return None
+    missing = "AWS_SECRET_ACCESS_KEY" if key_id else "AWS_ACCESS_KEY_ID"
+    return f"{missing} is not set: give both access key variables, or neither (to use a profile or an IAM role)"
 
 
 def _one_line(err: ValidationError) -> str:
@@ -322,7 +334,7 @@ class SecretFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a malformed call (wrong %-args): logging itself reports it when emitting
+        except Exception:  # noqa: BLE001 - a malformed call (wrong %-args): logging reports it itself
             return True
         record.msg, record.args = mask_secrets(message, self.values), None
         if record.exc_info and not record.exc_text:

@@ -15,12 +15,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
 
 from .catalog import CatalogCorrupt, CatalogError
+from .errors import VpmError
 from .presentation import format_bytes
 from .storage import ObjectInfo, ObjectNotFound, StorageError
+
+if TYPE_CHECKING:  # the matcher imports this module; annotations only
+    from .matcher import Matcher
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ FileKind = Literal["image", "thumbnail"]
 VectorState = Literal["ok", "missing", "unknown"]
 
 
-class ConsistencyError(ValueError):
+class ConsistencyError(VpmError, ValueError):
     """The report or a cleanup cannot be done safely; the message says why and what to do."""
 
 
@@ -192,17 +196,17 @@ def _is_recent(info: ObjectInfo, now: datetime, min_age_seconds: float) -> bool:
     return now - _utc(info.last_modified) < timedelta(seconds=min_age_seconds)
 
 
-def vector_coverage(matcher) -> VectorCoverage:
+def vector_coverage(matcher: Matcher) -> VectorCoverage:
     """Which catalog photos have no vector, for the running model when it is loaded, else for the configured
     one (without loading it). Anything it cannot answer is "unknown", never a guess."""
     try:
         return _vector_coverage(matcher)
-    except Exception as err:  # derived data: a broken index must not break the report
+    except Exception as err:  # noqa: BLE001 - derived data: a broken index must not break the report
         log.warning("vector coverage unavailable: %s", err)
         return VectorCoverage("unknown", None, f"could not read the vector index: {err}")
 
 
-def _vector_coverage(matcher) -> VectorCoverage:
+def _vector_coverage(matcher: Matcher) -> VectorCoverage:
     from .embeddings import model_slug
     from .indexing import coverage
 
@@ -232,7 +236,7 @@ def _vector_coverage(matcher) -> VectorCoverage:
 
 
 def consistency_report(
-    matcher, *, vectors: bool = True, now: datetime | None = None, min_age_seconds: float = RECENT_SECONDS
+    matcher: Matcher, *, vectors: bool = True, now: datetime | None = None, min_age_seconds: float = RECENT_SECONDS
 ) -> ConsistencyReport:
     """Compare the catalog with the files in storage: photos whose file is missing, files no photo uses.
 
@@ -240,7 +244,7 @@ def consistency_report(
     (about 100 bytes a file). Raises the catalog's own clear error when it cannot be read.
     """
     settings, storage = matcher.settings, matcher.storage
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     catalog_exists = matcher.catalog_exists()
     listed: dict[str, FileKind] = {}
     orphans: list[Orphan] = []
@@ -352,14 +356,14 @@ def preview_kind(info: ObjectInfo) -> PreviewKind:
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 # ------------------------------------------------------------------------------------------------ cleanup
 
 
 def delete_orphans(
-    matcher,
+    matcher: Matcher,
     keys: Iterable[str],
     expected: set[str],
     *,
@@ -378,14 +382,14 @@ def delete_orphans(
             f"nothing was deleted: the catalog tables do not exist in {storage.description}, so every file looks "
             "orphaned; restore the catalog first (or delete files by hand if it really is empty)"
         )
-    wanted = [key for key in dict.fromkeys(keys)]
+    wanted = list(dict.fromkeys(keys))
     try:
         referenced = matcher.catalog.referenced(wanted)  # read afresh: a product added since the report counts
     except CatalogCorrupt as err:
         raise ConsistencyError(f"nothing was deleted: {err}") from None
     except (CatalogError, StorageError) as err:
         raise ConsistencyError(f"nothing was deleted: could not read the catalog ({err})") from None
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     deleted: list[str] = []
     kept: list[tuple[str, str]] = []
     for key in wanted:  # de-duplicated, order kept
@@ -426,11 +430,11 @@ __all__ = [
     "Orphan",
     "VectorCoverage",
     "breadcrumbs",
+    "consistency_report",
     "content_type_of",
+    "delete_orphans",
     "object_rows",
     "parent_prefix",
     "preview_kind",
-    "consistency_report",
-    "delete_orphans",
     "vector_coverage",
 ]

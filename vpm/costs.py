@@ -8,15 +8,19 @@ reached); `usd` is the amount after tiers and free allowances, so it can be less
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import date
-from typing import Any, Iterable
+from typing import Any
+
+from .errors import VpmError
+from .presentation import format_bytes
 
 BYTES_PER_GB = 1024**3
 GB_PER_TB = 1024
 
 
-class PriceError(ValueError):
+class PriceError(VpmError, ValueError):
     """A price table or traffic assumption is invalid; the message names the field and the fix."""
 
 
@@ -332,10 +336,6 @@ def _fmt_price(rate: float) -> str:
     return f"${rate:g}"
 
 
-def _fmt_bytes(n: float) -> str:
-    return f"{n / 1024:,.1f} KB" if n < 1024**2 else f"{n / 1024**2:,.2f} MB"
-
-
 def _rate_note(gb: float, prices: PriceTable) -> str:
     if gb > prices.transfer_rate_upto_gb:
         return (f"; over {_fmt_gb(prices.transfer_rate_upto_gb)} AWS charges less per GB, "
@@ -384,7 +384,7 @@ def estimate(
     served, served_what = _served_bytes(catalog, traffic)
     view_gb = views * served / BYTES_PER_GB
     view_note = (f"{_fmt_count(traffic.searches_per_month)} searches x {traffic.images_per_search} images, "
-                 f"each a {served_what} of {_fmt_bytes(served)}")
+                 f"each a {served_what} of {format_bytes(served)}")
     if not catalog.images:
         view_note = "the catalog has no images, so searches show none"
 
@@ -394,7 +394,7 @@ def estimate(
     stored_gb = catalog.bytes / BYTES_PER_GB
     tiers = ", ".join(
         f"{_fmt_price(rate)} {'over' if upper is None else 'up to'} {_fmt_gb(upper if upper is not None else lower)}"
-        for (upper, rate), lower in zip(prices.storage_tiers, [0.0] + [t[0] for t in prices.storage_tiers[:-1]])
+        for (upper, rate), lower in zip(prices.storage_tiers, [0.0] + [t[0] for t in prices.storage_tiers[:-1]], strict=True)
     )
     storage_note = f"tiered: {tiers}"
     if traffic.serve_thumbnails and catalog.images and not catalog.thumbnails:

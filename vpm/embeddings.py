@@ -30,12 +30,15 @@ import re
 import socket
 import threading
 from abc import ABC, abstractmethod
-from functools import lru_cache
+from collections.abc import Callable, Sequence
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
+
+from .errors import VpmError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -56,7 +59,7 @@ _MODEL_FILE_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".json",
 Progress = Callable[[int, int], None]
 
 
-class EmbeddingError(RuntimeError):
+class EmbeddingError(VpmError, RuntimeError):
     """An embedding request that cannot be served (e.g. text on an image-only model); the message says why."""
 
 
@@ -291,7 +294,7 @@ def resolve_device(device: str = "auto") -> str:
     return wanted
 
 
-@lru_cache(maxsize=None)
+@cache
 def _efficientnet_network(device: str) -> Any:
     """EfficientNet-Lite0 with its packaged ImageNet weights (one copy shared by every fallback embedder)."""
     try:
@@ -405,7 +408,7 @@ def _cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
 
     try:
         return Path(snapshot_download(repo_id, cache_dir=str(cache_dir), local_files_only=True))
-    except Exception:  # LocalEntryNotFoundError, or a malformed repo id: either way, not usable offline
+    except Exception:  # noqa: BLE001 - not cached, or a malformed repo id: either way not usable offline
         return None
 
 

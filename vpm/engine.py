@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,7 @@ def connect(where: Location) -> Any:
                 db = lancedb.connect(
                     where.uri, storage_options=where.options() or None, read_consistency_interval=READ_CONSISTENCY
                 )
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - LanceDB's errors have no common base class
                 raise EngineError(f"cannot open the catalog tables in {where.description}: {_reason(err)}") from None
             _connections[where] = db
         return db
@@ -151,7 +152,7 @@ def open_or_create_table(where: Location, name: str, schema, *, exists: bool | N
         db = connect(where)
         try:
             table = db.open_table(name)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - 'does not exist' and 'damaged' arrive as different types
             if exists:
                 raise TableUnreadable(
                     f"the table {name} in {where.description} exists but cannot be opened ({_reason(err)}); it "
@@ -168,10 +169,10 @@ _creation_lock = threading.Lock()
 def _create(db, where: Location, name: str, schema):
     try:
         return db.create_table(name, schema=schema, exist_ok=True)
-    except Exception as first:
-        try:  # another process created it at the same moment
+    except Exception as first:  # noqa: BLE001 - maybe another process created it at the same moment
+        try:
             return db.open_table(name)
-        except Exception:
+        except Exception:  # noqa: BLE001 - then the first error is the one to report
             raise EngineError(f"cannot create the table {name} in {where.description}: {_reason(first)}") from None
 
 
@@ -188,6 +189,30 @@ def forget(where: Location | None = None) -> None:
             del _tables[key]
         for key in [k for k in _connections if where is None or k == where]:
             del _connections[key]
+
+
+@contextmanager
+def translated(what: str):
+    """Run engine calls so that any failure becomes one EngineError saying `what` failed and why.
+
+    LanceDB raises whatever its layers raise (OSError, ValueError, RuntimeError, its own errors), so this is
+    the one place that catches them all; errors that already speak our language pass through unchanged.
+    """
+    try:
+        yield
+    except StorageError:  # EngineError and TableUnreadable included: they already say where and what
+        raise
+    except Exception as err:  # noqa: BLE001 - the engine's own errors have no common base class
+        raise EngineError(f"{what}: {_reason(err)}") from None
+
+
+IN_LIST_SIZE = 500  # values in one SQL IN (...) list: bounded queries, whatever a caller asks about
+
+
+def chunks(values, size: int = IN_LIST_SIZE):
+    """`values` (a sequence) in consecutive slices of at most `size`."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def _reason(err: Exception) -> str:
@@ -212,7 +237,7 @@ def summarize(table: Any, holds: str) -> TableSummary:
         indexes = sorted(f"{', '.join(index.columns)} ({index.index_type})" for index in table.list_indices())
         return TableSummary(table.name, holds, int(stats["num_rows"]), int(table.version),
                             int(stats["fragment_stats"]["num_fragments"]), indexes)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - LanceDB's errors have no common base class
         raise EngineError(f"cannot describe the table {table.name}: {_reason(err)}") from None
 
 
@@ -230,7 +255,7 @@ def compact_when_due(table: Any, *, after=None, wait: bool = False) -> None:
     """
     try:
         small = table.stats()["fragment_stats"]["num_small_fragments"]
-    except Exception:
+    except Exception:  # noqa: BLE001 - maintenance is best effort: the next write asks again
         return
     if small < SMALL_FRAGMENTS_BEFORE_COMPACTION:
         return
@@ -246,7 +271,7 @@ def compact_when_due(table: Any, *, after=None, wait: bool = False) -> None:
             log.debug("compacted table %s (%d small fragments)", table.name, small)
             if after is not None:
                 after()
-        except Exception as err:  # a conflict with a concurrent writer: the next write tries again
+        except Exception as err:  # noqa: BLE001 - e.g. a conflict with a concurrent writer: retried after a later write
             log.info("compaction of %s postponed: %s", table.name, _reason(err))
         finally:
             with _lock:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .catalog import CatalogError
 from .storage import EndpointNotS3, StorageError
+
+if TYPE_CHECKING:  # the matcher imports this module; annotations only
+    from .matcher import Matcher
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -41,7 +44,7 @@ def _run(name: str, fn: Callable[[], tuple[Status, str, str] | str], fix: str) -
     return Check(name, *result)
 
 
-def storage_checks(matcher) -> list[Check]:
+def storage_checks(matcher: Matcher) -> list[Check]:
     """Reachable, readable, writable, catalog parses. Stops early: a missing bucket makes the rest noise."""
     storage = matcher.storage
     checks = [
@@ -80,7 +83,7 @@ def as_report(checks: list[Check]) -> dict:
     return {"status": overall(checks), "checks": [c.as_dict() for c in checks]}
 
 
-def model_check(matcher) -> Check:
+def model_check(matcher: Matcher) -> Check:
     """The active model; a warning when the configured one could not be loaded and the fallback runs."""
     from .embeddings import EmbeddingError
 
@@ -100,7 +103,7 @@ def model_check(matcher) -> Check:
     return Check("model", "pass", f"{embedder.display_name} ({embedder.model_id}, {embedder.dim}-d, {kind})")
 
 
-def index_check(matcher) -> Check:
+def index_check(matcher: Matcher) -> Check:
     """Vectors cached for N/M products of the active model."""
     fix = "run python -m vpm index"
 
@@ -121,7 +124,70 @@ def index_check(matcher) -> Check:
         return Check("index", "fail", str(err), "check VPM_MODEL and VPM_DEVICE")
 
 
-def full_checks(matcher) -> list[Check]:
+@dataclass(frozen=True)
+class IndexSummary:
+    headline: str  # short, for a metric: "ready", "3 to embed", "empty", "unknown"
+    detail: str  # one sentence for help text
+
+
+def index_summary(matcher: Matcher, products: int) -> IndexSummary:
+    """The search index state for status displays, from two counts; never loads the model."""
+    if not products:
+        return IndexSummary("empty", "No products yet, so nothing to index.")
+    from .embeddings import model_slug
+
+    try:
+        if matcher.model_loaded:
+            model_id, note = matcher.embedder.model_id, ""
+        else:
+            model_id, note = model_slug(matcher.settings.vpm_model), " (the configured model; not loaded yet)"
+        vectors = matcher.vector_index(model_id).count() if matcher.has_vector_index(model_id) else 0
+        photos = matcher.catalog.photo_count()
+    except (CatalogError, StorageError) as err:  # derived data: never the reason a status display fails
+        return IndexSummary("unknown", f"the vector index could not be read: {err}")
+    if vectors >= photos:
+        return IndexSummary("ready", f"{photos} photos of {products} products have a vector for {model_id}{note}.")
+    missing = photos - vectors
+    return IndexSummary(
+        f"{missing} to embed",
+        f"about {missing} of {photos} photos have no vector for {model_id}{note}; they are embedded before "
+        "the next search.",
+    )
+
+
+def model_not_loaded_check(matcher: Matcher) -> Check:
+    """The model line before the model is loaded: the index coverage, read from counts without loading it."""
+    try:
+        products = matcher.count_products()
+    except (CatalogError, StorageError):
+        products = 0  # the catalog check already says why
+    index = index_summary(matcher, products)
+    status: Status = "pass" if index.headline in ("ready", "empty") else "warn"
+    return Check(
+        "model and index",
+        status,
+        f"{index.detail[:1].upper()}{index.detail[1:]} {matcher.settings.vpm_model} loads on the first search.",
+        "they are embedded before the next search; or load and check the model",
+    )
+
+
+def checks_for(matcher: Matcher, *, load_model: bool) -> list[Check]:
+    """The one answer to "is it healthy" for every face (Health page, `vpm health`, GET /api/health).
+
+    The model takes seconds and hundreds of MB to load, so unless asked (`load_model`) it is checked only when
+    it is loaded already; before that the index is judged from counts. A failed storage or catalog check
+    stops there: the rest would only repeat it.
+    """
+    if load_model:
+        return full_checks(matcher)
+    found = storage_checks(matcher)
+    if overall(found) == "fail":
+        return found
+    found.append(model_check(matcher) if matcher.model_loaded else model_not_loaded_check(matcher))
+    return found
+
+
+def full_checks(matcher: Matcher) -> list[Check]:
     """Storage checks, then the model and the index (skipped when storage or catalog already failed)."""
     checks = storage_checks(matcher)
     checks.append(model_check(matcher))

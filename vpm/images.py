@@ -18,12 +18,14 @@ import hashlib
 import io
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .errors import VpmError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,10 @@ SUPPORTED_FORMATS: Mapping[str, tuple[str, str]] = MappingProxyType(
 )
 # Phones write multi-picture JPEGs that Pillow reports as "MPO"; the bytes are an ordinary JPEG.
 _FORMAT_ALIASES = {"MPO": "JPEG"}
-_EXPECTED = "JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC expected"
+# The one list of what is accepted, for messages, file pickers and the importer's folder walk.
+ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC"
+ACCEPTED_EXTENSIONS = frozenset({"jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif"})
+_EXPECTED = f"{ACCEPTED_NAMES} expected"
 
 # File signatures of the accepted formats: a file that starts like one of them but will not open is damaged,
 # not "something else". BMP's two-byte "BM" is left out: too many text files start with it.
@@ -64,7 +69,7 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
 
-class ImageError(ValueError):
+class ImageError(VpmError, ValueError):
     """An upload that cannot become a catalog image. The message names the file and says what to do."""
 
     def __init__(self, message: str, filename: str = "image") -> None:
@@ -322,7 +327,7 @@ def _identify_any(data: bytes) -> str | None:
     try:
         with Image.open(io.BytesIO(data)) as other:
             return other.format
-    except Exception:
+    except Exception:  # noqa: BLE001 - Pillow's plugins raise anything on foreign bytes: not an image
         return None
 
 
@@ -338,7 +343,7 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
             accepted = accept is None or accept(prefix)
             if accepted and not isinstance(accepted, str):  # a str is Pillow's "looks like it, but..." note
                 return factory(io.BytesIO(data), "").size
-        except Exception:
+        except Exception:  # noqa: BLE001 - only for a message: a plugin that chokes just gives no size
             continue
     return None
 

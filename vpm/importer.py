@@ -29,16 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .errors import VpmError
+from .images import ACCEPTED_EXTENSIONS, ACCEPTED_NAMES
+
 MIB = 1024 * 1024
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
-)
+IMAGE_EXTENSIONS = frozenset(f".{extension}" for extension in ACCEPTED_EXTENSIONS)
 UNCATEGORIZED = "Uncategorized"
 REQUIRED_COLUMNS = ("image", "name", "category")
 OPTIONAL_COLUMNS = ("price", "id", "description")
 
 
-class ImportSourceError(ValueError):
+class ImportSourceError(VpmError, ValueError):
     """The source as a whole cannot be imported (missing, unreadable, not a zip, CSV without its columns...)."""
 
 
@@ -89,7 +90,7 @@ class ParsedSource:
             self._close()
             self._close = None
 
-    def __enter__(self) -> "ParsedSource":
+    def __enter__(self) -> ParsedSource:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -146,7 +147,7 @@ def _is_image_name(name: str) -> bool:
 def _not_an_image(rel: str) -> ImportIssue:
     suffix = PurePosixPath(rel).suffix or "no extension"
     return ImportIssue(
-        rel, f"not an image file ({suffix}); images end in .jpg, .png, .webp, .gif, .bmp, .tiff or .heic"
+        rel, f"not an image file ({suffix}); {ACCEPTED_NAMES} images are imported"
     )
 
 
@@ -364,7 +365,7 @@ def _csv(path: Path, limits: ImportLimits, fetch: Fetch | None) -> ParsedSource:
                 ImportIssue(f"row {row_number}", f"has {len(row)} values but the header names {len(columns)} columns")
             )
             continue
-        values = {c: v.strip() for c, v in zip(columns, row) if c}
+        values = {c: v.strip() for c, v in zip(columns, row, strict=False) if c}
         try:
             source.items.append(_csv_item(values, row_number, base, limits, fetch))
         except _RowError as err:
@@ -433,7 +434,7 @@ def _url_reader(url: str, fetch: Fetch) -> Callable[[], bytes]:
     def read() -> bytes:
         try:
             return fetch(url)
-        except ValueError as err:  # urlfetch.URLRefused / URLFetchError explain why
+        except VpmError as err:  # urlfetch.URLRefused / URLFetchError explain why
             raise ItemUnreadable(str(err)) from None
 
     return read

@@ -109,7 +109,7 @@ def from_row(row: dict[str, Any], where: str) -> Product:
     try:
         attributes = json.loads(row.get("attributes") or "{}")
         return Product.model_validate({**row, "attributes": attributes, "photos": row.get("photos") or []})
-    except Exception as err:  # a row this code did not write: say which one, never guess
+    except Exception as err:  # noqa: BLE001 - a row this code did not write: say which one, never guess
         raise CatalogCorrupt(f"{where}: the row of product {row.get('id')!r} is not a valid product ({err})") from None
 
 
@@ -136,12 +136,8 @@ class LanceCatalogStore(CatalogStore):
     # ------------------------------------------------------------------------------------------ reading
 
     def _rows(self, query) -> list[dict[str, Any]]:
-        try:
+        with engine.translated(f"cannot read {self.description}"):
             return query.to_arrow().to_pylist()
-        except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
-            raise
-        except Exception as err:
-            raise engine.EngineError(f"cannot read {self.description}: {engine._reason(err)}") from None
 
     def _products(self, query) -> list[Product]:
         return [from_row(row, self.description) for row in self._rows(query)]
@@ -155,8 +151,7 @@ class LanceCatalogStore(CatalogStore):
     def get_many(self, product_ids: Sequence[str]) -> dict[str, Product]:
         ids = list(dict.fromkeys(product_ids))
         out: dict[str, Product] = {}
-        for start in range(0, len(ids), 500):  # bounded IN lists
-            chunk = ids[start : start + 500]
+        for chunk in engine.chunks(ids):  # bounded IN lists
             query = self.table.search().where(f"id IN {sql_list(chunk)}").limit(len(chunk) * 2)
             for product in self._products(query):
                 out[product.id] = product
@@ -189,12 +184,8 @@ class LanceCatalogStore(CatalogStore):
         return Page(items, total, offset, limit)
 
     def _count(self, where: str | None) -> int:
-        try:
+        with engine.translated(f"cannot read {self.description}"):
             return self.table.count_rows(where) if where else self.table.count_rows()
-        except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
-            raise
-        except Exception as err:
-            raise engine.EngineError(f"cannot read {self.description}: {engine._reason(err)}") from None
 
     def count(self, categories=None) -> int:
         return self._count(self._filter(categories, None))
@@ -210,16 +201,12 @@ class LanceCatalogStore(CatalogStore):
 
     def _group_categories(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        try:
+        with engine.translated(f"cannot read {self.description}"):
             batches = self.table.search().select(["category"]).limit(None).to_batches(batch_size=65536)
             for batch in batches:
                 grouped = pa.Table.from_batches([batch]).group_by("category").aggregate([("category", "count")])
                 for row in grouped.to_pylist():
                     counts[row["category"]] = counts.get(row["category"], 0) + row["category_count"]
-        except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
-            raise
-        except Exception as err:
-            raise engine.EngineError(f"cannot read {self.description}: {engine._reason(err)}") from None
         return counts
 
     def iter_batches(self, batch_size: int = 1000) -> Iterator[list[Product]]:
@@ -236,8 +223,7 @@ class LanceCatalogStore(CatalogStore):
     def owners_of(self, shas: Iterable[str]) -> dict[str, str]:
         wanted = sorted(set(shas))
         owners: dict[str, str] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
+        for chunk in engine.chunks(wanted):
             query = (
                 self.table.search()
                 .where(f"array_has_any(photo_shas, [{', '.join(sql_string(s) for s in chunk)}])")
@@ -256,21 +242,16 @@ class LanceCatalogStore(CatalogStore):
         if cached and cached[0] == version:
             return cached[1]
         total = 0
-        try:
+        with engine.translated(f"cannot read {self.description}"):
             for batch in self.table.search().select(["photo_count"]).limit(None).to_batches(batch_size=65536):
                 total += int(pc.sum(batch.column("photo_count")).as_py() or 0)
-        except engine.EngineError:
-            raise
-        except Exception as err:
-            raise engine.EngineError(f"cannot read {self.description}: {engine._reason(err)}") from None
         self._photo_total = (version, total)
         return total
 
     def referenced(self, keys: Iterable[str]) -> set[str]:
         wanted = sorted(set(keys))
         used: set[str] = set()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
+        for chunk in engine.chunks(wanted):
             query = (
                 self.table.search()
                 .where(f"array_has_any(file_keys, [{', '.join(sql_string(k) for k in chunk)}])")
@@ -331,10 +312,11 @@ class LanceCatalogStore(CatalogStore):
         for attempt in range(MAX_ATTEMPTS):
             current = self.get(product_id)
             changed = change(current)
+            guard = f"target.revision = {int(current.revision)}"
+            row = to_table([changed])
             result = self._write(
-                lambda: self.table.merge_insert("id")
-                .when_matched_update_all(where=f"target.revision = {int(current.revision)}")
-                .execute(to_table([changed])),
+                lambda guard=guard, row=row: self.table.merge_insert("id").when_matched_update_all(where=guard)
+                .execute(row),
                 "change a product in",
             )
             if result.num_updated_rows == 1:
@@ -356,14 +338,8 @@ class LanceCatalogStore(CatalogStore):
         return [found[i] for i in ids]
 
     def _write(self, operation, what: str):
-        try:
+        with engine.translated(f"could not {what} {self.description}"):
             return operation()
-        except (CatalogCorrupt, DuplicateProduct):
-            raise
-        except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
-            raise
-        except Exception as err:
-            raise engine.EngineError(f"could not {what} {self.description}: {engine._reason(err)}") from None
 
     # --------------------------------------------------------------------------------------- maintenance
 
@@ -379,12 +355,12 @@ def ensure_scalar_indexes(table, wanted: dict[str, str]) -> None:
         from lancedb.index import Bitmap, BTree, LabelList
 
         configs = {"btree": BTree, "bitmap": Bitmap, "label_list": LabelList}
-        have = {tuple(index.columns)[0] for index in table.list_indices()}
+        have = {next(iter(index.columns)) for index in table.list_indices()}
         for column, kind in wanted.items():
             if column not in have:
                 table.create_index(column, config=configs[kind]())
                 log.info("built a %s index on %s.%s", kind, table.name, column)
-    except Exception as err:  # an index is an optimisation: a failure is logged, never fatal
+    except Exception as err:  # noqa: BLE001 - an index is an optimisation: a failure is logged, never fatal
         log.warning("could not index %s: %s", table.name, engine._reason(err))
 
 

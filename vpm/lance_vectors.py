@@ -55,17 +55,13 @@ def existing_model_ids(where: engine.Location) -> list[str]:
     db = engine.connect(where)
     names: list[str] = []
     token = None
-    try:
+    with engine.translated(f"cannot list the tables in {where.description}"):
         while True:  # paginated, as a bucket may hold many tables
             response = db.list_tables(page_token=token, limit=1000)
             names += response.tables
             token = response.page_token
             if not token:
                 break
-    except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
-        raise
-    except Exception as err:
-        raise engine.EngineError(f"cannot list the tables in {where.description}: {engine._reason(err)}") from None
     return sorted(name[len(TABLE_PREFIX):] for name in names if name.startswith(TABLE_PREFIX))
 
 
@@ -141,32 +137,20 @@ class LanceVectorIndex(VectorIndex):
 
     def drop(self) -> None:
         """Delete this model's whole vector table (it is derived data); only `vpm index --rebuild` does this."""
-        try:
+        with engine.translated(f"could not remove {self.description}"):
             engine.connect(self.where).drop_table(table_name(self.model_id))
-        except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
-            raise
-        except Exception as err:
-            raise engine.EngineError(f"could not remove {self.description}: {engine._reason(err)}") from None
         engine.forget_table(self.where, table_name(self.model_id))
         self._table = None
         self._snapshot = None
         self._exists = False
 
     def _read(self, query) -> pa.Table:
-        try:
+        with engine.translated(f"cannot read {self.description}"):
             return query.to_arrow()
-        except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
-            raise
-        except Exception as err:
-            raise engine.EngineError(f"cannot read {self.description}: {engine._reason(err)}") from None
 
     def _write(self, operation, what: str):
-        try:
+        with engine.translated(f"could not {what} {self.description}"):
             result = operation()
-        except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
-            raise
-        except Exception as err:
-            raise engine.EngineError(f"could not {what} {self.description}: {engine._reason(err)}") from None
         engine.compact_when_due(self.table, after=self._maintain)
         return result
 
@@ -195,14 +179,14 @@ class LanceVectorIndex(VectorIndex):
         )
 
     def delete_products(self, product_ids: Sequence[str]) -> None:
-        for start in range(0, len(product_ids), 500):
-            chunk = list(product_ids[start : start + 500])
-            self._write(lambda: self.table.delete(f"product_id IN {sql_list(chunk)}"), "delete vectors from")
+        for chunk in engine.chunks(list(product_ids)):
+            where = f"product_id IN {sql_list(chunk)}"
+            self._write(lambda where=where: self.table.delete(where), "delete vectors from")
 
     def delete_photos(self, photo_keys: Sequence[str]) -> None:
-        for start in range(0, len(photo_keys), 500):
-            chunk = list(photo_keys[start : start + 500])
-            self._write(lambda: self.table.delete(f"photo_key IN {sql_list(chunk)}"), "delete vectors from")
+        for chunk in engine.chunks(list(photo_keys)):
+            where = f"photo_key IN {sql_list(chunk)}"
+            self._write(lambda where=where: self.table.delete(where), "delete vectors from")
 
     def set_category(self, product_id: str, category: str) -> None:
         self._write(
@@ -215,18 +199,14 @@ class LanceVectorIndex(VectorIndex):
     # ------------------------------------------------------------------------------------------ reading
 
     def count(self) -> int:
-        try:
+        with engine.translated(f"cannot read {self.description}"):
             return self.table.count_rows()
-        except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
-            raise
-        except Exception as err:
-            raise engine.EngineError(f"cannot read {self.description}: {engine._reason(err)}") from None
 
     def iter_keys(self, batch_size: int = 1000) -> Iterator[list[tuple[str, str]]]:
         offset = 0
         while True:
             rows = self._read(self.table.search().select(["photo_key", "product_id"]).offset(offset).limit(batch_size))
-            keys = list(zip(rows.column("photo_key").to_pylist(), rows.column("product_id").to_pylist()))
+            keys = list(zip(rows.column("photo_key").to_pylist(), rows.column("product_id").to_pylist(), strict=True))
             if keys:
                 yield keys
             if len(keys) < batch_size:
@@ -236,20 +216,18 @@ class LanceVectorIndex(VectorIndex):
     def vectors_for_shas(self, shas: Iterable[str]) -> dict[str, np.ndarray]:
         wanted = sorted(set(shas))
         found: dict[str, np.ndarray] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
+        for chunk in engine.chunks(wanted):
             rows = self._read(
                 self.table.search().where(f"sha256 IN {sql_list(chunk)}").select(["sha256", "vector"]).limit(None)
             )
-            for sha, vector in zip(rows.column("sha256").to_pylist(), rows.column("vector").to_pylist()):
+            for sha, vector in zip(rows.column("sha256").to_pylist(), rows.column("vector").to_pylist(), strict=True):
                 found.setdefault(sha, np.asarray(vector, dtype=np.float32))
         return found
 
     def photo_keys_with_vectors(self, keys: Iterable[str]) -> set[str]:
         wanted = sorted(set(keys))
         have: set[str] = set()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
+        for chunk in engine.chunks(wanted):
             rows = self._read(
                 self.table.search().where(f"photo_key IN {sql_list(chunk)}").select(["photo_key"]).limit(None)
             )
@@ -342,7 +320,7 @@ class LanceVectorIndex(VectorIndex):
                 "vector" in tuple(index.columns) and "IVF" in str(index.index_type).upper()
                 for index in self.table.list_indices()
             )
-        except Exception:
+        except Exception:  # noqa: BLE001 - not knowing means building it (again), which is harmless
             return False
 
     def _build_ann_when_due(self, wait: bool = False) -> None:
@@ -354,7 +332,7 @@ class LanceVectorIndex(VectorIndex):
         def build() -> None:
             try:
                 self.build_ann()
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - the exact path keeps answering; logged, tried again later
                 log.warning("could not build the approximate index of %s: %s", self.description, engine._reason(err))
             finally:
                 self._ann_building = False

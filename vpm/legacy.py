@@ -85,7 +85,7 @@ def write_products_json(products: Iterable[Product], out: IO[str]) -> int:
     photo's `image_key`, `thumbnail_key` and `image_sha256`. Products are written one at a time, so an export
     of a million products never holds them all.
     """
-    out.write('{"schema": %d, "products": [\n' % SCHEMA_VERSION)
+    out.write(f'{{"schema": {SCHEMA_VERSION}, "products": [\n')
     count = 0
     for product in products:
         if count:
@@ -131,7 +131,7 @@ def decode_segment(data: bytes, key: str, model_id: str) -> Segment:
             fields = {name: npz[name] for name in ("format", "model_id", "dim", "sha256", "vectors")}
     except KeyError as err:
         raise CorruptSegment(f"{key} lacks the field {err}") from None
-    except Exception as err:  # BadZipFile, EOFError, ValueError, OSError...: a truncated or foreign file
+    except Exception as err:  # noqa: BLE001 - BadZipFile, EOFError, OSError...: a truncated or foreign file
         raise CorruptSegment(f"{key} is not a readable vector file ({type(err).__name__}: {err})") from None
     if fields["format"].shape != () or int(fields["format"]) != SEGMENT_FORMAT:
         raise CorruptSegment(f"{key} has format {fields['format']!r}, expected {SEGMENT_FORMAT}")
@@ -168,6 +168,6 @@ def iter_segment_vectors(segments: Iterable[Segment]) -> Iterator[tuple[str, np.
     """(sha, vector) of every segment, later segments winning."""
     latest: dict[str, np.ndarray] = {}
     for segment in segments:
-        for sha, vector in zip(segment.shas, segment.vectors):
+        for sha, vector in zip(segment.shas, segment.vectors, strict=True):
             latest[sha] = vector
     yield from latest.items()

@@ -30,8 +30,9 @@ from .catalog import (
     validate_product,
 )
 from .config import Settings
+from .errors import InvalidRequest
 from .images import DecodedImage, decode_image
-from .indexing import IndexStatus, Indexer
+from .indexing import Indexer, IndexStatus
 from .lance_catalog import LanceCatalogStore
 from .lance_vectors import LanceVectorIndex, existing_model_ids
 from .results import EmbeddedQuery, ImportReport, Match, PhotoView, ProductView, SearchResponse
@@ -87,13 +88,16 @@ class Matcher:
         settings: Settings,
         storage: Storage | None = None,
         *,
-        public_base_url: str | None = None,
         embedder: Embedder | None = None,
+        load_embedder: Callable[[], Embedder] | None = None,
     ):
+        """`embedder` is used as given; else `load_embedder()` (or VPM_MODEL through vpm.embeddings) loads
+        the model on first use: drawing a page or answering a listing never imports torch."""
         self.settings = settings
-        self.storage = storage or make_storage(settings, public_base_url=public_base_url)
+        self.storage = storage or make_storage(settings)
         self.where = engine.location(settings)
         self._embedder = embedder
+        self._load_embedder = load_embedder
         self._catalog: CatalogStore | None = None
         self._vector_indexes: dict[str, VectorIndex] = {}
         self._indexers: dict[str, Indexer] = {}
@@ -125,7 +129,7 @@ class Matcher:
             if upgrade.needs_upgrade(self.storage, self.settings.s3_metadata_key):
                 upgrade.upgrade(
                     self.storage, self.settings.s3_metadata_key, self.settings.embeddings_prefix, store,
-                    lambda model_id, dim: self._vector_index_for(model_id, dim),
+                    self._vector_index_for,
                 )
             _upgraded.add(self.where)
 
@@ -187,10 +191,13 @@ class Matcher:
         if self._embedder is None:
             with self._lock:
                 if self._embedder is None:
-                    from .embeddings import load_embedder
-
-                    self._embedder = load_embedder(self.settings.vpm_model, self.settings.vpm_device)
+                    self._embedder = self._load_embedder() if self._load_embedder else self._configured_model()
         return self._embedder
+
+    def _configured_model(self) -> Embedder:
+        from .embeddings import load_embedder
+
+        return load_embedder(self.settings.vpm_model, self.settings.vpm_device)
 
     @property
     def model_loaded(self) -> bool:
@@ -199,7 +206,7 @@ class Matcher:
     def default_threshold(self, kind: Literal["image", "text"] = "image") -> float:
         """The cosine similarity below which results are hidden by default, for the active model."""
         if kind not in ("image", "text"):
-            raise ValueError(f"kind must be 'image' or 'text', not {kind!r}")
+            raise InvalidRequest(f"kind must be 'image' or 'text', not {kind!r}")
         model_id = self.embedder.model_id.lower()
         family = "efficientnet-lite0" if model_id == "efficientnet-lite0" else "clip" if "clip" in model_id else "other"
         return _THRESHOLDS[family][kind]
@@ -340,7 +347,7 @@ class Matcher:
         if allow:
             return
         seen: dict[str, str] = {}
-        for image, filename in zip(decoded, filenames):
+        for image, filename in zip(decoded, filenames, strict=True):
             if image.sha256 in seen:
                 raise DuplicatePhoto(f"{filename} and {seen[image.sha256]} are the same photo: choose it once")
             seen[image.sha256] = filename
@@ -381,7 +388,7 @@ class Matcher:
         fresh = list({p.photo.sha256: p for p in every if p.photo.sha256 not in known}.values())
         if fresh:
             vectors = self.embedder.embed_images([p.image.image for p in fresh], batch_size=BATCH_SIZE)
-            known.update({p.photo.sha256: v for p, v in zip(fresh, vectors)})
+            known.update({p.photo.sha256: v for p, v in zip(fresh, vectors, strict=True)})
         entries = [
             PhotoVector(p.photo.key, product.id, p.photo.sha256, product.category, known[p.photo.sha256])
             for product, prepared in batch
@@ -474,7 +481,7 @@ class Matcher:
             if url is not None:
                 data, filename = self.fetch_url_image(url)
             if data is None:
-                raise ValueError("a query needs a photo, an image URL or a text")
+                raise InvalidRequest("a query needs a photo, an image URL or a text")
             vector, image = self.embed_query_image(data, filename), data
             label = url if url is not None else filename
         took_ms = (time.perf_counter() - started) * 1000
@@ -490,7 +497,7 @@ class Matcher:
 
     def _rank_many(self, vectors, queries, top_k, threshold, categories, embed_ms) -> list[SearchResponse]:
         if top_k < 1:
-            raise ValueError(f"top_k must be at least 1 (got {top_k})")
+            raise InvalidRequest(f"top_k must be at least 1 (got {top_k})")
         started = time.perf_counter()
         self._embed_missing_once()
         results = self.vectors.query(vectors, k=top_k + _SPARE_HITS, threshold=threshold, categories=categories)
@@ -499,7 +506,7 @@ class Matcher:
         wanted = {c.strip().casefold() for c in categories or () if c and c.strip()}
         rank_ms = (time.perf_counter() - started) * 1000 / max(1, len(queries))
         responses = []
-        for result, query, ms in zip(results, queries, embed_ms):
+        for result, query, ms in zip(results, queries, embed_ms, strict=True):
             matches = []
             for hit in result.hits:
                 product = products.get(hit.product_id)
@@ -520,7 +527,7 @@ class Matcher:
     def _resolve_threshold(self, threshold: float | None, kind: str) -> float:
         value = self.default_threshold(kind) if threshold is None else float(threshold)
         if not -1.0 <= value <= 1.0 or math.isnan(value):
-            raise ValueError(f"threshold {threshold} is not a cosine similarity between -1 and 1 (e.g. 0.8 for 80%)")
+            raise InvalidRequest(f"threshold {threshold} is not a cosine similarity between -1 and 1 (e.g. 0.8 for 80%)")
         return value
 
     def search_image(
@@ -589,7 +596,7 @@ class Matcher:
         embedder = self.embedder
         index = LanceVectorIndex(self.where, embedder.model_id, embedder.dim, exists=True)
         try:
-            index.table
+            index.count()  # opens the table
         except engine.TableUnreadable as err:
             log.warning("rebuilding the vector table of %s from the photos: %s", embedder.model_id, err)
             index.drop()

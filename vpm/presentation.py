@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from .images import ACCEPTED_EXTENSIONS, ACCEPTED_NAMES
 
 # Every character Markdown, Streamlit's extensions (`:red[...]`, `:material/x:` icons, `$math$`) or HTML give a
 # meaning to. A backslash before any ASCII punctuation makes it literal in CommonMark.
@@ -69,13 +70,14 @@ def format_ms(ms: float) -> str:
     return f"{ms / 1000:.1f} s"
 
 
-def format_bytes(n: int) -> str:
+def format_bytes(n: float) -> str:
+    """'512 B', '1.5 KB', '2,048.0 MB' is never shown: '2.0 GB'; the one byte formatter of the app."""
     size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
         size /= 1024
-    return f"{size:.1f} GB"  # pragma: no cover - loop always returns
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -251,4 +253,5 @@ def changed_fields(product: Any, **edited: Any) -> dict[str, Any]:
 
 
 # File-picker extensions for photo uploads: every format vpm.images accepts, with the usual spellings.
-IMAGE_UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif")
+IMAGE_UPLOAD_TYPES = tuple(sorted(ACCEPTED_EXTENSIONS))
+IMAGE_FORMATS_TEXT = ACCEPTED_NAMES  # for help texts: "JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC"

@@ -18,11 +18,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .config import redact_url
+from .config import half_set_keys, redact_url
+from .errors import VpmError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ _STALE_TEMP_SECONDS = 3600
 _TEMP_PREFIX = "put-"
 
 
-class StorageError(Exception):
+class StorageError(VpmError):
     """A storage operation failed; the message says what to check."""
 
 
@@ -163,9 +164,13 @@ class Storage(ABC):
     def delete(self, key: str) -> None:
         """Remove an object; deleting a missing object is not an error (as on S3)."""
 
+    # Whether url() gives an address a browser on another machine can fetch (presigned or CDN). When False
+    # (a local folder's file:// path), a face that shows images serves them itself.
+    web_urls: bool = True
+
     @abstractmethod
     def url(self, key: str, expires: int | None = None) -> str:
-        """A URL a browser or client can fetch the object from."""
+        """An address of the object: for a browser when `web_urls`, else a path for this machine only."""
 
     @abstractmethod
     def check_access(self) -> None:
@@ -212,10 +217,11 @@ class Storage(ABC):
 class LocalStorage(Storage):
     backend = "local"
 
-    def __init__(self, root: str | os.PathLike, public_base_url: str | None = None):
+    # url() is a file:// path that only this machine can open: faces serve the files themselves.
+    web_urls = False
+
+    def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
-        # When set (e.g. the REST API's /api/images/), url() returns base + key instead of a file:// URI.
-        self.public_base_url = public_base_url
         self._stripe_locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._digest_cache: dict[str, tuple[tuple[int, int, int], str, str]] = {}
         self._tidy_bookkeeping()
@@ -326,7 +332,7 @@ class LocalStorage(Storage):
             key=key,
             size=st.st_size,
             etag=etag,
-            last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
+            last_modified=datetime.fromtimestamp(st.st_mtime, tz=UTC),
             content_type=mimetypes.guess_type(key)[0],
             sha256=sha256,
         )
@@ -395,10 +401,7 @@ class LocalStorage(Storage):
             parent = parent.parent
 
     def url(self, key, expires=None):
-        path = self._path(key)
-        if self.public_base_url:
-            return self.public_base_url.rstrip("/") + "/" + quote(key)
-        return path.as_uri()
+        return self._path(key).as_uri()
 
     def check_access(self):
         try:
@@ -468,10 +471,9 @@ class S3Storage(Storage):
     def _make_client(region, endpoint_url, key_id, secret, token, profile):
         import boto3
 
-        if bool(key_id) != bool(secret):
-            # botocore would fail later with a TypeError deep inside signing; say which half is missing.
-            missing = "AWS_SECRET_ACCESS_KEY" if key_id else "AWS_ACCESS_KEY_ID"
-            raise StorageError(f"{missing} is not set: give both access key variables, or neither (profile/IAM role)")
+        half = half_set_keys(key_id, secret)
+        if half:
+            raise StorageError(half)
         from botocore.config import Config
 
         session = boto3.session.Session(
@@ -575,7 +577,7 @@ class S3Storage(Storage):
             raise
         except (ClientError, BotoCoreError, NotS3Answer) as err:
             raise self._error(err, key) from None
-        except Exception as err:  # an unparseable body, a missing field: what answered is not S3
+        except Exception as err:  # noqa: BLE001 - an unparseable body, a missing field: not an answer from S3
             raise self._not_s3(key, f"an answer that could not be read ({type(err).__name__})") from None
 
     def put(self, key, data, content_type=None, *, if_match=None, if_none_match=False, metadata=None):
@@ -765,7 +767,7 @@ def _without_userinfo(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
-def make_storage(settings, public_base_url: str | None = None) -> Storage:
+def make_storage(settings) -> Storage:
     """The storage the settings describe: S3 when S3_ENABLED, else the local VPM_DATA_DIR folder."""
     if settings.s3_enabled:
 
@@ -784,4 +786,4 @@ def make_storage(settings, public_base_url: str | None = None) -> Storage:
             sse=settings.s3_sse,
             url_expiry=settings.s3_url_expiry_seconds,
         )
-    return LocalStorage(settings.vpm_data_dir, public_base_url=public_base_url)
+    return LocalStorage(settings.vpm_data_dir)

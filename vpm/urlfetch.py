@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
+from .errors import VpmError
+
 MIB = 1024 * 1024
 DEFAULT_MAX_BYTES = 20 * MIB
 MAX_URL_LENGTH = 2048
@@ -78,11 +80,11 @@ _NOT_IMAGE_TYPES = frozenset(
 )
 
 
-class URLRefused(ValueError):
+class URLRefused(VpmError, ValueError):
     """The URL breaks the fetch policy (scheme, host, address, size, content type). The message says why."""
 
 
-class URLFetchError(ValueError):
+class URLFetchError(VpmError, ValueError):
     """The fetch failed: DNS, connection, TLS, timeout, an HTTP error status. The message says what happened."""
 
 
@@ -184,7 +186,7 @@ def _parse(url: str, via: str | None = None) -> _Target:
     after_colon = url[len(scheme) + 1 :]
     # "example.com/a.jpg" has no scheme; "example.com:8080/a.jpg" and "localhost:8080" parse as scheme "example.com"
     # and "localhost": say what is missing rather than "not localhost:".
-    if not scheme or "://" not in url and ("." in scheme or after_colon[:1].isdigit()):
+    if not scheme or ("://" not in url and ("." in scheme or after_colon[:1].isdigit())):
         raise refuse("the URL has no scheme; it must start with http:// or https://")
     if scheme not in _DEFAULT_PORTS:
         raise refuse(f"only http:// and https:// links can be fetched, not {scheme}:")
@@ -284,7 +286,7 @@ def _resolve(target: _Target, resolver: Resolver, watchdog: _Watchdog) -> list[I
     def lookup() -> None:
         try:
             outcome["addresses"] = list(resolver(target.host, target.port))
-        except BaseException as exc:  # handed to the caller's thread below
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread and raised there
             outcome["error"] = exc
 
     thread = threading.Thread(target=lookup, name=f"resolve {target.host}", daemon=True)
@@ -540,7 +542,7 @@ def _check_content_type(target: _Target, response: http.client.HTTPResponse) -> 
     if (
         major in _NOT_IMAGE_MAJOR_TYPES
         or content_type in _NOT_IMAGE_TYPES
-        or content_type.endswith(("+json", "+xml")) and major != "image"
+        or (content_type.endswith(("+json", "+xml")) and major != "image")
     ):
         raise URLRefused(
             f"refused {_show(target.url)}: it is a {content_type} document, not an image; "

@@ -10,14 +10,19 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import streamlit as st
 
-from .catalog import Product
+from .catalog import CatalogError, Product
 from .config import ConfigError, Settings, configure_logging, load_settings
+from .errors import VpmError, log_unexpected, something_went_wrong
 from .presentation import code, format_percent, format_price, plain, plural, score_percent
+from .storage import StorageError
+
+if TYPE_CHECKING:  # imported for the annotations only: the matcher and the model load lazily
+    from .embeddings import Embedder
+    from .matcher import Matcher
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,57 +97,40 @@ def _embedder_for(model: str, device: str):
     return load_embedder(model, device)
 
 
-def get_embedder():
-    """The configured embedding model, loaded once per process with a spinner saying so."""
-    settings = get_settings()
-    return _embedder_for(settings.vpm_model, settings.vpm_device)
-
-
-def loaded_embedder(matcher):
+def loaded_embedder(matcher: Matcher) -> Embedder | None:
     """The matcher's embedder when it is already loaded, else None (for status displays that must not load)."""
     return matcher.embedder if matcher.model_loaded else None
 
 
-def _app_matcher_class():
+@st.cache_resource(show_spinner=False)
+def _matcher_for(key: str, _settings: Settings) -> Matcher:
     from .matcher import Matcher
 
-    class AppMatcher(Matcher):
-        """A Matcher whose model comes from `get_embedder()`: loaded on first use, with the spinner saying
-        so, and shared with every other Matcher in this process that uses the same model."""
-
-        @property
-        def embedder(self):
-            if self._embedder is None:
-                embedder = _embedder_for(self.settings.vpm_model, self.settings.vpm_device)
-                with self._lock:
-                    if self._embedder is None:
-                        self._embedder = embedder
-                _update_sidebar_model(self)
-            return self._embedder
-
-    return AppMatcher
-
-
-@st.cache_resource(show_spinner=False)
-def _matcher_for(key: str, _settings: Settings):
     # Once per configuration: LOG_LEVEL, the cap on AWS libraries' request logs, the secret-masking filter.
     configure_logging(_settings)
-    return _app_matcher_class()(_settings)
+    # The model comes through the app's own cache: loaded on first use with a spinner saying so, and shared
+    # by every Matcher in this process that uses the same model.
+    return Matcher(_settings, load_embedder=lambda: _embedder_for(_settings.vpm_model, _settings.vpm_device))
 
 
-def get_matcher():
+def get_matcher() -> Matcher:
     """The Matcher for the current settings, shared by every session in this process."""
     settings = get_settings()
     return _matcher_for(_settings_key(settings), settings)
 
 
-def ensure_model(matcher) -> Any:
+def ensure_model(matcher: Matcher) -> Embedder:
     """Load the matcher's model now (the spinner says so on first use) and return it; call before work
-    that embeds, so the wait is explained rather than a silent pause."""
-    return matcher.embedder
+    that embeds, so the wait is explained rather than a silent pause. The sidebar, drawn before the page,
+    then names the model that really runs."""
+    was_loaded = matcher.model_loaded
+    embedder = matcher.embedder
+    if not was_loaded:
+        _update_sidebar_model(matcher)
+    return embedder
 
 
-def prepare_search_index(matcher) -> None:
+def prepare_search_index(matcher: Matcher) -> None:
     """Embed catalog photos that have no vector yet (a new model, an upgraded catalog), with a progress bar.
 
     A search would embed a few silently; a catalog of thousands takes minutes on a CPU, so say so. Costs two
@@ -169,55 +157,6 @@ def prepare_search_index(matcher) -> None:
         box.update(label=plain(label), state=state, expanded=False)
 
 
-@dataclass(frozen=True)
-class IndexSummary:
-    headline: str  # short, for a metric: "ready", "3 to embed", "empty", "unknown"
-    detail: str  # one sentence for help text
-
-
-def index_summary(matcher, products: int) -> IndexSummary:
-    """The search index state for status displays, from two counts; never loads the model."""
-    if not products:
-        return IndexSummary("empty", "No products yet, so nothing to index.")
-    from .embeddings import model_slug
-
-    try:
-        if matcher.model_loaded:
-            model_id, note = matcher.embedder.model_id, ""
-        else:
-            model_id, note = model_slug(matcher.settings.vpm_model), " (the configured model; not loaded yet)"
-        vectors = matcher.vector_index(model_id).count() if matcher.has_vector_index(model_id) else 0
-    except Exception as err:  # derived data: never the reason a status display fails
-        return IndexSummary("unknown", f"the vector index could not be read: {err}")
-    photos = matcher.catalog.photo_count()
-    if vectors >= photos:
-        return IndexSummary("ready", f"{photos} photos of {products} products have a vector for {model_id}{note}.")
-    missing = photos - vectors
-    return IndexSummary(
-        f"{missing} to embed",
-        f"about {missing} of {photos} photos have no vector for {model_id}{note}; they are embedded before "
-        "the next search.",
-    )
-
-
-def model_not_loaded_check(matcher):
-    """The Health page's model line before the model is loaded: the index coverage, read without loading it."""
-    from .health import Check
-
-    try:
-        products = matcher.count_products()
-    except Exception:
-        products = 0  # the catalog check above already says why
-    index = index_summary(matcher, products)
-    status = "pass" if index.headline in ("ready", "empty") else "warn"
-    return Check(
-        "model and index",
-        status,
-        f"{index.detail[:1].upper()}{index.detail[1:]} The model loads on the first search.",
-        "they are embedded by the next search; or load and check the model below",
-    )
-
-
 def clear_caches() -> None:
     """Forget cached matchers, models and thumbnails (tests call this between AppTest runs)."""
     st.cache_resource.clear()
@@ -228,19 +167,19 @@ def clear_caches() -> None:
 
 
 def show_error(err: BaseException, *, what: str | None = None) -> None:
-    """Tell the person what went wrong in vpm's own words; never a traceback.
+    """Tell the person what went wrong in vpm's own words; never a traceback, never a bug's text.
 
-    Expected failures (bad image, refused URL, invalid product, storage unreachable...) carry a message
-    written for people. Anything else is logged with its traceback and shown as one line.
+    A VpmError (bad image, refused URL, invalid product, storage unreachable...) carries a message written
+    for people. Anything else is a bug: logged with its traceback under a short id, shown with that id.
     """
     prefix = f"{what}: " if what else ""
-    if _is_expected(err):
+    if isinstance(err, VpmError):
         st.error(plain(f"{prefix}{err}"), icon=":material/error:")
         return
-    log.exception("unexpected error in the app", exc_info=err)
+    incident = log_unexpected(log, err, "the app")
     st.error(
-        plain(f"{prefix}something unexpected went wrong ({type(err).__name__}: {err}). ")
-        + "The details are in the app's log; try again, and check the Health page if it keeps happening.",
+        plain(f"{prefix}{something_went_wrong(incident)}.")
+        + " Try again, and check the Health page if it keeps happening.",
         icon=":material/error:",
     )
 
@@ -249,24 +188,10 @@ def catalog_or_stop(read: Callable[[], T]) -> T:
     """Run a catalog read; if the catalog cannot be read, say why, point at Health and stop the page."""
     try:
         return read()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - the page boundary: whatever it is, say so and stop drawing
         show_error(err, what="The catalog cannot be read")
         st.page_link(HEALTH_PAGE, label="Open Health for what to do", icon=":material/monitor_heart:")
         st.stop()
-
-
-def _is_expected(err: BaseException) -> bool:
-    from .catalog import CatalogError
-    from .storage import StorageError
-
-    expected: tuple[type[BaseException], ...] = (ConfigError, CatalogError, StorageError, ValueError)
-    try:
-        from .embeddings import EmbeddingError
-
-        expected += (EmbeddingError,)
-    except ImportError:  # pragma: no cover
-        pass
-    return isinstance(err, expected)
 
 
 # ------------------------------------------------------------------------------------------- images
@@ -387,14 +312,11 @@ def _show_model(slot, settings: Settings, matcher) -> None:
     slot.caption(f":material/neurology: {model_summary(settings, matcher)}")
 
 
-def _update_sidebar_model(matcher) -> None:
+def _update_sidebar_model(matcher: Matcher) -> None:
     """The sidebar is drawn before the page; when the page loads the model, correct the line in place."""
-    try:
-        slot = st.session_state.get(_MODEL_SLOT)
-        if slot is not None:
-            _show_model(slot, matcher.settings, matcher)
-    except Exception:  # no script run (CLI, tests) or the slot is from an earlier run: nothing to update
-        pass
+    slot = st.session_state.get(_MODEL_SLOT)
+    if slot is not None:
+        _show_model(slot, matcher.settings, matcher)
 
 
 def sidebar_status() -> None:
@@ -409,7 +331,7 @@ def sidebar_status() -> None:
         try:
             count = matcher.count_products()
             st.caption(f":material/inventory_2: {plural(count, 'product')}")
-        except Exception as err:  # the catalog may be unreadable; the Health page says why
+        except (CatalogError, StorageError) as err:  # the catalog may be unreadable; the Health page says why
             st.caption(f":material/warning: catalog unavailable ({type(err).__name__})")
         slot = st.empty()
         _show_model(slot, settings, matcher)

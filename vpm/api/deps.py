@@ -73,7 +73,7 @@ class PhotoLinks:
 
 async def get_links(request: Request, matcher: MatcherDep) -> PhotoLinks:
     storage = matcher.storage
-    serves_files = storage.backend == "local" and not getattr(storage, "public_base_url", None)
+    serves_files = not storage.web_urls  # a local folder's file:// paths mean nothing to a client
     return PhotoLinks(matcher, str(request.base_url).rstrip("/") + "/api/images/" if serves_files else None)
 
 

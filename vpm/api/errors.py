@@ -15,13 +15,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..catalog import CatalogError, ConcurrentChange, DuplicateProduct, InvalidProduct, ProductNotFound
+from ..errors import InvalidRequest, VpmError, log_unexpected
 from ..images import ImageError, ImageTooLargeError
 from ..matcher import DuplicatePhoto
 from ..storage import InvalidKey, ObjectNotFound, StorageError
 
 log = logging.getLogger(__name__)
 
-INTERNAL_ERROR = "internal server error; the server log has the details"
+def internal_error(incident: str) -> str:
+    return f"internal server error {incident}; the server log has the details under that id"
 
 # First match wins: subclasses before their bases.
 STATUS_OF_ERROR: list[tuple[type[Exception], int]] = [
@@ -36,6 +38,8 @@ STATUS_OF_ERROR: list[tuple[type[Exception], int]] = [
     (InvalidKey, 400),
     (ObjectNotFound, 404),
     (StorageError, 503),
+    (InvalidRequest, 422),
+    (VpmError, 400),  # every other error a person can act on: its message says what to do
 ]
 
 # An absolute file path (POSIX, two or more parts; or a Windows drive path) that is not part of a URL.
@@ -135,8 +139,8 @@ def http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Only what escapes RequestGuard gets here (an error in an outer middleware): still JSON, still terse.
-    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, INTERNAL_ERROR)
+    incident = log_unexpected(log, exc, f"{request.method} {request.url.path}")
+    return error_response(500, internal_error(incident))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -17,7 +17,7 @@ from .errors import ApiError
 router = APIRouter(prefix="/api", tags=["images"], dependencies=[Depends(require_api_key)])
 
 # Extension -> content type for the files served here (originals and .webp thumbnails).
-IMAGE_TYPES: dict[str, str] = {ext: ctype for ext, ctype in SUPPORTED_FORMATS.values()}
+IMAGE_TYPES: dict[str, str] = dict(SUPPORTED_FORMATS.values())
 IMAGE_TYPES.update({"jpeg": "image/jpeg", "tif": "image/tiff", "heif": "image/heif"})
 
 

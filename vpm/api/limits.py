@@ -16,7 +16,8 @@ import anyio
 from starlette.datastructures import Headers
 
 from ..config import ConfigError, Settings
-from .errors import INTERNAL_ERROR, ApiError, BodyReadTimeout, BodyTooLarge, error_response
+from ..errors import log_unexpected
+from .errors import ApiError, BodyReadTimeout, BodyTooLarge, error_response, internal_error
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class RequestGuard:
             return await refusal(scope, receive, send)
 
         received = 0
-        started = False
+        response = _ResponseWatch(send)
 
         async def capped_receive():
             # Content-Length may be absent (chunked) or wrong: count what actually arrives.
@@ -123,23 +124,17 @@ class RequestGuard:
                     raise BodyTooLarge(self.upload_limit_bytes)
             return message
 
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, capped_receive, tracking_send)
+            await self.app(scope, capped_receive, response.send)
         except ApiError as err:  # raised while reading the body: too large, or too slow to arrive
-            if started:
+            if response.started:
                 raise
             await error_response(err.status_code, str(err.detail), err.headers)(scope, receive, send)
-        except Exception:
-            # Known errors were turned into JSON by the exception handlers; this is a bug. Log it, say little.
-            log.exception("unexpected error on %s %s", scope["method"], scope.get("path"))
-            if started:
+        except Exception as err:  # known errors became JSON in the handlers: this is a bug
+            incident = log_unexpected(log, err, f"{scope['method']} {scope.get('path')}")
+            if response.started:
                 raise
-            await error_response(500, INTERNAL_ERROR)(scope, receive, send)
+            await error_response(500, internal_error(incident))(scope, receive, send)
 
     def _refusal(self, scope):
         """The answer to a request refused on its headers alone, or None."""
@@ -152,6 +147,19 @@ class RequestGuard:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             return error_response(413, str(BodyTooLarge(self.upload_limit_bytes).detail))
         return None
+
+
+class _ResponseWatch:
+    """Passes the app's messages on and notes whether a response has started: once it has, a refusal can no
+    longer be sent, and the error must propagate instead."""
+
+    def __init__(self, send):
+        self._send = send
+        self.started = False
+
+    async def send(self, message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
 
 
 class BodyReadDeadline:
@@ -171,7 +179,7 @@ class BodyReadDeadline:
             return await self.app(scope, receive, send)
         deadline: float | None = None
         body_done = False
-        started = False
+        response = _ResponseWatch(send)
 
         async def receive_in_time():
             nonlocal deadline, body_done
@@ -187,14 +195,9 @@ class BodyReadDeadline:
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, receive_in_time, tracking_send)
+            await self.app(scope, receive_in_time, response.send)
         except BodyReadTimeout as err:  # only when no route or inner middleware turned it into a response
-            if started:
+            if response.started:
                 raise
             await error_response(err.status_code, str(err.detail), err.headers)(scope, receive, send)

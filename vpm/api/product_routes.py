@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 
 from ..catalog import MAX_PHOTOS, sort_categories
 from ..config import Settings
+from ..images import ACCEPTED_NAMES
 from .deps import LinksDep, MatcherDep, SettingsDep, require_api_key
 from .errors import ApiError
 
@@ -24,7 +25,7 @@ MAX_PHOTOS_PER_REQUEST = min(10, MAX_PHOTOS)
 
 Photos = Annotated[
     list[UploadFile],
-    File(description="one or more photos (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC): repeat the `image` part for each"),
+    File(description=f"one or more photos ({ACCEPTED_NAMES}): repeat the `image` part for each"),
 ]
 AllowDuplicate = Annotated[
     bool,

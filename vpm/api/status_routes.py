@@ -30,7 +30,7 @@ def health(
 ) -> JSONResponse:
     # A routine probe (a load balancer, every few seconds) reads counts only; load_model=true walks the catalog
     # for the exact index coverage.
-    report = checks.as_report(checks.full_checks(matcher) if load_model else _probe_checks(matcher))
+    report = checks.as_report(checks.checks_for(matcher, load_model=load_model))
     index = _index_state(matcher) if load_model else _index_counts(matcher)
     storage = matcher.storage
     document = {
@@ -48,23 +48,6 @@ def health(
         "checks": report["checks"],
     }
     return JSONResponse(document, status_code=200 if document["healthy"] else 503)
-
-
-def _probe_checks(matcher: Matcher) -> list[checks.Check]:
-    """Storage and catalog, and the model only once it is loaded: a probe must not pull a model of hundreds of
-    MB into memory, nor walk the catalog."""
-    found = checks.storage_checks(matcher)
-    if matcher.model_loaded:
-        found.append(checks.model_check(matcher))
-    else:
-        found.append(
-            checks.Check(
-                "model", "pass",
-                f"{matcher.settings.vpm_model} is not loaded yet: it loads on the first search or upload "
-                "(GET /api/health?load_model=true loads and checks it now)",
-            )
-        )
-    return found
 
 
 def _product_count(matcher: Matcher, index: dict[str, Any] | None) -> int | None:

@@ -1,7 +1,7 @@
 """Copy the local catalog to S3 safely: check -> plan -> execute -> verify.
 
 The source is the local folder (VPM_DATA_DIR), read through the engine; the target is the bucket the S3
-settings name, whether or not S3_ENABLED is on yet. Rules (DESIGN.md):
+settings name, whether or not S3_ENABLED is on yet. Rules (docs/architecture.md, "Data safety"):
 - copy, never delete: the local folder is only read;
 - skip a bucket object with the same size and SHA-256; a different one at the same key is a conflict, reported
   and left alone unless `overwrite`;
@@ -24,8 +24,8 @@ from ..health import Check
 from ..storage import S3Storage, Storage
 from .checks import run_checks
 from .execute import content_type_for, execute_plan, verify
-from .merge import Merge, merge_products, same_product
 from .files import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, PlanItem, Progress
+from .merge import Merge, merge_products, same_product
 from .plan import MigrationPlan, ModelPlan, ProductsPlan, make_plan
 from .report import FAILED, SKIPPED, UPLOADED, ItemResult, MigrationReport, ProductsResult, VectorsResult
 from .size import catalog_size

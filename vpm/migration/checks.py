@@ -16,6 +16,7 @@ from ..storage import BucketAccessDenied, BucketNotFound, EndpointNotS3, ObjectN
 from .report import few
 from .target import Source, Target, half_set_keys
 
+
 def run_checks(settings: Settings, source: Source, target: Target) -> list[Check]:
     return bucket_checks(settings, target) + local_checks(settings, source)
 
@@ -210,7 +211,7 @@ def _walk_local(source: Source) -> tuple[list[str], dict[str, int]]:
     """Files the products point at that are missing, and per model the photos without a vector."""
     models = {model_id: source.vectors(model_id) for model_id in source.model_ids()}
     missing: list[str] = []
-    without = {model_id: 0 for model_id in models}
+    without = dict.fromkeys(models, 0)
     for batch in source.catalog.iter_batches():
         for product in batch:
             for photo in product.photos:

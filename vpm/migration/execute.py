@@ -20,6 +20,8 @@ from ..storage import PreconditionFailed, StorageError
 from ..vector_index import PhotoVector
 from .files import (
     CONFLICT as PLAN_CONFLICT,
+)
+from .files import (
     MISSING,
     OVERWRITE,
     SKIP,

@@ -8,7 +8,6 @@ keeps every product row unwritten until it is fixed. Only reads.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ from typing import Any, TypeVar
 
 from ..catalog import Product
 from ..config import Settings
+from ..images import sha256_hex
 from ..storage import ObjectNotFound, Storage, StorageError
 
 # progress(done_files, total_files, done_bytes, total_bytes)
@@ -25,10 +25,6 @@ T = TypeVar("T")
 # What happens to one file.
 UPLOAD, SKIP, CONFLICT, OVERWRITE, MISSING = "upload", "skip", "conflict", "overwrite", "missing"
 ACTIONS = (UPLOAD, OVERWRITE, SKIP, CONFLICT, MISSING)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)

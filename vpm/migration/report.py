@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..costs import format_usd
 from ..health import Check, overall
+from ..presentation import format_bytes
 
 if TYPE_CHECKING:
     from .plan import MigrationPlan
@@ -157,14 +158,6 @@ def few(values, n: int = 5) -> str:
     """The first few of many, for one readable line: 'a, b, c, d, e and 12 more'."""
     values = list(values)
     return ", ".join(values[:n]) + (f" and {len(values) - n} more" if len(values) > n else "")
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n:,.1f} TB"  # pragma: no cover
 
 
 def plan_vectors_line(plan: MigrationPlan) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from .. import engine
+from .. import config, engine
 from ..config import Settings
+from ..errors import VpmError
 from ..lance_catalog import LanceCatalogStore
 from ..lance_vectors import TABLE_PREFIX, LanceVectorIndex, existing_model_ids, table_name
 from ..matcher import Matcher
@@ -21,7 +22,7 @@ from ..storage import LocalStorage, S3Storage, Storage, StorageError, make_stora
 PRODUCTS_TABLE = "products"
 
 
-class MigrationError(ValueError):
+class MigrationError(VpmError, ValueError):
     """The migration cannot start (or cannot run this plan); the message says what to set or fix."""
 
 
@@ -35,13 +36,8 @@ def require_bucket(settings: Settings) -> str:
 
 
 def half_set_keys(settings: Settings) -> str | None:
-    """boto3 signs with a half-set key pair and fails deep inside; say which half is missing instead."""
-    key_id, secret = settings.aws_access_key_id, settings.aws_secret_access_key
-    if (key_id is None) != (secret is None):
-        given, missing = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if secret is None else (
-            "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
-        return f"{given} is set but {missing} is not"
-    return None
+    """The missing half of the configured AWS key pair, as one line; None when both or neither are set."""
+    return config.half_set_keys(settings.aws_access_key_id, settings.aws_secret_access_key)
 
 
 def target_settings(settings: Settings) -> Settings:
@@ -60,7 +56,7 @@ def target_storage(settings: Settings) -> S3Storage:
         storage = make_storage(target_settings(settings))
     except (StorageError, MigrationError):
         raise
-    except Exception as err:  # botocore refusing a profile or a config file, before any request
+    except Exception as err:  # noqa: BLE001 - botocore refusing a profile or config file, before any request
         raise MigrationError(f"the S3 client could not be set up ({type(err).__name__}: {err}); check "
                              "AWS_PROFILE and the AWS configuration files") from None
     assert isinstance(storage, S3Storage)
@@ -95,7 +91,7 @@ class Source:
     def model_ids(self) -> list[str]:
         if not self.exists():
             return []
-        self.matcher.catalog  # an old catalog's vectors are upgraded with its products
+        self.matcher.count_products()  # opening the catalog upgrades an old one, with its vectors
         return existing_model_ids(self.matcher.where)
 
     def vectors(self, model_id: str) -> LanceVectorIndex:
