@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageOps
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vpm.embeddings import DEFAULT_MODEL, load_embedder  # noqa: E402
+from vpm.embeddings import DEFAULT_MODEL, load_embedder  # noqa: E402 - after the sys.path line above
 
 PHOTO_DIRS = (
     ROOT.parent / "shared" / "datasets" / "products-photos",

@@ -69,7 +69,7 @@ def find_aws() -> list[str] | None:
     candidates += [[py, "-m", "awscli"] for py in ("/usr/bin/python3", shutil.which("python3")) if py]
     for cmd in candidates:
         try:
-            if subprocess.run(cmd + ["--version"], capture_output=True, timeout=60).returncode == 0:
+            if subprocess.run([*cmd, "--version"], capture_output=True, timeout=60).returncode == 0:
                 return cmd
         except (OSError, subprocess.TimeoutExpired):
             continue
@@ -138,11 +138,10 @@ def main() -> None:
             print("aws CLI not found (tried aws on PATH, /usr/local/bin/aws, python3 -m awscli): "
                   "only vpm was measured")
         else:
-            version = subprocess.run(aws + ["--version"], capture_output=True, text=True).stdout.strip() or \
-                subprocess.run(aws + ["--version"], capture_output=True, text=True).stderr.strip()
-            aws_cmd = aws + ["s3", "sync", str(data_dir), "s3://bench-aws", "--endpoint-url", endpoint,
-                             "--only-show-errors"]
-            startup_aws, _ = timed(aws + ["--version"], env, work)
+            version = subprocess.run([*aws, "--version"], capture_output=True, text=True).stdout.strip() or \
+                subprocess.run([*aws, "--version"], capture_output=True, text=True).stderr.strip()
+            aws_cmd = [*aws, "s3", "sync", str(data_dir), "s3://bench-aws", "--endpoint-url", endpoint, "--only-show-errors"]
+            startup_aws, _ = timed([*aws, "--version"], env, work)
             first_aws, _ = timed(aws_cmd, env, work)
             again_aws, _ = timed(aws_cmd, env, work)
             assert count_objects(s3, "bench-aws") == n_files

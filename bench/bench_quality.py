@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vpm.config import load_settings  # noqa: E402
-from vpm.embeddings import load_embedder  # noqa: E402
-from vpm.images import decode_image  # noqa: E402
+from vpm.config import load_settings
+from vpm.embeddings import load_embedder
+from vpm.images import decode_image
 
 DEFAULT_DATA = Path("/work/shared/datasets/products-photos")
 

@@ -21,12 +21,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import SecretStr
 
-from fakes import ColourMeanEmbedder
-from conftest import free_port, make_product_photo, stop_process
 from vpm.api import MAX_PHOTOS_PER_REQUEST, MULTIPART_OVERHEAD_BYTES, create_app
 from vpm.catalog import Photo, Product
 from vpm.config import load_settings
 from vpm.matcher import Matcher
+
+from conftest import free_port, make_product_photo, stop_process
+from fakes import ColourMeanEmbedder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -475,7 +476,7 @@ def test_an_upload_with_three_photos_makes_one_product_with_three_images(client_
     assert client.get("/api/products").json()["total"] == 1
     assert {i["key"] for i in images} <= stored_keys(matcher)
     if backend == "local":
-        for image, photo in zip(images, photos):
+        for image, photo in zip(images, photos, strict=False):
             assert client.get(image["url"]).content == photo
             assert client.get(image["thumbnail_url"]).headers["content-type"] == "image/webp"
 

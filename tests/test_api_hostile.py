@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,10 +24,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import free_port, stop_process
 from vpm.api import ServerLimits, create_app, server_limits
 from vpm.config import ConfigError, load_settings
 from vpm.matcher import Matcher
+
+from conftest import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HANG_BOUND_S = 15  # a server that has not answered or closed by then is hanging
@@ -448,5 +450,8 @@ def test_an_error_in_an_outer_middleware_is_a_terse_json_500(search_settings, mo
     client = TestClient(create_app(search_settings, Matcher(search_settings)), raise_server_exceptions=False)
     response = client.get("/api/products")
     assert response.status_code == 500
-    assert response.json() == {"success": False, "error": "internal server error; the server log has the details"}
-    assert "Traceback" not in response.text and str(REPO_ROOT) not in response.text
+    body = response.json()
+    assert body["success"] is False
+    assert re.fullmatch(r"internal server error [0-9a-f]{8}; the server log has the details under that id",
+                        body["error"])
+    assert "Traceback" not in response.text and str(REPO_ROOT) not in response.text and "secret" not in response.text

@@ -216,7 +216,7 @@ def test_one_by_one_adds_are_compacted_and_indexed_and_still_read_right(store, m
     for i in range(30):
         store.add([product(f"p{i:02d}", category="Odd" if i % 2 else "Even")])
     assert store.table.stats()["fragment_stats"]["num_fragments"] < 10
-    indexed = {tuple(index.columns)[0] for index in store.table.list_indices()}
+    indexed = {next(iter(index.columns)) for index in store.table.list_indices()}
     assert {"id", "category_key", "photo_shas"} <= indexed
     assert store.get("p17").category == "Odd"
     assert store.count(["even"]) == 15

@@ -5,26 +5,27 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fakes import ColourMeanEmbedder
 from vpm.catalog import Photo, validate_product
 from vpm.consistency import (
     ConsistencyError,
+    breadcrumbs,
     consistency_report,
     delete_orphans,
-    breadcrumbs,
     object_rows,
     parent_prefix,
     preview_kind,
 )
 from vpm.storage import ObjectInfo
 
-LATER = datetime.now(timezone.utc) + timedelta(hours=1)  # "now" for cleanups that must not see files as recent
+from fakes import ColourMeanEmbedder
+
+LATER = datetime.now(UTC) + timedelta(hours=1)  # "now" for cleanups that must not see files as recent
 
 
 def jpeg(colour: tuple[int, int, int]) -> bytes:
@@ -205,7 +206,7 @@ def test_browsing_helpers():
     assert breadcrumbs("") == [("All files", "")]
     assert breadcrumbs("images/a/") == [("All files", ""), ("images", "images/"), ("a", "images/a/")]
     assert parent_prefix("images/a/") == "images/" and parent_prefix("images/") == ""
-    when = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
     photo = ObjectInfo("images/a/p1.jpg", 1536, '"e"', when)  # as an S3 listing gives it: no content type
     catalog = ObjectInfo("metadata/products.json", 10, '"e"', when, "application/json")
     blob = ObjectInfo("metadata/embeddings/m.npz", 10, '"e"', when)

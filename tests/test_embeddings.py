@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile_images import HOSTILE_IMAGES, guard_resizes
 from PIL import Image, ImageDraw
-from tiny_clip import IMAGE_SIZE as TINY_CLIP_INPUT, build_tiny_clip
 
 from vpm.embeddings import (
     EfficientNetEmbedder,
@@ -31,6 +29,10 @@ from vpm.embeddings import (
     model_slug,
 )
 from vpm.images import MAX_ASPECT_RATIO
+
+from hostile_images import HOSTILE_IMAGES, guard_resizes
+from tiny_clip import IMAGE_SIZE as TINY_CLIP_INPUT
+from tiny_clip import build_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}

@@ -18,12 +18,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import make_product_photo
 from vpm.api import create_app
 from vpm.catalog import CatalogCorrupt, InvalidProduct, validate_product
 from vpm.config import load_settings
 from vpm.matcher import Matcher
 from vpm.presentation import code, plain
+
+from conftest import make_product_photo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOSTILE_NAME = "[click](https://evil.example) ![](https://tracker.example/p.gif)"
@@ -188,9 +189,9 @@ def test_vpm_list_json_is_strict_json_after_a_refused_infinite_price(tmp_path, t
     with pytest.raises(InvalidProduct):
         matcher.add_product(png(4), "mug.png", name="Mug", category="Kitchen", price=float("inf"))
     matcher.add_product(png(5), "cup.png", name="Cup", category="Kitchen", price=3.0)
-    from vpm.cli import main
-
     import contextlib
+
+    from vpm.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -286,3 +287,46 @@ def test_adding_a_product_on_a_corrupt_catalog_leaves_nothing_behind(search_sett
         matcher.add_product(png(7), "mug.png", name="Mug", category="Kitchen")
     after = {o.key for o in matcher.storage.iter_objects("")}
     assert after == before
+
+
+# ------------------------------------------------------------------------ bugs are logged, never shown
+
+
+def test_a_bug_in_the_cli_is_logged_with_an_id_and_shown_without_its_text(search_settings, monkeypatch, capsys,
+                                                                          caplog):
+    from vpm import cli
+
+    def broken(args):
+        raise RuntimeError("internal detail at /srv/secret/path")
+
+    monkeypatch.setattr(cli, "cmd_list", broken)  # the parser looks the command up when it is built
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["list"]) == 1
+    err = capsys.readouterr().err
+    incident = err.split("(error ")[1].split(")")[0]
+    assert "internal detail" not in err and "/srv/secret" not in err
+    assert incident in caplog.text and "internal detail" in caplog.text  # the traceback is in the log
+
+
+def test_a_bug_on_a_page_is_shown_as_an_id_not_as_its_text(open_page, seed_catalog, monkeypatch, caplog):
+    from vpm.matcher import Matcher
+
+    seed_catalog([("Red mug", "Kitchen", 1)])
+
+    def broken(self, **kwargs):
+        raise RuntimeError("internal detail at /srv/secret/path")
+
+    monkeypatch.setattr(Matcher, "page_products", broken)
+    with caplog.at_level(logging.ERROR):
+        at = open_page("pages/catalog.py")
+    assert not at.exception
+    text = plain_text(" ".join(e.value for e in at.error))
+    assert "something went wrong (error " in text and "internal detail" not in text and "/srv/secret" not in text
+    incident = text.split("(error ")[1].split(")")[0]
+    assert incident in caplog.text
+
+
+def plain_text(markdown: str) -> str:
+    from pagetools import shown
+
+    return shown(markdown)

@@ -22,11 +22,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hostile_images import HOSTILE_IMAGES
+
+from vpm.images import MAX_ASPECT_RATIO, PREVIEW_MAX_SIDE
 
 from conftest import APP_FILE, make_product_photo
+from hostile_images import HOSTILE_IMAGES
 from pagetools import shown
-from vpm.images import MAX_ASPECT_RATIO, PREVIEW_MAX_SIDE
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024**3

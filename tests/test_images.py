@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pillow_heif
 import pytest
-from hostile_images import HOSTILE_IMAGES, guard_resizes
 from PIL import Image, ImageFile
 
 from vpm import images
@@ -43,6 +42,8 @@ from vpm.images import (
     sha256_hex,
     to_jpeg,
 )
+
+from hostile_images import HOSTILE_IMAGES, guard_resizes
 
 MIB = 1024 * 1024
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)

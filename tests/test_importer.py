@@ -290,11 +290,11 @@ def test_a_csv_imports_its_rows_with_all_their_fields(importer, tmp_path, produc
 
     monkeypatch.setattr(importer, "fetch_url_image", fake_fetch)
     csv_path = write(tmp_path / "shop" / "products.csv", (
-        "image,name,category,price,id,description,brand\n"
-        "img/mug.png,Red mug,Mugs,$9.50,mug-1,A red mug,Acme\n"
-        'img/bag.png,"Bag, canvas",Bags,"1,299.00",,,\n'
-        "https://cdn.example/lamp.png?v=2,Desk lamp,Lighting,,lamp-1,,\n"
-    ).encode())
+        b"image,name,category,price,id,description,brand\n"
+        b"img/mug.png,Red mug,Mugs,$9.50,mug-1,A red mug,Acme\n"
+        b'img/bag.png,"Bag, canvas",Bags,"1,299.00",,,\n'
+        b"https://cdn.example/lamp.png?v=2,Desk lamp,Lighting,,lamp-1,,\n"
+    ))
     report = importer.import_path(csv_path)
     assert report.failed == [] and report.skipped == []
     products = by_name(report.imported)
@@ -313,15 +313,15 @@ def test_bad_csv_rows_fail_alone_naming_row_and_column(importer, tmp_path, produ
     write(tmp_path / "outside.png", product_photo(3))
     write(tmp_path / "shop" / "not-really.png", b"hello")
     csv_path = write(tmp_path / "shop" / "items.csv", (
-        "Image,Name,Category,Price\n"  # header names are matched case-insensitively
-        "ok.png,Good,Mugs,4\n"
-        "ok2.png,Bad price,Mugs,cheap\n"
-        "missing.png,Ghost,Mugs,\n"
-        "../outside.png,Escape,Mugs,\n"
-        "ok2.png,,Mugs,\n"
-        "not-really.png,Text,Mugs,\n"
-        "ftp://host/x.png,Ftp,Mugs,\n"
-    ).encode())
+        b"Image,Name,Category,Price\n"  # header names are matched case-insensitively
+        b"ok.png,Good,Mugs,4\n"
+        b"ok2.png,Bad price,Mugs,cheap\n"
+        b"missing.png,Ghost,Mugs,\n"
+        b"../outside.png,Escape,Mugs,\n"
+        b"ok2.png,,Mugs,\n"
+        b"not-really.png,Text,Mugs,\n"
+        b"ftp://host/x.png,Ftp,Mugs,\n"
+    ))
     report = importer.import_path(csv_path)
     assert [p.name for p in report.imported] == ["Good"]
     failed = {i.source: i.reason for i in report.failed}
@@ -340,10 +340,10 @@ def test_bad_csv_rows_fail_alone_naming_row_and_column(importer, tmp_path, produ
 def test_a_csv_image_url_to_an_internal_address_fails_with_the_reason(importer, tmp_path, product_photo):
     write(tmp_path / "ok.png", product_photo(1))
     csv_path = write(tmp_path / "items.csv", (
-        "image,name,category\n"
-        "ok.png,Good,Mugs\n"
-        "http://169.254.169.254/latest/meta-data/x.png,Metadata,Mugs\n"
-    ).encode())
+        b"image,name,category\n"
+        b"ok.png,Good,Mugs\n"
+        b"http://169.254.169.254/latest/meta-data/x.png,Metadata,Mugs\n"
+    ))
     report = importer.import_path(csv_path)
     assert [p.name for p in report.imported] == ["Good"]
     (failed,) = report.failed

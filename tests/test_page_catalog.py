@@ -208,7 +208,7 @@ def test_editing_a_product_saves_only_what_changed(app_settings, seed_catalog, o
     at = open_page(CATALOG_PAGE)
     at.selectbox(key="catalog_selected").set_value(mug.id).run()
 
-    edit_name = [t for t in at.text_input if t.label == "Name" and t.value == "Red mug"][0]
+    edit_name = next(t for t in at.text_input if t.label == "Name" and t.value == "Red mug")
     edit_name.input("Crimson mug")
     next(n for n in at.number_input if n.label == "Price").set_value(5.0)
     at = button(at, "Save changes").click().run()
@@ -221,7 +221,7 @@ def test_editing_a_product_saves_only_what_changed(app_settings, seed_catalog, o
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_delete_asks_for_confirmation_first(app_settings, seed_catalog, open_page):
-    mug, shoe = seed_catalog([("Red mug", "Kitchen", 1), ("Trail shoe", "Shoes", 3)])
+    _mug, shoe = seed_catalog([("Red mug", "Kitchen", 1), ("Trail shoe", "Shoes", 3)])
     at = open_page(CATALOG_PAGE)
     at.selectbox(key="catalog_selected").set_value(shoe.id).run()
 

@@ -61,10 +61,10 @@ def test_settings_are_shown_with_secrets_masked_and_versions_listed(app_settings
 
     assert not at.exception
     settings_table, versions_table = (table.value for table in at.table)
-    shown = dict(zip(settings_table["setting"], settings_table["value"]))
+    shown = dict(zip(settings_table["setting"], settings_table["value"], strict=False))
     assert shown["VPM_API_KEY"] == "•••••• (set)"
     assert "super-secret-value" not in settings_table.to_string()
     assert shown["VPM_MODEL"] == str(app_settings.vpm_model)
-    versions = dict(zip(versions_table["package"], versions_table["version"]))
+    versions = dict(zip(versions_table["package"], versions_table["version"], strict=False))
     assert versions["streamlit"][0].isdigit()
     assert versions["python"].startswith("3.")

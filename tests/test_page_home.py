@@ -110,3 +110,14 @@ def test_a_bad_setting_stops_with_one_line_naming_it(app_settings, open_page, mo
 
     assert not at.exception
     assert any("S3_REGION" in shown(e.value) for e in at.error)
+
+
+def test_the_private_streamlit_switch_the_app_relies_on_is_still_there():
+    """vpm/webapp.py turns off Streamlit's old pages-folder mode through a private attribute, so a first visit
+    straight to /search still goes through streamlit_app.py (the browser test checks the behaviour). If a
+    Streamlit upgrade renames it, this fails by name instead of the app silently losing its navigation."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    assert hasattr(PagesManager, "uses_pages_directory"), (
+        "Streamlit no longer has PagesManager.uses_pages_directory: revisit webapp._leave_old_multipage_mode"
+    )

@@ -11,10 +11,9 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import pagetools
-from pagetools import button, click
-
 from conftest import REGION
 from fakes import ColourMeanEmbedder
+from pagetools import button, click
 
 PAGE = pagetools.PAGES / "migration.py"
 

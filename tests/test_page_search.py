@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from pagetools import shown
 from vpm.presentation import nothing_found_text, results_count_text, results_csv
+
+from pagetools import shown
 
 SEARCH = "pages/search.py"
 CATALOG = [

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 from vpm.presentation import (
     add_form_problems,
     changed_fields,
-    page_caption,
     format_bytes,
     format_percent,
     format_price,
     nothing_found_text,
+    page_caption,
     pick_category,
     results_csv,
 )

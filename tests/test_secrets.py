@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, stop_process
 from vpm.config import (
     AWS_LOGGERS,
     ConfigError,
@@ -25,6 +24,8 @@ from vpm.config import (
     redact_url,
 )
 from vpm.storage import S3Storage, StorageError
+
+from conftest import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "s3cr3t"
@@ -253,7 +254,7 @@ def test_health_page_shows_the_endpoint_redacted(server_bucket, open_page, monke
 
     assert not at.exception
     settings_table = at.table[0].value
-    shown = dict(zip(settings_table["setting"], settings_table["value"]))
+    shown = dict(zip(settings_table["setting"], settings_table["value"], strict=False))
     assert shown["S3_ENDPOINT_URL"] == endpoint.replace("http://", "http://user:***@")
     every_text = [e.value for kind in ("markdown", "caption", "error", "success", "warning") for e in getattr(at, kind)]
     assert not any(PASSWORD in text for text in every_text)

@@ -8,7 +8,6 @@ from urllib.parse import parse_qs, urlparse
 import boto3
 import pytest
 
-from conftest import BUCKET, REGION
 from vpm.storage import (
     LOCK_STRIPES,
     InvalidKey,
@@ -20,6 +19,8 @@ from vpm.storage import (
     md5_etag,
     validate_key,
 )
+
+from conftest import BUCKET, REGION
 
 
 def test_put_get_head_roundtrip(storage):
@@ -128,12 +129,11 @@ def test_check_access_passes_on_a_reachable_backend(storage):
 # ------------------------------------------------------------------------------ backend-specific URLs
 
 
-def test_local_url_is_file_uri_or_app_served(tmp_path):
+def test_a_local_url_is_a_file_uri_only_this_machine_can_open(tmp_path):
     plain = LocalStorage(tmp_path)
     plain.put("images/a b.jpg", b"x")
     assert plain.url("images/a b.jpg") == (tmp_path / "images" / "a b.jpg").resolve().as_uri()
-    served = LocalStorage(tmp_path, public_base_url="http://127.0.0.1:5001/api/images/")
-    assert served.url("images/a b.jpg") == "http://127.0.0.1:5001/api/images/images/a%20b.jpg"
+    assert plain.web_urls is False  # the API serves local files itself; the app shows them inline
 
 
 def test_local_files_stay_inside_the_root_and_locks_are_hidden(tmp_path):

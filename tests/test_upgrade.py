@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CountingEmbedder
-from vpm import engine, matcher as matcher_module
+from vpm import engine
+from vpm import matcher as matcher_module
 from vpm.catalog import CatalogCorrupt
 from vpm.matcher import Matcher
+
+from conftest import CountingEmbedder
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy-catalog"
 IDS = ["red-mug", "blue-mug", "trail-shoe", "desk-lamp"]

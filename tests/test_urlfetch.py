@@ -37,12 +37,12 @@ PNG = _png()
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_TestServer"
+    server: _TestServer
 
     def log_message(self, format, *args):  # keep pytest output clean
         pass
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         self.server.requests.append((self.path, self.headers.get("Host")))
         path = urlsplit(self.path).path
         query = parse_qs(urlsplit(self.path).query)
@@ -626,7 +626,7 @@ def _certificates(tmp_path, names: list[str]):
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vpm test CA")])
     ca = (

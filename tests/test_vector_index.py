@@ -173,10 +173,10 @@ def test_the_approximate_index_agrees_with_exact_search(engine_location, monkeyp
     index._snapshot = None
     approx = index.query(queries, k=10)
     recall = np.mean([
-        len({h.product_id for h in a.hits} & {h.product_id for h in e.hits}) / 10 for a, e in zip(approx, exact)
+        len({h.product_id for h in a.hits} & {h.product_id for h in e.hits}) / 10 for a, e in zip(approx, exact, strict=False)
     ])
     assert recall >= 0.95
-    assert all(a.hits[0].product_id == e.hits[0].product_id for a, e in zip(approx, exact))
+    assert all(a.hits[0].product_id == e.hits[0].product_id for a, e in zip(approx, exact, strict=False))
 
 
 def test_iter_keys_visits_every_vector_once(index):
