@@ -400,7 +400,9 @@ def test_the_built_in_models_preprocessing_of_ordinary_images_is_unchanged(effic
     np.testing.assert_array_equal(efficientnet._pixels(image), _efficientnet_pixels_before_the_bound(image))
 
 
-def test_clip_vectors_of_ordinary_images_are_what_sentence_transformers_gives_unbounded(clip):
+def test_clip_vectors_of_ordinary_images_are_what_sentence_transformers_gives_unbounded(clip_dir):
+    # Exact equality with sentence-transformers is torch's; ONNX Runtime's parity is tests/test_onnx_runtime.py's.
+    clip = load_embedder(str(clip_dir), device="cpu", runtime="torch")
     images = [_scene(i, size=size) if min(size) > 40 else Image.new("RGB", size, (9, 99, 199))
               for i, size in enumerate(ORDINARY_SIZES)]
     unbounded = clip._model.encode(images, convert_to_numpy=True, show_progress_bar=False)  # no aspect bound

@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     vpm_max_upload_mb: int = Field(20, ge=1, le=1024)
     vpm_model: str = "clip-ViT-B-32"
     vpm_device: str = "auto"
+    # What runs the model's network: ONNX Runtime where it matches torch (auto), or one of them by name.
+    vpm_runtime: Literal["auto", "torch", "onnx-fp32", "onnx-int8"] = "auto"
     vpm_api_key: SecretStr | None = None
     vpm_cors_origins: str = ""
     # The REST API's guard against slow or lying clients (vpm.api.ServerLimits; README "Running the API").

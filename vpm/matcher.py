@@ -189,7 +189,9 @@ class Matcher:
                 if self._embedder is None:
                     from .embeddings import load_embedder
 
-                    self._embedder = load_embedder(self.settings.vpm_model, self.settings.vpm_device)
+                    self._embedder = load_embedder(
+                        self.settings.vpm_model, self.settings.vpm_device, self.settings.vpm_runtime
+                    )
         return self._embedder
 
     @property

@@ -86,16 +86,16 @@ def _settings_key(settings: Settings) -> str:
 
 
 @st.cache_resource(show_spinner=MODEL_SPINNER)
-def _embedder_for(model: str, device: str):
+def _embedder_for(model: str, device: str, runtime: str = "auto"):
     from .embeddings import load_embedder  # imports torch: only when a page really needs the model
 
-    return load_embedder(model, device)
+    return load_embedder(model, device, runtime)
 
 
 def get_embedder():
     """The configured embedding model, loaded once per process with a spinner saying so."""
     settings = get_settings()
-    return _embedder_for(settings.vpm_model, settings.vpm_device)
+    return _embedder_for(settings.vpm_model, settings.vpm_device, settings.vpm_runtime)
 
 
 def loaded_embedder(matcher):
@@ -113,7 +113,7 @@ def _app_matcher_class():
         @property
         def embedder(self):
             if self._embedder is None:
-                embedder = _embedder_for(self.settings.vpm_model, self.settings.vpm_device)
+                embedder = _embedder_for(self.settings.vpm_model, self.settings.vpm_device, self.settings.vpm_runtime)
                 with self._lock:
                     if self._embedder is None:
                         self._embedder = embedder
