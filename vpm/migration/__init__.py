@@ -5,7 +5,8 @@ settings name, whether or not S3_ENABLED is on yet. Rules (DESIGN.md):
 - copy, never delete: the local folder is only read;
 - skip a bucket object with the same size and SHA-256; a different one at the same key is a conflict, reported
   and left alone unless `overwrite`;
-- verify every upload (head after put: size and SHA-256);
+- verify every upload from the SHA-256 S3 returns on the PUT (a HEAD only where a backend returns none);
+- decide what to skip from one listing per prefix (size and ETag), a HEAD only where that cannot tell;
 - write the product rows only after every file they point at is verified, through the engine (insert-if-absent,
   or replace with `overwrite`); then the vectors, which are derived data;
 - a dry run (`plan`) writes nothing anywhere and never creates a table in the bucket.
@@ -24,8 +25,8 @@ from ..health import Check
 from ..storage import S3Storage, Storage
 from .checks import run_checks
 from .execute import content_type_for, execute_plan, verify
-from .merge import Merge, merge_products, same_product
 from .files import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, PlanItem, Progress
+from .merge import Merge, merge_products, same_product
 from .plan import MigrationPlan, ModelPlan, ProductsPlan, make_plan
 from .report import FAILED, SKIPPED, UPLOADED, ItemResult, MigrationReport, ProductsResult, VectorsResult
 from .size import catalog_size
