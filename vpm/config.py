@@ -72,7 +72,7 @@ def _streamlit_secrets() -> dict[str, Any]:
         import streamlit as st
 
         return {k.lower(): v for k, v in st.secrets.to_dict().items() if not isinstance(v, dict)}
-    except Exception:  # no secrets.toml, or not running under Streamlit: nothing to add
+    except Exception:  # noqa: BLE001 - no secrets.toml, or not running under Streamlit: nothing to add
         return {}
 
 
@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     vpm_api_body_timeout_s: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False)
     vpm_api_keep_alive_s: int = Field(5, ge=1, le=3600)
     vpm_api_shutdown_timeout_s: int = Field(10, ge=1, le=3600)
+    # Concurrent one-photo / one-text searches share model calls (vpm/batching.py); false: one call each.
+    vpm_api_batch_queries: bool = True
     # botocore/urllib3 DEBUG logs print request headers; they stay at INFO unless this asks for them.
     vpm_debug_aws: bool = False
 
@@ -183,7 +185,7 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
-    def _bucket_required(self) -> "Settings":
+    def _bucket_required(self) -> Settings:
         if self.s3_enabled and not self.s3_bucket_name:
             raise ValueError("S3_BUCKET_NAME is required when S3_ENABLED=true")
         if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
@@ -324,7 +326,7 @@ class SecretFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a malformed call (wrong %-args): logging itself reports it when emitting
+        except Exception:  # noqa: BLE001 - a malformed call (wrong %-args): logging itself reports it when emitting
             return True
         record.msg, record.args = mask_secrets(message, self.values), None
         if record.exc_info and not record.exc_text:

@@ -31,7 +31,7 @@ from .catalog import (
 )
 from .config import Settings
 from .images import DecodedImage, decode_image
-from .indexing import IndexStatus, Indexer
+from .indexing import Indexer, IndexStatus
 from .lance_catalog import LanceCatalogStore
 from .lance_vectors import LanceVectorIndex, existing_model_ids
 from .results import EmbeddedQuery, ImportReport, Match, PhotoView, ProductView, SearchResponse
@@ -99,6 +99,8 @@ class Matcher:
         self._indexers: dict[str, Indexer] = {}
         self._checked_models: set[str] = set()
         self._lock = threading.RLock()
+        self._batch_queries = False
+        self._query_embedder = None  # vpm.batching.QueryEmbedder, when concurrent queries are batched
 
     # ------------------------------------------------------------------------------------------ parts
 
@@ -125,7 +127,7 @@ class Matcher:
             if upgrade.needs_upgrade(self.storage, self.settings.s3_metadata_key):
                 upgrade.upgrade(
                     self.storage, self.settings.s3_metadata_key, self.settings.embeddings_prefix, store,
-                    lambda model_id, dim: self._vector_index_for(model_id, dim),
+                    self._vector_index_for,
                 )
             _upgraded.add(self.where)
 
@@ -193,6 +195,25 @@ class Matcher:
                         self.settings.vpm_model, self.settings.vpm_device, self.settings.vpm_runtime
                     )
         return self._embedder
+
+    def batch_concurrent_queries(self, enabled: bool = True) -> None:
+        """Embed one-photo and one-text queries that arrive together in one model call (vpm/batching.py): what a
+        server answering many requests at once wants. Each query still gets its own vector."""
+        self._batch_queries = enabled
+
+    def _queries(self):
+        if self._query_embedder is None or self._query_embedder.embedder is not self.embedder:
+            with self._lock:
+                if self._query_embedder is None or self._query_embedder.embedder is not self.embedder:
+                    from .batching import QueryEmbedder
+
+                    self._query_embedder = QueryEmbedder(self.embedder)
+        return self._query_embedder
+
+    def _embed_one_image(self, image) -> np.ndarray:
+        if self._batch_queries:
+            return self._queries().image(image)
+        return self.embedder.embed_images([image])[0]
 
     @property
     def model_loaded(self) -> bool:
@@ -342,7 +363,7 @@ class Matcher:
         if allow:
             return
         seen: dict[str, str] = {}
-        for image, filename in zip(decoded, filenames):
+        for image, filename in zip(decoded, filenames, strict=True):
             if image.sha256 in seen:
                 raise DuplicatePhoto(f"{filename} and {seen[image.sha256]} are the same photo: choose it once")
             seen[image.sha256] = filename
@@ -383,7 +404,7 @@ class Matcher:
         fresh = list({p.photo.sha256: p for p in every if p.photo.sha256 not in known}.values())
         if fresh:
             vectors = self.embedder.embed_images([p.image.image for p in fresh], batch_size=BATCH_SIZE)
-            known.update({p.photo.sha256: v for p, v in zip(fresh, vectors)})
+            known.update({p.photo.sha256: v for p, v in zip(fresh, vectors, strict=True)})
         entries = [
             PhotoVector(p.photo.key, product.id, p.photo.sha256, product.category, known[p.photo.sha256])
             for product, prepared in batch
@@ -430,7 +451,7 @@ class Matcher:
     def embed_query_image(self, data: bytes, filename: str) -> np.ndarray:
         """The query vector of an uploaded photo; raises an ImageError subclass for bad input."""
         image = self.decode(data, filename)
-        return self.embedder.embed_images([image.image])[0]
+        return self._embed_one_image(image.image)
 
     def fetch_url_image(self, url: str) -> tuple[bytes, str]:
         """Download an image by URL through the SSRF guard; raises URLRefused / URLFetchError saying why."""
@@ -463,6 +484,8 @@ class Matcher:
         unavailable = self.text_search_unavailable()
         if unavailable:
             raise EmbeddingError(unavailable)
+        if self._batch_queries:
+            return self._queries().text(text.strip())
         return self.embedder.embed_texts([text.strip()])[0]
 
     def embed_query(
@@ -501,7 +524,7 @@ class Matcher:
         wanted = {c.strip().casefold() for c in categories or () if c and c.strip()}
         rank_ms = (time.perf_counter() - started) * 1000 / max(1, len(queries))
         responses = []
-        for result, query, ms in zip(results, queries, embed_ms):
+        for result, query, ms in zip(results, queries, embed_ms, strict=True):
             matches = []
             for hit in result.hits:
                 product = products.get(hit.product_id)
@@ -540,7 +563,10 @@ class Matcher:
         threshold = self._resolve_threshold(threshold, "image")
         started = time.perf_counter()
         decoded = [self.decode(data, filename) for data, filename in images]
-        vectors = self.embedder.embed_images([d.image for d in decoded], batch_size=BATCH_SIZE)
+        if len(decoded) == 1 and self._batch_queries:  # one photo: batched with the other requests' photos
+            vectors = np.atleast_2d(self._embed_one_image(decoded[0].image))
+        else:
+            vectors = self.embedder.embed_images([d.image for d in decoded], batch_size=BATCH_SIZE)
         per_query_ms = (time.perf_counter() - started) * 1000 / max(1, len(images))
         return self._rank_many(
             vectors, [name for _data, name in images], top_k, threshold, categories, [per_query_ms] * len(images),
@@ -591,7 +617,7 @@ class Matcher:
         embedder = self.embedder
         index = LanceVectorIndex(self.where, embedder.model_id, embedder.dim, exists=True)
         try:
-            index.table
+            index.table  # noqa: B018 - opening the table is the check
         except engine.TableUnreadable as err:
             log.warning("rebuilding the vector table of %s from the photos: %s", embedder.model_id, err)
             index.drop()
