@@ -287,15 +287,15 @@ class LocalCatalogBuilder:
             values = np.random.default_rng(start).normal(size=(n, 3)).astype(np.float32)
             values /= np.linalg.norm(values, axis=1, keepdims=True)
             LanceVectorIndex(self.where, self.MODEL, 3).upsert([
-                PhotoVector(p.photos[0].key, p.id, p.photos[0].sha256, p.category, v) for p, v in zip(products, values)
+                PhotoVector(p.photos[0].key, p.id, p.photos[0].sha256, p.category, v) for p, v in zip(products, values, strict=True)
             ])
         return products
 
     def create(self, name: str, seeds: list[int], *, category: str = "mugs", product_id: str | None = None):
         """A product with one real photo per seed (make_product_photo), its vectors made by ColourMeanEmbedder."""
-        from fakes import ColourMeanEmbedder
-
         from vpm.matcher import Matcher
+
+        from fakes import ColourMeanEmbedder
 
         matcher = Matcher(self.settings, storage=self.storage, embedder=ColourMeanEmbedder())
         images = [(make_product_photo(seed), f"{name}-{seed}.png") for seed in seeds]
@@ -376,6 +376,7 @@ def tiny_clip_dir(tmp_path_factory):
     OpenMP's spinning threads made each tiny embedding ~20x slower (230 ms instead of 10 ms).
     """
     import torch
+
     from tiny_clip import build_tiny_clip
 
     torch.set_num_threads(1)

@@ -14,8 +14,6 @@ import boto3
 import pytest
 from pydantic import SecretStr
 
-from conftest import REGION, CountingEmbedder, make_product_photo
-from fakes import ColourMeanEmbedder
 from vpm import engine
 from vpm.catalog import Photo, Product
 from vpm.config import ConfigError, load_settings
@@ -37,6 +35,9 @@ from vpm.migration import execute as execute_module
 from vpm.migration.checks import region_verdict
 from vpm.migration.files import bucket_key
 from vpm.storage import S3Storage, StorageError
+
+from conftest import REGION, CountingEmbedder, make_product_photo
+from fakes import ColourMeanEmbedder
 
 WRITE_OPS = {"PutObject", "DeleteObject", "DeleteObjects", "CopyObject", "CreateMultipartUpload", "UploadPart",
              "CompleteMultipartUpload", "PutBucketVersioning", "PutBucketEncryption"}

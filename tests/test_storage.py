@@ -8,7 +8,6 @@ from urllib.parse import parse_qs, urlparse
 import boto3
 import pytest
 
-from conftest import BUCKET, REGION
 from vpm.storage import (
     LOCK_STRIPES,
     MULTIPART_PART_SIZE,
@@ -23,6 +22,8 @@ from vpm.storage import (
     md5_etag,
     validate_key,
 )
+
+from conftest import BUCKET, REGION
 
 
 def test_put_get_head_roundtrip(storage):
@@ -48,7 +49,7 @@ def test_overwrite_replaces_content(storage):
 
 
 def test_missing_object_raises_not_found(storage):
-    with pytest.raises(ObjectNotFound, match="nothing.jpg"):
+    with pytest.raises(ObjectNotFound, match=r"nothing\.jpg"):
         storage.get("images/nothing.jpg")
     with pytest.raises(ObjectNotFound):
         storage.head("images/nothing.jpg")

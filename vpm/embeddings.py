@@ -34,9 +34,10 @@ import re
 import socket
 import threading
 from abc import ABC, abstractmethod
-from functools import lru_cache
+from collections.abc import Callable, Sequence
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -351,7 +352,7 @@ def resolve_device(device: str = "auto") -> str:
     return wanted
 
 
-@lru_cache(maxsize=None)
+@cache
 def _efficientnet_network(device: str) -> Any:
     """EfficientNet-Lite0 with its packaged ImageNet weights (one copy shared by every fallback embedder)."""
     try:
@@ -468,7 +469,7 @@ def _cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
 
     try:
         return Path(snapshot_download(repo_id, cache_dir=str(cache_dir), local_files_only=True))
-    except Exception:  # LocalEntryNotFoundError, or a malformed repo id: either way, not usable offline
+    except Exception:  # noqa: BLE001 - LocalEntryNotFoundError, or a malformed repo id: either way, not usable offline
         return None
 
 
