@@ -27,7 +27,7 @@ from .checks import run_checks
 from .execute import content_type_for, execute_plan, verify
 from .files import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, PlanItem, Progress
 from .merge import Merge, merge_products, same_product
-from .plan import MigrationPlan, ModelPlan, ProductsPlan, make_plan
+from .plan import MigrationPlan, ModelPlan, ProductsPlan, make_plan, plan_from_ledger
 from .report import FAILED, SKIPPED, UPLOADED, ItemResult, MigrationReport, ProductsResult, VectorsResult
 from .size import catalog_size
 from .target import MigrationError, Source, Target, plan_fingerprint, require_bucket
@@ -58,6 +58,10 @@ class Migration:
 
     def plan(self, *, overwrite: bool = False, progress: Progress | None = None) -> MigrationPlan:
         """Compare the local catalog with the bucket. Reads only; writes nothing anywhere."""
+        if not overwrite:  # a re-run after a verified run, with nothing changed since: decided from listings
+            quick = plan_from_ledger(self.settings, self.source, self.target)
+            if quick is not None:
+                return quick
         return make_plan(self.settings, self.source, self.target, overwrite=overwrite, workers=self.workers,
                          progress=progress)
 

@@ -19,6 +19,7 @@ from ..catalog import CatalogError
 from ..health import Check
 from ..storage import PreconditionFailed, StorageError
 from ..vector_index import PhotoVector
+from . import ledger
 from .files import (
     CONFLICT as PLAN_CONFLICT,
 )
@@ -324,7 +325,11 @@ def execute_plan(plan: MigrationPlan, source: Source, target: Target, workers: i
     products = write_products(plan, target, results)
     vectors = copy_vectors(plan, source, target, products)
     report = MigrationReport(plan.target, results, products, vectors, counter.bytes_done, 0.0)
-    report.verification = verify(plan, target, results)
+    if plan.ledger is not None:  # nothing was to do, and the listing showed both sides as the verified run left them
+        report.verification = ledger.verification(plan.ledger)
+    else:
+        report.verification = verify(plan, target, results)
+        ledger.record(plan, report, source.storage, target.storage, target.settings.metadata_prefix)
     report.duration_s = clock() - started
     return report
 
