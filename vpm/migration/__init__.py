@@ -18,6 +18,7 @@ rows, vectors, verify), report (results and text), size (the catalog's size for 
 
 from __future__ import annotations
 
+import sys
 import time
 
 from ..config import Settings
@@ -34,6 +35,23 @@ from .target import MigrationError, Source, Target, plan_fingerprint, require_bu
 
 DEFAULT_WORKERS = 8
 MAX_WORKERS = 32  # S3Storage's connection pool holds 32; more threads would only queue for a connection
+
+
+def _preload_lancedb() -> None:
+    """Import LanceDB on a background thread (seconds: its REST client's models alone take ~2 s here), so the
+    hashing of the local files for the plan happens meanwhile."""
+    import threading
+
+    if "lancedb" in sys.modules:
+        return
+
+    def load() -> None:
+        try:
+            import lancedb  # noqa: F401
+        except ImportError:  # the engine says so when a table is opened
+            pass
+
+    threading.Thread(target=load, name="vpm-import-lancedb", daemon=True).start()
 
 
 class Migration:
@@ -62,6 +80,7 @@ class Migration:
             quick = plan_from_ledger(self.settings, self.source, self.target)
             if quick is not None:
                 return quick
+        _preload_lancedb()  # the full plan opens the tables: import LanceDB while the local files are hashed
         return make_plan(self.settings, self.source, self.target, overwrite=overwrite, workers=self.workers,
                          progress=progress)
 

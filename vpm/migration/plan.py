@@ -164,6 +164,9 @@ def make_plan(settings: Settings, source: Source, target: Target, *, overwrite: 
     if half:
         raise MigrationError(f"{half}: set both keys, or neither (to use AWS_PROFILE or an IAM role)")
     keymap = KeyMap(settings)
+    # Measured first: it reads every local file once (the digests are remembered for the comparison below), which
+    # overlaps the import of LanceDB that engine.preload() started.
+    size = catalog_size(source.storage, settings)
     products = [keymap.place(p) for batch in _local_batches(source) for p in batch]
     items = keymap.blocked + decide_files(keymap, source.storage, target.storage, overwrite, workers, progress)
     products_plan = plan_products(target, products, items, overwrite)
@@ -178,7 +181,7 @@ def make_plan(settings: Settings, source: Source, target: Target, *, overwrite: 
                         "into tables first (as the app does on its first start), and merges with its products")
     return MigrationPlan(
         source.description, target.description, overwrite, items, products_plan, vectors,
-        estimate(catalog_size(source.storage, settings), Traffic()), keymap.warnings + warnings,
+        estimate(size, Traffic()), keymap.warnings + warnings,
         plan_fingerprint(settings, overwrite=overwrite),
     )
 
