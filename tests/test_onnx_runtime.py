@@ -231,3 +231,22 @@ def test_the_fast_preprocessing_gives_the_processors_pixels(tiny_clip_dir):
     images = [*onnx_runtime.probe_images(8), Image.new("RGB", (41, 900), (10, 200, 30))]
     slow = onnx_runtime.ClipPixels(pixels.st_model, None)
     np.testing.assert_allclose(pixels(images), slow(images), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ threads
+
+
+def test_threads_follow_vpm_threads_else_the_cores_present(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("VPM_THREADS", "3")
+        assert onnx_runtime.configure_torch_threads() == 3 and torch.get_num_threads() == 3
+        assert onnx_runtime.session_options().intra_op_num_threads == 3
+        monkeypatch.delenv("VPM_THREADS")
+        assert onnx_runtime.thread_count() == onnx_runtime.available_cores()
+        monkeypatch.setenv("VPM_THREADS", "lots")
+        assert onnx_runtime.thread_count() == onnx_runtime.available_cores()  # a typo falls back, with a warning
+    finally:
+        torch.set_num_threads(before)
