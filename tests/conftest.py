@@ -17,11 +17,21 @@ BUCKET = "vpm-test-bucket"
 REGION = "us-east-1"
 
 
+@pytest.fixture(scope="session")
+def onnx_cache_dir(tmp_path_factory):
+    """One ONNX export cache for the whole session (keyed by model file hashes, so every test may share it)."""
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch, tmp_path):
+def _clean_env(monkeypatch, tmp_path, onnx_cache_dir):
     for name in list(os.environ):
         if name.startswith(_OURS):
             monkeypatch.delenv(name, raising=False)
+    # Exports land in the session's cache, never in the developer's ~/.cache; one thread each for torch and
+    # ONNX Runtime: the test models are tiny, and the machine is shared.
+    monkeypatch.setenv("VPM_ONNX_CACHE", str(onnx_cache_dir))
+    monkeypatch.setenv("VPM_THREADS", "1")
     # Fake credentials: moto accepts any, and boto3 must never find a real profile.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -137,7 +137,7 @@ def test_importing_embeddings_does_not_import_torch():
         "heavy = {'torch', 'sentence_transformers', 'transformers'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
 
 
@@ -292,7 +292,7 @@ def test_a_cached_hub_model_loads_without_touching_the_network(clip_dir, tmp_pat
     env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT=f"http://127.0.0.1:{_closed_loopback_port()}")
     result = subprocess.run(
         [sys.executable, "-c", _LOAD_WITH_SOCKETS_RECORDED, "acme/tiny-clip"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
@@ -331,7 +331,7 @@ def test_an_uncached_hub_model_falls_back_when_the_hub_is_unreachable(monkeypatc
 
 
 def test_text_search_on_the_image_only_model_is_a_clear_error(efficientnet):
-    with pytest.raises(EmbeddingError, match="images only.*text search is not available"):
+    with pytest.raises(EmbeddingError, match=r"images only.*text search is not available"):
         efficientnet.embed_texts(["red shoe"])
 
 
@@ -402,7 +402,9 @@ def test_the_built_in_models_preprocessing_of_ordinary_images_is_unchanged(effic
     np.testing.assert_array_equal(efficientnet._pixels(image), _efficientnet_pixels_before_the_bound(image))
 
 
-def test_clip_vectors_of_ordinary_images_are_what_sentence_transformers_gives_unbounded(clip):
+def test_clip_vectors_of_ordinary_images_are_what_sentence_transformers_gives_unbounded(clip_dir):
+    # Exact equality with sentence-transformers is torch's; ONNX Runtime's parity is tests/test_onnx_runtime.py's.
+    clip = load_embedder(str(clip_dir), device="cpu", runtime="torch")
     images = [_scene(i, size=size) if min(size) > 40 else Image.new("RGB", size, (9, 99, 199))
               for i, size in enumerate(ORDINARY_SIZES)]
     unbounded = clip._model.encode(images, convert_to_numpy=True, show_progress_bar=False)  # no aspect bound

@@ -324,7 +324,10 @@ def test_force_uploads_everything_with_checksums_and_writes_the_catalog_through_
     assert [(v.model_id, v.status, v.copied) for v in report.vectors] == [("fake-colour", "copied", 12)]
     assert local_catalog.bucket_vectors().count() == 12
     assert seen[-1][0] == seen[-1][1] == 24 and seen[-1][2] == seen[-1][3] == report.bytes_uploaded
-    assert local_catalog.snapshot() == before_local  # copies, never moves or deletes
+    after_local = local_catalog.snapshot()
+    ledger = [k for k in after_local if k.startswith(".vpm/migrations/")]  # the run's ledger, bookkeeping
+    assert len(ledger) == 1
+    assert {k: v for k, v in after_local.items() if k not in ledger} == before_local  # copies, never moves
     assert {c.name: c.status for c in report.verification} == {
         "files in bucket": "pass", "bucket catalog complete": "pass", "fake-colour vectors": "pass"}
     json.dumps(report.as_dict())
@@ -691,3 +694,200 @@ def test_a_bucket_migrated_by_the_first_release_is_upgraded_and_finished(local_c
     before = local_catalog.bucket_objects()
     assert fresh_migration().plan().nothing_to_do
     assert local_catalog.bucket_objects() == before
+
+
+# ------------------------------------------------------------------------------- requests per file
+
+
+@pytest.fixture
+def object_calls(monkeypatch):
+    """Every S3 operation with the key it names: (operation, key or None)."""
+    from botocore.client import BaseClient
+
+    calls: list[tuple[str, str | None]] = []
+    original = BaseClient._make_api_call
+
+    def spy(self, operation_name, api_params):
+        calls.append((operation_name, api_params.get("Key")))
+        return original(self, operation_name, api_params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", spy)
+    return calls
+
+
+def test_uploads_are_verified_from_the_put_with_no_head_after_it(local_catalog, object_calls):
+    products = local_catalog.add(6)
+    files = {k for p in products for k in p.file_keys()}
+
+    report = migrate()
+
+    assert report.ok and len(report.uploaded) == 12
+    assert sorted(k for op, k in object_calls if op == "PutObject") == sorted(files)
+    assert not [k for op, k in object_calls if op in ("HeadObject", "GetObject") and k in files]
+
+
+def test_a_rerun_decides_its_skips_from_listings_with_no_request_per_object(local_catalog, object_calls):
+    products = local_catalog.add(8)
+    assert migrate().ok
+    object_calls.clear()
+
+    plan = fresh_migration().plan()
+
+    assert {i.action for i in plan.items} == {SKIP}
+    files = {k for p in products for k in p.file_keys()}
+    assert not [k for op, k in object_calls if op in ("HeadObject", "GetObject") and k in files]
+    assert [op for op, _ in object_calls].count("ListObjectsV2") <= 6  # a page per prefix, not one per file
+
+
+def test_a_same_size_object_with_other_bytes_is_still_found_different(local_catalog):
+    (product,) = local_catalog.add(1)
+    key = product.photos[0].key
+    data = local_catalog.storage.get(key)
+    local_catalog.s3().put_object(Bucket=local_catalog.bucket, Key=key, Body=bytes(len(data)))  # same size
+
+    plan = fresh_migration().plan()
+
+    (item,) = [i for i in plan.items if i.key == key]
+    assert item.action == CONFLICT and item.reason == "same size, different SHA-256"
+
+
+def test_a_file_over_8_mib_goes_up_in_parts_and_a_rerun_skips_it_from_the_listing(local_catalog, object_calls):
+    (product,) = local_catalog.add(1, size=9 * 1024 * 1024)
+    key = product.photos[0].key
+
+    report = migrate()
+
+    assert report.ok, report.as_text()
+    ops = [op for op, k in object_calls if k == key]
+    assert ops.count("CreateMultipartUpload") == 1 and ops.count("UploadPart") == 2
+    assert "PutObject" not in ops and "HeadObject" not in ops
+    s3 = local_catalog.s3()
+    assert s3.get_object(Bucket=local_catalog.bucket, Key=key)["Body"].read() == local_catalog.storage.get(key)
+    object_calls.clear()
+    plan = fresh_migration().plan()
+    assert {i.action for i in plan.items} == {SKIP}
+    assert not [op for op, k in object_calls if k == key]
+
+
+def _rewrite_put_checksums(storage: S3Storage, rewrite) -> None:
+    def after_call(parsed, **_kwargs):
+        rewrite(parsed)
+
+    storage.client.meta.events.register("after-call.s3.PutObject", after_call)
+
+
+def test_an_upload_s3_acknowledges_with_another_checksum_fails_and_leaves_nothing(local_catalog):
+    local_catalog.add(3)
+    target = bucket_storage(local_catalog)
+    damaged = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+
+    def damage_one(parsed):
+        if parsed.get("ChecksumSHA256") and not getattr(damage_one, "done", False):
+            damage_one.done = True
+            parsed["ChecksumSHA256"] = damaged
+
+    _rewrite_put_checksums(target, damage_one)
+    migration = fresh_migration(target_storage=target, workers=1)
+
+    report = migration.execute(migration.plan())
+
+    assert len(report.failed) == 1 and "verification failed" in report.failed[0].reason
+    assert report.failed[0].key not in local_catalog.bucket_keys()  # our wrong object is removed again
+    assert report.products.status == "not written"
+    assert fresh_migration().execute(fresh_migration().plan()).ok  # the re-run sends it again
+
+
+def test_a_backend_that_returns_no_checksum_is_verified_with_a_head(local_catalog, object_calls):
+    products = local_catalog.add(2)
+    target = bucket_storage(local_catalog)
+    _rewrite_put_checksums(target, lambda parsed: parsed.pop("ChecksumSHA256", None))
+    migration = fresh_migration(target_storage=target)
+
+    report = migration.execute(migration.plan())
+
+    assert report.ok and len(report.uploaded) == 4
+    files = {k for p in products for k in p.file_keys()}
+    assert sorted(k for op, k in object_calls if op == "HeadObject" and k in files) == sorted(files)
+
+
+# ------------------------------------------------------------------------------------ the ledger
+
+
+@pytest.fixture
+def settled(monkeypatch):
+    """Files and tables count as settled as soon as the run ends (in a test everything is seconds old, which
+    the ledger otherwise treats as possibly changed within the file system's timestamp granularity)."""
+    from vpm.migration import ledger
+
+    monkeypatch.setattr(ledger, "RACY_S", 0.0)
+
+
+def _no_tables(monkeypatch):
+    def opened(*_args, **_kwargs):
+        raise AssertionError("a table was opened")
+
+    monkeypatch.setattr(engine, "connect", opened)
+    monkeypatch.setattr(engine, "open_or_create_table", opened)
+
+
+def test_a_rerun_after_a_verified_run_is_decided_from_listings_without_opening_a_table(
+        local_catalog, settled, object_calls, monkeypatch):
+    products = local_catalog.add(5)
+    assert migrate().ok
+    before = local_catalog.bucket_objects()
+    object_calls.clear()
+    _no_tables(monkeypatch)
+
+    migration = fresh_migration()
+    plan = migration.plan()
+    report = migration.execute(plan)
+
+    assert plan.ledger is not None and plan.nothing_to_do and {i.action for i in plan.items} == {SKIP}
+    assert report.ok and len(report.skipped) == 10 and report.products.status == "unchanged"
+    assert report.products.unchanged == tuple(sorted(p.id for p in products))
+    assert {c.name: c.status for c in report.verification} == {
+        "files in bucket": "pass", "bucket catalog complete": "pass", "fake-colour vectors": "pass"}
+    ops = [op for op, _key in object_calls]
+    assert set(ops) <= {"ListObjectsV2", "HeadObject"} and ops.count("ListObjectsV2") <= 6
+    assert not [k for op, k in object_calls if op == "HeadObject" and k.startswith(("images/", "thumbnails/"))]
+    assert local_catalog.bucket_objects() == before
+    json.dumps(report.as_dict())
+
+
+def test_a_change_on_either_side_since_the_verified_run_makes_a_full_plan(local_catalog, settled):
+    local_catalog.add(3)
+    assert migrate().ok
+    assert fresh_migration().plan().ledger is not None
+
+    local_catalog.add(1, start=3)  # a product added locally: its tables changed
+    plan = fresh_migration().plan()
+    assert plan.ledger is None and len(plan.to_upload) == 2
+    assert fresh_migration().execute(plan).ok
+    assert fresh_migration().plan().ledger is not None
+
+    local_catalog.s3().put_object(Bucket=local_catalog.bucket, Key="images/p0001.jpg", Body=b"someone else's")
+    plan = fresh_migration().plan()  # an object rewritten in the bucket: its ETag in the listing changed
+    assert plan.ledger is None
+    assert [i.action for i in plan.items if i.key == "images/p0001.jpg"] == [CONFLICT]
+
+
+def test_a_local_photo_replaced_since_the_verified_run_makes_a_full_plan(local_catalog, settled):
+    (product,) = local_catalog.add(1)
+    assert migrate().ok
+    key = product.photos[0].thumbnail_key
+    local_catalog.storage.put(key, b"a new thumbnail of other bytes")  # a new file (rename): new inode and mtime
+
+    plan = fresh_migration().plan()
+
+    assert plan.ledger is None
+    assert [i.action for i in plan.items if i.key == key] == [CONFLICT]
+
+
+def test_files_written_around_the_verified_run_are_not_trusted_from_a_stat(local_catalog, monkeypatch):
+    from vpm.migration import ledger
+
+    local_catalog.add(2)
+    assert migrate().ok
+    monkeypatch.setattr(ledger, "RACY_S", 1e9)  # every file counts as written around the run's end
+    plan = fresh_migration().plan()
+    assert plan.ledger is None and plan.nothing_to_do  # planned in full, and still nothing to do

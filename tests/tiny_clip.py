@@ -7,6 +7,10 @@ imported.
 
     from tests.tiny_clip import build_tiny_clip
     model_dir = build_tiny_clip(tmp_path / "tiny-clip")
+
+`build_full_clip` makes a full-size CLIP ViT-B/32 the same way (CLIPConfig defaults: 12+12 layers, 224 px input,
+patch 32, projection 512) with random weights and the same byte-level tokenizer: it computes exactly what the real
+one does, so it gives honest speed figures and a real parity test offline. ~500 MB of weights; build it once.
 """
 
 from __future__ import annotations
@@ -50,13 +54,16 @@ def _write_tokenizer_files(dest: Path) -> int:
     return len(vocab)
 
 
-def _build(dest: Path) -> None:
+def _build(dest: Path, full: bool = False) -> None:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     vocab_size = _write_tokenizer_files(dest)
     # 77 like real CLIP: longer queries are truncated instead of overrunning the position embeddings.
     tokenizer = CLIPTokenizer(str(dest / "vocab.json"), str(dest / "merges.txt"), model_max_length=77)
+    if full:
+        _build_full(dest, tokenizer, vocab_size)
+        return
     config = CLIPConfig(
         text_config={
             "vocab_size": vocab_size,
@@ -90,7 +97,36 @@ def _build(dest: Path) -> None:
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(dest)
 
 
-def build_tiny_clip(dest: Path) -> Path:
+def _build_full(dest: Path, tokenizer, vocab_size: int) -> None:
+    """CLIP ViT-B/32's shapes (CLIPConfig's defaults, patch 32, projection 512) with random weights."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "max_position_embeddings": 77,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={"patch_size": 32},
+        projection_dim=512,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(SEED)
+        model = CLIPModel(config).eval()
+    model.save_pretrained(dest)
+    # The real checkpoint's processor: shortest edge 224, centre crop 224, CLIP's mean and std.
+    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer).save_pretrained(dest)
+
+
+def build_full_clip(dest: Path) -> Path:
+    """Build the full-size random CLIP ViT-B/32 at `dest` and return it; idempotent like build_tiny_clip."""
+    return build_tiny_clip(dest, full=True)
+
+
+def build_tiny_clip(dest: Path, *, full: bool = False) -> Path:
     """Build the tiny CLIP at `dest` and return it; idempotent (a complete earlier build is reused)."""
     dest = Path(dest)
     if (dest / _DONE_MARKER).exists():
@@ -101,7 +137,7 @@ def build_tiny_clip(dest: Path) -> Path:
     # Build beside the destination and rename, so parallel or interrupted builds never leave half a model.
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        _build(staging)
+        _build(staging, full)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

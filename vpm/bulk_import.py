@@ -5,6 +5,10 @@ one product per item). Each batch: read and decode, skip photos already in the c
 them, then files, then vectors (one embedding call), then the product rows in one commit; photos for products
 that exist already are added to them. An import cut off half-way keeps every batch it committed, and running it
 again skips what is already there and adds the rest.
+
+Reading, decoding and thumbnailing the next batch run on a background thread (vpm/pipeline.py, bounded to a few
+batches) while this batch is embedded and written; everything that looks at the catalog (duplicates, existing
+products) stays in order on the caller's thread, so a batch sees what the one before it committed.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from typing import TYPE_CHECKING
 
 from . import photos
 from .catalog import CatalogError, Product, validate_product
-from .images import DecodedImage, ImageError
+from .images import DecodedImage, ImageError, make_thumbnail
 from .importer import ImportIssue, ImportItem, ImportLimits, ItemUnreadable, open_source
+from .pipeline import prefetch
 from .results import ImportReport
 
 if TYPE_CHECKING:
@@ -80,40 +85,62 @@ def import_path(
         total = len(source.items)
         progress(0, total, f"importing {total} images from {Path(path).name}")
         done = 0
-        batch: list[_Group] = []
-        for group in groups:
-            batch.append(group)
-            if sum(len(g.items) for g in batch) >= batch_size:
-                done += _import_batch(matcher, batch, report)
-                progress(done, total, f"{done}/{total}: {report.summary()}")
-                batch = []
-        if batch:
+        for batch in prefetch(_batches(groups, batch_size), lambda groups: _decode(matcher, groups), name="vpm-import"):
             done += _import_batch(matcher, batch, report)
             progress(done, total, f"{done}/{total}: {report.summary()}")
     log.info("import of %s: %s", path, report.summary())
     return report
 
 
-def _import_batch(matcher: Matcher, groups: list[_Group], report: ImportReport) -> int:
-    ready = _prepare(matcher, groups, report)
-    if ready:
-        _commit(matcher, ready, report)
-    return sum(len(g.items) for g in groups)
+def _batches(groups: list[_Group], batch_size: int):
+    """Whole groups, at least `batch_size` photos a batch (the last one may hold fewer)."""
+    batch: list[_Group] = []
+    for group in groups:
+        batch.append(group)
+        if sum(len(g.items) for g in batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
-def _prepare(matcher: Matcher, groups: list[_Group], report: ImportReport) -> list[_Ready]:
-    """Read, decode and validate; skip photos already in the catalog; writes nothing."""
-    decoded: list[tuple[_Group, list[tuple[ImportItem, DecodedImage]]]] = []
+@dataclass
+class _Decoded:
+    """A batch after the background stage: each group's decoded photos (with their thumbnails), the failures."""
+
+    count: int
+    groups: list[tuple[_Group, list[tuple[ImportItem, DecodedImage, bytes]]]]
+    failed: list[ImportIssue]
+
+
+def _decode(matcher: Matcher, groups: list[_Group]) -> _Decoded:
+    """Read, decode and thumbnail a batch; looks at nothing in the catalog and writes nothing."""
+    decoded, failed = [], []
     for group in groups:
         images = []
         for item in group.items:
             try:
-                images.append((item, matcher.decode(item.read(), item.filename)))
+                image = matcher.decode(item.read(), item.filename)
+                images.append((item, image, make_thumbnail(image.image)))
             except (ItemUnreadable, ImageError) as err:
-                report.failed.append(ImportIssue(item.source, str(err)))
+                failed.append(ImportIssue(item.source, str(err)))
         if images:
             decoded.append((group, images))
-    shas = {image.sha256 for _g, images in decoded for _i, image in images}
+    return _Decoded(sum(len(g.items) for g in groups), decoded, failed)
+
+
+def _import_batch(matcher: Matcher, batch: _Decoded, report: ImportReport) -> int:
+    report.failed.extend(batch.failed)
+    ready = _prepare(matcher, batch, report)
+    if ready:
+        _commit(matcher, ready, report)
+    return batch.count
+
+
+def _prepare(matcher: Matcher, batch: _Decoded, report: ImportReport) -> list[_Ready]:
+    """Validate; skip photos already in the catalog; writes nothing."""
+    decoded = batch.groups
+    shas = {image.sha256 for _g, images in decoded for _i, image, _t in images}
     owners = matcher.catalog.owners_of(shas)
     existing = matcher.catalog.get_many([g.product_id for g, _images in decoded if g.product_id])
     ready: list[_Ready] = []
@@ -127,23 +154,24 @@ def _prepare(matcher: Matcher, groups: list[_Group], report: ImportReport) -> li
                     id=first.product_id, attributes=first.attributes or None,
                 )
             except CatalogError as err:
-                report.failed.extend(ImportIssue(item.source, str(err)) for item, _image in images)
+                report.failed.extend(ImportIssue(item.source, str(err)) for item, _image, _t in images)
                 continue
         fresh = []
-        for item, image in images:
+        for item, image, thumbnail in images:
             owner = owners.get(image.sha256)
             if owner is not None:
                 report.skipped.append(ImportIssue(item.source, f"duplicate: the same image is already product {owner}"))
                 continue
             owners[image.sha256] = product.id
-            fresh.append((item, image))
+            fresh.append((item, image, thumbnail))
         if not fresh:
             continue
         prepared = [
-            photos.prepare(image, product.id, matcher.settings.s3_image_prefix, matcher.settings.s3_thumbnail_prefix)
-            for _item, image in fresh
+            photos.prepare(image, product.id, matcher.settings.s3_image_prefix, matcher.settings.s3_thumbnail_prefix,
+                           thumbnail)
+            for _item, image, thumbnail in fresh
         ]
-        ready.append(_Ready(product, prepared, [item.source for item, _image in fresh], product.id in existing))
+        ready.append(_Ready(product, prepared, [item.source for item, _i, _t in fresh], product.id in existing))
     return ready
 
 

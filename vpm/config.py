@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     vpm_max_upload_mb: int = Field(20, ge=1, le=1024)
     vpm_model: str = "clip-ViT-B-32"
     vpm_device: str = "auto"
+    # What runs the model's network: ONNX Runtime where it matches torch (auto), or one of them by name.
+    vpm_runtime: Literal["auto", "torch", "onnx-fp32", "onnx-int8"] = "auto"
     vpm_api_key: SecretStr | None = None
     vpm_cors_origins: str = ""
     # The REST API's guard against slow or lying clients (vpm.api.ServerLimits; README "Running the API").
@@ -127,6 +129,8 @@ class Settings(BaseSettings):
     vpm_api_body_timeout_s: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False)
     vpm_api_keep_alive_s: int = Field(5, ge=1, le=3600)
     vpm_api_shutdown_timeout_s: int = Field(10, ge=1, le=3600)
+    # Concurrent one-photo / one-text searches share model calls (vpm/batching.py); false: one call each.
+    vpm_api_batch_queries: bool = True
     # botocore/urllib3 DEBUG logs print request headers; they stay at INFO unless this asks for them.
     vpm_debug_aws: bool = False
 

@@ -19,6 +19,10 @@ Where the model comes from, decided without waiting on the network:
 
 torch, transformers and sentence-transformers take seconds to import, so this module imports them only
 inside the functions that load a model.
+
+Once loaded, the network runs on ONNX Runtime when it can do so faithfully (vpm/onnx_runtime.py: exported once,
+cached, checked against torch); `runtime` says which ("torch", "onnx-fp32", "onnx-int8") and `runtime_reason`
+why torch is still in use.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class Embedder(ABC):
     supports_text: bool
     fallback_reason: str | None  # why the configured model is not the one running, or None
     device: str
+    runtime: str = "torch"  # what runs the network: "torch", "onnx-fp32" or "onnx-int8"
+    runtime_reason: str | None = None  # why ONNX Runtime is not in use (export failed, VPM_RUNTIME=torch), or None
 
     def embed_images(
         self, images: Sequence[Image.Image], batch_size: int = 32, progress: Progress | None = None
@@ -83,10 +89,19 @@ class Embedder(ABC):
         out = np.empty((total, self.dim), dtype=np.float32)
         for start in range(0, total, batch_size):
             batch = [_as_rgb(img, start + i) for i, img in enumerate(images[start : start + batch_size])]
-            out[start : start + len(batch)] = _l2_normalise(self._embed_image_batch(batch))
+            out[start : start + len(batch)] = self.embed_prepared(self._prepare_image_batch(batch))
             if progress is not None:
                 progress(start + len(batch), total)
         return out
+
+    def prepare_images(self, images: Sequence[Image.Image]) -> Any:
+        """The CPU work before the network (checks, RGB, resize, normalise) for one batch, as `embed_prepared`
+        takes it: a pipeline runs this on another thread while the network embeds the previous batch."""
+        return self._prepare_image_batch([_as_rgb(img, i) for i, img in enumerate(images)])
+
+    def embed_prepared(self, prepared: Any) -> np.ndarray:
+        """The vectors of one batch made by `prepare_images` (embed_images = prepare_images + embed_prepared)."""
+        return _l2_normalise(self._embed_image_batch(prepared))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed text queries into the same space as the images; only for models that embed text."""
@@ -111,13 +126,19 @@ class Embedder(ABC):
             "supports_text": self.supports_text,
             "device": self.device,
             "fallback_reason": self.fallback_reason,
+            "runtime": self.runtime,
+            "runtime_reason": self.runtime_reason,
         }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model_id!r}, dim={self.dim}, device={self.device!r})"
 
+    def _prepare_image_batch(self, images: list[Image.Image]) -> Any:
+        return images
+
     @abstractmethod
-    def _embed_image_batch(self, images: list[Image.Image]) -> np.ndarray: ...
+    def _embed_image_batch(self, images: Any) -> np.ndarray:
+        """The raw vectors of what `_prepare_image_batch` made (by default, the RGB images themselves)."""
 
     def _embed_text_batch(self, texts: list[str]) -> np.ndarray:
         raise EmbeddingError(f"{self.display_name} does not embed text")
@@ -126,8 +147,10 @@ class Embedder(ABC):
 class SentenceTransformerEmbedder(Embedder):
     """Any sentence-transformers model that embeds images (CLIP and the like)."""
 
-    def __init__(self, model: Any, model_id: str, display_name: str, device: str) -> None:
+    def __init__(self, model: Any, model_id: str, display_name: str, device: str, folder: Path | None = None) -> None:
         self._model = model
+        self._folder = folder  # where its files are (the ONNX cache is keyed by their hashes)
+        self._onnx: Any = None  # vpm.onnx_runtime.ClipOnnx once the towers run on ONNX Runtime
         self.model_id = model_id
         self.display_name = display_name
         self.device = device
@@ -148,16 +171,35 @@ class SentenceTransformerEmbedder(Embedder):
         )
         return np.asarray(vectors, dtype=np.float32)
 
-    def _embed_image_batch(self, images: list[Image.Image]) -> np.ndarray:
+    def model_files_digest(self) -> str:
+        from vpm.onnx_runtime import OnnxUnavailable
+
+        if self._folder is None or not self._folder.is_dir():
+            raise OnnxUnavailable("the model's files are not in a folder on this machine")
+        folder = self._folder.resolve()
+        return _folder_digest(folder, _folder_stamp(folder))
+
+    def use_onnx(self, towers: Any) -> None:
+        self._onnx = towers
+        self.runtime, self.runtime_reason = towers.runtime, None
+
+    def _prepare_image_batch(self, images: list[Image.Image]) -> Any:
         from vpm.images import crop_to_aspect
 
         # CLIP's processor scales the short side up to its input size before its centre crop: a 1×200000 strip
         # would become a 30 GB image. Cropped to MAX_ASPECT_RATIO first, that step stays small; every image
         # decode_image accepts is passed on untouched, so its vector is exactly what it was.
         bounded = [crop_to_aspect(image) for image in images]
-        return self._encode(bounded, batch_size=len(bounded))  # embed_images already made the batch
+        return self._onnx.prepare_images(bounded) if self._onnx is not None else bounded
+
+    def _embed_image_batch(self, images: Any) -> np.ndarray:
+        if self._onnx is not None:
+            return self._onnx.embed_pixels(images)
+        return self._encode(images, batch_size=len(images))  # embed_images already made the batch
 
     def _embed_text_batch(self, texts: list[str]) -> np.ndarray:
+        if self._onnx is not None and self._onnx.text is not None:
+            return np.concatenate([self._onnx.embed_texts(texts[i : i + 64]) for i in range(0, len(texts), 64)])
         return self._encode(texts, batch_size=64)
 
 
@@ -174,6 +216,19 @@ class EfficientNetEmbedder(Embedder):
         self.supports_text = False
         self.fallback_reason = fallback_reason
         self.device = device
+        self._onnx: Any = None  # vpm.onnx_runtime.Network: pixels -> feature maps, once on ONNX Runtime
+
+    def use_onnx(self, network: Any) -> None:
+        self._onnx = network
+        self.runtime, self.runtime_reason = network.runtime, None
+
+    def _feature_maps(self, batch: Any) -> Any:
+        """A float32 NCHW batch (any height and width) -> the network's feature maps, activation applied."""
+        import torch
+
+        if self._onnx is not None:
+            return torch.from_numpy(self._onnx.run(pixels=np.ascontiguousarray(batch.cpu().numpy())))
+        return self._network.extract_features(batch)
 
     def _pixels(self, image: Image.Image) -> np.ndarray:
         """Shorter side to 224, centre crop, scaled to [-1, 1] (mean/std 0.5) as the TF weights expect.
@@ -201,7 +256,7 @@ class EfficientNetEmbedder(Embedder):
 
         batch = torch.from_numpy(np.stack([self._pixels(img) for img in images])).to(self.device)
         with torch.inference_mode():
-            features = self._network.extract_features(batch)  # (n, 1280, 7, 7), activation applied
+            features = self._feature_maps(batch)  # (n, 1280, 7, 7), activation applied
             pooled = features.mean(dim=(2, 3))
         return pooled.float().cpu().numpy()
 
@@ -218,19 +273,21 @@ _cache: dict[tuple[str, str], Embedder] = {}
 _cache_lock = threading.Lock()
 
 
-def load_embedder(model: str = DEFAULT_MODEL, device: str = "auto") -> Embedder:
+def load_embedder(model: str = DEFAULT_MODEL, device: str = "auto", runtime: str | None = None) -> Embedder:
     """The embedder for `model` on `device`, loaded once per process.
 
     Never raises because the configured model is unreachable or unusable: it falls back to EfficientNet-Lite0
     with `fallback_reason` set. Raises EmbeddingError only for an invalid device or when even the built-in
-    model cannot load (its packages are missing).
+    model cannot load (its packages are missing). `runtime` (default: VPM_RUNTIME, else "auto") picks what runs
+    the network: "auto" (ONNX Runtime where it matches torch), "torch", "onnx-fp32" or "onnx-int8".
     """
     name = (model or DEFAULT_MODEL).strip()
     resolved_device = resolve_device(device)  # so "auto" and "cpu" share one model on a CPU machine
-    key = (name, resolved_device)
+    runtime = (runtime or os.environ.get("VPM_RUNTIME") or "auto").strip().lower()
+    key = (name, resolved_device, runtime)
     with _cache_lock:  # one load at a time: two Streamlit sessions must not load the same model twice
         if key not in _cache:
-            _cache[key] = _load(name, resolved_device)
+            _cache[key] = _load(name, resolved_device, runtime)
         return _cache[key]
 
 
@@ -240,7 +297,7 @@ def load_configured_embedder(settings: Settings | None = None) -> Embedder:
         from vpm.config import load_settings
 
         settings = load_settings()
-    return load_embedder(settings.vpm_model, settings.vpm_device)
+    return load_embedder(settings.vpm_model, settings.vpm_device, settings.vpm_runtime)
 
 
 def clear_embedder_cache() -> None:
@@ -250,7 +307,7 @@ def clear_embedder_cache() -> None:
     _efficientnet_network.cache_clear()
 
 
-def _load(name: str, resolved_device: str) -> Embedder:
+def _load(name: str, resolved_device: str, runtime: str = "auto") -> Embedder:
     if name.lower() == FALLBACK_MODEL:
         embedder: Embedder = EfficientNetEmbedder(_efficientnet_network(resolved_device), resolved_device)
     else:
@@ -263,9 +320,12 @@ def _load(name: str, resolved_device: str) -> Embedder:
                 "text search is off.", name, reason, FALLBACK_MODEL,
             )
             embedder = EfficientNetEmbedder(_efficientnet_network(resolved_device), resolved_device, reason)
+    from vpm.onnx_runtime import accelerate
+
+    accelerate(embedder, runtime)  # ONNX Runtime where it matches torch; torch otherwise, with the reason logged
     log.info(
-        "Embedding model: %s (id %s, %d-d, text %s, device %s)", embedder.display_name, embedder.model_id,
-        embedder.dim, "yes" if embedder.supports_text else "no", embedder.device,
+        "Embedding model: %s (id %s, %d-d, text %s, device %s, %s)", embedder.display_name, embedder.model_id,
+        embedder.dim, "yes" if embedder.supports_text else "no", embedder.device, embedder.runtime,
     )
     return embedder
 
@@ -322,6 +382,7 @@ def _load_sentence_transformer(name: str, device: str) -> Embedder:
         problem = f"the folder {folder} does not hold a usable model"
         model = _construct(name, str(folder), device, what=problem)
         model_id, display_name = model_slug(str(folder)), folder.resolve().name
+        files: Path | None = folder
     else:
         repo_id = _hub_repo_id(name)
         cache_dir = _hub_cache_dir()
@@ -342,12 +403,14 @@ def _load_sentence_transformer(name: str, device: str) -> Embedder:
                     f"cannot be reached ({problem})"
                 )
             model = _construct(name, repo_id, device, cache_folder=str(cache_dir))
+            snapshot = _cached_snapshot(repo_id, cache_dir)  # where the download landed
         model_id, display_name = model_slug(name), name
+        files = snapshot
     if not model.supports("image"):
         raise _ModelUnavailable(
             f"{name!r} embeds {', '.join(map(str, model.modalities))} but not images; use a CLIP model"
         )
-    return SentenceTransformerEmbedder(model, model_id, display_name, device)
+    return SentenceTransformerEmbedder(model, model_id, display_name, device, files)
 
 
 def _construct(name: str, source: str, device: str, what: str | None = None, **kwargs: Any) -> Any:

@@ -100,7 +100,10 @@ def model_check(matcher: Matcher) -> Check:
             f"loaded: {embedder.fallback_reason}",
             "download the model once with network access, or set VPM_MODEL to a local folder",
         )
-    return Check("model", "pass", f"{embedder.display_name} ({embedder.model_id}, {embedder.dim}-d, {kind})")
+    runtime = getattr(embedder, "runtime", "torch")
+    reason = getattr(embedder, "runtime_reason", None)
+    on = f"on {runtime}" + (f" ({reason})" if reason else "")
+    return Check("model", "pass", f"{embedder.display_name} ({embedder.model_id}, {embedder.dim}-d, {kind}, {on})")
 
 
 def index_check(matcher: Matcher) -> Check:

@@ -4,10 +4,13 @@ A photo's vector is written before the product row that points at it, so an add 
 a vector. Vectors go missing only when the model changes (a new model id starts an empty table), when a catalog
 is upgraded or migrated without them, or when another process with another model adds products. They are found
 by walking the catalog a batch at a time and asked for in bulk, so memory stays bounded whatever its size.
+Embedding runs as a bounded pipeline (vpm/pipeline.py): the next batch's photos are read, decoded and resized on
+a background thread while the model embeds this one.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +18,7 @@ from typing import Any
 
 from .catalog import CatalogStore, Photo, Product
 from .images import ImageError, decode_image
+from .pipeline import chunked, embedder_stages, prefetch
 from .storage import Storage, StorageError
 from .vector_index import PhotoVector, VectorIndex
 
@@ -78,6 +82,17 @@ def coverage(catalog: CatalogStore, vectors: VectorIndex) -> Coverage:
     return Coverage(products, photos, missing, missing_ids)
 
 
+@dataclass
+class _Loaded:
+    """One batch after the pipeline's background stage."""
+
+    count: int
+    entries: list[PhotoVector] = field(default_factory=list)  # reused vectors, ready to store
+    waiting: list[tuple[Product, Photo]] = field(default_factory=list)  # to embed, in `prepared`'s order
+    prepared: object = None
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (product id, photo key, why)
+
+
 class Indexer:
     """Embeds the catalog's stored photos into one model's vector index."""
 
@@ -102,10 +117,12 @@ class Indexer:
         todo = list(self._photos_to_embed(rebuild))
         total = len(todo)
         progress(0, total, f"embedding {total} photos with {self.embedder.model_id}")
-        embedded = 0
-        for start in range(0, total, EMBED_BATCH):
-            embedded += self._embed_batch(todo[start : start + EMBED_BATCH], reuse=not rebuild)
-            done = min(start + EMBED_BATCH, total)
+        embedded = done = 0
+        prepare, embed = embedder_stages(self.embedder)
+        stage = functools.partial(self._load_batch, reuse=not rebuild, prepare=prepare)
+        for loaded in prefetch(chunked(todo, EMBED_BATCH), stage):
+            embedded += self._store_batch(loaded, embed)
+            done += loaded.count
             progress(done, total, f"embedded {done}/{total} photos")
         return embedded
 
@@ -119,24 +136,35 @@ class Indexer:
                     if photo.key not in have:
                         yield product, photo
 
-    def _embed_batch(self, items: list[tuple[Product, Photo]], *, reuse: bool) -> int:
+    def _load_batch(self, items: list[tuple[Product, Photo]], *, reuse: bool, prepare) -> _Loaded:
+        """The pipeline's background stage: vectors this model already made for the same bytes, then the rest
+        read, decoded and made into the model's input. Writes nothing."""
         known = self.vectors.vectors_for_shas({photo.sha256 for _p, photo in items}) if reuse else {}
-        entries: list[PhotoVector] = []
-        images, waiting = [], []
+        loaded = _Loaded(len(items))
+        images = []
         for product, photo in items:
             if photo.sha256 in known:
-                entries.append(PhotoVector(photo.key, product.id, photo.sha256, product.category, known[photo.sha256]))
+                loaded.entries.append(
+                    PhotoVector(photo.key, product.id, photo.sha256, product.category, known[photo.sha256]))
                 continue
             try:
                 data = self.storage.get(photo.key)
                 images.append(decode_image(data, photo.key, max_bytes=max(len(data), 1)).image)
-                waiting.append((product, photo))
+                loaded.waiting.append((product, photo))
             except (StorageError, ImageError) as err:
-                self.unembeddable[photo.key] = str(err)
-                log.warning("product %s: its photo %s cannot be embedded (%s)", product.id, photo.key, err)
+                loaded.failed.append((product.id, photo.key, str(err)))
         if images:
-            vectors = self.embedder.embed_images(images, batch_size=EMBED_BATCH)
-            for (product, photo), vector in zip(waiting, vectors, strict=True):
+            loaded.prepared = prepare(images)
+        return loaded
+
+    def _store_batch(self, loaded: _Loaded, embed) -> int:
+        for product_id, key, why in loaded.failed:
+            self.unembeddable[key] = why
+            log.warning("product %s: its photo %s cannot be embedded (%s)", product_id, key, why)
+        entries = list(loaded.entries)
+        if loaded.waiting:
+            vectors = embed(loaded.prepared)
+            for (product, photo), vector in zip(loaded.waiting, vectors, strict=True):
                 entries.append(PhotoVector(photo.key, product.id, photo.sha256, product.category, vector))
         self.vectors.upsert(entries)
         return len(entries)

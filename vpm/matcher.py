@@ -103,6 +103,8 @@ class Matcher:
         self._indexers: dict[str, Indexer] = {}
         self._checked_models: set[str] = set()
         self._lock = threading.RLock()
+        self._batch_queries = False
+        self._query_embedder = None  # vpm.batching.QueryEmbedder, when concurrent queries are batched
 
     # ------------------------------------------------------------------------------------------ parts
 
@@ -197,7 +199,26 @@ class Matcher:
     def _configured_model(self) -> Embedder:
         from .embeddings import load_embedder
 
-        return load_embedder(self.settings.vpm_model, self.settings.vpm_device)
+        return load_embedder(self.settings.vpm_model, self.settings.vpm_device, self.settings.vpm_runtime)
+
+    def batch_concurrent_queries(self, enabled: bool = True) -> None:
+        """Embed one-photo and one-text queries that arrive together in one model call (vpm/batching.py): what a
+        server answering many requests at once wants. Each query still gets its own vector."""
+        self._batch_queries = enabled
+
+    def _queries(self):
+        if self._query_embedder is None or self._query_embedder.embedder is not self.embedder:
+            with self._lock:
+                if self._query_embedder is None or self._query_embedder.embedder is not self.embedder:
+                    from .batching import QueryEmbedder
+
+                    self._query_embedder = QueryEmbedder(self.embedder)
+        return self._query_embedder
+
+    def _embed_one_image(self, image) -> np.ndarray:
+        if self._batch_queries:
+            return self._queries().image(image)
+        return self.embedder.embed_images([image])[0]
 
     @property
     def model_loaded(self) -> bool:
@@ -435,7 +456,7 @@ class Matcher:
     def embed_query_image(self, data: bytes, filename: str) -> np.ndarray:
         """The query vector of an uploaded photo; raises an ImageError subclass for bad input."""
         image = self.decode(data, filename)
-        return self.embedder.embed_images([image.image])[0]
+        return self._embed_one_image(image.image)
 
     def fetch_url_image(self, url: str) -> tuple[bytes, str]:
         """Download an image by URL through the SSRF guard; raises URLRefused / URLFetchError saying why."""
@@ -468,6 +489,8 @@ class Matcher:
         unavailable = self.text_search_unavailable()
         if unavailable:
             raise EmbeddingError(unavailable)
+        if self._batch_queries:
+            return self._queries().text(text.strip())
         return self.embedder.embed_texts([text.strip()])[0]
 
     def embed_query(
@@ -545,7 +568,10 @@ class Matcher:
         threshold = self._resolve_threshold(threshold, "image")
         started = time.perf_counter()
         decoded = [self.decode(data, filename) for data, filename in images]
-        vectors = self.embedder.embed_images([d.image for d in decoded], batch_size=BATCH_SIZE)
+        if len(decoded) == 1 and self._batch_queries:  # one photo: batched with the other requests' photos
+            vectors = np.atleast_2d(self._embed_one_image(decoded[0].image))
+        else:
+            vectors = self.embedder.embed_images([d.image for d in decoded], batch_size=BATCH_SIZE)
         per_query_ms = (time.perf_counter() - started) * 1000 / max(1, len(images))
         return self._rank_many(
             vectors, [name for _data, name in images], top_k, threshold, categories, [per_query_ms] * len(images),

@@ -25,13 +25,15 @@ class PreparedPhoto:
 
     image: DecodedImage
     photo: Photo
+    thumbnail: bytes | None = None  # its WebP thumbnail when already made (an import makes it ahead, off-thread)
 
 
 def new_upload_token() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def prepare(image: DecodedImage, product_id: str, image_prefix: str, thumbnail_prefix: str) -> PreparedPhoto:
+def prepare(image: DecodedImage, product_id: str, image_prefix: str, thumbnail_prefix: str,
+            thumbnail: bytes | None = None) -> PreparedPhoto:
     token = new_upload_token()
     photo = Photo(
         key=f"{image_prefix}{product_id}-{token}.{image.extension}",
@@ -40,7 +42,7 @@ def prepare(image: DecodedImage, product_id: str, image_prefix: str, thumbnail_p
         width=image.width,
         height=image.height,
     )
-    return PreparedPhoto(image, photo)
+    return PreparedPhoto(image, photo, thumbnail)
 
 
 def store(storage: Storage, prepared: PreparedPhoto, written: list[str]) -> None:
@@ -50,7 +52,8 @@ def store(storage: Storage, prepared: PreparedPhoto, written: list[str]) -> None
     storage.put(photo.key, image.data, image.content_type, metadata={"sha256": image.sha256}, if_none_match=True)
     written.append(photo.key)
     if photo.thumbnail_key:
-        storage.put(photo.thumbnail_key, make_thumbnail(image.image), "image/webp", if_none_match=True)
+        thumbnail = prepared.thumbnail if prepared.thumbnail is not None else make_thumbnail(image.image)
+        storage.put(photo.thumbnail_key, thumbnail, "image/webp", if_none_match=True)
         written.append(photo.thumbnail_key)
 
 

@@ -3,12 +3,18 @@
 Keys are '/'-separated relative paths ("images/p1.jpg"), validated the same way on both backends. ETags are
 the quoted MD5 of the content on both, so a catalog written locally and one written to S3 behave alike under
 conditional puts. The contract test suite (tests/test_storage.py) runs against every implementation.
+
+Besides `put` (bytes in memory), `upload` streams a file or file object and returns what the backend stored,
+SHA-256 included when it confirms one (S3 returns the checksum it verified on the PUT), so a writer can verify an
+upload without a HEAD after it; above MULTIPART_THRESHOLD it goes up in MULTIPART_PART_SIZE parts, each one's
+checksum checked as it is acknowledged. `open` streams an object out.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -16,10 +22,11 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from .config import half_set_keys, redact_url
@@ -35,6 +42,11 @@ LOCK_STRIPES = 256
 # A put's temp file (or an old per-key lock file) untouched for this long belongs to no running writer.
 _STALE_TEMP_SECONDS = 3600
 _TEMP_PREFIX = "put-"
+# Files larger than this go to S3 in parts of MULTIPART_PART_SIZE (s3transfer's and `aws s3`'s defaults, which
+# vpm/costs.py's request counts assume); a part is the most an upload holds in memory.
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+MULTIPART_PART_SIZE = 8 * 1024 * 1024
+_COPY_CHUNK = 1024 * 1024
 
 
 class StorageError(VpmError):
@@ -87,6 +99,52 @@ class ObjectInfo:
     content_type: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     sha256: str | None = None  # hex SHA-256 of the content when the backend knows it without a download
+    checksum_algorithm: str | None = None  # the checksum S3 stores with the object ("SHA256"), as listings say
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What an `upload` stored, as the backend acknowledged it."""
+
+    key: str
+    size: int
+    etag: str
+    sha256: str | None  # hex SHA-256 the backend confirmed it stored (None: it did not say; HEAD to verify)
+    parts: int = 1  # 1 for a single PUT
+
+
+UploadSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
+
+
+def multipart_etag(part_md5s: list[bytes]) -> str:
+    """S3's ETag of a multipart object: the MD5 of its parts' MD5 digests, a dash and the number of parts."""
+    return '"' + hashlib.md5(b"".join(part_md5s), usedforsecurity=False).hexdigest() + f'-{len(part_md5s)}"'
+
+
+def expected_etag(stream: BinaryIO, size: int) -> str:
+    """The ETag an `upload` of `size` bytes from `stream` gets on S3 without SSE-KMS: the MD5 of the content
+    for a single PUT, the multipart form (MULTIPART_PART_SIZE parts) above MULTIPART_THRESHOLD."""
+    if size <= MULTIPART_THRESHOLD:
+        digest = hashlib.md5(usedforsecurity=False)
+        for chunk in iter(lambda: stream.read(_COPY_CHUNK), b""):
+            digest.update(chunk)
+        return '"' + digest.hexdigest() + '"'
+    parts = []
+    for part in iter(lambda: stream.read(MULTIPART_PART_SIZE), b""):
+        parts.append(hashlib.md5(part, usedforsecurity=False).digest())
+    return multipart_etag(parts)
+
+
+@contextmanager
+def _opened(source: UploadSource):
+    """`source` as a binary stream positioned at its start (a path is opened, bytes wrapped)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fh:
+            yield fh
+    else:
+        yield source
 
 
 @dataclass(frozen=True)
@@ -145,6 +203,25 @@ class Storage(ABC):
     ) -> str:
         """Store bytes; return the new ETag. With if_match / if_none_match, raise PreconditionFailed when the
         object's current ETag differs / when it already exists."""
+
+    @abstractmethod
+    def upload(
+        self,
+        key: str,
+        source: UploadSource,
+        content_type: str | None = None,
+        *,
+        size: int | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        metadata: dict[str, str] | None = None,
+    ) -> StoredObject:
+        """Stream bytes, a file path or a binary file object into `key` (never the whole file in memory) and
+        return what was stored: size, ETag, and the SHA-256 the backend confirmed. Same conditions as `put`."""
+
+    @abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """A binary stream of the object's content (close it, or use it in a `with`)."""
 
     @abstractmethod
     def get(self, key: str) -> bytes: ...
@@ -286,6 +363,50 @@ class LocalStorage(Storage):
                 Path(tmp).unlink(missing_ok=True)
                 raise
         return md5_etag(data)
+
+    def upload(self, key, source, content_type=None, *, size=None, if_match=None, if_none_match=False,
+               metadata=None):
+        path = self._path(key)
+        with self._key_lock(key), _opened(source) as stream:
+            self._check_conditions(key, path, if_match, if_none_match)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sha, md5, written = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+            fd, tmp = tempfile.mkstemp(dir=self.root / _LOCAL_INTERNAL, prefix=_TEMP_PREFIX)
+            try:
+                with open(fd, "wb") as fh:
+                    for chunk in iter(lambda: stream.read(_COPY_CHUNK), b""):
+                        fh.write(chunk)
+                        sha.update(chunk)
+                        md5.update(chunk)
+                        written += len(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return StoredObject(key, written, '"' + md5.hexdigest() + '"', sha.hexdigest())
+
+    def _check_conditions(self, key: str, path: Path, if_match: str | None, if_none_match: bool) -> None:
+        if if_match is None and not if_none_match:
+            return
+        try:
+            current = self._digests(path, path.stat())[0] if path.is_file() else None
+        except FileNotFoundError:
+            current = None
+        if if_none_match and current is not None:
+            raise PreconditionFailed(f"{key} already exists")
+        if if_match is not None and current != if_match:
+            raise PreconditionFailed(f"{key} changed since it was read")
+
+    def open(self, key):
+        path = self._path(key)
+        try:
+            if not path.is_file():
+                raise FileNotFoundError
+            return open(path, "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(f"{key} not found in {self.description}") from None
 
     def get(self, key):
         return self.get_with_etag(key)[0]
@@ -603,6 +724,70 @@ class S3Storage(Storage):
             resp = self.client.put_object(**kwargs)
             return resp.get("ETag") or md5_etag(data)
 
+    def upload(self, key, source, content_type=None, *, size=None, if_match=None, if_none_match=False,
+               metadata=None):
+        validate_key(key)
+        with _opened(source) as stream:
+            if size is None:
+                size = _stream_size(stream)
+            extra = {"ContentType": content_type or "application/octet-stream"}
+            if metadata:
+                extra["Metadata"] = metadata
+            if self.sse:
+                extra["ServerSideEncryption"] = self.sse
+            conditions = {}
+            if if_match is not None:
+                conditions["IfMatch"] = if_match
+            if if_none_match:
+                conditions["IfNoneMatch"] = "*"
+            if size > MULTIPART_THRESHOLD:
+                return self._upload_parts(key, stream, size, extra, conditions)
+            with self._request(key):
+                # botocore reads the stream once for the SHA-256 it sends (S3 verifies the body against it and
+                # echoes it back), then sends it: a file is streamed, never held whole.
+                resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=_Unclosable(stream),
+                                              ChecksumAlgorithm="SHA256", **extra, **conditions)
+                return StoredObject(key, size, resp.get("ETag", ""), _hex_checksum(resp.get("ChecksumSHA256")))
+
+    def _upload_parts(self, key, stream, size, extra, conditions) -> StoredObject:
+        """A multipart upload: each part's SHA-256, as S3 acknowledges it, must be the one computed here; the
+        whole file's SHA-256 (computed while reading it) is then what S3 holds. An upload that fails is aborted."""
+        with self._request(key):
+            upload_id = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256", **extra)["UploadId"]
+        whole, parts, md5s, sent = hashlib.sha256(), [], [], 0
+        try:
+            for number, chunk in enumerate(iter(lambda: stream.read(MULTIPART_PART_SIZE), b""), start=1):
+                whole.update(chunk)
+                digest = hashlib.sha256(chunk).digest()
+                with self._request(key):
+                    resp = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                   PartNumber=number, Body=chunk, ChecksumAlgorithm="SHA256")
+                echoed = resp.get("ChecksumSHA256")
+                if echoed is not None and base64.b64decode(echoed) != digest:
+                    raise StorageError(f"part {number} of {self._where(key)} arrived damaged (its SHA-256 differs)")
+                part = {"PartNumber": number, "ETag": resp["ETag"]}
+                if echoed is not None:
+                    part["ChecksumSHA256"] = echoed
+                parts.append(part)
+                md5s.append(hashlib.md5(chunk, usedforsecurity=False).digest())
+                sent += len(chunk)
+            with self._request(key):
+                resp = self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **conditions)
+        except BaseException:
+            with suppress(StorageError), self._request(key):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+        confirmed = all("ChecksumSHA256" in p for p in parts)
+        return StoredObject(key, sent, resp.get("ETag") or multipart_etag(md5s),
+                            whole.hexdigest() if confirmed else None, len(parts))
+
+    def open(self, key):
+        validate_key(key)
+        with self._request(key):
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+
     def get(self, key):
         return self.get_with_etag(key)[0]
 
@@ -638,7 +823,8 @@ class S3Storage(Storage):
         with self._request():
             resp = self.client.list_objects_v2(**kwargs)
             objects = [
-                ObjectInfo(key=o["Key"], size=o["Size"], etag=o.get("ETag", ""), last_modified=o["LastModified"])
+                ObjectInfo(key=o["Key"], size=o["Size"], etag=o.get("ETag", ""), last_modified=o["LastModified"],
+                           checksum_algorithm=(o.get("ChecksumAlgorithm") or [None])[0])
                 for o in resp.get("Contents", [])
             ]
             prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", [])]
@@ -758,6 +944,48 @@ def _why_not_s3(operation: str, status: int, headers, body) -> str | None:
     if not start.startswith(b"<") and status < 500:  # a proxy's plain-text 503 may pass: botocore retries it
         return f"HTTP {status} with a body that is not XML"
     return None
+
+
+def _hex_checksum(value: str | None) -> str | None:
+    """A base64 full-object SHA-256 as hex; None for none or a composite one ("...-3")."""
+    if not value or "-" in value:
+        return None
+    return base64.b64decode(value).hex()
+
+
+def _stream_size(stream: BinaryIO) -> int:
+    start = stream.tell()
+    end = stream.seek(0, os.SEEK_END)
+    stream.seek(start)
+    return end - start
+
+
+class _Unclosable(io.RawIOBase):
+    """A view of a caller's stream that botocore may read, seek and 'close' (it does) without closing it."""
+
+    def __init__(self, stream: BinaryIO):
+        super().__init__()
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._stream.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
 
 
 def _without_userinfo(url: str) -> str:

@@ -91,10 +91,10 @@ def _settings_key(settings: Settings) -> str:
 
 
 @st.cache_resource(show_spinner=MODEL_SPINNER)
-def _embedder_for(model: str, device: str):
+def _embedder_for(model: str, device: str, runtime: str = "auto"):
     from .embeddings import load_embedder  # imports torch: only when a page really needs the model
 
-    return load_embedder(model, device)
+    return load_embedder(model, device, runtime)
 
 
 def loaded_embedder(matcher: Matcher) -> Embedder | None:
@@ -110,7 +110,8 @@ def _matcher_for(key: str, _settings: Settings) -> Matcher:
     configure_logging(_settings)
     # The model comes through the app's own cache: loaded on first use with a spinner saying so, and shared
     # by every Matcher in this process that uses the same model.
-    return Matcher(_settings, load_embedder=lambda: _embedder_for(_settings.vpm_model, _settings.vpm_device))
+    return Matcher(_settings, load_embedder=lambda: _embedder_for(_settings.vpm_model, _settings.vpm_device,
+                                                                   _settings.vpm_runtime))
 
 
 def get_matcher() -> Matcher:

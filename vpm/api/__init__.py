@@ -1,7 +1,7 @@
 """REST API over the same Matcher the app and the CLI use: `python -m vpm serve`.
 
 One Matcher per app, so the model loads once (lazily, on the first search or upload) and every request
-shares its storage, catalog and index; routes get it, and the settings, through `Depends`. The routes are
+shares its storage, catalog and index (and its model calls: concurrent searches are embedded together); routes get it, and the settings, through `Depends`. The routes are
 grouped by concern, one router a module:
 
   status_routes   GET /api/health
@@ -45,6 +45,9 @@ def create_app(settings: Settings | None = None, matcher: Matcher | None = None)
         settings = matcher.settings if matcher is not None else load_settings()
     if matcher is None:
         matcher = Matcher(settings)  # cheap: storage client only; the model loads on first search or upload
+    # Requests run on threads of their own: concurrent searches share model calls instead of queueing for the
+    # cores one call at a time (vpm/batching.py).
+    matcher.batch_concurrent_queries(settings.vpm_api_batch_queries)
 
     app = FastAPI(
         title="Visual Product Matcher API",

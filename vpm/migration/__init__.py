@@ -5,7 +5,8 @@ settings name, whether or not S3_ENABLED is on yet. Rules (docs/architecture.md,
 - copy, never delete: the local folder is only read;
 - skip a bucket object with the same size and SHA-256; a different one at the same key is a conflict, reported
   and left alone unless `overwrite`;
-- verify every upload (head after put: size and SHA-256);
+- verify every upload from the SHA-256 S3 returns on the PUT (a HEAD only where a backend returns none);
+- decide what to skip from one listing per prefix (size and ETag), a HEAD only where that cannot tell;
 - write the product rows only after every file they point at is verified, through the engine (insert-if-absent,
   or replace with `overwrite`); then the vectors, which are derived data;
 - a dry run (`plan`) writes nothing anywhere and never creates a table in the bucket.
@@ -17,6 +18,7 @@ rows, vectors, verify), report (results and text), size (the catalog's size for 
 
 from __future__ import annotations
 
+import sys
 import time
 
 from ..config import Settings
@@ -26,13 +28,30 @@ from .checks import run_checks
 from .execute import content_type_for, execute_plan, verify
 from .files import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, PlanItem, Progress
 from .merge import Merge, merge_products, same_product
-from .plan import MigrationPlan, ModelPlan, ProductsPlan, make_plan
+from .plan import MigrationPlan, ModelPlan, ProductsPlan, make_plan, plan_from_ledger
 from .report import FAILED, SKIPPED, UPLOADED, ItemResult, MigrationReport, ProductsResult, VectorsResult
 from .size import catalog_size
 from .target import MigrationError, Source, Target, plan_fingerprint, require_bucket
 
 DEFAULT_WORKERS = 8
 MAX_WORKERS = 32  # S3Storage's connection pool holds 32; more threads would only queue for a connection
+
+
+def _preload_lancedb() -> None:
+    """Import LanceDB on a background thread (seconds: its REST client's models alone take ~2 s here), so the
+    hashing of the local files for the plan happens meanwhile."""
+    import threading
+
+    if "lancedb" in sys.modules:
+        return
+
+    def load() -> None:
+        try:
+            import lancedb  # noqa: F401
+        except ImportError:  # the engine says so when a table is opened
+            pass
+
+    threading.Thread(target=load, name="vpm-import-lancedb", daemon=True).start()
 
 
 class Migration:
@@ -57,6 +76,11 @@ class Migration:
 
     def plan(self, *, overwrite: bool = False, progress: Progress | None = None) -> MigrationPlan:
         """Compare the local catalog with the bucket. Reads only; writes nothing anywhere."""
+        if not overwrite:  # a re-run after a verified run, with nothing changed since: decided from listings
+            quick = plan_from_ledger(self.settings, self.source, self.target)
+            if quick is not None:
+                return quick
+        _preload_lancedb()  # the full plan opens the tables: import LanceDB while the local files are hashed
         return make_plan(self.settings, self.source, self.target, overwrite=overwrite, workers=self.workers,
                          progress=progress)
 

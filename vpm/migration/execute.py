@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import mimetypes
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 
 from ..catalog import CatalogError
 from ..health import Check
 from ..storage import PreconditionFailed, StorageError
 from ..vector_index import PhotoVector
+from . import ledger
 from .files import (
     CONFLICT as PLAN_CONFLICT,
 )
@@ -28,10 +30,10 @@ from .files import (
     UPLOAD,
     PlanItem,
     Progress,
+    local_digest,
     remote_sha256,
     remote_sizes,
     run_all,
-    sha256_hex,
 )
 from .merge import merge_products
 from .plan import MigrationPlan, chunks
@@ -91,19 +93,28 @@ def _result(item: PlanItem, status: str, reason: str = "", *, size: int | None =
 
 
 def upload(item: PlanItem, source: Source, target: Target) -> ItemResult:
-    """Put one file (guarded against a change since the plan), then check what the bucket stored."""
+    """Stream one file up (guarded against a change since the plan) and verify it from what S3 acknowledged.
+
+    The PUT carries the file's SHA-256, which S3 checks against the bytes it receives and returns: equal to the
+    plan's, it proves the bucket holds exactly the planned bytes, with no HEAD after it. Only a backend that does
+    not return a checksum is asked with a HEAD. Files above the multipart threshold go up in parts, each part's
+    checksum checked as it is acknowledged; no file is ever held whole in memory.
+    """
+    local = source.storage
     try:
-        data = source.storage.get(item.source_key)
+        info = local.head(item.source_key)  # the digest is remembered per (inode, mtime, size): a stat
+        size, sha = local_digest(local, item.source_key, info)
     except (StorageError, OSError) as err:
         return _result(item, FAILED, f"cannot read {item.source_key}: {err}", size=0)
-    if sha256_hex(data) != item.sha256:
+    if sha != item.sha256 or size != item.size:
         return _result(item, FAILED, f"{item.source_key} changed since the plan was made; re-run the migration", size=0)
     bucket = target.storage
     try:
         try:
-            bucket.put(item.key, data, content_type_for(item.key), metadata={"sha256": item.sha256},
-                       if_none_match=item.action == UPLOAD,
-                       if_match=item.remote_etag if item.action == OVERWRITE else None)
+            with local.open(item.source_key) as stream:
+                stored = bucket.upload(item.key, stream, content_type_for(item.key), size=size,
+                                       metadata={"sha256": item.sha256}, if_none_match=item.action == UPLOAD,
+                                       if_match=item.remote_etag if item.action == OVERWRITE else None)
         except PreconditionFailed:
             # Someone (or a retried request of ours) wrote this key since the plan: look before judging.
             remote_sha, _ = remote_sha256(bucket, item.key)
@@ -113,13 +124,19 @@ def upload(item: PlanItem, source: Source, target: Target) -> ItemResult:
                 return _result(item, CONFLICT, "a different object appeared at this key since the plan")
             return _result(item, FAILED, "the bucket object changed since the plan; re-run to see the new conflict",
                            size=0)
-        info = bucket.head(item.key)
-    except StorageError as err:
+        stored_size, stored_sha = stored.size, stored.sha256
+        if stored_sha is None:  # the backend did not return the checksum it stored: ask it
+            head = bucket.head(item.key)
+            stored_size, stored_sha = head.size, head.sha256 or head.metadata.get("sha256")
+    except (StorageError, OSError) as err:
         return _result(item, FAILED, str(err), size=0)
-    stored_sha = info.sha256 or info.metadata.get("sha256")
-    if info.size != item.size or stored_sha != item.sha256:
-        return _result(item, FAILED, f"verification failed: bucket has {info.size} bytes, SHA-256 {stored_sha}; "
-                                     f"expected {item.size} bytes, {item.sha256}", size=0)
+    if stored_size != item.size or stored_sha != item.sha256:
+        if item.action == UPLOAD:  # ours alone (created if-none-match): leave no wrong bytes under the key
+            with suppress(StorageError):
+                bucket.delete(item.key)
+        return _result(item, FAILED, f"verification failed: bucket has {stored_size} bytes, SHA-256 {stored_sha}; "
+                                     f"expected {item.size} bytes, {item.sha256} (did {item.source_key} change "
+                                     "during the upload? re-run the migration)", size=0)
     return _result(item, UPLOADED, "replaced the bucket's different object" if item.action == OVERWRITE else "")
 
 
@@ -308,7 +325,11 @@ def execute_plan(plan: MigrationPlan, source: Source, target: Target, workers: i
     products = write_products(plan, target, results)
     vectors = copy_vectors(plan, source, target, products)
     report = MigrationReport(plan.target, results, products, vectors, counter.bytes_done, 0.0)
-    report.verification = verify(plan, target, results)
+    if plan.ledger is not None:  # nothing was to do, and the listing showed both sides as the verified run left them
+        report.verification = ledger.verification(plan.ledger)
+    else:
+        report.verification = verify(plan, target, results)
+        ledger.record(plan, report, source.storage, target.storage, target.settings.metadata_prefix)
     report.duration_s = clock() - started
     return report
 

@@ -1,13 +1,18 @@
 """The files of a migration: where each photo and thumbnail goes in the bucket, and what happens to it.
 
-Each file the local products point at is compared with the bucket by size, then SHA-256 (the bucket's stored
-checksum, our metadata, or a download as a last resort): upload a new one, skip an identical one, report a
-different one as a conflict (or overwrite it with --overwrite), and mark a missing or changed local file, which
-keeps every product row unwritten until it is fixed. Only reads.
+Each file the local products point at is compared with the bucket from one paginated listing of each prefix
+(size and ETag), not a request per object: an object of the same size whose ETag is the one this file gets on
+S3 (the MD5 of its bytes, or of its parts' MD5s above the multipart threshold) holds the same bytes, and was
+verified by SHA-256 when it was uploaded. Only an object the listing cannot settle (same size, another ETag:
+different bytes, or SSE-KMS, whose ETags are not MD5s) is looked at on its own, by its stored SHA-256 (the
+bucket's checksum, our metadata, or a download as a last resort). Then: upload a new file, skip an identical
+one, report a different one as a conflict (or overwrite it with --overwrite), and mark a missing or changed
+local file, which keeps every product row unwritten until it is fixed. Only reads.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -16,7 +21,7 @@ from typing import Any, TypeVar
 from ..catalog import Product
 from ..config import Settings
 from ..images import sha256_hex
-from ..storage import ObjectNotFound, Storage, StorageError
+from ..storage import MULTIPART_THRESHOLD, ObjectInfo, ObjectNotFound, Storage, StorageError, expected_etag
 
 # progress(done_files, total_files, done_bytes, total_bytes)
 Progress = Callable[[int, int, int, int], None]
@@ -104,12 +109,13 @@ def bucket_key(key: str, product_id: str, prefix: str) -> str:
 def decide_files(keymap: KeyMap, local: Storage, bucket: Storage, overwrite: bool, workers: int,
                  progress: Progress | None) -> list[PlanItem]:
     entries = keymap.entries()
-    remote = remote_sizes(bucket, {key for _, _, key, _ in entries})
+    remote = remote_objects(bucket, {key for _, _, key, _ in entries})
 
     def decide(entry: tuple[str, str, str, tuple[str, ...]]) -> PlanItem:
         kind, source_key, key, ids = entry
         try:
-            size, sha = local_digest(local, source_key)
+            info = local.head(source_key)
+            size, sha = local_digest(local, source_key, info)
         except ObjectNotFound:
             return PlanItem(kind, source_key, key, 0, None, MISSING, f"{source_key} is missing locally",
                             product_ids=ids)
@@ -123,9 +129,12 @@ def decide_files(keymap: KeyMap, local: Storage, bucket: Storage, overwrite: boo
                             f"has {sha[:12]}…): restore it, or remove the photo and add it again", product_ids=ids)
         if key not in remote:
             return PlanItem(kind, source_key, key, size, sha, UPLOAD, "new", product_ids=ids)
-        remote_size, etag = remote[key]
+        remote_size, etag = remote[key].size, remote[key].etag
         if remote_size == size:
-            remote_sha, etag = remote_sha256(bucket, key)
+            if same_bytes_by_etag(local, source_key, info, remote[key]):
+                return PlanItem(kind, source_key, key, size, sha, SKIP, "identical object already there",
+                                remote_size, etag, ids)
+            remote_sha, etag = remote_sha256(bucket, key)  # the listing cannot tell: look at this one
             if remote_sha == sha:
                 return PlanItem(kind, source_key, key, size, sha, SKIP, "identical object already there",
                                 remote_size, etag, ids)
@@ -146,28 +155,50 @@ def decide_files(keymap: KeyMap, local: Storage, bucket: Storage, overwrite: boo
     return run_all(decide, entries, workers, on_done=compared)
 
 
-def local_digest(storage: Storage, key: str) -> tuple[int, str]:
-    """(size, SHA-256) of a local file: the storage's own digest when it has one, else by reading it."""
-    info = storage.head(key)
+def local_digest(storage: Storage, key: str, info: ObjectInfo | None = None) -> tuple[int, str]:
+    """(size, SHA-256) of a local file: the storage's own digest when it has one, else by streaming it."""
+    info = info or storage.head(key)
     if info.sha256:
         return info.size, info.sha256
-    data = storage.get(key)
-    return len(data), sha256_hex(data)
+    digest, size = hashlib.sha256(), 0
+    with storage.open(key) as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
-def remote_sizes(bucket: Storage, keys: set[str]) -> dict[str, tuple[int, str]]:
-    """(size, etag) of the bucket objects at `keys`, from listings (1 request per 1,000 keys)."""
+def same_bytes_by_etag(local: Storage, source_key: str, info: ObjectInfo, remote: ObjectInfo) -> bool:
+    """Whether the listing alone shows the bucket object holds the local file's bytes: same size and the ETag
+    an upload of this file gets (the MD5 of its bytes; above the multipart threshold, of its parts' MD5s)."""
+    if remote.size != info.size or not remote.etag:
+        return False
+    if info.size <= MULTIPART_THRESHOLD:
+        return "-" not in info.etag and remote.etag == info.etag  # the local ETag is the file's MD5
+    if "-" not in remote.etag:
+        return False
+    with local.open(source_key) as stream:
+        return expected_etag(stream, info.size) == remote.etag
+
+
+def remote_objects(bucket: Storage, keys: set[str]) -> dict[str, ObjectInfo]:
+    """The bucket objects at `keys` as listings describe them (1 request per 1,000 keys, no HEAD)."""
     if not keys:
         return {}
     prefixes = sorted({k.rpartition("/")[0] + "/" if "/" in k else "" for k in keys})
     # List each folder once; a folder inside another listed folder is already covered.
     roots = [p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes)]
-    found: dict[str, tuple[int, str]] = {}
+    found: dict[str, ObjectInfo] = {}
     for prefix in roots:
         for info in bucket.iter_objects(prefix):
             if info.key in keys:
-                found[info.key] = (info.size, info.etag)
+                found[info.key] = info
     return found
+
+
+def remote_sizes(bucket: Storage, keys: set[str]) -> dict[str, tuple[int, str]]:
+    """(size, etag) of the bucket objects at `keys`, from listings (1 request per 1,000 keys)."""
+    return {key: (info.size, info.etag) for key, info in remote_objects(bucket, keys).items()}
 
 
 def remote_sha256(bucket: Storage, key: str) -> tuple[str, str]:

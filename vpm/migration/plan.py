@@ -17,11 +17,13 @@ from ..catalog import Product
 from ..config import Settings
 from ..costs import Estimate, Traffic, estimate
 from ..legacy import parse_products_json
+from . import ledger as ledger_module
 from .files import (
     ACTIONS,
     CONFLICT,
     MISSING,
     OVERWRITE,
+    SKIP,
     UPLOAD,
     KeyMap,
     PlanItem,
@@ -100,6 +102,7 @@ class MigrationPlan:
     estimate: Estimate
     warnings: list[str] = field(default_factory=list)
     made_with: str = ""  # plan_fingerprint of the settings and --overwrite the plan was made with
+    ledger: ledger_module.Ledger | None = None  # set when made from the last verified run's ledger (nothing to do)
 
     def fingerprint(self) -> str:
         """Migrate runs a plan only with the settings it was made with (the page keeps the preview's plan)."""
@@ -161,6 +164,9 @@ def make_plan(settings: Settings, source: Source, target: Target, *, overwrite: 
     if half:
         raise MigrationError(f"{half}: set both keys, or neither (to use AWS_PROFILE or an IAM role)")
     keymap = KeyMap(settings)
+    # Measured first: it reads every local file once (the digests are remembered for the comparison below), which
+    # overlaps the import of LanceDB that engine.preload() started.
+    size = catalog_size(source.storage, settings)
     products = [keymap.place(p) for batch in _local_batches(source) for p in batch]
     items = keymap.blocked + decide_files(keymap, source.storage, target.storage, overwrite, workers, progress)
     products_plan = plan_products(target, products, items, overwrite)
@@ -175,9 +181,30 @@ def make_plan(settings: Settings, source: Source, target: Target, *, overwrite: 
                         "into tables first (as the app does on its first start), and merges with its products")
     return MigrationPlan(
         source.description, target.description, overwrite, items, products_plan, vectors,
-        estimate(catalog_size(source.storage, settings), Traffic()), keymap.warnings + warnings,
+        estimate(size, Traffic()), keymap.warnings + warnings,
         plan_fingerprint(settings, overwrite=overwrite),
     )
+
+
+def plan_from_ledger(settings: Settings, source: Source, target: Target) -> MigrationPlan | None:
+    """The plan of a re-run after a verified run when nothing changed on either side since (ledger.py): every
+    file skipped, no row or vector to write; None when the full plan must be made."""
+    if half_set_keys(settings):
+        return None
+    fingerprint = plan_fingerprint(settings, overwrite=False)
+    found = ledger_module.still_holds(fingerprint, source.storage, target.storage, settings.metadata_prefix)
+    if found is None:
+        return None
+    why = "identical object already there (unchanged since the last verified run)"
+    items = [PlanItem(i["kind"], i["source_key"], i["key"], i["size"], i["sha256"], SKIP, why, i["size"],
+                      found.bucket_objects[i["key"]][1], tuple(i["product_ids"])) for i in found.items]
+    in_bucket = tuple(found.products["in_bucket"])
+    products = ProductsPlan("unchanged", "the bucket already has every local product (unchanged since the last "
+                            "verified run)", unchanged=in_bucket, kept=found.products["kept"])
+    vectors = [ModelPlan(m["model_id"], m["dim"], (), m["with_vector"], m["without_vector"]) for m in found.models]
+    size = ledger_module.local_catalog_size(source.storage, settings)
+    return MigrationPlan(source.description, target.description, False, items, products, vectors,
+                         estimate(size, Traffic()), [], fingerprint, found)
 
 
 def _local_batches(source: Source) -> Iterator[list[Product]]:

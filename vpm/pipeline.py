@@ -1,0 +1,131 @@
+"""A bounded two-stage pipeline: reading, decoding and resizing on a background thread while the model embeds.
+
+Imports and index rebuilds spend their time in two places: turning stored bytes into the model's input (read,
+decode, resize, normalise: Pillow and numpy, which release the GIL) and the network itself (ONNX Runtime or
+torch, which release it too). `prefetch` runs the first for the next batch while the caller does the second for
+this one, in order, with at most `ahead` finished batches waiting, so memory stays bounded (a few batches of
+pixels) whatever the catalog's size. One background thread: on a 2-core laptop the network already fills the
+cores; more decoders would only take them from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AHEAD = 2
+_DONE = object()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def prefetch(items: Iterable[T], work: Callable[[T], U], *, ahead: int = DEFAULT_AHEAD,
+             name: str = "vpm-prefetch") -> Iterator[U]:
+    """`work(item)` for each item, computed on one background thread up to `ahead` items before the caller asks
+    for them; yielded in the items' order. An exception in `work` is raised here, at its item's turn. Leaving the
+    loop early (break, an exception) stops the background thread after the item it is on."""
+    if ahead < 1:
+        raise ValueError(f"ahead must be at least 1 (got {ahead})")
+    results: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                try:
+                    outcome: Any = work(item)
+                except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised at its turn
+                    outcome = _Failed(err)
+                if not _put(outcome):
+                    return
+                if isinstance(outcome, _Failed):
+                    return
+        except BaseException as err:  # noqa: BLE001 - the items' own iterator failed: the consumer raises it
+            _put(_Failed(err))
+            return
+        _put(_DONE)
+
+    def _put(value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                results.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    worker = threading.Thread(target=produce, name=name, daemon=True)
+    worker.start()
+    try:
+        while True:
+            value = results.get()
+            if value is _DONE:
+                return
+            if isinstance(value, _Failed):
+                raise value.error
+            yield value
+    finally:
+        stop.set()
+        worker.join()
+
+
+@dataclass
+class PreparedBatch(Generic[T]):
+    """One batch after the CPU stage: the items that loaded, the model input made from them, and the ones that
+    could not be loaded with the reason."""
+
+    items: list[T]
+    prepared: Any  # what embedder.embed_prepared takes; None when no item loaded
+    failed: list[tuple[T, Exception]] = field(default_factory=list)
+
+
+def prepared_batches(embedder, batches: Iterable[list[T]], load: Callable[[T], Any], *,
+                     errors: tuple[type[Exception], ...] = (Exception,), ahead: int = DEFAULT_AHEAD,
+                     ) -> Iterator[PreparedBatch[T]]:
+    """For each batch: `load(item)` (fetch and decode: a PIL image) for every item, then the embedder's own
+    preprocessing, on the background thread; the caller embeds with `embedder_stages(embedder)[1](batch.prepared)`.
+    An item whose load raises one of `errors` is reported in `failed` and left out. Embedders without the
+    prepare/embed split (test doubles) get the images themselves, for their `embed_images`."""
+    prepare, _embed = embedder_stages(embedder)
+
+    def stage(batch: list[T]) -> PreparedBatch[T]:
+        loaded, images, failed = [], [], []
+        for item in batch:
+            try:
+                images.append(load(item))
+                loaded.append(item)
+            except errors as err:
+                failed.append((item, err))
+        if not images:
+            return PreparedBatch(loaded, None, failed)
+        return PreparedBatch(loaded, prepare(images), failed)
+
+    return prefetch(batches, stage, ahead=ahead, name="vpm-decode")
+
+
+def embedder_stages(embedder) -> tuple[Callable[[list], Any], Callable[[Any], Any]]:
+    """(prepare, embed): the embedder's CPU preprocessing of a batch of images, for the background stage, and
+    its network call on what that made. Embedders without the split (test doubles) get (keep the images,
+    embed_images)."""
+    if hasattr(embedder, "embed_prepared") and hasattr(embedder, "prepare_images"):
+        return embedder.prepare_images, embedder.embed_prepared
+    return (lambda images: images), embedder.embed_images
+
+
+def chunked(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
