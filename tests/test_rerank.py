@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthetic import shopper_view, textured
 from vpm import rerank
 from vpm.images import MIN_BOX_SIDE, Box, InvalidBox, check_box, crop_box, parse_box
+
+from synthetic import shopper_view, textured
 
 
 def test_keypoints_are_bounded_in_number_and_size():
@@ -107,7 +108,7 @@ def test_a_box_is_read_from_text_or_a_list(value):
 
 @pytest.mark.parametrize("value", ["10,20,30", "a,b,c,d", [1, 2, 3, 4.5], [True, 2, 3, 4], 12, "1,2,3,4,5", ""])
 def test_a_malformed_box_says_what_a_box_is(value):
-    with pytest.raises(InvalidBox, match="x,y,w,h|whole number"):
+    with pytest.raises(InvalidBox, match=r"x,y,w,h|whole number"):
         parse_box(value)
 
 
@@ -117,8 +118,8 @@ def test_a_malformed_box_says_what_a_box_is(value):
         (Box(-1, 0, 50, 50), "outside the photo"),
         (Box(0, 0, MIN_BOX_SIDE - 1, 50), "at least"),
         (Box(0, 0, 50, 0), "at least"),
-        (Box(60, 0, 50, 50), "past the photo's edge"),
-        (Box(0, 0, 100, 101), "past the photo's edge"),
+        (Box(60, 0, 50, 50), "past the photo"),
+        (Box(0, 0, 100, 101), "past the photo"),
         (Box(0, 0, 100, 16), None),
     ],
 )

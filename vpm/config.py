@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     vpm_max_upload_mb: int = Field(20, ge=1, le=1024)
     vpm_model: str = "clip-ViT-B-32"
     vpm_device: str = "auto"
+    # Verify the top candidates of an image search by local features (vpm/rerank.py; README "Match quality").
+    vpm_rerank: bool = True
     vpm_api_key: SecretStr | None = None
     vpm_cors_origins: str = ""
     # The REST API's guard against slow or lying clients (vpm.api.ServerLimits; README "Running the API").
