@@ -150,3 +150,77 @@ def test_why_this_match_draws_the_verified_matches(matcher):
     png, inliers = matcher.explain_match(query, "q.jpg", product.id, product.photos[0].key)
 
     assert Image.open(io.BytesIO(png)).format == "PNG" and inliers >= rerank.MIN_INLIERS
+
+
+# ------------------------------------------------------------------------------------------- CLI and API
+
+
+@pytest.fixture
+def cli(search_settings, capsys):
+    from vpm.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_cli_search_takes_rerank_and_a_box(matcher, cli, tmp_path):
+    import json
+
+    left = add(matcher, "Left pack", [11])
+    shelf = Image.new("RGB", (660, 330), "white")
+    shelf.paste(textured(11), (0, 0))
+    shelf.paste(textured(12), (335, 5))
+    path = tmp_path / "shelf.png"
+    path.write_bytes(to_bytes(shelf))
+
+    code, out, _ = cli("search", path, "--box", "0,0,320,320", "--threshold", "-1", "--json")
+    assert code == 0
+    document = json.loads(out)
+    assert document["box"] == [0, 0, 320, 320] and document["rerank"] is True
+    assert document["results"][0]["id"] == left.id and document["results"][0]["verified_matches"] >= 10
+
+    code, out, _ = cli("search", path, "--box", "0,0,320,320", "--threshold", "-1", "--no-rerank")
+    assert code == 0 and "region 0,0,320,320" in out and "verified" not in out
+
+    code, _, err = cli("search", path, "--box", "600,0,320,320")
+    assert code == 1 and "past the photo" in err
+    code, _, err = cli("search", path, "--box", "1,2,3")
+    assert code == 1 and "x,y,w,h" in err
+    code, _, err = cli("search", "--text", "a pack", "--box", "0,0,20,20")
+    assert code == 1 and "not to --text" in err
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_api_search_takes_rerank_and_a_box(search_settings):
+    from fastapi.testclient import TestClient
+
+    from vpm.api import create_app
+    from vpm.matcher import Matcher
+
+    matcher = Matcher(search_settings)
+    client = TestClient(create_app(search_settings, matcher), raise_server_exceptions=False)
+    left = add(matcher, "Left pack", [11])
+    shelf = Image.new("RGB", (660, 330), "white")
+    shelf.paste(textured(11), (0, 0))
+    photo = ("shelf.png", to_bytes(shelf), "image/png")
+
+    response = client.post("/api/search", files={"image": photo}, data={"box": "0,0,320,320", "threshold": "-1"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["box"] == [0, 0, 320, 320] and body["rerank"] is True and body["results"][0]["id"] == left.id
+
+    response = client.post("/api/search", files={"image": photo}, data={"rerank": "false", "threshold": "-1"})
+    assert response.status_code == 200 and response.json()["rerank"] is False
+    assert response.json()["results"][0]["verified_matches"] is None
+
+    outside = client.post("/api/search", files={"image": photo}, data={"box": "600,0,320,320"})
+    assert outside.status_code == 422 and "past the photo" in outside.json()["error"]
+    malformed = client.post("/api/search", files={"image": photo}, data={"box": "1,2"})
+    assert malformed.status_code == 422 and "box" in malformed.json()["error"]
+    words = client.post("/api/search", json={"text": "a pack", "box": [0, 0, 20, 20]})
+    assert words.status_code == 422 and "not to 'text'" in words.json()["error"]

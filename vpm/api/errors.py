@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..catalog import CatalogError, ConcurrentChange, DuplicateProduct, InvalidProduct, ProductNotFound
-from ..images import ImageError, ImageTooLargeError
+from ..images import ImageError, ImageTooLargeError, InvalidBox
 from ..matcher import DuplicatePhoto
 from ..storage import InvalidKey, ObjectNotFound, StorageError
 
@@ -27,6 +27,7 @@ INTERNAL_ERROR = "internal server error; the server log has the details"
 STATUS_OF_ERROR: list[tuple[type[Exception], int]] = [
     (ImageTooLargeError, 413),
     (ImageError, 422),
+    (InvalidBox, 422),
     (DuplicateProduct, 409),
     (DuplicatePhoto, 409),
     (ConcurrentChange, 409),
