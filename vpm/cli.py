@@ -18,7 +18,7 @@ from .images import ImageError
 from .storage import StorageError
 
 # Modules that add subcommands: each defines register(subparsers) and sets `func` on its parsers.
-COMMAND_MODULES: list[str] = ["vpm.cli_search", "vpm.cli_migrate", "vpm.cli_serve"]
+COMMAND_MODULES: list[str] = ["vpm.cli_search", "vpm.cli_quality", "vpm.cli_migrate", "vpm.cli_serve"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
