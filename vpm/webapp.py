@@ -52,6 +52,7 @@ CATALOG_PAGE = "pages/catalog.py"
 STORAGE_PAGE = "pages/storage_browser.py"
 MIGRATION_PAGE = "pages/migration.py"
 HEALTH_PAGE = "pages/health.py"
+QUALITY_PAGE = "pages/quality.py"
 
 
 # ------------------------------------------------------------------------------------------ settings
