@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vpm import rerank
-from vpm.images import MIN_BOX_SIDE, Box, InvalidBox, check_box, crop_box, parse_box
+from vpm.images import MIN_BOX_SIDE, Box, InvalidBox, box_from_percent, check_box, crop_box, outline_box, parse_box
 
 from synthetic import shopper_view, textured
 
@@ -143,3 +143,22 @@ def test_crop_box_cuts_exactly_the_region():
 
     assert part.size == (30, 40)
     assert part.getpixel((0, 0)) == image.getpixel((10, 20))
+
+
+def test_a_box_from_the_pages_percent_sliders_is_clipped_and_checked():
+    assert box_from_percent(200, 100, 10, 20, 50, 50) == Box(20, 20, 100, 50)
+    assert box_from_percent(200, 100, 90, 0, 50, 100) == Box(180, 0, 20, 100)  # clipped at the right edge
+    with pytest.raises(InvalidBox, match="at least"):
+        box_from_percent(200, 100, 99, 0, 50, 100)  # 2 px wide once clipped
+    with pytest.raises(InvalidBox, match="between 0 and 100"):
+        box_from_percent(200, 100, -5, 0, 50, 50)
+
+
+def test_the_live_preview_outlines_the_region_on_a_small_picture():
+    big = textured(11, size=(1600, 1200))
+
+    preview = Image.open(io.BytesIO(outline_box(big, Box(100, 100, 400, 300))))
+
+    assert max(preview.size) <= 280 and preview.format == "WEBP"
+    with pytest.raises(InvalidBox):
+        outline_box(big, Box(1500, 0, 400, 300))

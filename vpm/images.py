@@ -321,6 +321,37 @@ def crop_box(image: Image.Image, box: Box) -> Image.Image:
     return image.crop((box.x, box.y, box.x + box.w, box.y + box.h))
 
 
+def box_from_percent(width: int, height: int, left: float, top: float, box_width: float, box_height: float) -> Box:
+    """A box from percentages of the photo (what the Search page's sliders give), clipped to the photo and
+    checked like any other box."""
+    for name, value in (("left", left), ("top", top), ("width", box_width), ("height", box_height)):
+        if not 0 <= value <= 100:
+            raise InvalidBox(f"the region's {name} is {value}%: it must be between 0 and 100%")
+    x, y = round(width * left / 100), round(height * top / 100)
+    w = min(round(width * box_width / 100), width - x)
+    h = min(round(height * box_height / 100), height - y)
+    return check_box(Box(x, y, w, h), width, height)
+
+
+def outline_box(image: Image.Image, box: Box, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
+    """A small WebP of the whole photo with the region outlined and the rest dimmed: the live preview of a crop."""
+    from PIL import ImageDraw
+
+    box = check_box(box, image.width, image.height)
+    preview = _to_rgb(image)
+    preview = preview.copy() if preview is image else preview
+    preview.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    scale = preview.width / image.width
+    inner = (round(box.x * scale), round(box.y * scale),
+             round((box.x + box.w) * scale) - 1, round((box.y + box.h) * scale) - 1)
+    dimmed = Image.blend(preview, Image.new("RGB", preview.size, (0, 0, 0)), 0.55)
+    dimmed.paste(preview.crop((inner[0], inner[1], inner[2] + 1, inner[3] + 1)), inner[:2])
+    ImageDraw.Draw(dimmed).rectangle(inner, outline=(255, 196, 0), width=2)
+    buffer = io.BytesIO()
+    dimmed.save(buffer, format="WEBP", quality=80)
+    return buffer.getvalue()
+
+
 def to_jpeg(image: Image.Image, quality: int = 90) -> bytes:
     """Re-encode as JPEG. No EXIF is written, so the pixels as they are now are the orientation."""
     if not 1 <= quality <= 100:

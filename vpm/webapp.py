@@ -311,6 +311,14 @@ def thumbnail_bytes(key: str, etag: str | None = None) -> bytes | None:
         return None
 
 
+@st.cache_data(show_spinner=False, max_entries=2)
+def upload_image(data: bytes, filename: str):
+    """An uploaded photo decoded (upright RGB, checked like any upload), kept for the reruns a region's sliders make."""
+    from .images import decode_image
+
+    return decode_image(data, filename, max_bytes=get_settings().max_upload_bytes).image
+
+
 def product_picture(product: Product, photo_key: str | None = None) -> bytes | None:
     found = picture_and_key(product, photo_key)
     return found[0] if found else None
@@ -349,6 +357,9 @@ def product_card(item: Any) -> None:
         if len(product.photos) > 1:
             number = next((i for i, p in enumerate(product.photos, 1) if p.key == photo_key), 1)
             st.caption(f"Best match: photo {number} of {len(product.photos)}")
+        inliers = getattr(item, "inliers", None)
+        if inliers:
+            st.caption(f":material/verified: {inliers} matching keypoints")
 
 
 def product_grid(items: Iterable[Any], columns: int = 4) -> None:
