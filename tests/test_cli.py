@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from vpm.cli import main
+from vpm.embeddings import DEFAULT_DESCRIPTOR
 
 
 @pytest.fixture
@@ -172,7 +173,7 @@ def test_text_search_with_the_offline_fallback_model_says_why_not(cli, monkeypat
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     code, out, err = cli("search", "--text", "red mug")
     assert code == 1 and out == ""
-    assert "efficientnet-lite0 embeds images only (clip-ViT-B-32 could not be loaded:" in err
+    assert f"{DEFAULT_DESCRIPTOR.model_id} embeds images only (clip-ViT-B-32 could not be loaded:" in err
 
 
 # --- import ----------------------------------------------------------------------------------------------------
