@@ -224,3 +224,17 @@ def test_api_search_takes_rerank_and_a_box(search_settings):
     assert malformed.status_code == 422 and "box" in malformed.json()["error"]
     words = client.post("/api/search", json={"text": "a pack", "box": [0, 0, 20, 20]})
     assert words.status_code == 422 and "not to 'text'" in words.json()["error"]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_bulk_import_stores_the_keypoints_with_the_vectors(matcher, tmp_path):
+    folder = tmp_path / "shop" / "Packs"
+    folder.mkdir(parents=True)
+    for seed in (1, 2, 3):
+        (folder / f"pack-{seed}.png").write_bytes(to_bytes(textured(seed)))
+
+    report = matcher.import_path(tmp_path / "shop")
+
+    keys = [p.key for product in report.imported for p in product.photos]
+    assert len(keys) == 3
+    assert sorted(matcher.features.features_for(keys)) == sorted(keys)

@@ -62,11 +62,14 @@ MAX_PHOTOS_PER_CALL = 10
 
 # Default cosine thresholds by model family and query kind (the UI shows score * 100 as %): they hide the clearly
 # unrelated, not rank. CLIP's image-image cosine for two photos of one product is typically 0.8-0.95 and a
-# matching text-image pair 0.25-0.35. EfficientNet-Lite0 was measured with bench/bench_quality.py on the 398
+# matching text-image pair 0.25-0.35. EfficientNet-Lite0 (its first, 224 px descriptor) was measured on the 398
 # product photos: at 0.55, 94.5% of queries still show a photo of the same product (median best 0.75).
 _THRESHOLDS = {
     "clip": {"image": 0.75, "text": 0.22},
     "efficientnet-lite0": {"image": 0.55, "text": 0.0},
+    # R-MAC cosines run higher: `python -m vpm evaluate` on the 398 sample photos puts 95% of true matches at or
+    # above 0.68; 0.65 leaves room for shoppers' photos (README, "Match quality").
+    "efficientnet-lite0-rmac384": {"image": 0.65, "text": 0.0},
     "other": {"image": 0.6, "text": 0.2},
 }
 
@@ -131,7 +134,7 @@ class Matcher:
             if upgrade.needs_upgrade(self.storage, self.settings.s3_metadata_key):
                 upgrade.upgrade(
                     self.storage, self.settings.s3_metadata_key, self.settings.embeddings_prefix, store,
-                    lambda model_id, dim: self._vector_index_for(model_id, dim),
+                    self._vector_index_for,
                 )
             _upgraded.add(self.where)
 
@@ -372,7 +375,7 @@ class Matcher:
         if allow:
             return
         seen: dict[str, str] = {}
-        for image, filename in zip(decoded, filenames):
+        for image, filename in zip(decoded, filenames, strict=False):
             if image.sha256 in seen:
                 raise DuplicatePhoto(f"{filename} and {seen[image.sha256]} are the same photo: choose it once")
             seen[image.sha256] = filename
@@ -450,7 +453,7 @@ class Matcher:
         fresh = list({p.photo.sha256: p for p in every if p.photo.sha256 not in known}.values())
         if fresh:
             vectors = self.embedder.embed_images([p.image.image for p in fresh], batch_size=BATCH_SIZE)
-            known.update({p.photo.sha256: v for p, v in zip(fresh, vectors)})
+            known.update({p.photo.sha256: v for p, v in zip(fresh, vectors, strict=False)})
         entries = [
             PhotoVector(p.photo.key, product.id, p.photo.sha256, product.category, known[p.photo.sha256])
             for product, prepared in batch
@@ -604,7 +607,7 @@ class Matcher:
         wanted = {c.strip().casefold() for c in categories or () if c and c.strip()}
         shared_ms = (time.perf_counter() - started) * 1000 / max(1, len(queries))
         responses = []
-        for result, query, ms, query_features, box in zip(results, queries, embed_ms, features, boxes):
+        for result, query, ms, query_features, box in zip(results, queries, embed_ms, features, boxes, strict=False):
             one_started = time.perf_counter()
             matches = []
             for hit in result.hits:
@@ -749,7 +752,7 @@ class Matcher:
         embedder = self.embedder
         index = LanceVectorIndex(self.where, embedder.model_id, embedder.dim, exists=True)
         try:
-            index.table
+            _ = index.table  # opening it is the check
         except engine.TableUnreadable as err:
             log.warning("rebuilding the vector table of %s from the photos: %s", embedder.model_id, err)
             index.drop()
