@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,19 @@ def _cv2() -> Any:
     return cv2
 
 
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """numpy's BLAS on one thread while matching: its idle threads spin, and for these small products (500 x 128
+    by 128 x 500) that spinning cost 10 ms of CPU a match instead of 0.8 ms, stolen from a 2-core machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - it is in requirements.txt; without it matching is only slower
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def frame(image: Image.Image) -> Image.Image:
     """The photo as keypoints see it: greyscale, longer side at most FRAME_SIDE (never upscaled: bounded)."""
     from PIL import Image as PILImage
@@ -120,19 +134,21 @@ def verify(query: LocalFeatures, candidate: LocalFeatures) -> Verification:
     # RootSIFT vectors have unit length, so the squared distance is 2 - 2 * dot: one matrix product finds every
     # query keypoint's two nearest candidate keypoints.
     similarity = _root_sift(query.descriptors) @ _root_sift(candidate.descriptors).T
-    two = np.argpartition(-similarity, 1, axis=1)[:, :2]
     rows = np.arange(len(similarity))
-    s1, s2 = similarity[rows, two[:, 0]], similarity[rows, two[:, 1]]
-    swap = s2 > s1
-    nearest = np.where(swap, two[:, 1], two[:, 0])
-    d1 = np.sqrt(np.maximum(2 - 2 * np.maximum(s1, s2), 0))
-    d2 = np.sqrt(np.maximum(2 - 2 * np.minimum(s1, s2), 0))
+    nearest = similarity.argmax(axis=1)
+    s1 = similarity[rows, nearest]
+    similarity[rows, nearest] = -np.inf
+    s2 = similarity.max(axis=1)
+    d1 = np.sqrt(np.maximum(2 - 2 * s1, 0))
+    d2 = np.sqrt(np.maximum(2 - 2 * s2, 0))
     good = d1 < RATIO * d2
     if int(good.sum()) < MIN_INLIERS:
         return NO_MATCH
     src = query.points[good]
     dst = candidate.points[nearest[good]]
-    _, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PX, maxIters=500, confidence=0.99)
+    # OpenCV's USAC (graph-cut RANSAC with local optimisation): the same inliers as plain RANSAC to within one or
+    # two, in ~0.05 ms instead of ~4 ms when the two photos do not match (plain RANSAC then runs every iteration).
+    _, mask = cv2.findHomography(src, dst, cv2.USAC_ACCURATE, RANSAC_PX, maxIters=500, confidence=0.99)
     if mask is None:
         return NO_MATCH
     keep = mask.ravel().astype(bool)
@@ -158,9 +174,10 @@ def rerank(scores: Sequence[float], query: LocalFeatures | None,
     n = len(scores)
     inliers = [0] * n
     if query is not None and len(query) >= MIN_INLIERS:
-        for i in range(min(n, RERANK_TOP)):
-            if candidates[i] is not None:
-                inliers[i] = verify(query, candidates[i]).inliers
+        with one_blas_thread():
+            for i in range(min(n, RERANK_TOP)):
+                if candidates[i] is not None:
+                    inliers[i] = verify(query, candidates[i]).inliers
     combined = [scores[i] + (INLIER_WEIGHT * min(inliers[i], MAX_INLIERS_COUNTED) if inliers[i] >= MIN_INLIERS
                              else 0.0) for i in range(n)]
     order = sorted(range(n), key=lambda i: (-combined[i], i))
@@ -177,7 +194,8 @@ def draw_matches(query_image: Image.Image, candidate_image: Image.Image, *, max_
     from PIL import ImageDraw
 
     q_frame, c_frame = _colour_frame(query_image), _colour_frame(candidate_image)
-    found = verify(extract(query_image), extract(candidate_image))
+    with one_blas_thread():
+        found = verify(extract(query_image), extract(candidate_image))
     gap = 12
     canvas = PILImage.new("RGB", (q_frame.width + gap + c_frame.width, max(q_frame.height, c_frame.height)), "white")
     canvas.paste(q_frame, (0, 0))
