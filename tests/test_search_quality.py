@@ -194,6 +194,10 @@ def test_cli_search_takes_rerank_and_a_box(matcher, cli, tmp_path):
     code, _, err = cli("search", "--text", "a pack", "--box", "0,0,20,20")
     assert code == 1 and "not to --text" in err
 
+    matcher.features.delete_photos([left.photos[0].key])
+    code, out, _ = cli("index")
+    assert code == 0 and "keypoints (to verify matches) for 1/1 photos" in out
+
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_api_search_takes_rerank_and_a_box(search_settings):

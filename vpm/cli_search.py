@@ -43,7 +43,8 @@ def register(sub, command) -> None:
     )
     p.add_argument("path", metavar="PATH")
 
-    p = command("index", cmd_index, "embed the photos missing from the search index and drop vectors of removed ones")
+    p = command("index", cmd_index, "embed the photos missing from the search index (and find their keypoints, to "
+                "verify matches) and drop the vectors and keypoints of removed ones")
     p.add_argument("--rebuild", action="store_true", help="re-embed every product, not only the missing ones")
     p.add_argument("--check", action="store_true", help="only report; embed nothing; exit 1 if vectors are missing")
 
@@ -114,7 +115,7 @@ def _table(response) -> str:
                 for i, (row, m) in enumerate(zip(rows, [None, *response.results], strict=True))]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
-        "  ".join(cell.rjust(w) if i < 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        "  ".join(cell.rjust(w) if i < 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=False))).rstrip()
         for row in rows
     ]
     return head + "\n" + "\n".join(lines)
@@ -148,7 +149,7 @@ class _Bar:
             self.bar.set_postfix_str(message, refresh=False)
         self.bar.refresh()
 
-    def __enter__(self) -> "_Bar":
+    def __enter__(self) -> _Bar:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -194,5 +195,8 @@ def cmd_index(args) -> int:
         + (f"; {status.missing} missing (run python -m vpm index)" if status.missing else "")
         + "".join(f"\n  {problem}" for problem in status.problems)
     )
+    if matcher.has_features_table():
+        keypoints = matcher.features.count()
+        text += f"\nkeypoints (to verify matches) for {min(keypoints, status.photos)}/{status.photos} photos"
     emit(args, status.as_dict(), text)
     return EXIT_OK if status.missing == 0 else EXIT_ERROR
