@@ -242,3 +242,19 @@ def test_a_bulk_import_stores_the_keypoints_with_the_vectors(matcher, tmp_path):
     keys = [p.key for product in report.imported for p in product.photos]
     assert len(keys) == 3
     assert sorted(matcher.features.features_for(keys)) == sorted(keys)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_keypoints_missing_from_an_older_catalog_are_filled_in_once(matcher, search_settings):
+    from vpm.matcher import Matcher
+
+    product = add(matcher, "Pack", [1, 2])
+    keys = [p.key for p in product.photos]
+    matcher.features.delete_photos(keys)
+    fresh = Matcher(search_settings)
+
+    assert fresh.keypoints_missing() == 2
+    fresh.search_image(to_bytes(textured(1)), "q.png")  # the first search fills them in
+
+    assert sorted(fresh.features.features_for(keys)) == sorted(keys)
+    assert fresh.keypoints_missing() == 0

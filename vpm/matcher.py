@@ -105,6 +105,7 @@ class Matcher:
         self._catalog: CatalogStore | None = None
         self._vector_indexes: dict[str, VectorIndex] = {}
         self._features: LanceFeatureStore | None = None
+        self._features_checked = False  # keypoints of photos added before they existed: filled in once per process
         self._indexers: dict[str, Indexer] = {}
         self._checked_models: set[str] = set()
         self._lock = threading.RLock()
@@ -729,6 +730,13 @@ class Matcher:
         a missing one until `reindex` prunes it). `index_status` walks the catalog for the exact figure."""
         return max(0, self.catalog.photo_count() - self.vectors.count())
 
+    def keypoints_missing(self) -> int:
+        """About how many photos have no stored keypoints: 0 when searches do not verify by default, and once this
+        process has filled them in (a photo whose keypoints cannot be computed must not make every search try)."""
+        if not self.rerank_default or self._features_checked:
+            return 0
+        return self.feature_indexer.missing_estimate()
+
     def reindex(self, rebuild: bool = False, progress: Progress | None = None) -> IndexStatus:
         """Embed the photos missing from the active model's index (every photo with rebuild=True) and drop the
         vectors of photos no longer in the catalog."""
@@ -739,6 +747,7 @@ class Matcher:
         indexer.prune()
         self.feature_indexer.fill_missing(progress, rebuild=rebuild)
         self.feature_indexer.prune()
+        self._features_checked = True
         self._checked_models.add(self.embedder.model_id)
         return indexer.status()
 
@@ -786,8 +795,9 @@ class Matcher:
 
     def _fill_missing_features(self) -> None:
         """Keypoints for the photos of a small catalog added before they existed (derived data, like vectors)."""
-        if not self.rerank_default:
+        if not self.rerank_default or self._features_checked:
             return
+        self._features_checked = True
         try:
             indexer = self.feature_indexer
             missing = indexer.missing_estimate()

@@ -150,13 +150,12 @@ def prepare_search_index(matcher) -> None:
     counts when nothing is missing.
     """
     missing = matcher.index_needs_embedding()
-    if not missing:
+    keypoints = matcher.keypoints_missing()
+    if not missing and not keypoints:
         return
-    with st.status(
-        f"Preparing the search index: embedding about {plural(missing, 'catalog photo')} "
-        f"for {matcher.embedder.display_name} (once per model)…",
-        expanded=True,
-    ) as box:
+    what = (f"embedding about {plural(missing, 'catalog photo')} for {matcher.embedder.display_name} (once per model)"
+            if missing else f"finding the keypoints of about {plural(keypoints, 'catalog photo')} (once)")
+    with st.status(f"Preparing the search index: {what}…", expanded=True) as box:
         bar = st.progress(0.0)
 
         def progress(done: int, total: int, message: str = "") -> None:
@@ -188,7 +187,7 @@ def index_summary(matcher, products: int) -> IndexSummary:
         else:
             model_id, note = model_slug(matcher.settings.vpm_model), " (the configured model; not loaded yet)"
         vectors = matcher.vector_index(model_id).count() if matcher.has_vector_index(model_id) else 0
-    except Exception as err:  # derived data: never the reason a status display fails
+    except Exception as err:  # noqa: BLE001 - derived data: never the reason a status display fails
         return IndexSummary("unknown", f"the vector index could not be read: {err}")
     photos = matcher.catalog.photo_count()
     if vectors >= photos:
@@ -207,7 +206,7 @@ def model_not_loaded_check(matcher):
 
     try:
         products = matcher.count_products()
-    except Exception:
+    except Exception:  # noqa: BLE001 - a boundary that must not fail (see the lines below)
         products = 0  # the catalog check above already says why
     index = index_summary(matcher, products)
     status = "pass" if index.headline in ("ready", "empty") else "warn"
@@ -250,7 +249,7 @@ def catalog_or_stop(read: Callable[[], T]) -> T:
     """Run a catalog read; if the catalog cannot be read, say why, point at Health and stop the page."""
     try:
         return read()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - a boundary that must not fail (see the lines below)
         show_error(err, what="The catalog cannot be read")
         st.page_link(HEALTH_PAGE, label="Open Health for what to do", icon=":material/monitor_heart:")
         st.stop()
@@ -405,7 +404,7 @@ def _update_sidebar_model(matcher) -> None:
         slot = st.session_state.get(_MODEL_SLOT)
         if slot is not None:
             _show_model(slot, matcher.settings, matcher)
-    except Exception:  # no script run (CLI, tests) or the slot is from an earlier run: nothing to update
+    except Exception:  # noqa: BLE001 - no script run (CLI, tests) or the slot is from an earlier run: nothing to update
         pass
 
 
@@ -421,7 +420,7 @@ def sidebar_status() -> None:
         try:
             count = matcher.count_products()
             st.caption(f":material/inventory_2: {plural(count, 'product')}")
-        except Exception as err:  # the catalog may be unreadable; the Health page says why
+        except Exception as err:  # noqa: BLE001 - the catalog may be unreadable; the Health page says why
             st.caption(f":material/warning: catalog unavailable ({type(err).__name__})")
         slot = st.empty()
         _show_model(slot, settings, matcher)
