@@ -13,7 +13,7 @@ matcher = webapp.get_matcher()
 try:
     categories = matcher.category_counts()
     products = sum(categories.values())
-except Exception as err:  # an unreadable catalog: say why and point at Health, keep the links usable
+except Exception as err:  # noqa: BLE001 - an unreadable catalog: say why and point at Health, keep the links usable
     webapp.show_error(err, what="The catalog cannot be read")
     products = None
 
@@ -34,21 +34,19 @@ if products == 0:
 
 st.subheader("Status")
 top = st.columns(2)
-with top[0]:
-    with st.container(border=True):
-        st.markdown("**:material/storage: Storage**")
-        st.markdown(webapp.storage_summary(settings))
-with top[1]:
-    with st.container(border=True):
-        st.markdown("**:material/neurology: Model**")
-        embedder = webapp.loaded_embedder(matcher)
-        if embedder is None:
-            st.markdown(f"`{settings.vpm_model}`, not loaded yet: it loads on the first search.")
-        else:
-            text = "text and images" if embedder.supports_text else "images only"
-            st.markdown(f"{embedder.display_name} ({text})")
-            if embedder.fallback_reason:
-                st.warning(f"Using the built-in fallback model: {embedder.fallback_reason}", icon=":material/info:")
+with top[0], st.container(border=True):
+    st.markdown("**:material/storage: Storage**")
+    st.markdown(webapp.storage_summary(settings))
+with top[1], st.container(border=True):
+    st.markdown("**:material/neurology: Model**")
+    embedder = webapp.loaded_embedder(matcher)
+    if embedder is None:
+        st.markdown(f"`{settings.vpm_model}`, not loaded yet: it loads on the first search.")
+    else:
+        text = "text and images" if embedder.supports_text else "images only"
+        st.markdown(f"{embedder.display_name} ({text})")
+        if embedder.fallback_reason:
+            st.warning(f"Using the built-in fallback model: {embedder.fallback_reason}", icon=":material/info:")
 
 if products is not None:
     index = webapp.index_summary(matcher, products)
@@ -67,7 +65,7 @@ pages = [
     (webapp.HEALTH_PAGE, "Health", ":material/monitor_heart:", "Checks, settings and versions."),
 ]
 for start in range(0, len(pages), 3):  # row by row, so a phone (one column) keeps the order
-    for column, (page, label, icon, what) in zip(st.columns(3), pages[start : start + 3]):
+    for column, (page, label, icon, what) in zip(st.columns(3), pages[start : start + 3], strict=False):
         with column, st.container(border=True):
             st.page_link(page, label=label, icon=icon)
             st.caption(what)

@@ -41,7 +41,7 @@ if not categories:
 
 try:
     webapp.ensure_model(matcher)  # first use: a spinner says the model is loading
-except Exception as err:  # e.g. an invalid VPM_DEVICE: say so rather than fail on every widget below
+except Exception as err:  # noqa: BLE001 - e.g. an invalid VPM_DEVICE: say so rather than fail on every widget below
     webapp.show_error(err, what="The image model could not be loaded")
     st.page_link(webapp.HEALTH_PAGE, label="Open Health for what to do", icon=":material/monitor_heart:")
     st.stop()
@@ -155,7 +155,7 @@ elif st.session_state.get(STATE, {}).get("identity") != (*query["identity"], str
     st.session_state.pop(STATE, None)
     try:
         st.session_state[STATE] = {**embed(query, box), "identity": (*query["identity"], str(box))}
-    except Exception as err:  # a bad photo or link: say exactly what, keep the page usable
+    except Exception as err:  # noqa: BLE001 - a bad photo or link: say exactly what, keep the page usable
         webapp.show_error(err)
 
 current = st.session_state.get(STATE)

@@ -72,7 +72,7 @@ def _streamlit_secrets() -> dict[str, Any]:
         import streamlit as st
 
         return {k.lower(): v for k, v in st.secrets.to_dict().items() if not isinstance(v, dict)}
-    except Exception:  # no secrets.toml, or not running under Streamlit: nothing to add
+    except Exception:  # noqa: BLE001 - no secrets.toml, or not running under Streamlit: nothing to add
         return {}
 
 
@@ -183,7 +183,7 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
-    def _bucket_required(self) -> "Settings":
+    def _bucket_required(self) -> Settings:
         if self.s3_enabled and not self.s3_bucket_name:
             raise ValueError("S3_BUCKET_NAME is required when S3_ENABLED=true")
         if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
@@ -324,7 +324,7 @@ class SecretFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a malformed call (wrong %-args): logging itself reports it when emitting
+        except Exception:  # noqa: BLE001 - a malformed call (wrong %-args): logging itself reports it when emitting
             return True
         record.msg, record.args = mask_secrets(message, self.values), None
         if record.exc_info and not record.exc_text:

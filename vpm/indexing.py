@@ -136,7 +136,7 @@ class Indexer:
                 log.warning("product %s: its photo %s cannot be embedded (%s)", product.id, photo.key, err)
         if images:
             vectors = self.embedder.embed_images(images, batch_size=EMBED_BATCH)
-            for (product, photo), vector in zip(waiting, vectors):
+            for (product, photo), vector in zip(waiting, vectors, strict=False):
                 entries.append(PhotoVector(photo.key, product.id, photo.sha256, product.category, vector))
         self.vectors.upsert(entries)
         return len(entries)

@@ -64,7 +64,7 @@ def existing_model_ids(where: engine.Location) -> list[str]:
                 break
     except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
         raise
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - a boundary that must not fail (see the lines below)
         raise engine.EngineError(f"cannot list the tables in {where.description}: {engine._reason(err)}") from None
     return sorted(name[len(TABLE_PREFIX):] for name in names if name.startswith(TABLE_PREFIX))
 
@@ -145,7 +145,7 @@ class LanceVectorIndex(VectorIndex):
             engine.connect(self.where).drop_table(table_name(self.model_id))
         except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
             raise
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - a boundary that must not fail (see the lines below)
             raise engine.EngineError(f"could not remove {self.description}: {engine._reason(err)}") from None
         engine.forget_table(self.where, table_name(self.model_id))
         self._table = None
@@ -157,7 +157,7 @@ class LanceVectorIndex(VectorIndex):
             return query.to_arrow()
         except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
             raise
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - a boundary that must not fail (see the lines below)
             raise engine.EngineError(f"cannot read {self.description}: {engine._reason(err)}") from None
 
     def _write(self, operation, what: str):
@@ -165,7 +165,7 @@ class LanceVectorIndex(VectorIndex):
             result = operation()
         except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
             raise
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - a boundary that must not fail (see the lines below)
             raise engine.EngineError(f"could not {what} {self.description}: {engine._reason(err)}") from None
         engine.compact_when_due(self.table, after=self._maintain)
         return result
@@ -197,12 +197,13 @@ class LanceVectorIndex(VectorIndex):
     def delete_products(self, product_ids: Sequence[str]) -> None:
         for start in range(0, len(product_ids), 500):
             chunk = list(product_ids[start : start + 500])
-            self._write(lambda: self.table.delete(f"product_id IN {sql_list(chunk)}"), "delete vectors from")
+            self._write(lambda chunk=chunk: self.table.delete(f"product_id IN {sql_list(chunk)}"),
+                        "delete vectors from")
 
     def delete_photos(self, photo_keys: Sequence[str]) -> None:
         for start in range(0, len(photo_keys), 500):
             chunk = list(photo_keys[start : start + 500])
-            self._write(lambda: self.table.delete(f"photo_key IN {sql_list(chunk)}"), "delete vectors from")
+            self._write(lambda chunk=chunk: self.table.delete(f"photo_key IN {sql_list(chunk)}"), "delete vectors from")
 
     def set_category(self, product_id: str, category: str) -> None:
         self._write(
@@ -219,14 +220,14 @@ class LanceVectorIndex(VectorIndex):
             return self.table.count_rows()
         except engine.EngineError:  # already says where and what (e.g. a table that cannot be opened)
             raise
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - a boundary that must not fail (see the lines below)
             raise engine.EngineError(f"cannot read {self.description}: {engine._reason(err)}") from None
 
     def iter_keys(self, batch_size: int = 1000) -> Iterator[list[tuple[str, str]]]:
         offset = 0
         while True:
             rows = self._read(self.table.search().select(["photo_key", "product_id"]).offset(offset).limit(batch_size))
-            keys = list(zip(rows.column("photo_key").to_pylist(), rows.column("product_id").to_pylist()))
+            keys = list(zip(rows.column("photo_key").to_pylist(), rows.column("product_id").to_pylist(), strict=False))
             if keys:
                 yield keys
             if len(keys) < batch_size:
@@ -241,7 +242,7 @@ class LanceVectorIndex(VectorIndex):
             rows = self._read(
                 self.table.search().where(f"sha256 IN {sql_list(chunk)}").select(["sha256", "vector"]).limit(None)
             )
-            for sha, vector in zip(rows.column("sha256").to_pylist(), rows.column("vector").to_pylist()):
+            for sha, vector in zip(rows.column("sha256").to_pylist(), rows.column("vector").to_pylist(), strict=False):
                 found.setdefault(sha, np.asarray(vector, dtype=np.float32))
         return found
 
@@ -351,7 +352,7 @@ class LanceVectorIndex(VectorIndex):
                 "vector" in tuple(index.columns) and "IVF" in str(index.index_type).upper()
                 for index in self.table.list_indices()
             )
-        except Exception:
+        except Exception:  # noqa: BLE001 - a boundary that must not fail (see the lines below)
             return False
 
     def _build_ann_when_due(self, wait: bool = False) -> None:
@@ -363,7 +364,7 @@ class LanceVectorIndex(VectorIndex):
         def build() -> None:
             try:
                 self.build_ann()
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - a boundary that must not fail (see the lines below)
                 log.warning("could not build the approximate index of %s: %s", self.description, engine._reason(err))
             finally:
                 self._ann_building = False

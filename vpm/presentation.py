@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-
 # Every character Markdown, Streamlit's extensions (`:red[...]`, `:material/x:` icons, `$math$`) or HTML give a
 # meaning to. A backslash before any ASCII punctuation makes it literal in CommonMark.
 _WORD_JOINER = "\u2060"
