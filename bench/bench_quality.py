@@ -64,7 +64,7 @@ LABELS = {
     "aspect": "+ 384 px, aspect kept",
     "rmac": "+ R-MAC",
     "flip": "+ flip",
-    "rerank": "R-MAC (no flip) + rerank top 20",
+    "rerank": "R-MAC (no flip) + rerank top 20 (2 photos each)",
 }
 
 
@@ -82,14 +82,11 @@ def perturb(data: bytes, seed: int) -> bytes:
     return out.getvalue()
 
 
-def best_per_product(scores: np.ndarray, product_codes: np.ndarray, n_products: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each product's best score and the row of that photo (-inf / -1 for a product with no row)."""
+def best_per_product(scores: np.ndarray, product_codes: np.ndarray, n_products: int) -> np.ndarray:
+    """Each product's best score (-inf for a product with no photo among the references)."""
     best = np.full(n_products, -np.inf, dtype=np.float32)
     np.maximum.at(best, product_codes, scores)
-    rows = np.full(n_products, -1)
-    for row in np.argsort(scores):  # ascending: the best photo of a product is written last
-        rows[product_codes[row]] = row
-    return best, rows
+    return best
 
 
 def run_step(name, embedder, use_rerank, rows, originals, queries, products, ref_features):
@@ -116,12 +113,14 @@ def run_step(name, embedder, use_rerank, rows, originals, queries, products, ref
             allowed[i] = False  # the query's own photo is never in its catalog
             idx = np.flatnonzero(allowed)
             scores = ref_vectors[idx] @ vector
-            best, best_rows = best_per_product(scores, codes[idx], len(products))
+            best = best_per_product(scores, codes[idx], len(products))
             order = np.argsort(-best)
             order = order[np.isfinite(best[order])]
-            if use_rerank:
+            if use_rerank:  # each product by its best photos by cosine (RERANK_PHOTOS), as a search does
                 top = order[: verification.RERANK_TOP]
-                cands = [ref_features[idx[best_rows[p]]] for p in top]
+                local = {p: np.flatnonzero(codes[idx] == p) for p in top}
+                cands = [[ref_features[idx[r]] for r in local[p][np.argsort(-scores[local[p]])][
+                    : verification.RERANK_PHOTOS]] for p in top]
                 reranked = verification.rerank([float(best[p]) for p in top], features, cands)
                 order = np.concatenate([top[reranked.order], order[verification.RERANK_TOP:]])
             ms = shared_ms + (time.perf_counter() - t1) * 1000

@@ -258,3 +258,25 @@ def test_keypoints_missing_from_an_older_catalog_are_filled_in_once(matcher, sea
 
     assert sorted(fresh.features.features_for(keys)) == sorted(keys)
     assert fresh.keypoints_missing() == 0
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_product_is_verified_by_its_matched_photo_and_its_next_best(matcher):
+    from vpm.results import Match
+
+    product = add(matcher, "Pack", [1, 2, 3])
+    first, _second, third = (p.key for p in product.photos)
+    query_vector = matcher.vectors.vectors_for_keys([third])[third]
+    match = Match(product, 0.5, first, None, None)
+
+    assert matcher._photos_to_verify(match, query_vector) == [first, third]
+
+
+def test_rerank_counts_the_best_verified_photo_of_a_product():
+    product = textured(21)
+    query = rerank.extract(shopper_view(product, 4))
+    other, same = rerank.extract(textured(22)), rerank.extract(product)
+
+    outcome = rerank.rerank([0.9, 0.8], query, [[rerank.extract(textured(23))], [other, same, None]])
+
+    assert outcome.order == [1, 0] and outcome.inliers[1] >= rerank.MIN_INLIERS

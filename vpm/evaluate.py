@@ -129,6 +129,9 @@ class Evaluation:
         counts = np.bincount(self.codes, minlength=len(self.product_ids)) if len(self.codes) else np.zeros(0, int)
         candidates = [i for i in range(len(self.photo_keys)) if counts[self.codes[i]] >= 2]
         self.products_evaluated = int((counts >= 2).sum())
+        order = np.argsort(self.codes, kind="stable")
+        starts = np.searchsorted(self.codes[order], np.arange(len(self.product_ids) + 1))
+        self._rows_of = {pid: order[starts[c] : starts[c + 1]] for c, pid in enumerate(self.product_ids)}
         if not candidates:
             raise NothingToEvaluate(
                 "no product has two or more photos with a vector, so no photo can be held out and found again: add "
@@ -184,7 +187,7 @@ class Evaluation:
             right_row = int(np.flatnonzero(own)[np.argmax(row[own])])
             results.append((i, hits, right_row, float(row[right_row])))
         if self.rerank:
-            results = self._verify(results)
+            results = self._verify(results, scores)
         for i, hits, right_row, right_score in results:
             own_id = self.product_ids[self.codes[i]]
             ranked = [h.product_id for h in hits]
@@ -200,17 +203,23 @@ class Evaluation:
         self.done += len(batch)
         return len(batch)
 
-    def _verify(self, results):
+    def _verify(self, results, scores_of):
         from . import rerank as verification
 
-        keys = {self.photo_keys[i] for i, *_ in results}
-        keys |= {h.photo_key for _i, hits, *_ in results for h in hits[: verification.RERANK_TOP]}
+        photos_of = {}  # (query, product) -> the photos verified: its best ones by cosine, as a search does
+        for j, (i, hits, _right_row, _right_score) in enumerate(results):
+            for h in hits[: verification.RERANK_TOP]:
+                rows = self._rows_of[h.product_id]
+                rows = rows[rows != i]
+                best = rows[np.argsort(-scores_of[j][rows])][: verification.RERANK_PHOTOS]
+                photos_of[(i, h.product_id)] = [self.photo_keys[r] for r in best]
+        keys = {self.photo_keys[i] for i, *_ in results} | {k for keys in photos_of.values() for k in keys}
         stored = self.matcher.features.features_for(keys)
         out = []
         for i, hits, right_row, right_score in results:
             top = hits[: verification.RERANK_TOP]
             outcome = verification.rerank([h.score for h in top], stored.get(self.photo_keys[i]),
-                                          [stored.get(h.photo_key) for h in top])
+                                          [[stored.get(k) for k in photos_of[(i, h.product_id)]] for h in top])
             out.append((i, [top[j] for j in outcome.order] + hits[len(top):], right_row, right_score))
         return out
 

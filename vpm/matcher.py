@@ -626,7 +626,7 @@ class Matcher:
             reranked = False
             verified = verify and query_features is not None
             if verified:
-                matches, reranked = self._verify(matches, query_features)
+                matches, reranked = self._verify(matches, query_features, vectors[len(responses)])
                 if threshold is not None:
                     matches = [m for m in matches if m.score >= threshold]
             matches = matches[:top_k]
@@ -635,17 +635,22 @@ class Matcher:
                                             threshold, verified, reranked, box))
         return responses
 
-    def _verify(self, matches: list[Match], query_features: LocalFeatures) -> tuple[list[Match], bool]:
-        """Re-order the first candidates by cosine + verified keypoint matches (vpm/rerank.py)."""
+    def _verify(self, matches: list[Match], query_features: LocalFeatures,
+                query_vector: np.ndarray) -> tuple[list[Match], bool]:
+        """Re-order the first candidates by cosine + verified keypoint matches (vpm/rerank.py): each product by
+        its best photo and, when it has more, its next best by cosine."""
         from . import rerank as verification
 
         top = matches[: verification.RERANK_TOP]
         try:
-            stored = self.features.features_for([m.photo_key for m in top]) if top else {}
+            photo_keys = {m.product.id: self._photos_to_verify(m, query_vector) for m in top} if top else {}
+            wanted = {key for keys in photo_keys.values() for key in keys}
+            stored = self.features.features_for(wanted) if wanted else {}
         except (StorageError, CatalogError) as err:  # derived data: never the reason a search fails
             log.warning("could not read the candidates' keypoints (%s): results are not verified", err)
             return matches, False
-        outcome = verification.rerank([m.score for m in top], query_features, [stored.get(m.photo_key) for m in top])
+        candidates = [[stored.get(key) for key in photo_keys[m.product.id]] for m in top]
+        outcome = verification.rerank([m.score for m in top], query_features, candidates)
         checked = [dataclasses.replace(m, inliers=outcome.inliers[i] if m.photo_key in stored else None)
                    for i, m in enumerate(top)]
         return [checked[i] for i in outcome.order] + matches[len(top):], outcome.changed
@@ -655,6 +660,17 @@ class Matcher:
         if not -1.0 <= value <= 1.0 or math.isnan(value):
             raise ValueError(f"threshold {threshold} is not a cosine similarity between -1 and 1 (e.g. 0.8 for 80%)")
         return value
+
+    def _photos_to_verify(self, match: Match, query_vector: np.ndarray) -> list[str]:
+        """The matched photo, then the product's next best photos by cosine (RERANK_PHOTOS in all)."""
+        from . import rerank as verification
+
+        others = [p.key for p in match.product.photos if p.key != match.photo_key]
+        if not others or verification.RERANK_PHOTOS < 2:
+            return [match.photo_key]
+        known = self.vectors.vectors_for_keys(others) if hasattr(self.vectors, "vectors_for_keys") else {}
+        ranked = sorted(known, key=lambda key: -float(known[key] @ query_vector))
+        return [match.photo_key, *ranked[: verification.RERANK_PHOTOS - 1]]
 
     def search_image(
         self, data: bytes, filename: str, *, top_k: int = 10, threshold: float | None = None,

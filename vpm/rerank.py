@@ -35,6 +35,7 @@ MIN_INLIERS = 10  # fewer verified matches than this is what two unrelated photo
 INLIER_WEIGHT = 0.002  # bonus per inlier, added to the cosine
 MAX_INLIERS_COUNTED = 50  # so the bonus is at most 0.1: verification re-orders close calls, never overrules
 RERANK_TOP = 20  # candidates verified per query
+RERANK_PHOTOS = 2  # photos verified per candidate product: its best by cosine, and the next best
 
 
 @dataclass(frozen=True)
@@ -165,19 +166,22 @@ class Reranked:
     changed: bool  # whether the order differs from the input's
 
 
-def rerank(scores: Sequence[float], query: LocalFeatures | None,
-           candidates: Sequence[LocalFeatures | None]) -> Reranked:
+Candidate = LocalFeatures | Sequence[LocalFeatures | None] | None
+
+
+def rerank(scores: Sequence[float], query: LocalFeatures | None, candidates: Sequence[Candidate]) -> Reranked:
     """Order candidates (given best first by cosine) by cosine + bonus; the first RERANK_TOP are verified.
 
-    A candidate without stored keypoints keeps its cosine (no bonus): `vpm index` fills them in.
+    A candidate is a product: the keypoints of one photo, or of a few (its best photos; the most inliers count).
+    A photo without stored keypoints adds nothing (no bonus): `vpm index` fills them in.
     """
     n = len(scores)
     inliers = [0] * n
     if query is not None and len(query) >= MIN_INLIERS:
         with one_blas_thread():
             for i in range(min(n, RERANK_TOP)):
-                if candidates[i] is not None:
-                    inliers[i] = verify(query, candidates[i]).inliers
+                photos = [candidates[i]] if isinstance(candidates[i], LocalFeatures) else candidates[i] or []
+                inliers[i] = max((verify(query, f).inliers for f in photos if f is not None), default=0)
     combined = [scores[i] + (INLIER_WEIGHT * min(inliers[i], MAX_INLIERS_COUNTED) if inliers[i] >= MIN_INLIERS
                              else 0.0) for i in range(n)]
     order = sorted(range(n), key=lambda i: (-combined[i], i))
