@@ -18,6 +18,7 @@ navigation = st.navigation(
             st.Page(webapp.MIGRATION_PAGE, title="Migration & costs", icon=":material/cloud_upload:"),
         ],
         "Operate": [
+            st.Page(webapp.QUALITY_PAGE, title="Match quality", icon=":material/fact_check:"),
             st.Page(webapp.HEALTH_PAGE, title="Health", icon=":material/monitor_heart:"),
         ],
     }

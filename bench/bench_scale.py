@@ -215,7 +215,7 @@ def backend(args):
     from moto.server import ThreadedMotoServer
 
     port = free_port()
-    global REQUESTS
+    global REQUESTS  # noqa: PLW0603 - the one counter the S3 server patches report into
     REQUESTS = RequestCounter()
     werkzeug = logging.getLogger("werkzeug")  # one INFO line per request: counted, not printed
     werkzeug.setLevel(logging.INFO)
@@ -408,7 +408,7 @@ def exact_truth(catalog, queries, query_rows, report: Report):
     everything = np.arange(catalog.n_photos)
     photo_category = np.repeat(catalog.product_category, catalog.photos_per_product)
     truth, truth_filtered, filters, samples = [], [], [], []
-    for q, row in zip(queries, query_rows):
+    for q, row in zip(queries, query_rows, strict=True):
         start = time.perf_counter()
         scores = catalog.vectors @ q
         result = best_per_product(scores, codes, ids, keys, everything, 10, None)
@@ -423,7 +423,7 @@ def exact_truth(catalog, queries, query_rows, report: Report):
 
 
 def recall(found: list[list[str]], truth: list[list[str]]) -> float:
-    per_query = [len(set(f) & set(t)) / len(t) for f, t in zip(found, truth) if t]
+    per_query = [len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True) if t]
     return round(statistics.fmean(per_query), 4)
 
 
@@ -623,7 +623,7 @@ def measure_adds(catalog, store, index, rng: random.Random, count: int, report: 
     report.times("add_vector_ms", vector_samples, "(its vector, LanceVectorIndex.upsert)")
     report.times("owners_of_ms", owner_samples, "(the upload's duplicate check: owners_of one SHA-256)")
     report.times("vectors_for_shas_ms", reuse_samples, "(the upload's vector reuse check: one SHA-256)")
-    upload = [a + b + c + d for a, b, c, d in zip(add_samples, vector_samples, owner_samples, reuse_samples)]
+    upload = [a + b + c + d for a, b, c, d in zip(add_samples, vector_samples, owner_samples, reuse_samples, strict=True)]
     report.times("upload_db_ms", upload, "(the four together: an upload's table work, files and model excluded)")
     report.put("add_maintenance_runs", len(maintenance), "", "(background compactions the adds started, waited "
                "for between adds, untimed above)")

@@ -13,7 +13,7 @@ matcher = webapp.get_matcher()
 try:
     categories = matcher.category_counts()
     products = sum(categories.values())
-except Exception as err:  # an unreadable catalog: say why and point at Health, keep the links usable
+except Exception as err:
     webapp.show_error(err, what="The catalog cannot be read")
     products = None
 
@@ -61,6 +61,7 @@ pages = [
     (webapp.CATALOG_PAGE, "Catalog", ":material/inventory_2:", "Add, import, edit and delete products."),
     (webapp.STORAGE_PAGE, "Storage browser", ":material/folder_open:", "See the files behind the catalog."),
     (webapp.MIGRATION_PAGE, "Migration & costs", ":material/cloud_upload:", "Move to S3; estimate the bill."),
+    (webapp.QUALITY_PAGE, "Match quality", ":material/fact_check:", "How often the right product comes first."),
     (webapp.HEALTH_PAGE, "Health", ":material/monitor_heart:", "Checks, settings and versions."),
 ]
 for start in range(0, len(pages), 3):  # row by row, so a phone (one column) keeps the order

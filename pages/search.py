@@ -9,7 +9,7 @@ import hashlib
 import streamlit as st
 
 from vpm import webapp
-from vpm.images import preview_thumbnail
+from vpm.images import InvalidBox, box_from_percent, outline_box, preview_thumbnail
 from vpm.presentation import (
     IMAGE_FORMATS_TEXT,
     IMAGE_UPLOAD_TYPES,
@@ -17,6 +17,7 @@ from vpm.presentation import (
     nothing_found_text,
     results_count_text,
     results_csv,
+    why_caption,
 )
 
 PHOTO, LINK, WORDS = "Photo", "Image link", "Words"
@@ -41,7 +42,7 @@ if not categories:
 
 try:
     webapp.ensure_model(matcher)  # first use: a spinner says the model is loading
-except Exception as err:  # e.g. an invalid VPM_DEVICE: say so rather than fail on every widget below
+except Exception as err:
     webapp.show_error(err, what="The image model could not be loaded")
     st.page_link(webapp.HEALTH_PAGE, label="Open Health for what to do", icon=":material/monitor_heart:")
     st.stop()
@@ -95,7 +96,33 @@ def read_query() -> dict | None:
     return {"identity": ("text", text), "kind": "text", "text": text}
 
 
-def embed(query: dict) -> dict:
+def read_region(query: dict | None):
+    """The part of an uploaded photo to search with (a shelf photo with several products), or None for all of it.
+
+    Two range sliders set the edges in percent; vpm checks the region (inside the photo, not tiny, not a strip) and
+    draws the live preview, so nothing here decides what a valid region is.
+    """
+    if query is None or "data" not in query:
+        return None
+    if not st.toggle("Search only part of the photo", key="search_region",
+                     help="For a photo with several products (a shelf, a table): frame the one you mean."):
+        return None
+    try:
+        image = webapp.upload_image(query["data"], query["filename"])
+    except Exception:
+        return None
+    left, right = st.slider("Left and right edges (%)", 0, 100, (0, 100), key="search_region_x")
+    top, bottom = st.slider("Top and bottom edges (%)", 0, 100, (0, 100), key="search_region_y")
+    try:
+        box = box_from_percent(image.width, image.height, left, top, right - left, bottom - top)
+    except InvalidBox as err:
+        st.warning(f"{str(err)[:1].upper()}{str(err)[1:]}: widen the region.", icon=":material/crop_free:")
+        return False
+    st.image(outline_box(image, box), caption=f"The region searched: {box.w}×{box.h} px", width=280)
+    return box
+
+
+def embed(query: dict, box) -> dict:
     """Embed the query once; the result is kept in the session for re-ranking."""
     webapp.ensure_model(matcher)
     webapp.prepare_search_index(matcher)  # a progress bar if catalog images still need embedding
@@ -105,26 +132,31 @@ def embed(query: dict) -> dict:
         elif "url" in query:
             embedded = matcher.embed_query(url=query["url"])
         else:
-            embedded = matcher.embed_query(data=query["data"], filename=query["filename"])
+            embedded = matcher.embed_query(data=query["data"], filename=query["filename"], box=box)
     # A bounded thumbnail, never the upload itself: st.image would open and resize that outside our checks.
     preview = None if embedded.image is None else preview_thumbnail(
         embedded.image, embedded.label, max_bytes=settings.max_upload_bytes
     )
+    if preview is not None and embedded.box is not None:
+        preview = outline_box(webapp.upload_image(embedded.image, embedded.label), embedded.box)
     return {"identity": query["identity"], "kind": embedded.kind, "vector": embedded.vector,
-            "label": embedded.label, "preview": preview, "embed_ms": embedded.embed_ms}
+            "label": embedded.label, "preview": preview, "embed_ms": embedded.embed_ms,
+            "features": embedded.features, "box": embedded.box, "image": embedded.image}
 
 
 ask, tune = st.columns([3, 2], gap="large")
 with ask:
     query = read_query()
+    box = read_region(query)
 
-if query is None:
+if query is None or box is False:
     st.session_state.pop(STATE, None)
-elif st.session_state.get(STATE, {}).get("identity") != query["identity"]:
+    query = None
+elif st.session_state.get(STATE, {}).get("identity") != (*query["identity"], str(box)):
     st.session_state.pop(STATE, None)
     try:
-        st.session_state[STATE] = embed(query)
-    except Exception as err:  # a bad photo or link: say exactly what, keep the page usable
+        st.session_state[STATE] = {**embed(query, box), "identity": (*query["identity"], str(box))}
+    except Exception as err:
         webapp.show_error(err)
 
 current = st.session_state.get(STATE)
@@ -138,6 +170,11 @@ with tune:
     )
     top_k = st.slider("Show at most", 1, 50, 12, key="search_top_k", help="The number of result cards.")
     chosen = st.multiselect("Categories", categories, key="search_categories", placeholder="All categories")
+    verify = st.toggle(
+        "Verify the top matches", value=matcher.rerank_default, key="search_rerank", disabled=kind == "text",
+        help="Checks the 20 best candidates for keypoints that match your photo (printed labels, shapes) and moves "
+             "the verified ones up. Photos only.",
+    )
 
 if current is None:
     if query is None:
@@ -146,7 +183,8 @@ if current is None:
 
 response = matcher.rank(
     current["vector"], top_k=top_k, threshold=threshold / 100, categories=chosen or None,
-    query=current["label"], took_ms=current["embed_ms"],
+    query=current["label"], took_ms=current["embed_ms"], features=current.get("features"), rerank=verify,
+    box=current.get("box"),
 )
 
 st.divider()
@@ -160,7 +198,10 @@ with summary:
         st.markdown(f"For “{current['label']}”")
     if response.results:
         st.markdown(f"**{results_count_text(len(response.results), threshold / 100)}**")
-        st.caption(f"Search took {format_ms(response.took_ms)} · model {response.model}")
+        verified = ""
+        if response.verified:
+            verified = " · verified by keypoints" + (", which changed the order" if response.reranked else "")
+        st.caption(f"Search took {format_ms(response.took_ms)} · model {response.model}{verified}")
         st.download_button(
             "Download results (CSV)", results_csv(response.results), file_name="vpm-results.csv",
             mime="text/csv", icon=":material/download:", on_click="ignore",
@@ -170,3 +211,17 @@ with summary:
 
 if response.results:
     webapp.product_grid(response.results, columns=4)
+
+if response.results and current.get("image") is not None:
+    with st.expander("Why this match? See the keypoints a result shares with your photo"):
+        labels = [f"{i}. {m.product.name}" for i, m in enumerate(response.results, 1)]
+        picked = st.selectbox("Result", range(len(labels)), format_func=lambda i: labels[i], key="search_why_pick")
+        if st.button("Show the matching keypoints", key="search_why", icon=":material/join_inner:"):
+            match = response.results[picked]
+            try:
+                drawing, inliers = matcher.explain_match(current["image"], current["label"], match.product.id,
+                                                         match.photo_key, box=current.get("box"))
+            except Exception as err:
+                webapp.show_error(err, what="The matches could not be drawn")
+            else:
+                st.image(drawing, caption=why_caption(inliers))

@@ -36,6 +36,7 @@ PAGES = {  # url path -> (file stem for screenshots, a text that means the page 
     "catalog": ("catalog", "Add a product"),
     "storage_browser": ("storage_browser", "Storage browser"),
     "migration": ("migration", "Migration & costs"),
+    "quality": ("quality", "Match quality"),
     "health": ("health", "Effective settings"),
 }
 SEED = [("Red mug", "Kitchen", 1, 12.5), ("Blue mug", "Kitchen", 2), ("Trail shoe", "Shoes", 3, 89.0),
@@ -272,6 +273,18 @@ def save_whole_page(page, path: Path, width: int, height: int) -> None:
     page.wait_for_timeout(400)
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size({"width": width, "height": height})
+
+
+def test_search_a_region_of_the_photo_with_a_live_preview(page, app_url):
+    open_app(page, app_url, "search")
+    upload_query(page, make_product_photo(3, size=240))
+    result_count(page)
+
+    page.get_by_text("Search only part of the photo").click()
+
+    page.get_by_text(re.compile(r"The region searched: \d+×\d+ px")).wait_for()
+    result_count(page)
+    assert not page.locator('[data-testid="stException"]').count()
 
 
 @pytest.mark.parametrize("width", list(WIDTHS))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from vpm.cli import main
+from vpm.embeddings import DEFAULT_DESCRIPTOR
 
 
 @pytest.fixture
@@ -115,9 +116,16 @@ def test_search_prints_a_readable_table(stocked_cli, photos):
     assert code == 0
     lines = out.strip().splitlines()
     assert lines[0].startswith("query: lamp.png · model tiny-clip")
-    assert lines[1].split() == ["#", "score", "name", "category", "id"]
-    assert lines[2].split() == ["1", "100.0%", "Lamp", "Lighting", "lamp"]
+    assert "verified by keypoints" in lines[0]  # VPM_RERANK is on by default
+    assert lines[1].split() == ["#", "score", "name", "category", "id", "matches"]
+    assert lines[2].split()[:5] == ["1", "100.0%", "Lamp", "Lighting", "lamp"]
+    assert lines[2].split()[5].isdigit() or lines[2].split()[5] == "-"
     assert len(lines) == 4
+
+    code, out, _ = stocked_cli("search", photos["lamp"], "--threshold", "-1", "--top-k", "2", "--no-rerank")
+    lines = out.strip().splitlines()
+    assert "verified" not in lines[0]
+    assert lines[1].split() == ["#", "score", "name", "category", "id"]
 
 
 def test_search_says_how_close_it_came_when_nothing_passes_the_threshold(stocked_cli, tmp_path, product_photo):
@@ -172,7 +180,7 @@ def test_text_search_with_the_offline_fallback_model_says_why_not(cli, monkeypat
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     code, out, err = cli("search", "--text", "red mug")
     assert code == 1 and out == ""
-    assert "efficientnet-lite0 embeds images only (clip-ViT-B-32 could not be loaded:" in err
+    assert f"{DEFAULT_DESCRIPTOR.model_id} embeds images only (clip-ViT-B-32 could not be loaded:" in err
 
 
 # --- import ----------------------------------------------------------------------------------------------------

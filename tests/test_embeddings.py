@@ -20,6 +20,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from vpm.embeddings import (
+    DEFAULT_DESCRIPTOR,
+    LEGACY_DESCRIPTOR,
+    Descriptor,
     EfficientNetEmbedder,
     EmbeddingError,
     SentenceTransformerEmbedder,
@@ -27,6 +30,7 @@ from vpm.embeddings import (
     load_configured_embedder,
     load_embedder,
     model_slug,
+    rmac_regions,
 )
 from vpm.images import MAX_ASPECT_RATIO
 
@@ -99,6 +103,12 @@ def efficientnet() -> EfficientNetEmbedder:
     embedder = load_embedder("efficientnet-lite0", device="cpu")
     assert isinstance(embedder, EfficientNetEmbedder)
     return embedder
+
+
+@pytest.fixture
+def legacy_efficientnet(efficientnet) -> EfficientNetEmbedder:
+    """The built-in model with the descriptor it had before issue 13 (a 224 px centre crop, averaged)."""
+    return EfficientNetEmbedder(efficientnet._network, "cpu", descriptor=LEGACY_DESCRIPTOR)
 
 
 def _closed_loopback_port() -> int:
@@ -309,7 +319,7 @@ def test_an_uncached_hub_model_falls_back_when_offline(caplog):
     with caplog.at_level(logging.WARNING, logger="vpm.embeddings"):
         embedder = load_embedder("clip-ViT-B-32", device="cpu")
     assert isinstance(embedder, EfficientNetEmbedder)
-    assert embedder.model_id == "efficientnet-lite0"
+    assert embedder.model_id == DEFAULT_DESCRIPTOR.model_id
     assert embedder.dim == 1280
     assert embedder.supports_text is False
     assert "clip-ViT-B-32" in embedder.fallback_reason
@@ -341,7 +351,7 @@ def test_vpm_model_can_select_the_built_in_model_directly(monkeypatch):
     embedder = load_configured_embedder()
     assert isinstance(embedder, EfficientNetEmbedder)
     assert embedder.fallback_reason is None
-    assert embedder.model_id == "efficientnet-lite0"
+    assert embedder.model_id == DEFAULT_DESCRIPTOR.model_id
 
 
 def test_a_folder_that_is_not_a_model_falls_back_with_the_reason(tmp_path):
@@ -379,8 +389,9 @@ ORDINARY_SIZES = [(320, 240), (240, 320), (224, 224), (33, 17), (2000, 100), (57
 
 
 def _efficientnet_pixels_before_the_bound(image: Image.Image) -> np.ndarray:
-    """EfficientNetEmbedder._pixels as it was before issue 9, to prove ordinary images embed exactly as before."""
-    size = EfficientNetEmbedder.INPUT_SIZE
+    """EfficientNetEmbedder._pixels as it was before issue 9, to prove ordinary images embed exactly as before
+    with the descriptor of that time (LEGACY_DESCRIPTOR)."""
+    size = LEGACY_DESCRIPTOR.short_side
     w, h = image.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
@@ -397,9 +408,55 @@ def _upscaled_bound(input_size: int) -> int:
 
 
 @pytest.mark.parametrize("size", ORDINARY_SIZES)
-def test_the_built_in_models_preprocessing_of_ordinary_images_is_unchanged(efficientnet, size):
+def test_the_legacy_descriptors_preprocessing_of_ordinary_images_is_unchanged(legacy_efficientnet, size):
     image = _scene(size[0] * 7 + size[1], size=size) if min(size) > 40 else Image.new("RGB", size, (9, 99, 199))
-    np.testing.assert_array_equal(efficientnet._pixels(image), _efficientnet_pixels_before_the_bound(image))
+    np.testing.assert_array_equal(legacy_efficientnet._pixels(image), _efficientnet_pixels_before_the_bound(image))
+
+
+@pytest.mark.parametrize(
+    ("size", "shape"),
+    [((348, 348), (384, 384)), ((640, 480), (384, 512)), ((480, 640), (512, 384)), ((96, 96), (384, 384)),
+     ((1024, 208), (160, 768)), ((3000, 100), (32, 768)), ((4000, 3000), (384, 512))],
+)
+def test_the_built_in_model_keeps_the_aspect_at_multiples_of_32_within_768(efficientnet, size, shape):
+    pixels = efficientnet._pixels(Image.new("RGB", size, (9, 99, 199)))
+
+    assert pixels.shape == (3, *shape)
+
+
+def test_the_descriptor_is_in_the_model_id_so_a_new_one_re_embeds():
+    assert LEGACY_DESCRIPTOR.model_id == "efficientnet-lite0"  # the vectors made before issue 13
+    assert DEFAULT_DESCRIPTOR.model_id != LEGACY_DESCRIPTOR.model_id
+    assert DEFAULT_DESCRIPTOR.model_id == "efficientnet-lite0-rmac384"  # flip measured no gain: left out
+    assert Descriptor(pooling="avg", flip=False).model_id == "efficientnet-lite0-avg384"
+
+
+def test_rmac_regions_cover_the_map_at_three_scales():
+    regions = rmac_regions(12, 16)
+
+    assert regions[0] == (0, 0, 12, 16)  # the whole map first
+    assert {side for _t, _l, side, _s in regions[1:]} == {12, 8, 6}
+    assert all(top + h <= 12 and left + w <= 16 for top, left, h, w in regions)
+
+
+def test_flip_makes_a_photo_and_its_mirror_one_vector(efficientnet):
+    flipping = EfficientNetEmbedder(efficientnet._network, "cpu", descriptor=Descriptor(flip=True))
+    image = _scene(5, size=(200, 160))
+    mirror = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+    a, b = flipping.embed_images([image, mirror])
+
+    assert flipping.model_id == "efficientnet-lite0-rmac384-flip"
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_images_of_different_shapes_in_one_batch_embed_as_they_do_alone(efficientnet):
+    images = [_scene(1, size=(300, 200)), _scene(2, size=(200, 300)), _scene(3, size=(300, 200))]
+
+    together = efficientnet.embed_images(images)
+    alone = np.vstack([efficientnet.embed_images([image]) for image in images])
+
+    np.testing.assert_allclose(together, alone, atol=1e-4)
 
 
 def test_clip_vectors_of_ordinary_images_are_what_sentence_transformers_gives_unbounded(clip_dir):
@@ -418,11 +475,12 @@ def test_clip_vectors_of_ordinary_images_are_what_sentence_transformers_gives_un
 @pytest.mark.parametrize("hostile", HOSTILE_IMAGES, ids=lambda h: h.filename)
 def test_the_built_in_models_preprocessing_of_a_strip_stays_bounded(efficientnet, hostile, monkeypatch):
     """Called directly, without decode_image: the resize must be bounded on its own (unbounded: 3-30 GB)."""
-    sizes = guard_resizes(monkeypatch, _upscaled_bound(EfficientNetEmbedder.INPUT_SIZE))
+    d = DEFAULT_DESCRIPTOR
+    sizes = guard_resizes(monkeypatch, max(_upscaled_bound(d.short_side), d.max_long_side**2))
 
     pixels = efficientnet._pixels(hostile.pil())
 
-    assert pixels.shape == (3, 224, 224)
+    assert pixels.shape[1] <= d.max_long_side and pixels.shape[2] <= d.max_long_side
     assert sizes  # the guard saw the resize
 
 
@@ -459,7 +517,7 @@ def test_model_slugs_are_stable_and_safe_storage_keys(clip_dir, tmp_path):
     assert model_slug("clip-ViT-B-32") == "clip-ViT-B-32"
     assert model_slug("sentence-transformers/clip-ViT-B-32") == "clip-ViT-B-32"
     assert model_slug("openai/clip-vit-base-patch32") == "openai--clip-vit-base-patch32"
-    assert model_slug("efficientnet-lite0") == "efficientnet-lite0"
+    assert model_slug("efficientnet-lite0") == DEFAULT_DESCRIPTOR.model_id  # the descriptor it computes
     for name in ("clip-ViT-B-32", "odd name/..", str(clip_dir)):
         validate_key(f"metadata/embeddings/{model_slug(name)}.npy")
 

@@ -10,7 +10,7 @@ import pytest
 
 from vpm import health
 from vpm.catalog import Photo, Product
-from vpm.embeddings import EmbeddingError
+from vpm.embeddings import DEFAULT_DESCRIPTOR, EmbeddingError
 from vpm.images import NotAnImageError
 from vpm.matcher import DuplicatePhoto, Matcher
 from vpm.urlfetch import URLRefused
@@ -115,7 +115,7 @@ def test_rank_refilters_without_embedding_again(stocked, product_photo):
 
 
 def test_a_bad_query_image_is_refused_with_an_image_error(stocked):
-    with pytest.raises(NotAnImageError, match="notes.txt"):
+    with pytest.raises(NotAnImageError, match=r"notes\.txt"):
         stocked.search_image(b"just some text", "notes.txt")
     with pytest.raises(ValueError, match="between -1 and 1"):
         stocked.search_image(b"x", "x.png", threshold=80)
@@ -412,16 +412,17 @@ def test_the_fallback_model_searches_images_and_refuses_text_saying_why(fallback
         m.add_product(
             product_photo(seed, size=64), f"{seed}.png", name=f"P{seed}", category="Mugs", product_id=f"p{seed}"
         )
-    assert m.embedder.model_id == "efficientnet-lite0" and m.embedder.fallback_reason
+    built_in = DEFAULT_DESCRIPTOR.model_id
+    assert m.embedder.model_id == built_in and m.embedder.fallback_reason
 
     response = m.search_image(product_photo(2, size=64), "q.png", threshold=-1)
-    assert response.model == "efficientnet-lite0"
+    assert response.model == built_in
     assert response.results[0].product.id == "p2" and response.results[0].score == pytest.approx(1.0, abs=1e-4)
 
     with pytest.raises(EmbeddingError) as refused:
         m.search_text("red mug")
     message = str(refused.value)
-    assert "efficientnet-lite0 embeds images only" in message
+    assert f"{built_in} embeds images only" in message
     assert "clip-ViT-B-32 could not be loaded" in message
 
     checks = {c.name: c for c in health.full_checks(m)}

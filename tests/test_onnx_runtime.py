@@ -89,7 +89,7 @@ def test_offline_model_on_onnx_matches_torch_on_real_photos(photos):
     cos = _cosines(fast.embed_images(photos), torch_model.embed_images(photos))
 
     assert cos.min() >= 0.999, cos
-    assert fast.model_id == torch_model.model_id == "efficientnet-lite0"
+    assert fast.model_id == torch_model.model_id
 
 
 def test_offline_network_follows_torch_at_any_input_size():
@@ -98,10 +98,10 @@ def test_offline_network_follows_torch_at_any_input_size():
 
     embedder = load_embedder("efficientnet-lite0", "cpu")
     for height, width in [(224, 224), (224, 336), (300, 224), (160, 480)]:
-        batch = torch.from_numpy(np.random.default_rng(height).uniform(-1, 1, (2, 3, height, width)).astype(np.float32))
+        batch = np.random.default_rng(height).uniform(-1, 1, (2, 3, height, width)).astype(np.float32)
         with torch.inference_mode():
-            expected = embedder._network.extract_features(batch).numpy()
-            got = embedder._feature_maps(batch).numpy()
+            expected = embedder._network.extract_features(torch.from_numpy(batch)).numpy()
+        got = embedder._feature_maps(batch)
         assert got.shape == expected.shape
         assert onnx_runtime.cosines(got, expected).min() >= 0.999
 

@@ -133,6 +133,17 @@ def test_vectors_are_found_by_image_hash_for_reuse(stocked):
     assert stocked.photo_keys_with_vectors(["images/p3-a.jpg", "images/x.jpg"]) == {"images/p3-a.jpg"}
 
 
+def test_vectors_are_found_by_photo_key_before_and_after_a_search(stocked):
+    wanted = ["images/p1-b.jpg", "images/p3-a.jpg", "images/never-stored.jpg"]
+    before = stocked.vectors_for_keys(wanted)
+    stocked.query(basis(0), k=3)  # the memory path now holds the table
+    after = stocked.vectors_for_keys(wanted)
+
+    for found in (before, after):
+        assert sorted(found) == ["images/p1-b.jpg", "images/p3-a.jpg"]
+        assert np.allclose(found["images/p1-b.jpg"], basis(1)) and np.allclose(found["images/p3-a.jpg"], basis(2))
+
+
 def test_bad_queries_and_bad_vectors_are_refused(stocked):
     with pytest.raises(ValueError, match="16-d"):
         stocked.query(np.ones(3, dtype=np.float32))

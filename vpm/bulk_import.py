@@ -176,15 +176,16 @@ def _prepare(matcher: Matcher, batch: _Decoded, report: ImportReport) -> list[_R
 
 
 def _commit(matcher: Matcher, ready: list[_Ready], report: ImportReport) -> None:
-    """Files, then vectors, then one commit of the new rows; photos of existing products are added after."""
+    """Files, then vectors and keypoints, then one commit of the new rows; photos of existing products are added
+    after."""
     written: list[str] = []
-    vector_keys: list[str] = []
+    derived_keys: list[str] = []
     committed: set[str] = set()  # photo and thumbnail keys a committed row points at: never removed
     try:
         for entry in ready:
             for item in entry.prepared:
                 photos.store(matcher.storage, item, written)
-        vector_keys += matcher.store_vectors([(entry.product, entry.prepared) for entry in ready])
+        matcher.store_derived([(entry.product, entry.prepared) for entry in ready], derived_keys)
         new = [
             Product.model_validate({**e.product.model_dump(), "photos": [p.photo for p in e.prepared]})
             for e in ready if not e.existing
@@ -210,17 +211,12 @@ def _commit(matcher: Matcher, ready: list[_Ready], report: ImportReport) -> None
             committed.update(k for item in entry.prepared for k in (item.photo.key, item.photo.thumbnail_key) if k)
             report.photos_added += len(entry.prepared)
     except BaseException:
-        leftover_vectors = [k for k in vector_keys if k not in committed]
-        if leftover_vectors:
-            matcher._quietly(
-                lambda: matcher.vectors.delete_photos(leftover_vectors), "remove the vectors of", "an import batch"
-            )
+        matcher.discard_derived([k for k in derived_keys if k not in committed], "an import batch")
         photos.discard(matcher.storage, [k for k in written if k not in committed])
         raise
 
 
 def _undo(matcher: Matcher, entry: _Ready) -> None:
-    """Remove the vectors and files written for a group whose row did not land (they are this import's own)."""
-    matcher._quietly(lambda: matcher.vectors.delete_photos([p.photo.key for p in entry.prepared]),
-                     "remove the vectors of", entry.product.id)
+    """Remove the vectors, keypoints and files written for a group whose row did not land (this import's own)."""
+    matcher.discard_derived([p.photo.key for p in entry.prepared], entry.product.id)
     photos.discard(matcher.storage, [k for item in entry.prepared for k in (item.photo.key, item.photo.thumbnail_key) if k])

@@ -19,7 +19,7 @@ from .errors import VpmError, log_unexpected, something_went_wrong
 log = logging.getLogger(__name__)
 
 # Modules that add subcommands: each defines register(subparsers) and sets `func` on its parsers.
-COMMAND_MODULES: list[str] = ["vpm.cli_search", "vpm.cli_migrate", "vpm.cli_serve"]
+COMMAND_MODULES: list[str] = ["vpm.cli_search", "vpm.cli_quality", "vpm.cli_migrate", "vpm.cli_serve"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 

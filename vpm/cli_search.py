@@ -5,10 +5,12 @@ Progress bars go to stderr, so `--json` output on stdout stays one parseable doc
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 from .cli import EXIT_ERROR, EXIT_OK, UserError, emit, make_matcher, terminal_safe
+from .images import parse_box
 
 
 def register(sub, command) -> None:
@@ -25,6 +27,14 @@ def register(sub, command) -> None:
         help="minimum cosine similarity, -1..1 (e.g. 0.8 = 80%%); default depends on the model and query kind",
     )
     p.add_argument("--category", action="append", help="only this category (repeat for several)")
+    p.add_argument(
+        "--rerank", action=argparse.BooleanOptionalAction, default=None,
+        help="verify the top candidates by keypoint matches (default: VPM_RERANK, on unless set to false)",
+    )
+    p.add_argument(
+        "--box", metavar="X,Y,W,H",
+        help="search only this region of the photo, in pixels of the upright photo (e.g. a shelf photo's product)",
+    )
 
     p = command(
         "import", cmd_import,
@@ -33,7 +43,8 @@ def register(sub, command) -> None:
     )
     p.add_argument("path", metavar="PATH")
 
-    p = command("index", cmd_index, "embed the photos missing from the search index and drop vectors of removed ones")
+    p = command("index", cmd_index, "embed the photos missing from the search index (and find their keypoints, to "
+                "verify matches) and drop the vectors and keypoints of removed ones")
     p.add_argument("--rebuild", action="store_true", help="re-embed every product, not only the missing ones")
     p.add_argument("--check", action="store_true", help="only report; embed nothing; exit 1 if vectors are missing")
 
@@ -52,6 +63,10 @@ def cmd_search(args) -> int:
     if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold is a cosine similarity between -1 and 1 (e.g. 0.8 for 80%), not {args.threshold}")
     options = {"top_k": args.top_k, "threshold": args.threshold, "categories": args.category}
+    if args.text is not None and (args.box is not None or args.rerank is not None):
+        raise UserError("--box and --rerank apply to a photo (IMAGE... or --url), not to --text")
+    if args.text is None:
+        options.update(rerank=args.rerank, box=None if args.box is None else parse_box(args.box))
     images = [_read(path) for path in args.images]
     matcher = make_matcher(args)
     try:
@@ -78,8 +93,12 @@ def _read(path: str) -> tuple[bytes, str]:
 
 def _table(response) -> str:
     head = f"query: {response.query} · model {response.model} · {response.took_ms:.0f} ms"
+    if response.box is not None:
+        head += f" · region {response.box}"
     if response.threshold is not None:
         head += f" · threshold {response.threshold * 100:.0f}%"
+    if response.verified:
+        head += " · verified by keypoints" + (" (order changed)" if response.reranked else "")
     if not response.results:
         if response.best_score is None:
             return head + "\nno products to search (the catalog, or the chosen category, is empty)"
@@ -91,7 +110,10 @@ def _table(response) -> str:
     for rank, match in enumerate(response.results, 1):
         p = match.product
         rows.append((str(rank), f"{match.score * 100:.1f}%", _clip(p.name, 40), _clip(p.category, 20), p.id))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    if response.verified:
+        rows = [(*row, "matches" if i == 0 else str(m.inliers if m.inliers is not None else "-"))
+                for i, (row, m) in enumerate(zip(rows, [None, *response.results], strict=True))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(cell.rjust(w) if i < 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
         for row in rows
@@ -173,5 +195,8 @@ def cmd_index(args) -> int:
         + (f"; {status.missing} missing (run python -m vpm index)" if status.missing else "")
         + "".join(f"\n  {problem}" for problem in status.problems)
     )
+    if matcher.has_features_table():
+        keypoints = matcher.features.count()
+        text += f"\nkeypoints (to verify matches) for {min(keypoints, status.photos)}/{status.photos} photos"
     emit(args, status.as_dict(), text)
     return EXIT_OK if status.missing == 0 else EXIT_ERROR

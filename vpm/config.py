@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     vpm_device: str = "auto"
     # What runs the model's network: ONNX Runtime where it matches torch (auto), or one of them by name.
     vpm_runtime: Literal["auto", "torch", "onnx-fp32", "onnx-int8"] = "auto"
+    # Verify the top candidates of an image search by local features (vpm/rerank.py; README "Match quality").
+    vpm_rerank: bool = True
     vpm_api_key: SecretStr | None = None
     vpm_cors_origins: str = ""
     # The REST API's guard against slow or lying clients (vpm.api.ServerLimits; README "Running the API").

@@ -251,6 +251,112 @@ def crop_to_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT_RATIO) -> 
     return image.crop((0, top, width, top + keep))
 
 
+# --- regions ------------------------------------------------------------------------------------------------
+
+MIN_BOX_SIDE = 16  # px: a smaller region holds too little of a product to search with
+
+
+class InvalidBox(ValueError):
+    """A search region that is not a usable part of the photo; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """A region of a photo, in pixels of the upright image (EXIF orientation applied): left, top, width, height."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def as_list(self) -> list[int]:
+        return [self.x, self.y, self.w, self.h]
+
+    def __str__(self) -> str:
+        return f"{self.x},{self.y},{self.w},{self.h}"
+
+
+def parse_box(value: object) -> Box:
+    """A box from "x,y,w,h" (the CLI, a form field) or [x, y, w, h] (JSON); whole numbers only."""
+    if isinstance(value, Box):
+        return value
+    if isinstance(value, str):
+        parts: list[object] = [p.strip() for p in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise InvalidBox(f"a region is x,y,w,h (four whole numbers of pixels), not a {type(value).__name__}")
+    if len(parts) != 4:
+        raise InvalidBox(f"a region is x,y,w,h: four whole numbers of pixels, not {len(parts)} value(s)")
+    numbers = []
+    for name, part in zip("xywh", parts, strict=False):
+        if isinstance(part, bool) or not isinstance(part, (int, str)):
+            raise InvalidBox(f"the region's {name} must be a whole number of pixels, not {part!r}")
+        try:
+            number = int(part)
+        except ValueError:
+            raise InvalidBox(f"the region's {name} must be a whole number of pixels, not {str(part)[:20]!r}") from None
+        numbers.append(number)
+    return Box(*numbers)
+
+
+def check_box(box: Box, width: int, height: int, max_aspect: float = MAX_ASPECT_RATIO) -> Box:
+    """`box` if it lies inside a width × height image, is at least MIN_BOX_SIDE a side and no narrower than
+    `max_aspect`:1 (so every resize of the crop stays bounded as for a whole photo); else InvalidBox saying why."""
+    where = f"the photo is {width}×{height} pixels"
+    if box.x < 0 or box.y < 0:
+        raise InvalidBox(f"the region starts outside the photo (x={box.x}, y={box.y}): x and y must be 0 or more")
+    if box.w < MIN_BOX_SIDE or box.h < MIN_BOX_SIDE:
+        raise InvalidBox(
+            f"the region is {box.w}×{box.h} pixels; make it at least {MIN_BOX_SIDE}×{MIN_BOX_SIDE} ({where})"
+        )
+    if box.x + box.w > width or box.y + box.h > height:
+        raise InvalidBox(
+            f"the region {box} reaches past the photo's edge ({where}): x + w must be at most {width} and y + h at "
+            f"most {height}"
+        )
+    if not within_aspect(box.w, box.h, max_aspect):
+        raise InvalidBox(f"the region {box.w}×{box.h} is a strip; keep it within {max_aspect:g}:1")
+    return box
+
+
+def crop_box(image: Image.Image, box: Box) -> Image.Image:
+    """The part of `image` inside `box`, after `check_box` (a crop only ever shrinks: no resize here)."""
+    box = check_box(box, image.width, image.height)
+    return image.crop((box.x, box.y, box.x + box.w, box.y + box.h))
+
+
+def box_from_percent(width: int, height: int, left: float, top: float, box_width: float, box_height: float) -> Box:
+    """A box from percentages of the photo (what the Search page's sliders give), clipped to the photo and
+    checked like any other box."""
+    for name, value in (("left", left), ("top", top), ("width", box_width), ("height", box_height)):
+        if not 0 <= value <= 100:
+            raise InvalidBox(f"the region's {name} is {value}%: it must be between 0 and 100%")
+    x, y = round(width * left / 100), round(height * top / 100)
+    w = min(round(width * box_width / 100), width - x)
+    h = min(round(height * box_height / 100), height - y)
+    return check_box(Box(x, y, w, h), width, height)
+
+
+def outline_box(image: Image.Image, box: Box, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
+    """A small WebP of the whole photo with the region outlined and the rest dimmed: the live preview of a crop."""
+    from PIL import ImageDraw
+
+    box = check_box(box, image.width, image.height)
+    preview = _to_rgb(image)
+    preview = preview.copy() if preview is image else preview
+    preview.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    scale = preview.width / image.width
+    inner = (round(box.x * scale), round(box.y * scale),
+             round((box.x + box.w) * scale) - 1, round((box.y + box.h) * scale) - 1)
+    dimmed = Image.blend(preview, Image.new("RGB", preview.size, (0, 0, 0)), 0.55)
+    dimmed.paste(preview.crop((inner[0], inner[1], inner[2] + 1, inner[3] + 1)), inner[:2])
+    ImageDraw.Draw(dimmed).rectangle(inner, outline=(255, 196, 0), width=2)
+    buffer = io.BytesIO()
+    dimmed.save(buffer, format="WEBP", quality=80)
+    return buffer.getvalue()
+
+
 def to_jpeg(image: Image.Image, quality: int = 90) -> bytes:
     """Re-encode as JPEG. No EXIF is written, so the pixels as they are now are the orientation."""
     if not 1 <= quality <= 100:

@@ -182,3 +182,64 @@ class Indexer:
             self.vectors.delete_photos(orphans)
             log.info("pruned %d vectors of photos no longer in the catalog (%s)", len(orphans), self.vectors.model_id)
         return len(orphans)
+
+
+class FeatureIndexer:
+    """Keeps the photos' stored keypoints (vpm/lance_features.py) in step with the catalog, like `Indexer` does
+    for one model's vectors: fills in the photos that have none, drops the rows of photos no longer there."""
+
+    def __init__(self, storage: Storage, catalog: CatalogStore, features):
+        self.storage = storage
+        self.catalog = catalog
+        self.features = features
+        self.problems: dict[str, str] = {}
+
+    def missing_estimate(self) -> int:
+        """Photos minus stored keypoints: two counts, cheap at any size."""
+        return max(0, self.catalog.photo_count() - self.features.count())
+
+    def fill_missing(self, progress: Progress | None = None, *, rebuild: bool = False) -> int:
+        from .lance_features import PhotoFeatures
+        from .rerank import extract
+
+        progress = progress or _no_progress
+        todo = []
+        for batch in self.catalog.iter_batches():
+            keys = [p.key for product in batch for p in product.photos]
+            have = set() if rebuild else self.features.photo_keys_with_features(keys)
+            todo += [(product, photo) for product in batch for photo in product.photos if photo.key not in have]
+        total = len(todo)
+        progress(0, total, f"finding the keypoints of {total} photos")
+        stored = 0
+        for start in range(0, total, EMBED_BATCH):
+            chunk = todo[start : start + EMBED_BATCH]
+            known = {} if rebuild else self.features.features_for_shas({photo.sha256 for _p, photo in chunk})
+            entries = []
+            for product, photo in chunk:
+                if photo.sha256 not in known:
+                    try:
+                        data = self.storage.get(photo.key)
+                        known[photo.sha256] = extract(decode_image(data, photo.key, max_bytes=max(len(data), 1)).image)
+                    except (StorageError, ImageError) as err:
+                        self.problems[photo.key] = str(err)
+                        log.warning("product %s: no keypoints for its photo %s (%s)", product.id, photo.key, err)
+                        continue
+                entries.append(PhotoFeatures(photo.key, product.id, photo.sha256, known[photo.sha256]))
+            self.features.upsert(entries)
+            stored += len(entries)
+            done = min(start + EMBED_BATCH, total)
+            progress(done, total, f"keypoints of {done}/{total} photos")
+        return stored
+
+    def prune(self) -> int:
+        orphans: list[str] = []
+        for batch in self.features.iter_keys():
+            products = self.catalog.get_many(sorted({pid for _key, pid in batch}))
+            for key, pid in batch:
+                product = products.get(pid)
+                if product is None or key not in {p.key for p in product.photos}:
+                    orphans.append(key)
+        if orphans:
+            self.features.delete_photos(orphans)
+            log.info("pruned the keypoints of %d photos no longer in the catalog", len(orphans))
+        return len(orphans)

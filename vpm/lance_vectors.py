@@ -83,6 +83,12 @@ class _Snapshot:
         )
         flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         self.vectors = np.ascontiguousarray(flat, dtype=np.float32).reshape(len(self.photo_keys), dim)
+        self._row_of: dict[str, int] | None = None
+
+    def vectors_of(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        if self._row_of is None:
+            self._row_of = {key: i for i, key in enumerate(self.photo_keys)}
+        return {key: self.vectors[self._row_of[key]] for key in keys if key in self._row_of}
 
     def rows(self, categories: Iterable[str] | None) -> np.ndarray:
         wanted = {c.strip().casefold() for c in categories or () if c and c.strip()}
@@ -224,6 +230,23 @@ class LanceVectorIndex(VectorIndex):
                 found.setdefault(sha, np.asarray(vector, dtype=np.float32))
         return found
 
+    def vectors_for_keys(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """These photos' vectors: from memory when the table is held there (a search's re-ranking asks for a few
+        dozen), else read from the table."""
+        wanted = sorted(set(keys))
+        snapshot = self._snapshot
+        if snapshot is not None and snapshot.version == int(self.table.version):
+            return snapshot.vectors_of(wanted)
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = self._read(
+                self.table.search().where(f"photo_key IN {sql_list(chunk)}").select(["photo_key", "vector"]).limit(None)
+            )
+            for key, vector in zip(rows.column("photo_key").to_pylist(), rows.column("vector").to_pylist(), strict=True):
+                found[key] = np.asarray(vector, dtype=np.float32)
+        return found
+
     def photo_keys_with_vectors(self, keys: Iterable[str]) -> set[str]:
         wanted = sorted(set(keys))
         have: set[str] = set()
@@ -265,6 +288,15 @@ class LanceVectorIndex(VectorIndex):
             if len(self._snapshot.photo_keys) >= ANN_FROM_PHOTOS:
                 self._build_ann_when_due()
             return self._snapshot
+
+    def read_all(self, max_photos: int = MEMORY_MAX_PHOTOS) -> _Snapshot | None:
+        """Every vector, for a report that compares photos with each other (vpm/evaluate.py); None when there are
+        more than `max_photos`. Only reads: unlike a search, it never starts an index build."""
+        if self.count() > max_photos:
+            return None
+        version = int(self.table.version)
+        data = self._read(self.table.search().select(["photo_key", "product_id", "category_key", "vector"]).limit(None))
+        return _Snapshot(version, data, self.dim)
 
     @staticmethod
     def _query_memory(snapshot: _Snapshot, queries, k, threshold, categories) -> list[QueryResult]:

@@ -31,16 +31,21 @@ from .catalog import (
 )
 from .config import Settings
 from .errors import InvalidRequest
-from .images import DecodedImage, decode_image
-from .indexing import Indexer, IndexStatus
+from .images import Box, DecodedImage, crop_box, decode_image, parse_box
+from .indexing import FeatureIndexer, Indexer, IndexStatus
 from .lance_catalog import LanceCatalogStore
+from .lance_features import TABLE as FEATURES_TABLE
+from .lance_features import LanceFeatureStore, PhotoFeatures
 from .lance_vectors import LanceVectorIndex, existing_model_ids
 from .results import EmbeddedQuery, ImportReport, Match, PhotoView, ProductView, SearchResponse
 from .storage import Storage, StorageError, make_storage
 from .vector_index import PhotoVector, VectorIndex
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from .embeddings import Embedder
+    from .rerank import LocalFeatures
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +63,14 @@ MAX_PHOTOS_PER_CALL = 10
 
 # Default cosine thresholds by model family and query kind (the UI shows score * 100 as %): they hide the clearly
 # unrelated, not rank. CLIP's image-image cosine for two photos of one product is typically 0.8-0.95 and a
-# matching text-image pair 0.25-0.35. EfficientNet-Lite0 was measured with bench/bench_quality.py on the 398
+# matching text-image pair 0.25-0.35. EfficientNet-Lite0 (its first, 224 px descriptor) was measured on the 398
 # product photos: at 0.55, 94.5% of queries still show a photo of the same product (median best 0.75).
 _THRESHOLDS = {
     "clip": {"image": 0.75, "text": 0.22},
     "efficientnet-lite0": {"image": 0.55, "text": 0.0},
+    # R-MAC cosines run higher: `python -m vpm evaluate` on the 398 sample photos puts 95% of true matches at or
+    # above 0.68; 0.65 leaves room for shoppers' photos (README, "Match quality").
+    "efficientnet-lite0-rmac384": {"image": 0.65, "text": 0.0},
     "other": {"image": 0.6, "text": 0.2},
 }
 
@@ -100,6 +108,8 @@ class Matcher:
         self._load_embedder = load_embedder
         self._catalog: CatalogStore | None = None
         self._vector_indexes: dict[str, VectorIndex] = {}
+        self._features: LanceFeatureStore | None = None
+        self._features_checked = False  # keypoints of photos added before they existed: filled in once per process
         self._indexers: dict[str, Indexer] = {}
         self._checked_models: set[str] = set()
         self._lock = threading.RLock()
@@ -161,6 +171,23 @@ class Matcher:
         embedder = self.embedder
         return self._vector_index_for(embedder.model_id, embedder.dim)
 
+    @property
+    def features(self) -> LanceFeatureStore:
+        """The photos' stored keypoints (one table whatever the model: they come from the pixels alone)."""
+        if self._features is None:
+            with self._lock:
+                if self._features is None:
+                    self._features = LanceFeatureStore(self.where, exists=self._table_exists(FEATURES_TABLE))
+        return self._features
+
+    def has_features_table(self) -> bool:
+        return self._features is not None or self._table_exists(FEATURES_TABLE)
+
+    @property
+    def rerank_default(self) -> bool:
+        """Whether image searches verify their top candidates unless told otherwise (VPM_RERANK)."""
+        return bool(self.settings.vpm_rerank)
+
     def _every_vector_index(self) -> list[VectorIndex]:
         """The vector indexes of every model that has one here (deletes and edits must reach them all)."""
         ids = set(existing_model_ids(self.where)) | set(self._vector_indexes)
@@ -173,6 +200,8 @@ class Matcher:
             summaries.append(engine.summarize(self.catalog.table, "products and their photos"))
         for model_id in existing_model_ids(self.where):
             summaries.append(engine.summarize(self._vector_index_for(model_id).table, f"{model_id} photo vectors"))
+        if self.has_features_table():
+            summaries.append(engine.summarize(self.features.table, "photo keypoints, to verify matches"))
         return summaries
 
     @property
@@ -229,7 +258,10 @@ class Matcher:
         if kind not in ("image", "text"):
             raise InvalidRequest(f"kind must be 'image' or 'text', not {kind!r}")
         model_id = self.embedder.model_id.lower()
-        family = "efficientnet-lite0" if model_id == "efficientnet-lite0" else "clip" if "clip" in model_id else "other"
+        if model_id.startswith("efficientnet-lite0"):
+            family = model_id if model_id in _THRESHOLDS else "efficientnet-lite0"
+        else:
+            family = "clip" if "clip" in model_id else "other"
         return _THRESHOLDS[family][kind]
 
     # ------------------------------------------------------------------------------------------- urls
@@ -339,6 +371,8 @@ class Matcher:
         after = self.catalog.remove_photo(product_id, key)
         for index in self._every_vector_index():
             self._quietly(lambda index=index: index.delete_photos([key]), "remove the vector of", key)
+        if self.has_features_table():
+            self._quietly(lambda: self.features.delete_photos([key]), "remove the keypoints of", key)
         photos.discard(self.storage, [k for k in (photo.key, photo.thumbnail_key) if k], "after removing its photo")
         return after
 
@@ -356,6 +390,8 @@ class Matcher:
         (product,) = self.catalog.delete([product_id])
         for index in self._every_vector_index():
             self._quietly(lambda index=index: index.delete_products([product_id]), "remove the vectors of", product_id)
+        if self.has_features_table():
+            self._quietly(lambda: self.features.delete_products([product_id]), "remove the keypoints of", product_id)
         photos.discard(self.storage, product.file_keys(), "of a deleted product")
         log.info("deleted product %s", product_id)
         return product
@@ -383,22 +419,59 @@ class Matcher:
             )
 
     def _write_photos_then(self, product: Product, prepared: list[photos.PreparedPhoto], commit) -> None:
-        """Files, then vectors, then `commit` (the row). If any step fails, remove what this call wrote."""
+        """Files, then vectors and keypoints, then `commit` (the row). If any step fails, remove what this call
+        wrote."""
         written: list[str] = []
-        vector_keys: list[str] = []
+        derived: list[str] = []
         try:
             for item in prepared:
                 photos.store(self.storage, item, written)
-            vector_keys = self._store_vectors(product, prepared)
+            self.store_derived([(product, prepared)], derived)
             commit()
         except BaseException:
-            if vector_keys:
-                self._quietly(lambda: self.vectors.delete_photos(vector_keys), "remove the vectors of", product.id)
+            self.discard_derived(derived, product.id)
             photos.discard(self.storage, written)
             raise
 
-    def _store_vectors(self, product: Product, prepared: list[photos.PreparedPhoto]) -> list[str]:
-        return self.store_vectors([(product, prepared)])
+    def store_derived(self, batch: list[tuple[Product, list[photos.PreparedPhoto]]], written: list[str]) -> None:
+        """The vectors, then the keypoints, of several products' new photos; the photo keys are appended to
+        `written` as soon as the first of them is stored, so a caller cleaning up removes exactly those."""
+        keys = [p.photo.key for _product, prepared in batch for p in prepared]
+        written.extend(keys)
+        self.store_vectors(batch)
+        self.store_features(batch)
+
+    def discard_derived(self, photo_keys: Sequence[str], whom: str) -> None:
+        """Remove the vectors and keypoints of photos whose product row never landed (they are derived data)."""
+        keys = list(photo_keys)
+        if not keys:
+            return
+        self._quietly(lambda: self.vectors.delete_photos(keys), "remove the vectors of", whom)
+        if self.has_features_table():
+            self._quietly(lambda: self.features.delete_photos(keys), "remove the keypoints of", whom)
+
+    def store_features(self, batch: list[tuple[Product, list[photos.PreparedPhoto]]]) -> list[str]:
+        """Compute (or reuse, for bytes seen before) and store the keypoints of these photos; returns their keys.
+
+        A photo whose keypoints cannot be computed is logged and stored without them: it is then simply not
+        verified (`vpm index` tries again)."""
+        from . import rerank
+
+        every = [p for _product, prepared in batch for p in prepared]
+        if not every:
+            return []
+        known = self.features.features_for_shas({p.photo.sha256 for p in every})
+        for item in {p.photo.sha256: p for p in every if p.photo.sha256 not in known}.values():
+            try:
+                known[item.photo.sha256] = rerank.extract(item.image.image)
+            except Exception as err:  # noqa: BLE001 - derived data: never the reason an add fails
+                log.warning("no keypoints for %s: %s", item.photo.key, err)
+        entries = [
+            PhotoFeatures(p.photo.key, product.id, p.photo.sha256, known[p.photo.sha256])
+            for product, prepared in batch for p in prepared if p.photo.sha256 in known
+        ]
+        self.features.upsert(entries)
+        return [e.photo_key for e in entries]
 
     def store_vectors(self, batch: list[tuple[Product, list[photos.PreparedPhoto]]]) -> list[str]:
         """Embed the photos of several products in one call (reusing a vector this model made for the same
@@ -453,10 +526,25 @@ class Matcher:
 
     # ---------------------------------------------------------------------------------------- search
 
-    def embed_query_image(self, data: bytes, filename: str) -> np.ndarray:
-        """The query vector of an uploaded photo; raises an ImageError subclass for bad input."""
-        image = self.decode(data, filename)
-        return self._embed_one_image(image.image)
+    def embed_query_image(self, data: bytes, filename: str, box: Box | str | Sequence[int] | None = None) -> np.ndarray:
+        """The query vector of an uploaded photo (of the region `box` of it); raises an ImageError subclass for bad
+        input and InvalidBox for a region that is not inside the photo."""
+        return self._embed_one_image(self._query_image(data, filename, box))
+
+    def _query_image(self, data: bytes, filename: str, box: Box | str | Sequence[int] | None) -> Image.Image:
+        image = self.decode(data, filename).image
+        return image if box is None else crop_box(image, parse_box(box))
+
+    @staticmethod
+    def query_features(image: Image.Image) -> LocalFeatures | None:
+        """The query photo's keypoints for verification; None (no verification) if they cannot be computed."""
+        from . import rerank
+
+        try:
+            return rerank.extract(image)
+        except Exception as err:  # noqa: BLE001 - verification is an extra: never the reason a search fails
+            log.warning("no keypoints for the query photo (%s): searching without verification", err)
+            return None
 
     def fetch_url_image(self, url: str) -> tuple[bytes, str]:
         """Download an image by URL through the SSRF guard; raises URLRefused / URLFetchError saying why."""
@@ -494,42 +582,64 @@ class Matcher:
         return self.embedder.embed_texts([text.strip()])[0]
 
     def embed_query(
-        self, *, data: bytes | None = None, filename: str = "image", url: str | None = None, text: str | None = None
+        self, *, data: bytes | None = None, filename: str = "image", url: str | None = None, text: str | None = None,
+        box: Box | str | Sequence[int] | None = None,
     ) -> EmbeddedQuery:
-        """Embed one query (photo bytes, an image URL, or words) once, for re-ranking with `rank` later."""
+        """Embed one query (photo bytes, an image URL, or words; of a photo, only the region `box` if given) once,
+        with the photo's keypoints, for ranking with `rank` later."""
         started = time.perf_counter()
+        features = None
         if text is not None:
+            if box is not None:
+                raise InvalidRequest("a region (box) only applies to a photo, not to words")
             vector, label, image = self.embed_query_text(text), text.strip(), None
         else:
             if url is not None:
                 data, filename = self.fetch_url_image(url)
             if data is None:
                 raise InvalidRequest("a query needs a photo, an image URL or a text")
-            vector, image = self.embed_query_image(data, filename), data
+            box = None if box is None else parse_box(box)
+            picture = self._query_image(data, filename, box)
+            vector, image = self._embed_one_image(picture), data
+            features = self.query_features(picture)
             label = url if url is not None else filename
         took_ms = (time.perf_counter() - started) * 1000
-        return EmbeddedQuery("text" if text is not None else "image", vector, label, image, took_ms)
+        return EmbeddedQuery("text" if text is not None else "image", vector, label, image, took_ms, features,
+                             box if text is None else None)
 
     def rank(
         self, vector: np.ndarray, *, top_k: int = 10, threshold: float | None = None,
         categories: Iterable[str] | None = None, query: str | None = None, took_ms: float = 0.0,
+        features: LocalFeatures | None = None, rerank: bool | None = None, box: Box | None = None,
     ) -> SearchResponse:
         """Rank the catalog against a query vector (no embedding: cheap enough for a slider). No threshold
-        when `threshold` is None."""
-        return self._rank_many(np.atleast_2d(vector), [query], top_k, threshold, categories, [took_ms])[0]
+        when `threshold` is None. With the query's keypoints (`features`) the top candidates are verified, unless
+        `rerank` is False (None: VPM_RERANK)."""
+        return self._rank_many(np.atleast_2d(vector), [query], top_k, threshold, categories, [took_ms],
+                               [features], rerank, [box])[0]
 
-    def _rank_many(self, vectors, queries, top_k, threshold, categories, embed_ms) -> list[SearchResponse]:
+    def _rank_many(self, vectors, queries, top_k, threshold, categories, embed_ms, features=None, rerank=None,
+                   boxes=None) -> list[SearchResponse]:
+        from . import rerank as verification
+
         if top_k < 1:
             raise InvalidRequest(f"top_k must be at least 1 (got {top_k})")
+        features = features or [None] * len(queries)
+        boxes = boxes or [None] * len(queries)
+        verify = self.rerank_default if rerank is None else bool(rerank)
+        verify = verify and any(f is not None for f in features)
         started = time.perf_counter()
         self._embed_missing_once()
-        results = self.vectors.query(vectors, k=top_k + _SPARE_HITS, threshold=threshold, categories=categories)
+        wanted_k = max(top_k, verification.RERANK_TOP) if verify else top_k
+        results = self.vectors.query(vectors, k=wanted_k + _SPARE_HITS, threshold=None if verify else threshold,
+                                     categories=categories)
         ids = sorted({hit.product_id for result in results for hit in result.hits})
         products = self.catalog.get_many(ids)
         wanted = {c.strip().casefold() for c in categories or () if c and c.strip()}
-        rank_ms = (time.perf_counter() - started) * 1000 / max(1, len(queries))
+        shared_ms = (time.perf_counter() - started) * 1000 / max(1, len(queries))
         responses = []
-        for result, query, ms in zip(results, queries, embed_ms, strict=True):
+        for result, query, ms, query_features, box in zip(results, queries, embed_ms, features, boxes, strict=True):
+            one_started = time.perf_counter()
             matches = []
             for hit in result.hits:
                 product = products.get(hit.product_id)
@@ -541,11 +651,39 @@ class Matcher:
                 matches.append(
                     Match(product, hit.score, photo.key, self.url_for(photo.key), self.url_for(photo.thumbnail_key))
                 )
-                if len(matches) == top_k:
+                if len(matches) == wanted_k:
                     break
-            responses.append(SearchResponse(self.embedder.model_id, ms + rank_ms, matches, result.best_score, query,
-                                            threshold))
+            reranked = False
+            verified = verify and query_features is not None
+            if verified:
+                matches, reranked = self._verify(matches, query_features, vectors[len(responses)])
+                if threshold is not None:
+                    matches = [m for m in matches if m.score >= threshold]
+            matches = matches[:top_k]
+            took = ms + shared_ms + (time.perf_counter() - one_started) * 1000
+            responses.append(SearchResponse(self.embedder.model_id, took, matches, result.best_score, query,
+                                            threshold, verified, reranked, box))
         return responses
+
+    def _verify(self, matches: list[Match], query_features: LocalFeatures,
+                query_vector: np.ndarray) -> tuple[list[Match], bool]:
+        """Re-order the first candidates by cosine + verified keypoint matches (vpm/rerank.py): each product by
+        its best photo and, when it has more, its next best by cosine."""
+        from . import rerank as verification
+
+        top = matches[: verification.RERANK_TOP]
+        try:
+            photo_keys = {m.product.id: self._photos_to_verify(m, query_vector) for m in top} if top else {}
+            wanted = {key for keys in photo_keys.values() for key in keys}
+            stored = self.features.features_for(wanted) if wanted else {}
+        except (StorageError, CatalogError) as err:  # derived data: never the reason a search fails
+            log.warning("could not read the candidates' keypoints (%s): results are not verified", err)
+            return matches, False
+        candidates = [[stored.get(key) for key in photo_keys[m.product.id]] for m in top]
+        outcome = verification.rerank([m.score for m in top], query_features, candidates)
+        checked = [dataclasses.replace(m, inliers=outcome.inliers[i] if m.photo_key in stored else None)
+                   for i, m in enumerate(top)]
+        return [checked[i] for i in outcome.order] + matches[len(top):], outcome.changed
 
     def _resolve_threshold(self, threshold: float | None, kind: str) -> float:
         value = self.default_threshold(kind) if threshold is None else float(threshold)
@@ -553,36 +691,72 @@ class Matcher:
             raise InvalidRequest(f"threshold {threshold} is not a cosine similarity between -1 and 1 (e.g. 0.8 for 80%)")
         return value
 
+    def _photos_to_verify(self, match: Match, query_vector: np.ndarray) -> list[str]:
+        """The matched photo, then the product's next best photos by cosine (RERANK_PHOTOS in all)."""
+        from . import rerank as verification
+
+        others = [p.key for p in match.product.photos if p.key != match.photo_key]
+        if not others or verification.RERANK_PHOTOS < 2:
+            return [match.photo_key]
+        known = self.vectors.vectors_for_keys(others)
+        ranked = sorted(known, key=lambda key: -float(known[key] @ query_vector))
+        return [match.photo_key, *ranked[: verification.RERANK_PHOTOS - 1]]
+
     def search_image(
         self, data: bytes, filename: str, *, top_k: int = 10, threshold: float | None = None,
-        categories: Iterable[str] | None = None,
+        categories: Iterable[str] | None = None, rerank: bool | None = None,
+        box: Box | str | Sequence[int] | None = None,
     ) -> SearchResponse:
-        return self.search_images([(data, filename)], top_k=top_k, threshold=threshold, categories=categories)[0]
+        return self.search_images([(data, filename)], top_k=top_k, threshold=threshold, categories=categories,
+                                  rerank=rerank, box=box)[0]
 
     def search_images(
         self, images: Sequence[tuple[bytes, str]], *, top_k: int = 10, threshold: float | None = None,
-        categories: Iterable[str] | None = None,
+        categories: Iterable[str] | None = None, rerank: bool | None = None,
+        box: Box | str | Sequence[int] | None = None,
     ) -> list[SearchResponse]:
         """Search with several photos at once: all are decoded first (a bad one fails the call, naming it),
-        then embedded in batches by one model."""
+        then embedded in batches by one model. `box` searches that region of every photo; `rerank` verifies the
+        top candidates by keypoints (None: VPM_RERANK)."""
         threshold = self._resolve_threshold(threshold, "image")
+        box = None if box is None else parse_box(box)
+        verify = self.rerank_default if rerank is None else bool(rerank)
         started = time.perf_counter()
-        decoded = [self.decode(data, filename) for data, filename in images]
-        if len(decoded) == 1 and self._batch_queries:  # one photo: batched with the other requests' photos
-            vectors = np.atleast_2d(self._embed_one_image(decoded[0].image))
+        pictures = [self._query_image(data, filename, box) for data, filename in images]
+        if len(pictures) == 1 and self._batch_queries:  # one photo: batched with the other requests' photos
+            vectors = np.atleast_2d(self._embed_one_image(pictures[0]))
         else:
-            vectors = self.embedder.embed_images([d.image for d in decoded], batch_size=BATCH_SIZE)
+            vectors = self.embedder.embed_images(pictures, batch_size=BATCH_SIZE)
+        features = [self.query_features(p) if verify else None for p in pictures]
         per_query_ms = (time.perf_counter() - started) * 1000 / max(1, len(images))
         return self._rank_many(
             vectors, [name for _data, name in images], top_k, threshold, categories, [per_query_ms] * len(images),
+            features, verify, [box] * len(images),
         )
 
     def search_url(
         self, url: str, *, top_k: int = 10, threshold: float | None = None, categories: Iterable[str] | None = None,
+        rerank: bool | None = None, box: Box | str | Sequence[int] | None = None,
     ) -> SearchResponse:
         data, filename = self.fetch_url_image(url)
-        response = self.search_image(data, filename, top_k=top_k, threshold=threshold, categories=categories)
+        response = self.search_image(data, filename, top_k=top_k, threshold=threshold, categories=categories,
+                                     rerank=rerank, box=box)
         return dataclasses.replace(response, query=url)
+
+    def explain_match(
+        self, data: bytes, filename: str, product_id: str, photo_key: str,
+        box: Box | str | Sequence[int] | None = None,
+    ) -> tuple[bytes, int]:
+        """"Why this match": the query photo (its region `box`) and the product's photo side by side, with the
+        keypoint matches that one geometric transform explains drawn between them (PNG), and how many there are."""
+        from . import rerank
+
+        query = self._query_image(data, filename, box)
+        product = self.catalog.get(product_id)
+        photo = product.photo(photo_key)
+        stored = self.storage.get(photo.key)
+        candidate = decode_image(stored, photo.key, max_bytes=max(len(stored), 1)).image
+        return rerank.draw_matches(query, candidate)
 
     def search_text(
         self, text: str, *, top_k: int = 10, threshold: float | None = None, categories: Iterable[str] | None = None,
@@ -605,6 +779,13 @@ class Matcher:
         a missing one until `reindex` prunes it). `index_status` walks the catalog for the exact figure."""
         return max(0, self.catalog.photo_count() - self.vectors.count())
 
+    def keypoints_missing(self) -> int:
+        """About how many photos have no stored keypoints: 0 when searches do not verify by default, and once this
+        process has filled them in (a photo whose keypoints cannot be computed must not make every search try)."""
+        if not self.rerank_default or self._features_checked:
+            return 0
+        return self.feature_indexer.missing_estimate()
+
     def reindex(self, rebuild: bool = False, progress: Progress | None = None) -> IndexStatus:
         """Embed the photos missing from the active model's index (every photo with rebuild=True) and drop the
         vectors of photos no longer in the catalog."""
@@ -613,8 +794,15 @@ class Matcher:
         indexer = self.indexer
         indexer.embed_missing(progress, rebuild=rebuild)
         indexer.prune()
+        self.feature_indexer.fill_missing(progress, rebuild=rebuild)
+        self.feature_indexer.prune()
+        self._features_checked = True
         self._checked_models.add(self.embedder.model_id)
         return indexer.status()
+
+    @property
+    def feature_indexer(self) -> FeatureIndexer:
+        return FeatureIndexer(self.storage, self.catalog, self.features)
 
     def _drop_unreadable_vectors(self) -> None:
         """A rebuild starts the active model's vector table afresh when it cannot be opened (it is derived from
@@ -651,4 +839,22 @@ class Matcher:
                     "about %d catalog photos have no %s vector and are not searchable yet: run python -m vpm index",
                     missing, model_id,
                 )
+            self._fill_missing_features()
             self._checked_models.add(model_id)
+
+    def _fill_missing_features(self) -> None:
+        """Keypoints for the photos of a small catalog added before they existed (derived data, like vectors)."""
+        if not self.rerank_default or self._features_checked:
+            return
+        self._features_checked = True
+        try:
+            indexer = self.feature_indexer
+            missing = indexer.missing_estimate()
+            if missing and missing <= AUTO_EMBED_MAX:
+                log.info("finding the keypoints of the catalog photos that have none (about %d)", missing)
+                indexer.fill_missing()
+            elif missing:
+                log.warning("about %d catalog photos have no keypoints, so they are not verified: run python -m vpm "
+                            "index", missing)
+        except (StorageError, CatalogError) as err:
+            log.warning("could not store the keypoints of the missing photos (%s); searching without them", err)

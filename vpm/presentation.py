@@ -255,3 +255,14 @@ def changed_fields(product: Any, **edited: Any) -> dict[str, Any]:
 # File-picker extensions for photo uploads: every format vpm.images accepts, with the usual spellings.
 IMAGE_UPLOAD_TYPES = tuple(sorted(ACCEPTED_EXTENSIONS))
 IMAGE_FORMATS_TEXT = ACCEPTED_NAMES  # for help texts: "JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC"
+
+
+def why_caption(inliers: int) -> str:
+    """Under "why this match": what the lines between the two photos mean."""
+    from .rerank import MIN_INLIERS
+
+    if inliers >= MIN_INLIERS:
+        return (f"Your photo (left) and the result's photo (right): {inliers} keypoints match under one consistent "
+                "change of view, so they very likely show the same product.")
+    return (f"Your photo (left) and the result's photo (right): only {inliers} keypoints agree (fewer than "
+            f"{MIN_INLIERS}), so this match rests on overall look, not on shared details.")

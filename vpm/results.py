@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .catalog import Photo, Product
+from .images import Box
 from .importer import ImportIssue
+
+if TYPE_CHECKING:
+    from .rerank import LocalFeatures
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ class EmbeddedQuery:
     label: str  # the file name, URL or words, for people
     image: bytes | None  # the query photo's bytes, to show it; None for words
     embed_ms: float
+    features: LocalFeatures | None = None  # the query's keypoints, for verification; None for words
+    box: Box | None = None  # the region of the photo searched with; None: the whole photo
 
 
 @dataclass(frozen=True)
@@ -68,13 +74,14 @@ class Match:
     photo_key: str  # the photo that matched best
     image_url: str | None  # of that photo
     thumbnail_url: str | None
+    inliers: int | None = None  # keypoint matches verified between the query and that photo; None: not verified
 
     def as_dict(self) -> dict[str, Any]:
         p = self.product
         return {
             "id": p.id, "name": p.name, "category": p.category, "price": p.price, "score": round(self.score, 6),
             "matched_image": self.photo_key, "image_url": self.image_url, "thumbnail_url": self.thumbnail_url,
-            "photo_count": len(p.photos),
+            "photo_count": len(p.photos), "verified_matches": self.inliers,
         }
 
 
@@ -86,6 +93,9 @@ class SearchResponse:
     best_score: float | None  # best score after the category filter, ignoring the threshold
     query: str | None = None  # the file name, URL or text searched for
     threshold: float | None = None  # the threshold applied (None: none)
+    verified: bool = False  # whether the top candidates were verified by local features (re-ranking)
+    reranked: bool = False  # whether that verification changed the order the cosine gave
+    box: Box | None = None  # the region of the query photo searched with
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +105,9 @@ class SearchResponse:
             "best_score": None if self.best_score is None else round(self.best_score, 6),
             "query": self.query,
             "threshold": self.threshold,
+            "rerank": self.verified,
+            "reranked": self.reranked,
+            "box": None if self.box is None else self.box.as_list(),
         }
 
 

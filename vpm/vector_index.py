@@ -58,6 +58,10 @@ class VectorIndex(ABC):
         """Vectors already computed for these image hashes (by this model), to reuse instead of embedding."""
 
     @abstractmethod
+    def vectors_for_keys(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """These photos' vectors, by photo key (a photo without one is left out)."""
+
+    @abstractmethod
     def photo_keys_with_vectors(self, keys: Iterable[str]) -> set[str]:
         """Which of these photos have a vector."""
 

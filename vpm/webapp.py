@@ -57,6 +57,7 @@ CATALOG_PAGE = "pages/catalog.py"
 STORAGE_PAGE = "pages/storage_browser.py"
 MIGRATION_PAGE = "pages/migration.py"
 HEALTH_PAGE = "pages/health.py"
+QUALITY_PAGE = "pages/quality.py"
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -138,13 +139,12 @@ def prepare_search_index(matcher: Matcher) -> None:
     counts when nothing is missing.
     """
     missing = matcher.index_needs_embedding()
-    if not missing:
+    keypoints = matcher.keypoints_missing()
+    if not missing and not keypoints:
         return
-    with st.status(
-        f"Preparing the search index: embedding about {plural(missing, 'catalog photo')} "
-        f"for {matcher.embedder.display_name} (once per model)…",
-        expanded=True,
-    ) as box:
+    what = (f"embedding about {plural(missing, 'catalog photo')} for {matcher.embedder.display_name} (once per model)"
+            if missing else f"finding the keypoints of about {plural(keypoints, 'catalog photo')} (once)")
+    with st.status(f"Preparing the search index: {what}…", expanded=True) as box:
         bar = st.progress(0.0)
 
         def progress(done: int, total: int, message: str = "") -> None:
@@ -236,6 +236,14 @@ def thumbnail_bytes(key: str, etag: str | None = None) -> bytes | None:
         return None
 
 
+@st.cache_data(show_spinner=False, max_entries=2)
+def upload_image(data: bytes, filename: str):
+    """An uploaded photo decoded (upright RGB, checked like any upload), kept for the reruns a region's sliders make."""
+    from .images import decode_image
+
+    return decode_image(data, filename, max_bytes=get_settings().max_upload_bytes).image
+
+
 def product_picture(product: Product, photo_key: str | None = None) -> bytes | None:
     found = picture_and_key(product, photo_key)
     return found[0] if found else None
@@ -274,6 +282,9 @@ def product_card(item: Any) -> None:
         if len(product.photos) > 1:
             number = next((i for i, p in enumerate(product.photos, 1) if p.key == photo_key), 1)
             st.caption(f"Best match: photo {number} of {len(product.photos)}")
+        inliers = getattr(item, "inliers", None)
+        if inliers:
+            st.caption(f":material/verified: {inliers} matching keypoints")
 
 
 def product_grid(items: Iterable[Any], columns: int = 4) -> None:

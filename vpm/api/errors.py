@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from ..catalog import CatalogError, ConcurrentChange, DuplicateProduct, InvalidProduct, ProductNotFound
 from ..errors import InvalidRequest, VpmError, log_unexpected
-from ..images import ImageError, ImageTooLargeError
+from ..images import ImageError, ImageTooLargeError, InvalidBox
 from ..matcher import DuplicatePhoto
 from ..storage import InvalidKey, ObjectNotFound, StorageError
 
@@ -29,6 +29,7 @@ def internal_error(incident: str) -> str:
 STATUS_OF_ERROR: list[tuple[type[Exception], int]] = [
     (ImageTooLargeError, 413),
     (ImageError, 422),
+    (InvalidBox, 422),
     (DuplicateProduct, 409),
     (DuplicatePhoto, 409),
     (ConcurrentChange, 409),

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from ..config import Settings
+from ..images import parse_box
 from ..matcher import Matcher
 from ..results import SearchResponse
 from .deps import LinksDep, MatcherDep, SettingsDep, require_api_key
@@ -35,6 +36,19 @@ class SearchQuery(BaseModel):
         description="minimum cosine similarity, -1 to 1 (0.25, not 25); default depends on the query kind",
     )
     category: str | list[str] | None = Field(None, description="only these categories")
+    rerank: bool | None = Field(
+        None, description="verify the top candidates by keypoint matches (photos only; default: VPM_RERANK)"
+    )
+    box: str | list[int] | None = Field(
+        None, description='search only this region of the photo: "x,y,w,h" or [x, y, w, h] in pixels (photos only)'
+    )
+
+    @field_validator("box")
+    @classmethod
+    def _region(cls, v: str | list[int] | None) -> str | list[int] | None:
+        if v is not None:
+            parse_box(v)  # the shape only; whether it lies inside the photo is checked once it is decoded
+        return v
 
     @field_validator("threshold")
     @classmethod
@@ -52,6 +66,9 @@ class SearchQuery(BaseModel):
     def options(self) -> dict[str, Any]:
         return {"top_k": self.top_k, "threshold": self.threshold, "categories": self.categories()}
 
+    def photo_options(self) -> dict[str, Any]:
+        return {**self.options(), "rerank": self.rerank, "box": None if self.box is None else parse_box(self.box)}
+
 
 _SEARCH_BODY_DOC = {
     "requestBody": {
@@ -66,6 +83,8 @@ _SEARCH_BODY_DOC = {
                         "top_k": {"type": "integer", "default": 10},
                         "threshold": {"type": "number"},
                         "category": {"type": "array", "items": {"type": "string"}},
+                        "rerank": {"type": "boolean"},
+                        "box": {"type": "string", "description": "x,y,w,h in pixels"},
                     },
                 }
             },
@@ -105,7 +124,7 @@ async def _search_by_photo(request: Request, matcher: Matcher, settings: Setting
         filename = upload.filename or "query"
     if query.image_url or query.text:
         raise ApiError(422, "send either an image file or image_url/text, not both")
-    return await run_in_threadpool(matcher.search_image, data, filename, **query.options())
+    return await run_in_threadpool(matcher.search_image, data, filename, **query.photo_options())
 
 
 async def _search_by_json(request: Request, matcher: Matcher) -> SearchResponse:
@@ -145,7 +164,7 @@ def _search_url(matcher: Matcher, query: SearchQuery) -> SearchResponse:
     from ..urlfetch import URLFetchError, URLRefused
 
     try:
-        return matcher.search_url(query.image_url, **query.options())
+        return matcher.search_url(query.image_url, **query.photo_options())
     except (URLRefused, URLFetchError) as err:  # the SSRF guard's refusal or a failed fetch: the reason is safe
         raise ApiError(400, client_message(err)) from None
 
@@ -153,6 +172,8 @@ def _search_url(matcher: Matcher, query: SearchQuery) -> SearchResponse:
 def _search_text(matcher: Matcher, query: SearchQuery) -> SearchResponse:
     from ..embeddings import EmbeddingError
 
+    if query.box is not None or query.rerank is not None:
+        raise ApiError(422, "'box' and 'rerank' apply to a photo (an image file or image_url), not to 'text'")
     try:
         return matcher.search_text(query.text, **query.options())
     except EmbeddingError as err:  # e.g. the active model embeds images only
