@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .errors import VpmError
 from .vector_index import best_per_product
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ KEEP_TRUE_MATCHES = 0.95
 BATCH = 25
 
 
-class NothingToEvaluate(ValueError):
+class NothingToEvaluate(VpmError, ValueError):
     """The catalog has no product with two photos that both have a vector; the message says what to do."""
 
 

@@ -256,7 +256,7 @@ def crop_to_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT_RATIO) -> 
 MIN_BOX_SIDE = 16  # px: a smaller region holds too little of a product to search with
 
 
-class InvalidBox(ValueError):
+class InvalidBox(VpmError, ValueError):
     """A search region that is not a usable part of the photo; the message says what to change."""
 
 

@@ -209,7 +209,8 @@ class FeatureIndexer:
             have = set() if rebuild else self.features.photo_keys_with_features(keys)
             todo += [(product, photo) for product in batch for photo in product.photos if photo.key not in have]
         total = len(todo)
-        progress(0, total, f"finding the keypoints of {total} photos")
+        if total:  # nothing to do says nothing: the vectors' progress stays the last word
+            progress(0, total, f"finding the keypoints of {total} photos")
         stored = 0
         for start in range(0, total, EMBED_BATCH):
             chunk = todo[start : start + EMBED_BATCH]
