@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import photos
-from .catalog import CatalogError, Product, validate_product
+from .catalog import CatalogError, Photo, Product, validate_product
 from .images import DecodedImage, ImageError
 from .importer import ImportIssue, ImportItem, ImportLimits, ItemUnreadable, open_source
 from .results import ImportReport
@@ -148,51 +148,75 @@ def _prepare(matcher: Matcher, groups: list[_Group], report: ImportReport) -> li
 
 
 def _commit(matcher: Matcher, ready: list[_Ready], report: ImportReport) -> None:
-    """Files, then vectors, then one commit of the new rows; photos of existing products are added after."""
+    """Files, then vectors (one embedding call), then the rows (`commit_rows`)."""
     written: list[str] = []
     vector_keys: list[str] = []
-    committed: set[str] = set()  # photo and thumbnail keys a committed row points at: never removed
     try:
         for entry in ready:
             for item in entry.prepared:
                 photos.store(matcher.storage, item, written)
         vector_keys += matcher.store_vectors([(entry.product, entry.prepared) for entry in ready])
+    except BaseException:
+        _discard(matcher, written, vector_keys)
+        raise
+    landings = [Landing(e.product, [p.photo for p in e.prepared], e.sources, e.existing) for e in ready]
+    commit_rows(matcher, landings, report, written, vector_keys)
+
+
+@dataclass
+class Landing:
+    """A group whose photo files and vectors are written: what its product row (new or existing) needs."""
+
+    product: Product
+    photos: list[Photo]
+    sources: list[str]
+    existing: bool
+
+
+def commit_rows(
+    matcher: Matcher, landings: list[Landing], report: ImportReport, written: list[str], vector_keys: list[str]
+) -> None:
+    """One commit of the new rows (insert-if-absent); photos of existing products are added after. `written` and
+    `vector_keys` are the files and vectors this batch wrote: what no committed row points at is removed when a
+    row does not land or anything fails (the cluster import commits its workers' files through here too)."""
+    committed: set[str] = set()  # photo and thumbnail keys a committed row points at: never removed
+    try:
         new = [
-            Product.model_validate({**e.product.model_dump(), "photos": [p.photo for p in e.prepared]})
-            for e in ready if not e.existing
+            Product.model_validate({**e.product.model_dump(), "photos": e.photos}) for e in landings if not e.existing
         ]
         taken = set(matcher.catalog.add(new))
         created = [p for p in new if p.id not in taken]
         committed.update(key for product in created for key in product.file_keys())
         report.imported.extend(created)
-        for entry in ready:
+        for entry in landings:
             if entry.product.id in taken:  # someone added that id since we looked: report, remove our files
                 report.skipped.extend(
                     ImportIssue(source, f"duplicate: a product with id {entry.product.id} exists")
                     for source in entry.sources
                 )
                 _undo(matcher, entry)
-        for entry in [e for e in ready if e.existing]:
+        for entry in [e for e in landings if e.existing]:
             try:
-                matcher.catalog.add_photos(entry.product.id, [p.photo for p in entry.prepared])
+                matcher.catalog.add_photos(entry.product.id, entry.photos)
             except CatalogError as err:
                 report.failed.extend(ImportIssue(source, str(err)) for source in entry.sources)
                 _undo(matcher, entry)
                 continue
-            committed.update(k for item in entry.prepared for k in (item.photo.key, item.photo.thumbnail_key) if k)
-            report.photos_added += len(entry.prepared)
+            committed.update(k for photo in entry.photos for k in (photo.key, photo.thumbnail_key) if k)
+            report.photos_added += len(entry.photos)
     except BaseException:
-        leftover_vectors = [k for k in vector_keys if k not in committed]
-        if leftover_vectors:
-            matcher._quietly(
-                lambda: matcher.vectors.delete_photos(leftover_vectors), "remove the vectors of", "an import batch"
-            )
-        photos.discard(matcher.storage, [k for k in written if k not in committed])
+        _discard(matcher, [k for k in written if k not in committed], [k for k in vector_keys if k not in committed])
         raise
 
 
-def _undo(matcher: Matcher, entry: _Ready) -> None:
+def _discard(matcher: Matcher, files: list[str], vector_keys: list[str]) -> None:
+    if vector_keys:
+        matcher._quietly(lambda: matcher.vectors.delete_photos(vector_keys), "remove the vectors of", "an import batch")
+    photos.discard(matcher.storage, files)
+
+
+def _undo(matcher: Matcher, entry: Landing) -> None:
     """Remove the vectors and files written for a group whose row did not land (they are this import's own)."""
-    matcher._quietly(lambda: matcher.vectors.delete_photos([p.photo.key for p in entry.prepared]),
+    matcher._quietly(lambda: matcher.vectors.delete_photos([p.key for p in entry.photos]),
                      "remove the vectors of", entry.product.id)
-    photos.discard(matcher.storage, [k for item in entry.prepared for k in (item.photo.key, item.photo.thumbnail_key) if k])
+    photos.discard(matcher.storage, [k for p in entry.photos for k in (p.key, p.thumbnail_key) if k])
