@@ -91,8 +91,10 @@ def connected(options: ClusterOptions) -> Iterator[None]:
     where = options.address or os.environ.get("RAY_ADDRESS") or "a Ray started on this machine"
     log.info("connecting to %s", where)
     try:
+        # Workers' output stays in Ray's logs: the CLI shows its progress bar; a worker's failure comes back as
+        # the job's error (or its row's), and a wrong model is caught by the driver.
         ray.init(address=options.address, runtime_env=runtime_env(), logging_level=logging.WARNING,
-                 configure_logging=False)
+                 configure_logging=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(f"cannot reach the Ray cluster at {where}: {err}") from None
     try:
@@ -119,7 +121,7 @@ class _Plan:
     read_node: str | None  # the node that must read (photos on this machine), or None: any node
 
     def describe(self) -> str:
-        kind = "GPU" if self.gpus else f"{self.cpus:g} CPU"
+        kind = "GPU" if self.gpus else f"{self.cpus:.2g} CPU, {self.threads} torch thread{'s' if self.threads > 1 else ''}"
         return f"{self.workers} model worker{'s' if self.workers != 1 else ''} ({kind} each)"
 
 
@@ -130,8 +132,8 @@ def _plan(settings, options: ClusterOptions, *, local_reads: bool) -> _Plan:
         return _Plan(options.workers or int(gpus), 1.0, 1.0, 1, _this_node() if local_reads else None)
     room = max(0.5, cpus - READ_CPUS)  # the model workers must leave room for the read tasks, or nothing reads
     workers = options.workers or max(1, int(room))
-    share = min(1.0, room / workers)
-    return _Plan(workers, share, 0.0, max(1, int(share)), _this_node() if local_reads else None)
+    share = room / workers  # one worker on a 2-CPU machine gets 1.75 CPUs and 2 torch threads, as one process
+    return _Plan(workers, share, 0.0, max(1, round(share)), _this_node() if local_reads else None)
 
 
 def _this_node() -> str:
