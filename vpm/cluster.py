@@ -18,8 +18,8 @@ So the promises are the single-machine path's: what is done is skipped (a photo 
 import's photo already in the catalog is skipped when read, and again when committed), a job cut off keeps
 every batch it committed and a re-run does only the rest, and a photo that cannot be read, decoded or stored
 fails its row (reported, as today), never the job. A job killed outright can leave the files of the batches in
-flight with no row pointing at them, as a killed single-machine import can; `python -m vpm health` and the
-storage browser's consistency check list such leftovers.
+flight with no row pointing at them, as a killed single-machine import can; the storage browser's
+consistency check lists such orphans and removes them on request.
 
 Photos that live on this machine (a local catalog folder, an import source) are read by Ray workers on this
 machine's node; the embedding still runs anywhere. With Ray Client (`ray://`) the driver runs on the cluster's
