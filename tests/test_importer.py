@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def test_missing_or_unknown_sources_are_refused_clearly(importer, tmp_path):
     with pytest.raises(ImportSourceError, match="does not exist"):
         importer.import_path(tmp_path / "nowhere")
     write(tmp_path / "list.json", b"[]")
-    with pytest.raises(ImportSourceError, match="neither a folder, a .zip nor a .csv"):
+    with pytest.raises(ImportSourceError, match=r"neither a folder, a \.zip nor a \.csv"):
         importer.import_path(tmp_path / "list.json")
     write(tmp_path / "fake.zip", b"this is not a zip")
     with pytest.raises(ImportSourceError, match="not a readable zip"):
@@ -272,7 +273,7 @@ def test_an_entry_larger_than_its_header_claims_is_not_read_past_the_limit(tmp_p
     path = write(tmp_path / "liar.zip", bytes(data))
     with open_source(path, limits=ImportLimits(max_file_bytes=100_000)) as source:
         (item,) = source.items
-        with pytest.raises(ItemUnreadable, match="liar.png is damaged inside the zip"):
+        with pytest.raises(ItemUnreadable, match=r"liar\.png is damaged inside the zip"):
             item.read()
 
 
@@ -290,11 +291,11 @@ def test_a_csv_imports_its_rows_with_all_their_fields(importer, tmp_path, produc
 
     monkeypatch.setattr(importer, "fetch_url_image", fake_fetch)
     csv_path = write(tmp_path / "shop" / "products.csv", (
-        "image,name,category,price,id,description,brand\n"
-        "img/mug.png,Red mug,Mugs,$9.50,mug-1,A red mug,Acme\n"
-        'img/bag.png,"Bag, canvas",Bags,"1,299.00",,,\n'
-        "https://cdn.example/lamp.png?v=2,Desk lamp,Lighting,,lamp-1,,\n"
-    ).encode())
+        b"image,name,category,price,id,description,brand\n"
+        b"img/mug.png,Red mug,Mugs,$9.50,mug-1,A red mug,Acme\n"
+        b'img/bag.png,"Bag, canvas",Bags,"1,299.00",,,\n'
+        b"https://cdn.example/lamp.png?v=2,Desk lamp,Lighting,,lamp-1,,\n"
+    ))
     report = importer.import_path(csv_path)
     assert report.failed == [] and report.skipped == []
     products = by_name(report.imported)
@@ -313,15 +314,15 @@ def test_bad_csv_rows_fail_alone_naming_row_and_column(importer, tmp_path, produ
     write(tmp_path / "outside.png", product_photo(3))
     write(tmp_path / "shop" / "not-really.png", b"hello")
     csv_path = write(tmp_path / "shop" / "items.csv", (
-        "Image,Name,Category,Price\n"  # header names are matched case-insensitively
-        "ok.png,Good,Mugs,4\n"
-        "ok2.png,Bad price,Mugs,cheap\n"
-        "missing.png,Ghost,Mugs,\n"
-        "../outside.png,Escape,Mugs,\n"
-        "ok2.png,,Mugs,\n"
-        "not-really.png,Text,Mugs,\n"
-        "ftp://host/x.png,Ftp,Mugs,\n"
-    ).encode())
+        b"Image,Name,Category,Price\n"  # header names are matched case-insensitively
+        b"ok.png,Good,Mugs,4\n"
+        b"ok2.png,Bad price,Mugs,cheap\n"
+        b"missing.png,Ghost,Mugs,\n"
+        b"../outside.png,Escape,Mugs,\n"
+        b"ok2.png,,Mugs,\n"
+        b"not-really.png,Text,Mugs,\n"
+        b"ftp://host/x.png,Ftp,Mugs,\n"
+    ))
     report = importer.import_path(csv_path)
     assert [p.name for p in report.imported] == ["Good"]
     failed = {i.source: i.reason for i in report.failed}
@@ -340,10 +341,10 @@ def test_bad_csv_rows_fail_alone_naming_row_and_column(importer, tmp_path, produ
 def test_a_csv_image_url_to_an_internal_address_fails_with_the_reason(importer, tmp_path, product_photo):
     write(tmp_path / "ok.png", product_photo(1))
     csv_path = write(tmp_path / "items.csv", (
-        "image,name,category\n"
-        "ok.png,Good,Mugs\n"
-        "http://169.254.169.254/latest/meta-data/x.png,Metadata,Mugs\n"
-    ).encode())
+        b"image,name,category\n"
+        b"ok.png,Good,Mugs\n"
+        b"http://169.254.169.254/latest/meta-data/x.png,Metadata,Mugs\n"
+    ))
     report = importer.import_path(csv_path)
     assert [p.name for p in report.imported] == ["Good"]
     (failed,) = report.failed
@@ -413,3 +414,32 @@ def test_an_uploaded_zip_imports_from_bytes_and_reports_the_chosen_name(importer
     assert [(p.name, p.category) for p in report.imported] == [("Red Mug", "Mugs")]
     assert report.source == "My Shop.zip"
     assert [i.source for i in report.skipped] == ["notes.txt"]
+
+
+# --- reading in another process (the cluster import's workers) --------------------------------------------------
+
+
+def test_every_item_can_be_read_again_from_its_origin_with_the_same_limits(tmp_path, product_photo):
+    from vpm.importer import read_origin
+
+    folder = tmp_path / "folder"
+    write(folder / "Mugs" / "red.png", product_photo(1))
+    write(folder / "big.png", product_photo(2, size=400))
+    archive = make_zip(tmp_path / "photos.zip", {"shop/Mugs/red.png": product_photo(3), "shop/blue.png": product_photo(4)})
+    write(tmp_path / "sheet" / "a.png", product_photo(5))
+    (tmp_path / "sheet" / "items.csv").write_text("image,name,category\na.png,A,Mugs\n", encoding="utf-8")
+    limits = ImportLimits(max_file_bytes=len(product_photo(2, size=400)) - 1)
+    for path in (folder, archive, tmp_path / "sheet" / "items.csv"):
+        with open_source(path, limits=limits) as source:
+            for item in source.items:
+                try:
+                    expected = item.read()
+                except ItemUnreadable as err:  # the same refusal, with the same words
+                    with pytest.raises(ItemUnreadable, match=re.escape(str(err))):
+                        read_origin(item.origin, limits)
+                    continue
+                assert read_origin(item.origin, limits) == expected
+    with open_source(folder, limits=limits) as source:
+        assert any(item.origin[0] == "file" for item in source.items)
+    with pytest.raises(ItemUnreadable, match="cannot be fetched here"):
+        read_origin(("url", "https://example.com/a.jpg"), limits)
