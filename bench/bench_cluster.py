@@ -1,12 +1,14 @@
 """Indexing speed of the single-process path and of the Ray path with 1 and 2 workers, on the same photos.
 
-    python bench/bench_cluster.py [--photos 200] [--model full-random|PATH|NAME] [--workers 1 2] [--json OUT]
+    python bench/bench_cluster.py [--photos 200] [--model full-random|PATH|NAME] [--workers 1 2] [--repeat 2]
+                                  [--json OUT]
 
 A local catalog is made from the shared product photos (stored once, with a tiny model's vectors), then the
 photos are embedded for the benchmark model three ways, each from an empty vector table: `Matcher.reindex()`
 (the single-process path) and `vpm.cluster.reindex()` on a local Ray with 1 and with 2 model workers. Each
 figure is wall time from the call to its return (reading, decoding, embedding, committing; for Ray also the
-workers' start and model load, which is the overhead to know); starting Ray itself is timed apart.
+workers' start and model load, which is the overhead to know); starting Ray itself is timed apart. Each path
+runs `--repeat` times, each round in another order, and the median is shown with every run beside it.
 
 The default model is a full-size CLIP ViT-B/32 with random weights (built once under bench/results/models/):
 it computes exactly what the real one does, so its speed is the real one's, with no download. On a machine
@@ -21,6 +23,7 @@ import csv
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -101,6 +104,7 @@ def main() -> None:
     parser.add_argument("--model", default="full-random",
                         help="full-random (CLIP ViT-B/32 shapes, random weights), a model folder, or a hub name")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each path (median shown); default 2")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -120,27 +124,34 @@ def main() -> None:
         embedder = load_embedder(settings.vpm_model, settings.vpm_device)  # loaded before any timing, as a server has
         matcher = Matcher(settings, embedder=embedder)
 
-        def reset() -> None:
-            matcher.vectors.drop()
+        def reset() -> None:  # every run starts from an empty vector table
+            if matcher.has_vector_index(embedder.model_id):
+                matcher.vectors.drop()
             engine.forget(matcher.where)
             matcher._vector_indexes.clear()
             matcher._indexers.clear()
 
-        results = [("single process", "-", timed(matcher.reindex))]
         import ray
 
         started = time.perf_counter()
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=cluster.runtime_env(),
                  logging_level="WARNING", log_to_driver=False)
         ray_start = time.perf_counter() - started
+        paths = [("single process", "-", matcher.reindex)]
+        for workers in args.workers:
+            options = cluster.ClusterOptions(workers=workers)
+            paths.append((f"Ray, {workers} worker{'s' if workers > 1 else ''}", str(workers),
+                          lambda options=options: cluster.reindex(matcher, options=options)))
+        seconds: dict[str, list[float]] = {name: [] for name, _w, _run in paths}
         try:
-            for workers in args.workers:
-                reset()
-                options = cluster.ClusterOptions(workers=workers)
-                results.append((f"Ray, {workers} worker{'s' if workers > 1 else ''}", str(workers),
-                                timed(lambda options=options: cluster.reindex(matcher, options=options))))
+            for round_ in range(args.repeat):  # each round in another order, so a change of load hits every path
+                order = paths[round_ % len(paths):] + paths[:round_ % len(paths)]
+                for name, _workers, run in order:
+                    reset()
+                    seconds[name].append(timed(run))
         finally:
             ray.shutdown()
+        results = [(name, workers, statistics.median(seconds[name])) for name, workers, _run in paths]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -151,16 +162,20 @@ def main() -> None:
     print(f"machine         : {os.cpu_count()} cores; load average before {load_before}, after {load_after}")
     print(f"Ray start       : {ray_start:.1f} s (not in the figures below)")
     print()
-    print("| path | workers | seconds | images/s | vs single process |")
-    print("|---|---|---|---|---|")
-    for name, workers, seconds in results:
-        print(f"| {name} | {workers} | {seconds:.1f} | {args.photos / seconds:.1f} | {single / seconds:.2f}x |")
+    print(f"runs            : {args.repeat} of each path, each round in another order; median shown")
+    print()
+    print("| path | workers | seconds (median) | images/s | vs single process | every run (s) |")
+    print("|---|---|---|---|---|---|")
+    for name, workers, median in results:
+        runs = ", ".join(f"{x:.1f}" for x in seconds[name])
+        print(f"| {name} | {workers} | {median:.1f} | {args.photos / median:.1f} | {single / median:.2f}x | {runs} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "model": embedder.model_id, "photos": args.photos, "cores": os.cpu_count(), "load_before": load_before,
             "load_after": load_after, "ray_start_s": ray_start,
-            "runs": [{"path": n, "workers": w, "seconds": s, "images_per_s": args.photos / s} for n, w, s in results],
+            "runs": [{"path": n, "workers": w, "seconds": seconds[n], "median_s": m, "images_per_s": args.photos / m}
+                     for n, w, m in results],
         }, indent=2))
 
 
