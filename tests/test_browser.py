@@ -77,33 +77,38 @@ def app_url(chromium, tiny_clip_dir, tmp_path_factory):
     for name, category, seed, *price in SEED:
         matcher.add_product(make_product_photo(seed, size=240), f"{name}.png", name=name, category=category,
                             price=price[0] if price else None)
-    # Run from a folder holding only the app's Streamlit config: no stray .env or secrets from the checkout.
-    shutil.copytree(REPO / ".streamlit", root / ".streamlit", ignore=shutil.ignore_patterns("secrets.toml"))
-    port = free_port()
-    log = (root / "streamlit.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", APP_FILE, "--server.headless", "true", "--server.port",
-         str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=root, env=_app_env(data_dir, tiny_clip_dir), stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url, _log = start_app(root, _app_env(data_dir, tiny_clip_dir))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"streamlit did not start:\n{(root / 'streamlit.log').read_text()[-3000:]}")
-            time.sleep(0.3)
         yield url
     finally:
         stop_process(server)
-        log.close()
+
+
+def start_app(root: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str, Path]:
+    """`streamlit run streamlit_app.py` on a free loopback port, once it answers its health check."""
+    # Run from a folder holding only the app's Streamlit config: no stray .env or secrets from the checkout.
+    shutil.copytree(REPO / ".streamlit", root / ".streamlit", ignore=shutil.ignore_patterns("secrets.toml"))
+    port = free_port()
+    log_path = root / "streamlit.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", APP_FILE, "--server.headless", "true", "--server.port",
+             str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return server, url, log_path
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            stop_process(server)
+            pytest.fail(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
 
 
 @pytest.fixture(scope="module")
@@ -312,3 +317,91 @@ def test_screenshots_of_every_page(browser, app_url, width):
         context.close()
     expected = {f"{stem}-{width}.png" for stem, _ in PAGES.values()} | {f"catalog-products-{width}.png"}
     assert expected <= {p.name for p in SCREENSHOTS.glob(f"*-{width}.png")}
+
+
+# --------------------------------------------------------------------------- two app replicas, one bucket
+
+VISIBLE_WITHIN_S = 2.0  # a product added through one replica is searchable through another within this
+
+
+@pytest.fixture
+def two_apps(chromium, tiny_clip_dir, tmp_path, server_bucket):
+    """Two `streamlit run` processes on one bucket of moto's HTTP server, as two replicas behind a load balancer,
+    over a catalog holding one product."""
+    from vpm.config import load_settings
+    from vpm.matcher import Matcher
+
+    endpoint, bucket = server_bucket
+    s3 = {"S3_ENABLED": "true", "S3_BUCKET_NAME": bucket, "S3_ENDPOINT_URL": endpoint,
+          "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    settings = load_settings(s3_enabled=True, s3_bucket_name=bucket, s3_endpoint_url=endpoint,
+                             vpm_model=str(tiny_clip_dir))
+    Matcher(settings).add_product(make_product_photo(1, size=240), "mug.png", name="Red mug", category="Kitchen")
+    env = {**_app_env(tmp_path / "data", tiny_clip_dir), **s3, "OMP_NUM_THREADS": "1"}  # two apps share two cores
+    servers = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            servers.append(start_app(tmp_path / name, env))
+        yield [url for _server, url, _log in servers]
+    finally:
+        for server, _url, _log in servers:
+            stop_process(server)
+
+
+def products_shown(page, url: str) -> int:
+    """The Home page's product count (one fresh run of the app on that replica)."""
+    open_app(page, url)
+    metric = page.locator('[data-testid="stMetric"]').filter(has_text="Products")
+    return int(metric.locator('[data-testid="stMetricValue"]').inner_text().replace(",", ""))
+
+
+def add_through_the_form(page, photo: bytes, name: str) -> None:
+    form = page.locator('[data-testid="stForm"]').first
+    form.locator('input[type="file"]').set_input_files({"name": f"{name}.png", "mimeType": "image/png",
+                                                        "buffer": photo})
+    form.get_by_label("Name").fill(name)
+    form.get_by_label("…or a new category").fill("Shared")
+    form.get_by_role("button", name="Add product").click()
+
+
+def test_two_app_replicas_on_one_bucket_see_each_others_adds_and_lose_none(browser, two_apps):
+    a_url, b_url = two_apps
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    a, b = context.new_page(), context.new_page()
+    for page in (a, b):
+        page.set_default_timeout(60_000)
+    try:
+        kettle = make_product_photo(42, size=240)
+        # B has served a search before (model loaded, catalog open), as a replica in service has.
+        open_app(b, b_url, "search")
+        upload_query(b, kettle)
+        assert not result_count(b) or "Steel kettle" not in card_names(b)
+
+        open_app(a, a_url, "catalog")
+        add_through_the_form(a, kettle, "Steel kettle")
+        a.get_by_text("It is searchable now.").wait_for()
+        added_at = time.monotonic()
+        started = None
+        while time.monotonic() - added_at < 10:  # bounded: a few runs at most
+            run_started = time.monotonic() - added_at
+            open_app(b, b_url, "search")
+            upload_query(b, kettle, "kettle-again.png")
+            if result_count(b) and card_names(b)[0] == "Steel kettle":
+                started = run_started
+                break
+        assert started is not None and started <= VISIBLE_WITHIN_S, (
+            f"B found the product only in a run started {started} s after A added it"
+        )
+        assert products_shown(b, b_url) == 2
+
+        # One add through each replica at the same moment: both land, and both replicas count them.
+        open_app(a, a_url, "catalog")
+        open_app(b, b_url, "catalog")
+        add_through_the_form(a, make_product_photo(43, size=240), "Desk lamp")
+        add_through_the_form(b, make_product_photo(44, size=240), "Floor lamp")
+        for page in (a, b):
+            page.get_by_text("It is searchable now.").wait_for()
+        assert products_shown(a, a_url) == products_shown(b, b_url) == 4
+    finally:
+        context.close()

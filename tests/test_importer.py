@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def test_missing_or_unknown_sources_are_refused_clearly(importer, tmp_path):
     with pytest.raises(ImportSourceError, match="does not exist"):
         importer.import_path(tmp_path / "nowhere")
     write(tmp_path / "list.json", b"[]")
-    with pytest.raises(ImportSourceError, match="neither a folder, a .zip nor a .csv"):
+    with pytest.raises(ImportSourceError, match=r"neither a folder, a \.zip nor a \.csv"):
         importer.import_path(tmp_path / "list.json")
     write(tmp_path / "fake.zip", b"this is not a zip")
     with pytest.raises(ImportSourceError, match="not a readable zip"):
@@ -272,7 +273,7 @@ def test_an_entry_larger_than_its_header_claims_is_not_read_past_the_limit(tmp_p
     path = write(tmp_path / "liar.zip", bytes(data))
     with open_source(path, limits=ImportLimits(max_file_bytes=100_000)) as source:
         (item,) = source.items
-        with pytest.raises(ItemUnreadable, match="liar.png is damaged inside the zip"):
+        with pytest.raises(ItemUnreadable, match=r"liar\.png is damaged inside the zip"):
             item.read()
 
 
@@ -413,3 +414,32 @@ def test_an_uploaded_zip_imports_from_bytes_and_reports_the_chosen_name(importer
     assert [(p.name, p.category) for p in report.imported] == [("Red Mug", "Mugs")]
     assert report.source == "My Shop.zip"
     assert [i.source for i in report.skipped] == ["notes.txt"]
+
+
+# --- reading in another process (the cluster import's workers) --------------------------------------------------
+
+
+def test_every_item_can_be_read_again_from_its_origin_with_the_same_limits(tmp_path, product_photo):
+    from vpm.importer import read_origin
+
+    folder = tmp_path / "folder"
+    write(folder / "Mugs" / "red.png", product_photo(1))
+    write(folder / "big.png", product_photo(2, size=400))
+    archive = make_zip(tmp_path / "photos.zip", {"shop/Mugs/red.png": product_photo(3), "shop/blue.png": product_photo(4)})
+    write(tmp_path / "sheet" / "a.png", product_photo(5))
+    (tmp_path / "sheet" / "items.csv").write_text("image,name,category\na.png,A,Mugs\n", encoding="utf-8")
+    limits = ImportLimits(max_file_bytes=len(product_photo(2, size=400)) - 1)
+    for path in (folder, archive, tmp_path / "sheet" / "items.csv"):
+        with open_source(path, limits=limits) as source:
+            for item in source.items:
+                try:
+                    expected = item.read()
+                except ItemUnreadable as err:  # the same refusal, with the same words
+                    with pytest.raises(ItemUnreadable, match=re.escape(str(err))):
+                        read_origin(item.origin, limits)
+                    continue
+                assert read_origin(item.origin, limits) == expected
+    with open_source(folder, limits=limits) as source:
+        assert any(item.origin[0] == "file" for item in source.items)
+    with pytest.raises(ItemUnreadable, match="cannot be fetched here"):
+        read_origin(("url", "https://example.com/a.jpg"), limits)

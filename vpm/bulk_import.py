@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import photos
-from .catalog import CatalogError, Product, validate_product
+from .catalog import CatalogError, Photo, Product, validate_product
 from .images import DecodedImage, ImageError, make_thumbnail
 from .importer import ImportIssue, ImportItem, ImportLimits, ItemUnreadable, open_source
 from .pipeline import prefetch
@@ -176,47 +176,74 @@ def _prepare(matcher: Matcher, batch: _Decoded, report: ImportReport) -> list[_R
 
 
 def _commit(matcher: Matcher, ready: list[_Ready], report: ImportReport) -> None:
-    """Files, then vectors and keypoints, then one commit of the new rows; photos of existing products are added
-    after."""
+    """Files, then vectors (one embedding call) and keypoints, then the rows (`commit_rows`)."""
     written: list[str] = []
-    derived_keys: list[str] = []
-    committed: set[str] = set()  # photo and thumbnail keys a committed row points at: never removed
+    derived_keys: list[str] = []  # photos whose vectors or keypoints this batch may have written
     try:
         for entry in ready:
             for item in entry.prepared:
                 photos.store(matcher.storage, item, written)
         matcher.store_derived([(entry.product, entry.prepared) for entry in ready], derived_keys)
+    except BaseException:
+        _discard(matcher, written, derived_keys)
+        raise
+    landings = [Landing(e.product, [p.photo for p in e.prepared], e.sources, e.existing) for e in ready]
+    commit_rows(matcher, landings, report, written, derived_keys)
+
+
+@dataclass
+class Landing:
+    """A group whose photo files and vectors (and keypoints) are written: what its product row needs."""
+
+    product: Product
+    photos: list[Photo]
+    sources: list[str]
+    existing: bool
+
+
+def commit_rows(
+    matcher: Matcher, landings: list[Landing], report: ImportReport, written: list[str], derived_keys: list[str]
+) -> None:
+    """One commit of the new rows (insert-if-absent); photos of existing products are added after. `written` and
+    `derived_keys` are the files and the photos whose vectors/keypoints this batch wrote: what no committed row
+    points at is removed when a row does not land or anything fails (the cluster import commits through here
+    too)."""
+    committed: set[str] = set()  # photo and thumbnail keys a committed row points at: never removed
+    try:
         new = [
-            Product.model_validate({**e.product.model_dump(), "photos": [p.photo for p in e.prepared]})
-            for e in ready if not e.existing
+            Product.model_validate({**e.product.model_dump(), "photos": e.photos}) for e in landings if not e.existing
         ]
         taken = set(matcher.catalog.add(new))
         created = [p for p in new if p.id not in taken]
         committed.update(key for product in created for key in product.file_keys())
         report.imported.extend(created)
-        for entry in ready:
+        for entry in landings:
             if entry.product.id in taken:  # someone added that id since we looked: report, remove our files
                 report.skipped.extend(
                     ImportIssue(source, f"duplicate: a product with id {entry.product.id} exists")
                     for source in entry.sources
                 )
                 _undo(matcher, entry)
-        for entry in [e for e in ready if e.existing]:
+        for entry in [e for e in landings if e.existing]:
             try:
-                matcher.catalog.add_photos(entry.product.id, [p.photo for p in entry.prepared])
+                matcher.catalog.add_photos(entry.product.id, entry.photos)
             except CatalogError as err:
                 report.failed.extend(ImportIssue(source, str(err)) for source in entry.sources)
                 _undo(matcher, entry)
                 continue
-            committed.update(k for item in entry.prepared for k in (item.photo.key, item.photo.thumbnail_key) if k)
-            report.photos_added += len(entry.prepared)
+            committed.update(k for photo in entry.photos for k in (photo.key, photo.thumbnail_key) if k)
+            report.photos_added += len(entry.photos)
     except BaseException:
-        matcher.discard_derived([k for k in derived_keys if k not in committed], "an import batch")
-        photos.discard(matcher.storage, [k for k in written if k not in committed])
+        _discard(matcher, [k for k in written if k not in committed], [k for k in derived_keys if k not in committed])
         raise
 
 
-def _undo(matcher: Matcher, entry: _Ready) -> None:
+def _discard(matcher: Matcher, files: list[str], derived_keys: list[str]) -> None:
+    matcher.discard_derived(derived_keys, "an import batch")
+    photos.discard(matcher.storage, files)
+
+
+def _undo(matcher: Matcher, entry: Landing) -> None:
     """Remove the vectors, keypoints and files written for a group whose row did not land (this import's own)."""
-    matcher.discard_derived([p.photo.key for p in entry.prepared], entry.product.id)
-    photos.discard(matcher.storage, [k for item in entry.prepared for k in (item.photo.key, item.photo.thumbnail_key) if k])
+    matcher.discard_derived([p.key for p in entry.photos], entry.product.id)
+    photos.discard(matcher.storage, [k for p in entry.photos for k in (p.key, p.thumbnail_key) if k])

@@ -1,6 +1,7 @@
 """`python -m vpm search | import | index`: search the catalog, bulk-import images, maintain the vector index.
 
-Progress bars go to stderr, so `--json` output on stdout stays one parseable document.
+Progress bars go to stderr, so `--json` output on stdout stays one parseable document. `import` and `index`
+take `--cluster ray[://ADDRESS]` to run their heavy part on Ray (vpm/cluster.py, imported only then).
 """
 
 from __future__ import annotations
@@ -42,11 +43,54 @@ def register(sub, command) -> None:
         "exit 1 if any image failed",
     )
     p.add_argument("path", metavar="PATH")
+    _cluster_arguments(p)
 
     p = command("index", cmd_index, "embed the photos missing from the search index (and find their keypoints, to "
                 "verify matches) and drop the vectors and keypoints of removed ones")
     p.add_argument("--rebuild", action="store_true", help="re-embed every product, not only the missing ones")
     p.add_argument("--check", action="store_true", help="only report; embed nothing; exit 1 if vectors are missing")
+    _cluster_arguments(p)
+
+
+def _cluster_arguments(p) -> None:
+    p.add_argument(
+        "--cluster", metavar="ray[://ADDRESS]", type=_cluster_address,
+        help="read, decode and embed on a Ray cluster (pip install -r requirements-cluster.txt): 'ray' joins "
+        "RAY_ADDRESS's cluster, or starts Ray on this machine; 'ray://HOST:10001' connects through Ray Client",
+    )
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="with --cluster: model workers (default: one per GPU of the cluster, else one per CPU)")
+
+
+def _cluster_address(text: str) -> str:
+    """'ray' -> '' (RAY_ADDRESS or a local Ray); 'ray://host:port' as it is. Ray itself is not imported here."""
+    text = text.strip()
+    if text == "ray":
+        return ""
+    if text.startswith("ray://") and len(text) > len("ray://"):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: write ray (RAY_ADDRESS, or Ray on this machine) or ray://HOST:PORT")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _cluster(args):
+    """The cluster module and its options, or a clear message when Ray is not installed."""
+    try:
+        from . import cluster
+    except ImportError as err:
+        raise UserError(
+            f"--cluster needs Ray ({err}): install it with pip install -r requirements-cluster.txt"
+        ) from None
+    return cluster, cluster.ClusterOptions(address=args.cluster or None, workers=args.workers)
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -163,7 +207,15 @@ def cmd_import(args) -> int:
     matcher = make_matcher(args)
     try:
         with _Bar("img") as bar:
-            report = matcher.import_path(args.path, progress=bar)
+            if args.cluster is not None:
+                cluster, options = _cluster(args)
+                try:
+                    with cluster.connected(options):
+                        report = cluster.import_path(matcher, args.path, progress=bar, options=options)
+                except cluster.ClusterError as err:
+                    raise UserError(str(err)) from None
+            else:
+                report = matcher.import_path(args.path, progress=bar)
     except EmbeddingError as err:  # ImportSourceError is a ValueError: the CLI prints it as it is
         raise UserError(str(err)) from None
     lines = [f"{args.path}: {report.summary()}"]
@@ -185,6 +237,13 @@ def cmd_index(args) -> int:
     try:
         if args.check:
             status = matcher.index_status()
+        elif args.cluster is not None:
+            cluster, options = _cluster(args)
+            try:
+                with _Bar("img") as bar, cluster.connected(options):
+                    status = cluster.reindex(matcher, rebuild=args.rebuild, progress=bar, options=options)
+            except cluster.ClusterError as err:
+                raise UserError(str(err)) from None
         else:
             with _Bar("img") as bar:
                 status = matcher.reindex(rebuild=args.rebuild, progress=bar)

@@ -74,6 +74,9 @@ class ImportItem:
     description: str | None = None
     product_id: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    # Where the bytes are, as plain strings another process can read them from (`read_origin`): ("file", path,
+    # rel), ("zip", archive, member) or ("url", url). A cluster import's workers read the source themselves.
+    origin: tuple[str, ...] = ()
 
 
 @dataclass
@@ -182,6 +185,7 @@ def _folder(root: Path, limits: ImportLimits) -> ParsedSource:
                 ImportItem(
                     source=rel, filename=rel, name=pretty_name(PurePosixPath(name).stem),
                     category=category_from(rel_dir), read=_file_reader(full, rel, limits.max_file_bytes),
+                    origin=("file", str(full.resolve()), rel),
                 )
             )
     return source
@@ -267,6 +271,7 @@ def _zip_entries(path: Path, archive: zipfile.ZipFile, limits: ImportLimits) -> 
             ImportItem(
                 source=info.filename, filename=info.filename, name=pretty_name(rel.stem),
                 category=category_from(inner.parent), read=_member_reader(archive, info, limits, budget),
+                origin=("zip", str(path.resolve()), info.filename),
             )
         )
     return source
@@ -402,6 +407,7 @@ def _csv_item(values: dict[str, str], row: int, base: Path, limits: ImportLimits
         if fetch is None:
             raise _RowError("image URLs cannot be fetched here")
         read = _url_reader(image, fetch)
+        origin: tuple[str, ...] = ("url", image)
         filename = PurePosixPath(image.split("?", 1)[0].split("#", 1)[0]).name or "image"
     elif re.match(r"^[a-z][a-z0-9+.-]*://", image, re.IGNORECASE):
         raise _RowError(f"column image: {image!r} is neither a relative path nor an http(s) URL")
@@ -412,6 +418,7 @@ def _csv_item(values: dict[str, str], row: int, base: Path, limits: ImportLimits
         if not target.is_file():
             raise _RowError(f"column image: {image} does not exist next to the CSV")
         read = _file_reader(target, image, limits.max_file_bytes)
+        origin = ("file", str(target), image)
         filename = image
     extra = {c: v for c, v in values.items() if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS and v}
     product_id = catalog_id(values.get("id") or "")
@@ -420,7 +427,7 @@ def _csv_item(values: dict[str, str], row: int, base: Path, limits: ImportLimits
     return ImportItem(
         source=label, filename=filename, name=values["name"], category=values["category"], read=read,
         price=price, description=values.get("description") or None, product_id=product_id or None,
-        attributes=extra,
+        attributes=extra, origin=origin,
     )
 
 
@@ -438,3 +445,45 @@ def _url_reader(url: str, fetch: Fetch) -> Callable[[], bytes]:
             raise ItemUnreadable(str(err)) from None
 
     return read
+
+
+# ------------------------------------------------------------------------------------- reading elsewhere
+
+
+def read_origin(origin: tuple[str, ...], limits: ImportLimits, fetch: Fetch | None = None) -> bytes:
+    """An item's bytes read from its `origin` by any process that sees the source (a Ray worker on the machine
+    that holds it), with the same limits and messages as `ImportItem.read`. Raises ItemUnreadable.
+
+    A zip's running total of decompressed bytes is kept per call here, not per archive: each entry is still
+    capped at the per-file limit, and the declared total was checked when the source was opened.
+    """
+    kind = origin[0] if origin else ""
+    if kind == "file":
+        return _file_reader(Path(origin[1]), origin[2], limits.max_file_bytes)()
+    if kind == "zip":
+        archive = _open_archive(origin[1])
+        try:
+            info = archive.getinfo(origin[2])
+        except KeyError:
+            raise ItemUnreadable(f"{origin[2]} is no longer in {Path(origin[1]).name}") from None
+        return _member_reader(archive, info, limits, _Budget(limits.max_total_bytes))()
+    if kind == "url":
+        if fetch is None:
+            raise ItemUnreadable("image URLs cannot be fetched here")
+        return _url_reader(origin[1], fetch)()
+    raise ItemUnreadable(f"no way to read {origin!r} in another process")
+
+
+_archives: dict[str, zipfile.ZipFile] = {}
+
+
+def _open_archive(path: str) -> zipfile.ZipFile:
+    """One open handle per archive per process (a worker reads many entries of one zip)."""
+    archive = _archives.get(path)
+    if archive is None:
+        try:
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ItemUnreadable(f"cannot open {Path(path).name} ({err})") from None
+        _archives[path] = archive
+    return archive

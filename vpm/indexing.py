@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,7 +114,7 @@ class Indexer:
     def embed_missing(self, progress: Progress | None = None, *, rebuild: bool = False) -> int:
         """Embed every catalog photo without a vector (every photo with `rebuild`); returns how many."""
         progress = progress or _no_progress
-        todo = list(self._photos_to_embed(rebuild))
+        todo = list(self.photos_to_embed(rebuild))
         total = len(todo)
         progress(0, total, f"embedding {total} photos with {self.embedder.model_id}")
         embedded = done = 0
@@ -126,7 +126,9 @@ class Indexer:
             progress(done, total, f"embedded {done}/{total} photos")
         return embedded
 
-    def _photos_to_embed(self, rebuild: bool):
+    def photos_to_embed(self, rebuild: bool) -> Iterator[tuple[Product, Photo]]:
+        """(product, photo) of every catalog photo without a vector (every photo with `rebuild`), walked a
+        catalog batch at a time (the cluster path hands the same list to its workers)."""
         self.unembeddable.clear()  # an explicit run tries every image again
         for batch in self.catalog.iter_batches():
             keys = [p.key for product in batch for p in product.photos]
