@@ -190,13 +190,13 @@ def test_import_prints_a_json_report_and_progress_on_stderr(cli, tmp_path, produ
     imported = sorted((p["name"], p["category"]) for p in report["imported"])
     assert imported == [("Lamp", "Uncategorized"), ("Red Mug", "mugs")]
     assert [f["source"] for f in report["failed"]] == ["broken.png"]
-    assert report["summary"] == "imported 2 products (2 photos), skipped 0, failed 1"
+    assert report["summary"] == "imported 2 products (2 photos), skipped 0 duplicates, failed 1"
     assert "3/3" in err  # the progress bar
 
     (folder / "broken.png").unlink()
     code, out, _ = cli("import", folder)
     assert code == 0
-    assert out.splitlines()[0] == f"{folder}: imported 0 products (0 photos), skipped 2, failed 0"
+    assert out.splitlines()[0] == f"{folder}: imported 0 products (0 photos), skipped 2 duplicates, failed 0"
     assert "duplicate" in out
 
 

@@ -133,7 +133,9 @@ def _prepare(matcher: Matcher, groups: list[_Group], report: ImportReport) -> li
         for item, image in images:
             owner = owners.get(image.sha256)
             if owner is not None:
-                report.skipped.append(ImportIssue(item.source, f"duplicate: the same image is already product {owner}"))
+                report.skipped.append(
+                    ImportIssue(item.source, f"duplicate: the same image is already product {owner}", duplicate=True)
+                )
                 continue
             owners[image.sha256] = product.id
             fresh.append((item, image))
@@ -168,7 +170,7 @@ def _commit(matcher: Matcher, ready: list[_Ready], report: ImportReport) -> None
         for entry in ready:
             if entry.product.id in taken:  # someone added that id since we looked: report, remove our files
                 report.skipped.extend(
-                    ImportIssue(source, f"duplicate: a product with id {entry.product.id} exists")
+                    ImportIssue(source, f"duplicate: a product with id {entry.product.id} exists", duplicate=True)
                     for source in entry.sources
                 )
                 _undo(matcher, entry)
