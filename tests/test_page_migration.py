@@ -209,9 +209,44 @@ def test_the_cost_panel_measures_the_same_catalog_before_and_after_the_preview(s
     assert before.partition("):")[2] == after.partition("):")[2]  # the same counts and sizes
 
 
-def test_without_a_bucket_name_the_page_draws_and_preview_names_the_setting(seeded, monkeypatch):
+def test_without_a_bucket_name_the_page_draws_and_preview_asks_for_the_field(seeded, monkeypatch):
     monkeypatch.delenv("S3_BUCKET_NAME")
     at = run_page()
     assert button(at, "Migrate").disabled
     click(at, "Preview")
-    assert any("S3_BUCKET_NAME is not set" in pagetools.shown(e.value) for e in at.error)
+    assert [pagetools.shown(e.value) for e in at.error] == [
+        "Type the name of the target bucket in the Bucket field above, then try again."
+    ]
+
+
+def test_with_no_s3_settings_check_and_preview_use_the_fields_on_the_page(seeded, app_env, monkeypatch, bucket_keys):
+    endpoint, bucket = app_env
+    for name in ("S3_BUCKET_NAME", "S3_ENDPOINT_URL", "S3_REGION"):
+        monkeypatch.delenv(name)
+    at = run_page()
+    text_input(at, "Bucket").input(bucket)
+    text_input(at, "Endpoint URL (only for S3-compatible services)").input(endpoint)
+
+    click(at, "Check")
+    assert any("Ready to migrate" in s.value for s in [*at.success, *at.warning]), texts(at)
+    assert ".env" not in texts(at)
+    click(at, "Preview")
+    assert set(at.dataframe[0].value["action"]) == {"upload"}
+    click(at, "Migrate")
+    assert any("done and verified" in s.value for s in at.success)
+    assert "set `S3_ENABLED=true`" in texts(at)  # S3 is off: switching it on is the next step
+
+
+def test_migrating_into_the_bucket_the_app_already_serves_does_not_ask_to_switch_s3_on(seeded, monkeypatch):
+    at = run_page()  # the local catalog is read before S3 is switched on in this process...
+    monkeypatch.setenv("S3_ENABLED", "true")  # ...and the app serves from the bucket it migrates into
+    from vpm import webapp
+
+    webapp.clear_caches()
+    at.run()
+    click(at, "Preview")
+    click(at, "Migrate")
+    assert any("done and verified" in s.value for s in at.success)
+    shown = texts(at)
+    assert "S3_ENABLED" not in shown and "restart" not in shown
+    assert "The app already serves the catalog from this bucket" in shown

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from .results import ImportReport
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample"
-SAMPLE_CSV = SAMPLE_DIR / "products.csv"
 SAMPLE_LABEL = "the sample catalog"
 
 
@@ -29,21 +28,27 @@ class SampleMissing(VpmError):
     """The sample's files are not beside the app (a trimmed copy of the repository)."""
 
 
-def sample_available(folder: Path = SAMPLE_DIR) -> bool:
-    return (folder / "products.csv").is_file()
+def sample_folder() -> Path:
+    """Where the sample is (a module attribute, so tests can point it at a smaller one)."""
+    return SAMPLE_DIR
 
 
-def sample_size(folder: Path = SAMPLE_DIR) -> tuple[int, int]:
+def sample_available(folder: Path | None = None) -> bool:
+    return ((folder or sample_folder()) / "products.csv").is_file()
+
+
+def sample_size(folder: Path | None = None) -> tuple[int, int]:
     """(products, photos) the sample holds, from its CSV (rows sharing an id are one product)."""
     import csv
 
-    with (folder / "products.csv").open(encoding="utf-8", newline="") as fh:
+    with ((folder or sample_folder()) / "products.csv").open(encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
     return len({row["id"] for row in rows}), len(rows)
 
 
-def load_sample(matcher: Matcher, progress: Progress | None = None, folder: Path = SAMPLE_DIR) -> ImportReport:
+def load_sample(matcher: Matcher, progress: Progress | None = None, folder: Path | None = None) -> ImportReport:
     """Import the sample catalog into the matcher's catalog (embedding every photo: minutes on a CPU)."""
+    folder = folder or sample_folder()
     if not sample_available(folder):
         raise SampleMissing(
             "the sample catalog is not in this copy of the app (sample/products.csv is missing): restore the "
