@@ -12,7 +12,7 @@ from vpm.costs import CatalogSize, PriceError, Traffic, estimate, format_usd
 from vpm.health import overall
 from vpm.migration import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, Migration, catalog_size, plan_fingerprint
 from vpm.migration.report import plan_vectors_line, report_vectors_line
-from vpm.presentation import STATUS_ICONS, STATUS_WORDS, format_bytes, plain, plural
+from vpm.presentation import STATUS_ICONS, STATUS_WORDS, format_bytes, format_quantity, plain, plural
 from vpm.storage import LocalStorage
 
 st.title(":material/cloud_upload: Migration & costs")
@@ -316,14 +316,14 @@ with costs_tab:
         sort=False,
         height=200,
     )
-    st.dataframe(
+    # A static table: its notes wrap instead of being cut off at the column's edge.
+    st.table(
         [
             {"item": row["item"], "USD": format_usd(row["usd"]), "when": row["kind"],
-             "quantity": f"{row['quantity']:,.4g} {row['unit']}", "note": row["note"]}
+             "quantity": format_quantity(row["quantity"], row["unit"]), "note": row["note"]}
             for row in result.rows()
         ],
         hide_index=True,
-        width="stretch",
     )
     prices = result.prices
     st.caption(f"List prices for {prices.region} as of {prices.as_of.isoformat()} ({prices.source}).")

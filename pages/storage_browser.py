@@ -126,7 +126,8 @@ with files_tab:
                 if picked is not None:
                     state.browse_preview = picked
         elif not listing.prefixes:
-            st.info("This folder is empty.", icon=":material/folder_off:")
+            st.info("This folder is empty. Files appear here as products are added on the Catalog page.",
+                    icon=":material/folder_off:")
 
         if paged:  # a pager only where there is more than one page
             with st.container(horizontal=True, gap="small"):

@@ -179,12 +179,13 @@ def test_cost_panel_shows_numbers_and_follows_the_assumptions(seeded):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Migration, once"].startswith("$") and metrics["Every month"].startswith("$")
     assert "2 images" in texts(at)
-    costs = at.dataframe[0].value  # no preview yet, so the only table is the cost breakdown
+    costs = at.table[0].value  # the cost breakdown, a static table whose notes wrap
     assert "S3 GET requests: image views" in set(costs["item"])
+    assert all("e+" not in q for q in costs["quantity"]) and "1 request" in set(costs["quantity"])
 
     next(t for t in at.toggle if "CDN" in t.label).set_value(True).run()
     assert not at.exception
-    items = set(at.dataframe[0].value["item"])
+    items = set(at.table[0].value["item"])
     assert "CloudFront HTTPS requests" in items and "S3 GET requests: image views" not in items
     searches = next(n for n in at.number_input if n.label == "Searches a month")
     searches.set_value(50_000_000).run()

@@ -18,7 +18,7 @@ from . import access as access_rules
 from .catalog import CatalogError, Product
 from .config import ConfigError, Settings, configure_logging, load_settings
 from .errors import VpmError, log_unexpected, something_went_wrong
-from .presentation import code, format_percent, format_price, plain, plural, score_percent
+from .presentation import code, format_percent, format_price, plain, plural, score_percent, sentence
 from .storage import StorageError
 
 if TYPE_CHECKING:  # imported for the annotations only: the matcher and the model load lazily
@@ -208,8 +208,8 @@ def show_error(err: BaseException, *, what: str | None = None) -> None:
     for people. Anything else is a bug: logged with its traceback under a short id, shown with that id.
     """
     prefix = f"{what}: " if what else ""
-    if isinstance(err, VpmError):
-        st.error(plain(f"{prefix}{err}"), icon=":material/error:")
+    if isinstance(err, VpmError):  # a sentence: its first letter a capital, whatever the message starts with
+        st.error(plain(sentence(f"{prefix}{err}")), icon=":material/error:")
         return
     incident = log_unexpected(log, err, "the app")
     st.error(
@@ -284,12 +284,41 @@ def _unpack(item: Any) -> tuple[Product, float | None, str | None]:
     return product, getattr(item, "score", None), getattr(item, "photo_key", None)
 
 
-CARD_WIDTH = 170  # px: two cards side by side on a 390 px phone, four beside the sidebar on a laptop
-_GAP_ALLOWANCE = 24  # px per card for the gap between cards, with some slack
+CARD_WIDTH = 170  # px: a card on its own (the catalog's "just added"); in a grid, cards share the row
+_CARD_MIN_WIDTH = 150  # px: two cards side by side on a 390 px phone
+_GRID_GAP = "0.75rem"
+
+# Cards in a grid: one height a row, a square picture cropped to fill it (object-fit), a name of at most two
+# lines and one-line captions, so every card in a row lines up. Keyed containers carry these classes.
+_GRID_CSS = """
+<style>
+[class*="st-key-vpm_grid_"] {
+  display: grid !important; gap: %(gap)s; align-items: stretch; width: 100%%;
+}
+[class*="st-key-vpm_grid_"] > [data-testid="stLayoutWrapper"] { width: auto !important; height: 100%%; min-width: 0; }
+[class*="st-key-vpm_card_"] { height: 100%%; min-width: 0; }
+[class*="st-key-vpm_card_"] [data-testid="stImage"] img {
+  width: 100%% !important; aspect-ratio: 1 / 1; object-fit: cover; border-radius: 0.25rem;
+}
+[class*="st-key-vpm_card_"] [data-testid="stMarkdownContainer"] p {
+  display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden; margin: 0;
+}
+[class*="st-key-vpm_card_"] [data-testid="stCaptionContainer"] p {
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; margin: 0;
+}
+</style>
+"""
+
+
+def first_line(text: str | None, limit: int = 120) -> str:
+    """The first line of a description, shortened with an ellipsis: what a card has room for."""
+    line = next((part.strip() for part in (text or "").splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 
 def product_card(item: Any) -> None:
-    """One product: picture, name, category and price, and the score as a percent and a bar when given."""
+    """One product: picture, name, category and price, the description's first line, and the score as a percent
+    and a bar when given."""
     product, score, photo_key = _unpack(item)
     picture = product_picture(product, photo_key)  # a search result shows the photo that matched
     if picture is not None:
@@ -303,6 +332,8 @@ def product_card(item: Any) -> None:
     if price:
         details.append(price)
     st.caption(" · ".join(details))
+    if product.description:
+        st.caption(plain(first_line(product.description)))
     if score is not None:
         st.progress(score_percent(score), text=f"{format_percent(score)} match")
         if len(product.photos) > 1:
@@ -310,14 +341,16 @@ def product_card(item: Any) -> None:
             st.caption(f"Best match: photo {number} of {len(product.photos)}")
 
 
-def product_grid(items: Iterable[Any], columns: int = 4) -> None:
-    """Cards that wrap to the screen: at most `columns` a row, two a row on a phone (st.columns would stack
-    them one a row there, making a phone scroll through one big picture after another)."""
+def product_grid(items: Iterable[Any], columns: int = 4, key: str = "results") -> None:
+    """Cards in a grid that uses the full width: at most `columns` a row, as many as fit at 150 px or more
+    (two a row on a phone), each card as tall as the tallest in its row."""
     items = list(items)
-    width = columns * (CARD_WIDTH + _GAP_ALLOWANCE)
-    with st.container(horizontal=True, wrap=True, gap="small", width=width):
-        for item in items:
-            with st.container(border=True, width=CARD_WIDTH):
+    track = f"max({_CARD_MIN_WIDTH}px, calc((100% - {columns - 1} * {_GRID_GAP}) / {columns}))"
+    st.html(_GRID_CSS % {"gap": _GRID_GAP} + f"<style>.st-key-vpm_grid_{key} {{ grid-template-columns: "
+            f"repeat(auto-fill, minmax({track}, 1fr)); }}</style>")
+    with st.container(horizontal=True, wrap=True, gap="small", key=f"vpm_grid_{key}"):
+        for number, item in enumerate(items):
+            with st.container(border=True, key=f"vpm_card_{key}_{number}"):
                 product_card(item)
 
 
