@@ -160,12 +160,12 @@ if allowed:
             source, report = st.session_state["catalog_import_report"]
             st.markdown(f"**Last import: {plain(source)}**")
             with st.container(horizontal=True, gap="small"):  # wraps on a phone instead of stacking
-                st.metric("Imported", len(report.imported), border=True, width=150)
-                st.metric("Skipped (duplicates)", len(report.duplicates), border=True, width=150)
+                st.metric("Imported", len(report.imported), border=True, width="content")
+                st.metric("Skipped (duplicates)", len(report.duplicates), border=True, width="content")
                 if report.ignored:
-                    st.metric("Not images", len(report.ignored), border=True, width=150,
+                    st.metric("Not images", len(report.ignored), border=True, width="content",
                               help="Files in the zip or folder that are not photos (a README, a link): left out.")
-                st.metric("Failed", len(report.failed), border=True, width=150)
+                st.metric("Failed", len(report.failed), border=True, width="content")
             for title, issues, open_ in (
                 (f"Why {plural(len(report.failed), 'item')} failed", report.failed, True),
                 (f"Skipped {plural(len(report.duplicates), 'duplicate')}", report.duplicates, False),

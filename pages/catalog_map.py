@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from vpm import catalog_map, webapp
-from vpm.presentation import data_uri, plain, plural
+from vpm.presentation import data_uri, format_ms, plain, plural
 
 MAX_TOOLTIP_PICTURES = 1000  # products whose picture rides along in the page (small WebPs, ~2 KB each)
 PICTURE_SIDE = 96  # px
@@ -36,6 +36,7 @@ except Exception as err:
 
 threshold = st.slider(
     "Possible duplicates: photos at least this alike (%)", 80.0, 100.0, catalog_map.DEFAULT_THRESHOLD * 100, 0.5,
+    format="%.1f%%",
     help="Pairs of different products with two photos at least this similar (cosine). Photos of one product "
     "are never compared with each other.",
 ) / 100
@@ -84,7 +85,7 @@ sample = (f" (a sample of {made.photos_used:,} of {made.photos_total:,} photos: 
           "that sample)" if made.sampled else "")
 st.caption(
     f"{plural(len(made.points), 'product')} from {plural(made.photos_used, 'photo')}{sample} · {made.method} of the "
-    f"{made.model_id} vectors · made in {made.seconds.get('total', 0):.1f} s"
+    f"{made.model_id} vectors · made in {format_ms(made.seconds.get('total', 0) * 1000)}"
 )
 
 chart_column, pairs_column = st.columns([3, 2], gap="medium")
@@ -98,8 +99,8 @@ with chart_column:
         alt.Chart(rows)
         .mark_circle(size=70, opacity=0.8)
         .encode(
-            x=alt.X("x:Q", axis=None),
-            y=alt.Y("y:Q", axis=None),
+            x=alt.X("x:Q", axis=None, scale=alt.Scale(zero=False, nice=False, padding=16)),
+            y=alt.Y("y:Q", axis=None, scale=alt.Scale(zero=False, nice=False, padding=16)),
             color=alt.Color("category:N", title="Category", legend=alt.Legend(orient="bottom", columns=2)),
             tooltip=tooltip,
         )
@@ -111,7 +112,8 @@ with chart_column:
         st.caption(f"Pictures on hover for the first {MAX_TOOLTIP_PICTURES:,} products; names for all.")
 
 with pairs_column:
-    st.subheader(f"Possible duplicates ({len(made.pairs)})")
+    capped = " — the most alike" if len(made.pairs) >= catalog_map.MAX_PAIRS else ""
+    st.subheader(f"Possible duplicates ({len(made.pairs)}{capped})")
     if not made.pairs:
         st.caption(
             f"No two different products have photos at least {threshold:.1%} alike. Lower the slider to see "
@@ -121,10 +123,11 @@ with pairs_column:
         st.caption("Different products with near-identical photos: the same item added twice, or a photo filed "
                    "under the wrong product. Check them on the Catalog page.")
         st.dataframe(
-            [{"similarity": f"{d.score:.1%}", "product": d.first_name, "looks like": d.second_name,
-              "ids": f"{d.first_id} · {d.second_id}"} for d in made.pairs],
+            [{"alike": f"{d.score:.1%}", "product": d.first_name, "looks like": d.second_name}
+             for d in made.pairs],
             hide_index=True,
             width="stretch",
-            column_config={"product": st.column_config.TextColumn(width="medium"),
+            column_config={"alike": st.column_config.TextColumn(width="small"),
+                           "product": st.column_config.TextColumn(width="medium"),
                            "looks like": st.column_config.TextColumn(width="medium")},
         )

@@ -73,13 +73,15 @@ with top[1], st.container(border=True):
 if products is not None:
     index = health.index_summary(matcher, products)
     with st.container(horizontal=True):  # one row even on a phone: the numbers are short
-        st.metric("Products", f"{products:,}", border=True)
-        st.metric("Categories", f"{len(categories):,}", border=True)
-        st.metric("Search index", index.headline, help=index.detail, border=True)
+        # As wide as their numbers ("12,345", "398 to embed"), wrapping to a new line rather than cutting one off.
+        st.metric("Products", f"{products:,}", border=True, width="content")
+        st.metric("Categories", f"{len(categories):,}", border=True, width="content")
+        st.metric("Search index", index.headline, help=index.detail, border=True, width="content")
 
 st.subheader("Go to")
 pages = [
-    (webapp.SEARCH_PAGE, "Search by photo or text", ":material/image_search:", "Find look-alike products."),
+    (webapp.SEARCH_PAGE, "Search by photo or text" if outlook.words else "Search by photo", ":material/image_search:",
+     "Find look-alike products."),
     (webapp.CATALOG_PAGE, "Catalog", ":material/inventory_2:", "Browse, add, import, edit and delete products."),
     (webapp.MAP_PAGE, "Catalog map", ":material/scatter_plot:", "Every product on one map; likely duplicates."),
     (webapp.STORAGE_PAGE, "Storage browser", ":material/folder_open:", "See the files behind the catalog."),

@@ -54,7 +54,8 @@ def metric_row(values) -> None:
     """Metrics side by side that wrap on a phone instead of stacking one a row: (label, value, help)."""
     with st.container(horizontal=True, gap="small"):
         for label, value, help_text in values:
-            st.metric(label, value, help=help_text, border=True, width=150)
+            st.metric(label, f"{value:,}" if isinstance(value, int) else value, help=help_text, border=True,
+                      width="content")
 
 
 def progress_callback(bar, verb: str):
@@ -316,14 +317,11 @@ with costs_tab:
         sort=False,
         height=200,
     )
-    # A static table: its notes wrap instead of being cut off at the column's edge.
-    st.table(
-        [
-            {"item": row["item"], "USD": format_usd(row["usd"]), "when": row["kind"],
-             "quantity": format_quantity(row["quantity"], row["unit"]), "note": row["note"]}
-            for row in result.rows()
-        ],
-        hide_index=True,
-    )
+    # Line by line rather than a table: the notes are sentences, which a table cuts off (or pushes off a phone's
+    # screen); here they wrap at any width.
+    with st.container(border=True, gap="small", key="cost_lines"):
+        for row in result.rows():
+            st.markdown(f"**{plain(row['item'])}** · {format_usd(row['usd'])} {row['kind']}")
+            st.caption(f"{format_quantity(row['quantity'], row['unit'])} · {plain(row['note'])}")
     prices = result.prices
     st.caption(f"List prices for {prices.region} as of {prices.as_of.isoformat()} ({prices.source}).")

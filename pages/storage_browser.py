@@ -229,9 +229,10 @@ with check_tab:
     report = state.get("consistency_report")
     if report is not None:
         with st.container(horizontal=True, gap="small"):
-            st.metric("Products", report.products, border=True, width=110)
-            st.metric("Images", report.image_files, border=True, width=110)
-            st.metric("Thumbnails", report.thumbnail_files, border=True, width=110)
+            # As wide as their numbers: a fixed narrow tile cut "44,512" to "44...".
+            st.metric("Products", f"{report.products:,}", border=True, width="content")
+            st.metric("Images", f"{report.image_files:,}", border=True, width="content")
+            st.metric("Thumbnails", f"{report.thumbnail_files:,}", border=True, width="content")
         if report.ok:
             st.success("Storage and catalog agree.", icon=":material/check_circle:")
 

@@ -1,8 +1,10 @@
 """The app in a real browser: Playwright drives Debian's Chromium against `streamlit run streamlit_app.py`.
 
 Flows a person would follow: upload a photo on Search and see cards; move the threshold slider with the
-keyboard and see the count change; add a product on Catalog and find it by searching with its own photo.
-Screenshots of every page at desktop (1280 px) and phone (390 px) widths go to test-artifacts/screenshots/.
+keyboard and see the count change; add a product on Catalog and find it by searching with its own photo; and a
+first-time visitor's walk on an app of their own with an empty catalog: load the sample products, search with
+one of its photos, see that product first. Screenshots of every page at desktop (1280 px) and phone (390 px)
+widths go to test-artifacts/screenshots/.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ PAGES = {  # url path -> (file stem for screenshots, a text that means the page 
     "": ("home", "Visual Product Matcher"),
     "search": ("search", "Search by"),
     "catalog": ("catalog", "Add a product"),
+    "catalog_map": ("catalog_map", "Possible duplicates"),
     "storage_browser": ("storage_browser", "Storage browser"),
     "migration": ("migration", "Migration & costs"),
     "health": ("health", "Effective settings"),
@@ -75,7 +78,20 @@ def app_url(chromium, tiny_clip_dir, tmp_path_factory):
     matcher = Matcher(settings)
     for name, category, seed, *price in SEED:
         matcher.add_product(make_product_photo(seed, size=240), f"{name}.png", name=name, category=category,
-                            price=price[0] if price else None)
+                            price=price[0] if price else None,
+                            description=f"{name}, a generated test picture.\nSecond line." if price else None)
+    yield from run_app(root, data_dir, tiny_clip_dir)
+
+
+@pytest.fixture(scope="module")
+def empty_app_url(chromium, tiny_clip_dir, tmp_path_factory):
+    """The app on an empty data folder: what a first-time visitor of a fresh install sees."""
+    root = tmp_path_factory.mktemp("browser-empty-app")
+    yield from run_app(root, root / "data", tiny_clip_dir)
+
+
+def run_app(root: Path, data_dir: Path, model_dir: Path):
+    """Serve the app from `root` until the module's tests are done; yields its URL."""
     # Run from a folder holding only the app's Streamlit config: no stray .env or secrets from the checkout.
     shutil.copytree(REPO / ".streamlit", root / ".streamlit", ignore=shutil.ignore_patterns("secrets.toml"))
     port = free_port()
@@ -83,7 +99,7 @@ def app_url(chromium, tiny_clip_dir, tmp_path_factory):
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", APP_FILE, "--server.headless", "true", "--server.port",
          str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=root, env=_app_env(data_dir, tiny_clip_dir), stdout=log, stderr=subprocess.STDOUT,
+        cwd=root, env=_app_env(data_dir, model_dir), stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -272,6 +288,53 @@ def save_whole_page(page, path: Path, width: int, height: int) -> None:
     page.wait_for_timeout(400)
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size({"width": width, "height": height})
+
+
+def test_a_first_visitor_loads_the_sample_and_finds_a_product_by_its_photo(browser, empty_app_url):
+    import csv
+
+    sample = REPO / "sample"
+    row = next(r for r in csv.DictReader((sample / "products.csv").open(encoding="utf-8"))
+               if r["category"] == "grocery-fruit")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for width, (w, h) in WIDTHS.items():  # the empty Home, as a visitor on a laptop or a phone finds it
+        context = browser.new_context(viewport={"width": w, "height": h})
+        phone = context.new_page()
+        phone.set_default_timeout(60_000)
+        open_app(phone, empty_app_url)
+        phone.get_by_text("The catalog is empty").wait_for()
+        save_whole_page(phone, SCREENSHOTS / f"first-visit-empty-{width}.png", w, h)
+        context.close()
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        open_app(page, empty_app_url)
+        page.get_by_role("button", name="Load sample products").click()
+        # 252 photos decoded, thumbnailed and embedded by the tiny test model: a minute or two on a busy machine.
+        page.get_by_text("Loaded the sample catalog").wait_for(timeout=600_000)
+        settle(page)
+        assert "imported 84 products (252 photos)" in visible_text(page)
+        assert page.locator('[data-testid="stMetricValue"]').first.inner_text() == "84"
+        page.get_by_role("link", name="Now search with a photo").click()
+        page.get_by_text("Search by").first.wait_for()
+        settle(page)
+        upload_query(page, (sample / row["image"]).read_bytes(), "my-photo.jpg")
+        assert result_count(page) >= 1
+        assert card_names(page)[0] == row["name"]
+        page.wait_for_timeout(500)
+        save_whole_page(page, SCREENSHOTS / "first-visit-search-desktop.png", 1280, 900)
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.wait_for_timeout(800)
+        save_whole_page(page, SCREENSHOTS / "first-visit-search-phone.png", 390, 844)
+        page.set_viewport_size({"width": 1280, "height": 900})
+        open_app(page, empty_app_url, "catalog_map")
+        page.get_by_text(re.compile(r"84 products from 252 photos")).wait_for()
+        page.wait_for_timeout(1000)  # the chart draws
+        save_whole_page(page, SCREENSHOTS / "first-visit-map-desktop.png", 1280, 900)
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("width", list(WIDTHS))
