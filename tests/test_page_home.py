@@ -199,3 +199,21 @@ def test_the_private_streamlit_switch_the_app_relies_on_is_still_there():
     assert hasattr(PagesManager, "uses_pages_directory"), (
         "Streamlit no longer has PagesManager.uses_pages_directory: revisit webapp._leave_old_multipage_mode"
     )
+
+
+def test_an_empty_bucket_with_a_local_catalog_waiting_points_to_migration(local_catalog, open_page, monkeypatch):
+    local_catalog.add(3)  # a local catalog of three products; the bucket is empty
+    monkeypatch.setenv("S3_ENABLED", "true")
+
+    at = open_page(HOME)
+
+    assert not at.exception
+    assert metrics(at)["Products"] == "0"  # the bucket's
+    assert any("the local catalog has 3 products" in shown(i.value) for i in at.info)
+    assert "Move the local catalog to the bucket" in [link.value for link in at.page_link]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_no_pointer_to_migration_without_s3(app_settings, open_page):
+    at = open_page(HOME)
+    assert "Move the local catalog to the bucket" not in [link.value for link in at.page_link]
