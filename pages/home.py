@@ -45,7 +45,10 @@ if products == 0:
             )
             st.page_link(webapp.MIGRATION_PAGE, label="Move the local catalog to the bucket",
                          icon=":material/cloud_upload:")
-        st.markdown("**The catalog is empty.** Start with the sample products, or add your own.")
+        if webapp.access().may_change:
+            st.markdown("**The catalog is empty.** Start with the sample products, or add your own.")
+        else:
+            st.markdown("**The catalog is empty.** Its owner can load the sample products or add their own.")
         if webapp.may_change():
             webapp.offer_sample(matcher, key="home_sample", report_key="home_sample_report")
             st.page_link(webapp.CATALOG_PAGE, label="Add or import your own products",

@@ -246,6 +246,20 @@ def test_add_a_product_and_find_it_with_its_own_photo(page, app_url):
     assert card_names(page)[0] == "Steel kettle"
 
 
+def test_clicking_a_file_row_in_the_storage_browser_previews_it_with_its_product(page, app_url):
+    open_app(page, app_url, "storage_browser")
+    page.get_by_role("button", name="images/").click()
+    page.get_by_text(re.compile(r"\d+ files? in")).first.wait_for()
+    settle(page)
+    grid = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
+    page.mouse.click(grid["x"] + 16, grid["y"] + 35 + 17)  # the first row's selection box (the header is ~35 px)
+    page.get_by_text(re.compile(r"^images/.+ · .+ · [\d.]+ KB$")).wait_for()
+    caption = page.get_by_text(re.compile(r"^images/.+ · .+ · [\d.]+ KB$")).inner_text()
+    product = caption.replace(WORD_JOINER, "").split(" · ")[1]
+    assert product in {name for name, *_ in SEED} | {"Steel kettle", HOSTILE_NAME}  # the file's product, named
+    page.locator('[data-testid="stImage"]').first.wait_for()  # and its preview
+
+
 WORD_JOINER = "\u2060"  # vpm.presentation.plain puts one inside "https://" so it is never made a link
 
 
