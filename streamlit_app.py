@@ -14,6 +14,7 @@ navigation = st.navigation(
         ],
         "Manage": [
             st.Page(webapp.CATALOG_PAGE, title="Catalog", icon=":material/inventory_2:"),
+            st.Page(webapp.MAP_PAGE, title="Catalog map", icon=":material/scatter_plot:"),
             st.Page(webapp.STORAGE_PAGE, title="Storage browser", icon=":material/folder_open:"),
             st.Page(webapp.MIGRATION_PAGE, title="Migration & costs", icon=":material/cloud_upload:"),
         ],

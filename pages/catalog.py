@@ -35,131 +35,157 @@ st.caption(
     f"{webapp.storage_summary(settings)}"
 )
 
-add_tab, import_tab, browse_tab = st.tabs(
-    [":material/add_photo_alternate: Add a product", ":material/upload_file: Bulk import", ":material/table: Products"]
-)
+sample = st.session_state.pop("catalog_sample_report", None)
+if sample is not None:
+    st.success(f"Loaded the sample catalog: {plain(sample.summary())}.", icon=":material/check_circle:")
+
+# Changes (add, import, edit, photos, delete) only for a session that may make them (vpm.access): else one line
+# says why, and only the product table is drawn.
+allowed = webapp.may_change()
+if allowed and not total:
+    with st.container(border=True):
+        st.markdown("**The catalog is empty.** Load the sample products to try the app, or add your own below.")
+        webapp.offer_sample(matcher, key="catalog_sample", report_key="catalog_sample_report")
+if allowed:
+    add_tab, import_tab, browse_tab = st.tabs(
+        [":material/add_photo_alternate: Add a product", ":material/upload_file: Bulk import",
+         ":material/table: Products"]
+    )
+else:
+    browse_tab = st.container()
 
 # ------------------------------------------------------------------------------------------------ add
 
-with add_tab:
-    # What was typed stays when something is missing; a fresh form (new key) only after a product was added.
-    form_number = st.session_state.setdefault("catalog_add_form", 0)
-    with st.form(f"add_product_{form_number}", enter_to_submit=False):
-        photos = st.file_uploader(
-            "Product photos",
-            type=list(IMAGE_UPLOAD_TYPES),
-            accept_multiple_files=True,
-            help=f"One or more photos of the same product (front, side, back…): {IMAGE_FORMATS_TEXT}, up to "
-            f"{settings.vpm_max_upload_mb} MB each. Search matches a photo against every one.",
-        )
-        name = st.text_input("Name", max_chars=200, placeholder="e.g. Trail running shoe")
-        left, right = st.columns(2)
-        chosen = left.selectbox(
-            "Category",
-            categories,
-            index=None,
-            placeholder="Choose a category" if categories else "No categories yet: type one",
-            disabled=not categories,
-        )
-        typed = right.text_input("…or a new category", max_chars=100, placeholder="e.g. Shoes")
-        left, right = st.columns(2)
-        price = left.number_input("Price (optional)", min_value=0.0, value=None, step=0.01, format="%.2f")
-        description = st.text_area("Description (optional)", max_chars=5000, height=80)
-        allow_duplicate = st.checkbox(
-            "Add it even if a photo is already in the catalog",
-            help="Normally a photo already in the catalog (the very same file) is refused, naming the product "
-            "that has it, so the catalog does not fill with copies.",
-        )
-        submitted = st.form_submit_button("Add product", type="primary", icon=":material/add:")
+if allowed:
+    with add_tab:
+        # What was typed stays when something is missing; a fresh form (new key) only after a product was added.
+        form_number = st.session_state.setdefault("catalog_add_form", 0)
+        with st.form(f"add_product_{form_number}", enter_to_submit=False):
+            photos = st.file_uploader(
+                "Product photos",
+                type=list(IMAGE_UPLOAD_TYPES),
+                accept_multiple_files=True,
+                help=f"One or more photos of the same product (front, side, back…): {IMAGE_FORMATS_TEXT}, up to "
+                f"{settings.vpm_max_upload_mb} MB each. Search matches a photo against every one.",
+            )
+            name = st.text_input("Name", max_chars=200, placeholder="e.g. Trail running shoe")
+            left, right = st.columns(2)
+            chosen = left.selectbox(
+                "Category",
+                categories,
+                index=None,
+                placeholder="Choose a category" if categories else "No categories yet: type one",
+                disabled=not categories,
+            )
+            typed = right.text_input("…or a new category", max_chars=100, placeholder="e.g. Shoes")
+            left, right = st.columns(2)
+            price = left.number_input("Price (optional)", min_value=0.0, value=None, step=0.01, format="%.2f")
+            description = st.text_area("Description (optional)", max_chars=5000, height=80)
+            allow_duplicate = st.checkbox(
+                "Add it even if a photo is already in the catalog",
+                help="Normally a photo already in the catalog (the very same file) is refused, naming the product "
+                "that has it, so the catalog does not fill with copies.",
+            )
+            submitted = st.form_submit_button("Add product", type="primary", icon=":material/add:")
 
-    if submitted:
-        category = pick_category(chosen, typed)
-        problems = add_form_problems(bool(photos), name, category)
-        if problems:
-            st.error(problems, icon=":material/error:")
-        else:
+        if submitted:
+            category = pick_category(chosen, typed)
+            problems = add_form_problems(bool(photos), name, category)
+            if problems:
+                st.error(problems, icon=":material/error:")
+            else:
+                try:
+                    webapp.ensure_model(matcher)
+                    with st.spinner(f"Adding {plain(name.strip())}…"):
+                        product = matcher.create_product(
+                            [(photo.getvalue(), photo.name) for photo in photos], name=name, category=category,
+                            price=price, description=description or None, allow_duplicate=allow_duplicate,
+                        )
+                    st.session_state["catalog_last_added"] = product.id
+                    st.session_state["catalog_add_form"] = form_number + 1
+                    st.session_state.pop("catalog_confirm_delete", None)
+                    st.rerun()  # redraw counts, categories and the table with the new product
+                except Exception as err:
+                    webapp.show_error(err, what=f"Could not add {name.strip() or 'the product'}")
+
+        last_added = st.session_state.get("catalog_last_added")
+        if last_added:
             try:
-                webapp.ensure_model(matcher)
-                with st.spinner(f"Adding {plain(name.strip())}…"):
-                    product = matcher.create_product(
-                        [(photo.getvalue(), photo.name) for photo in photos], name=name, category=category,
-                        price=price, description=description or None, allow_duplicate=allow_duplicate,
-                    )
-                st.session_state["catalog_last_added"] = product.id
-                st.session_state["catalog_add_form"] = form_number + 1
-                st.session_state.pop("catalog_confirm_delete", None)
-                st.rerun()  # redraw counts, categories and the table with the new product
-            except Exception as err:
-                webapp.show_error(err, what=f"Could not add {name.strip() or 'the product'}")
-
-    last_added = st.session_state.get("catalog_last_added")
-    if last_added:
-        try:
-            view = matcher.view(matcher.get_product(last_added))
-        except ProductNotFound:
-            view = None  # deleted since; nothing to show
-        if view is not None:
-            st.success(f"Added **{plain(view.product.name)}**. It is searchable now.", icon=":material/check_circle:")
-            card, about = st.columns([1, 3])
-            with card, st.container(border=True, width=webapp.CARD_WIDTH):
-                webapp.product_card(view)
-            with about:
-                st.markdown(f"**Id:** {code(view.product.id)}")
-                st.markdown(f"**Photos:** {len(view.product.photos)}")
-                if view.image_url:
-                    st.markdown(f"**Image URL:** {code(view.image_url)}")
-                st.page_link(webapp.SEARCH_PAGE, label="Search with a photo", icon=":material/image_search:")
+                view = matcher.view(matcher.get_product(last_added))
+            except ProductNotFound:
+                view = None  # deleted since; nothing to show
+            if view is not None:
+                st.success(f"Added **{plain(view.product.name)}**. It is searchable now.", icon=":material/check_circle:")
+                card, about = st.columns([1, 3])
+                with card, st.container(border=True, width=webapp.CARD_WIDTH):
+                    webapp.product_card(view)
+                with about:
+                    st.markdown(f"**Id:** {code(view.product.id)}")
+                    st.markdown(f"**Photos:** {len(view.product.photos)}")
+                    if view.image_url and matcher.storage.web_urls:  # a local folder's file:// path: not shown
+                        st.markdown(f"**Image URL:** {code(view.image_url)}")
+                    st.page_link(webapp.SEARCH_PAGE, label="Search with a photo", icon=":material/image_search:")
 
 # --------------------------------------------------------------------------------------------- import
 
-with import_tab:
-    st.markdown(
-        "Upload a **.zip** of images with one folder per category (`Shoes/red_trail_shoe.jpg` becomes "
-        "*Red Trail Shoe* in *Shoes*), or a **.csv** with columns `image,name,category` and optionally "
-        "`price,id,description`, where `image` is a link to the picture. Pictures already in the catalog are "
-        "skipped, so running the same import twice is safe."
-    )
-    bundle = st.file_uploader("Zip or CSV file", type=["zip", "csv"], key="catalog_import_file")
-    if st.button("Import", type="primary", icon=":material/upload:", disabled=bundle is None):
-        try:
-            webapp.ensure_model(matcher)
-            with st.status(f"Importing {plain(bundle.name)}…", expanded=True) as status:
-                bar = st.progress(0, text="Reading the file…")
+if allowed:
+    with import_tab:
+        st.markdown(
+            "Upload a **.zip** of images with one folder per category (`Shoes/red_trail_shoe.jpg` becomes "
+            "*Red Trail Shoe* in *Shoes*), or a **.csv** with columns `image,name,category` and optionally "
+            "`price,id,description`, where `image` is a link to the picture. Pictures already in the catalog are "
+            "skipped, so running the same import twice is safe."
+        )
+        bundle = st.file_uploader("Zip or CSV file", type=["zip", "csv"], key="catalog_import_file")
+        if st.button("Import", type="primary", icon=":material/upload:", disabled=bundle is None):
+            try:
+                webapp.ensure_model(matcher)
+                with st.status(f"Importing {plain(bundle.name)}…", expanded=True) as status:
+                    bar = st.progress(0, text="Reading the file…")
 
-                def progress(done: int, total: int, message: str = "") -> None:
-                    fraction = done / total if total else 1.0
-                    bar.progress(min(1.0, fraction), text=message or f"{done} of {total}")
+                    def progress(done: int, total: int, message: str = "") -> None:
+                        fraction = done / total if total else 1.0
+                        bar.progress(min(1.0, fraction), text=message or f"{done} of {total}")
 
-                report = matcher.import_upload(bundle.getvalue(), bundle.name, progress=progress)
-                bar.progress(1.0, text="Done")
-                state = "complete" if not report.failed else "error"
-                status.update(label=f"{plain(bundle.name)}: {report.summary()}", state=state, expanded=False)
-            st.session_state["catalog_import_report"] = (bundle.name, report)
-            st.rerun()  # redraw counts, categories and the table with the imported products
-        except Exception as err:
-            webapp.show_error(err, what=f"Could not import {bundle.name}")
+                    report = matcher.import_upload(bundle.getvalue(), bundle.name, progress=progress)
+                    bar.progress(1.0, text="Done")
+                    state = "complete" if not report.failed else "error"
+                    status.update(label=f"{plain(bundle.name)}: {report.summary()}", state=state, expanded=False)
+                st.session_state["catalog_import_report"] = (bundle.name, report)
+                st.rerun()  # redraw counts, categories and the table with the imported products
+            except Exception as err:
+                webapp.show_error(err, what=f"Could not import {bundle.name}")
 
-    if "catalog_import_report" in st.session_state:
-        source, report = st.session_state["catalog_import_report"]
-        st.markdown(f"**Last import: {plain(source)}**")
-        counts = st.columns(3)
-        counts[0].metric("Imported", len(report.imported), border=True)
-        counts[1].metric("Skipped (duplicates)", len(report.skipped), border=True)
-        counts[2].metric("Failed", len(report.failed), border=True)
-        if report.failed:
-            with st.expander(f"Why {plural(len(report.failed), 'item')} failed", expanded=True):
-                for issue in report.failed:
-                    st.markdown(f"- {code(issue.source)}: {plain(issue.reason)}")
-        if report.skipped:
-            with st.expander(f"Skipped {plural(len(report.skipped), 'item')}"):
-                for issue in report.skipped:
-                    st.markdown(f"- {code(issue.source)}: {plain(issue.reason)}")
+        if "catalog_import_report" in st.session_state:
+            source, report = st.session_state["catalog_import_report"]
+            st.markdown(f"**Last import: {plain(source)}**")
+            with st.container(horizontal=True, gap="small"):  # wraps on a phone instead of stacking
+                st.metric("Imported", len(report.imported), border=True, width="content")
+                st.metric("Skipped (duplicates)", len(report.duplicates), border=True, width="content")
+                if report.ignored:
+                    st.metric("Not images", len(report.ignored), border=True, width="content",
+                              help="Files in the zip or folder that are not photos (a README, a link): left out.")
+                st.metric("Failed", len(report.failed), border=True, width="content")
+            for title, issues, open_ in (
+                (f"Why {plural(len(report.failed), 'item')} failed", report.failed, True),
+                (f"Skipped {plural(len(report.duplicates), 'duplicate')}", report.duplicates, False),
+                (f"Left out {plural(len(report.ignored), 'file')} that {'is' if len(report.ignored) == 1 else 'are'} "
+                 "not a photo", report.ignored, False),
+            ):
+                if issues:
+                    with st.expander(title, expanded=open_):
+                        for issue in issues:
+                            st.markdown(f"- {code(issue.source)}: {plain(issue.reason)}")
 
 # --------------------------------------------------------------------------------------------- browse
 
 with browse_tab:
     if not total:
-        st.info("No products yet: add one or import a zip or CSV in the other tabs.", icon=":material/info:")
+        st.info(
+            "No products yet: load the sample products above, add one in the first tab, or import a zip or CSV."
+            if allowed else "No products yet.",
+            icon=":material/info:",
+        )
     else:
         left, right = st.columns(2)
         shown_categories = left.multiselect("Category", categories, placeholder="All categories",
@@ -203,7 +229,7 @@ with browse_tab:
         if page.items:
             by_id = {p.id: p for p in page.items}
             picked = st.selectbox(
-                "Edit or delete",
+                "Edit or delete" if allowed else "Show a product",
                 list(by_id),
                 format_func=lambda pid: f"{by_id[pid].name} · {by_id[pid].category} ({pid})",
                 key="catalog_selected",
@@ -218,7 +244,7 @@ with browse_tab:
                         if picture is not None:
                             st.image(picture, width="stretch", alt=f"{product.name}, photo {number}")
                         st.caption(f"Photo {number}" + (" · shown in lists" if number == 1 else ""))
-                        if len(product.photos) > 1 and st.button(
+                        if allowed and len(product.photos) > 1 and st.button(
                             "Remove", key=f"remove_{photo.key}", icon=":material/delete:",
                             help="Remove this photo (its file and its vector); the product keeps its other photos.",
                         ):
@@ -228,6 +254,8 @@ with browse_tab:
                                 st.rerun()
                             except Exception as err:
                                 webapp.show_error(err, what="Could not remove the photo")
+            if not allowed:
+                st.stop()  # nothing below but edits
             with st.form(f"add_photos_{product.id}_{st.session_state.get('catalog_photo_form', 0)}"):
                 more = st.file_uploader(
                     "Add photos", type=list(IMAGE_UPLOAD_TYPES), accept_multiple_files=True,

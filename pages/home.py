@@ -2,13 +2,16 @@
 
 import streamlit as st
 
-from vpm import health, webapp
+from vpm import health, model_outlook, webapp
+from vpm.presentation import plain
 
 st.title(":material/image_search: Visual Product Matcher")
 st.caption("Find the products in your catalog that look like a photo.")
 
 settings = webapp.get_settings()
 matcher = webapp.get_matcher()
+# Which model runs (or will, on the first search): instant; a hub probe, when one is needed, runs in the background.
+outlook = model_outlook.for_matcher(matcher)
 
 try:
     categories = matcher.category_counts()
@@ -17,20 +20,39 @@ except Exception as err:
     webapp.show_error(err, what="The catalog cannot be read")
     products = None
 
+loaded = st.session_state.pop("home_sample_report", None)
+if loaded is not None:
+    st.success(f"Loaded the sample catalog: {plain(loaded.summary())}.", icon=":material/check_circle:")
+    st.page_link(webapp.SEARCH_PAGE, label="Now search with a photo", icon=":material/image_search:")
+
 if products == 0:
+    waiting = health.local_catalog_waiting(settings)
     with st.container(border=True):
         st.subheader(":material/waving_hand: Welcome")
+        ways = (
+            "Drop in a phone picture, snap one with the camera, paste an image link, or describe the product in "
+            "words" if outlook.words else "Drop in a phone picture, snap one with the camera, or paste an image link"
+        )
         st.markdown(
             "Visual Product Matcher finds the products in your catalog that look like a photo. "
-            "Drop in a phone picture, snap one with the camera, paste an image link, or describe the "
-            "product in words, and it shows the closest products with a similarity score you can filter.\n\n"
-            "**Your catalog is empty.** To get started:\n"
-            "1. Open **Catalog** and add a product: a photo, a name and a category.\n"
-            "2. Or import many at once: a `.zip` of images in one folder per category, or a `.csv` with "
-            "`image,name,category` columns (image is a link or a path inside the zip).\n"
-            "3. Then open **Search** and try a photo."
+            f"{ways}, and it shows the closest products with a similarity score you can filter."
         )
-        st.page_link(webapp.CATALOG_PAGE, label="Add or import products", icon=":material/add_photo_alternate:")
+        if waiting:
+            st.info(
+                f"This bucket is empty, but the local catalog has {waiting:,} products: copy them here on "
+                "Migration & costs.",
+                icon=":material/cloud_upload:",
+            )
+            st.page_link(webapp.MIGRATION_PAGE, label="Move the local catalog to the bucket",
+                         icon=":material/cloud_upload:")
+        if webapp.access().may_change:
+            st.markdown("**The catalog is empty.** Start with the sample products, or add your own.")
+        else:
+            st.markdown("**The catalog is empty.** Its owner can load the sample products or add their own.")
+        if webapp.may_change():
+            webapp.offer_sample(matcher, key="home_sample", report_key="home_sample_report")
+            st.page_link(webapp.CATALOG_PAGE, label="Add or import your own products",
+                         icon=":material/add_photo_alternate:")
 
 st.subheader("Status")
 top = st.columns(2)
@@ -39,26 +61,32 @@ with top[0], st.container(border=True):
     st.markdown(webapp.storage_summary(settings))
 with top[1], st.container(border=True):
     st.markdown("**:material/neurology: Model**")
-    embedder = webapp.loaded_embedder(matcher)
-    if embedder is None:
-        st.markdown(f"`{settings.vpm_model}`, not loaded yet: it loads on the first search.")
+    if outlook.state == "checking":  # the hub probe answers within seconds: redraw the page once it has
+        @st.fragment(run_every=1.0)
+        def _model_line() -> None:
+            now = model_outlook.for_matcher(matcher)
+            st.markdown(plain(now.line))
+            if now.state != "checking":
+                st.rerun(scope="app")
+
+        _model_line()
     else:
-        text = "text and images" if embedder.supports_text else "images only"
-        st.markdown(f"{embedder.display_name} ({text})")
-        if embedder.fallback_reason:
-            st.warning(f"Using the built-in fallback model: {embedder.fallback_reason}", icon=":material/info:")
+        st.markdown(plain(outlook.line))
 
 if products is not None:
     index = health.index_summary(matcher, products)
     with st.container(horizontal=True):  # one row even on a phone: the numbers are short
-        st.metric("Products", f"{products:,}", border=True)
-        st.metric("Categories", f"{len(categories):,}", border=True)
-        st.metric("Search index", index.headline, help=index.detail, border=True)
+        # As wide as their numbers ("12,345", "398 to embed"), wrapping to a new line rather than cutting one off.
+        st.metric("Products", f"{products:,}", border=True, width="content")
+        st.metric("Categories", f"{len(categories):,}", border=True, width="content")
+        st.metric("Search index", index.headline, help=index.detail, border=True, width="content")
 
 st.subheader("Go to")
 pages = [
-    (webapp.SEARCH_PAGE, "Search by photo or text", ":material/image_search:", "Find look-alike products."),
-    (webapp.CATALOG_PAGE, "Catalog", ":material/inventory_2:", "Add, import, edit and delete products."),
+    (webapp.SEARCH_PAGE, "Search by photo or text" if outlook.words else "Search by photo", ":material/image_search:",
+     "Find look-alike products."),
+    (webapp.CATALOG_PAGE, "Catalog", ":material/inventory_2:", "Browse, add, import, edit and delete products."),
+    (webapp.MAP_PAGE, "Catalog map", ":material/scatter_plot:", "Every product on one map; likely duplicates."),
     (webapp.STORAGE_PAGE, "Storage browser", ":material/folder_open:", "See the files behind the catalog."),
     (webapp.MIGRATION_PAGE, "Migration & costs", ":material/cloud_upload:", "Move to S3; estimate the bill."),
     (webapp.QUALITY_PAGE, "Match quality", ":material/fact_check:", "How often the right product comes first."),

@@ -12,13 +12,15 @@ from vpm.costs import CatalogSize, PriceError, Traffic, estimate, format_usd
 from vpm.health import overall
 from vpm.migration import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, Migration, catalog_size, plan_fingerprint
 from vpm.migration.report import plan_vectors_line, report_vectors_line
-from vpm.presentation import STATUS_ICONS, STATUS_WORDS, format_bytes, plain, plural
+from vpm.presentation import STATUS_ICONS, STATUS_WORDS, format_bytes, format_quantity, plain, plural
 from vpm.storage import LocalStorage
 
 st.title(":material/cloud_upload: Migration & costs")
 
 settings = webapp.get_settings()
 state = st.session_state
+# The bucket the app serves from now (S3 on): after migrating into it, nothing needs switching on.
+serving_target = webapp.get_matcher().storage.description if settings.s3_enabled else None
 st.caption(
     f"Copies the local catalog in `{settings.vpm_data_dir}` to an S3 bucket. It never deletes anything, skips "
     "files already there with the same content, verifies every upload, writes the products only once every "
@@ -52,7 +54,8 @@ def metric_row(values) -> None:
     """Metrics side by side that wrap on a phone instead of stacking one a row: (label, value, help)."""
     with st.container(horizontal=True, gap="small"):
         for label, value, help_text in values:
-            st.metric(label, value, help=help_text, border=True, width=150)
+            st.metric(label, f"{value:,}" if isinstance(value, int) else value, help=help_text, border=True,
+                      width="content")
 
 
 def progress_callback(bar, verb: str):
@@ -71,181 +74,195 @@ def progress_callback(bar, verb: str):
 
 
 # -------------------------------------------------------------------------------------------- settings
+allowed = True
 with migrate_tab:
-    st.subheader("1. Target bucket")
-    st.caption(
-        "From your configuration; changes here apply to this run only. After migrating, put the same values "
-        "in your configuration with `S3_ENABLED=true` to serve the catalog from the bucket."
-    )
-    bucket = st.text_input("Bucket", value=settings.s3_bucket_name or "", placeholder="my-product-images")
-    region = st.text_input("Region", value=settings.s3_region)
-    # Shown redacted (a password in the URL never reaches the screen); left as shown, the configured one is used.
-    shown_endpoint = redact_url(settings.s3_endpoint_url) or ""
-    endpoint = st.text_input(
-        "Endpoint URL (only for S3-compatible services)", value=shown_endpoint, placeholder="https://…"
-    )
-    if endpoint == shown_endpoint:
-        endpoint = settings.s3_endpoint_url or ""
-    image_prefix = st.text_input("Image prefix", value=settings.s3_image_prefix)
-    thumbnail_prefix = st.text_input("Thumbnail prefix", value=settings.s3_thumbnail_prefix)
-    st.caption(f"The catalog tables go beside the images, under `{settings.metadata_prefix}`, as in the local folder.")
-    overwrite = st.checkbox(
-        "Replace bucket files and products that differ from the local ones",
-        help="Off: differences are reported as conflicts and left alone. On: the local version replaces them.",
-    )
-
-    configured = "set in your configuration" if settings.aws_secret_access_key else "not set in your configuration"
-    with st.expander(f"Credentials: AWS keys {configured}"):
+    # A migration writes to a bucket (and Check writes a probe): only for a session that may change things.
+    allowed = webapp.may_change()
+if allowed:
+    with migrate_tab:
+        st.subheader("1. Target bucket")
         st.caption(
-            "Leave empty to use the configured credentials (or a profile / IAM role). Keys entered here are used "
-            "for this run only: they are not saved or shown."
+            "From your configuration; changes here apply to this run only. "
+            + ("The app serves the catalog from the configured bucket already." if settings.s3_enabled else
+               "After migrating, put the same values in your configuration with `S3_ENABLED=true` to serve the "
+               "catalog from the bucket.")
         )
-        key_id = st.text_input("AWS access key ID", type="password", key="mig_key_id")
-        secret = st.text_input("AWS secret access key", type="password", key="mig_secret")
-        token = st.text_input("AWS session token (temporary credentials only)", type="password", key="mig_token")
+        bucket = st.text_input("Bucket", value=settings.s3_bucket_name or "", placeholder="my-product-images")
+        region = st.text_input("Region", value=settings.s3_region)
+        # Shown redacted (a password in the URL never reaches the screen); left as shown, the configured one is used.
+        shown_endpoint = redact_url(settings.s3_endpoint_url) or ""
+        endpoint = st.text_input(
+            "Endpoint URL (only for S3-compatible services)", value=shown_endpoint, placeholder="https://…"
+        )
+        if endpoint == shown_endpoint:
+            endpoint = settings.s3_endpoint_url or ""
+        image_prefix = st.text_input("Image prefix", value=settings.s3_image_prefix)
+        thumbnail_prefix = st.text_input("Thumbnail prefix", value=settings.s3_thumbnail_prefix)
+        st.caption(f"The catalog tables go beside the images, under `{settings.metadata_prefix}`, as in the local folder.")
+        overwrite = st.checkbox(
+            "Replace bucket files and products that differ from the local ones",
+            help="Off: differences are reported as conflicts and left alone. On: the local version replaces them.",
+        )
 
-    overrides = {
-        "s3_bucket_name": bucket,
-        "s3_region": region,
-        "s3_endpoint_url": endpoint,
-        "s3_image_prefix": image_prefix,
-        "s3_thumbnail_prefix": thumbnail_prefix,
-    }
-    if key_id or secret:
-        overrides.update(aws_access_key_id=key_id, aws_secret_access_key=secret, aws_session_token=token or None)
-    # What Migrate must match: the preview's fingerprint (a digest: no secret sits in session state twice).
-    try:
-        fingerprint = plan_fingerprint(load_settings(**overrides), overwrite=overwrite)
-    except ConfigError:  # settings that do not load cannot match any preview; Preview says why
-        fingerprint = None
+        configured = "set in your configuration" if settings.aws_secret_access_key else "not set in your configuration"
+        with st.expander(f"Credentials: AWS keys {configured}"):
+            st.caption(
+                "Leave empty to use the configured credentials (or a profile / IAM role). Keys entered here are used "
+                "for this run only: they are not saved or shown."
+            )
+            key_id = st.text_input("AWS access key ID", type="password", key="mig_key_id")
+            secret = st.text_input("AWS secret access key", type="password", key="mig_secret")
+            token = st.text_input("AWS session token (temporary credentials only)", type="password", key="mig_token")
 
-    def make_migration() -> Migration | None:
+        overrides = {
+            "s3_bucket_name": bucket,
+            "s3_region": region,
+            "s3_endpoint_url": endpoint,
+            "s3_image_prefix": image_prefix,
+            "s3_thumbnail_prefix": thumbnail_prefix,
+        }
+        if key_id or secret:
+            overrides.update(aws_access_key_id=key_id, aws_secret_access_key=secret, aws_session_token=token or None)
+        # What Migrate must match: the preview's fingerprint (a digest: no secret sits in session state twice).
         try:
-            return Migration(load_settings(**overrides))
-        except Exception as err:  # ConfigError / MigrationError: one line naming the setting
-            webapp.show_error(err, what="Target settings")
-            return None
+            fingerprint = plan_fingerprint(load_settings(**overrides), overwrite=overwrite)
+        except ConfigError:  # settings that do not load cannot match any preview; Preview says why
+            fingerprint = None
 
-    # ------------------------------------------------------------------------------------------ check
-    st.subheader("2. Check")
-    st.caption("Credentials, bucket, region, permissions (with a probe object that is removed) and the local catalog.")
-    if st.button("Check", icon=":material/fact_check:"):
-        migration = make_migration()
-        if migration is not None:
-            with st.spinner("Checking…"):
-                state.mig_checks = migration.check()
-    if "mig_checks" in state:
-        show_checks(state.mig_checks)
-
-    # ---------------------------------------------------------------------------------------- preview
-    st.subheader("3. Preview")
-    st.caption("A dry run: compares every local file with the bucket. Writes nothing.")
-    if st.button("Preview", icon=":material/preview:"):
-        migration = make_migration()
-        if migration is not None:
-            bar = st.progress(0.0, text="Reading local files…")
+        def make_migration() -> Migration | None:
+            if not bucket.strip():  # the field above is the way to name it; no need to edit any configuration
+                st.error("Type the name of the target bucket in the Bucket field above, then try again.",
+                         icon=":material/edit:")
+                return None
             try:
-                plan = migration.plan(overwrite=overwrite, progress=progress_callback(bar, "Compared"))
-            except Exception as err:
-                webapp.show_error(err, what="The preview could not be made")
-            else:
-                state.mig_plan = plan
-                state.pop("mig_report", None)
-            finally:
-                bar.empty()
+                return Migration(load_settings(**overrides))
+            except Exception as err:  # ConfigError / MigrationError: one line naming the setting
+                webapp.show_error(err, what="Target settings")
+                return None
 
-    plan = state.get("mig_plan")
-    if plan is not None:
-        totals = plan.totals()
-        metric_row([
-            ("Upload", totals[UPLOAD]["files"] + totals[OVERWRITE]["files"], format_bytes(plan.upload_bytes)),
-            ("Already there", totals[SKIP]["files"], "identical: skipped"),
-            ("Conflicts", totals[CONFLICT]["files"], "a different object at the same key"),
-            ("Missing locally", totals[MISSING]["files"], "the catalog points at a file that is not there"),
-        ])
-        st.markdown(
-            f"**{plural(totals['files'], 'file')}, {format_bytes(totals['bytes'])}** from {plan.source} to "
-            f"{plan.target}: {format_bytes(plan.upload_bytes)} to upload."
-        )
-        st.markdown(f"**Products**: {plan.products.action}: {plain(plan.products.detail)}")
-        st.markdown(f"**Vectors**: {plain(plan_vectors_line(plan))}")
-        for warning in plan.warnings:
-            st.warning(warning, icon=":material/warning:")
-        if plan.blocked:
-            st.error(
-                "Some files the products point at are missing locally, so no product is written to the bucket. "
-                "Restore them or delete those products, then preview again.",
-                icon=":material/block:",
+        # ------------------------------------------------------------------------------------------ check
+        st.subheader("2. Check")
+        st.caption("Credentials, bucket, region, permissions (with a probe object that is removed) and the local catalog.")
+        if st.button("Check", icon=":material/fact_check:"):
+            migration = make_migration()
+            if migration is not None:
+                with st.spinner("Checking…"):
+                    state.mig_checks = migration.check()
+        if "mig_checks" in state:
+            show_checks(state.mig_checks)
+
+        # ---------------------------------------------------------------------------------------- preview
+        st.subheader("3. Preview")
+        st.caption("A dry run: compares every local file with the bucket. Writes nothing.")
+        if st.button("Preview", icon=":material/preview:"):
+            migration = make_migration()
+            if migration is not None:
+                bar = st.progress(0.0, text="Reading local files…")
+                try:
+                    plan = migration.plan(overwrite=overwrite, progress=progress_callback(bar, "Compared"))
+                except Exception as err:
+                    webapp.show_error(err, what="The preview could not be made")
+                else:
+                    state.mig_plan = plan
+                    state.pop("mig_report", None)
+                finally:
+                    bar.empty()
+
+        plan = state.get("mig_plan")
+        if plan is not None:
+            totals = plan.totals()
+            metric_row([
+                ("Upload", totals[UPLOAD]["files"] + totals[OVERWRITE]["files"], format_bytes(plan.upload_bytes)),
+                ("Already there", totals[SKIP]["files"], "identical: skipped"),
+                ("Conflicts", totals[CONFLICT]["files"], "a different object at the same key"),
+                ("Missing locally", totals[MISSING]["files"], "the catalog points at a file that is not there"),
+            ])
+            st.markdown(
+                f"**{plural(totals['files'], 'file')}, {format_bytes(totals['bytes'])}** from {plan.source} to "
+                f"{plan.target}: {format_bytes(plan.upload_bytes)} to upload."
             )
-        st.dataframe(
-            [{**row, "size": format_bytes(row["size"])} for row in plan.rows()],
-            hide_index=True,
-            width="stretch",
-            column_order=("action", "key", "size", "kind", "reason"),
-        )
+            st.markdown(f"**Products**: {plan.products.action}: {plain(plan.products.detail)}")
+            st.markdown(f"**Vectors**: {plain(plan_vectors_line(plan))}")
+            for warning in plan.warnings:
+                st.warning(warning, icon=":material/warning:")
+            if plan.blocked:
+                st.error(
+                    "Some files the products point at are missing locally, so no product is written to the bucket. "
+                    "Restore them or delete those products, then preview again.",
+                    icon=":material/block:",
+                )
+            st.dataframe(
+                [{**row, "size": format_bytes(row["size"])} for row in plan.rows()],
+                hide_index=True,
+                width="stretch",
+                column_order=("action", "key", "size", "kind", "reason"),
+            )
 
-    # ---------------------------------------------------------------------------------------- migrate
-    st.subheader("4. Migrate")
-    stale = plan is not None and plan.fingerprint() != fingerprint
-    if plan is None:
-        st.caption("Preview first: Migrate runs exactly the plan you saw.")
-    elif stale:
-        st.warning("The settings changed since the preview: preview again.", icon=":material/sync_problem:")
-    elif plan.nothing_to_do:
-        st.caption("Nothing to upload: the bucket already has the whole catalog. Migrate will only verify it.")
-    else:
-        st.caption(
-            f"Uploads {plural(len(plan.to_upload), 'file')} ({format_bytes(plan.upload_bytes)}), writes "
-            f"{plural(len(plan.products.to_write), 'product')} and copies {plural(plan.vectors_to_copy, 'vector')} "
-            f"to {plan.target}."
-        )
-    if st.button("Migrate", icon=":material/cloud_upload:", type="primary",
-                 disabled=plan is None or stale or plan.blocked):
-        migration = make_migration()
-        if migration is not None:
-            bar = st.progress(0.0, text="Starting…")
-            try:
-                state.mig_report = migration.execute(plan, progress=progress_callback(bar, "Uploaded"))
-            except Exception as err:
-                webapp.show_error(err, what="The migration stopped")
-            else:
-                state.pop("mig_plan", None)  # it has been used; the bucket changed, so a new preview is needed
-                st.rerun()
-            finally:
-                bar.empty()
-
-    report = state.get("mig_report")
-    if report is not None:
-        if report.ok:
-            st.success(f"Migration to {report.target} done and verified.", icon=":material/check_circle:")
+        # ---------------------------------------------------------------------------------------- migrate
+        st.subheader("4. Migrate")
+        stale = plan is not None and plan.fingerprint() != fingerprint
+        if plan is None:
+            st.caption("Preview first: Migrate runs exactly the plan you saw.")
+        elif stale:
+            st.warning("The settings changed since the preview: preview again.", icon=":material/sync_problem:")
+        elif plan.nothing_to_do:
+            st.caption("Nothing to upload: the bucket already has the whole catalog. Migrate will only verify it.")
         else:
-            st.error(f"Migration to {report.target} is incomplete: see below.", icon=":material/error:")
-        metric_row([
-            ("Uploaded", len(report.uploaded), format_bytes(report.bytes_uploaded)),
-            ("Skipped", len(report.skipped), "identical files already there"),
-            ("Conflicts", len(report.conflicts), "left alone: a different object at the same key"),
-            ("Failed", len(report.failed), "did not arrive or did not verify"),
-        ])
-        st.markdown(f"**Products**: {report.products.status}: {plain(report.products.detail)}")
-        st.markdown(f"**Vectors**: {plain(report_vectors_line(report))}")
-        st.caption(f"{format_bytes(report.bytes_uploaded)} uploaded in {report.duration_s:,.1f} s.")
-        for check in report.verification:
-            st.markdown(f"{STATUS_ICONS[check.status]} **{check.name}**: {plain(check.detail)}")
-            if check.fix and check.status != "pass":
-                st.caption(f"What to do: {plain(check.fix)}")
-        problems = [r.as_dict() for r in report.conflicts + report.failed]
-        if problems:
-            st.dataframe(problems, hide_index=True, width="stretch", column_order=("status", "key", "reason"))
-        if report.conflicts or report.products.conflicts:
-            st.caption("Conflicts are never overwritten: inspect them, then tick 'Replace…' above and preview again.")
-        if report.failed:
-            st.caption("Preview and migrate again to send what is missing; nothing verified is sent twice.")
-        if report.ok:
-            st.info(
-                "To serve the catalog from the bucket, set `S3_ENABLED=true` and the bucket settings above in your "
-                "configuration, then restart the app.",
-                icon=":material/info:",
+            st.caption(
+                f"Uploads {plural(len(plan.to_upload), 'file')} ({format_bytes(plan.upload_bytes)}), writes "
+                f"{plural(len(plan.products.to_write), 'product')} and copies {plural(plan.vectors_to_copy, 'vector')} "
+                f"to {plan.target}."
             )
+        if st.button("Migrate", icon=":material/cloud_upload:", type="primary",
+                     disabled=plan is None or stale or plan.blocked):
+            migration = make_migration()
+            if migration is not None:
+                bar = st.progress(0.0, text="Starting…")
+                try:
+                    state.mig_report = migration.execute(plan, progress=progress_callback(bar, "Uploaded"))
+                except Exception as err:
+                    webapp.show_error(err, what="The migration stopped")
+                else:
+                    state.pop("mig_plan", None)  # it has been used; the bucket changed, so a new preview is needed
+                    st.rerun()
+                finally:
+                    bar.empty()
+
+        report = state.get("mig_report")
+        if report is not None:
+            if report.ok:
+                st.success(f"Migration to {report.target} done and verified.", icon=":material/check_circle:")
+            else:
+                st.error(f"Migration to {report.target} is incomplete: see below.", icon=":material/error:")
+            metric_row([
+                ("Uploaded", len(report.uploaded), format_bytes(report.bytes_uploaded)),
+                ("Skipped", len(report.skipped), "identical files already there"),
+                ("Conflicts", len(report.conflicts), "left alone: a different object at the same key"),
+                ("Failed", len(report.failed), "did not arrive or did not verify"),
+            ])
+            st.markdown(f"**Products**: {report.products.status}: {plain(report.products.detail)}")
+            st.markdown(f"**Vectors**: {plain(report_vectors_line(report))}")
+            st.caption(f"{format_bytes(report.bytes_uploaded)} uploaded in {report.duration_s:,.1f} s.")
+            for check in report.verification:
+                st.markdown(f"{STATUS_ICONS[check.status]} **{check.name}**: {plain(check.detail)}")
+                if check.fix and check.status != "pass":
+                    st.caption(f"What to do: {plain(check.fix)}")
+            problems = [r.as_dict() for r in report.conflicts + report.failed]
+            if problems:
+                st.dataframe(problems, hide_index=True, width="stretch", column_order=("status", "key", "reason"))
+            if report.conflicts or report.products.conflicts:
+                st.caption("Conflicts are never overwritten: inspect them, then tick 'Replace…' above and preview again.")
+            if report.failed:
+                st.caption("Preview and migrate again to send what is missing; nothing verified is sent twice.")
+            if report.ok and settings.s3_enabled and report.target == serving_target:
+                st.info("The app already serves the catalog from this bucket: the migrated products are searchable now.",
+                        icon=":material/info:")
+            elif report.ok:
+                st.info(
+                    "To serve the catalog from the bucket, set `S3_ENABLED=true` and the bucket settings above in your "
+                    "configuration, then restart the app.",
+                    icon=":material/info:",
+                )
 
 
 # ----------------------------------------------------------------------------------------------- costs
@@ -300,14 +317,11 @@ with costs_tab:
         sort=False,
         height=200,
     )
-    st.dataframe(
-        [
-            {"item": row["item"], "USD": format_usd(row["usd"]), "when": row["kind"],
-             "quantity": f"{row['quantity']:,.4g} {row['unit']}", "note": row["note"]}
-            for row in result.rows()
-        ],
-        hide_index=True,
-        width="stretch",
-    )
+    # Line by line rather than a table: the notes are sentences, which a table cuts off (or pushes off a phone's
+    # screen); here they wrap at any width.
+    with st.container(border=True, gap="small", key="cost_lines"):
+        for row in result.rows():
+            st.markdown(f"**{plain(row['item'])}** · {format_usd(row['usd'])} {row['kind']}")
+            st.caption(f"{format_quantity(row['quantity'], row['unit'])} · {plain(row['note'])}")
     prices = result.prices
     st.caption(f"List prices for {prices.region} as of {prices.as_of.isoformat()} ({prices.source}).")

@@ -76,7 +76,7 @@ with files_tab:
     try:
         listing = storage.list(prefix, delimiter="/", page_size=PAGE_SIZE, token=state.browse_tokens[-1])
     except StorageError as err:
-        webapp.show_error(err, what=f"Cannot list {prefix or 'the storage root'}")
+        webapp.show_error(err, what="Cannot list this folder")
         listing = None
 
     if listing is not None:
@@ -99,15 +99,35 @@ with files_tab:
             more = " (more on the next page)" if listing.next_token else ""
             page_label = f"Page {page_number} · " if paged else ""
             st.caption(f"{page_label}{shown} in {code(prefix or '/')}{more}")
+        owners: dict[str, tuple[str, str]] = {}
         if listing.objects:
-            st.dataframe(
-                object_rows(listing.objects, prefix),
+            try:  # which product each file belongs to, for the table; a listing never fails for want of it
+                owners = matcher.catalog.owners_of_keys([o.key for o in listing.objects])
+            except Exception as err:  # the names are a convenience
+                webapp.log.warning("cannot name the products of %s: %s", prefix, err)
+            rows = object_rows(listing.objects, prefix)
+            for row, info in zip(rows, listing.objects, strict=True):
+                row["product"] = owners[info.key][1] if info.key in owners else ""
+            table = st.dataframe(
+                rows,
                 hide_index=True,
                 width="stretch",
-                column_order=("name", "size", "last modified", "content type"),
+                column_order=("name", "product", "size", "last modified", "content type"),
+                column_config={"name": st.column_config.TextColumn("name", width="medium"),
+                               "product": st.column_config.TextColumn("product", width="medium")},
+                on_select="rerun",
+                selection_mode="single-row",
+                key=f"browse_table_{prefix}_{page_number}",
             )
+            picked_rows = table.selection.rows if table is not None else []
+            picked = listing.objects[picked_rows[0]].key if picked_rows else None
+            if picked != state.get("browse_last_pick"):  # a click on a row (a new one) previews it
+                state.browse_last_pick = picked
+                if picked is not None:
+                    state.browse_preview = picked
         elif not listing.prefixes:
-            st.info("This folder is empty.", icon=":material/folder_off:")
+            st.info("This folder is empty. Files appear here as products are added on the Catalog page.",
+                    icon=":material/folder_off:")
 
         if paged:  # a pager only where there is more than one page
             with st.container(horizontal=True, gap="small"):
@@ -128,8 +148,10 @@ with files_tab:
         if listing.objects:
             st.subheader("Preview")
             by_key = {o.key: o for o in listing.objects}
+            if state.get("browse_preview") not in (None, *by_key):
+                state.pop("browse_preview")
             choice = st.selectbox(
-                "File to preview",
+                "File to preview (or click a row above)",
                 [None, *by_key],
                 format_func=lambda k: "Choose a file…" if k is None else k[len(prefix):],
                 key="browse_preview",
@@ -137,7 +159,8 @@ with files_tab:
             if choice in by_key:
                 info = by_key[choice]
                 kind = preview_kind(info)
-                st.caption(f"{code(choice)} · {format_bytes(info.size)}")
+                owner = f" · {plain(owners[choice][1])}" if choice in owners else ""
+                st.caption(f"{code(choice)}{owner} · {format_bytes(info.size)}")
                 if info.size > PREVIEW_MAX_BYTES:
                     st.info(f"Too large to preview here ({format_bytes(info.size)}).", icon=":material/info:")
                 elif kind == "none":
@@ -146,7 +169,7 @@ with files_tab:
                     try:
                         data = storage.get(choice)
                     except StorageError as err:
-                        webapp.show_error(err, what=f"Cannot read {choice}")
+                        webapp.show_error(err, what="Cannot read this file")
                         data = None
                     if data is not None and kind == "image":
                         try:
@@ -160,7 +183,7 @@ with files_tab:
                         try:
                             st.json(json.loads(data), expanded=1)
                         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                            st.error(f"{code(choice)} is not valid JSON: {plain(err)}", icon=":material/error:")
+                            st.error(f"Not valid JSON: {plain(err)}", icon=":material/error:")
                     elif data is not None:
                         st.code(data[:20_000].decode("utf-8", errors="replace"), language=None)
 
@@ -206,9 +229,10 @@ with check_tab:
     report = state.get("consistency_report")
     if report is not None:
         with st.container(horizontal=True, gap="small"):
-            st.metric("Products", report.products, border=True, width=110)
-            st.metric("Images", report.image_files, border=True, width=110)
-            st.metric("Thumbnails", report.thumbnail_files, border=True, width=110)
+            # As wide as their numbers: a fixed narrow tile cut "44,512" to "44...".
+            st.metric("Products", f"{report.products:,}", border=True, width="content")
+            st.metric("Images", f"{report.image_files:,}", border=True, width="content")
+            st.metric("Thumbnails", f"{report.thumbnail_files:,}", border=True, width="content")
         if report.ok:
             st.success("Storage and catalog agree.", icon=":material/check_circle:")
 
@@ -233,37 +257,49 @@ with check_tab:
         if report.orphans:
             st.caption(f"Files no product references: {format_bytes(report.orphan_bytes)} in all.")
             st.dataframe(report.orphan_rows(), hide_index=True, width="stretch")
-        if report.orphans and report.catalog_exists:
+        if report.orphans and report.catalog_exists and webapp.may_change():
             recent = [o for o in report.orphans if o.recent]
             include_recent = False
+            minutes = RECENT_SECONDS // 60
             if recent:
-                minutes = RECENT_SECONDS // 60
-                st.caption(
-                    f"{plural(len(recent), 'file')} {'was' if len(recent) == 1 else 'were'} written in the last "
-                    f"{minutes} minutes and may belong to a product being added right now; kept unless you "
-                    "include them."
+                include_recent = st.checkbox(
+                    f"Also delete the {plural(len(recent), 'file')} written in the last {minutes} minutes",
+                    help="An add writes its photo before the product that points at it, so a brand-new file may "
+                    "belong to a product being added right now.",
                 )
-                include_recent = st.checkbox(f"Also delete files written in the last {minutes} minutes")
-            confirmed = st.checkbox(
-                f"I understand that {plural(len(report.orphans), 'orphan file')} will be deleted permanently "
-                "(each is re-checked against the catalog first)",
-                key="confirm_orphan_delete",
-            )
-            if st.button("Delete orphan files", icon=":material/delete:", disabled=not confirmed):
-                try:
-                    outcome = delete_orphans(
-                        matcher,
-                        [o.key for o in report.orphans],
-                        report.orphan_keys,
-                        min_age_seconds=0 if include_recent else RECENT_SECONDS,
-                    )
-                except Exception as err:
-                    webapp.show_error(err)
-                else:
-                    state.orphan_delete_result = outcome
-                    state.consistency_report = consistency_report(matcher)
-                    state.pop("confirm_orphan_delete", None)
-                    st.rerun()
+            doomed = [o for o in report.orphans if include_recent or not o.recent]
+            kept = len(report.orphans) - len(doomed)
+            if not doomed:
+                st.caption(
+                    f"Nothing to delete yet: {'the orphan was' if kept == 1 else f'all {kept} orphans were'} written "
+                    f"in the last {minutes} minutes and may belong to a product being added right now."
+                )
+            else:
+                keeping = (
+                    f", and {plural(kept, 'file')} written in the last {minutes} minutes will be kept "
+                    f"({'it' if kept == 1 else 'they'} may belong to a product being added right now)" if kept else ""
+                )
+                confirmed = st.checkbox(
+                    f"I understand that {plural(len(doomed), 'orphan file')} will be deleted permanently{keeping}. "
+                    "Each is re-checked against the catalog first.",
+                    key="confirm_orphan_delete",
+                )
+                if st.button(f"Delete {plural(len(doomed), 'orphan file')}", icon=":material/delete:",
+                             disabled=not confirmed):
+                    try:
+                        outcome = delete_orphans(
+                            matcher,
+                            [o.key for o in doomed],
+                            report.orphan_keys,
+                            min_age_seconds=0 if include_recent else RECENT_SECONDS,
+                        )
+                    except Exception as err:
+                        webapp.show_error(err)
+                    else:
+                        state.orphan_delete_result = outcome
+                        state.consistency_report = consistency_report(matcher)
+                        state.pop("confirm_orphan_delete", None)
+                        st.rerun()
         elif not report.orphans:
             st.caption("Every file under the image and thumbnail folders belongs to a product.")
 

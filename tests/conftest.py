@@ -454,3 +454,25 @@ def counting_embedder(tiny_clip):
         return CountingEmbedder(tiny_clip, model_id, permute)
 
     return make
+
+
+# ------------------------------------------------------------------------------------------------------
+# The sample catalog (vpm.sample): a small one for page tests, so loading it takes a second
+
+
+@pytest.fixture
+def small_sample(tmp_path, monkeypatch):
+    """A three-photo sample (two products, one with two photos) in place of the shipped one."""
+    from vpm import sample
+
+    folder = tmp_path / "small-sample"
+    (folder / "photos").mkdir(parents=True)
+    rows = [("photos/mug-1.png", "mug", "Red mug", "Kitchen", 11), ("photos/mug-2.png", "mug", "Red mug", "Kitchen", 12),
+            ("photos/lamp.png", "lamp", "Desk lamp", "Lighting", 13)]
+    lines = ["image,id,name,category,licence"]
+    for image, pid, name, category, seed in rows:
+        (folder / image).write_bytes(make_product_photo(seed))
+        lines.append(f"{image},{pid},{name},{category},MIT")
+    (folder / "products.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(sample, "SAMPLE_DIR", folder)
+    return folder

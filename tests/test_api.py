@@ -744,6 +744,32 @@ def test_with_the_right_api_key_requests_succeed(keyed_client):
     assert client.get("/api/products", headers=key).json()["total"] == 1
 
 
+def test_with_a_key_set_health_without_it_says_healthy_or_not_and_nothing_more(keyed_client, backend):
+    client, matcher = keyed_client
+    body = client.get("/api/health").json()
+    assert body == {"status": body["status"], "healthy": True}
+    text = client.get("/api/health", headers={"X-API-Key": "wrong"}).text
+    assert str(matcher.settings.vpm_data_dir) not in text and "bucket" not in text and "model" not in text
+    full = client.get("/api/health", headers={"X-API-Key": "s3cret-key"}).json()
+    assert {"storage", "model", "checks", "products"} <= set(full)
+
+
+def test_with_a_key_set_only_a_caller_with_it_can_make_health_load_the_model(keyed_client):
+    client, matcher = keyed_client
+    for headers in ({}, {"X-API-Key": "wrong"}):
+        assert_error(client.get("/api/health", params={"load_model": "true"}, headers=headers), 401, "X-API-Key")
+    assert matcher.model_loaded is False
+    answer = client.get("/api/health", params={"load_model": "true"}, headers={"X-API-Key": "s3cret-key"})
+    assert answer.status_code == 200 and matcher.model_loaded is True
+
+
+def test_the_root_points_to_the_docs_with_or_without_a_key(keyed_client):
+    client, _ = keyed_client
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.json()["docs"] == "/docs"
+
+
 # ------------------------------------------------------------------------------------------------ CORS
 
 

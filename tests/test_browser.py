@@ -1,8 +1,10 @@
 """The app in a real browser: Playwright drives Debian's Chromium against `streamlit run streamlit_app.py`.
 
 Flows a person would follow: upload a photo on Search and see cards; move the threshold slider with the
-keyboard and see the count change; add a product on Catalog and find it by searching with its own photo.
-Screenshots of every page at desktop (1280 px) and phone (390 px) widths go to test-artifacts/screenshots/.
+keyboard and see the count change; add a product on Catalog and find it by searching with its own photo; and a
+first-time visitor's walk on an app of their own with an empty catalog: load the sample products, search with
+one of its photos, see that product first. Screenshots of every page at desktop (1280 px) and phone (390 px)
+widths go to test-artifacts/screenshots/.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ PAGES = {  # url path -> (file stem for screenshots, a text that means the page 
     "": ("home", "Visual Product Matcher"),
     "search": ("search", "Search by"),
     "catalog": ("catalog", "Add a product"),
+    "catalog_map": ("catalog_map", "Possible duplicates"),
     "storage_browser": ("storage_browser", "Storage browser"),
     "migration": ("migration", "Migration & costs"),
     "quality": ("quality", "Match quality"),
@@ -76,8 +79,20 @@ def app_url(chromium, tiny_clip_dir, tmp_path_factory):
     matcher = Matcher(settings)
     for name, category, seed, *price in SEED:
         matcher.add_product(make_product_photo(seed, size=240), f"{name}.png", name=name, category=category,
-                            price=price[0] if price else None)
+                            price=price[0] if price else None,
+                            description=f"{name}, a generated test picture.\nSecond line." if price else None)
     server, url, _log = start_app(root, _app_env(data_dir, tiny_clip_dir))
+    try:
+        yield url
+    finally:
+        stop_process(server)
+
+
+@pytest.fixture(scope="module")
+def empty_app_url(chromium, tiny_clip_dir, tmp_path_factory):
+    """The app on an empty data folder: what a first-time visitor of a fresh install sees."""
+    root = tmp_path_factory.mktemp("browser-empty-app")
+    server, url, _log = start_app(root, _app_env(root / "data", tiny_clip_dir))
     try:
         yield url
     finally:
@@ -236,6 +251,20 @@ def test_add_a_product_and_find_it_with_its_own_photo(page, app_url):
     assert card_names(page)[0] == "Steel kettle"
 
 
+def test_clicking_a_file_row_in_the_storage_browser_previews_it_with_its_product(page, app_url):
+    open_app(page, app_url, "storage_browser")
+    page.get_by_role("button", name="images/").click()
+    page.get_by_text(re.compile(r"\d+ files? in")).first.wait_for()
+    settle(page)
+    grid = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
+    page.mouse.click(grid["x"] + 16, grid["y"] + 35 + 17)  # the first row's selection box (the header is ~35 px)
+    page.get_by_text(re.compile(r"^images/.+ · .+ · [\d.]+ KB$")).wait_for()
+    caption = page.get_by_text(re.compile(r"^images/.+ · .+ · [\d.]+ KB$")).inner_text()
+    product = caption.replace(WORD_JOINER, "").split(" · ")[1]
+    assert product in {name for name, *_ in SEED} | {"Steel kettle", HOSTILE_NAME}  # the file's product, named
+    page.locator('[data-testid="stImage"]').first.wait_for()  # and its preview
+
+
 WORD_JOINER = "\u2060"  # vpm.presentation.plain puts one inside "https://" so it is never made a link
 
 
@@ -290,6 +319,53 @@ def test_search_a_region_of_the_photo_with_a_live_preview(page, app_url):
     page.get_by_text(re.compile(r"The region searched: \d+×\d+ px")).wait_for()
     result_count(page)
     assert not page.locator('[data-testid="stException"]').count()
+
+
+def test_a_first_visitor_loads_the_sample_and_finds_a_product_by_its_photo(browser, empty_app_url):
+    import csv
+
+    sample = REPO / "sample"
+    row = next(r for r in csv.DictReader((sample / "products.csv").open(encoding="utf-8"))
+               if r["category"] == "grocery-fruit")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for width, (w, h) in WIDTHS.items():  # the empty Home, as a visitor on a laptop or a phone finds it
+        context = browser.new_context(viewport={"width": w, "height": h})
+        phone = context.new_page()
+        phone.set_default_timeout(60_000)
+        open_app(phone, empty_app_url)
+        phone.get_by_text("The catalog is empty").wait_for()
+        save_whole_page(phone, SCREENSHOTS / f"first-visit-empty-{width}.png", w, h)
+        context.close()
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        open_app(page, empty_app_url)
+        page.get_by_role("button", name="Load sample products").click()
+        # 252 photos decoded, thumbnailed and embedded by the tiny test model: a minute or two on a busy machine.
+        page.get_by_text("Loaded the sample catalog").wait_for(timeout=600_000)
+        settle(page)
+        assert "imported 84 products (252 photos)" in visible_text(page)
+        assert page.locator('[data-testid="stMetricValue"]').first.inner_text() == "84"
+        page.get_by_role("link", name="Now search with a photo").click()
+        page.get_by_text("Search by").first.wait_for()
+        settle(page)
+        upload_query(page, (sample / row["image"]).read_bytes(), "my-photo.jpg")
+        assert result_count(page) >= 1
+        assert card_names(page)[0] == row["name"]
+        page.wait_for_timeout(500)
+        save_whole_page(page, SCREENSHOTS / "first-visit-search-desktop.png", 1280, 900)
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.wait_for_timeout(800)
+        save_whole_page(page, SCREENSHOTS / "first-visit-search-phone.png", 390, 844)
+        page.set_viewport_size({"width": 1280, "height": 900})
+        open_app(page, empty_app_url, "catalog_map")
+        page.get_by_text(re.compile(r"84 products from 252 photos")).wait_for()
+        page.wait_for_timeout(1000)  # the chart draws
+        save_whole_page(page, SCREENSHOTS / "first-visit-map-desktop.png", 1280, 900)
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("width", list(WIDTHS))

@@ -245,3 +245,13 @@ def test_photo_count_sums_every_products_photos(store):
     assert store.photo_count() == 4
     store.remove_photo("p1", "images/p1-0.jpg")
     assert store.photo_count() == 3
+
+
+def test_owners_of_keys_names_the_product_behind_each_file(store):
+    store.add([product("p1", photos=2), product("p2")])
+    asked = ["images/p1-0.jpg", "thumbnails/p1-1.webp", "images/p2-0.jpg", "images/orphan.jpg"]
+    owners = store.owners_of_keys(asked)
+    assert {k: pid for k, (pid, _name) in owners.items()} == {
+        "images/p1-0.jpg": "p1", "thumbnails/p1-1.webp": "p1", "images/p2-0.jpg": "p2",
+    }
+    assert owners["images/p2-0.jpg"][1] == store.get("p2").name

@@ -198,13 +198,13 @@ def test_import_prints_a_json_report_and_progress_on_stderr(cli, tmp_path, produ
     imported = sorted((p["name"], p["category"]) for p in report["imported"])
     assert imported == [("Lamp", "Uncategorized"), ("Red Mug", "mugs")]
     assert [f["source"] for f in report["failed"]] == ["broken.png"]
-    assert report["summary"] == "imported 2 products (2 photos), skipped 0, failed 1"
+    assert report["summary"] == "imported 2 products (2 photos), skipped 0 duplicates, failed 1"
     assert "3/3" in err  # the progress bar
 
     (folder / "broken.png").unlink()
     code, out, _ = cli("import", folder)
     assert code == 0
-    assert out.splitlines()[0] == f"{folder}: imported 0 products (0 photos), skipped 2, failed 0"
+    assert out.splitlines()[0] == f"{folder}: imported 0 products (0 photos), skipped 2 duplicates, failed 0"
     assert "duplicate" in out
 
 
@@ -305,3 +305,44 @@ def test_export_writes_a_products_json_other_tools_read(stocked_cli, tmp_path):
     assert sorted(p["id"] for p in document["products"]) == ["bag", "lamp", "mug"]
     assert all(p["image_key"] and p["image_sha256"] for p in document["products"])
     assert not (tmp_path / "out" / "products.json.partial").exists()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_demo_loads_the_sample_and_a_second_run_adds_nothing(cli, small_sample):
+    code, out, err = cli("demo")
+    assert code == 0, err
+    assert out.splitlines()[0] == "the sample catalog: imported 2 products (3 photos), skipped 0 duplicates, failed 0"
+    assert "2 products in the catalog now" in out
+    code, out, _ = cli("demo")
+    assert code == 0 and "imported 0 products (0 photos), skipped 3 duplicates" in out
+
+
+def test_log_lines_go_through_tqdm_and_never_break_a_progress_bar(monkeypatch, capsys):
+    """A warning logged while a bar is drawn comes out on its own line, and the bar is drawn again after it."""
+    import argparse
+    import logging
+    import sys
+
+    from vpm import cli as cli_module
+    from vpm.cli_search import _Bar
+
+    def command(args):
+        with _Bar("img") as bar:
+            bar(1, 3)
+            logging.getLogger("vpm.test").warning("a log line in the middle")
+            bar(3, 3)
+        return 0
+
+    handler = logging.StreamHandler(sys.stderr)  # the console handler configure_logging installs
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    parser = cli_module.build_parser()
+    monkeypatch.setattr(cli_module, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli_module, "configure_logging", lambda settings: None)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: argparse.Namespace(func=command, command="x"))
+    assert cli_module.main([]) == 0
+    err = capsys.readouterr().err
+    before, _, after = err.partition("a log line in the middle")
+    assert after, err
+    assert before.endswith(("\n", "\r")) or before.rstrip(" ").endswith("\r"), repr(before[-80:])
+    assert "3/3" in after  # the bar carried on below the line

@@ -228,12 +228,27 @@ def _catalog_only(matcher, storage, pid: str, colour) -> str:
     return prepared.photo.key
 
 
-def test_vectors_missing_for_the_configured_model_without_loading_it(settings, storage):
+def fake_hub_cache(home, repo: str = "sentence-transformers/clip-ViT-B-32"):
+    """A Hugging Face cache holding a snapshot of `repo` (its layout only: enough to say "it is cached")."""
+    folder = home / "hub" / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0123abcd")
+    (folder / "snapshots" / "0123abcd").mkdir(parents=True)
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["model-cached", "offline-without-it"])
+def test_vectors_missing_for_the_model_that_will_run_without_loading_it(settings, storage, monkeypatch, tmp_path,
+                                                                         cached):
+    """Counted for the configured model when it can load (it is cached), else for the offline fallback that
+    will run instead: never for a configured model that cannot load here."""
     from vpm.embeddings import model_slug
     from vpm.lance_vectors import LanceVectorIndex
     from vpm.matcher import Matcher
     from vpm.vector_index import PhotoVector
 
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    if cached:
+        fake_hub_cache(tmp_path / "hf")
     matcher = Matcher(settings, storage)  # no embedder given: the model must stay unloaded
     key1 = _catalog_only(matcher, storage, "p1", (200, 30, 30))
     _catalog_only(matcher, storage, "p2", (30, 200, 30))
@@ -241,7 +256,7 @@ def test_vectors_missing_for_the_configured_model_without_loading_it(settings, s
     nothing = consistency_report(matcher).vectors
     assert nothing.state == "missing" and "none of the 2 products" in nothing.detail
 
-    model_id = model_slug(settings.vpm_model)
+    model_id = model_slug(settings.vpm_model) if cached else "efficientnet-lite0"
     index = LanceVectorIndex(matcher.where, model_id, 3)
     index.upsert([PhotoVector(key1, "p1", "a" * 64, "Test", np.array([0.6, 0.8, 0.0], dtype=np.float32))])
     report = consistency_report(matcher)

@@ -84,7 +84,9 @@ def test_a_folder_imports_every_image_with_names_and_categories(importer, photo_
     assert [(i.source, "not an image" in i.reason) for i in report.skipped] == [("notes.txt", True)]
     assert [i.source for i in report.failed] == ["mugs/broken.png"]
     assert "truncated or damaged" in report.failed[0].reason
-    assert report.summary() == "imported 4 products (4 photos), skipped 1, failed 1"
+    assert report.summary() == (
+        "imported 4 products (4 photos), skipped 0 duplicates, ignored 1 other file, failed 1"
+    )
 
     # Files, thumbnails, vectors and metadata are all there, and each product is found by its own photo.
     assert by_name(list(importer.iter_products())).keys() == products.keys()

@@ -61,9 +61,10 @@ def test_adding_a_product_shows_it_and_it_is_searchable_at_once(backend, app_set
     assert (product.name, product.category, product.price) == ("Trail shoe", "Shoes", 89.5)
     shown = " ".join(m.value for m in at.markdown)
     assert f"`{product.id}`" in shown
-    assert "**Image URL:**" in shown  # file:// locally, a presigned https URL on S3
-    if backend == "s3":
-        assert "X-Amz-Signature" in shown
+    if backend == "s3":  # a presigned https URL a browser can open
+        assert "**Image URL:**" in shown and "X-Amz-Signature" in shown
+    else:  # a local folder's file:// path means nothing to a visitor: not shown
+        assert "Image URL" not in shown and "file://" not in shown
 
     at.switch_page(SEARCH).run()
     at.file_uploader(key="search_upload").set_value(("same-shoe.jpg", photo, "image/jpeg"))
@@ -137,7 +138,7 @@ def test_bulk_import_of_a_zip_reports_imported_skipped_and_failed(backend, app_s
 
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics == {"Imported": "3", "Skipped (duplicates)": "1", "Failed": "1"}
+    assert metrics == {"Imported": "3", "Skipped (duplicates)": "1", "Failed": "1"}  # no README: no "Not images"
     reasons = " ".join(m.value for m in at.markdown)
     assert "broken.jpg" in reasons and "duplicate" in reasons
     products = all_products(app_settings)
@@ -319,3 +320,51 @@ def test_the_table_pages_through_a_large_catalog(app_settings, open_page, monkey
     assert button(at, "Next page").disabled
     next(t for t in at.text_input if t.label == "Name contains").input("item 07").run()
     assert any(c.value == "Showing 1-10 of 10 matching (120 in all), latest changes first." for c in at.caption)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_readme_in_a_zip_is_not_an_image_and_not_a_duplicate(app_settings, open_page, product_photo):
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as archive:
+        archive.writestr("Kitchen/red_mug.png", product_photo(1))
+        archive.writestr("README.txt", b"photos of our mugs")
+    at = open_page(CATALOG_PAGE)
+    next(u for u in at.file_uploader if u.label == "Zip or CSV file").set_value(
+        ("mugs.zip", bundle.getvalue(), "application/zip")
+    )
+    at.run()
+
+    at = button(at, "Import").click().run()
+
+    assert {m.label: m.value for m in at.metric} == {
+        "Imported": "1", "Skipped (duplicates)": "0", "Not images": "1", "Failed": "0",
+    }
+    assert any(e.label == "Left out 1 file that is not a photo" for e in at.expander)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_an_empty_catalog_offers_the_sample_above_the_tabs(app_settings, small_sample, open_page):
+    at = open_page(CATALOG_PAGE)
+
+    at = button(at, "Load sample products").click().run()
+
+    assert not at.exception
+    assert any("Loaded the sample catalog: imported 2 products (3 photos)" in shown(s.value) for s in at.success)
+    assert list(at.dataframe[0].value["name"]) == ["Desk lamp", "Red mug"]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_signed_out_the_catalog_shows_products_but_no_way_to_change_them(
+    app_settings, seed_catalog, open_page, monkeypatch
+):
+    seed_catalog([("Red mug", "Kitchen", 1), ("Trail shoe", "Shoes", 3)])
+    monkeypatch.setenv("VPM_ADMIN_PASSWORD", "correct horse")
+
+    at = open_page(CATALOG_PAGE)
+
+    assert not at.exception
+    assert list(at.dataframe[0].value["name"]) == ["Trail shoe", "Red mug"]  # browsing stays open
+    labels = [b.label for b in at.button]
+    assert not [label for label in labels if label.startswith(("Delete", "Add", "Import", "Remove", "Save"))]
+    assert [u.label for u in at.file_uploader] == []  # no add form, no import, no "add photos"
+    assert any("Sign in" in shown(c.value) for c in at.caption)

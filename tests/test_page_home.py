@@ -9,7 +9,8 @@ import textwrap
 
 import pytest
 
-from pagetools import shown
+from conftest import make_product_photo
+from pagetools import button, shown
 
 HOME = "pages/home.py"
 
@@ -23,15 +24,92 @@ def all_text(at) -> str:
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
-def test_empty_catalog_shows_a_first_run_panel_with_a_way_to_add_products(app_settings, open_page):
+def test_empty_catalog_offers_the_sample_products_and_a_way_to_add_more(app_settings, open_page):
     at = open_page(HOME)
 
     assert not at.exception
     text = all_text(at)
-    assert "Your catalog is empty" in text
-    assert "Add or import products" in [link.value for link in at.page_link]
+    assert "The catalog is empty" in text
+    assert "Load sample products" in [b.label for b in at.button]
+    assert "Add or import your own products" in [link.value for link in at.page_link]
     assert metrics(at)["Products"] == "0"
     assert metrics(at)["Search index"] == "empty"
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_loading_the_sample_imports_it_with_its_photos_and_says_so(app_settings, small_sample, open_page):
+    at = open_page(HOME)
+
+    at = button(at, "Load sample products").click().run()
+
+    assert not at.exception
+    assert any("Loaded the sample catalog: imported 2 products (3 photos)" in shown(s.value) for s in at.success)
+    assert metrics(at)["Products"] == "2"
+    assert metrics(at)["Search index"] == "ready"
+    assert "Load sample products" not in [b.label for b in at.button]  # the catalog is not empty any more
+    from vpm.matcher import Matcher
+
+    products = {p.name: p for p in Matcher(app_settings).iter_products()}
+    assert len(products["Red mug"].photos) == 2  # rows sharing an id made one product
+    assert products["Red mug"].attributes["licence"] == "MIT"  # the attribution travels with the photos
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_the_model_line_names_the_model_never_its_path(app_settings, open_page):
+    at = open_page(HOME)
+
+    text = shown(all_text(at))
+    assert "tiny-clip is on this machine and loads in a few seconds on the first search" in text
+    assert "by photo or by words" in text
+    model_part = text[text.index("tiny-clip"):]
+    assert str(app_settings.vpm_model) not in model_part
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_offline_without_the_model_home_says_the_built_in_model_runs_and_promises_no_words(
+    app_settings, open_page, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("VPM_MODEL", "clip-ViT-B-32")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # nothing cached; HF_HUB_OFFLINE is set
+
+    at = open_page(HOME)
+
+    text = shown(all_text(at))
+    assert "clip-ViT-B-32 cannot be downloaded here, so the built-in image model (EfficientNet-Lite0) runs" in text
+    assert "in words" not in text  # the welcome does not promise search by words
+    assert "empty-hf-home" not in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_the_index_is_counted_for_the_model_that_will_run_not_the_one_that_cannot_load(
+    app_settings, open_page, monkeypatch, tmp_path
+):
+    """An import embedded by the offline fallback: Home must not say every photo is still to embed."""
+    from vpm.matcher import Matcher
+
+    from fakes import ColourMeanEmbedder
+
+    class Fallback(ColourMeanEmbedder):
+        model_id = "efficientnet-lite0"
+
+    seeder = Matcher(app_settings.model_copy(update={"vpm_model": "clip-ViT-B-32"}), embedder=Fallback())
+    seeder.add_product(make_product_photo(1), "mug.png", name="Red mug", category="Kitchen")
+    monkeypatch.setenv("VPM_MODEL", "clip-ViT-B-32")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+
+    at = open_page(HOME)
+
+    assert metrics(at)["Search index"] == "ready"
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_read_only_app_offers_no_changes_and_says_why(app_settings, open_page, monkeypatch):
+    monkeypatch.setenv("VPM_READ_ONLY", "true")
+
+    at = open_page(HOME)
+
+    assert "Load sample products" not in [b.label for b in at.button]
+    assert any("read-only copy of the catalog" in shown(c.value) for c in at.caption)
 
 
 def test_populated_catalog_shows_counts_backend_and_index_state(backend, app_settings, seed_catalog, open_page):
@@ -49,7 +127,7 @@ def test_populated_catalog_shows_counts_backend_and_index_state(backend, app_set
         assert f"S3 bucket `{app_settings.s3_bucket_name}` (us-east-1) · CDN off" in text
     else:
         assert "Local folder" in text
-    assert "not loaded yet" in text or "tiny" in text  # the model is reported, not loaded on purpose
+    assert "tiny-clip" in shown(text)  # the model is reported, not loaded on purpose
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -57,7 +135,7 @@ def test_every_page_is_linked_from_home(app_settings, open_page):
     at = open_page(HOME)
 
     labels = [link.value for link in at.page_link]
-    for label in ("Search by photo or text", "Catalog", "Storage browser", "Migration & costs", "Health"):
+    for label in ("Search by photo or text", "Catalog", "Catalog map", "Storage browser", "Migration & costs", "Health"):
         assert label in labels
 
 
@@ -121,3 +199,21 @@ def test_the_private_streamlit_switch_the_app_relies_on_is_still_there():
     assert hasattr(PagesManager, "uses_pages_directory"), (
         "Streamlit no longer has PagesManager.uses_pages_directory: revisit webapp._leave_old_multipage_mode"
     )
+
+
+def test_an_empty_bucket_with_a_local_catalog_waiting_points_to_migration(local_catalog, open_page, monkeypatch):
+    local_catalog.add(3)  # a local catalog of three products; the bucket is empty
+    monkeypatch.setenv("S3_ENABLED", "true")
+
+    at = open_page(HOME)
+
+    assert not at.exception
+    assert metrics(at)["Products"] == "0"  # the bucket's
+    assert any("the local catalog has 3 products" in shown(i.value) for i in at.info)
+    assert "Move the local catalog to the bucket" in [link.value for link in at.page_link]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_no_pointer_to_migration_without_s3(app_settings, open_page):
+    at = open_page(HOME)
+    assert "Move the local catalog to the bucket" not in [link.value for link in at.page_link]

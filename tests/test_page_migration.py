@@ -174,18 +174,26 @@ def test_changing_settings_after_the_preview_disables_migrate(seeded):
     assert not button(at, "Migrate").disabled
 
 
+def cost_lines(at: AppTest) -> list[str]:
+    """The cost breakdown's lines, "**item** · $amount when", as the page writes them (escaped)."""
+    return [pagetools.shown(m.value) for m in at.markdown if pagetools.shown(m.value).startswith("**") and " · $" in m.value]
+
+
 def test_cost_panel_shows_numbers_and_follows_the_assumptions(seeded):
     at = run_page()
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Migration, once"].startswith("$") and metrics["Every month"].startswith("$")
     assert "2 images" in texts(at)
-    costs = at.dataframe[0].value  # no preview yet, so the only table is the cost breakdown
-    assert "S3 GET requests: image views" in set(costs["item"])
+    lines = cost_lines(at)
+    assert any(line.startswith("**S3 GET requests: image views** · $") for line in lines)
+    quantities = [c.value.split(" · ")[0] for c in at.caption if " · " in c.value]
+    assert "1 request" in quantities and "10,000 requests" in quantities
+    assert not [q for q in quantities if "e+" in q]
 
     next(t for t in at.toggle if "CDN" in t.label).set_value(True).run()
     assert not at.exception
-    items = set(at.dataframe[0].value["item"])
-    assert "CloudFront HTTPS requests" in items and "S3 GET requests: image views" not in items
+    lines = " ".join(cost_lines(at))
+    assert "CloudFront HTTPS requests" in lines and "S3 GET requests: image views" not in lines
     searches = next(n for n in at.number_input if n.label == "Searches a month")
     searches.set_value(50_000_000).run()
     assert {m.label: m.value for m in at.metric}["Every month"] != metrics["Every month"]
@@ -209,9 +217,44 @@ def test_the_cost_panel_measures_the_same_catalog_before_and_after_the_preview(s
     assert before.partition("):")[2] == after.partition("):")[2]  # the same counts and sizes
 
 
-def test_without_a_bucket_name_the_page_draws_and_preview_names_the_setting(seeded, monkeypatch):
+def test_without_a_bucket_name_the_page_draws_and_preview_asks_for_the_field(seeded, monkeypatch):
     monkeypatch.delenv("S3_BUCKET_NAME")
     at = run_page()
     assert button(at, "Migrate").disabled
     click(at, "Preview")
-    assert any("S3_BUCKET_NAME is not set" in pagetools.shown(e.value) for e in at.error)
+    assert [pagetools.shown(e.value) for e in at.error] == [
+        "Type the name of the target bucket in the Bucket field above, then try again."
+    ]
+
+
+def test_with_no_s3_settings_check_and_preview_use_the_fields_on_the_page(seeded, app_env, monkeypatch, bucket_keys):
+    endpoint, bucket = app_env
+    for name in ("S3_BUCKET_NAME", "S3_ENDPOINT_URL", "S3_REGION"):
+        monkeypatch.delenv(name)
+    at = run_page()
+    text_input(at, "Bucket").input(bucket)
+    text_input(at, "Endpoint URL (only for S3-compatible services)").input(endpoint)
+
+    click(at, "Check")
+    assert any("Ready to migrate" in s.value for s in [*at.success, *at.warning]), texts(at)
+    assert ".env" not in texts(at)
+    click(at, "Preview")
+    assert set(at.dataframe[0].value["action"]) == {"upload"}
+    click(at, "Migrate")
+    assert any("done and verified" in s.value for s in at.success)
+    assert "set `S3_ENABLED=true`" in texts(at)  # S3 is off: switching it on is the next step
+
+
+def test_migrating_into_the_bucket_the_app_already_serves_does_not_ask_to_switch_s3_on(seeded, monkeypatch):
+    at = run_page()  # the local catalog is read before S3 is switched on in this process...
+    monkeypatch.setenv("S3_ENABLED", "true")  # ...and the app serves from the bucket it migrates into
+    from vpm import webapp
+
+    webapp.clear_caches()
+    at.run()
+    click(at, "Preview")
+    click(at, "Migrate")
+    assert any("done and verified" in s.value for s in at.success)
+    shown = texts(at)
+    assert "S3_ENABLED" not in shown and "restart" not in shown
+    assert "The app already serves the catalog from this bucket" in shown

@@ -162,18 +162,18 @@ def test_deleting_orphans_needs_confirmation_and_deletes_only_the_orphan(matcher
     storage.put("images/stray.jpg", jpeg((1, 2, 3)), "image/jpeg")
     at = run_page()
     click(at, "Run the consistency check")
-    assert button(at, "Delete orphan files").disabled
-
-    at.checkbox(key="confirm_orphan_delete").check().run()
-    assert not button(at, "Delete orphan files").disabled
     # The stray file was written a moment ago, so it is kept unless the person includes recent files.
-    click(at, "Delete orphan files")
-    assert storage.exists("images/stray.jpg")
-    assert any("written in the last 10 minutes" in m.value for m in at.markdown)
+    assert not [b for b in at.button if b.label.startswith("Delete")]
+    assert any("Nothing to delete yet: the orphan was written in the last 10 minutes" in c.value for c in at.caption)
 
-    at.checkbox(key="confirm_orphan_delete").check().run()
-    next(c for c in at.checkbox if c.label.startswith("Also delete files written")).check().run()
-    click(at, "Delete orphan files")
+    next(c for c in at.checkbox if c.label.startswith("Also delete the 1 file written")).check().run()
+    assert button(at, "Delete 1 orphan file").disabled
+    confirm = at.checkbox(key="confirm_orphan_delete")
+    assert confirm.label == (
+        "I understand that 1 orphan file will be deleted permanently. Each is re-checked against the catalog first."
+    )
+    confirm.check().run()
+    click(at, "Delete 1 orphan file")
 
     assert not storage.exists("images/stray.jpg")
     for product in (p1, p2):
@@ -181,3 +181,35 @@ def test_deleting_orphans_needs_confirmation_and_deletes_only_the_orphan(matcher
     assert any("Deleted 1 orphan file(s)" in s.value for s in at.success)
     assert any("`images/stray.jpg`" in m.value for m in at.markdown)
     assert "Orphan files (0)" in [s.value for s in at.subheader]
+
+
+def test_the_confirmation_says_how_many_go_and_how_many_recent_ones_stay(matcher, storage, settings, backend):
+    if backend != "local":
+        pytest.skip("file times are set on the local folder")
+    import os
+    import time
+
+    seed(matcher, "p1")
+    storage.put("images/old-stray.jpg", jpeg((1, 2, 3)), "image/jpeg")
+    storage.put("images/new-stray.jpg", jpeg((3, 2, 1)), "image/jpeg")
+    old = time.time() - 3600
+    os.utime(settings.vpm_data_dir / "images" / "old-stray.jpg", (old, old))
+    at = click(run_page(), "Run the consistency check")
+
+    assert at.checkbox(key="confirm_orphan_delete").label == (
+        "I understand that 1 orphan file will be deleted permanently, and 1 file written in the last 10 minutes "
+        "will be kept (it may belong to a product being added right now). Each is re-checked against the catalog "
+        "first."
+    )
+    at.checkbox(key="confirm_orphan_delete").check().run()
+    click(at, "Delete 1 orphan file")
+    assert not storage.exists("images/old-stray.jpg") and storage.exists("images/new-stray.jpg")
+
+
+def test_listed_files_show_their_product_and_the_preview_names_it(matcher):
+    (product,) = seed(matcher, "p1")
+    at = click(run_page(), "images/")
+    table = next(d.value for d in at.dataframe if "name" in d.value.columns)
+    assert list(table["product"]) == ["Product p1"]
+    at.selectbox(key="browse_preview").select(product.image_key).run()
+    assert any("Product p1" in c.value for c in at.caption)

@@ -58,6 +58,26 @@ def test_results_csv_is_ranked_spreadsheet_safe_and_keeps_accents():
     assert rows[1]["price"] == "" and rows[1]["image_url"] == ""
 
 
+def test_results_csv_leaves_out_server_paths():
+    data = results_csv([FakeMatch(id="p1", name="Mug", category="Kitchen", price=None, score=0.9,
+                                  image_url="file:///srv/app/data/images/p1.jpg")])
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+    assert rows[0]["image_url"] == "" and b"/srv/app" not in data
+
+
+def test_quantities_read_as_numbers_with_their_unit():
+    from vpm.presentation import format_quantity, sentence
+
+    assert format_quantity(10_000, "requests") == "10,000 requests"
+    assert format_quantity(1, "requests") == "1 request"
+    assert format_quantity(0, "requests") == "0 requests"
+    assert format_quantity(0.0012345, "GB") == "0.0012 GB"
+    assert format_quantity(2.5, "GB-month") == "2.5 GB-month"
+    assert format_quantity(1234.56, "GB") == "1,235 GB"
+    assert "e+" not in format_quantity(12_345_678, "requests")
+    assert sentence("bucket 'x' does not exist") == "Bucket 'x' does not exist" and sentence("") == ""
+
+
 def test_the_add_form_says_everything_it_still_needs_in_one_sentence():
     assert add_form_problems(False, " ", "") == (
         "To add a product, choose a photo of the product, give it a name, choose a category or type a new one."

@@ -195,3 +195,16 @@ def test_iter_keys_visits_every_vector_once(index):
     batches = list(index.iter_keys(batch_size=10))
     assert [len(b) for b in batches] == [10, 10, 5]
     assert sorted(k for b in batches for k, _p in b) == sorted(f"images/{i}.jpg" for i in range(25))
+
+
+def test_iter_vectors_reads_every_vector_once_in_bounded_batches(index):
+    entries = [entry(f"images/p{i}.jpg", f"p{i // 2}", "Shoes", basis(i % DIM, 0.1, i)) for i in range(25)]
+    index.upsert(entries)
+    batches = list(index.iter_vectors(batch_size=10))
+    assert all(len(keys) == len(products) == len(vectors) <= 10 for keys, products, vectors in batches)
+    seen = {key: (product, vector) for keys, products, vectors in batches
+            for key, product, vector in zip(keys, products, vectors, strict=True)}
+    assert sorted(seen) == sorted(e.photo_key for e in entries)
+    for e in entries:
+        assert seen[e.photo_key][0] == e.product_id
+        assert np.allclose(seen[e.photo_key][1], e.vector)

@@ -160,7 +160,9 @@ def _prepare(matcher: Matcher, batch: _Decoded, report: ImportReport) -> list[_R
         for item, image, thumbnail in images:
             owner = owners.get(image.sha256)
             if owner is not None:
-                report.skipped.append(ImportIssue(item.source, f"duplicate: the same image is already product {owner}"))
+                report.skipped.append(
+                    ImportIssue(item.source, f"duplicate: the same image is already product {owner}", duplicate=True)
+                )
                 continue
             owners[image.sha256] = product.id
             fresh.append((item, image, thumbnail))
@@ -220,7 +222,7 @@ def commit_rows(
         for entry in landings:
             if entry.product.id in taken:  # someone added that id since we looked: report, remove our files
                 report.skipped.extend(
-                    ImportIssue(source, f"duplicate: a product with id {entry.product.id} exists")
+                    ImportIssue(source, f"duplicate: a product with id {entry.product.id} exists", duplicate=True)
                     for source in entry.sources
                 )
                 _undo(matcher, entry)

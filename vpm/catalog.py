@@ -293,6 +293,10 @@ class CatalogStore(ABC):
         """Which of these storage keys a product's photo or thumbnail points at."""
 
     @abstractmethod
+    def owners_of_keys(self, keys: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """For each of these storage keys a product's photo or thumbnail points at: (product id, name)."""
+
+    @abstractmethod
     def version(self) -> int:
         """Changes whenever the products change (for caches)."""
 

@@ -19,7 +19,7 @@ from .errors import VpmError, log_unexpected, something_went_wrong
 log = logging.getLogger(__name__)
 
 # Modules that add subcommands: each defines register(subparsers) and sets `func` on its parsers.
-COMMAND_MODULES: list[str] = ["vpm.cli_search", "vpm.cli_quality", "vpm.cli_migrate", "vpm.cli_serve"]
+COMMAND_MODULES: list[str] = ["vpm.cli_search", "vpm.cli_quality", "vpm.cli_migrate", "vpm.cli_serve", "vpm.cli_demo"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -239,8 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(args.settings)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return args.func(args)
+        # Log lines go through tqdm while a command runs, so a warning never lands in the middle of a bar.
+        with logging_redirect_tqdm():
+            return args.func(args)
     except VpmError as err:  # written for people: what is wrong and what to do
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR

@@ -21,7 +21,9 @@ from .errors import VpmError
 # AWS region names look like us-east-1, eu-central-2, us-gov-west-1, cn-north-1, ap-southeast-4.
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-SECRET_FIELDS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "vpm_api_key"})
+SECRET_FIELDS = frozenset(
+    {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "vpm_api_key", "vpm_admin_password"}
+)
 # URLs that may carry a password (user:pw@host) or a token in their query: always shown through redact_url().
 URL_FIELDS = frozenset({"s3_endpoint_url", "s3_cdn_url"})
 # Libraries whose DEBUG output prints request headers (signatures, the access key id): capped at INFO.
@@ -125,6 +127,10 @@ class Settings(BaseSettings):
     vpm_rerank: bool = True
     vpm_api_key: SecretStr | None = None
     vpm_cors_origins: str = ""
+    # Who may change the catalog from the app (vpm.access): nobody (a public demo), or who signed in.
+    vpm_read_only: bool = False
+    vpm_admin_password: SecretStr | None = None
+    vpm_admin_emails: str = ""
     # The REST API's guard against slow or lying clients (vpm.api.ServerLimits; README "Running the API").
     vpm_api_max_concurrency: int = Field(100, ge=1, le=100_000)
     vpm_api_header_timeout_s: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)
@@ -144,7 +150,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "s3_bucket_name", "s3_cdn_url", "s3_endpoint_url", "s3_sse", "aws_profile", "aws_access_key_id",
-        "aws_secret_access_key", "aws_session_token", "vpm_api_key", mode="before",
+        "aws_secret_access_key", "aws_session_token", "vpm_api_key", "vpm_admin_password", mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, v):

@@ -6,8 +6,8 @@ catalog afresh and never deletes a key any product references. Files written in 
 by default, because an add writes the image before the product row that points at it, so a brand-new file is
 briefly unreferenced while its product is being added.
 
-The vector part never loads a model: it asks the vector index of the running (or else the configured) model
-which photos it holds.
+The vector part never loads a model: it asks the vector index of the running model (or of the one that will run,
+vpm.model_outlook) which photos it holds.
 """
 
 from __future__ import annotations
@@ -207,14 +207,13 @@ def vector_coverage(matcher: Matcher) -> VectorCoverage:
 
 
 def _vector_coverage(matcher: Matcher) -> VectorCoverage:
-    from .embeddings import model_slug
     from .indexing import coverage
+    from .model_outlook import for_matcher
 
-    if matcher.model_loaded:  # the running model decides (it may be the offline fallback)
-        model_id, note = matcher.embedder.model_id, ""
-    else:
-        model_id = model_slug(matcher.settings.vpm_model)
-        note = " (the configured model; it is not loaded yet)"
+    # The running model decides, or the one that will run on the first search (it may be the offline fallback):
+    # never the configured model when it cannot load here.
+    model_id = for_matcher(matcher).model_id
+    note = "" if matcher.model_loaded else " (the model that will run; it is not loaded yet)"
     if not matcher.has_vector_index(model_id):
         products = matcher.count_products()
         if not products:

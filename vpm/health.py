@@ -137,13 +137,13 @@ def index_summary(matcher: Matcher, products: int) -> IndexSummary:
     """The search index state for status displays, from two counts; never loads the model."""
     if not products:
         return IndexSummary("empty", "No products yet, so nothing to index.")
-    from .embeddings import model_slug
+    from .model_outlook import for_matcher
 
     try:
-        if matcher.model_loaded:
-            model_id, note = matcher.embedder.model_id, ""
-        else:
-            model_id, note = model_slug(matcher.settings.vpm_model), " (the configured model; not loaded yet)"
+        # The model that runs, or will on the first search (the offline fallback when the configured one cannot
+        # load): counting the configured model's vectors would call a freshly imported catalog unindexed.
+        model_id = for_matcher(matcher).model_id
+        note = "" if matcher.model_loaded else " (not loaded yet)"
         vectors = matcher.vector_index(model_id).count() if matcher.has_vector_index(model_id) else 0
         photos = matcher.catalog.photo_count()
     except (CatalogError, StorageError) as err:  # derived data: never the reason a status display fails
@@ -158,6 +158,24 @@ def index_summary(matcher: Matcher, products: int) -> IndexSummary:
     )
 
 
+def local_catalog_waiting(settings) -> int:
+    """With S3 on: how many products the local catalog (VPM_DATA_DIR) holds, so an empty bucket can point at
+    Migration; 0 when S3 is off, when there is no local catalog, or when it cannot be read."""
+    if not settings.s3_enabled:
+        return 0
+    from .matcher import Matcher
+
+    folder = settings.vpm_data_dir.expanduser()
+    if not ((folder / settings.metadata_prefix / "products.lance").is_dir() or (folder / settings.s3_metadata_key).is_file()):
+        return 0  # checked first, so a bucket-only install never gets a local folder made for it
+    local = settings.model_copy(update={"s3_enabled": False})
+    try:
+        matcher = Matcher(local)
+        return matcher.count_products() if matcher.catalog_exists() else 0
+    except (CatalogError, StorageError, OSError):
+        return 0
+
+
 def model_not_loaded_check(matcher: Matcher) -> Check:
     """The model line before the model is loaded: the index coverage, read from counts without loading it."""
     try:
@@ -169,7 +187,7 @@ def model_not_loaded_check(matcher: Matcher) -> Check:
     return Check(
         "model and index",
         status,
-        f"{index.detail[:1].upper()}{index.detail[1:]} {matcher.settings.vpm_model} loads on the first search.",
+        f"{index.detail[:1].upper()}{index.detail[1:]} The model loads on the first search.",
         "they are embedded before the next search; or load and check the model",
     )
 

@@ -51,6 +51,7 @@ class ItemUnreadable(Exception):
 class ImportIssue:
     source: str  # the file, zip entry or CSV row it is about
     reason: str
+    duplicate: bool = False  # skipped because the catalog has it already (else: not an image, a link...)
 
     def as_dict(self) -> dict[str, str]:
         return {"source": self.source, "reason": self.reason}

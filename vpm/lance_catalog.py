@@ -263,6 +263,23 @@ class LanceCatalogStore(CatalogStore):
                 used.update(k for k in row["file_keys"] or () if k in chunk_set)
         return used
 
+    def owners_of_keys(self, keys: Iterable[str]) -> dict[str, tuple[str, str]]:
+        wanted = sorted(set(keys))
+        owners: dict[str, tuple[str, str]] = {}
+        for chunk in engine.chunks(wanted):
+            query = (
+                self.table.search()
+                .where(f"array_has_any(file_keys, [{', '.join(sql_string(k) for k in chunk)}])")
+                .select(["id", "name", "file_keys"])
+                .limit(None)
+            )
+            chunk_set = set(chunk)
+            for row in self._rows(query):
+                for key in row["file_keys"] or ():
+                    if key in chunk_set:
+                        owners.setdefault(key, (row["id"], row["name"]))
+        return owners
+
     def version(self) -> int:
         return int(self.table.version)
 

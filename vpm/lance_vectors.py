@@ -219,6 +219,17 @@ class LanceVectorIndex(VectorIndex):
                 return
             offset += len(keys)
 
+    def iter_vectors(self, batch_size: int = 10_000) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
+        query = self.table.search().select(["photo_key", "product_id", "vector"]).limit(None)
+        with engine.translated(f"cannot read {self.description}"):
+            reader = query.to_batches(batch_size)
+            for batch in reader:  # LanceDB streams the table: at most about batch_size rows held at once
+                if not batch.num_rows:
+                    continue
+                flat = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
+                yield (batch.column("photo_key").to_pylist(), batch.column("product_id").to_pylist(),
+                       np.ascontiguousarray(flat, dtype=np.float32).reshape(batch.num_rows, self.dim))
+
     def vectors_for_shas(self, shas: Iterable[str]) -> dict[str, np.ndarray]:
         wanted = sorted(set(shas))
         found: dict[str, np.ndarray] = {}

@@ -122,9 +122,42 @@ def results_csv(matches: Iterable[Any]) -> bytes:
             "" if row.get("price") is None else f"{row['price']:.2f}",
             score_percent(score),
             f"{score:.4f}",
-            row.get("image_url") or "",
+            web_url(row.get("image_url")),
         ])
     return ("\ufeff" + buffer.getvalue()).encode("utf-8")
+
+
+def web_url(url: str | None) -> str:
+    """`url` when a browser elsewhere can open it (http or https: a CDN, a presigned S3 link); else "" (a local
+    folder's file:// path names a file on the server, which means nothing to whoever reads the export)."""
+    return url if url and url.lower().startswith(("https://", "http://")) else ""
+
+
+def format_quantity(quantity: float, unit: str) -> str:
+    """'10,000 requests', '1 request', '0.0012 GB', '2.5 GB-month': whole counts with separators, small amounts
+    with two significant digits, never scientific notation, and the unit in the singular for exactly one."""
+    if unit == "requests" or float(quantity).is_integer():
+        text = f"{quantity:,.0f}"
+        one = text == "1"
+    elif quantity >= 100:
+        text, one = f"{quantity:,.0f}", False
+    elif quantity >= 0.01:
+        text, one = f"{quantity:,.2f}".rstrip("0").rstrip("."), False
+    else:
+        decimals = 1 - math.floor(math.log10(quantity)) if quantity > 0 else 0
+        text, one = f"{quantity:.{decimals}f}", False
+    if one and unit.endswith("s") and unit != "GB":
+        unit = unit[:-1]
+    return f"{text} {unit}"
+
+
+def sentence(text: object) -> str:
+    """A message as a line a person reads: its first word capitalised when it is an ordinary lower-case word
+    (vpm's messages start lower-case so they can follow "what: "); a file name or key in first place
+    ("holiday.jpg is not an image") is left exactly as it is."""
+    text = str(text)
+    first = text.split(" ", 1)[0]
+    return text[:1].upper() + text[1:] if first.isalpha() and first.islower() else text
 
 
 def _csv_safe(text: str) -> str:

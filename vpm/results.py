@@ -120,6 +120,16 @@ class ImportReport:
     source: str = ""
 
     @property
+    def duplicates(self) -> list[ImportIssue]:
+        """Skipped because the catalog has them already (running an import twice skips everything)."""
+        return [issue for issue in self.skipped if issue.duplicate]
+
+    @property
+    def ignored(self) -> list[ImportIssue]:
+        """Skipped for another reason: not an image (a README.txt in a zip), a symbolic link."""
+        return [issue for issue in self.skipped if not issue.duplicate]
+
+    @property
     def photos_imported(self) -> int:
         return sum(len(p.photos) for p in self.imported) + self.photos_added
 
@@ -130,6 +140,7 @@ class ImportReport:
             "photos": self.photos_imported,
             "photos_added_to_existing": self.photos_added,
             "skipped": [i.as_dict() for i in self.skipped],
+            "duplicates": len(self.duplicates),
             "failed": [i.as_dict() for i in self.failed],
             "summary": self.summary(),
         }
@@ -139,7 +150,10 @@ class ImportReport:
         text = f"imported {_plural(len(self.imported), 'product')} ({_plural(created_photos, 'photo')})"
         if self.photos_added:
             text += f", added {_plural(self.photos_added, 'photo')} to existing products"
-        return text + f", skipped {len(self.skipped)}, failed {len(self.failed)}"
+        text += f", skipped {_plural(len(self.duplicates), 'duplicate')}"
+        if self.ignored:
+            text += f", ignored {_plural(len(self.ignored), 'other file')}"  # not images, links: each says why
+        return text + f", failed {len(self.failed)}"
 
 
 def _plural(n: int, word: str) -> str:

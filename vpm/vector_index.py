@@ -91,6 +91,11 @@ class VectorIndex(ABC):
     def iter_keys(self, batch_size: int = 1000) -> Iterator[list[tuple[str, str]]]:
         """(photo key, product id) of every stored vector, a bounded batch at a time."""
 
+    @abstractmethod
+    def iter_vectors(self, batch_size: int = 10_000) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
+        """(photo keys, product ids, vectors as a (n, dim) float32 matrix) of every stored vector, a bounded batch
+        at a time (for maps and reports that read the vectors without embedding anything)."""
+
 
 def best_per_product(
     scores: np.ndarray, product_codes: np.ndarray, product_ids: Sequence[str], photo_keys: Sequence[str],

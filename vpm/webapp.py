@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import streamlit as st
 
+from . import access as access_rules
 from .catalog import CatalogError, Product
 from .config import ConfigError, Settings, configure_logging, load_settings
 from .errors import VpmError, log_unexpected, something_went_wrong
-from .presentation import code, format_percent, format_price, plain, plural, score_percent
+from .presentation import code, format_percent, format_price, plain, plural, score_percent, sentence
 from .storage import StorageError
 
 if TYPE_CHECKING:  # imported for the annotations only: the matcher and the model load lazily
@@ -56,6 +57,7 @@ SEARCH_PAGE = "pages/search.py"
 CATALOG_PAGE = "pages/catalog.py"
 STORAGE_PAGE = "pages/storage_browser.py"
 MIGRATION_PAGE = "pages/migration.py"
+MAP_PAGE = "pages/catalog_map.py"
 HEALTH_PAGE = "pages/health.py"
 QUALITY_PAGE = "pages/quality.py"
 
@@ -158,6 +160,39 @@ def prepare_search_index(matcher: Matcher) -> None:
         box.update(label=plain(label), state=state, expanded=False)
 
 
+def offer_sample(matcher: Matcher, *, key: str, report_key: str) -> None:
+    """"Load sample products" for an empty catalog (Home and Catalog): the sample shipped with the app, imported
+    like any other import, with a progress bar. The report is left in st.session_state[report_key] for the
+    page to show after the rerun. Only for sessions that may change the catalog (the caller asks)."""
+    from .sample import load_sample, sample_available, sample_size
+
+    if not sample_available():
+        return
+    products, photos = sample_size()
+    if not st.button(
+        "Load sample products", type="primary", icon=":material/inventory:", key=key,
+        help=f"{products} products with {photos} photos (grocery-store phone photos, MIT; a few Amazon Berkeley "
+        "Objects catalog images, CC BY 4.0), added like an import. Embedding them takes a few minutes on a CPU.",
+    ):
+        return
+    try:
+        ensure_model(matcher)
+        with st.status(f"Loading {products} sample products…", expanded=True) as box:
+            bar = st.progress(0.0, text="Reading the sample…")
+
+            def progress(done: int, total: int, message: str = "") -> None:
+                bar.progress(min(1.0, done / total) if total else 1.0, text=f"{done} of {plural(total, 'photo')}")
+
+            report = load_sample(matcher, progress)
+            box.update(label=plain(f"Sample: {report.summary()}"), state="error" if report.failed else "complete",
+                       expanded=False)
+    except Exception as err:  # noqa: BLE001 - the page boundary: say what went wrong, keep the page usable
+        show_error(err, what="Could not load the sample products")
+        return
+    st.session_state[report_key] = report
+    st.rerun()
+
+
 def clear_caches() -> None:
     """Forget cached matchers, models and thumbnails (tests call this between AppTest runs)."""
     st.cache_resource.clear()
@@ -174,8 +209,8 @@ def show_error(err: BaseException, *, what: str | None = None) -> None:
     for people. Anything else is a bug: logged with its traceback under a short id, shown with that id.
     """
     prefix = f"{what}: " if what else ""
-    if isinstance(err, VpmError):
-        st.error(plain(f"{prefix}{err}"), icon=":material/error:")
+    if isinstance(err, VpmError):  # a sentence: its first letter a capital, whatever the message starts with
+        st.error(plain(sentence(f"{prefix}{err}")), icon=":material/error:")
         return
     incident = log_unexpected(log, err, "the app")
     st.error(
@@ -258,12 +293,41 @@ def _unpack(item: Any) -> tuple[Product, float | None, str | None]:
     return product, getattr(item, "score", None), getattr(item, "photo_key", None)
 
 
-CARD_WIDTH = 170  # px: two cards side by side on a 390 px phone, four beside the sidebar on a laptop
-_GAP_ALLOWANCE = 24  # px per card for the gap between cards, with some slack
+CARD_WIDTH = 170  # px: a card on its own (the catalog's "just added"); in a grid, cards share the row
+_CARD_MIN_WIDTH = 150  # px: two cards side by side on a 390 px phone
+_GRID_GAP = "0.75rem"
+
+# Cards in a grid: one height a row, a square picture cropped to fill it (object-fit), a name of at most two
+# lines and one-line captions, so every card in a row lines up. Keyed containers carry these classes.
+_GRID_CSS = """
+<style>
+[class*="st-key-vpm_grid_"] {
+  display: grid !important; gap: %(gap)s; align-items: stretch; width: 100%%;
+}
+[class*="st-key-vpm_grid_"] > [data-testid="stLayoutWrapper"] { width: auto !important; height: 100%%; min-width: 0; }
+[class*="st-key-vpm_card_"] { height: 100%%; min-width: 0; }
+[class*="st-key-vpm_card_"] [data-testid="stImage"] img {
+  width: 100%% !important; aspect-ratio: 1 / 1; object-fit: cover; border-radius: 0.25rem;
+}
+[class*="st-key-vpm_card_"] [data-testid="stMarkdownContainer"] p {
+  display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden; margin: 0;
+}
+[class*="st-key-vpm_card_"] [data-testid="stCaptionContainer"] p {
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; margin: 0;
+}
+</style>
+"""
+
+
+def first_line(text: str | None, limit: int = 120) -> str:
+    """The first line of a description, shortened with an ellipsis: what a card has room for."""
+    line = next((part.strip() for part in (text or "").splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 
 def product_card(item: Any) -> None:
-    """One product: picture, name, category and price, and the score as a percent and a bar when given."""
+    """One product: picture, name, category and price, the description's first line, and the score as a percent
+    and a bar when given."""
     product, score, photo_key = _unpack(item)
     picture = product_picture(product, photo_key)  # a search result shows the photo that matched
     if picture is not None:
@@ -277,6 +341,8 @@ def product_card(item: Any) -> None:
     if price:
         details.append(price)
     st.caption(" · ".join(details))
+    if product.description:
+        st.caption(plain(first_line(product.description)))
     if score is not None:
         st.progress(score_percent(score), text=f"{format_percent(score)} match")
         if len(product.photos) > 1:
@@ -287,15 +353,97 @@ def product_card(item: Any) -> None:
             st.caption(f":material/verified: {inliers} matching keypoints")
 
 
-def product_grid(items: Iterable[Any], columns: int = 4) -> None:
-    """Cards that wrap to the screen: at most `columns` a row, two a row on a phone (st.columns would stack
-    them one a row there, making a phone scroll through one big picture after another)."""
+def product_grid(items: Iterable[Any], columns: int = 4, key: str = "results") -> None:
+    """Cards in a grid that uses the full width: at most `columns` a row, as many as fit at 150 px or more
+    (two a row on a phone), each card as tall as the tallest in its row."""
     items = list(items)
-    width = columns * (CARD_WIDTH + _GAP_ALLOWANCE)
-    with st.container(horizontal=True, wrap=True, gap="small", width=width):
-        for item in items:
-            with st.container(border=True, width=CARD_WIDTH):
+    track = f"max({_CARD_MIN_WIDTH}px, calc((100% - {columns - 1} * {_GRID_GAP}) / {columns}))"
+    st.html(_GRID_CSS % {"gap": _GRID_GAP} + f"<style>.st-key-vpm_grid_{key} {{ grid-template-columns: "
+            f"repeat(auto-fill, minmax({track}, 1fr)); }}</style>")
+    with st.container(horizontal=True, wrap=True, gap="small", key=f"vpm_grid_{key}"):
+        for number, item in enumerate(items):
+            with st.container(border=True, key=f"vpm_card_{key}_{number}"):
                 product_card(item)
+
+
+# ------------------------------------------------------------------------------------------- access
+
+_ADMIN_TOKEN = "_vpm_admin_token"
+
+
+def _auth_section() -> Any:
+    """Streamlit's `[auth]` secrets section (st.login's configuration), or None."""
+    try:
+        return st.secrets.get("auth")
+    except Exception:  # noqa: BLE001 - no secrets.toml at all: no sign-in configured
+        return None
+
+
+def access() -> access_rules.Access:
+    """May this session change the catalog (vpm.access decides; this reads st.user and the session)."""
+    settings = get_settings()
+    provider = access_rules.oidc_provider(_auth_section())
+    signed_in, email = False, None
+    if provider is not None:
+        signed_in = bool(st.user.get("is_logged_in"))
+        email = st.user.get("email") if signed_in else None
+    return access_rules.decide(
+        settings, oidc=provider is not None, oidc_signed_in=signed_in, oidc_email=email,
+        password_ok=access_rules.token_valid(settings, st.session_state.get(_ADMIN_TOKEN)),
+    )
+
+
+def may_change() -> bool:
+    """For pages: True when this session may change the catalog; else one line says why (and how to sign in)
+    and the page leaves out every widget that changes something."""
+    allowed = access()
+    if not allowed.may_change:
+        st.caption(f":material/lock: {plain(allowed.why_not)}")
+    return allowed.may_change
+
+
+def sign_in_panel() -> None:
+    """The sidebar's sign-in: a button for st.login, a password form for VPM_ADMIN_PASSWORD, or sign out."""
+    allowed = access()
+    if allowed.read_only:
+        st.caption(":material/lock: Read-only: search and browse")
+        return
+    if not allowed.guarded:
+        return
+    if allowed.signed_in_as is not None:
+        st.caption(f":material/verified_user: Signed in as {plain(allowed.signed_in_as)}")
+        if st.button("Sign out", icon=":material/logout:", key="vpm_sign_out"):
+            st.session_state.pop(_ADMIN_TOKEN, None)
+            if st.user.get("is_logged_in"):
+                st.logout()
+            st.rerun()
+        return
+    if allowed.offer_oidc:
+        provider = access_rules.oidc_provider(_auth_section())
+        if st.button("Sign in", icon=":material/login:", key="vpm_sign_in", type="primary"):
+            st.login(None if provider == "default" else provider)
+    if allowed.offer_password:
+        problem = st.session_state.pop("_vpm_sign_in_problem", None)
+        if problem:
+            st.error(plain(problem), icon=":material/error:")
+        # A fresh form after each try (then a rerun, so the fresh one is what the person types into next): the
+        # typed password is not kept in the session once it has been checked.
+        form = st.session_state.setdefault("_vpm_sign_in_form", 0)
+        with st.form(f"vpm_admin_sign_in_{form}", border=False, enter_to_submit=True):
+            attempt = st.text_input("Admin password", type="password")
+            submitted = st.form_submit_button("Sign in with the password", icon=":material/key:")
+        if submitted:
+            st.session_state["_vpm_sign_in_form"] = form + 1
+            try:
+                token = access_rules.check_password(get_settings(), attempt or "")
+            except access_rules.SignInThrottled as err:
+                st.session_state["_vpm_sign_in_problem"] = str(err)
+            else:
+                if token is None:
+                    st.session_state["_vpm_sign_in_problem"] = "Wrong password."
+                else:
+                    st.session_state[_ADMIN_TOKEN] = token
+            st.rerun()
 
 
 # ------------------------------------------------------------------------------------------ sidebar
@@ -310,11 +458,19 @@ def storage_summary(settings: Settings) -> str:
 
 
 def model_summary(settings: Settings, matcher) -> str:
+    """The sidebar's model line: the model that runs (or will), in a few words, never a path."""
+    from .model_outlook import for_matcher
+
+    view = for_matcher(matcher)
     embedder = loaded_embedder(matcher)
-    if embedder is None:
-        return f"`{settings.vpm_model}` (loads on first search)"
-    text = "" if embedder.supports_text else " · images only"
-    return f"{embedder.display_name}{text}"
+    if embedder is not None:
+        name = "EfficientNet-Lite0 (built-in)" if view.fallback else embedder.display_name.rsplit("/", 1)[-1]
+    else:
+        name = "EfficientNet-Lite0 (built-in)" if view.fallback else settings.vpm_model.rstrip("/").rsplit("/", 1)[-1]
+    state = {"loaded": "", "ready": " · loads on first search", "download": " · downloads on first search",
+             "fallback": " · no download needed", "checking": " · checking…"}[view.state]
+    text = "" if view.words else " · photos only"
+    return f"{plain(name)}{text}{state}"
 
 
 _MODEL_SLOT = "_vpm_sidebar_model"
@@ -344,7 +500,8 @@ def sidebar_status() -> None:
             count = matcher.count_products()
             st.caption(f":material/inventory_2: {plural(count, 'product')}")
         except (CatalogError, StorageError) as err:  # the catalog may be unreadable; the Health page says why
-            st.caption(f":material/warning: catalog unavailable ({type(err).__name__})")
+            st.caption(f":material/warning: Catalog unavailable ({type(err).__name__})")
         slot = st.empty()
         _show_model(slot, settings, matcher)
         st.session_state[_MODEL_SLOT] = slot
+        sign_in_panel()

@@ -4,7 +4,7 @@ One Matcher per app, so the model loads once (lazily, on the first search or upl
 shares its storage, catalog and index (and its model calls: concurrent searches are embedded together); routes get it, and the settings, through `Depends`. The routes are
 grouped by concern, one router a module:
 
-  status_routes   GET /api/health
+  status_routes   GET /api/health, GET / (where the docs are)
   product_routes  /api/products (pages, one product, photos), /api/upload, /api/categories
   search_routes   POST /api/search
   image_routes    GET /api/images/{key} (the local backend's photo files)
@@ -36,7 +36,8 @@ from .limits import (
 from .product_routes import MAX_PHOTOS_PER_REQUEST
 from .search_routes import MAX_TOP_K, SearchQuery
 
-ROUTERS = (status_routes.router, product_routes.router, search_routes.router, image_routes.router)
+ROUTERS = (status_routes.root_router, status_routes.router, product_routes.router, search_routes.router,
+           image_routes.router)
 
 
 def create_app(settings: Settings | None = None, matcher: Matcher | None = None) -> FastAPI:

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"
 # Room for the multipart boundaries, part headers and the text fields around the images themselves.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
-# Paths that answer without the API key: load balancers probe health; the docs describe, they hold no data.
-OPEN_PATHS = frozenset({"/api/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+# Paths that answer without the API key: load balancers probe health (which then says healthy or not, nothing
+# more); the docs, and / pointing at them, describe and hold no data.
+OPEN_PATHS = frozenset({"/", "/api/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 
 
 # ------------------------------------------------------------------------------------- server limits

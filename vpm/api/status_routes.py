@@ -1,10 +1,14 @@
-"""GET /api/health: storage, catalog, model and index state. Open without the API key: load balancers probe it."""
+"""GET /api/health: storage, catalog, model and index state; GET /: where the docs are.
+
+Both answer without the API key (load balancers probe health). When VPM_API_KEY is set, a caller without it gets
+the verdict only (no storage names, no server paths, no model details) and cannot ask for a model load.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from .. import __version__
@@ -14,23 +18,39 @@ from ..config import Settings
 from ..matcher import Matcher
 from ..storage import StorageError
 from .deps import MatcherDep, SettingsDep
-from .errors import client_message
+from .errors import ApiError, client_message
+from .limits import API_KEY_HEADER, key_refusal
 
 router = APIRouter(prefix="/api", tags=["status"])
+root_router = APIRouter(tags=["status"])
 
 
-@router.get("/health", summary="storage, catalog, model and index state (no key needed); 503 when unhealthy")
+@root_router.get("/", summary="where the interactive docs are")
+def root() -> dict[str, str]:
+    return {"name": "Visual Product Matcher API", "docs": "/docs", "health": "/api/health"}
+
+
+@router.get("/health", summary="healthy or not (no key needed; with VPM_API_KEY set, details only with the key); "
+            "503 when unhealthy")
 def health(
+    request: Request,
     matcher: MatcherDep,
     settings: SettingsDep,
     load_model: bool = Query(
         False, description="load the model (if not loaded yet) and check it and the index's exact coverage "
-        "(walks the catalog); slow the first time",
+        "(walks the catalog); slow the first time; needs the API key when one is set",
     ),
 ) -> JSONResponse:
+    expected = request.app.state.api_key
+    trusted = key_refusal(request.headers.get(API_KEY_HEADER), expected) is None
+    if load_model and not trusted:  # a model load costs seconds and hundreds of MB: not for anonymous callers
+        raise ApiError(401, f"load_model=true needs the API key: send it in the {API_KEY_HEADER} header")
     # A routine probe (a load balancer, every few seconds) reads counts only; load_model=true walks the catalog
     # for the exact index coverage.
     report = checks.as_report(checks.checks_for(matcher, load_model=load_model))
+    if not trusted:  # the verdict only: no bucket, folder, model or counts for a caller without the key
+        healthy = report["status"] != "fail"
+        return JSONResponse({"status": report["status"], "healthy": healthy}, status_code=200 if healthy else 503)
     index = _index_state(matcher) if load_model else _index_counts(matcher)
     storage = matcher.storage
     document = {

@@ -1,0 +1,101 @@
+"""Which model will run, said before it loads (vpm.model_outlook): instant, honest, never a path."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from vpm import embeddings, model_outlook
+from vpm.config import load_settings
+
+from fakes import ColourMeanEmbedder
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache unless a test fills it
+    model_outlook.forget_hub_probe()
+    yield
+    model_outlook.forget_hub_probe()
+
+
+def outlook(model: str, **kwargs):
+    return model_outlook.outlook(load_settings(vpm_model=model), **kwargs)
+
+
+def cache(tmp_path, repo="sentence-transformers/clip-ViT-B-32"):
+    folder = tmp_path / "hf" / "hub" / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("abc123")
+    (folder / "snapshots" / "abc123").mkdir(parents=True)
+
+
+def test_a_cached_model_is_ready_and_reads_words(tmp_path):
+    cache(tmp_path)
+    seen = outlook("clip-ViT-B-32")
+    assert (seen.state, seen.model_id, seen.words) == ("ready", "clip-ViT-B-32", True)
+    assert seen.line == ("clip-ViT-B-32 is on this machine and loads in a few seconds on the first search: search "
+                         "by photo or by words.")
+
+
+def test_offline_without_the_model_the_built_in_one_runs_and_no_path_is_shown(tmp_path):
+    seen = outlook("clip-ViT-B-32")  # HF_HUB_OFFLINE is set for every test
+    assert (seen.state, seen.model_id, seen.words) == ("fallback", "efficientnet-lite0", False)
+    assert "built-in image model (EfficientNet-Lite0)" in seen.line and "search by words needs CLIP" in seen.line
+    assert str(tmp_path) not in seen.line
+
+
+def test_a_model_folder_is_named_by_its_last_part_never_its_path(tiny_clip_dir, tmp_path):
+    seen = outlook(str(tiny_clip_dir))
+    assert seen.state == "ready" and seen.model_id == embeddings.model_slug(str(tiny_clip_dir))
+    assert seen.line.startswith("tiny-clip is on this machine") and str(tiny_clip_dir.parent) not in seen.line
+    missing = outlook(str(tmp_path / "no-such-model"))
+    assert missing.state == "fallback" and str(tmp_path) not in missing.line
+
+
+def test_the_built_in_model_on_purpose_needs_nothing():
+    seen = outlook("efficientnet-lite0")
+    assert (seen.state, seen.model_id, seen.words) == ("ready", "efficientnet-lite0", False)
+
+
+def test_a_loaded_model_says_what_runs():
+    class Fallback(ColourMeanEmbedder):
+        model_id = "efficientnet-lite0"
+        fallback_reason = "'clip-ViT-B-32' is not in the local Hugging Face cache (/root/.cache/huggingface/hub)"
+
+    ran = outlook("clip-ViT-B-32", loaded=Fallback())
+    assert ran.state == "loaded" and ran.fallback and "/root" not in ran.line
+    fine = outlook("efficientnet-lite0", loaded=ColourMeanEmbedder())
+    assert fine.line == "fake colour embedder is ready: search by photo (this model does not read words)."
+
+
+def test_online_the_hub_is_asked_in_the_background_and_never_waited_for(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    answer = threading.Event()
+    asked = []
+
+    def probe(timeout=3.0):
+        asked.append(1)
+        answer.wait(10)
+        return None  # the hub answers
+
+    monkeypatch.setattr(embeddings, "_hub_unreachable", probe)
+    first = outlook("clip-ViT-B-32")
+    assert first.state == "checking" and first.line.endswith("checking whether it can be downloaded…")
+    answer.set()
+    model_outlook._probe["thread"].join(5)
+    later = outlook("clip-ViT-B-32")
+    assert later.state == "download" and "about 600 MB, once" in later.line
+    assert len(asked) == 1  # asked once, the answer kept
+
+
+def test_online_an_unreachable_hub_means_the_built_in_model(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(embeddings, "_hub_unreachable", lambda timeout=3.0: "huggingface.co:443: no answer")
+    outlook("clip-ViT-B-32")
+    model_outlook._probe["thread"].join(5)
+    seen = outlook("clip-ViT-B-32")
+    assert seen.state == "fallback" and "huggingface.co" not in seen.line

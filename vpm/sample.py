@@ -1,0 +1,58 @@
+"""The sample catalog shipped in the repository (`sample/`), loaded through the ordinary import path.
+
+84 products with up to three photos each (grocery-store phone photos, MIT; a few Amazon Berkeley Objects catalog
+images, CC BY 4.0), downscaled by `tools/make_sample_catalog.py`; `sample/SOURCES.md` and the licence files
+travel with them. Home and Catalog offer it on an empty catalog ("Load sample products") and
+`python -m vpm demo` does the same. It is an import like any other: progress, photos already in the catalog
+skipped as duplicates, every batch it committed kept if it is cut off, and running it again adds only what is
+missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import VpmError
+
+if TYPE_CHECKING:
+    from .matcher import Matcher, Progress
+    from .results import ImportReport
+
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample"
+SAMPLE_LABEL = "the sample catalog"
+
+
+class SampleMissing(VpmError):
+    """The sample's files are not beside the app (a trimmed copy of the repository)."""
+
+
+def sample_folder() -> Path:
+    """Where the sample is (a module attribute, so tests can point it at a smaller one)."""
+    return SAMPLE_DIR
+
+
+def sample_available(folder: Path | None = None) -> bool:
+    return ((folder or sample_folder()) / "products.csv").is_file()
+
+
+def sample_size(folder: Path | None = None) -> tuple[int, int]:
+    """(products, photos) the sample holds, from its CSV (rows sharing an id are one product)."""
+    import csv
+
+    with ((folder or sample_folder()) / "products.csv").open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return len({row["id"] for row in rows}), len(rows)
+
+
+def load_sample(matcher: Matcher, progress: Progress | None = None, folder: Path | None = None) -> ImportReport:
+    """Import the sample catalog into the matcher's catalog (embedding every photo: minutes on a CPU)."""
+    folder = folder or sample_folder()
+    if not sample_available(folder):
+        raise SampleMissing(
+            "the sample catalog is not in this copy of the app (sample/products.csv is missing): restore the "
+            "sample folder from the repository, or import your own photos on the Catalog page"
+        )
+    report = matcher.import_path(folder / "products.csv", progress)
+    return dataclasses.replace(report, source=SAMPLE_LABEL)
