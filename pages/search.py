@@ -1,7 +1,8 @@
 """Search: a photo (upload or camera), an image link or words in; the closest products out, as cards.
 
-The query is embedded once and its vector kept in the session, so moving the threshold slider, changing
-top-k or the categories only re-ranks (`matcher.rank`), which takes milliseconds.
+The query is embedded once and its vector kept in the session. The filters and the cards are a fragment, so
+moving the threshold slider, changing top-k or the categories reruns only that part: it re-ranks the kept vector
+(`matcher.rank`, milliseconds) without rerunning the page around it.
 """
 
 import hashlib
@@ -144,10 +145,8 @@ def embed(query: dict, box) -> dict:
             "features": embedded.features, "box": embedded.box, "image": embedded.image}
 
 
-ask, tune = st.columns([3, 2], gap="large")
-with ask:
-    query = read_query()
-    box = read_region(query)
+query = read_query()
+box = read_region(query)
 
 if query is None or box is False:
     st.session_state.pop(STATE, None)
@@ -159,69 +158,77 @@ elif st.session_state.get(STATE, {}).get("identity") != (*query["identity"], str
     except Exception as err:
         webapp.show_error(err)
 
-current = st.session_state.get(STATE)
 
-with tune:
+@st.fragment
+def results(query_entered: bool) -> None:
+    """The filters and the cards. A fragment: moving a slider, the categories or the switch re-ranks the query
+    vector kept in the session and redraws only this part, not the page (no re-reading of the upload)."""
+    current = st.session_state.get(STATE)
     kind = current["kind"] if current else ("text" if st.session_state.get("search_mode") == WORDS else "image")
     default = round(matcher.default_threshold(kind) * 100)
-    threshold = st.slider(
+    similarity, count, within, check = st.columns([3, 3, 4, 2], vertical_alignment="bottom")
+    threshold = similarity.slider(
         "Minimum similarity (%)", 0, 100, default, step=1, key=f"search_threshold_{kind}",
         help="Only products at least this similar are shown. Lower it to see more, weaker matches.",
     )
-    top_k = st.slider("Show at most", 1, 50, 12, key="search_top_k", help="The number of result cards.")
-    chosen = st.multiselect("Categories", categories, key="search_categories", placeholder="All categories")
-    verify = st.toggle(
+    top_k = count.slider("Show at most", 1, 50, 12, key="search_top_k", help="The number of result cards.")
+    chosen = within.multiselect("Categories", categories, key="search_categories", placeholder="All categories")
+    verify = check.toggle(
         "Verify the top matches", value=matcher.rerank_default, key="search_rerank", disabled=kind == "text",
         help="Checks the 20 best candidates for keypoints that match your photo (printed labels, shapes) and moves "
              "the verified ones up. Photos only.",
     )
+    if current is None:
+        if not query_entered:
+            st.caption("Upload a photo, take one, paste an image link or describe the product to see matches.")
+        return
+    response = matcher.rank(
+        current["vector"], top_k=top_k, threshold=threshold / 100, categories=chosen or None,
+        query=current["label"], took_ms=current["embed_ms"], features=current.get("features"), rerank=verify,
+        box=current.get("box"),
+    )
+    show_results(current, response, threshold)
 
-if current is None:
-    if query is None:
-        st.caption("Upload a photo, take one, paste an image link or describe the product to see matches.")
-    st.stop()
 
-response = matcher.rank(
-    current["vector"], top_k=top_k, threshold=threshold / 100, categories=chosen or None,
-    query=current["label"], took_ms=current["embed_ms"], features=current.get("features"), rerank=verify,
-    box=current.get("box"),
-)
+def show_results(current: dict, response, threshold: int) -> None:
+    st.divider()
+    summary, picture = st.columns([4, 1], vertical_alignment="top")
+    with picture:
+        if current["preview"] is not None:
+            st.image(current["preview"], caption="Your photo", width=140)
+    with summary:
+        st.subheader("Matches")
+        if current["kind"] == "text":
+            st.markdown(f"For “{current['label']}”")
+        if response.results:
+            st.markdown(f"**{results_count_text(len(response.results), threshold / 100)}**")
+            verified = ""
+            if response.verified:
+                verified = " · verified by keypoints" + (", which changed the order" if response.reranked else "")
+            st.caption(f"Search took {format_ms(response.took_ms)} · model {response.model}{verified}")
+            st.download_button(
+                "Download results (CSV)", results_csv(response.results), file_name="vpm-results.csv",
+                mime="text/csv", icon=":material/download:", on_click="ignore",
+            )
+        else:
+            st.warning(nothing_found_text(response.best_score, threshold / 100), icon=":material/search_off:")
 
-st.divider()
-summary, picture = st.columns([4, 1], vertical_alignment="top")
-with picture:
-    if current["preview"] is not None:
-        st.image(current["preview"], caption="Your photo", width=140)
-with summary:
-    st.subheader("Matches")
-    if current["kind"] == "text":
-        st.markdown(f"For “{current['label']}”")
     if response.results:
-        st.markdown(f"**{results_count_text(len(response.results), threshold / 100)}**")
-        verified = ""
-        if response.verified:
-            verified = " · verified by keypoints" + (", which changed the order" if response.reranked else "")
-        st.caption(f"Search took {format_ms(response.took_ms)} · model {response.model}{verified}")
-        st.download_button(
-            "Download results (CSV)", results_csv(response.results), file_name="vpm-results.csv",
-            mime="text/csv", icon=":material/download:", on_click="ignore",
-        )
-    else:
-        st.warning(nothing_found_text(response.best_score, threshold / 100), icon=":material/search_off:")
+        webapp.product_grid(response.results, columns=4)
 
-if response.results:
-    webapp.product_grid(response.results, columns=4)
+    if response.results and current.get("image") is not None:
+        with st.expander("Why this match? See the keypoints a result shares with your photo"):
+            labels = [f"{i}. {m.product.name}" for i, m in enumerate(response.results, 1)]
+            picked = st.selectbox("Result", range(len(labels)), format_func=lambda i: labels[i], key="search_why_pick")
+            if st.button("Show the matching keypoints", key="search_why", icon=":material/join_inner:"):
+                match = response.results[picked]
+                try:
+                    drawing, inliers = matcher.explain_match(current["image"], current["label"], match.product.id,
+                                                             match.photo_key, box=current.get("box"))
+                except Exception as err:
+                    webapp.show_error(err, what="The matches could not be drawn")
+                else:
+                    st.image(drawing, caption=why_caption(inliers))
 
-if response.results and current.get("image") is not None:
-    with st.expander("Why this match? See the keypoints a result shares with your photo"):
-        labels = [f"{i}. {m.product.name}" for i, m in enumerate(response.results, 1)]
-        picked = st.selectbox("Result", range(len(labels)), format_func=lambda i: labels[i], key="search_why_pick")
-        if st.button("Show the matching keypoints", key="search_why", icon=":material/join_inner:"):
-            match = response.results[picked]
-            try:
-                drawing, inliers = matcher.explain_match(current["image"], current["label"], match.product.id,
-                                                         match.photo_key, box=current.get("box"))
-            except Exception as err:
-                webapp.show_error(err, what="The matches could not be drawn")
-            else:
-                st.image(drawing, caption=why_caption(inliers))
+
+results(query is not None)
