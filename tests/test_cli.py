@@ -324,10 +324,10 @@ def test_log_lines_go_through_tqdm_and_never_break_a_progress_bar(monkeypatch, c
     import sys
 
     from vpm import cli as cli_module
-    from vpm.cli_search import _Bar
+    from vpm.cli_progress import ProgressBar
 
     def command(args):
-        with _Bar("img") as bar:
+        with ProgressBar("img") as bar:
             bar(1, 3)
             logging.getLogger("vpm.test").warning("a log line in the middle")
             bar(3, 3)

@@ -260,14 +260,14 @@ KILL_AFTER_10_UPLOADS = """
 import os, signal, sys
 import vpm.cli_migrate as cli_migrate
 
-update = cli_migrate._Bar.update
+update = cli_migrate.ProgressBar.files_and_bytes
 
 def update_then_die(self, done_files, total_files, done_bytes, total_bytes):
     update(self, done_files, total_files, done_bytes, total_bytes)
-    if self.bytes_mode and done_files >= 10:
+    if self.byte_sizes and done_files >= 10:
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: as if the machine lost power
 
-cli_migrate._Bar.update = update_then_die
+cli_migrate.ProgressBar.files_and_bytes = update_then_die
 from vpm.cli import main
 sys.exit(main(["migrate", "--force", "--workers", "4"]))
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .cli import EXIT_ERROR, EXIT_OK, emit, make_matcher, terminal_safe
+from .cli_progress import ProgressBar
 
 
 def register(sub, command) -> None:
@@ -11,11 +12,10 @@ def register(sub, command) -> None:
 
 
 def cmd_demo(args) -> int:
-    from .cli_search import _Bar
     from .sample import load_sample
 
     matcher = make_matcher(args)
-    with _Bar("img") as bar:
+    with ProgressBar("img") as bar:
         report = load_sample(matcher, progress=bar)
     lines = [f"{report.source}: {report.summary()}"]
     if report.failed:

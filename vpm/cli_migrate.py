@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, emit, non_negative
+from .cli_progress import ProgressBar
 from .health import as_report
 
 
@@ -52,8 +53,8 @@ def cmd_migrate(args) -> int:
         emit(args, report, "\n".join(lines) + f"\noverall: {report['status']}")
         return EXIT_OK if report["status"] != "fail" else EXIT_ERROR
 
-    with _Bar("planning", None, bytes_mode=False) as progress:
-        plan = migration.plan(overwrite=args.overwrite, progress=progress)
+    with ProgressBar("file", desc="planning", leave=False, terminal_only=True) as bar:
+        plan = migration.plan(overwrite=args.overwrite, progress=bar.files_and_bytes)
     if args.dry_run:
         emit(args, {"dry_run": True, "plan": plan.as_dict()}, plan.as_text() + "\n\n(dry run: nothing was written)")
         return EXIT_OK
@@ -75,8 +76,8 @@ def cmd_migrate(args) -> int:
             return EXIT_ERROR
 
     try:
-        with _Bar("uploading", plan.upload_bytes, bytes_mode=True) as progress:
-            report = migration.execute(plan, progress=progress)
+        with ProgressBar(desc="uploading", byte_sizes=True, terminal_only=True) as bar:
+            report = migration.execute(plan, progress=bar.files_and_bytes)
     except KeyboardInterrupt:
         print("stopped: every object already uploaded is complete and the bucket's catalog never points at a "
               "missing one; run the same command again to finish", file=sys.stderr)
@@ -99,36 +100,6 @@ def _what_it_does(plan) -> str:
 def _check_line(c) -> str:
     fix = f"\n       fix: {c.fix}" if c.fix and c.status != "pass" else ""
     return f"[{c.status.upper():4}] {c.name}: {c.detail}{fix}"
-
-
-class _Bar:
-    """A tqdm bar on stderr fed by the migration's progress(done_files, total_files, done_bytes, total_bytes).
-
-    Uploads count bytes (tqdm shows the rate and ETA) with files as a postfix; planning counts files.
-    """
-
-    def __init__(self, desc: str, total: int | None, *, bytes_mode: bool):
-        self.desc, self.total, self.bytes_mode = desc, total, bytes_mode
-
-    def __enter__(self):
-        from tqdm import tqdm
-
-        units = {"unit": "B", "unit_scale": True, "unit_divisor": 1024} if self.bytes_mode else {"unit": "file"}
-        self.bar = tqdm(total=self.total, desc=self.desc, file=sys.stderr, disable=None, dynamic_ncols=True,
-                        leave=self.bytes_mode, **units)
-        return self.update
-
-    def update(self, done_files: int, total_files: int, done_bytes: int, total_bytes: int) -> None:
-        if self.bytes_mode:
-            self.bar.update(done_bytes - self.bar.n)
-            self.bar.set_postfix_str(f"{done_files}/{total_files} files", refresh=False)
-        else:
-            self.bar.total = total_files
-            self.bar.update(done_files - self.bar.n)
-
-    def __exit__(self, *exc):
-        self.bar.close()
-        return False
 
 
 # --------------------------------------------------------------------------------------------- costs

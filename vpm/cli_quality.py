@@ -26,7 +26,7 @@ def register(sub, command) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .cli_search import _Bar
+    from .cli_progress import ProgressBar
     from .evaluate import MAX_QUERIES, Evaluation, NothingToEvaluate, report_text
 
     limit = MAX_QUERIES if args.max_queries is None else args.max_queries
@@ -37,7 +37,7 @@ def cmd_evaluate(args) -> int:
         evaluation = Evaluation(matcher, rerank=args.rerank, max_queries=limit)
     except NothingToEvaluate as err:
         raise UserError(str(err)) from None
-    with _Bar("photo") as bar:
+    with ProgressBar("photo") as bar:
         try:
             report = evaluation.run(progress=bar)
         except KeyboardInterrupt:  # stop early: what was done is still worth reporting

@@ -7,10 +7,10 @@ take `--cluster ray[://ADDRESS]` to run their heavy part on Ray (vpm/cluster.py,
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from .cli import EXIT_ERROR, EXIT_OK, UserError, emit, make_matcher, terminal_safe
+from .cli_progress import ProgressBar
 from .images import parse_box
 
 
@@ -172,41 +172,12 @@ def _clip(text: str, width: int) -> str:
 # ---------------------------------------------------------------------------------------------- import
 
 
-class _Bar:
-    """A tqdm bar on stderr driven by progress(done, total, message) callbacks."""
-
-    def __init__(self, unit: str):
-        self.unit = unit
-        self.bar = None  # created on the first report, so no empty "0it" bar is drawn before the total is known
-
-    def __call__(self, done: int, total: int, message: str = "") -> None:
-        if self.bar is None:
-            if not total:
-                return
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit=self.unit, file=sys.stderr, dynamic_ncols=True, leave=True)
-        if self.bar.total != total:
-            self.bar.total = total
-        self.bar.n = done
-        if message:
-            self.bar.set_postfix_str(message, refresh=False)
-        self.bar.refresh()
-
-    def __enter__(self) -> _Bar:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def cmd_import(args) -> int:
     from .embeddings import EmbeddingError
 
     matcher = make_matcher(args)
     try:
-        with _Bar("img") as bar:
+        with ProgressBar("img") as bar:
             if args.cluster is not None:
                 cluster, options = _cluster(args)
                 try:
@@ -240,12 +211,12 @@ def cmd_index(args) -> int:
         elif args.cluster is not None:
             cluster, options = _cluster(args)
             try:
-                with _Bar("img") as bar, cluster.connected(options):
+                with ProgressBar("img") as bar, cluster.connected(options):
                     status = cluster.reindex(matcher, rebuild=args.rebuild, progress=bar, options=options)
             except cluster.ClusterError as err:
                 raise UserError(str(err)) from None
         else:
-            with _Bar("img") as bar:
+            with ProgressBar("img") as bar:
                 status = matcher.reindex(rebuild=args.rebuild, progress=bar)
     except EmbeddingError as err:
         raise UserError(str(err)) from None
