@@ -394,6 +394,19 @@ def search_settings(settings, tiny_clip_dir, monkeypatch):
 
 
 @pytest.fixture
+def cli(search_settings, capsys):
+    """`cli(*args) -> (exit code, stdout, stderr)`: `python -m vpm` in this process, on the search catalog."""
+    from vpm.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
 def tiny_clip(search_settings):
     """The tiny CLIP embedder (loaded once per process by vpm.embeddings)."""
     from vpm.embeddings import load_embedder

@@ -11,20 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vpm.cli import main
 from vpm.embeddings import DEFAULT_DESCRIPTOR
-
-
-@pytest.fixture
-def cli(search_settings, capsys):
-    """`cli(*args) -> (exit code, stdout, stderr)`."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture

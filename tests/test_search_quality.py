@@ -155,18 +155,6 @@ def test_why_this_match_draws_the_verified_matches(matcher):
 # ------------------------------------------------------------------------------------------- CLI and API
 
 
-@pytest.fixture
-def cli(search_settings, capsys):
-    from vpm.cli import main
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_cli_search_takes_rerank_and_a_box(matcher, cli, tmp_path):
     import json

@@ -209,6 +209,20 @@ def translated(what: str):
 IN_LIST_SIZE = 500  # values in one SQL IN (...) list: bounded queries, whatever a caller asks about
 
 
+def iter_photo_keys(table: Any, read, batch_size: int = 1000):
+    """(photo_key, product_id) of every row of a per-photo table, a page at a time; `read` runs a query (the
+    table's own error translation)."""
+    offset = 0
+    while True:
+        rows = read(table.search().select(["photo_key", "product_id"]).offset(offset).limit(batch_size))
+        keys = list(zip(rows.column("photo_key").to_pylist(), rows.column("product_id").to_pylist(), strict=True))
+        if keys:
+            yield keys
+        if len(keys) < batch_size:
+            return
+        offset += len(keys)
+
+
 def chunks(values, size: int = IN_LIST_SIZE):
     """`values` (a sequence) in consecutive slices of at most `size`."""
     for start in range(0, len(values), size):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,13 +173,7 @@ class Indexer:
 
     def prune(self) -> int:
         """Drop vectors whose photo is no longer in the catalog (an add that never landed, a removed photo)."""
-        orphans: list[str] = []
-        for batch in self.vectors.iter_keys():
-            products = self.catalog.get_many(sorted({pid for _key, pid in batch}))
-            for key, pid in batch:
-                product = products.get(pid)
-                if product is None or key not in {p.key for p in product.photos}:
-                    orphans.append(key)
+        orphans = orphan_photo_keys(self.catalog, self.vectors.iter_keys())
         if orphans:
             self.vectors.delete_photos(orphans)
             log.info("pruned %d vectors of photos no longer in the catalog (%s)", len(orphans), self.vectors.model_id)
@@ -235,14 +229,21 @@ class FeatureIndexer:
         return stored
 
     def prune(self) -> int:
-        orphans: list[str] = []
-        for batch in self.features.iter_keys():
-            products = self.catalog.get_many(sorted({pid for _key, pid in batch}))
-            for key, pid in batch:
-                product = products.get(pid)
-                if product is None or key not in {p.key for p in product.photos}:
-                    orphans.append(key)
+        orphans = orphan_photo_keys(self.catalog, self.features.iter_keys())
         if orphans:
             self.features.delete_photos(orphans)
             log.info("pruned the keypoints of %d photos no longer in the catalog", len(orphans))
         return len(orphans)
+
+
+def orphan_photo_keys(catalog: CatalogStore, batches: Iterable[list[tuple[str, str]]]) -> list[str]:
+    """The photo keys, from (photo_key, product_id) batches of derived data (vectors, keypoints), whose photo is no
+    longer in the catalog: an add that never landed, a removed photo or product."""
+    orphans: list[str] = []
+    for batch in batches:
+        products = catalog.get_many(sorted({pid for _key, pid in batch}))
+        for key, pid in batch:
+            product = products.get(pid)
+            if product is None or key not in {p.key for p in product.photos}:
+                orphans.append(key)
+    return orphans

@@ -209,15 +209,7 @@ class LanceVectorIndex(VectorIndex):
             return self.table.count_rows()
 
     def iter_keys(self, batch_size: int = 1000) -> Iterator[list[tuple[str, str]]]:
-        offset = 0
-        while True:
-            rows = self._read(self.table.search().select(["photo_key", "product_id"]).offset(offset).limit(batch_size))
-            keys = list(zip(rows.column("photo_key").to_pylist(), rows.column("product_id").to_pylist(), strict=True))
-            if keys:
-                yield keys
-            if len(keys) < batch_size:
-                return
-            offset += len(keys)
+        return engine.iter_photo_keys(self.table, self._read, batch_size)
 
     def iter_vectors(self, batch_size: int = 10_000) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
         query = self.table.search().select(["photo_key", "product_id", "vector"]).limit(None)
