@@ -166,14 +166,14 @@ def results(query_entered: bool) -> None:
     current = st.session_state.get(STATE)
     kind = current["kind"] if current else ("text" if st.session_state.get("search_mode") == WORDS else "image")
     default = round(matcher.default_threshold(kind) * 100)
-    similarity, count, within, check = st.columns([3, 3, 4, 2], vertical_alignment="bottom")
+    similarity, count, within = st.columns([3, 3, 4], vertical_alignment="bottom")
     threshold = similarity.slider(
         "Minimum similarity (%)", 0, 100, default, step=1, key=f"search_threshold_{kind}",
         help="Only products at least this similar are shown. Lower it to see more, weaker matches.",
     )
     top_k = count.slider("Show at most", 1, 50, 12, key="search_top_k", help="The number of result cards.")
     chosen = within.multiselect("Categories", categories, key="search_categories", placeholder="All categories")
-    verify = check.toggle(
+    verify = st.toggle(
         "Verify the top matches", value=matcher.rerank_default, key="search_rerank", disabled=kind == "text",
         help="Checks the 20 best candidates for keypoints that match your photo (printed labels, shapes) and moves "
              "the verified ones up. Photos only.",

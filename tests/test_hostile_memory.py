@@ -246,10 +246,17 @@ def test_search_page_shows_the_refusal_and_no_exception(
     assert "unexpected" not in strip["errors"][0]
 
 
-def test_search_page_shows_a_bounded_preview_never_the_upload_itself(seed_catalog, open_page):
-    """st.image opens and resizes whatever it is given, outside decode_image's checks: give it a small WebP."""
+def test_search_page_shows_a_bounded_preview_never_the_upload_itself(seed_catalog, open_page, monkeypatch):
+    """st.image opens and resizes whatever it is given, outside decode_image's checks: give it a small WebP.
+
+    (The session keeps the upload's bytes for "why this match" and the region outline, which decode them through
+    vpm.images; what must never happen is st.image being handed them.)"""
+    import streamlit
     from PIL import Image
 
+    shown: list = []
+    original = streamlit.image
+    monkeypatch.setattr(streamlit, "image", lambda image, *a, **k: (shown.append(image), original(image, *a, **k))[1])
     seed_catalog([("Red mug", "Kitchen", 1)])
     at = open_page("pages/search.py")
     upload = make_product_photo(5, size=1200)
@@ -259,7 +266,7 @@ def test_search_page_shows_a_bounded_preview_never_the_upload_itself(seed_catalo
 
     assert not at.exception and not at.error
     entry = at.session_state["search_query"]
-    assert upload not in [value for value in entry.values() if isinstance(value, bytes)]
+    assert shown and all(image is not upload and image != upload for image in shown)
     preview = Image.open(io.BytesIO(entry["preview"]))
     assert (preview.format, preview.size) == ("WEBP", (PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
     assert any(image.captions == ["Your photo"] for image in at.image)
