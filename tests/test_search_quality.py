@@ -68,6 +68,25 @@ def test_a_failed_add_leaves_no_keypoints(matcher, monkeypatch):
     assert matcher.vectors.count() == 0
 
 
+def test_an_add_lands_when_its_keypoints_cannot_be_stored_and_vpm_index_fills_them_in(matcher, monkeypatch, caplog):
+    from vpm.engine import EngineError
+
+    def unavailable(entries):
+        raise EngineError("could not store keypoints in the photos' keypoints: a writer committed first")
+
+    monkeypatch.setattr(matcher.features, "upsert", unavailable)
+    product = add(matcher, "Cereal", [1, 2])
+
+    keys = [p.key for p in product.photos]
+    assert matcher.get_product(product.id).photos == product.photos
+    assert matcher.vectors.photo_keys_with_vectors(keys) == set(keys)
+    assert "fills them in" in caplog.text
+    monkeypatch.undo()
+    assert matcher.keypoints_missing() == 2
+    matcher.reindex()
+    assert sorted(matcher.features.features_for(keys)) == sorted(keys)
+
+
 def test_photos_without_keypoints_get_them_from_vpm_index_and_orphans_go(matcher):
     product = add(matcher, "Cereal", [1, 2])
     keys = [p.key for p in product.photos]

@@ -14,7 +14,9 @@ latest version at most that often; each check is one listing on S3).
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -207,6 +209,28 @@ def translated(what: str):
 
 
 IN_LIST_SIZE = 500  # values in one SQL IN (...) list: bounded queries, whatever a caller asks about
+CONFLICT_ATTEMPTS = 4
+
+
+def is_commit_conflict(err: Exception) -> bool:
+    """A write that lost a race with another writer's commit (e.g. two servers creating a table at once)."""
+    text = str(err).lower()
+    return "concurrent transaction" in text or "commit conflict" in text
+
+
+def retry_conflicts(operation, reopen):
+    """Run a table write; when it loses a commit race with another process, reopen the table (its handle may be
+    behind: the other writer may have replaced the version it read) and run it again, a few times at most."""
+    for attempt in range(CONFLICT_ATTEMPTS):
+        try:
+            return operation()
+        except Exception as err:
+            if attempt == CONFLICT_ATTEMPTS - 1 or not is_commit_conflict(err):
+                raise
+            log.info("a concurrent writer committed first (%s); writing again", _reason(err))
+            reopen()
+            time.sleep(0.05 * (attempt + 1) + random.random() * 0.05)
+    raise AssertionError("unreachable")
 
 
 def iter_photo_keys(table: Any, read, batch_size: int = 1000):

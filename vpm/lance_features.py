@@ -76,9 +76,13 @@ class LanceFeatureStore:
         except Exception as err:  # noqa: BLE001 - LanceDB raises many kinds; each becomes one clear message
             raise engine.EngineError(f"cannot read {self.description}: {engine._reason(err)}") from None
 
+    def _reopen(self) -> None:
+        engine.forget_table(self.where, TABLE)
+        self._table = None
+
     def _write(self, operation, what: str) -> None:
         try:
-            operation()
+            engine.retry_conflicts(operation, self._reopen)
         except engine.EngineError:
             raise
         except Exception as err:  # noqa: BLE001 - LanceDB raises many kinds; each becomes one clear message

@@ -154,9 +154,13 @@ class LanceVectorIndex(VectorIndex):
         with engine.translated(f"cannot read {self.description}"):
             return query.to_arrow()
 
+    def _reopen(self) -> None:
+        engine.forget_table(self.where, table_name(self.model_id))
+        self._table = None
+
     def _write(self, operation, what: str):
         with engine.translated(f"could not {what} {self.description}"):
-            result = operation()
+            result = engine.retry_conflicts(operation, self._reopen)
         engine.compact_when_due(self.table, after=self._maintain)
         return result
 

@@ -460,7 +460,11 @@ class Matcher:
         every = [p for _product, prepared in batch for p in prepared]
         if not every:
             return []
-        known = self.features.features_for_shas({p.photo.sha256 for p in every})
+        try:
+            known = self.features.features_for_shas({p.photo.sha256 for p in every})
+        except StorageError as err:  # derived data: an add never fails for want of keypoints
+            log.warning("could not read the keypoints table (%s): these photos get theirs from `vpm index`", err)
+            return []
         for item in {p.photo.sha256: p for p in every if p.photo.sha256 not in known}.values():
             try:
                 known[item.photo.sha256] = rerank.extract(item.image.image)
@@ -470,7 +474,11 @@ class Matcher:
             PhotoFeatures(p.photo.key, product.id, p.photo.sha256, known[p.photo.sha256])
             for product, prepared in batch for p in prepared if p.photo.sha256 in known
         ]
-        self.features.upsert(entries)
+        try:
+            self.features.upsert(entries)
+        except StorageError as err:  # derived data: the photos are searched unverified until `vpm index` runs
+            log.warning("could not store the keypoints of %d photos (%s): `vpm index` fills them in", len(entries), err)
+            return []
         return [e.photo_key for e in entries]
 
     def store_vectors(self, batch: list[tuple[Product, list[photos.PreparedPhoto]]]) -> list[str]:
