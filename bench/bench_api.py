@@ -11,7 +11,8 @@ photo searches (`POST /api/search`, top_k 10) over keep-alive connections until 
 
 Configs: `auto` or `torch` (VPM_RUNTIME: ONNX Runtime where it matches torch, or torch), `+batch` or not
 (VPM_API_BATCH_QUERIES: concurrent queries embedded together, the default, or one model call each). `torch`
-without batching is the API as it was before issue 14. Target (issue 14, offline model, 2 cores): twice the 35
+without batching is the API as it was before issue 14. `+norerank` turns off the keypoint verification of the
+top candidates (VPM_RERANK=false; issue 13 made it the default, after the baseline below was measured). Target (issue 14, offline model, 2 cores): twice the 35
 req/s measured then, with p95 <= 150 ms. The clients run on the same machine as the server: their own CPU use
 is in the figures, as it was in the baseline.
 """
@@ -139,7 +140,7 @@ def main() -> None:
     parser.add_argument("--catalog", type=int, default=120, help="photos imported as the catalog")
     parser.add_argument("--model", default="efficientnet-lite0")
     parser.add_argument("--configs", default="torch,auto+batch",
-                        help="comma-separated, each `auto` or `torch`, optionally `+batch`")
+                        help="comma-separated, each `auto` or `torch`, optionally `+batch` and `+norerank`")
     parser.add_argument("--photos", type=Path, default=next((d for d in PHOTO_DIRS if d.is_dir()), None))
     args = parser.parse_args()
     if args.photos is None:
@@ -157,8 +158,9 @@ def main() -> None:
     try:
         import_catalog(env, catalog, work)
         for config in [c.strip() for c in args.configs.split(",") if c.strip()]:
-            runtime, _, batch = config.partition("+")
-            server_env = dict(env, VPM_RUNTIME=runtime, VPM_API_BATCH_QUERIES="true" if batch else "false")
+            runtime, *flags = config.split("+")
+            server_env = dict(env, VPM_RUNTIME=runtime, VPM_API_BATCH_QUERIES="true" if "batch" in flags else "false",
+                              VPM_RERANK="false" if "norerank" in flags else "true")
             proc, base = start_server(server_env, work)
             try:
                 import httpx

@@ -183,9 +183,8 @@ def test_deleting_orphans_needs_confirmation_and_deletes_only_the_orphan(matcher
     assert "Orphan files (0)" in [s.value for s in at.subheader]
 
 
-def test_the_confirmation_says_how_many_go_and_how_many_recent_ones_stay(matcher, storage, settings, backend):
-    if backend != "local":
-        pytest.skip("file times are set on the local folder")
+@pytest.mark.parametrize("backend", ["local"], indirect=True)  # file times are set on the local folder
+def test_the_confirmation_says_how_many_go_and_how_many_recent_ones_stay(matcher, storage, settings):
     import os
     import time
 
