@@ -162,12 +162,21 @@ def _positive(text: str) -> int:
 
 def non_negative(text: str) -> int:
     """An argparse type: a whole number, 0 or more (shared by every command's counts)."""
+    return _whole_number(text, 0, "0 or more")
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number, 1 or more."""
+    return _whole_number(text, 1, "at least 1")
+
+
+def _whole_number(text: str, minimum: int, limit: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {limit}, got {value}")
     return value
 
 

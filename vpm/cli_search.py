@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import EXIT_ERROR, EXIT_OK, UserError, emit, make_matcher, terminal_safe
+from .cli import EXIT_ERROR, EXIT_OK, UserError, emit, make_matcher, positive, terminal_safe
 from .cli_progress import ProgressBar
 from .images import parse_box
 
@@ -58,7 +58,7 @@ def _cluster_arguments(p) -> None:
         help="read, decode and embed on a Ray cluster (pip install -r requirements-cluster.txt): 'ray' joins "
         "RAY_ADDRESS's cluster, or starts Ray on this machine; 'ray://HOST:10001' connects through Ray Client",
     )
-    p.add_argument("--workers", type=_positive_int, metavar="N",
+    p.add_argument("--workers", type=positive, metavar="N",
                    help="with --cluster: model workers (default: one per GPU of the cluster, else one per CPU)")
 
 
@@ -70,16 +70,6 @@ def _cluster_address(text: str) -> str:
     if text.startswith("ray://") and len(text) > len("ray://"):
         return text
     raise argparse.ArgumentTypeError(f"{text!r}: write ray (RAY_ADDRESS, or Ray on this machine) or ray://HOST:PORT")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _cluster(args):
