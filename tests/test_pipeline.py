@@ -133,3 +133,16 @@ def test_an_import_through_the_pipeline_keeps_order_duplicates_and_thumbnails(ma
     for product in report.imported:
         assert matcher.storage.get(product.photos[0].thumbnail_key).startswith(b"RIFF")  # a WebP was written
     assert matcher.index_status().ok
+
+
+def test_chunked_takes_a_generator_a_chunk_at_a_time():
+    pulled = []
+
+    def items():
+        for i in range(7):
+            pulled.append(i)
+            yield i
+
+    chunks = chunked(items(), 3)
+    assert next(chunks) == [0, 1, 2] and pulled == [0, 1, 2]  # nothing beyond the first chunk was read
+    assert list(chunks) == [[3, 4, 5], [6]]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_PHOTOS = 100_000  # vectors held for an evaluation (~200 MB of 512-d; 500 MB of the built-in 1280-d)
 MAX_QUERIES = 2_000  # held-out photos at most (an even, seeded sample beyond): minutes, not hours, on 2 cores
 CONFUSIONS_SHOWN = 8
 KEEP_TRUE_MATCHES = 0.95
@@ -119,14 +120,24 @@ class Evaluation:
                 "then search once or run `python -m vpm index`"
             )
         index = matcher.vector_index(self.model_id)
-        reader = getattr(index, "read_all", None)
-        snapshot = reader() if reader is not None else None
-        if snapshot is None:
-            raise NothingToEvaluate(f"{index.description} cannot be held in memory for an evaluation")
-        self.photo_keys = snapshot.photo_keys
-        self.product_ids = snapshot.product_ids
-        self.codes = snapshot.product_codes
-        self.vectors = snapshot.vectors
+        if index.count() > MAX_PHOTOS:
+            raise NothingToEvaluate(
+                f"{index.description} holds more than {MAX_PHOTOS:,} photos, more than an evaluation holds in memory"
+            )
+        keys: list[str] = []
+        products: list[str] = []
+        blocks: list[np.ndarray] = []
+        for batch_keys, batch_products, vectors in index.iter_vectors():  # the contract's bounded batches
+            keys += batch_keys
+            products += batch_products
+            blocks.append(np.asarray(vectors, dtype=np.float32))
+            if len(keys) > MAX_PHOTOS:  # photos added since the count: stop rather than grow
+                raise NothingToEvaluate(f"{index.description} grew past {MAX_PHOTOS:,} photos while being read")
+        ids, codes = np.unique(np.asarray(products, dtype=object), return_inverse=True)
+        self.photo_keys = keys
+        self.product_ids = [str(pid) for pid in ids]
+        self.codes = codes.astype(np.int32).reshape(-1)
+        self.vectors = np.concatenate(blocks) if blocks else np.zeros((0, embedder.dim), dtype=np.float32)
         counts = np.bincount(self.codes, minlength=len(self.product_ids)) if len(self.codes) else np.zeros(0, int)
         candidates = [i for i in range(len(self.photo_keys)) if counts[self.codes[i]] >= 2]
         self.products_evaluated = int((counts >= 2).sum())

@@ -114,15 +114,17 @@ class Indexer:
     def embed_missing(self, progress: Progress | None = None, *, rebuild: bool = False) -> int:
         """Embed every catalog photo without a vector (every photo with `rebuild`); returns how many."""
         progress = progress or _no_progress
-        todo = list(self.photos_to_embed(rebuild))
-        total = len(todo)
+        # A counting walk, then the work walk: two reads of the catalog, a batch at a time, so memory stays
+        # bounded whatever its size (a list of every missing photo would hold a million products).
+        total = sum(1 for _ in self.photos_to_embed(rebuild))
         progress(0, total, f"embedding {total} photos with {self.embedder.model_id}")
         embedded = done = 0
         prepare, embed = embedder_stages(self.embedder)
         stage = functools.partial(self._load_batch, reuse=not rebuild, prepare=prepare)
-        for loaded in prefetch(chunked(todo, EMBED_BATCH), stage):
+        for loaded in prefetch(chunked(self.photos_to_embed(rebuild), EMBED_BATCH), stage):
             embedded += self._store_batch(loaded, embed)
             done += loaded.count
+            total = max(total, done)  # photos added since the count
             progress(done, total, f"embedded {done}/{total} photos")
         return embedded
 
@@ -199,17 +201,11 @@ class FeatureIndexer:
         from .rerank import extract
 
         progress = progress or _no_progress
-        todo = []
-        for batch in self.catalog.iter_batches():
-            keys = [p.key for product in batch for p in product.photos]
-            have = set() if rebuild else self.features.photo_keys_with_features(keys)
-            todo += [(product, photo) for product in batch for photo in product.photos if photo.key not in have]
-        total = len(todo)
+        total = sum(1 for _ in self._photos_without_features(rebuild))  # counted, then walked: bounded memory
         if total:  # nothing to do says nothing: the vectors' progress stays the last word
             progress(0, total, f"finding the keypoints of {total} photos")
-        stored = 0
-        for start in range(0, total, EMBED_BATCH):
-            chunk = todo[start : start + EMBED_BATCH]
+        stored = done = 0
+        for chunk in chunked(self._photos_without_features(rebuild), EMBED_BATCH):
             known = {} if rebuild else self.features.features_for_shas({photo.sha256 for _p, photo in chunk})
             entries = []
             for product, photo in chunk:
@@ -224,9 +220,16 @@ class FeatureIndexer:
                 entries.append(PhotoFeatures(photo.key, product.id, photo.sha256, known[photo.sha256]))
             self.features.upsert(entries)
             stored += len(entries)
-            done = min(start + EMBED_BATCH, total)
+            done += len(chunk)
+            total = max(total, done)  # photos added since the count
             progress(done, total, f"keypoints of {done}/{total} photos")
         return stored
+
+    def _photos_without_features(self, rebuild: bool) -> Iterator[tuple[Product, Photo]]:
+        for batch in self.catalog.iter_batches():
+            keys = [p.key for product in batch for p in product.photos]
+            have = set() if rebuild else self.features.photo_keys_with_features(keys)
+            yield from ((product, photo) for product in batch for photo in product.photos if photo.key not in have)
 
     def prune(self) -> int:
         orphans = orphan_photo_keys(self.catalog, self.features.iter_keys())

@@ -296,15 +296,6 @@ class LanceVectorIndex(VectorIndex):
                 self._build_ann_when_due()
             return self._snapshot
 
-    def read_all(self, max_photos: int = MEMORY_MAX_PHOTOS) -> _Snapshot | None:
-        """Every vector, for a report that compares photos with each other (vpm/evaluate.py); None when there are
-        more than `max_photos`. Only reads: unlike a search, it never starts an index build."""
-        if self.count() > max_photos:
-            return None
-        version = int(self.table.version)
-        data = self._read(self.table.search().select(["photo_key", "product_id", "category_key", "vector"]).limit(None))
-        return _Snapshot(version, data, self.dim)
-
     @staticmethod
     def _query_memory(snapshot: _Snapshot, queries, k, threshold, categories) -> list[QueryResult]:
         rows = snapshot.rows(categories)

@@ -126,6 +126,13 @@ def embedder_stages(embedder) -> tuple[Callable[[list], Any], Callable[[Any], An
     return (lambda images: images), embedder.embed_images
 
 
-def chunked(items: list[T], size: int) -> Iterator[list[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of at most `size` items; a generator is consumed as it goes (never held whole)."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
