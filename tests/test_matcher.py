@@ -158,6 +158,19 @@ def test_an_empty_catalog_gives_no_results_not_an_error(matcher, product_photo):
     assert response.results == [] and response.best_score is None
 
 
+def test_counting_a_fresh_catalog_writes_nothing_and_sees_one_made_later(search_settings, counting_embedder,
+                                                                           product_photo):
+    # The first page of a fresh install counts the catalog: that visit must not create tables (a read-only
+    # bucket, a second replica), and a catalog another process creates afterwards must be counted.
+    reader = Matcher(search_settings, embedder=counting_embedder())
+    assert reader.count_products() == 0 and reader.category_counts() == {}
+    assert not reader.catalog_exists()
+
+    writer = Matcher(search_settings, embedder=counting_embedder())
+    writer.add_product(product_photo(1), "1.png", name="Red mug", category="Mugs")
+    assert reader.count_products() == 1 and reader.category_counts() == {"Mugs": 1}
+
+
 # --- text search -----------------------------------------------------------------------------------------------
 
 

@@ -292,10 +292,20 @@ class Matcher:
         return self.catalog.page(offset=offset, limit=limit, categories=categories, name_contains=name_contains)
 
     def count_products(self, categories: Iterable[str] | None = None) -> int:
+        if self._nothing_stored_yet():
+            return 0
         return self.catalog.count(categories)
 
     def category_counts(self) -> dict[str, int]:
+        if self._nothing_stored_yet():
+            return {}
         return self.catalog.category_counts()
+
+    def _nothing_stored_yet(self) -> bool:
+        """A fresh install's counts come from one listing: opening the tables imports LanceDB (over a second),
+        which a first visitor would wait for before the app's first page is drawn. Asked again on every call
+        until a catalog appears (another process may create it), never once it has been opened here."""
+        return self._catalog is None and not self.catalog_exists()
 
     def categories(self) -> list[str]:
         return self.catalog.categories()
