@@ -193,8 +193,9 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class Network:
     """One exported network on ONNX Runtime: `run(**inputs) -> first output`.
 
-    One photo (a search) runs on a session using every core. Several rows (an import, a batch of concurrent API
-    queries) run one row per call on single-threaded sessions, one per core, side by side: these graphs are many
+    A photo alone (a search on a quiet server) runs on a session using every core. Several rows (an import) or
+    calls that overlap (concurrent API searches) run one row per call on single-threaded sessions, one per core,
+    side by side: these graphs are many
     small operators, and one 2-core session spends much of each call waiting for its other thread, while two
     1-thread sessions keep both cores busy (measured here: CLIP's int8 image tower 47 -> 60 images/s,
     EfficientNet R-MAC 384 56 -> 72). One row per call also keeps int8 vectors independent of the batch: dynamic
@@ -213,7 +214,9 @@ class Network:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._lanes: queue.SimpleQueue | None = None  # idle single-threaded sessions, made on the first batch
         self._lanes_lock = threading.Lock()
+        self._lanes_ready_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._in_flight = 0  # calls running now, from any thread (concurrent API requests, an import)
 
     @property
     def runtime(self) -> str:
@@ -226,10 +229,20 @@ class Network:
     def run(self, **inputs: np.ndarray) -> np.ndarray:
         feeds = {name: inputs[name] for name in self.input_names}
         rows = len(next(iter(feeds.values())))
-        if rows <= 1 or self.threads <= 1:
-            if self.variant != "int8" or rows <= 1:
-                return self.session.run(None, feeds)[0]
-            return np.concatenate([self.session.run(None, _row(feeds, i))[0] for i in range(rows)])
+        with self._lanes_lock:
+            alone = rows == 1 and self._in_flight == 0  # a lone photo gets every core; company takes a lane
+            self._in_flight += 1
+        try:
+            if alone or self.threads <= 1:
+                if self.variant != "int8" or rows <= 1:
+                    return self.session.run(None, feeds)[0]
+                return np.concatenate([self.session.run(None, _row(feeds, i))[0] for i in range(rows)])
+            return self._run_on_lanes(feeds, rows)
+        finally:
+            with self._lanes_lock:
+                self._in_flight -= 1
+
+    def _run_on_lanes(self, feeds: dict[str, np.ndarray], rows: int) -> np.ndarray:
         pool, lanes = self._lanes_ready()
 
         def one(i: int) -> np.ndarray:
@@ -242,7 +255,7 @@ class Network:
         return np.concatenate(list(pool.map(one, range(rows))))
 
     def _lanes_ready(self) -> tuple[ThreadPoolExecutor, queue.SimpleQueue]:
-        with self._lanes_lock:
+        with self._lanes_ready_lock:
             if self._lanes is None:
                 import onnxruntime as ort
 
