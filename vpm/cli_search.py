@@ -11,7 +11,6 @@ from pathlib import Path
 
 from .cli import EXIT_ERROR, EXIT_OK, UserError, emit, make_matcher, positive, terminal_safe
 from .cli_progress import ProgressBar
-from .images import parse_box
 
 
 def register(sub, command) -> None:
@@ -100,6 +99,8 @@ def cmd_search(args) -> int:
     if args.text is not None and (args.box is not None or args.rerank is not None):
         raise UserError("--box and --rerank apply to a photo (IMAGE... or --url), not to --text")
     if args.text is None:
+        from .images import parse_box  # numpy and Pillow: loaded by the commands that use them, not by every one
+
         options.update(rerank=args.rerank, box=None if args.box is None else parse_box(args.box))
     images = [_read(path) for path in args.images]
     matcher = make_matcher(args)

@@ -14,7 +14,6 @@ embedders' preprocessing), thumbnails only ever shrink, and `preview_thumbnail` 
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import logging
 import math
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import VpmError
+from .formats import ACCEPTED_EXTENSIONS, ACCEPTED_NAMES, sha256_hex  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,6 @@ SUPPORTED_FORMATS: Mapping[str, tuple[str, str]] = MappingProxyType(
 )
 # Phones write multi-picture JPEGs that Pillow reports as "MPO"; the bytes are an ordinary JPEG.
 _FORMAT_ALIASES = {"MPO": "JPEG"}
-# The one list of what is accepted, for messages, file pickers and the importer's folder walk.
-ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC"
-ACCEPTED_EXTENSIONS = frozenset({"jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif"})
 _EXPECTED = f"{ACCEPTED_NAMES} expected"
 
 # File signatures of the accepted formats: a file that starts like one of them but will not open is damaged,
@@ -114,10 +111,6 @@ class DecodedImage:
     width: int  # after orientation
     height: int
     data: bytes = field(repr=False)  # the original upload, unchanged (can be megabytes: keep it out of logs)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def decode_image(

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .images import ACCEPTED_EXTENSIONS, ACCEPTED_NAMES
+from .formats import ACCEPTED_EXTENSIONS, ACCEPTED_NAMES
 
 # Every character Markdown, Streamlit's extensions (`:red[...]`, `:material/x:` icons, `$math$`) or HTML give a
 # meaning to. A backslash before any ASCII punctuation makes it literal in CommonMark.

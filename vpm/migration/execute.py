@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from ..catalog import CatalogError
 from ..health import Check
 from ..storage import PreconditionFailed, StorageError
-from ..vector_index import PhotoVector
 from . import ledger
 from .files import (
     CONFLICT as PLAN_CONFLICT,
@@ -231,6 +230,8 @@ def copy_vectors(plan: MigrationPlan, source: Source, target: Target, products: 
 def copy_model_vectors(model, entries, source: Source, target: Target) -> VectorsResult:
     if not entries:
         return VectorsResult(model.model_id, "unchanged", 0, 0)
+    from ..vector_index import PhotoVector  # numpy: only when there are vectors to copy
+
     copied = 0
     try:
         local = source.vectors(model.model_id)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from ..catalog import Product
 from ..config import Settings
-from ..images import sha256_hex
+from ..formats import sha256_hex
 from ..storage import MULTIPART_THRESHOLD, ObjectInfo, ObjectNotFound, Storage, StorageError, expected_etag
 
 # progress(done_files, total_files, done_bytes, total_bytes)

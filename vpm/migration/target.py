@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from .. import config, engine
 from ..config import Settings
 from ..errors import VpmError
-from ..lance_catalog import LanceCatalogStore
-from ..lance_vectors import TABLE_PREFIX, LanceVectorIndex, existing_model_ids, table_name
-from ..matcher import Matcher
 from ..storage import LocalStorage, S3Storage, Storage, StorageError, make_storage
+
+if TYPE_CHECKING:  # the tables' modules import pyarrow and numpy: a re-run decided from listings needs neither
+    from ..lance_catalog import LanceCatalogStore
+    from ..lance_vectors import LanceVectorIndex
+    from ..matcher import Matcher
 
 PRODUCTS_TABLE = "products"
 
@@ -77,8 +81,14 @@ class Source:
     def __init__(self, settings: Settings, storage: Storage | None = None):
         local = source_settings(settings)
         self.storage = storage or LocalStorage(local.vpm_data_dir)
-        self.matcher = Matcher(local, storage=self.storage)
+        self._settings = local
         self.description = self.storage.description
+
+    @cached_property
+    def matcher(self) -> Matcher:
+        from ..matcher import Matcher
+
+        return Matcher(self._settings, storage=self.storage)
 
     def exists(self) -> bool:
         """A products table or a products.json still to be upgraded (so an empty folder stays untouched)."""
@@ -91,7 +101,9 @@ class Source:
     def model_ids(self) -> list[str]:
         if not self.exists():
             return []
-        self.matcher.count_products()  # opening the catalog upgrades an old one, with its vectors
+        from ..lance_vectors import existing_model_ids
+
+        self.matcher.catalog.count()  # opening the catalog upgrades an old one, with its vectors
         return existing_model_ids(self.matcher.where)
 
     def vectors(self, model_id: str) -> LanceVectorIndex:
@@ -117,15 +129,21 @@ class Target:
         return needs_upgrade(self.storage, self.settings.s3_metadata_key)
 
     def has_vectors_table(self, model_id: str) -> bool:
+        from ..lance_vectors import table_name
+
         return table_exists(self.storage, self.where, table_name(model_id))
 
     def model_ids(self) -> list[str]:
+        from ..lance_vectors import TABLE_PREFIX, existing_model_ids
+
         if not self.storage.list(f"{self.where.prefix}{TABLE_PREFIX}", page_size=1).objects:
             return []  # no vector table: no need to open a connection at all
         return existing_model_ids(self.where)
 
     def catalog_for_reading(self) -> LanceCatalogStore | None:
         """The bucket's products table when it exists; None otherwise. Opening never creates it."""
+        from ..lance_catalog import LanceCatalogStore
+
         if not self.has_products_table():
             return None
         return LanceCatalogStore(self.where, exists=True)
@@ -133,13 +151,19 @@ class Target:
     def catalog_for_writing(self) -> LanceCatalogStore:
         """The products table, created if need be, after the app's own upgrade of an old products.json: the
         bucket's products are then compared with ours before anything of ours is written."""
+        from ..matcher import Matcher
+
         bucket = Matcher(self.settings, storage=self.storage)
         return bucket.catalog  # type: ignore[return-value]
 
     def vectors_for_reading(self, model_id: str) -> LanceVectorIndex:
+        from ..lance_vectors import LanceVectorIndex
+
         return LanceVectorIndex(self.where, model_id, None, exists=True)
 
     def vectors_for_writing(self, model_id: str, dim: int, exists: bool) -> LanceVectorIndex:
+        from ..lance_vectors import LanceVectorIndex
+
         return LanceVectorIndex(self.where, model_id, dim, exists=exists)
 
 
