@@ -188,23 +188,6 @@ def still_holds(fingerprint: str, source_storage: Storage, bucket: Storage, meta
     return ledger
 
 
-def local_catalog_size(storage: Storage, settings):
-    """The cost estimate's catalog size from file sizes alone (a LocalStorage listing would hash every file)."""
-    from ..costs import CatalogSize
-
-    root = _local_root(storage)
-    objects = []
-    for dirpath, dirs, files in os.walk(root):
-        if Path(dirpath) == root:
-            dirs[:] = [d for d in dirs if d != ".vpm"]
-        for name in files:
-            path = Path(dirpath) / name
-            stat = _stat(path)
-            if stat is not None:
-                objects.append((path.relative_to(root).as_posix(), stat[0]))
-    return CatalogSize.from_objects(objects, settings.s3_image_prefix, settings.s3_thumbnail_prefix)
-
-
 def _sha256(path: Path) -> str | None:
     digest = hashlib.sha256()
     try:

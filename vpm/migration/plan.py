@@ -164,9 +164,7 @@ def make_plan(settings: Settings, source: Source, target: Target, *, overwrite: 
     if half:
         raise MigrationError(f"{half}: set both keys, or neither (to use AWS_PROFILE or an IAM role)")
     keymap = KeyMap(settings)
-    # Measured first: it reads every local file once (the digests are remembered for the comparison below), which
-    # overlaps the import of LanceDB that engine.preload() started.
-    size = catalog_size(source.storage, settings)
+    size = catalog_size(source.storage, settings)  # file sizes: the files are hashed by decide_files' workers
     products = [keymap.place(p) for batch in _local_batches(source) for p in batch]
     items = keymap.blocked + decide_files(keymap, source.storage, target.storage, overwrite, workers, progress)
     products_plan = plan_products(target, products, items, overwrite)
@@ -202,7 +200,7 @@ def plan_from_ledger(settings: Settings, source: Source, target: Target) -> Migr
     products = ProductsPlan("unchanged", "the bucket already has every local product (unchanged since the last "
                             "verified run)", unchanged=in_bucket, kept=found.products["kept"])
     vectors = [ModelPlan(m["model_id"], m["dim"], (), m["with_vector"], m["without_vector"]) for m in found.models]
-    size = ledger_module.local_catalog_size(source.storage, settings)
+    size = catalog_size(source.storage, settings)
     return MigrationPlan(source.description, target.description, False, items, products, vectors,
                          estimate(size, Traffic()), [], fingerprint, found)
 
