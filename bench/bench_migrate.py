@@ -13,6 +13,9 @@ If-None-Match, streams files (multipart above 8 MB) and writes the catalog's tab
 it decides from one listing per prefix (size and ETag against the file's MD5), a HEAD only where a listing cannot
 tell. `aws s3 sync` compares size and modification time from one listing and verifies nothing.
 
+A last row PUTs the same photos with botocore alone (8 threads, SHA-256 checksums, nothing else): the most any
+tool can reach against this server on this machine, since moto's server works on the other core.
+
 Targets (issue 14): vpm's first run >= 1.2x the files/s of `aws s3 sync`, its re-run no slower than aws's.
 Without the AWS CLI (`pip install awscli` into the venv for this benchmark; it is not a requirement of the app)
 only vpm is measured, and the table says so.
@@ -161,6 +164,16 @@ def main() -> None:
             rows.append((f"aws s3 sync ({version.split()[0]})", startup_aws, first_aws, again_aws,
                          count_objects(s3, "bench-aws")))
 
+        # The floor: the same photos PUT by botocore alone, 8 threads, nothing else (no listing, no checksum
+        # beyond the SHA-256 both tools send, no catalog). Here the moto server, on the other core, is the limit.
+        floor_cmd = [sys.executable, "-c", _BARE_PUTS, endpoint, "bench-floor", str(data_dir / "images"),
+                     str(args.workers)]
+        s3.create_bucket(Bucket="bench-floor")
+        bare, _ = timed(floor_cmd, env, work)
+        assert count_objects(s3, "bench-floor", "images/") == n_files
+        rows.append((f"bare PUTs (botocore, {args.workers} threads)", float("nan"), bare, float("nan"),
+                     count_objects(s3, "bench-floor")))
+
         print(f"\n{n_files} noise JPEGs ({total_bytes / 1024**2:.1f} MB) plus the catalog (products.json and its "
               f"tables), moto server on 127.0.0.1; both tools run as subprocesses; {os.cpu_count()} CPUs. files/s "
               "counts the photos, which both copy; 'objects' is everything each left in its bucket (vpm writes the "
@@ -170,10 +183,10 @@ def main() -> None:
         print(header)
         print("-" * len(header))
         for name, start, first_s, again_s, objects in rows:
-            print(f"{name:<40} {start:>10.2f} {first_s:>11.2f} {n_files / first_s:>8.0f} "
-                  f"{total_bytes / 1024**2 / first_s:>6.1f} {again_s:>9.2f} {objects:>8}")
-        if len(rows) == 2:
-            (_, _, v1, v2, _), (_, _, a1, a2, _) = rows
+            print(f"{name:<40} {_seconds(start):>10} {first_s:>11.2f} {n_files / first_s:>8.0f} "
+                  f"{total_bytes / 1024**2 / first_s:>6.1f} {_seconds(again_s):>9} {objects:>8}")
+        if len(rows) == 3:
+            (_, _, v1, v2, _), (_, _, a1, a2, _), _floor = rows
             print(f"{'vpm / aws (files/s ratio; re-run time ratio)':<40} {'':>10} {'':>11} {a1 / v1:>7.2f}x "
                   f"{'':>6} {v2 / a2:>8.2f}x")
             print(f"targets: files/s >= 1.2x aws: {'met' if a1 / v1 >= 1.2 else 'MISSED'}; re-run no slower than "
@@ -184,6 +197,27 @@ def main() -> None:
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _seconds(value: float) -> str:
+    return "-" if value != value else f"{value:.2f}"  # NaN: not measured for this row
+
+
+_BARE_PUTS = """
+import glob, sys
+from concurrent.futures import ThreadPoolExecutor
+import botocore.session
+from botocore.config import Config
+endpoint, bucket, folder, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+session = botocore.session.Session()
+client = session.create_client("s3", region_name="us-east-1", endpoint_url=endpoint,
+                               config=Config(max_pool_connections=32))
+def put(path):
+    with open(path, "rb") as body:
+        client.put_object(Bucket=bucket, Key="images/" + path.rsplit("/", 1)[1], Body=body, ChecksumAlgorithm="SHA256")
+with ThreadPoolExecutor(workers) as pool:
+    list(pool.map(put, sorted(glob.glob(folder + "/*.jpg"))))
+"""
 
 
 def _load() -> str:
