@@ -121,7 +121,7 @@ def test_concurrent_api_searches_each_get_their_own_answer(search_settings, tiny
 
     slow = SlowEmbedder(tiny_clip)
     matcher = Matcher(search_settings, embedder=slow)
-    client = TestClient(create_app(search_settings, matcher))
+    client = TestClient(create_app(search_settings.model_copy(update={"vpm_api_batch_queries": True}), matcher))
     matcher.search_image(make_product_photo(0), "warm.png")  # first search: opens the tables
 
     def search(n: int):
@@ -141,6 +141,18 @@ def test_concurrent_api_searches_each_get_their_own_answer(search_settings, tiny
         assert [r["score"] for r in body["results"]] == pytest.approx([r["score"] for r in want["results"]],
                                                                       abs=1e-4)
     assert sum(slow.calls) == 10 and max(slow.calls) > 1  # fewer model calls than requests
+
+
+@pytest.mark.parametrize(("runtime", "batched"), [("torch", True), ("onnx-int8", False), ("onnx-fp32", False)])
+def test_auto_batches_only_a_model_running_on_torch(search_settings, tiny_clip, runtime, batched):
+    # On ONNX Runtime overlapping calls each get a single-threaded session of their own (no shared call needed).
+    slow = SlowEmbedder(tiny_clip)
+    slow.runtime = runtime
+    matcher = Matcher(search_settings, embedder=slow)
+    assert search_settings.vpm_api_batch_queries == "auto"  # the default
+    create_app(search_settings, matcher)
+    matcher.embed_query_image(make_product_photo(1), "q.png")
+    assert (matcher._query_embedder is not None) == batched
 
 
 def test_batching_can_be_switched_off(search_settings, tiny_clip):

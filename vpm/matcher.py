@@ -113,7 +113,7 @@ class Matcher:
         self._indexers: dict[str, Indexer] = {}
         self._checked_models: set[str] = set()
         self._lock = threading.RLock()
-        self._batch_queries = False
+        self._batch_setting: bool | str = False
         self._query_embedder = None  # vpm.batching.QueryEmbedder, when concurrent queries are batched
 
     # ------------------------------------------------------------------------------------------ parts
@@ -230,10 +230,18 @@ class Matcher:
 
         return load_embedder(self.settings.vpm_model, self.settings.vpm_device, self.settings.vpm_runtime)
 
-    def batch_concurrent_queries(self, enabled: bool = True) -> None:
+    def batch_concurrent_queries(self, enabled: bool | str = True) -> None:
         """Embed one-photo and one-text queries that arrive together in one model call (vpm/batching.py): what a
-        server answering many requests at once wants. Each query still gets its own vector."""
-        self._batch_queries = enabled
+        server answering many requests at once on torch wants. Each query still gets its own vector. "auto":
+        only when the model runs on torch; on ONNX Runtime overlapping calls already run side by side, each on a
+        single-threaded session (vpm.onnx_runtime.Network), which measured faster than sharing one call."""
+        self._batch_setting = enabled
+
+    @property
+    def _batch_queries(self) -> bool:
+        if self._batch_setting == "auto":
+            return self.embedder.runtime == "torch"
+        return bool(self._batch_setting)
 
     def _queries(self):
         if self._query_embedder is None or self._query_embedder.embedder is not self.embedder:
