@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import shutil
 import tempfile
 import threading
@@ -194,12 +193,12 @@ class Network:
     """One exported network on ONNX Runtime: `run(**inputs) -> first output`.
 
     A photo alone (a search on a quiet server) runs on a session using every core. Several rows (an import) or
-    calls that overlap (concurrent API searches) run one row per call on single-threaded sessions, one per core,
-    side by side: these graphs are many
-    small operators, and one 2-core session spends much of each call waiting for its other thread, while two
-    1-thread sessions keep both cores busy (measured here: CLIP's int8 image tower 47 -> 60 images/s,
-    EfficientNet R-MAC 384 56 -> 72). One row per call also keeps int8 vectors independent of the batch: dynamic
-    quantization scales activations by the range of everything in the call.
+    calls that overlap (concurrent API searches) run one row per call, one call per core side by side, on a
+    single-threaded session: these graphs are many small operators, and a 2-thread session spends much of each
+    call with one thread waiting for the other, while two single-threaded calls keep both cores busy (measured
+    here: CLIP's int8 image tower 47 -> 58-60 images/s, EfficientNet R-MAC 384 56 -> 72-74). One row per call also
+    keeps int8 vectors independent of the batch: dynamic quantization scales activations by the range of
+    everything in the call.
     """
 
     def __init__(self, path: Path, variant: str, cosine: float, threads: int | None = None):
@@ -212,7 +211,7 @@ class Network:
         self.session = ort.InferenceSession(str(path), session_options(self.threads),
                                             providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self._lanes: queue.SimpleQueue | None = None  # idle single-threaded sessions, made on the first batch
+        self._lane_session: Any = None  # the single-threaded session, made on the first batch
         self._lanes_lock = threading.Lock()
         self._lanes_ready_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -243,29 +242,20 @@ class Network:
                 self._in_flight -= 1
 
     def _run_on_lanes(self, feeds: dict[str, np.ndarray], rows: int) -> np.ndarray:
-        pool, lanes = self._lanes_ready()
+        pool, session = self._lanes_ready()
+        return np.concatenate(list(pool.map(lambda i: session.run(None, _row(feeds, i))[0], range(rows))))
 
-        def one(i: int) -> np.ndarray:
-            session = lanes.get()
-            try:
-                return session.run(None, _row(feeds, i))[0]
-            finally:
-                lanes.put(session)
-
-        return np.concatenate(list(pool.map(one, range(rows))))
-
-    def _lanes_ready(self) -> tuple[ThreadPoolExecutor, queue.SimpleQueue]:
+    def _lanes_ready(self) -> tuple[ThreadPoolExecutor, Any]:
+        """One single-threaded session run by `threads` pool threads at once (a session runs concurrent calls
+        side by side): as fast as one session a thread, with one more copy of the weights instead of one each."""
         with self._lanes_ready_lock:
-            if self._lanes is None:
+            if self._lane_session is None:
                 import onnxruntime as ort
 
-                lanes: queue.SimpleQueue = queue.SimpleQueue()
-                for _ in range(self.threads):
-                    lanes.put(ort.InferenceSession(str(self.path), session_options(1),
-                                                   providers=["CPUExecutionProvider"]))
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vpm-onnx")
-                self._lanes = lanes
-            return self._pool, self._lanes
+                self._lane_session = ort.InferenceSession(str(self.path), session_options(1),
+                                                          providers=["CPUExecutionProvider"])
+            return self._pool, self._lane_session
 
 
 def _row(feeds: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
