@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 from ..catalog import Product
 from ..config import Settings
 from ..costs import Estimate, Traffic, estimate
-from ..legacy import parse_products_json
 from . import ledger as ledger_module
 from .files import (
     ACTIONS,
@@ -223,6 +222,8 @@ class BucketProducts:
         if target.has_old_catalog():
             key = target.settings.s3_metadata_key
             raw = target.storage.get(key)
+            from ..legacy import parse_products_json  # numpy: only a bucket with a first-release catalog
+
             self.old = {p.id: p for p in parse_products_json(raw, f"{key} in {target.description}")}
 
     def get_many(self, ids: Sequence[str]) -> dict[str, Product]:
