@@ -66,6 +66,7 @@ def test_dotenv_fills_what_the_environment_leaves(monkeypatch, tmp_path):
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
         ("VPM_MAX_UPLOAD_MB", "0", "VPM_MAX_UPLOAD_MB"),
         ("S3_SSE", "rot13", "S3_SSE"),
+        ("VPM_API_BATCH_QUERIES", "maybe", "VPM_API_BATCH_QUERIES: expected true, false or auto"),
     ],
 )
 def test_invalid_values_fail_with_one_line_naming_the_variable(monkeypatch, name, value, words):

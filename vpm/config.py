@@ -159,6 +159,21 @@ class Settings(BaseSettings):
         # `.env.example` copied as-is leaves `S3_CDN_URL=`; an empty value means "not set".
         return None if isinstance(v, str) and not v.strip() else v
 
+    @field_validator("vpm_api_batch_queries", mode="before")
+    @classmethod
+    def _true_false_or_auto(cls, v):
+        # One message naming the three choices, rather than one per member of the bool | "auto" union.
+        if isinstance(v, bool):
+            return v
+        word = str(v).strip().lower()
+        if word == "auto":
+            return "auto"
+        if word in ("true", "1", "yes", "on"):
+            return True
+        if word in ("false", "0", "no", "off"):
+            return False
+        raise ValueError("expected true, false or auto")
+
     @field_validator("s3_region")
     @classmethod
     def _region(cls, v: str) -> str:

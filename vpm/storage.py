@@ -599,7 +599,7 @@ class S3Storage(Storage):
         from botocore.config import Config
 
         session = botocore.session.Session(profile=profile)
-        if key_id is not None or secret is not None or token is not None:
+        if key_id or secret or token:  # as boto3.Session decides; otherwise the usual chain (profile, role)
             session.set_credentials(key_id, secret, token)
         config = Config(
             signature_version="s3v4",
