@@ -120,6 +120,21 @@ def test_a_vector_does_not_depend_on_the_rest_of_its_batch(tiny_clip_dir, monkey
     np.testing.assert_allclose(together, alone, atol=1e-6)
 
 
+@pytest.mark.parametrize("runtime", ["onnx-int8", "onnx-fp32"])
+def test_photos_embedded_at_the_same_time_get_the_vectors_they_get_alone(tiny_clip_dir, monkeypatch, runtime):
+    """Concurrent searches (API threads) share the network: a call that starts while another runs takes the
+    single-threaded session; every photo still gets exactly its own vector."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("VPM_THREADS", "2")
+    embedder = load_embedder(str(tiny_clip_dir), "cpu", runtime=runtime)
+    images = onnx_runtime.probe_images(6) * 4
+    alone = [embedder.embed_images([image])[0] for image in images]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda image: embedder.embed_images([image])[0], images))
+    np.testing.assert_allclose(np.vstack(together), np.vstack(alone), atol=1e-5)
+
+
 # -------------------------------------------------------------------------------------------------- cache
 
 
