@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -227,6 +228,54 @@ def test_streamlit_run_to_the_first_page_drawn(browser, tiny_clip_dir, tmp_path,
         stop_process(server)
     with capsys.disabled():
         print(f"\n  streamlit run -> first page drawn in the browser: {drawn:.2f} s (target < 2 s)")
+
+
+@pytest.fixture
+def silent_hub():
+    """An HF_ENDPOINT that never answers: a listener whose accept queue is full, so a connect waits until the
+    probe gives up (3 s). While it waits, the app says "checking…"."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = []
+    for _ in range(4):  # fill the accept queue (never accepted); later connects get no answer
+        client = socket.socket()
+        client.setblocking(False)
+        client.connect_ex(("127.0.0.1", port))
+        queued.append(client)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for client in queued:
+            client.close()
+        listener.close()
+
+
+def test_the_sidebar_model_line_settles_by_itself_after_the_hub_check(browser, tiny_clip_dir, tmp_path, silent_hub):
+    """A model that is not on the machine yet: the app asks the hub in the background and says "checking…" until
+    it knows. On a page with nothing else to wait for, the sidebar must then say what runs without the visitor
+    doing anything (it used to stay on "checking…" until the next click)."""
+    env = _app_env(tmp_path / "data", tiny_clip_dir)
+    env.update(VPM_MODEL="clip-ViT-B-32", HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=silent_hub)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(name)
+    server, url, _log = start_app(tmp_path, env)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{url}/catalog")
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_text("checking…").first.wait_for()
+        page.wait_for_function(
+            "() => !document.querySelector('[data-testid=\"stSidebar\"]').innerText.includes('checking')",
+            timeout=20_000,
+        )
+        assert sidebar.get_by_text("EfficientNet-Lite0 (built-in)").first.is_visible()
+    finally:
+        context.close()
+        stop_process(server)
 
 
 def test_the_threshold_slider_moves_with_the_keyboard_and_changes_the_count(page, app_url):

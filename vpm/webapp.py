@@ -480,6 +480,21 @@ def _show_model(slot, settings: Settings, matcher) -> None:
     slot.caption(f":material/neurology: {model_summary(settings, matcher)}")
 
 
+def _model_state(matcher) -> str:
+    from .model_outlook import for_matcher
+
+    return for_matcher(matcher).state
+
+
+@st.fragment(run_every=1.0)
+def _model_line_until_known(settings: Settings, matcher) -> None:
+    """While the hub is being asked (a few seconds after the server starts), the line redraws itself every
+    second; once the answer is in, the app reruns once so every part of the page says the same thing."""
+    st.caption(f":material/neurology: {model_summary(settings, matcher)}")
+    if _model_state(matcher) != "checking":
+        st.rerun(scope="app")
+
+
 def _update_sidebar_model(matcher: Matcher) -> None:
     """The sidebar is drawn before the page; when the page loads the model, correct the line in place."""
     slot = st.session_state.get(_MODEL_SLOT)
@@ -501,7 +516,11 @@ def sidebar_status() -> None:
             st.caption(f":material/inventory_2: {plural(count, 'product')}")
         except (CatalogError, StorageError) as err:  # the catalog may be unreadable; the Health page says why
             st.caption(f":material/warning: Catalog unavailable ({type(err).__name__})")
-        slot = st.empty()
-        _show_model(slot, settings, matcher)
-        st.session_state[_MODEL_SLOT] = slot
+        if _model_state(matcher) == "checking":
+            st.session_state.pop(_MODEL_SLOT, None)
+            _model_line_until_known(settings, matcher)
+        else:
+            slot = st.empty()
+            _show_model(slot, settings, matcher)
+            st.session_state[_MODEL_SLOT] = slot
         sign_in_panel()
