@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import boto3
@@ -215,6 +216,17 @@ def test_a_local_url_is_a_file_uri_only_this_machine_can_open(tmp_path):
     plain.put("images/a b.jpg", b"x")
     assert plain.url("images/a b.jpg") == (tmp_path / "images" / "a b.jpg").resolve().as_uri()
     assert plain.web_urls is False  # the API serves local files itself; the app shows them inline
+
+
+def test_sizes_are_those_a_listing_gives_without_reading_the_files(storage, monkeypatch):
+    for key, data in (("images/a.jpg", b"one"), ("images/b.jpg", b"three"), ("metadata/x.json", b"{}")):
+        storage.put(key, data)
+    listed = [(o.key, o.size) for o in storage.iter_objects()]
+    if isinstance(storage, LocalStorage):  # a new process's view (no digests remembered) must not read the files
+        storage = LocalStorage(storage.root)
+        monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} was read"))
+    assert list(storage.iter_sizes()) == listed == [("images/a.jpg", 3), ("images/b.jpg", 5), ("metadata/x.json", 2)]
+    assert list(storage.iter_sizes("images/")) == listed[:2]
 
 
 def test_local_files_stay_inside_the_root_and_locks_are_hidden(tmp_path):

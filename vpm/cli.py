@@ -153,13 +153,6 @@ def cmd_health(args) -> int:
     return EXIT_OK if report["status"] != "fail" else EXIT_ERROR
 
 
-def _positive(text: str) -> int:
-    value = non_negative(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def non_negative(text: str) -> int:
     """An argparse type: a whole number, 0 or more (shared by every command's counts)."""
     return _whole_number(text, 0, "0 or more")
@@ -219,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", cmd_list, "list the catalog's products a page at a time, the most recently added or changed first")
     p.add_argument("--category", action="append", help="only this category (repeat for several)")
     p.add_argument("--name", help="only products whose name contains this")
-    p.add_argument("--limit", type=_positive, default=50, help="products per page (default 50)")
+    p.add_argument("--limit", type=positive, default=50, help="products per page (default 50)")
     p.add_argument("--offset", type=non_negative, default=0, help="skip this many (default 0)")
 
     p = command("delete", cmd_delete, "delete a product and its images")

@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +46,7 @@ from .catalog import CatalogError, Photo, Product, validate_product
 from .cluster_work import EmbedPhotos, read_source, read_stored
 from .importer import ImportIssue, ImportLimits, open_source
 from .indexing import IndexStatus
+from .pipeline import chunked
 from .results import ImportReport
 from .vector_index import PhotoVector
 
@@ -62,7 +63,6 @@ READ_CPUS = 0.25  # reading is I/O: a quarter of a CPU per read task leaves the 
 WALK_CHUNK = 1000
 VPM_PACKAGE = Path(__file__).resolve().parent
 
-T = TypeVar("T")
 
 
 class ClusterError(RuntimeError):
@@ -176,17 +176,6 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _check_model(batch: pa.Table, model_id: str) -> None:
     found = set(batch.column("model_id").to_pylist())
     if found - {model_id}:
@@ -217,7 +206,7 @@ def reindex(matcher: Matcher, *, rebuild: bool = False, progress: Progress | Non
     indexer, embedder = matcher.indexer, matcher.embedder
     vectors = matcher.vectors
     rows, total, done = [], 0, 0
-    for chunk in _chunks(indexer.photos_to_embed(rebuild), WALK_CHUNK):
+    for chunk in chunked(indexer.photos_to_embed(rebuild), WALK_CHUNK):
         total += len(chunk)
         known = {} if rebuild else vectors.vectors_for_shas({photo.sha256 for _product, photo in chunk})
         reused = [PhotoVector(photo.key, product.id, photo.sha256, product.category, known[photo.sha256])

@@ -212,7 +212,7 @@ class Network:
                                             providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._lane_session: Any = None  # the single-threaded session, made on the first batch
-        self._lanes_lock = threading.Lock()
+        self._in_flight_lock = threading.Lock()
         self._lanes_ready_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight = 0  # calls running now, from any thread (concurrent API requests, an import)
@@ -228,7 +228,7 @@ class Network:
     def run(self, **inputs: np.ndarray) -> np.ndarray:
         feeds = {name: inputs[name] for name in self.input_names}
         rows = len(next(iter(feeds.values())))
-        with self._lanes_lock:
+        with self._in_flight_lock:
             alone = rows == 1 and self._in_flight == 0  # a lone photo gets every core; company takes a lane
             self._in_flight += 1
         try:
@@ -238,7 +238,7 @@ class Network:
                 return np.concatenate([self.session.run(None, _row(feeds, i))[0] for i in range(rows)])
             return self._run_on_lanes(feeds, rows)
         finally:
-            with self._lanes_lock:
+            with self._in_flight_lock:
                 self._in_flight -= 1
 
     def _run_on_lanes(self, feeds: dict[str, np.ndarray], rows: int) -> np.ndarray:

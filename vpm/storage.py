@@ -287,6 +287,11 @@ class Storage(ABC):
                 return
             token = page.next_token
 
+    def iter_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under `prefix`: what a size estimate needs, without content digests."""
+        for info in self.iter_objects(prefix):
+            yield info.key, info.size
+
 
 # --------------------------------------------------------------------------------------------- local
 
@@ -476,6 +481,16 @@ class LocalStorage(Storage):
                     keys.append(key)
         keys.sort()
         return keys
+
+    def iter_sizes(self, prefix=""):
+        # A stat per file: a listing would also read and hash every file for its ETag and SHA-256.
+        if prefix:
+            validate_key(prefix.rstrip("/") or "x")
+        for key in self._all_keys(prefix):
+            try:
+                yield key, (self.root / key).stat().st_size
+            except FileNotFoundError:  # deleted between walk and stat
+                continue
 
     def list(self, prefix="", delimiter=None, page_size=1000, token=None):
         if prefix:

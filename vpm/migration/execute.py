@@ -16,6 +16,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from ..catalog import CatalogError
+from ..engine import chunks
 from ..health import Check
 from ..storage import PreconditionFailed, StorageError
 from . import ledger
@@ -35,7 +36,7 @@ from .files import (
     run_all,
 )
 from .merge import merge_products
-from .plan import MigrationPlan, chunks
+from .plan import MigrationPlan
 from .report import CONFLICT, FAILED, SKIPPED, UPLOADED, ItemResult, ProductsResult, VectorsResult, few
 from .target import Source, Target
 

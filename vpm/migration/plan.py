@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from ..catalog import Product
 from ..config import Settings
 from ..costs import Estimate, Traffic, estimate
+from ..engine import chunks  # products or vectors per engine request: bounded IN lists
 from . import ledger as ledger_module
 from .files import (
     ACTIONS,
@@ -33,14 +34,6 @@ from .merge import merge_products
 from .report import few
 from .size import catalog_size
 from .target import MigrationError, Source, Target, half_set_keys, plan_fingerprint
-
-BATCH = 500  # products or vectors per engine request: bounded IN lists, one commit per batch
-T = TypeVar("T")
-
-
-def chunks(items: Sequence[T], size: int = BATCH) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 @dataclass(frozen=True)
