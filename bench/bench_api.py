@@ -12,9 +12,9 @@ photo searches (`POST /api/search`, top_k 10) over keep-alive connections until 
 Configs: `auto` or `torch` (VPM_RUNTIME: ONNX Runtime where it matches torch, or torch), `+batch` or not
 (VPM_API_BATCH_QUERIES=true: concurrent queries embedded together, or false: one model call each; the app's
 default `auto` batches on torch only, so `auto` and `torch+batch` are what it runs). `torch` without batching is
-the API as it was before issue 14. `+norerank` turns off the keypoint verification of the
-top candidates (VPM_RERANK=false; issue 13 made it the default, after the baseline below was measured). Target (issue 14, offline model, 2 cores): twice the 35
-req/s measured then, with p95 <= 150 ms. The clients run on the same machine as the server: their own CPU use
+the API as it was before issue 14. `+norerank` turns off the keypoint verification of the top candidates
+(VPM_RERANK=false; issue 13 made it the default, after the baseline below was measured). Target (issue 14,
+offline model, 2 cores): twice the 35 req/s measured then, with p95 <= 150 ms. The clients run on the same machine as the server: their own CPU use
 is in the figures, as it was in the baseline.
 """
 

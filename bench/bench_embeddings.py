@@ -13,8 +13,8 @@ Each row: load time (an `auto` load that had to export says so), images/s at bat
 photos (the model's preprocessing included), indexing images/s from the JPEG files through the import/index
 pipeline (read + decode + resize on a background thread while the model embeds: vpm/pipeline.py), one-photo
 query latency from JPEG bytes (decode + embed, median), one text query (median), and the cosine of each
-photo's vector to torch's (min over the photos). Each images/s figure is the median of three runs. Targets (issue 14, 2 cores): CLIP one-photo query <= 40 ms,
-CLIP indexing >= 50 images/s.
+photo's vector to torch's (min over the photos). Each images/s figure is the median of three runs. Targets
+(issue 14, 2 cores): CLIP one-photo query <= 40 ms, CLIP indexing >= 50 images/s.
 """
 
 from __future__ import annotations

@@ -110,8 +110,8 @@ def test_offline_network_follows_torch_at_any_input_size():
 @pytest.mark.parametrize("runtime", ["onnx-int8", "onnx-fp32"])
 def test_a_vector_does_not_depend_on_the_rest_of_its_batch(tiny_clip_dir, monkeypatch, threads, runtime):
     """int8 graphs quantize activations by the batch's range: they run a row at a time so a micro-batched
-    search answers exactly what it would alone. With 2 threads a batch runs on single-threaded sessions side by
-    side, a single photo on one session using both: the vectors are the same either way."""
+    search answers exactly what it would alone. With 2 threads a batch runs two rows at a time on a
+    single-threaded session, a single photo on the session using both: the vectors are the same either way."""
     monkeypatch.setenv("VPM_THREADS", threads)
     embedder = load_embedder(str(tiny_clip_dir), "cpu", runtime=runtime)
     images = onnx_runtime.probe_images(5)
