@@ -46,22 +46,53 @@ def test_a_password_must_be_entered_and_is_compared_exactly():
     rules = settings(vpm_admin_password=SecretStr("correct horse"))
     signed_out = access.decide(rules, oidc=False)
     assert not signed_out.may_change and signed_out.offer_password and "Sign in" in signed_out.why_not
-    assert access.check_password(rules, "correct hors") is None
-    assert access.check_password(rules, "correct horse ") is None
-    token = access.check_password(rules, "correct horse")
+    assert access.check_password(rules, "correct hors", session="s") is None
+    assert access.check_password(rules, "correct horse ", session="s") is None
+    token = access.check_password(rules, "correct horse", session="s")
     assert token and "correct horse" not in token  # the session keeps a digest, never the password
     assert access.token_valid(rules, token)
     assert not access.token_valid(settings(vpm_admin_password=SecretStr("changed")), token)
     assert access.decide(rules, oidc=False, password_ok=True).may_change
 
 
-def test_wrong_passwords_are_throttled_across_sessions_even_the_right_one():
+def test_wrong_passwords_are_throttled_in_their_session_even_the_right_one():
     rules = settings(vpm_admin_password=SecretStr("pw"))
     for _ in range(access.THROTTLE_FAILURES):
-        assert access.check_password(rules, "guess", now=100.0) is None
+        assert access.check_password(rules, "guess", session="guesser", now=100.0) is None
     with pytest.raises(access.SignInThrottled, match="wait"):
-        access.check_password(rules, "pw", now=101.0)
-    assert access.check_password(rules, "pw", now=100.0 + access.THROTTLE_WINDOW_S + 1)  # the window passed
+        access.check_password(rules, "pw", session="guesser", now=101.0)
+    assert access.check_password(rules, "pw", session="guesser", now=100.0 + access.THROTTLE_WINDOW_S + 1)
+
+
+def test_a_stranger_guessing_away_never_locks_the_owner_out():
+    """One wrong password every 12 s from another session (and another address) for ten minutes: the owner's
+    right password works on the first try all along."""
+    rules = settings(vpm_admin_password=SecretStr("pw"))
+    refused = 0
+    for tick in range(50):
+        now = 1000.0 + 12 * tick
+        try:
+            access.check_password(rules, "guess", session="jammer", client="203.0.113.9", now=now)
+        except access.SignInThrottled:
+            refused += 1
+        assert access.check_password(rules, "pw", session=f"owner-{tick}", client="198.51.100.7", now=now + 1)
+    assert refused  # the jammer is still slowed down in its own session
+
+
+def test_a_client_opening_new_sessions_is_still_one_client_and_everyone_has_a_backstop():
+    rules = settings(vpm_admin_password=SecretStr("pw"))
+    for i in range(access.THROTTLE_CLIENT_FAILURES):
+        assert access.check_password(rules, "guess", session=f"fresh-{i}", client="203.0.113.9", now=100.0) is None
+    with pytest.raises(access.SignInThrottled):
+        access.check_password(rules, "pw", session="fresh-new", client="203.0.113.9", now=101.0)
+    assert access.check_password(rules, "pw", session="owner", client="198.51.100.7", now=101.0)
+
+    access.reset_throttle()
+    for i in range(access.THROTTLE_PROCESS_FAILURES):  # many addresses at once: the process-wide backstop
+        assert access.check_password(rules, "guess", session=f"s{i}", client=f"10.0.{i // 250}.{i % 250}",
+                                     now=200.0) is None
+    with pytest.raises(access.SignInThrottled):
+        access.check_password(rules, "pw", session="owner", client="198.51.100.7", now=201.0)
 
 
 def test_streamlit_sign_in_and_the_allowed_emails():
@@ -190,6 +221,25 @@ def test_a_wrong_password_is_refused_and_the_right_one_is_accepted(app_settings,
 
     at = button(at, "Sign out").click().run()
     assert any(m.value == "may change: False" for m in at.markdown)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_the_owner_signs_in_on_the_first_try_while_another_session_guesses_wrong(app_settings, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("VPM_ADMIN_PASSWORD", "correct horse")
+    jammer = AppTest.from_string(SIGN_IN_PANEL, default_timeout=60).run()
+    for _ in range(access.THROTTLE_FAILURES + 1):
+        password_box(jammer).input("guess")
+        jammer = button(jammer, "Sign in with the password").click().run()
+    assert "Too many wrong passwords" in " ".join(shown(e.value) for e in jammer.error)  # slowed down
+
+    owner = AppTest.from_string(SIGN_IN_PANEL, default_timeout=60).run()
+    password_box(owner).input("correct horse")
+    owner = button(owner, "Sign in with the password").click().run()
+
+    assert not owner.exception and not owner.error
+    assert any(m.value == "may change: True" for m in owner.markdown)
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)

@@ -28,7 +28,7 @@ from vpm.api import ServerLimits, create_app, server_limits
 from vpm.config import ConfigError, load_settings
 from vpm.matcher import Matcher
 
-from conftest import free_port, stop_process
+from conftest import free_port, make_product_photo, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HANG_BOUND_S = 15  # a server that has not answered or closed by then is hanging
@@ -422,6 +422,28 @@ def test_a_storage_or_catalog_error_names_no_server_path(search_settings, monkey
     assert response.json()["success"] is False
     assert "Permission denied; check VPM_DATA_DIR" in response.json()["error"]  # the advice stays
     assert str(tmp_path) not in response.text and "/tmp" not in response.text
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_lost_table_file_is_a_503_that_names_no_server_path(search_settings, tmp_path):
+    """LanceDB names its files without the leading slash ("tmp/.../products.lance/data/x.lance"): still a path
+    of this server, so it must not reach a client either."""
+    from vpm import engine
+
+    matcher = Matcher(search_settings)
+    matcher.add_product(make_product_photo(1), "mug.png", name="Red mug", category="Kitchen")
+    data = search_settings.vpm_data_dir / search_settings.metadata_prefix / "products.lance" / "data"
+    for lost in data.iterdir():
+        lost.unlink()
+    engine.forget()
+    client = TestClient(create_app(search_settings, Matcher(search_settings)), raise_server_exceptions=False)
+
+    response = client.get("/api/products")
+
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert "cannot read the products table" in error and "<server path>" in error
+    assert str(tmp_path).lstrip("/") not in error and "/root/" not in error, error
 
 
 def test_a_model_error_names_no_server_path(search_settings, monkeypatch):

@@ -130,6 +130,20 @@ def test_an_edit_changes_only_the_editable_fields_and_bumps_the_revision(store):
         store.update("nope", name="x")
 
 
+def test_a_price_over_the_maximum_is_refused_but_one_stored_before_stays_usable(store):
+    from vpm.catalog import MAX_PRICE, validate_product
+
+    with pytest.raises(InvalidProduct, match=r"invalid price: 1e\+308 is more than the largest price accepted"):
+        validate_product(id="p0", name="Mug", category="Kitchen", price=1e308)
+    store.add([product("p1", price=MAX_PRICE)])
+    with pytest.raises(InvalidProduct, match="largest price accepted"):
+        store.update("p1", price=MAX_PRICE * 10)
+    store.table.update(where="id = 'p1'", values={"price": 1e308})  # as a catalog of an older release holds it
+    assert store.get("p1").price == 1e308  # still readable
+    assert store.add_photos("p1", [photo("p1-new")]).price == 1e308  # and still changeable, price kept
+    assert store.update("p1", name="Big mug").name == "Big mug"
+
+
 def test_concurrent_photo_additions_to_one_product_all_land(store):
     store.add([product("p1")])
 
@@ -205,6 +219,43 @@ def test_a_table_whose_files_are_damaged_is_reported_not_recreated(engine_locati
     with pytest.raises(engine.TableUnreadable, match="left untouched"):
         LanceCatalogStore(engine_location, exists=True).get("p1")
     assert [o.key for o in storage.iter_objects(f"{prefix}products.lance/")] == keys
+
+
+def _version(key: str) -> int:
+    """A Lance version file's version: "3.manifest", or u64::MAX - version in 20 digits (the newer naming)."""
+    stem = key.rpartition("/")[2].removesuffix(".manifest")
+    return 2**64 - 1 - int(stem) if len(stem) == 20 else int(stem)
+
+
+def test_a_garbage_newest_version_file_is_named_with_the_way_back(engine_location, storage_for_location, tmp_path):
+    """One 4 KB garbage file as the newest version: refused, nothing changed, and the message names that file
+    (relative to the catalog folder), says the older versions are intact and what to do; doing it brings the
+    catalog back."""
+    store = LanceCatalogStore(engine_location)
+    for pid in ("p1", "p2", "p3"):
+        store.add([product(pid)])
+    engine.forget()
+    storage, prefix = storage_for_location
+    versions = sorted((o.key for o in storage.iter_objects(f"{prefix}products.lance/_versions/")
+                       if o.key.endswith(".manifest")), key=_version)
+    newest = versions[-1]
+    storage.put(newest, b"\x07" * 4096)
+    before = {o.key: o.etag for o in storage.iter_objects(f"{prefix}products.lance/")}
+
+    with pytest.raises(engine.TableUnreadable) as refused:
+        LanceCatalogStore(engine_location, exists=True).get("p1")
+
+    message = str(refused.value)
+    assert f"its newest version file {newest} " in message and newest.startswith(f"{prefix}products.lance/")
+    assert "left untouched" in message and "the older versions are intact" in message
+    assert "move that one file aside, out of the catalog" in message
+    assert str(tmp_path) not in message.split("exists but")[1] and ".rs:" not in message
+    assert {o.key: o.etag for o in storage.iter_objects(f"{prefix}products.lance/")} == before  # nothing changed
+
+    storage.delete(newest)  # what the message says to do (moved aside: kept elsewhere)
+    engine.forget()
+    back = LanceCatalogStore(engine_location, exists=True)
+    assert {p.id for p in back.page(limit=10).items} == {"p1", "p2"}  # as it was before the last add
 
 
 def test_one_by_one_adds_are_compacted_and_indexed_and_still_read_right(store, monkeypatch):

@@ -85,6 +85,25 @@ def test_reports_a_missing_image_and_thumbnail_and_orphans(matcher, storage):
     assert json.loads(json.dumps(doc))["orphans"][0]["key"] == "images/stray.png"
 
 
+def test_a_bounded_report_says_so_and_never_calls_an_unlisted_file_missing(matcher, storage):
+    """A health check reads at most `limit` products and files of each folder: what it did not look at is neither
+    missing nor fine, and the report says it is partial."""
+    # Added p1, p4, p2, p3, p5: the first two read are p1 and p4; files are listed by key (p1, p2, p3, p4, p5).
+    order = ["p1", "p4", "p2", "p3", "p5"]
+    added = {pid: add(matcher, pid, (40 * i, 30, 200 - 40 * i)) for i, pid in enumerate(order)}
+    storage.delete(added["p1"].image_key)  # before where the listing of 2 images (p2, p3) stops: really missing
+    storage.delete(added["p4"].image_key)  # read, but past where the listing stopped: not looked at
+
+    bounded = consistency_report(matcher, vectors=False, limit=2)
+    full = consistency_report(matcher, vectors=False)
+
+    assert not bounded.complete and (bounded.products, bounded.products_in_catalog) == (2, 5)
+    assert [m.key for m in bounded.missing] == [added["p1"].image_key]
+    assert bounded.orphans == []
+    assert {m.key for m in full.missing} == {added["p1"].image_key, added["p4"].image_key} and full.complete
+    assert consistency_report(matcher, vectors=False, limit=5).missing == full.missing  # the whole catalog fits
+
+
 def test_metadata_is_never_an_orphan_even_with_an_empty_image_prefix(tmp_path, monkeypatch):
     from vpm.config import load_settings
     from vpm.storage import make_storage
@@ -256,7 +275,7 @@ def test_vectors_missing_for_the_model_that_will_run_without_loading_it(settings
     nothing = consistency_report(matcher).vectors
     assert nothing.state == "missing" and "none of the 2 products" in nothing.detail
 
-    model_id = model_slug(settings.vpm_model) if cached else "efficientnet-lite0"
+    model_id = model_slug(settings.vpm_model if cached else "efficientnet-lite0")  # the built-in's own id
     index = LanceVectorIndex(matcher.where, model_id, 3)
     index.upsert([PhotoVector(key1, "p1", "a" * 64, "Test", np.array([0.6, 0.8, 0.0], dtype=np.float32))])
     report = consistency_report(matcher)

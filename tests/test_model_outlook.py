@@ -39,9 +39,15 @@ def test_a_cached_model_is_ready_and_reads_words(tmp_path):
                          "by photo or by words.")
 
 
+def built_in_id() -> str:
+    """The id the loaded built-in model gives its vectors (its class, without loading the network)."""
+    return embeddings.EfficientNetEmbedder(None, "cpu").model_id
+
+
 def test_offline_without_the_model_the_built_in_one_runs_and_no_path_is_shown(tmp_path):
     seen = outlook("clip-ViT-B-32")  # HF_HUB_OFFLINE is set for every test
-    assert (seen.state, seen.model_id, seen.words) == ("fallback", "efficientnet-lite0", False)
+    assert (seen.state, seen.model_id, seen.words) == ("fallback", built_in_id(), False)
+    assert seen.fallback
     assert "built-in image model (EfficientNet-Lite0)" in seen.line and "search by words needs CLIP" in seen.line
     assert str(tmp_path) not in seen.line
 
@@ -56,7 +62,15 @@ def test_a_model_folder_is_named_by_its_last_part_never_its_path(tiny_clip_dir, 
 
 def test_the_built_in_model_on_purpose_needs_nothing():
     seen = outlook("efficientnet-lite0")
-    assert (seen.state, seen.model_id, seen.words) == ("ready", "efficientnet-lite0", False)
+    assert (seen.state, seen.words) == ("ready", False) and seen.fallback
+
+
+def test_before_the_load_the_built_in_model_is_named_by_the_id_its_vectors_carry():
+    """Counting vectors before the first search (health, Home, consistency) must look in the table the loaded
+    built-in model writes, descriptor suffix and all: else a fully indexed catalog reads as "1 of 1 to embed"."""
+    assert built_in_id() != embeddings.FALLBACK_MODEL  # the descriptor makes it a different id
+    assert outlook("efficientnet-lite0").model_id == built_in_id()
+    assert outlook("clip-ViT-B-32").model_id == built_in_id()  # the offline fallback: the same model
 
 
 def test_a_loaded_model_says_what_runs():

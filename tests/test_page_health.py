@@ -68,3 +68,31 @@ def test_settings_are_shown_with_secrets_masked_and_versions_listed(app_settings
     versions = dict(zip(versions_table["package"], versions_table["version"], strict=False))
     assert versions["streamlit"][0].isdigit()
     assert versions["python"].startswith("3.")
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_catalog_indexed_by_the_built_in_model_reads_as_indexed_before_the_model_loads(
+    app_settings, open_page, monkeypatch
+):
+    """`vpm index --check` says 1/1: the page, which counts without loading the model, must say so too."""
+    from vpm.embeddings import EfficientNetEmbedder
+    from vpm.matcher import Matcher
+
+    from conftest import make_product_photo
+    from fakes import ColourMeanEmbedder
+
+    class BuiltIn(ColourMeanEmbedder):  # writes its vectors under the id the built-in model gives them
+        model_id = EfficientNetEmbedder(None, "cpu").model_id
+
+    monkeypatch.setenv("VPM_MODEL", "efficientnet-lite0")
+    built_in = app_settings.model_copy(update={"vpm_model": "efficientnet-lite0"})
+    Matcher(built_in, embedder=BuiltIn()).add_product(make_product_photo(1), "mug.png", name="Red mug",
+                                                      category="Kitchen")
+
+    at = open_page(HEALTH)
+
+    assert not at.exception
+    markdown = [shown(m.value) for m in at.markdown]
+    assert any("**model and index** (pass)" in m for m in markdown), markdown
+    assert any(f"1 photos of 1 products have a vector for {BuiltIn.model_id}" in m for m in markdown)
+    assert not any("no vector" in m for m in markdown)

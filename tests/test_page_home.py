@@ -85,12 +85,13 @@ def test_the_index_is_counted_for_the_model_that_will_run_not_the_one_that_canno
     app_settings, open_page, monkeypatch, tmp_path
 ):
     """An import embedded by the offline fallback: Home must not say every photo is still to embed."""
+    from vpm.embeddings import EfficientNetEmbedder
     from vpm.matcher import Matcher
 
     from fakes import ColourMeanEmbedder
 
     class Fallback(ColourMeanEmbedder):
-        model_id = "efficientnet-lite0"
+        model_id = EfficientNetEmbedder(None, "cpu").model_id  # the id the built-in model's vectors carry
 
     seeder = Matcher(app_settings.model_copy(update={"vpm_model": "clip-ViT-B-32"}), embedder=Fallback())
     seeder.add_product(make_product_photo(1), "mug.png", name="Red mug", category="Kitchen")

@@ -5,7 +5,8 @@ deletion, migration) are allowed:
 - never when VPM_READ_ONLY=true (a public demo): signing in does not change that;
 - else, when a sign-in is configured, only for a session that signed in: with `st.login` (an `[auth]` section in
   Streamlit's secrets; VPM_ADMIN_EMAILS, when set, names who may change things) or with VPM_ADMIN_PASSWORD
-  (compared in constant time, and wrong guesses are throttled across the whole process);
+  (compared in constant time; wrong guesses are throttled per session and per client, with a high limit for the
+  whole process as a backstop);
 - else (nothing configured, e.g. on a laptop) for everyone, as before.
 
 Pure decisions, importable without Streamlit: vpm.webapp reads st.user, st.secrets and the session and lays out
@@ -29,9 +30,12 @@ from .errors import VpmError
 if TYPE_CHECKING:
     from .config import Settings
 
-# Wrong passwords allowed in THROTTLE_WINDOW_S across the process before every attempt is refused for a while:
-# a visitor cannot open sessions faster than the guesses run out.
-THROTTLE_FAILURES = 5
+# Wrong passwords allowed in THROTTLE_WINDOW_S before the attempts are refused for a while, counted per session
+# and per client (its address: a visitor who opens new sessions is still one client). Across the whole process
+# only a high backstop, so a stranger guessing away never locks the owner, in a session of their own, out.
+THROTTLE_FAILURES = 5  # per session
+THROTTLE_CLIENT_FAILURES = 2 * THROTTLE_FAILURES  # per client address, over all its sessions
+THROTTLE_PROCESS_FAILURES = 10 * THROTTLE_FAILURES  # everyone together: the backstop against many addresses
 THROTTLE_WINDOW_S = 60.0
 
 READ_ONLY_WHY = "This is a read-only copy of the catalog: search and browse freely; changes are switched off."
@@ -107,7 +111,10 @@ def decide(
 # --------------------------------------------------------------------------------------------- password
 
 _process_key = secrets.token_bytes(32)  # session tokens die with the process
-_failures: deque[float] = deque()
+# Times of recent wrong attempts: per session, per client address, and all of them. Only THROTTLE_WINDOW_S is
+# kept, and an attempt refused by the throttle is not recorded, so at most THROTTLE_PROCESS_FAILURES are held.
+_failures: dict[str, deque[float]] = {}
+_all_failures: deque[float] = deque()
 _failures_lock = threading.Lock()
 
 
@@ -123,24 +130,43 @@ def token_valid(settings: Settings, token: object) -> bool:
     return hmac.compare_digest(token, session_token(settings.vpm_admin_password.get_secret_value()))
 
 
-def check_password(settings: Settings, attempt: str, *, now: float | None = None) -> str | None:
+def _recent(times: deque[float], now: float) -> deque[float]:
+    while times and now - times[0] > THROTTLE_WINDOW_S:
+        times.popleft()
+    return times
+
+
+def check_password(
+    settings: Settings, attempt: str, *, session: str, client: str | None = None, now: float | None = None
+) -> str | None:
     """A session token when `attempt` is VPM_ADMIN_PASSWORD (constant-time comparison), else None.
 
-    Raises SignInThrottled after THROTTLE_FAILURES wrong attempts within THROTTLE_WINDOW_S, counted across every
-    session of the process; the right password is refused too until the window has passed."""
+    `session` names the browser session trying, `client` its address (None when unknown, e.g. on localhost).
+    Raises SignInThrottled after THROTTLE_FAILURES wrong attempts within THROTTLE_WINDOW_S in this session, or
+    THROTTLE_CLIENT_FAILURES from this client, or THROTTLE_PROCESS_FAILURES from everyone together; the right
+    password is refused too until the window has passed. Another session's wrong guesses never count here below
+    that backstop."""
     expected = settings.vpm_admin_password
     if expected is None:
         return None
     now = time.monotonic() if now is None else now
+    keys = [(f"session {session}", THROTTLE_FAILURES)]
+    if client:
+        keys.append((f"client {client}", THROTTLE_CLIENT_FAILURES))
     with _failures_lock:
-        while _failures and now - _failures[0] > THROTTLE_WINDOW_S:
-            _failures.popleft()
-        if len(_failures) >= THROTTLE_FAILURES:
-            wait = max(1, round(THROTTLE_WINDOW_S - (now - _failures[0])))
+        for key in [k for k, times in _failures.items() if not _recent(times, now)]:
+            del _failures[key]  # expired: the map holds only who failed in the window
+        counts = [(_failures.get(key, deque()), limit) for key, limit in keys]
+        counts.append((_recent(_all_failures, now), THROTTLE_PROCESS_FAILURES))
+        full = [times for times, limit in counts if len(times) >= limit]
+        if full:
+            wait = max(1, round(max(THROTTLE_WINDOW_S - (now - times[0]) for times in full)))
             raise SignInThrottled(f"Too many wrong passwords: wait {wait} s and try again.")
         if hmac.compare_digest(attempt.encode("utf-8"), expected.get_secret_value().encode("utf-8")):
             return session_token(expected.get_secret_value())
-        _failures.append(now)
+        for key, _limit in keys:
+            _failures.setdefault(key, deque()).append(now)
+        _all_failures.append(now)
         return None
 
 
@@ -148,3 +174,4 @@ def reset_throttle() -> None:
     """Forget wrong attempts (tests)."""
     with _failures_lock:
         _failures.clear()
+        _all_failures.clear()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import VpmError
 
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_PHOTOS = 50  # per product: enough for every side of a product, few enough to show on one page
+MAX_PAGE = 1000  # products on one page of a listing, on every face (the API's limit, the CLI's --limit)
+# The largest price a new or changed product may have: anything above is a typo (1e308 printed as 309 digits).
+# Rows already stored with more stay readable (validated with STORED), and show in scientific notation.
+MAX_PRICE = 1_000_000_000
+STORED = {"stored": True}  # validation context for rows read back: what was accepted once is not refused now
 EDITABLE_FIELDS = frozenset({"name", "category", "price", "description", "attributes"})
 
 
@@ -155,6 +160,13 @@ class Product(BaseModel):
         if isinstance(v, str):
             v = _DESCRIPTION_CONTROL_RE.sub("", v)
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("price")
+    @classmethod
+    def _sane_price(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and v > MAX_PRICE and not (info.context or {}).get("stored"):
+            raise ValueError(f"{v:g} is more than the largest price accepted ({MAX_PRICE:,}); check the number")
+        return v
 
     @field_validator("attributes")
     @classmethod
@@ -361,8 +373,10 @@ def without_photo(product: Product, key: str) -> Product:
 
 def _revised(product: Product, fields: dict[str, Any]) -> Product:
     data = {**product.model_dump(), **fields, "revision": product.revision + 1, "updated_at": now_iso()}
+    # A price kept as it was stays acceptable (a product stored before MAX_PRICE can still get a new photo).
+    kept_price = data.get("price") == product.price
     try:
-        return Product.model_validate(data)
+        return Product.model_validate(data, context=STORED if kept_price else None)
     except ValidationError as err:
         raise InvalidProduct(one_problem(err)) from None
 

@@ -13,8 +13,10 @@ import logging
 import sys
 from pathlib import Path
 
+from .catalog import MAX_PAGE, MAX_PRICE
 from .config import ConfigError, configure_logging, load_settings
 from .errors import VpmError, log_unexpected, something_went_wrong
+from .presentation import format_price
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ def cmd_list(args) -> int:
         return EXIT_OK
     width = max((len(p.id) for p in page.items), default=0)
     for p in page.items:
-        price = f"  ${p.price:,.2f}" if p.price is not None else ""
+        price = f"  {format_price(p.price)}" if p.price is not None else ""
         photos = f"  ({len(p.photos)} photos)" if len(p.photos) > 1 else ""
         print(terminal_safe(f"{p.id:<{width}}  {p.name} [{p.category}]{price}{photos}"))
     shown = f"{page.offset + 1}-{page.offset + len(page.items)} of " if page.items else "none of "
@@ -163,6 +165,16 @@ def positive(text: str) -> int:
     return _whole_number(text, 1, "at least 1")
 
 
+def page_size(text: str) -> int:
+    """An argparse type: products on one page, 1 to MAX_PAGE (as the API allows)."""
+    value = _whole_number(text, 1, "at least 1")
+    if value > MAX_PAGE:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_PAGE} (one page), got {value}; see the next page with --offset"
+        )
+    return value
+
+
 def _whole_number(text: str, minimum: int, limit: str) -> int:
     try:
         value = int(text)
@@ -182,6 +194,8 @@ def _price(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a price (write it like 12.50)") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a price (a finite number, 0 or more)")
+    if value > MAX_PRICE:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than the largest price accepted ({MAX_PRICE:,})")
     return value
 
 
@@ -212,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", cmd_list, "list the catalog's products a page at a time, the most recently added or changed first")
     p.add_argument("--category", action="append", help="only this category (repeat for several)")
     p.add_argument("--name", help="only products whose name contains this")
-    p.add_argument("--limit", type=positive, default=50, help="products per page (default 50)")
+    p.add_argument("--limit", type=page_size, default=50, help=f"products per page (default 50, at most {MAX_PAGE})")
     p.add_argument("--offset", type=non_negative, default=0, help="skip this many (default 0)")
 
     p = command("delete", cmd_delete, "delete a product and its images")

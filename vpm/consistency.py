@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # A file younger than this may belong to a product that is being added right now (image before metadata).
 RECENT_SECONDS = 10 * 60
+LIST_PAGE = 1000  # keys a listing page asks for
 
 FileKind = Literal["image", "thumbnail"]
 VectorState = Literal["ok", "missing", "unknown"]
@@ -89,6 +90,10 @@ class ConsistencyReport:
     orphans: list[Orphan]
     vectors: VectorCoverage
     catalog_exists: bool = True
+    # With a `limit` (a health check): whether every product was read and every file listed. When not, the
+    # figures are for what was looked at: `products` read of `products_in_catalog`, files listed up to the limit.
+    complete: bool = True
+    products_in_catalog: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -140,6 +145,7 @@ class ConsistencyReport:
             "missing": [m.as_dict() for m in self.missing],
             "orphans": [o.as_dict() for o in self.orphans],
             "vectors": self.vectors.as_dict(),
+            "complete": self.complete,
         }
 
 
@@ -178,18 +184,6 @@ def _kind_of(key: str, settings) -> FileKind | None:
         return None
     matches = [(len(p), kind) for kind, p in _file_prefixes(settings).items() if key.startswith(p)]
     return max(matches)[1] if matches else None
-
-
-def _list_files(storage, settings) -> dict[str, tuple[FileKind, ObjectInfo]]:
-    files: dict[str, tuple[FileKind, ObjectInfo]] = {}
-    prefixes = set(_file_prefixes(settings).values())
-    # List each folder once: one prefix inside the other (e.g. an empty image prefix) is already covered.
-    for prefix in sorted(p for p in prefixes if not any(q != p and p.startswith(q) for q in prefixes)):
-        for info in storage.iter_objects(prefix):
-            kind = _kind_of(info.key, settings)
-            if kind is not None:
-                files[info.key] = (kind, info)
-    return files
 
 
 def _is_recent(info: ObjectInfo, now: datetime, min_age_seconds: float) -> bool:
@@ -235,32 +229,52 @@ def _vector_coverage(matcher: Matcher) -> VectorCoverage:
 
 
 def consistency_report(
-    matcher: Matcher, *, vectors: bool = True, now: datetime | None = None, min_age_seconds: float = RECENT_SECONDS
+    matcher: Matcher, *, vectors: bool = True, now: datetime | None = None, min_age_seconds: float = RECENT_SECONDS,
+    limit: int | None = None,
 ) -> ConsistencyReport:
     """Compare the catalog with the files in storage: photos whose file is missing, files no photo uses.
 
     The catalog is read a batch at a time and the listing a page at a time; only the listed keys are held
     (about 100 bytes a file). Raises the catalog's own clear error when it cannot be read.
+
+    `limit` bounds the work (a health check at any catalog size): at most that many files of each folder are
+    listed and that many products read, and the report says `complete=False` when that left some out. Listings
+    come sorted by key, so a photo's file is called missing only when the listing of its folder reached past its
+    key; a file not looked at is never reported either way.
     """
     settings, storage = matcher.settings, matcher.storage
     now = now or datetime.now(UTC)
     catalog_exists = matcher.catalog_exists()
     listed: dict[str, FileKind] = {}
+    listed_up_to: dict[str, str] = {}  # folder -> the last key listed, for folders whose listing the limit cut off
     orphans: list[Orphan] = []
-    for page in _file_pages(storage, settings):
-        used = matcher.catalog.referenced([info.key for _kind, info in page]) if catalog_exists else set()
+    for folder, page, cut_at in _file_pages(storage, settings, limit):
+        if cut_at is not None:
+            listed_up_to[folder] = cut_at
+        used = matcher.catalog.referenced([info.key for _kind, info in page]) if catalog_exists and page else set()
         for kind, info in page:
             listed[info.key] = kind
             if info.key not in used:
                 orphans.append(Orphan(info.key, kind, info.size, info.last_modified,
                                       _is_recent(info, now, min_age_seconds)))
+    folders = _folders(settings)
     missing: list[MissingFile] = []
     products = 0
+    all_products = True
     for product in matcher.iter_products() if catalog_exists else ():
+        if limit is not None and products >= limit:
+            all_products = False
+            break
         products += 1
         for photo in product.photos:
             for kind, key in (("image", photo.key), ("thumbnail", photo.thumbnail_key)):
-                if key and key not in listed and not _exists_outside_listing(storage, key, settings):
+                if not key or key in listed:
+                    continue
+                folder = next((f for f in folders if key.startswith(f)), None)
+                if folder is None:  # outside both folders: asked for by itself
+                    if not _exists_outside_listing(storage, key, settings):
+                        missing.append(MissingFile(product.id, product.name, kind, key))
+                elif folder not in listed_up_to or key <= listed_up_to[folder]:  # the listing got past it
                     missing.append(MissingFile(product.id, product.name, kind, key))
     coverage = vector_coverage(matcher) if vectors else VectorCoverage("unknown", None, "not checked")
     return ConsistencyReport(
@@ -272,20 +286,35 @@ def consistency_report(
         orphans=sorted(orphans, key=lambda o: o.key),
         vectors=coverage,
         catalog_exists=catalog_exists,
+        complete=all_products and not listed_up_to,
+        products_in_catalog=products if all_products else matcher.count_products(),
     )
 
 
-def _file_pages(storage, settings) -> Iterator[list[tuple[FileKind, ObjectInfo]]]:
-    """Image and thumbnail files, a listing page at a time (each folder listed once)."""
+def _folders(settings) -> list[str]:
+    """The image and thumbnail prefixes to list: each folder once (one inside the other is already covered)."""
     prefixes = set(_file_prefixes(settings).values())
-    for prefix in sorted(p for p in prefixes if not any(q != p and p.startswith(q) for q in prefixes)):
+    return sorted(p for p in prefixes if not any(q != p and p.startswith(q) for q in prefixes))
+
+
+def _file_pages(
+    storage, settings, limit: int | None = None
+) -> Iterator[tuple[str, list[tuple[FileKind, ObjectInfo]], str | None]]:
+    """(folder, its image and thumbnail files on one listing page, the page's last key when `limit` stops the
+    listing of that folder after this page, else None), a listing page at a time."""
+    for prefix in _folders(settings):
         token = None
+        seen = 0
         while True:
-            page = storage.list(prefix, page_size=1000, token=token)
+            # Bounded: one page of what is left (a local listing walks the folder for each page; S3 pages by 1000).
+            size = LIST_PAGE if limit is None else max(1, limit - seen)
+            page = storage.list(prefix, page_size=size, token=token)
+            seen += len(page.objects)
             files = [(kind, info) for info in page.objects if (kind := _kind_of(info.key, settings)) is not None]
-            if files:
-                yield files
-            if not page.next_token:
+            cut = bool(page.next_token) and limit is not None and seen >= limit
+            if files or cut:
+                yield prefix, files, (page.objects[-1].key if cut and page.objects else None)
+            if cut or not page.next_token:
                 break
             token = page.next_token
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,8 @@ class Location:
     storage_options: tuple[tuple[str, str], ...]  # for LanceDB's object store; holds secrets: never log it
     description: str  # for people, no secrets
     prefix: str  # the storage key prefix the tables live under ("metadata/")
+    # The settings it was made from: its files through vpm.storage (to say which file of a damaged table is bad).
+    settings: Any = field(default=None, compare=False, repr=False)
 
     def options(self) -> dict[str, str]:
         return dict(self.storage_options)
@@ -60,10 +63,10 @@ def location(settings: Settings) -> Location:
     prefix = settings.metadata_prefix
     if not settings.s3_enabled:
         folder = settings.vpm_data_dir.expanduser().resolve() / prefix
-        return Location(str(folder), (), f"local folder {folder}", prefix)
+        return Location(str(folder), (), f"local folder {folder}", prefix, settings)
     bucket = settings.s3_bucket_name
     uri = f"s3://{bucket}/{prefix.rstrip('/')}" if prefix else f"s3://{bucket}"
-    return Location(uri, tuple(sorted(_s3_options(settings).items())), f"s3://{bucket}/{prefix}", prefix)
+    return Location(uri, tuple(sorted(_s3_options(settings).items())), f"s3://{bucket}/{prefix}", prefix, settings)
 
 
 def _s3_options(settings: Settings) -> dict[str, str]:
@@ -156,16 +159,98 @@ def open_or_create_table(where: Location, name: str, schema, *, exists: bool | N
             table = db.open_table(name)
         except Exception as err:  # noqa: BLE001 - 'does not exist' and 'damaged' arrive as different types
             if exists:
-                raise TableUnreadable(
-                    f"the table {name} in {where.description} exists but cannot be opened ({_reason(err)}); it "
-                    "was left untouched: restore it from a backup, or move it aside to start an empty catalog"
-                ) from None
+                raise TableUnreadable(_unreadable(where, name, err)) from None
             table = _create(db, where, name, schema)
         with _lock:
             return _tables.setdefault(key, table)
 
 
 _creation_lock = threading.Lock()
+
+
+def _unreadable(where: Location, name: str, err: Exception) -> str:
+    """Why a table that exists cannot be opened and what to do: when its newest version file is the damaged part
+    and an older version opens, that file by name (relative to the catalog folder) and the way back."""
+    opened = f"the table {name} in {where.description} exists but cannot be opened"
+    try:
+        found = _damaged_newest_version(where, name)
+    except Exception as why:  # noqa: BLE001 - a diagnosis that fails must not hide the refusal itself
+        log.info("could not tell which version of %s is damaged: %s", name, _reason(why))
+        found = None
+    if found is None:
+        return (f"{opened} ({_reason(err)}); it was left untouched: restore it from a backup, or move it aside to "
+                "start an empty catalog")
+    bad_key, bad_version, reason, good_version, rows = found
+    held = f" ({rows} rows)" if rows is not None else ""
+    return (
+        f"{opened}: its newest version file {bad_key} (version {bad_version}) cannot be read ({reason}). It was "
+        f"left untouched, and the older versions are intact: version {good_version} opens{held}. To go back to "
+        f"version {good_version}, move that one file aside, out of the catalog (keep a copy for a bug report), "
+        "then try again"
+    )
+
+
+VERSIONS_CHECKED = 4  # the newest version file and up to three before it, when a table will not open
+_V2_NAME_DIGITS = 20  # Lance's newer naming: u64::MAX - version, zero-padded, so the newest lists first
+
+
+def _version_of(file_name: str) -> int | None:
+    stem, dot, ext = file_name.partition(".")
+    if ext != "manifest" or not dot or not stem.isdigit():
+        return None
+    return (2**64 - 1 - int(stem)) if len(stem) == _V2_NAME_DIGITS else int(stem)
+
+
+def _damaged_newest_version(where: Location, name: str) -> tuple[str, int, str, int, int | None] | None:
+    """(its key, its version, why, the newest older version that opens, its row count) when the table's newest
+    version file cannot be opened by itself and an older one can; None otherwise (or when it cannot tell).
+
+    Read-only: each version file is read through vpm.storage and opened with LanceDB in a scratch folder of its
+    own, never where the table lives."""
+    import heapq
+    import tempfile
+    from pathlib import Path
+
+    import lancedb
+
+    from .storage import make_storage
+
+    if where.settings is None:
+        return None
+    storage = make_storage(where.settings)
+    folder = f"{where.prefix}{name}.lance/_versions/"
+    versions = ((v, key) for key, _size in storage.iter_sizes(folder)  # names only: no file is read to list them
+                if (v := _version_of(key.rpartition("/")[2])) is not None)
+    newest = heapq.nlargest(VERSIONS_CHECKED, versions)
+    if len(newest) < 2:
+        return None
+
+    def opens(key: str) -> tuple[int, int | None] | str:
+        """(version, rows) when this version file opens by itself, else why not."""
+        with tempfile.TemporaryDirectory(prefix="vpm-version-check-") as scratch:
+            copy = Path(scratch) / f"{name}.lance" / "_versions" / key.rpartition("/")[2]
+            copy.parent.mkdir(parents=True)
+            copy.write_bytes(storage.get(key))
+            try:
+                table = lancedb.connect(scratch).open_table(name)
+                version = int(table.version)
+            except Exception as why:  # noqa: BLE001 - LanceDB's errors have no common base class
+                return _reason(why).removeprefix("lance error: ")
+            try:
+                rows: int | None = int(table.count_rows())
+            except Exception:  # noqa: BLE001 - the count needs more than the version file at times
+                rows = None
+            return version, rows
+
+    bad_version, bad_key = newest[0]
+    why = opens(bad_key)
+    if not isinstance(why, str):
+        return None  # the newest version file is fine: the damage is elsewhere
+    for _version, key in newest[1:]:
+        older = opens(key)
+        if not isinstance(older, str):
+            return bad_key, bad_version, why, older[0], older[1]
+    return None
 
 
 def _create(db, where: Location, name: str, schema):
@@ -253,10 +338,15 @@ def chunks(values, size: int = IN_LIST_SIZE):
         yield values[start : start + size]
 
 
+# Where in LanceDB's Rust sources an error was raised (", /root/.cargo/registry/.../utils.rs:172:20"): a path on
+# the machine that built it, of no use to whoever reads the message.
+_RUST_SOURCE = re.compile(r",?\s*(?:/|[A-Za-z]:\\)\S*\.rs:\d+:\d+")
+
+
 def _reason(err: Exception) -> str:
-    """One line of what the engine said, without the Rust backtrace it sometimes appends."""
+    """One line of what the engine said, without the Rust backtrace or source location it sometimes appends."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text[:300]
+    return _RUST_SOURCE.sub("", text)[:300]
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,70 @@ def storage_checks(matcher: Matcher) -> list[Check]:
     return checks
 
 
+# The files check reads at most this many products and lists at most this many files of each folder: the whole
+# catalog up to this size, a bounded sample beyond it (it says so), so a health probe stays quick at any size.
+FILES_CHECK_LIMIT = 2_000
+_SHOWN = 3  # keys named in a check's line; the Storage browser lists them all
+
+
+def files_check(matcher: Matcher, limit: int = FILES_CHECK_LIMIT) -> Check:
+    """The Storage browser's consistency check in one line: files that products point at but storage lacks (fail),
+    files no product uses (warn; only "pass" with a note while they are all minutes old: an add writes its photo
+    before its product)."""
+    from .consistency import RECENT_SECONDS, consistency_report
+    from .presentation import format_bytes, plural
+
+    where = "the Storage browser's Consistency tab"
+
+    def status() -> tuple[Status, str, str]:
+        report = consistency_report(matcher, vectors=False, limit=limit)
+        parts: list[str] = []
+        verdict: Status = "pass"
+        fixes: list[str] = []
+        if report.missing:
+            verdict = "fail"
+            named = "; ".join(f"{m.key} ({m.kind} of {m.product_id})" for m in report.missing[:_SHOWN])
+            more = f"; and {len(report.missing) - _SHOWN} more" if len(report.missing) > _SHOWN else ""
+            parts.append(f"{plural(len(report.missing), 'file')} that products point at "
+                         f"{'is' if len(report.missing) == 1 else 'are'} missing: {named}{more}")
+            fixes.append("restore the missing files, or delete and re-add those products on the Catalog page")
+        old = [o for o in report.orphans if not o.recent]
+        if report.orphans:
+            named = ", ".join(o.key for o in report.orphans[:_SHOWN])
+            more = f" and {len(report.orphans) - _SHOWN} more" if len(report.orphans) > _SHOWN else ""
+            text = (f"{plural(len(report.orphans), 'orphan file')} that no product uses "
+                    f"({format_bytes(report.orphan_bytes)}): {named}{more}")
+            if not report.catalog_exists:
+                text += "; the catalog tables do not exist, so every file looks orphaned"
+                fixes.append("restore the catalog before deleting any file")
+            elif old:
+                fixes.append(f"review and delete the orphans in {where}")
+            else:
+                text += (f" (written in the last {RECENT_SECONDS // 60} minutes: maybe a product being added right "
+                         "now)")
+            parts.append(text)
+            if old or not report.catalog_exists:
+                verdict = "warn" if verdict == "pass" else verdict
+        files = f"{plural(report.image_files, 'image')}, {plural(report.thumbnail_files, 'thumbnail')}"
+        if not parts and not report.products and not report.image_files + report.thumbnail_files:
+            parts.append("no products and no photo files yet")
+        elif not parts and report.complete:
+            parts.append(f"every file of {plural(report.products, 'product')} is there, and every file belongs to a "
+                         f"product ({files})")
+        elif not parts:
+            parts.append(f"no file missing and no orphan among those looked at ({files})")
+        detail = "; ".join(parts)
+        if not report.complete:
+            detail += (f" (a quick check: {report.products:,} of {report.products_in_catalog:,} products and at most "
+                       f"{limit:,} files of each folder were looked at; {where} checks them all)")
+        fix = "; ".join(fixes)
+        if fix and report.missing:
+            fix += f" ({where} lists them all)"
+        return verdict, detail, fix
+
+    return _run("catalog files", status, f"see {where}")
+
+
 def as_report(checks: list[Check]) -> dict:
     return {"status": overall(checks), "checks": [c.as_dict() for c in checks]}
 
@@ -204,14 +268,19 @@ def checks_for(matcher: Matcher, *, load_model: bool) -> list[Check]:
     found = storage_checks(matcher)
     if overall(found) == "fail":
         return found
+    found.append(files_check(matcher))
     found.append(model_check(matcher) if matcher.model_loaded else model_not_loaded_check(matcher))
     return found
 
 
 def full_checks(matcher: Matcher) -> list[Check]:
-    """Storage checks, then the model and the index (skipped when storage or catalog already failed)."""
+    """Storage checks and the files, then the model and the index (skipped when storage or catalog already
+    failed)."""
     checks = storage_checks(matcher)
+    storage_ok = overall(checks) != "fail"
+    if storage_ok:
+        checks.append(files_check(matcher))
     checks.append(model_check(matcher))
-    if overall(checks) != "fail":
+    if storage_ok and checks[-1].status != "fail":
         checks.append(index_check(matcher))
     return checks

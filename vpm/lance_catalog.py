@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from . import engine
 from .catalog import (
+    STORED,
     CatalogCorrupt,
     CatalogStore,
     ConcurrentChange,
@@ -108,7 +109,8 @@ def to_table(products: Sequence[Product]) -> pa.Table:
 def from_row(row: dict[str, Any], where: str) -> Product:
     try:
         attributes = json.loads(row.get("attributes") or "{}")
-        return Product.model_validate({**row, "attributes": attributes, "photos": row.get("photos") or []})
+        return Product.model_validate({**row, "attributes": attributes, "photos": row.get("photos") or []},
+                                      context=STORED)
     except Exception as err:  # noqa: BLE001 - a row this code did not write: say which one, never guess
         raise CatalogCorrupt(f"{where}: the row of product {row.get('id')!r} is not a valid product ({err})") from None
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 import numpy as np
 from pydantic import ValidationError
 
-from .catalog import CatalogCorrupt, Product, one_problem
+from .catalog import STORED, CatalogCorrupt, Product, one_problem
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def parse_products_json(raw: bytes, where: str, sha_of: Callable[[str], str | No
         if sha_of and isinstance(item, dict) and item.get("image_key") and not item.get("image_sha256"):
             item = {**item, "image_sha256": sha_of(str(item["image_key"]))}
         try:
-            products.append(Product.model_validate(item))
+            products.append(Product.model_validate(item, context=STORED))
         except ValidationError as err:
             raise CatalogCorrupt(f"{where}: product #{i + 1} is invalid ({one_problem(err)}); it was left untouched") from None
     return products

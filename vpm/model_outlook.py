@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from .embeddings import DEFAULT_MODEL, FALLBACK_MODEL, model_slug
+from .embeddings import DEFAULT_DESCRIPTOR, DEFAULT_MODEL, FALLBACK_MODEL, model_slug
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 State = Literal["loaded", "ready", "download", "fallback", "checking"]
 FALLBACK_NAME = "the built-in image model (EfficientNet-Lite0)"
+# The id the built-in model's vectors carry: its name plus its descriptor ("efficientnet-lite0-rmac384"), the id the
+# loaded embedder reports (EfficientNetEmbedder.model_id), so counting before the load finds the vectors it wrote.
+BUILT_IN_ID = DEFAULT_DESCRIPTOR.model_id
 PROBE_TTL_S = 600.0  # a hub answer is trusted this long before it is asked again
 _ST_ORG = "sentence-transformers"
 
@@ -43,7 +46,8 @@ class ModelOutlook:
 
     @property
     def fallback(self) -> bool:
-        return self.model_id == FALLBACK_MODEL
+        """Whether the built-in model runs (with any of its descriptors; the first one's id is the bare name)."""
+        return self.model_id == FALLBACK_MODEL or self.model_id.startswith(f"{FALLBACK_MODEL}-")
 
 
 # ------------------------------------------------------------------------------------------- hub probe
@@ -143,11 +147,11 @@ def outlook(settings: Settings, loaded: Embedder | None = None, *, probe: bool =
         name = _pretty(loaded.display_name)
         return ModelOutlook("loaded", loaded.model_id, loaded.supports_text, f"{name} is ready: search {ways}.")
     if configured.lower() == FALLBACK_MODEL:
-        return ModelOutlook("ready", FALLBACK_MODEL, False,
+        return ModelOutlook("ready", BUILT_IN_ID, False,
                             f"{FALLBACK_NAME[0].upper()}{FALLBACK_NAME[1:]} runs with no download: search by photo "
                             "(it does not read words).")
     fallback = ModelOutlook(
-        "fallback", FALLBACK_MODEL, False,
+        "fallback", BUILT_IN_ID, False,
         f"{shown} cannot be downloaded here, so {FALLBACK_NAME} runs instead, with no wait: search by photo works; "
         "search by words needs CLIP.",
     )

@@ -6,7 +6,9 @@ on with a status that fits; server file paths are scrubbed from them first.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
 
 from fastapi import FastAPI, Request
@@ -45,6 +47,25 @@ STATUS_OF_ERROR: list[tuple[type[Exception], int]] = [
 
 # An absolute file path (POSIX, two or more parts; or a Windows drive path) that is not part of a URL.
 _SERVER_PATH = re.compile(r"(?<![\w.:/\\-])(?:/[^\s'\"/:;,()]+){2,}/?|\b[A-Za-z]:\\[^\s'\"]*")
+_PATH_PARTS = r"(?:/[^\s'\"/:;,()]+){2,}/?"  # after the root folder: at least two more parts
+
+
+@functools.cache
+def _server_paths() -> re.Pattern[str]:
+    """_SERVER_PATH, plus absolute paths written without their leading slash, as LanceDB's object store names
+    local files ("Not found: srv/catalog/metadata/products.lance/data/x.lance"): a relative path of three or more
+    parts whose first part is a folder at the root of this machine (srv, home, tmp...). A storage key
+    ("images/a.jpg") starts with a catalog prefix instead, and stays."""
+    try:
+        roots = sorted(entry.name for entry in os.scandir("/") if entry.is_dir())
+    except OSError:
+        roots = []
+    if not roots:
+        return _SERVER_PATH
+    stripped = rf"(?<![\w.:/\\-])(?:{'|'.join(re.escape(r) for r in roots)}){_PATH_PARTS}"
+    return re.compile(f"{_SERVER_PATH.pattern}|{stripped}")
+
+
 # Where each route's form is described, for "missing field" messages.
 _FORM_HINTS = {
     "/api/upload": "send multipart/form-data with one or more image files, name and category",
@@ -84,7 +105,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 def client_message(exc: Exception) -> str:
     """A library error's message for the client, minus server file paths: they tell an attacker our layout."""
-    return _SERVER_PATH.sub("<server path>", str(exc))
+    return _server_paths().sub("<server path>", str(exc))
 
 
 def first_problem(errors: list[dict]) -> str:

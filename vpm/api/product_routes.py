@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 
-from ..catalog import MAX_PHOTOS, sort_categories
+from ..catalog import MAX_PAGE, MAX_PHOTOS, sort_categories
 from ..config import Settings
 from ..images import ACCEPTED_NAMES
 from .deps import LinksDep, MatcherDep, SettingsDep, require_api_key
@@ -18,7 +18,6 @@ from .errors import ApiError
 
 router = APIRouter(prefix="/api", tags=["products"], dependencies=[Depends(require_api_key)])
 
-MAX_PAGE = 1000  # products on one page
 # Every photo of one request is decoded before any is stored (so a bad one stores nothing): this bounds how
 # many decoded photos one request can hold in memory at once.
 MAX_PHOTOS_PER_REQUEST = min(10, MAX_PHOTOS)

@@ -45,8 +45,8 @@ def health(
     trusted = key_refusal(request.headers.get(API_KEY_HEADER), expected) is None
     if load_model and not trusted:  # a model load costs seconds and hundreds of MB: not for anonymous callers
         raise ApiError(401, f"load_model=true needs the API key: send it in the {API_KEY_HEADER} header")
-    # A routine probe (a load balancer, every few seconds) reads counts only; load_model=true walks the catalog
-    # for the exact index coverage.
+    # A routine probe (a load balancer, every few seconds) reads counts, and checks files for at most
+    # health.FILES_CHECK_LIMIT products; load_model=true walks the whole catalog for the exact index coverage.
     report = checks.as_report(checks.checks_for(matcher, load_model=load_model))
     if not trusted:  # the verdict only: no bucket, folder, model or counts for a caller without the key
         healthy = report["status"] != "fail"
