@@ -1,11 +1,12 @@
 """Quality: how good is matching on this catalog. Holds out each photo of every product with 2+ photos and
-searches with it (vpm/evaluate.py); a batch per rerun, with a progress bar and a Stop button. Reads only."""
+searches with it (vpm/evaluate.py); a batch per rerun, with a progress bar and a Stop button. Reads only, except
+"Use this fit for searches", which keeps the fitted score (vpm/calibration.py) for a signed-in user."""
 
 import pandas as pd
 import streamlit as st
 
 from vpm import webapp
-from vpm.evaluate import KEEP_TRUE_MATCHES, Evaluation, NothingToEvaluate
+from vpm.evaluate import Evaluation, NothingToEvaluate, score_sentence
 from vpm.presentation import plain
 
 RUNNING, REPORT, STOP = "quality_evaluation", "quality_report", "quality_stop_requested"
@@ -77,16 +78,48 @@ if report.stopped:
 with st.container(horizontal=True):
     st.metric("Right product first", f"{report.recall_at_1:.0%}", help="recall@1", border=True)
     st.metric("Right product in the top 5", f"{report.recall_at_5:.0%}", help="recall@5", border=True)
-    if report.threshold_95 is not None:
-        st.metric(f"Threshold keeping {KEEP_TRUE_MATCHES:.0%} of true matches", f"{report.threshold_95 * 100:.0f}%",
-                  help="Set the Search page's minimum similarity at or below this to hide few right products.",
-                  border=True)
+    if report.threshold is not None:
+        st.metric("Suggested minimum match", f"{report.threshold:.0%}",
+                  help="The Search page's default threshold from this fit: it still shows 95% of the right products "
+                       "that reach the top 5.", border=True)
 st.caption(
     f"{report.queries} held-out photos of {report.products} products · model {report.model_id}"
     + (" · verified by keypoints" if report.rerank else "") + (" · a sample" if report.sampled else "")
 )
 for note in report.notes:
     st.info(plain(note), icon=":material/info:")
+
+if report.signals:
+    st.subheader("What each signal adds")
+    st.caption("Recall with each signal added to the ones above it; searches use the marked row.")
+    st.dataframe(
+        pd.DataFrame([{"Signals": s.name, "Right first": f"{s.recall_at_1:.0%}", "In top 5": f"{s.recall_at_5:.0%}",
+                       "Searches use it": "yes" if s.used else ""} for s in report.signals]),
+        hide_index=True,
+    )
+
+if report.score_model is not None:
+    st.subheader("What a match's percentage means")
+    st.markdown(plain(score_sentence(report.score_model)[:1].upper() + score_sentence(report.score_model)[1:]) + ".")
+    if report.calibration:
+        st.caption("How often the first result was right, by the score it showed (on these held-out photos). A "
+                   "score that means what it says has each row's share inside its range.")
+        st.dataframe(
+            pd.DataFrame([{"Score": f"{b.low:.0%}-{b.high:.0%}", "First results": b.pairs,
+                           "Right": f"{b.right:.0%}"} for b in report.calibration]),
+            hide_index=True,
+        )
+    if webapp.may_change() and not report.stopped:
+        if st.button("Use this fit for searches", icon=":material/tune:", key="quality_calibrate",
+                     help="Fits the score again on these held-out photos (and this catalog's own projection where it "
+                          "helps) and keeps it: every search then scores with it. Imports do this by themselves."):
+            with st.spinner("Fitting the score on this catalog…"):
+                kept = matcher.calibrate()
+            if kept is not None:
+                st.success(f"Searches now score with a fit on {kept.queries} held-out photos of this catalog.",
+                           icon=":material/check_circle:")
+    else:
+        st.caption(f"Searches score with a curve {matcher.score_explained()}.")
 
 if report.categories:
     st.subheader("By category")
@@ -113,8 +146,8 @@ else:
             cells = st.columns(3)
             for cell, product, key, caption in (
                 (cells[0], own, confusion.query_photo, "Query photo"),
-                (cells[1], wrong, confusion.wrong_photo, f"Came first: {confusion.wrong_score:.0%}"),
-                (cells[2], own, confusion.right_photo, f"Right product: {confusion.right_score:.0%}"),
+                (cells[1], wrong, confusion.wrong_photo, f"Came first: looks {confusion.wrong_score:.0%} alike"),
+                (cells[2], own, confusion.right_photo, f"Right product: looks {confusion.right_score:.0%} alike"),
             ):
                 with cell:
                     picture = webapp.product_picture(product, key) if product is not None else None

@@ -16,8 +16,10 @@ from vpm.presentation import (
     IMAGE_UPLOAD_TYPES,
     format_ms,
     nothing_found_text,
+    plain,
     results_count_text,
     results_csv,
+    score_percent,
     why_caption,
 )
 
@@ -142,7 +144,9 @@ def embed(query: dict, box) -> dict:
         preview = outline_box(webapp.upload_image(embedded.image, embedded.label), embedded.box)
     return {"identity": query["identity"], "kind": embedded.kind, "vector": embedded.vector,
             "label": embedded.label, "preview": preview, "embed_ms": embedded.embed_ms,
-            "features": embedded.features, "box": embedded.box, "image": embedded.image}
+            "features": embedded.features, "box": embedded.box, "image": embedded.image,
+            "read_text": None if embedded.image is None else matcher.query_text_reader(
+                embedded.image, embedded.label, embedded.box)}
 
 
 query = read_query()
@@ -165,11 +169,15 @@ def results(query_entered: bool) -> None:
     vector kept in the session and redraws only this part, not the page (no re-reading of the upload)."""
     current = st.session_state.get(STATE)
     kind = current["kind"] if current else ("text" if st.session_state.get("search_mode") == WORDS else "image")
-    default = round(matcher.default_threshold(kind) * 100)
+    default = score_percent(matcher.default_threshold(kind))
     similarity, count, within = st.columns([3, 3, 4], vertical_alignment="bottom")
     threshold = similarity.slider(
-        "Minimum similarity (%)", 0, 100, default, step=1, key=f"search_threshold_{kind}",
-        help="Only products at least this similar are shown. Lower it to see more, weaker matches.",
+        "Minimum match (%)" if kind == "image" else "Minimum similarity (%)", 0, 100, default, step=1,
+        key=f"search_threshold_{kind}",
+        help=(f"A photo result's percentage is how often such a match was right: {matcher.score_explained()}. "
+              f"The default, {default}%, still shows 95% of the right products that reach the top 5."
+              if kind == "image" else
+              "Only products at least this similar to your words are shown. Lower it to see more."),
     )
     top_k = count.slider("Show at most", 1, 50, 12, key="search_top_k", help="The number of result cards.")
     chosen = within.multiselect("Categories", categories, key="search_categories", placeholder="All categories")
@@ -185,9 +193,14 @@ def results(query_entered: bool) -> None:
     response = matcher.rank(
         current["vector"], top_k=top_k, threshold=threshold / 100, categories=chosen or None,
         query=current["label"], took_ms=current["embed_ms"], features=current.get("features"), rerank=verify,
-        box=current.get("box"),
+        box=current.get("box"), kind=current["kind"], read_text=current.get("read_text"),
     )
     show_results(current, response, threshold)
+
+
+def lower_threshold(key: str, percent: int) -> None:
+    """'Show it': the threshold slider moves down to the closest product's score, which then shows."""
+    st.session_state[key] = percent
 
 
 def show_results(current: dict, response, threshold: int) -> None:
@@ -211,7 +224,14 @@ def show_results(current: dict, response, threshold: int) -> None:
                 mime="text/csv", icon=":material/download:", on_click="ignore",
             )
         else:
-            st.warning(nothing_found_text(response.best_score, threshold / 100), icon=":material/search_off:")
+            best = response.best_match
+            st.warning(nothing_found_text(response.best_score, threshold / 100,
+                                          None if best is None else plain(best.product.name)),
+                       icon=":material/search_off:")
+            if best is not None:
+                st.button(f"Show {plain(best.product.name)}", icon=":material/visibility:", key="search_show_best",
+                          on_click=lower_threshold, args=(f"search_threshold_{current['kind']}",
+                                                          score_percent(response.best_score)))
 
     if response.results:
         webapp.product_grid(response.results, columns=4)

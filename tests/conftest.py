@@ -32,6 +32,9 @@ def _clean_env(monkeypatch, tmp_path, onnx_cache_dir):
     # ONNX Runtime: the test models are tiny, and the machine is shared.
     monkeypatch.setenv("VPM_ONNX_CACHE", str(onnx_cache_dir))
     monkeypatch.setenv("VPM_THREADS", "1")
+    # OCR costs ~0.4 s a photo: the tests of package text switch it on (tests/test_package_text_search.py); the
+    # rest of the suite adds thousands of synthetic photos that carry no text.
+    monkeypatch.setenv("VPM_PACKAGE_TEXT", "false")
     # Fake credentials: moto accepts any, and boto3 must never find a real profile.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

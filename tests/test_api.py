@@ -183,6 +183,21 @@ def test_health_can_be_asked_to_load_and_check_the_model(client_and_matcher):
     assert body["index"]["exact"] is True
 
 
+def test_health_fails_on_a_photo_file_that_is_gone_with_the_storage_browsers_figures(client_and_matcher):
+    client, matcher = client_and_matcher
+    product = upload(client).json()["product"]
+    matcher.storage.delete(product["thumbnail_key"])
+
+    response = client.get("/api/health")
+
+    assert response.status_code == 503
+    body = response.json()
+    files = next(c for c in body["checks"] if c["name"] == "catalog files")
+    assert body["status"] == "fail" and files["status"] == "fail"
+    assert f"1 file that products point at is missing: {product['thumbnail_key']} (thumbnail of " in files["detail"]
+    assert "restore the missing files" in files["fix"]
+
+
 # ------------------------------------------------------------------------------------------------ upload
 
 
@@ -514,7 +529,7 @@ def test_added_photos_are_searchable_and_the_product_is_listed_once(client):
     assert results[0]["id"] == "mug"
     assert results[0]["matched_image"] == body["added"][0]
     assert results[0]["photo_count"] == 3
-    assert results[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert results[0]["signals"]["image"] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_adding_photos_to_an_unknown_product_is_404_and_stores_nothing(client_and_matcher):
@@ -819,7 +834,7 @@ def test_search_by_file_finds_the_same_photo_first(catalog_client, backend):
     body = response.json()
     assert set(body) >= {"model", "took_ms", "results"}
     assert body["results"][0]["id"] == "green"
-    assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert body["results"][0]["signals"]["image"] == pytest.approx(1.0, abs=1e-3)
     assert len(body["results"]) == 3
     first = body["results"][0]
     assert set(first) >= {"id", "name", "category", "price", "score", "matched_image", "image_url", "thumbnail_url"}

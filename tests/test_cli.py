@@ -81,6 +81,41 @@ def test_health_checks_storage_model_and_index(stocked_cli):
     assert "[PASS] index: vectors for 3/3 photos of 3 products" in out and "overall: pass" in out
 
 
+def test_health_fails_on_a_missing_photo_file(stocked_cli, search_settings):
+    """The Storage browser's consistency figures, from the command line: exit 1 while a product's photo is gone."""
+    from vpm.matcher import Matcher
+    from vpm.storage import make_storage
+
+    mug = Matcher(search_settings).catalog.get("mug")
+    make_storage(search_settings).delete(mug.image_key)
+
+    code, out, _ = stocked_cli("health")
+
+    assert code == 1 and "overall: fail" in out
+    assert f"[FAIL] catalog files: 1 file that products point at is missing: {mug.image_key} (image of mug)" in out
+    assert "restore the missing files" in out
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)  # a file's age can be set on a local disk only
+def test_health_warns_of_a_file_no_product_uses(stocked_cli, search_settings):
+    import os
+    import time
+
+    orphan = search_settings.vpm_data_dir / "images" / "left-over.png"
+    orphan.write_bytes(b"x" * 10)
+    old = time.time() - 3600  # not a product being added right now
+    os.utime(orphan, (old, old))
+
+    code, out, _ = stocked_cli("health", "--json")
+
+    report = json.loads(out)
+    files = next(c for c in report["checks"] if c["name"] == "catalog files")
+    assert code == 0 and report["status"] == "warn"
+    assert files["status"] == "warn"
+    assert "1 orphan file that no product uses (10 B): images/left-over.png" in files["detail"]
+    assert "Storage browser" in files["fix"]
+
+
 # --- search ----------------------------------------------------------------------------------------------------
 
 
@@ -94,7 +129,8 @@ def test_search_json_names_the_model_and_ranks_the_products_own_photo_first(stoc
     first = doc["results"][0]
     assert set(first) >= {"id", "name", "category", "score", "image_url"}
     assert (first["id"], first["name"], first["category"]) == ("bag", "Bag", "Bags")
-    assert first["score"] == pytest.approx(1.0, abs=1e-4)
+    assert first["signals"]["image"] == pytest.approx(1.0, abs=1e-4)  # the very same photo
+    assert 0.9 <= first["score"] <= 1 and all(r["score"] < first["score"] for r in doc["results"][1:])
     assert len(doc["results"]) == 3
 
 
@@ -104,15 +140,15 @@ def test_search_prints_a_readable_table(stocked_cli, photos):
     lines = out.strip().splitlines()
     assert lines[0].startswith("query: lamp.png · model tiny-clip")
     assert "verified by keypoints" in lines[0]  # VPM_RERANK is on by default
-    assert lines[1].split() == ["#", "score", "name", "category", "id", "matches"]
-    assert lines[2].split()[:5] == ["1", "100.0%", "Lamp", "Lighting", "lamp"]
-    assert lines[2].split()[5].isdigit() or lines[2].split()[5] == "-"
+    assert lines[1].split() == ["#", "score", "name", "category", "id", "why"]
+    first, second = lines[2].split(), lines[3].split()
+    assert first[:5] == ["1", "99%", "Lamp", "Lighting", "lamp"] and first[5:8] == ["looks", "100%", "alike"]
+    assert int(second[1].rstrip("%")) <= 99  # in the order of the score shown
     assert len(lines) == 4
 
     code, out, _ = stocked_cli("search", photos["lamp"], "--threshold", "-1", "--top-k", "2", "--no-rerank")
     lines = out.strip().splitlines()
-    assert "verified" not in lines[0]
-    assert lines[1].split() == ["#", "score", "name", "category", "id"]
+    assert "verified" not in lines[0] and "keypoints" not in out
 
 
 def test_search_says_how_close_it_came_when_nothing_passes_the_threshold(stocked_cli, tmp_path, product_photo):
@@ -120,7 +156,7 @@ def test_search_says_how_close_it_came_when_nothing_passes_the_threshold(stocked
     query.write_bytes(product_photo(77))
     code, out, _ = stocked_cli("search", query, "--threshold", "1")
     assert code == 0
-    assert "no product scored at least 100% (best: " in out and "lower --threshold" in out
+    assert "no product scored at least 100%; the closest is " in out and "lower --threshold" in out
 
 
 def test_several_images_are_searched_in_one_batch_each_with_its_query(stocked_cli, photos):
@@ -281,6 +317,33 @@ def test_list_pages_through_the_catalog(cli, tmp_path, product_photo):
     with pytest.raises(SystemExit) as usage:
         cli("list", "--limit", "0")
     assert usage.value.code == 2
+
+
+def test_list_refuses_a_page_larger_than_the_api_allows(cli, capsys):
+    with pytest.raises(SystemExit) as usage:
+        cli("list", "--limit", "1000000000")
+    assert usage.value.code == 2
+    assert "--limit: must be at most 1000 (one page), got 1000000000; see the next page with --offset" in (
+        capsys.readouterr().err)
+    assert cli("list", "--limit", "1000")[0] == 0
+
+
+def test_an_absurd_price_is_refused_and_one_stored_before_reads_in_a_few_characters(cli, photos, capsys,
+                                                                                     search_settings):
+    with pytest.raises(SystemExit) as usage:
+        cli("add", photos["mug"], "--name", "Mug", "--category", "Mugs", "--price", "1e308")
+    assert usage.value.code == 2
+    assert "'1e308' is more than the largest price accepted (1,000,000,000)" in capsys.readouterr().err
+
+    assert cli("add", photos["mug"], "--name", "Mug", "--category", "Mugs", "--id", "mug", "--price", "9.5")[0] == 0
+    from vpm.matcher import Matcher
+
+    # A catalog written before prices were capped: the row holds 1e308.
+    Matcher(search_settings).catalog.table.update(where="id = 'mug'", values={"price": 1e308})
+    code, out, _ = cli("list")
+    assert code == 0 and "mug  Mug [Mugs]  $1.00e+308" in out, out
+    assert max(len(line) for line in out.splitlines()) < 80
+    assert json.loads(cli("list", "--json")[1])["items"][0]["price"] == 1e308  # the data as it is
 
 
 def test_export_writes_a_products_json_other_tools_read(stocked_cli, tmp_path):

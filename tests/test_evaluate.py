@@ -36,8 +36,13 @@ def test_each_photo_of_a_product_with_two_photos_is_held_out_and_found(matcher):
     assert report.recall_at_1 == 1.0 and report.recall_at_5 == 1.0  # verification finds each pack's other photo
     assert sorted(c.category for c in report.categories) == ["Even", "Odd"]
     assert all(c.queries == 4 for c in report.categories)
-    assert report.threshold_95 is not None and -1 <= report.threshold_95 <= 1
     assert report.confusions == []
+    # The score is fitted on these held-out photos: a probability curve, its default threshold, each signal's part.
+    assert report.score_model is not None and report.score_model.source == "catalog"
+    assert 0 <= report.threshold <= 1 and report.threshold == report.score_model.threshold
+    assert [s.name for s in report.signals][:2] == ["image only", "+ keypoints"]
+    assert sum(s.used for s in report.signals) == 1
+    assert report.calibration and sum(b.pairs for b in report.calibration) == 8
     document = report.as_dict()
     assert document["recall@1"] == 1.0 and document["queries"] == 8
 

@@ -39,13 +39,14 @@ def stocked(search_settings, counting_embedder, product_photo):
 # --- image search ----------------------------------------------------------------------------------------------
 
 
-def test_a_products_own_photo_finds_it_first_with_score_one(stocked, product_photo):
+def test_a_products_own_photo_finds_it_first_with_the_highest_score(stocked, product_photo):
     response = stocked.search_image(product_photo(3), "query.png", threshold=-1)
     first = response.results[0]
     assert first.product.id == "canvas-bag"
-    assert first.score == pytest.approx(1.0, abs=1e-4)
-    assert all(m.score < 0.9999 for m in response.results[1:])
-    assert response.best_score == pytest.approx(1.0, abs=1e-4)
+    assert first.similarity == pytest.approx(1.0, abs=1e-4)  # the image signal: the very same photo
+    assert response.score_kind == "match" and 0.9 <= first.score <= 1.0  # the one score: a probability
+    assert all(m.score < first.score for m in response.results[1:])
+    assert response.best_score == first.score and response.best_match.product.id == "canvas-bag"
     assert response.model == stocked.embedder.model_id and response.query == "query.png"
 
 
@@ -108,7 +109,8 @@ def test_rank_refilters_without_embedding_again(stocked, product_photo):
     calls = len(stocked.embedder.image_calls)
     loose = stocked.rank(vector, top_k=10)
     assert len(loose.results) == len(CATALOG) and loose.threshold is None
-    strict = stocked.rank(vector, top_k=10, threshold=0.9999, query="q.png", took_ms=12.5)
+    between = (loose.results[0].score + loose.results[1].score) / 2
+    strict = stocked.rank(vector, top_k=10, threshold=between, query="q.png", took_ms=12.5)
     assert [m.product.id for m in strict.results] == ["blue-mug"]
     assert strict.took_ms >= 12.5 and strict.query == "q.png"
     assert len(stocked.embedder.image_calls) == calls
@@ -316,7 +318,7 @@ def test_another_model_never_uses_the_first_models_vectors(stocked, counting_emb
     response = other.search_image(product_photo(2), "q.png", threshold=-1)
     assert response.model == "other-model"
     assert response.results[0].product.id == "blue-mug"
-    assert response.results[0].score == pytest.approx(1.0, abs=1e-4)
+    assert response.results[0].similarity == pytest.approx(1.0, abs=1e-4)
     # ...and the first model's vectors were not touched.
     assert stocked.vectors.count() == first_model_vectors
 
@@ -430,7 +432,7 @@ def test_the_fallback_model_searches_images_and_refuses_text_saying_why(fallback
 
     response = m.search_image(product_photo(2, size=64), "q.png", threshold=-1)
     assert response.model == built_in
-    assert response.results[0].product.id == "p2" and response.results[0].score == pytest.approx(1.0, abs=1e-4)
+    assert response.results[0].product.id == "p2" and response.results[0].similarity == pytest.approx(1.0, abs=1e-4)
 
     with pytest.raises(EmbeddingError) as refused:
         m.search_text("red mug")
@@ -502,8 +504,8 @@ def test_a_query_embedded_once_reranks_like_a_fresh_search(stocked, product_phot
     query = stocked.embed_query(data=photo, filename="query.png")
     assert (query.kind, query.label, query.image) == ("image", "query.png", photo)
     embedded_before = stocked.embedder.images_embedded
-    strict = stocked.rank(query.vector, threshold=0.999, top_k=10)
     loose = stocked.rank(query.vector, threshold=-1, top_k=10)
+    strict = stocked.rank(query.vector, threshold=(loose.results[0].score + loose.results[1].score) / 2, top_k=10)
     assert stocked.embedder.images_embedded == embedded_before
     fresh = stocked.search_image(photo, "query.png", threshold=-1, top_k=10)
     assert [m.product.id for m in loose.results] == [m.product.id for m in fresh.results]
@@ -530,3 +532,4 @@ def test_a_damaged_vector_table_is_reported_and_rebuilt_on_request(stocked, coun
     status = restarted.reindex(rebuild=True)
     assert status.ok and status.vectors == len(CATALOG)
     assert restarted.search_image(product_photo(1), "q.png").results[0].product.id == "red-mug"
+

@@ -344,7 +344,7 @@ def test_the_bucket_finds_a_product_by_its_own_photo_without_embedding_anything(
 
     assert response.results[0].product.id == "red-mug"
     assert response.results[0].photo_key == red.photos[0].key
-    assert response.results[0].score == pytest.approx(1.0, abs=1e-5)
+    assert response.results[0].similarity == pytest.approx(1.0, abs=1e-5)
     assert embedder.images_embedded == 1  # the query only: the catalog's vectors were copied
 
 

@@ -43,8 +43,10 @@ def test_evaluate_runs_to_a_report_and_changes_nothing(backend, app_settings, tw
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Right product first"] == "100%"
     assert metrics["Right product in the top 5"] == "100%"
-    assert any("Threshold keeping 95%" in label for label in metrics)
+    assert "Suggested minimum match" in metrics
     assert any("6 held-out photos of 3 products" in c.value for c in at.caption)
+    assert any("is how often such a match was right" in m.value for m in at.markdown)  # what a percentage means
+    assert at.button(key="quality_calibrate")  # offered, not run: the evaluation itself writes nothing
     assert any("Every held-out photo found its own product first" in s.value for s in at.success)
     if backend == "local":
         assert files_of(app_settings.vpm_data_dir) == before
@@ -83,3 +85,24 @@ def test_home_links_to_the_quality_page(app_settings, open_page):
     at = open_page("pages/home.py")
 
     assert "Match quality" in [link.value for link in at.page_link]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_use_this_fit_keeps_it_for_every_search_and_read_only_never_offers_it(
+    app_settings, two_photo_catalog, open_page, monkeypatch
+):
+    at = open_page(QUALITY)
+    at.button(key="quality_start").click().run()
+
+    at.button(key="quality_calibrate").click().run()
+
+    assert not at.exception
+    assert any("Searches now score with a fit on 6 held-out photos" in s.value for s in at.success)
+    from vpm.matcher import Matcher
+
+    assert Matcher(app_settings).calibration().score.source == "catalog"
+
+    monkeypatch.setenv("VPM_READ_ONLY", "true")
+    at = open_page(QUALITY)
+    at.button(key="quality_start").click().run()
+    assert not at.exception and "quality_calibrate" not in [b.key for b in at.button]

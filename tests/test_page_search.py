@@ -91,9 +91,10 @@ def test_uploading_a_photo_shows_the_matching_product_first_with_its_score(
 
     assert not at.exception
     names = card_names(at)
-    assert names[0] == "Trail shoe"  # the very same picture scores 100%
-    assert at.progress[0].value == 100
-    assert "100% match" in at.progress[0].text
+    assert names[0] == "Trail shoe"  # the very same picture: the highest score of the list
+    assert at.progress[0].value >= 99 and at.progress[0].text == f"{at.progress[0].value}% match"
+    assert [p.value for p in at.progress] == sorted((p.value for p in at.progress), reverse=True)
+    assert any(c.value.startswith("looks 100% alike") for c in at.caption)  # what the score is made of
     assert shown_count(at) == len(names)
     assert any("Search took" in c.value for c in at.caption)
     assert any(c.value == "Shoes · $89.00" for c in at.caption)  # category and price on the card
@@ -139,20 +140,25 @@ def test_category_filter_narrows_the_results(app_settings, seed_catalog, open_pa
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
-def test_nothing_above_the_threshold_says_so_with_the_best_score(
+def test_nothing_above_the_threshold_names_the_closest_product_and_offers_it(
     app_settings, seed_catalog, open_page, product_photo
 ):
     seed_catalog(CATALOG)
     at = open_page(SEARCH)
     at = upload(at, "unlike-anything.png", product_photo(99))
+    at.slider(key="search_threshold_image").set_value(0).run()
+    closest = card_names(at)[0]
 
     at.slider(key="search_threshold_image").set_value(100).run()
 
     assert not at.exception
     assert card_names(at) == []
     warning = at.warning[0].value
-    assert warning.startswith("No product reaches 100% similarity. The best match scored ")
+    assert warning.startswith(f"No product reaches 100%. The closest is {closest} at ")
     assert "lower the threshold" in warning
+    at.button(key="search_show_best").click().run()  # "Show it": the slider comes down to its score
+    assert not at.exception
+    assert card_names(at)[0] == closest and at.slider(key="search_threshold_image").value < 100
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -301,7 +307,7 @@ def test_results_csv_lists_matches_best_first_and_keeps_formulas_inert():
 def test_result_texts_read_well():
     assert results_count_text(1, 0.75) == "1 match at or above 75%"
     assert results_count_text(3, 0.0) == "3 matches at or above 0%"
-    assert nothing_found_text(0.613, 0.8).startswith("No product reaches 80% similarity. The best match scored 61%")
+    assert nothing_found_text(0.613, 0.8).startswith("No product reaches 80%. The best match scored 61%")
     assert nothing_found_text(None, 0.8) == "No products to compare with in the chosen categories."
 
 

@@ -79,7 +79,7 @@ def test_verification_can_be_switched_off_and_on(app_settings, packs, open_page)
 
     assert at.toggle(key="search_rerank").value is True  # VPM_RERANK's default
     assert any("verified by keypoints" in c.value for c in at.caption)
-    assert any("matching keypoints" in c.value for c in at.caption)
+    assert any("keypoints match" in c.value for c in at.caption)  # the card says what its score is made of
     assert card_names(at)[0] == "Pack 13"
 
     at.toggle(key="search_rerank").set_value(False).run()

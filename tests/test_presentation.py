@@ -27,19 +27,34 @@ class FakeMatch:
         return self.row
 
 
-def test_scores_read_as_clamped_whole_percentages():
+def test_scores_read_as_clamped_whole_percentages_rounded_down():
     assert [format_percent(s) for s in (0.8749, 1.0, -0.3, float("nan"))] == ["87%", "100%", "0%", "0%"]
+    # Rounded down: a card that reads 76% is never one a threshold of 76% hides.
+    assert [format_percent(s) for s in (0.7599, 0.76, 0.999)] == ["75%", "76%", "99%"]
 
 
 def test_prices_and_sizes():
     assert (format_price(1299.5), format_price(None)) == ("$1,299.50", "")
+    assert (format_price(1e9), format_price(1e308)) == ("$1,000,000,000.00", "$1.00e+308")  # not 309 digits
     assert [format_bytes(n) for n in (512, 2048, 5 * 1024**2)] == ["512 B", "2.0 KB", "5.0 MB"]
 
 
-def test_nothing_found_names_the_best_score_to_lower_to():
-    text = nothing_found_text(0.613, 0.75)
-    assert text.startswith("No product reaches 75% similarity") and "lower the threshold to 61%" in text
+def test_nothing_found_names_the_closest_product_and_the_score_to_lower_to():
+    text = nothing_found_text(0.613, 0.75, "Oat drink")
+    assert text.startswith("No product reaches 75%.") and "The closest is Oat drink at 61%" in text
+    assert "lower the threshold to 61%" in text
+    assert "The best match scored 61%" in nothing_found_text(0.613, 0.75)
     assert "No products to compare" in nothing_found_text(None, 0.75)
+
+
+def test_a_results_signals_read_in_a_few_words():
+    from types import SimpleNamespace
+
+    from vpm.presentation import signals_text
+
+    both = SimpleNamespace(similarity=0.8149, inliers=24, reads=("OATLY", "HAVRE"))
+    assert signals_text(both) == "looks 81% alike · 24 keypoints match · reads OATLY, HAVRE"
+    assert signals_text(SimpleNamespace(similarity=0.5, inliers=None, reads=())) == "looks 50% alike"
 
 
 def test_results_csv_is_ranked_spreadsheet_safe_and_keeps_accents():

@@ -269,6 +269,7 @@ def test_keypoints_missing_from_an_older_catalog_are_filled_in_once(matcher, sea
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_a_product_is_verified_by_its_matched_photo_and_its_next_best(matcher):
+    from vpm import ranking
     from vpm.results import Match
 
     product = add(matcher, "Pack", [1, 2, 3])
@@ -276,7 +277,7 @@ def test_a_product_is_verified_by_its_matched_photo_and_its_next_best(matcher):
     query_vector = matcher.vectors.vectors_for_keys([third])[third]
     match = Match(product, 0.5, first, None, None)
 
-    assert matcher._photos_to_verify(match, query_vector) == [first, third]
+    assert ranking._best_photos(match, query_vector, matcher._ranking_stores(True), None) == [first, third]
 
 
 def test_rerank_counts_the_best_verified_photo_of_a_product():

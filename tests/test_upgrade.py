@@ -66,7 +66,7 @@ def test_the_upgrade_reuses_the_cached_vectors_and_embeds_nothing(settings, lega
     photo = legacy["images/trail-shoe.png"]
     response = matcher.search_image(photo, "query.png", threshold=0.0)
     assert response.results[0].product.id == "trail-shoe"
-    assert response.results[0].score == pytest.approx(1.0, abs=1e-4)
+    assert response.results[0].similarity == pytest.approx(1.0, abs=1e-4)
     assert offline_model.images_embedded == 1  # the query only: every catalog vector came from the .npz
     assert matcher.index_status().missing == 0
 

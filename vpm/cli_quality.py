@@ -15,7 +15,7 @@ def register(sub, command) -> None:
     p = command(
         "evaluate", cmd_evaluate,
         "hold out each photo of every product with 2+ photos, search with it, and report recall@1/@5, the worst "
-        "confusions and the threshold that keeps 95%% of true matches (changes nothing)",
+        "confusions, each signal's part and the fitted score (changes nothing)",
     )
     p.add_argument(
         "--rerank", action=argparse.BooleanOptionalAction, default=None,
@@ -23,6 +23,12 @@ def register(sub, command) -> None:
     )
     p.add_argument("--max-queries", type=int, default=None,
                    help="hold out at most this many photos (a seeded sample; default 2000)")
+
+    command(
+        "calibrate", cmd_calibrate,
+        "fit the photo score on this catalog's held-out photos (and its own projection, kept only where it helps) "
+        "and keep it beside the tables; imports do this by themselves",
+    )
 
 
 def cmd_evaluate(args) -> int:
@@ -52,4 +58,26 @@ def cmd_evaluate(args) -> int:
         confusion["wrong_name"] = names.get(confusion["wrong_product"])
         confusion["query_name"] = names.get(confusion["query_product"])
     emit(args, document, terminal_safe(report_text(report, lambda pid: names.get(pid, pid))))
+    return EXIT_OK
+
+
+def cmd_calibrate(args) -> int:
+    from .calibration import CALIBRATION_QUERIES
+    from .cli_progress import ProgressBar
+    from .evaluate import score_sentence
+
+    matcher = make_matcher(args)
+    with ProgressBar("photo") as bar:
+        report = matcher.calibrate(bar)
+    if report is None or report.score_model is None:
+        raise UserError(
+            "nothing to fit: no product has two or more photos with a vector, so no photo can be held out and found "
+            "again; add more photos to some products (each side, other light), then run `python -m vpm calibrate`"
+        )
+    model = matcher.calibration().score
+    used = next((s.name for s in report.signals if s.used), "image only")
+    text = (f"model {model.model_id}: fitted on {report.queries} held-out photos (at most {CALIBRATION_QUERIES}); "
+            f"signals {used}" + (" with this catalog's projection" if report.projection_kept else "")
+            + f"; recall@1 {report.recall_at_1:.1%}, recall@5 {report.recall_at_5:.1%}\n{score_sentence(model)}")
+    emit(args, {"score": model.as_dict(), "report": report.as_dict()}, terminal_safe(text))
     return EXIT_OK

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .cli import EXIT_ERROR, EXIT_OK, UserError, emit, make_matcher, positive, terminal_safe
 from .cli_progress import ProgressBar
+from .presentation import format_percent, signals_text
 
 
 def register(sub, command) -> None:
@@ -24,7 +25,8 @@ def register(sub, command) -> None:
     p.add_argument("--top-k", type=int, default=10, help="at most this many results (default 10)")
     p.add_argument(
         "--threshold", type=float,
-        help="minimum cosine similarity, -1..1 (e.g. 0.8 = 80%%); default depends on the model and query kind",
+        help="minimum score, 0..1 (e.g. 0.8 = 80%%): for photos how often such a match is right (the catalog's "
+        "calibration), for --text the text-image similarity; default: the calibration's, or the model's",
     )
     p.add_argument("--category", action="append", help="only this category (repeat for several)")
     p.add_argument(
@@ -137,16 +139,17 @@ def _table(response) -> str:
     if not response.results:
         if response.best_score is None:
             return head + "\nno products to search (the catalog, or the chosen category, is empty)"
+        best = response.best_match
         return head + (
-            f"\nno product scored at least {response.threshold * 100:.0f}% "
-            f"(best: {response.best_score * 100:.1f}%); lower --threshold to see more"
+            f"\nno product scored at least {format_percent(response.threshold)}; the closest is "
+            f"{best.product.name if best else '?'} at {format_percent(response.best_score)}: lower --threshold to see it"
         )
     rows = [("#", "score", "name", "category", "id")]
     for rank, match in enumerate(response.results, 1):
         p = match.product
-        rows.append((str(rank), f"{match.score * 100:.1f}%", _clip(p.name, 40), _clip(p.category, 20), p.id))
-    if response.verified:
-        rows = [(*row, "matches" if i == 0 else str(m.inliers if m.inliers is not None else "-"))
+        rows.append((str(rank), format_percent(match.score), _clip(p.name, 40), _clip(p.category, 20), p.id))
+    if response.score_kind == "match":  # what each photo result's score is made of
+        rows = [(*row, "why" if i == 0 else signals_text(m))
                 for i, (row, m) in enumerate(zip(rows, [None, *response.results], strict=True))]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
@@ -219,5 +222,8 @@ def cmd_index(args) -> int:
     if matcher.has_features_table():
         keypoints = matcher.features.count()
         text += f"\nkeypoints (to verify matches) for {min(keypoints, status.photos)}/{status.photos} photos"
+    if matcher.package_text_default and matcher.has_text_table():
+        read = matcher.texts.count()
+        text += f"\npackage text (read on the photos) for {min(read, status.photos)}/{status.photos} photos"
     emit(args, status.as_dict(), text)
     return EXIT_OK if status.missing == 0 else EXIT_ERROR

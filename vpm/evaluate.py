@@ -1,14 +1,18 @@
 """How good is matching on this catalog: each photo of a product with 2+ photos is held out and searched with.
 
 The held-out photo's stored vector is the query, every other photo of the catalog the references, products ranked
-by their best photo (as a search does), verified by the stored keypoints when re-ranking is on. The report gives
-recall@1 and @5 overall and per category, the worst confusions (query photo -> the wrong product that came first
--> the right product), and the threshold that keeps 95% of true matches (the cosine of the best other photo of the
-query's own product, at its 5th percentile).
+by their best photo (as a search does), then each signal is added as a search adds it: the keypoints of the top
+candidates (when re-ranking is on), the package text read on the photos (when it is stored), and the catalog's own
+projection (vpm/projection.py), fitted for each held-out photo without it (five folds of the photos), so that
+no figure is measured on a photo its fit has seen. The report gives recall@1 and @5 with each signal on and off,
+overall and per category for what searches use, the worst confusions (query photo -> the wrong product that came
+first -> the right product), and the fitted score (vpm/scoring.py): its curve, its default threshold and how often
+the matches at each score were right.
 
-It only reads: stored vectors and keypoints, never the model's embeddings of anything new, and nothing it does
-writes to the catalog or its tables (no table is created, no index built). `Evaluation.step` runs a batch at a
-time, so a page can show progress and stop between batches, and the CLI can stop on Ctrl-C with what it has.
+It only reads: stored vectors, keypoints and text, never the model's embeddings of anything new, and nothing it does
+writes to the catalog or its tables (no table is created, no index built); `vpm calibrate` is what keeps a fit.
+`Evaluation.step` runs a batch at a time, so a page can show progress and stop between batches, and the CLI can
+stop on Ctrl-C with what it has.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import projection as projections
+from . import scoring
 from .errors import VpmError
 from .vector_index import best_per_product
 
@@ -33,8 +39,12 @@ log = logging.getLogger(__name__)
 MAX_PHOTOS = 100_000  # vectors held for an evaluation (~200 MB of 512-d; 500 MB of the built-in 1280-d)
 MAX_QUERIES = 2_000  # held-out photos at most (an even, seeded sample beyond): minutes, not hours, on 2 cores
 CONFUSIONS_SHOWN = 8
-KEEP_TRUE_MATCHES = 0.95
+KEEP_TRUE_MATCHES = scoring.KEEP_TRUE_MATCHES
 BATCH = 25
+FOLDS = 5  # the projection is fitted five times, each time without a fifth of the photos, which it is tried on
+PROJECTION_GAIN = 0.01  # kept only when recall@1 through it beats recall@1 without it by this much
+# The signals, each added to the one before; the last one a search uses is the one reported in full.
+CONFIGURATIONS = ("image only", "+ keypoints", "+ package text", "+ projection")
 
 
 class NothingToEvaluate(VpmError, ValueError):
@@ -75,26 +85,49 @@ class CategoryQuality:
 
 
 @dataclass(frozen=True)
+class SignalQuality:
+    """Recall with the signals up to one of CONFIGURATIONS on."""
+
+    name: str
+    recall_at_1: float
+    recall_at_5: float
+    used: bool  # whether searches use this configuration (the signals this catalog has and keeps)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"signals": self.name, "recall@1": round(self.recall_at_1, 4), "recall@5": round(self.recall_at_5, 4),
+                "used": self.used}
+
+
+@dataclass(frozen=True)
 class QualityReport:
     model_id: str
     rerank: bool
     queries: int  # held-out photos searched with
     planned: int  # how many there were to search with (more than `queries` when stopped)
     products: int  # products with 2+ photos that have a vector
-    recall_at_1: float
+    recall_at_1: float  # with the signals searches use
     recall_at_5: float
-    threshold_95: float | None  # keeps KEEP_TRUE_MATCHES of true matches
+    threshold: float | None  # the fitted score's default threshold (a probability); None: nothing to fit
     categories: list[CategoryQuality]
     confusions: list[Confusion]
     stopped: bool = False
     sampled: bool = False  # a seeded sample of the held-out photos (more than MAX_QUERIES)
     notes: list[str] = field(default_factory=list)
+    signals: list[SignalQuality] = field(default_factory=list)
+    score_model: scoring.ScoreModel | None = None  # fitted on these held-out photos
+    calibration: list[scoring.CalibrationBin] = field(default_factory=list)
+    projection_kept: bool = False
+    text: bool = False  # whether package text was stored and used
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "model": self.model_id, "rerank": self.rerank, "queries": self.queries, "planned": self.planned,
             "products": self.products, "recall@1": round(self.recall_at_1, 4), "recall@5": round(self.recall_at_5, 4),
-            "threshold_95": None if self.threshold_95 is None else round(self.threshold_95, 4),
+            "threshold": None if self.threshold is None else round(self.threshold, 4),
+            "signals": [s.as_dict() for s in self.signals],
+            "projection_kept": self.projection_kept, "package_text": self.text,
+            "score": None if self.score_model is None else self.score_model.as_dict(),
+            "calibration": [b.as_dict() for b in self.calibration],
             "categories": [
                 {"category": c.category, "queries": c.queries, "recall@1": round(c.recall_at_1, 4),
                  "recall@5": round(c.recall_at_5, 4)} for c in self.categories
@@ -104,11 +137,20 @@ class QualityReport:
         }
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    product: str
+    cosine: float
+    photo: int  # row of its best photo by that cosine
+    inliers: int | None
+    text: float | None
+
+
 class Evaluation:
     """One hold-out evaluation of a catalog, run a batch at a time (`step`) until `finished`."""
 
     def __init__(self, matcher: Matcher, *, rerank: bool | None = None, max_queries: int = MAX_QUERIES,
-                 seed: int = 13, batch: int = BATCH) -> None:
+                 seed: int = 13, batch: int = BATCH, projection: bool = True) -> None:
         self.matcher = matcher
         self.batch = max(1, batch)
         embedder = matcher.embedder
@@ -143,7 +185,8 @@ class Evaluation:
         self.products_evaluated = int((counts >= 2).sum())
         order = np.argsort(self.codes, kind="stable")
         starts = np.searchsorted(self.codes[order], np.arange(len(self.product_ids) + 1))
-        self._rows_of = {pid: order[starts[c] : starts[c + 1]] for c, pid in enumerate(self.product_ids)}
+        self._rows_of = {c: order[starts[c] : starts[c + 1]] for c in range(len(self.product_ids))}
+        self._code_of = {pid: c for c, pid in enumerate(self.product_ids)}
         if not candidates:
             raise NothingToEvaluate(
                 "no product has two or more photos with a vector, so no photo can be held out and found again: add "
@@ -157,17 +200,27 @@ class Evaluation:
         self.rerank = wanted and matcher.has_features_table()
         if wanted and not self.rerank:
             self.notes.append("no keypoints are stored yet, so results are not verified: run `python -m vpm index`")
+        self._texts = matcher.stored_texts(self.photo_keys)
+        self.text = bool(self._texts)
+        # Five fits of the projection, each without one fifth of the photos: a photo is only ever searched through
+        # a fit that did not see it.
+        self._fold = np.random.default_rng(seed).integers(0, FOLDS, len(self.photo_keys))
+        self._projections: dict[int, projections.Projection | None] = {}
+        self.projection = projection and projections.fit(self.vectors, self.codes) is not None
+        if projection and not self.projection:
+            self.notes.append(
+                f"too few products have two or more photos for a projection of this catalog's own (it needs "
+                f"{projections.MIN_PAIRS} pairs of photos of one product)"
+            )
         products = {}
         ids = sorted({self.product_ids[self.codes[i]] for i in self.queries})
         for start in range(0, len(ids), 500):
             products.update(matcher.catalog.get_many(ids[start : start + 500]))
         self.category_of = {pid: p.category for pid, p in products.items()}
         self.done = 0
-        self._hits1: list[bool] = []
-        self._hits5: list[bool] = []
-        self._true_scores: list[float] = []
-        self._per_category: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
-        self._confusions: list[Confusion] = []
+        self._lists: dict[str, list[tuple[int, list[_Candidate]]]] = {"plain": [], "projected": []}
+        self._image_only: list[tuple[bool, bool]] = []
+        self._inliers: dict[tuple[int, int], int] = {}
         self.stopped = False
 
     @property
@@ -178,62 +231,111 @@ class Evaluation:
     def finished(self) -> bool:
         return self.done >= self.total
 
+    def _projection_for(self, query_row: int) -> projections.Projection | None:
+        fold = int(self._fold[query_row])
+        if fold not in self._projections:
+            keep = self._fold != fold
+            self._projections[fold] = projections.fit(self.vectors[keep], self.codes[keep])
+        return self._projections[fold]
+
     def step(self, count: int | None = None) -> int:
         """Search with the next `count` (default: `batch`) held-out photos; returns how many were done."""
-        from . import rerank as verification
-
         batch = self.queries[self.done : self.done + (count or self.batch)]
         if not batch:
             return 0
         scores = self.vectors[batch] @ self.vectors.T
-        k = max(5, verification.RERANK_TOP if self.rerank else 5)
         every_row = np.arange(len(self.photo_keys))
-        results = []
+        pending = []
         for j, i in enumerate(batch):
             row = scores[j]
             row[i] = -np.inf  # the held-out photo is not in its own catalog
-            hits = best_per_product(row, self.codes, self.product_ids, self.photo_keys, every_row, k, None).hits
-            hits = [h for h in hits if np.isfinite(h.score)]
-            own = self.codes == self.codes[i]
-            own[i] = False
-            right_row = int(np.flatnonzero(own)[np.argmax(row[own])])
-            results.append((i, hits, right_row, float(row[right_row])))
-        if self.rerank:
-            results = self._verify(results, scores)
-        for i, hits, right_row, right_score in results:
+            pool = best_per_product(row, self.codes, self.product_ids, self.photo_keys, every_row,
+                                    projections.POOL, None).hits
+            pool = [h for h in pool if np.isfinite(h.score)]
+            ranked = [h.product_id for h in pool]
             own_id = self.product_ids[self.codes[i]]
-            ranked = [h.product_id for h in hits]
-            hit1, hit5 = bool(ranked[:1] == [own_id]), own_id in ranked[:5]
-            self._hits1.append(hit1)
-            self._hits5.append(hit5)
-            self._true_scores.append(right_score)
-            self._per_category[self.category_of.get(own_id, "(deleted)")].append((hit1, hit5))
-            if not hit1 and hits:
-                self._confusions.append(Confusion(own_id, self.photo_keys[i], hits[0].product_id, hits[0].photo_key,
-                                                  hits[0].score, self.photo_keys[right_row], right_score))
-        self._confusions = sorted(self._confusions, key=lambda c: -c.margin)[:CONFUSIONS_SHOWN]
+            self._image_only.append((ranked[:1] == [own_id], own_id in ranked[:5]))
+            codes = [self._code_of[h.product_id] for h in pool]
+            plain = self._candidates(i, row, codes)
+            pending.append((i, "plain", plain, row))
+            if self.projection:
+                fitted = self._projection_for(i)
+                if fitted is not None:
+                    rows = np.concatenate([self._rows_of[c] for c in codes])
+                    rows = rows[rows != i]
+                    projected = np.full(len(self.photo_keys), -np.inf, dtype=np.float32)
+                    projected[rows] = fitted.apply(self.vectors[rows]) @ fitted.apply(self.vectors[i])
+                    pending.append((i, "projected", self._candidates(i, projected, codes), projected))
+                else:
+                    pending.append((i, "projected", plain, row))
+        if self.rerank:
+            self._verify(pending)
+        for i, kind, candidates, row in pending:
+            self._lists[kind].append((i, [
+                _Candidate(c.product, c.cosine, c.photo, self._verified(i, c, row) if self.rerank else None,
+                           self._text_similarity(i, candidates, c)) for c in candidates
+            ]))
         self.done += len(batch)
         return len(batch)
 
-    def _verify(self, results, scores_of):
+    def _candidates(self, query_row: int, row: np.ndarray, codes: list[int]) -> list[_Candidate]:
+        """The pool's products by their best photo in `row`, best first, the first RERANK_TOP kept."""
         from . import rerank as verification
 
-        photos_of = {}  # (query, product) -> the photos verified: its best ones by cosine, as a search does
-        for j, (i, hits, _right_row, _right_score) in enumerate(results):
-            for h in hits[: verification.RERANK_TOP]:
-                rows = self._rows_of[h.product_id]
-                rows = rows[rows != i]
-                best = rows[np.argsort(-scores_of[j][rows])][: verification.RERANK_PHOTOS]
-                photos_of[(i, h.product_id)] = [self.photo_keys[r] for r in best]
-        keys = {self.photo_keys[i] for i, *_ in results} | {k for keys in photos_of.values() for k in keys}
+        found = []
+        for c in codes:
+            rows = self._rows_of[c]
+            rows = rows[rows != query_row]
+            if len(rows):
+                best = rows[int(np.argmax(row[rows]))]
+                found.append(_Candidate(self.product_ids[c], float(row[best]), int(best), None, None))
+        found.sort(key=lambda c: -c.cosine)
+        return found[: verification.RERANK_TOP]
+
+    def _photos_verified(self, query_row: int, candidate: _Candidate, row_scores) -> list[int]:
+        from . import rerank as verification
+
+        rows = self._rows_of[self._code_of[candidate.product]]
+        rows = rows[rows != query_row]
+        return [int(r) for r in rows[np.argsort(-row_scores[rows])][: verification.RERANK_PHOTOS]]
+
+    def _verify(self, pending) -> None:
+        """The keypoint matches of every (held-out photo, candidate photo) pair not yet verified, read in one go."""
+        from . import rerank as verification
+
+        wanted: dict[int, set[int]] = defaultdict(set)
+        for i, _kind, candidates, row in pending:
+            for c in candidates:
+                wanted[i].update(self._photos_verified(i, c, row))
+        keys = {self.photo_keys[i] for i in wanted} | {self.photo_keys[r] for rows in wanted.values() for r in rows}
         stored = self.matcher.features.features_for(keys)
-        out = []
-        for i, hits, right_row, right_score in results:
-            top = hits[: verification.RERANK_TOP]
-            outcome = verification.rerank([h.score for h in top], stored.get(self.photo_keys[i]),
-                                          [[stored.get(k) for k in photos_of[(i, h.product_id)]] for h in top])
-            out.append((i, [top[j] for j in outcome.order] + hits[len(top):], right_row, right_score))
-        return out
+        with verification.one_blas_thread():
+            for i, rows in wanted.items():
+                query = stored.get(self.photo_keys[i])
+                for r in rows:
+                    if (i, r) not in self._inliers:
+                        candidate = stored.get(self.photo_keys[r])
+                        self._inliers[(i, r)] = (verification.verify(query, candidate).inliers
+                                                 if query is not None and candidate is not None else 0)
+
+    def _verified(self, query_row: int, candidate: _Candidate, row: np.ndarray) -> int:
+        return max((self._inliers.get((query_row, r), 0)
+                    for r in self._photos_verified(query_row, candidate, row)), default=0)
+
+    def _text_similarity(self, query_row: int, candidates: list[_Candidate], candidate: _Candidate) -> float | None:
+        if not self.text:
+            return None
+        from . import package_text
+
+        query = self._texts.get(self.photo_keys[query_row], "")
+        if not query:
+            return None
+        texts = [self._product_text(query_row, c.product) for c in candidates]
+        return package_text.similarities(query, texts)[candidates.index(candidate)]
+
+    def _product_text(self, query_row: int, product: str) -> str:
+        rows = self._rows_of[self._code_of[product]]
+        return "\n".join(self._texts.get(self.photo_keys[r], "") for r in rows if r != query_row)
 
     def run(self, progress: Callable[[int, int], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> QualityReport:
@@ -247,20 +349,89 @@ class Evaluation:
                 progress(self.done, self.total)
         return self.report()
 
+    # ------------------------------------------------------------------------------------------- report
+
+    def _evidence(self, candidates: list[_Candidate], keypoints: bool, text: bool) -> list[float]:
+        return [scoring.Signals(c.cosine, c.inliers if keypoints else None, c.text if text else None).evidence
+                for c in candidates]
+
+    def _held_out(self, kind: str, keypoints: bool, text: bool) -> list[tuple[int, scoring.HeldOut, list]]:
+        out = []
+        for i, candidates in self._lists[kind]:
+            own_id = self.product_ids[self.codes[i]]
+            own = next((j for j, c in enumerate(candidates) if c.product == own_id), None)
+            out.append((i, scoring.HeldOut(self._evidence(candidates, keypoints, text), own), candidates))
+        return out
+
+    @staticmethod
+    def _recall(held: list[tuple[int, scoring.HeldOut, list]]) -> tuple[float, float]:
+        hits1 = hits5 = 0
+        for _i, h, _c in held:
+            order = list(np.argsort(-np.asarray(h.evidence), kind="stable"))
+            hits1 += h.own is not None and order[:1] == [h.own]
+            hits5 += h.own is not None and h.own in order[:5]
+        return hits1 / max(1, len(held)), hits5 / max(1, len(held))
+
     def report(self) -> QualityReport:
         def mean(values) -> float:
             return float(np.mean(values)) if len(values) else 0.0
 
+        configurations = [("image only", "plain", False, False)]
+        if self.rerank:
+            configurations.append(("+ keypoints", "plain", True, False))
+        if self.text:
+            configurations.append(("+ package text", "plain", self.rerank, True))
+        used = configurations[-1]
+        if self.projection and self._lists["projected"]:
+            configurations.append(("+ projection", "projected", self.rerank, self.text))
+        measured = {}
+        for name, kind, keypoints, text in configurations:
+            held = self._held_out(kind, keypoints, text)
+            measured[name] = (self._recall(held) if name != "image only"
+                              else (mean([a for a, _ in self._image_only]), mean([b for _, b in self._image_only])))
+        projection_kept = ("+ projection" in measured
+                           and measured["+ projection"][0] >= measured[used[0]][0] + PROJECTION_GAIN)
+        if projection_kept:
+            used = configurations[-1]
+        elif "+ projection" in measured:
+            self.notes.append("this catalog's own projection did not find the right product first more often on its "
+                              "held-out photos, so searches do without it")
+        held = self._held_out(used[1], used[2], used[3])
+        signals = [SignalQuality(name, *measured[name], name == used[0]) for name, *_ in configurations]
+        recall_1, recall_5 = measured[used[0]]
+
+        per_category: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+        confusions: list[Confusion] = []
+        for i, h, candidates in held:
+            own_id = self.product_ids[self.codes[i]]
+            order = list(np.argsort(-np.asarray(h.evidence), kind="stable"))
+            hit1, hit5 = h.own is not None and order[:1] == [h.own], h.own is not None and h.own in order[:5]
+            per_category[self.category_of.get(own_id, "(deleted)")].append((hit1, hit5))
+            if not hit1 and order:
+                wrong = candidates[order[0]]
+                right = candidates[h.own] if h.own is not None else None
+                confusions.append(Confusion(
+                    own_id, self.photo_keys[i], wrong.product, self.photo_keys[wrong.photo], wrong.cosine,
+                    self.photo_keys[right.photo] if right else None, right.cosine if right else float("nan")))
+        confusions = sorted(confusions, key=lambda c: -(c.margin if np.isfinite(c.margin) else 9))[:CONFUSIONS_SHOWN]
         categories = [
             CategoryQuality(name, len(hits), mean([a for a, _ in hits]), mean([b for _, b in hits]))
-            for name, hits in sorted(self._per_category.items(), key=lambda item: item[0].casefold())
+            for name, hits in sorted(per_category.items(), key=lambda item: item[0].casefold())
         ]
-        threshold = (float(np.quantile(self._true_scores, 1 - KEEP_TRUE_MATCHES, method="lower"))
-                     if self._true_scores else None)
+        model = bins = None
+        try:
+            model = scoring.fit(self.model_id, [h for _i, h, _c in held],
+                                recall={"recall@1": round(recall_1, 4), "recall@5": round(recall_5, 4)})
+            tops = [(float(model.scores(h.evidence).max()), int(np.argmax(h.evidence)) == h.own)
+                    for _i, h, _c in held if len(h.evidence)]
+            bins = scoring.reliability([s for s, _ in tops], [r for _, r in tops])
+        except ValueError as err:
+            self.notes.append(f"no score could be fitted: {err}")
         return QualityReport(
-            self.model_id, self.rerank, self.done, self.total, self.products_evaluated, mean(self._hits1),
-            mean(self._hits5), threshold, categories, list(self._confusions), self.stopped or not self.finished,
-            self.sampled, list(self.notes),
+            self.model_id, self.rerank, self.done, self.total, self.products_evaluated, recall_1, recall_5,
+            None if model is None else model.threshold, categories, confusions,
+            self.stopped or not self.finished, self.sampled, list(dict.fromkeys(self.notes)), signals, model,
+            bins or [], projection_kept, self.text,
         )
 
 
@@ -279,9 +450,19 @@ def report_text(report: QualityReport, name_of: Callable[[str], str] | None = No
         + (" (a sample)" if report.sampled else "") + (" · STOPPED early" if report.stopped else ""),
         f"recall@1 {report.recall_at_1:.1%}   recall@5 {report.recall_at_5:.1%}",
     ]
-    if report.threshold_95 is not None:
-        lines.append(f"threshold that keeps {KEEP_TRUE_MATCHES:.0%} of true matches: {report.threshold_95 * 100:.0f}%"
-                     f" (cosine {report.threshold_95:.3f})")
+    if report.signals:
+        lines.append("")
+        lines.append("signals (each added to the ones above)   recall@1  recall@5")
+        lines += [f"  {s.name:<38} {s.recall_at_1:>8.1%}  {s.recall_at_5:>8.1%}" + ("  <- what searches use" if s.used
+                  else "") for s in report.signals]
+    if report.score_model is not None:
+        model = report.score_model
+        lines.append("")
+        lines.append(f"score: {score_sentence(model)}")
+        if report.calibration:
+            lines.append("how often the first result was right, by its score:")
+            lines += [f"  {b.low:>4.0%}-{b.high:<4.0%} {b.pairs:>5} results  {b.right:>6.1%} right"
+                      for b in report.calibration]
     if report.categories:
         width = max(len(c.category) for c in report.categories)
         lines.append("")
@@ -291,7 +472,14 @@ def report_text(report: QualityReport, name_of: Callable[[str], str] | None = No
     if report.confusions:
         lines.append("")
         lines.append("worst confusions (query photo -> wrong product first -> right product):")
-        lines += [f"  {c.query_photo} -> {name_of(c.wrong_product)} ({c.wrong_score * 100:.0f}%) -> "
-                  f"{name_of(c.query_product)} ({c.right_score * 100:.0f}%)" for c in report.confusions]
+        lines += [f"  {c.query_photo} -> {name_of(c.wrong_product)} (image {c.wrong_score:.2f}) -> "
+                  f"{name_of(c.query_product)} (image {c.right_score:.2f})" for c in report.confusions]
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
+
+
+def score_sentence(model: scoring.ScoreModel) -> str:
+    """The fitted score's meaning in one sentence, for the CLI and the Match quality page."""
+    return (f"a match's percentage is how often such a match was right on these held-out photos; the default "
+            f"threshold {model.threshold:.0%} still shows {KEEP_TRUE_MATCHES:.0%} of the right products that reach "
+            f"the top 5")

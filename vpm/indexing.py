@@ -182,61 +182,117 @@ class Indexer:
         return len(orphans)
 
 
-class FeatureIndexer:
-    """Keeps the photos' stored keypoints (vpm/lance_features.py) in step with the catalog, like `Indexer` does
-    for one model's vectors: fills in the photos that have none, drops the rows of photos no longer there."""
+class PhotoDataIndexer:
+    """Keeps one kind of per-photo derived data in step with the catalog, like `Indexer` does for one model's
+    vectors: fills in the photos that have none, drops the rows of photos no longer there. The store gives
+    `count`, `upsert`, `delete_photos`, `iter_keys`, and the two look-ups named by `known_for_shas` and `keys_with`."""
 
-    def __init__(self, storage: Storage, catalog: CatalogStore, features):
+    what = "data"  # for people: "keypoints", "package text"
+
+    def __init__(self, storage: Storage, catalog: CatalogStore, store):
         self.storage = storage
         self.catalog = catalog
-        self.features = features
+        self.store = store
         self.problems: dict[str, str] = {}
 
+    # What one kind of data needs: computed from a photo, found again by its bytes, written as a row.
+    def compute(self, image): ...
+    def known_for_shas(self, shas: set[str]) -> dict: ...
+    def keys_with(self, keys: list[str]) -> set[str]: ...
+    def entry(self, product: Product, photo: Photo, value): ...
+
     def missing_estimate(self) -> int:
-        """Photos minus stored keypoints: two counts, cheap at any size."""
-        return max(0, self.catalog.photo_count() - self.features.count())
+        """Photos minus stored rows: two counts, cheap at any size."""
+        return max(0, self.catalog.photo_count() - self.store.count())
 
     def fill_missing(self, progress: Progress | None = None, *, rebuild: bool = False) -> int:
-        from .lance_features import PhotoFeatures
-        from .rerank import extract
-
         progress = progress or _no_progress
-        total = sum(1 for _ in self._photos_without_features(rebuild))  # counted, then walked: bounded memory
+        total = sum(1 for _ in self._photos_without(rebuild))  # counted, then walked: bounded memory
         if total:  # nothing to do says nothing: the vectors' progress stays the last word
-            progress(0, total, f"finding the keypoints of {total} photos")
+            progress(0, total, f"finding the {self.what} of {total} photos")
         stored = done = 0
-        for chunk in chunked(self._photos_without_features(rebuild), EMBED_BATCH):
-            known = {} if rebuild else self.features.features_for_shas({photo.sha256 for _p, photo in chunk})
+        for chunk in chunked(self._photos_without(rebuild), EMBED_BATCH):
+            known = {} if rebuild else self.known_for_shas({photo.sha256 for _p, photo in chunk})
             entries = []
             for product, photo in chunk:
                 if photo.sha256 not in known:
                     try:
                         data = self.storage.get(photo.key)
-                        known[photo.sha256] = extract(decode_image(data, photo.key, max_bytes=max(len(data), 1)).image)
+                        known[photo.sha256] = self.compute(decode_image(data, photo.key,
+                                                                        max_bytes=max(len(data), 1)).image)
                     except (StorageError, ImageError) as err:
                         self.problems[photo.key] = str(err)
-                        log.warning("product %s: no keypoints for its photo %s (%s)", product.id, photo.key, err)
+                        log.warning("product %s: no %s for its photo %s (%s)", product.id, self.what, photo.key, err)
                         continue
-                entries.append(PhotoFeatures(photo.key, product.id, photo.sha256, known[photo.sha256]))
-            self.features.upsert(entries)
+                if known[photo.sha256] is not None:  # None: could not be computed here (say, no OCR installed)
+                    entries.append(self.entry(product, photo, known[photo.sha256]))
+            self.store.upsert(entries)
             stored += len(entries)
             done += len(chunk)
             total = max(total, done)  # photos added since the count
-            progress(done, total, f"keypoints of {done}/{total} photos")
+            progress(done, total, f"{self.what} of {done}/{total} photos")
         return stored
 
-    def _photos_without_features(self, rebuild: bool) -> Iterator[tuple[Product, Photo]]:
+    def _photos_without(self, rebuild: bool) -> Iterator[tuple[Product, Photo]]:
         for batch in self.catalog.iter_batches():
             keys = [p.key for product in batch for p in product.photos]
-            have = set() if rebuild else self.features.photo_keys_with_features(keys)
+            have = set() if rebuild else self.keys_with(keys)
             yield from ((product, photo) for product in batch for photo in product.photos if photo.key not in have)
 
     def prune(self) -> int:
-        orphans = orphan_photo_keys(self.catalog, self.features.iter_keys())
+        orphans = orphan_photo_keys(self.catalog, self.store.iter_keys())
         if orphans:
-            self.features.delete_photos(orphans)
-            log.info("pruned the keypoints of %d photos no longer in the catalog", len(orphans))
+            self.store.delete_photos(orphans)
+            log.info("pruned the %s of %d photos no longer in the catalog", self.what, len(orphans))
         return len(orphans)
+
+
+class FeatureIndexer(PhotoDataIndexer):
+    """The photos' keypoints (vpm/lance_features.py)."""
+
+    what = "keypoints"
+
+    def __init__(self, storage: Storage, catalog: CatalogStore, features):
+        super().__init__(storage, catalog, features)
+        self.features = features
+
+    def compute(self, image):
+        from .rerank import extract
+
+        return extract(image)
+
+    def known_for_shas(self, shas: set[str]) -> dict:
+        return self.store.features_for_shas(shas)
+
+    def keys_with(self, keys: list[str]) -> set[str]:
+        return self.store.photo_keys_with_features(keys)
+
+    def entry(self, product: Product, photo: Photo, value):
+        from .lance_features import PhotoFeatures
+
+        return PhotoFeatures(photo.key, product.id, photo.sha256, value)
+
+
+class TextIndexer(PhotoDataIndexer):
+    """The package text read on the photos (vpm/lance_text.py); a photo is skipped while OCR is unavailable."""
+
+    what = "package text"
+
+    def compute(self, image):
+        from . import package_text
+
+        return package_text.read(image) if package_text.available() else None
+
+    def known_for_shas(self, shas: set[str]) -> dict:
+        return self.store.texts_for_shas(shas)
+
+    def keys_with(self, keys: list[str]) -> set[str]:
+        return self.store.photo_keys_with_text(keys)
+
+    def entry(self, product: Product, photo: Photo, value):
+        from .lance_text import PhotoText
+
+        return PhotoText(photo.key, product.id, photo.sha256, value)
 
 
 def orphan_photo_keys(catalog: CatalogStore, batches: Iterable[list[tuple[str, str]]]) -> list[str]:

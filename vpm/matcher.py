@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from . import engine, photos
+from .calibration import Calibration, CalibrationCache
 from .catalog import (
     CatalogError,
     CatalogStore,
@@ -32,10 +33,12 @@ from .catalog import (
 from .config import Settings
 from .errors import InvalidRequest
 from .images import Box, DecodedImage, crop_box, decode_image, parse_box
-from .indexing import FeatureIndexer, Indexer, IndexStatus
+from .indexing import FeatureIndexer, Indexer, IndexStatus, TextIndexer
 from .lance_catalog import LanceCatalogStore
 from .lance_features import TABLE as FEATURES_TABLE
 from .lance_features import LanceFeatureStore, PhotoFeatures
+from .lance_text import TABLE as TEXT_TABLE
+from .lance_text import LanceTextStore, PhotoText
 from .lance_vectors import LanceVectorIndex, existing_model_ids
 from .results import EmbeddedQuery, ImportReport, Match, PhotoView, ProductView, SearchResponse
 from .storage import Storage, StorageError, make_storage
@@ -110,6 +113,8 @@ class Matcher:
         self._vector_indexes: dict[str, VectorIndex] = {}
         self._features: LanceFeatureStore | None = None
         self._features_checked = False  # keypoints of photos added before they existed: filled in once per process
+        self._texts: LanceTextStore | None = None
+        self._calibrations = CalibrationCache()
         self._indexers: dict[str, Indexer] = {}
         self._checked_models: set[str] = set()
         self._lock = threading.RLock()
@@ -184,6 +189,52 @@ class Matcher:
         return self._features is not None or self._table_exists(FEATURES_TABLE)
 
     @property
+    def texts(self) -> LanceTextStore:
+        """The package text read on the photos (one table whatever the model: it comes from the pixels alone)."""
+        if self._texts is None:
+            with self._lock:
+                if self._texts is None:
+                    self._texts = LanceTextStore(self.where, exists=self._table_exists(TEXT_TABLE))
+        return self._texts
+
+    def has_text_table(self) -> bool:
+        return self._texts is not None or self._table_exists(TEXT_TABLE)
+
+    @property
+    def package_text_default(self) -> bool:
+        """Whether photos are read for their package text when added, and queries when it can help
+        (VPM_PACKAGE_TEXT)."""
+        return bool(self.settings.vpm_package_text)
+
+    def stored_texts(self, photo_keys: Iterable[str]) -> dict[str, str]:
+        """The package text stored for these photos ({} when none is stored, or it is switched off)."""
+        if not self.package_text_default or not self.has_text_table():
+            return {}
+        return self.texts.texts_for(list(photo_keys))
+
+    def calibration(self) -> Calibration:
+        """The active model's calibration on this catalog (vpm/calibration.py), re-read at most every 30 s."""
+        return self._calibrations.get(self.storage, self.where.prefix, self.embedder.model_id)
+
+    def score_explained(self) -> str:
+        """Where the photo score's curve comes from, for people ("fitted on 398 held-out photos of this catalog")."""
+        return self.calibration().score.described
+
+    def calibrate(self, progress: Progress | None = None):
+        """Fit and keep the score's curve and the projection on this catalog's held-out photos; returns the report
+        (None when no product has two photos: the model's built-in curve stays)."""
+        from .calibration import calibrate
+        from .evaluate import NothingToEvaluate
+
+        try:
+            report = calibrate(self, progress=progress)
+        except NothingToEvaluate as err:
+            log.info("not calibrated: %s", err)
+            return None
+        self._calibrations.forget()
+        return report
+
+    @property
     def rerank_default(self) -> bool:
         """Whether image searches verify their top candidates unless told otherwise (VPM_RERANK)."""
         return bool(self.settings.vpm_rerank)
@@ -202,6 +253,8 @@ class Matcher:
             summaries.append(engine.summarize(self._vector_index_for(model_id).table, f"{model_id} photo vectors"))
         if self.has_features_table():
             summaries.append(engine.summarize(self.features.table, "photo keypoints, to verify matches"))
+        if self.has_text_table():
+            summaries.append(engine.summarize(self.texts.table, "package text read on the photos"))
         return summaries
 
     @property
@@ -262,9 +315,12 @@ class Matcher:
         return self._embedder is not None
 
     def default_threshold(self, kind: Literal["image", "text"] = "image") -> float:
-        """The cosine similarity below which results are hidden by default, for the active model."""
+        """The score below which results are hidden by default, for the active model: for photos the calibrated
+        probability the catalog's fit chose (vpm/scoring.py); for words the text-image cosine."""
         if kind not in ("image", "text"):
             raise InvalidRequest(f"kind must be 'image' or 'text', not {kind!r}")
+        if kind == "image":
+            return self.calibration().score.threshold
         model_id = self.embedder.model_id.lower()
         if model_id.startswith("efficientnet-lite0"):
             family = model_id if model_id in _THRESHOLDS else "efficientnet-lite0"
@@ -391,6 +447,8 @@ class Matcher:
             self._quietly(lambda index=index: index.delete_photos([key]), "remove the vector of", key)
         if self.has_features_table():
             self._quietly(lambda: self.features.delete_photos([key]), "remove the keypoints of", key)
+        if self.has_text_table():
+            self._quietly(lambda: self.texts.delete_photos([key]), "remove the package text of", key)
         photos.discard(self.storage, [k for k in (photo.key, photo.thumbnail_key) if k], "after removing its photo")
         return after
 
@@ -410,6 +468,8 @@ class Matcher:
             self._quietly(lambda index=index: index.delete_products([product_id]), "remove the vectors of", product_id)
         if self.has_features_table():
             self._quietly(lambda: self.features.delete_products([product_id]), "remove the keypoints of", product_id)
+        if self.has_text_table():
+            self._quietly(lambda: self.texts.delete_products([product_id]), "remove the package text of", product_id)
         photos.discard(self.storage, product.file_keys(), "of a deleted product")
         log.info("deleted product %s", product_id)
         return product
@@ -458,6 +518,7 @@ class Matcher:
         written.extend(keys)
         self.store_vectors(batch)
         self.store_features(batch)
+        self.store_texts(batch)
 
     def discard_derived(self, photo_keys: Sequence[str], whom: str) -> None:
         """Remove the vectors and keypoints of photos whose product row never landed (they are derived data)."""
@@ -467,6 +528,8 @@ class Matcher:
         self._quietly(lambda: self.vectors.delete_photos(keys), "remove the vectors of", whom)
         if self.has_features_table():
             self._quietly(lambda: self.features.delete_photos(keys), "remove the keypoints of", whom)
+        if self.has_text_table():
+            self._quietly(lambda: self.texts.delete_photos(keys), "remove the package text of", whom)
 
     def store_features(self, batch: list[tuple[Product, list[photos.PreparedPhoto]]]) -> list[str]:
         """Compute (or reuse, for bytes seen before) and store the keypoints of these photos; returns their keys.
@@ -496,6 +559,31 @@ class Matcher:
             self.features.upsert(entries)
         except StorageError as err:  # derived data: the photos are searched unverified until `vpm index` runs
             log.warning("could not store the keypoints of %d photos (%s): `vpm index` fills them in", len(entries), err)
+            return []
+        return [e.photo_key for e in entries]
+
+    def store_texts(self, batch: list[tuple[Product, list[photos.PreparedPhoto]]]) -> list[str]:
+        """Read (or reuse, for bytes read before) and store the package text of these photos; returns their keys.
+        Nothing is stored while VPM_PACKAGE_TEXT is off or OCR is unavailable (`vpm index` reads them later)."""
+        from . import package_text
+
+        every = [p for _product, prepared in batch for p in prepared]
+        if not every or not self.package_text_default or not package_text.available():
+            return []
+        try:
+            known = self.texts.texts_for_shas({p.photo.sha256 for p in every})
+        except StorageError as err:  # derived data: an add never fails for want of text
+            log.warning("could not read the package text table (%s): these photos get theirs from `vpm index`", err)
+            return []
+        for item in {p.photo.sha256: p for p in every if p.photo.sha256 not in known}.values():
+            known[item.photo.sha256] = package_text.read(item.image.image)
+        entries = [PhotoText(p.photo.key, product.id, p.photo.sha256, known[p.photo.sha256])
+                   for product, prepared in batch for p in prepared]
+        try:
+            self.texts.upsert(entries)
+        except StorageError as err:
+            log.warning("could not store the package text of %d photos (%s): `vpm index` fills it in",
+                        len(entries), err)
             return []
         return [e.photo_key for e in entries]
 
@@ -531,7 +619,21 @@ class Matcher:
         """Import a folder of images, a .zip or a .csv (see vpm/importer.py and vpm/bulk_import.py)."""
         from .bulk_import import import_path
 
-        return import_path(self, path, progress, **options)
+        report = import_path(self, path, progress, **options)
+        if report.imported or report.photos_added:  # the catalog changed: so does what its scores mean
+            self.recalibrate(progress)
+        return report
+
+    def recalibrate(self, progress: Progress | None = None) -> None:
+        """Fit the score again after the catalog changed (an import); derived data, so a failure is only logged."""
+        def fitting(done: int, total: int) -> None:
+            if progress is not None:
+                progress(done, total, f"fitting the score on {total} held-out photos")
+
+        try:
+            self.calibrate(fitting)
+        except (StorageError, CatalogError) as err:
+            log.warning("could not fit the score on this catalog (%s): `python -m vpm calibrate` tries again", err)
 
     def import_upload(self, data: bytes, filename: str, progress: Progress | None = None) -> ImportReport:
         """Import an uploaded .zip or .csv (a browser hands bytes, not a path). The file keeps the person's
@@ -637,96 +739,104 @@ class Matcher:
         self, vector: np.ndarray, *, top_k: int = 10, threshold: float | None = None,
         categories: Iterable[str] | None = None, query: str | None = None, took_ms: float = 0.0,
         features: LocalFeatures | None = None, rerank: bool | None = None, box: Box | None = None,
+        kind: Literal["image", "text"] = "image", read_text: Callable[[], str] | None = None,
     ) -> SearchResponse:
         """Rank the catalog against a query vector (no embedding: cheap enough for a slider). No threshold
         when `threshold` is None. With the query's keypoints (`features`) the top candidates are verified, unless
-        `rerank` is False (None: VPM_RERANK)."""
+        `rerank` is False (None: VPM_RERANK); `read_text` reads the query photo's package text when it can help."""
         return self._rank_many(np.atleast_2d(vector), [query], top_k, threshold, categories, [took_ms],
-                               [features], rerank, [box])[0]
+                               [features], rerank, [box], [read_text], kind)[0]
+
+    def query_text_reader(self, data: bytes, filename: str,
+                          box: Box | str | Sequence[int] | None = None) -> Callable[[], str]:
+        """Reads the query photo's package text the first time it is asked for, then remembers it."""
+        read: dict[str, Callable[[], str]] = {}
+
+        def reader() -> str:  # decoded only when asked: most queries never need their text
+            if "reader" not in read:
+                read["reader"] = _text_reader(self._query_image(data, filename, None if box is None
+                                                                else parse_box(box)))
+            return read["reader"]()
+
+        return reader
 
     def _rank_many(self, vectors, queries, top_k, threshold, categories, embed_ms, features=None, rerank=None,
-                   boxes=None) -> list[SearchResponse]:
+                   boxes=None, text_readers=None, kind: str = "image") -> list[SearchResponse]:
+        from . import ranking
         from . import rerank as verification
+        from .projection import POOL
 
         if top_k < 1:
             raise InvalidRequest(f"top_k must be at least 1 (got {top_k})")
         features = features or [None] * len(queries)
         boxes = boxes or [None] * len(queries)
+        text_readers = text_readers or [None] * len(queries)
         verify = self.rerank_default if rerank is None else bool(rerank)
-        verify = verify and any(f is not None for f in features)
+        photo = kind == "image"
         started = time.perf_counter()
         self._embed_missing_once()
-        wanted_k = max(top_k, verification.RERANK_TOP) if verify else top_k
-        results = self.vectors.query(vectors, k=wanted_k + _SPARE_HITS, threshold=None if verify else threshold,
-                                     categories=categories)
+        calibration = self.calibration() if photo else None
+        wanted_k = top_k
+        if photo:  # the candidates every signal looks at, so the score orders the same list whatever top_k is
+            wanted_k = max(top_k, verification.RERANK_TOP, POOL if calibration.projection is not None else 0)
+        results = self.vectors.query(vectors, k=wanted_k + _SPARE_HITS, threshold=None, categories=categories)
         ids = sorted({hit.product_id for result in results for hit in result.hits})
         products = self.catalog.get_many(ids)
         wanted = {c.strip().casefold() for c in categories or () if c and c.strip()}
         shared_ms = (time.perf_counter() - started) * 1000 / max(1, len(queries))
+        stores = self._ranking_stores(verify)
+        read_text = photo and self.package_text_default and self.has_text_table()
         responses = []
-        for result, query, ms, query_features, box in zip(results, queries, embed_ms, features, boxes, strict=True):
+        for j, (result, query, ms, query_features, box, reader) in enumerate(
+                zip(results, queries, embed_ms, features, boxes, text_readers, strict=True)):
             one_started = time.perf_counter()
             matches = []
             for hit in result.hits:
                 product = products.get(hit.product_id)
                 if product is None or (wanted and product.category.casefold() not in wanted):
                     continue  # an add in flight, or one that never landed; or a category changed just now
-                photo = next((p for p in product.photos if p.key == hit.photo_key), None)
-                if photo is None:
+                photo_row = next((p for p in product.photos if p.key == hit.photo_key), None)
+                if photo_row is None:
                     continue  # a photo removed just now
-                matches.append(
-                    Match(product, hit.score, photo.key, self.url_for(photo.key), self.url_for(photo.thumbnail_key))
-                )
+                matches.append(Match(product, hit.score, photo_row.key, self.url_for(photo_row.key),
+                                     self.url_for(photo_row.thumbnail_key), similarity=hit.score))
                 if len(matches) == wanted_k:
                     break
-            reranked = False
-            verified = verify and query_features is not None
-            if verified:
-                matches, reranked = self._verify(matches, query_features, vectors[len(responses)])
-                if threshold is not None:
-                    matches = [m for m in matches if m.score >= threshold]
+            verified = reranked = text_read = False
+            if photo:
+                ranked = ranking.rank_photo_query(
+                    matches, vectors[j], calibration.score, stores, projection=calibration.projection,
+                    query_features=query_features if verify else None,
+                    read_query_text=reader if read_text else None, url_for=self.url_for,
+                )
+                matches, verified, reranked, text_read = (ranked.matches, ranked.verified, ranked.reranked,
+                                                          ranked.text_read)
+            best = matches[0] if matches else None
+            if threshold is not None:
+                matches = [m for m in matches if m.score >= threshold - 1e-9]
             matches = matches[:top_k]
             took = ms + shared_ms + (time.perf_counter() - one_started) * 1000
-            responses.append(SearchResponse(self.embedder.model_id, took, matches, result.best_score, query,
-                                            threshold, verified, reranked, box))
+            responses.append(SearchResponse(
+                self.embedder.model_id, took, matches, None if best is None else best.score, query, threshold,
+                verified, reranked, box, "match" if photo else "similarity", best,
+                calibration.score.described if photo else "", text_read,
+            ))
         return responses
 
-    def _verify(self, matches: list[Match], query_features: LocalFeatures,
-                query_vector: np.ndarray) -> tuple[list[Match], bool]:
-        """Re-order the first candidates by cosine + verified keypoint matches (vpm/rerank.py): each product by
-        its best photo and, when it has more, its next best by cosine."""
-        from . import rerank as verification
+    def _ranking_stores(self, verify: bool):
+        from .ranking import Stores
 
-        top = matches[: verification.RERANK_TOP]
-        try:
-            photo_keys = {m.product.id: self._photos_to_verify(m, query_vector) for m in top} if top else {}
-            wanted = {key for keys in photo_keys.values() for key in keys}
-            stored = self.features.features_for(wanted) if wanted else {}
-        except (StorageError, CatalogError) as err:  # derived data: never the reason a search fails
-            log.warning("could not read the candidates' keypoints (%s): results are not verified", err)
-            return matches, False
-        candidates = [[stored.get(key) for key in photo_keys[m.product.id]] for m in top]
-        outcome = verification.rerank([m.score for m in top], query_features, candidates)
-        checked = [dataclasses.replace(m, inliers=outcome.inliers[i] if m.photo_key in stored else None)
-                   for i, m in enumerate(top)]
-        return [checked[i] for i in outcome.order] + matches[len(top):], outcome.changed
+        return Stores(
+            vectors_for=self.vectors.vectors_for_keys,
+            features_for=self.features.features_for if verify and self.has_features_table() else None,
+            texts_for=self.texts.texts_for if self.package_text_default and self.has_text_table() else None,
+        )
 
     def _resolve_threshold(self, threshold: float | None, kind: str) -> float:
         value = self.default_threshold(kind) if threshold is None else float(threshold)
         if not -1.0 <= value <= 1.0 or math.isnan(value):
             raise InvalidRequest(f"threshold {threshold} is not a cosine similarity between -1 and 1 (e.g. 0.8 for 80%)")
         return value
-
-    def _photos_to_verify(self, match: Match, query_vector: np.ndarray) -> list[str]:
-        """The matched photo, then the product's next best photos by cosine (RERANK_PHOTOS in all)."""
-        from . import rerank as verification
-
-        others = [p.key for p in match.product.photos if p.key != match.photo_key]
-        if not others or verification.RERANK_PHOTOS < 2:
-            return [match.photo_key]
-        known = self.vectors.vectors_for_keys(others)
-        ranked = sorted(known, key=lambda key: -float(known[key] @ query_vector))
-        return [match.photo_key, *ranked[: verification.RERANK_PHOTOS - 1]]
 
     def search_image(
         self, data: bytes, filename: str, *, top_k: int = 10, threshold: float | None = None,
@@ -757,7 +867,7 @@ class Matcher:
         per_query_ms = (time.perf_counter() - started) * 1000 / max(1, len(images))
         return self._rank_many(
             vectors, [name for _data, name in images], top_k, threshold, categories, [per_query_ms] * len(images),
-            features, verify, [box] * len(images),
+            features, verify, [box] * len(images), [_text_reader(p) for p in pictures],
         )
 
     def search_url(
@@ -791,7 +901,8 @@ class Matcher:
         started = time.perf_counter()
         vector = self.embed_query_text(text)
         took_ms = (time.perf_counter() - started) * 1000
-        return self._rank_many(np.atleast_2d(vector), [text], top_k, threshold, categories, [took_ms])[0]
+        return self._rank_many(np.atleast_2d(vector), [text], top_k, threshold, categories, [took_ms],
+                               kind="text")[0]
 
     # ----------------------------------------------------------------------------------------- index
 
@@ -822,6 +933,9 @@ class Matcher:
         indexer.prune()
         self.feature_indexer.fill_missing(progress, rebuild=rebuild)
         self.feature_indexer.prune()
+        if self.package_text_default:
+            self.text_indexer.fill_missing(progress, rebuild=rebuild)
+            self.text_indexer.prune()
         self._features_checked = True
         self._checked_models.add(self.embedder.model_id)
         return indexer.status()
@@ -829,6 +943,10 @@ class Matcher:
     @property
     def feature_indexer(self) -> FeatureIndexer:
         return FeatureIndexer(self.storage, self.catalog, self.features)
+
+    @property
+    def text_indexer(self) -> TextIndexer:
+        return TextIndexer(self.storage, self.catalog, self.texts)
 
     def _drop_unreadable_vectors(self) -> None:
         """A rebuild starts the active model's vector table afresh when it cannot be opened (it is derived from
@@ -884,3 +1002,17 @@ class Matcher:
                             "index", missing)
         except (StorageError, CatalogError) as err:
             log.warning("could not store the keypoints of the missing photos (%s); searching without them", err)
+
+
+def _text_reader(picture: Image.Image) -> Callable[[], str]:
+    """Reads a decoded query photo's package text once, the first time ranking asks for it."""
+    from . import package_text
+
+    read: dict[str, str] = {}
+
+    def reader() -> str:
+        if "text" not in read:
+            read["text"] = package_text.read(picture)
+        return read["text"]
+
+    return reader

@@ -46,20 +46,29 @@ def code(text: object) -> str:
 
 
 def score_percent(score: float) -> int:
-    """A cosine score in [-1, 1] as a whole percent for display, clamped to 0-100 (negatives read as 0%)."""
+    """A score as a whole percent for display, rounded down and clamped to 0-100 (negatives read as 0%): rounded
+    down, a card that says 76% is still shown at a threshold of 76%."""
     if not math.isfinite(score):
         return 0
-    return max(0, min(100, round(score * 100)))
+    return max(0, min(100, math.floor(score * 100 + 1e-9)))
 
 
 def format_percent(score: float) -> str:
     return f"{score_percent(score)}%"
 
 
+# Prices up to this are written out in full; above it (only rows stored before vpm.catalog.MAX_PRICE: 1e308 is 309
+# digits) in scientific notation.
+PLAIN_PRICE_UP_TO = 1e12
+
+
 def format_price(price: float | None) -> str:
-    """'$89.50', or '' when the product has no price (cards then leave the line out)."""
+    """'$89.50', or '' when the product has no price (cards then leave the line out); '$1.00e+308' for an absurd
+    price a catalog stored before prices were capped."""
     if price is None or not math.isfinite(price):
         return ""
+    if abs(price) > PLAIN_PRICE_UP_TO:
+        return f"${price:.2e}"
     return f"${price:,.2f}"
 
 
@@ -90,14 +99,32 @@ def results_count_text(shown: int, threshold: float) -> str:
     return f"{plural(shown, 'match', 'matches')} at or above {format_percent(threshold)}"
 
 
-def nothing_found_text(best_score: float | None, threshold: float) -> str:
-    """What to say when no product reaches the threshold, so the person knows how far off the best one was."""
+def nothing_found_text(best_score: float | None, threshold: float, best_name: str | None = None) -> str:
+    """What to say when no product reaches the threshold: which product came closest, and how close."""
     if best_score is None:
         return "No products to compare with in the chosen categories."
-    return (
-        f"No product reaches {format_percent(threshold)} similarity. The best match scored "
-        f"{format_percent(best_score)}: lower the threshold to {format_percent(best_score)} or below to see it."
-    )
+    best = f"The closest is {best_name} at {format_percent(best_score)}" if best_name else (
+        f"The best match scored {format_percent(best_score)}")
+    return (f"No product reaches {format_percent(threshold)}. {best}: lower the threshold to "
+            f"{format_percent(best_score)} or below to see it.")
+
+
+def signals_text(match: Any) -> str:
+    """What a photo result's score is made of, in a few words: 'looks 81% alike · 24 keypoints match · reads
+    OATLY, HAVRE' (only the signals that were compared)."""
+    from .rerank import MIN_INLIERS  # rerank imports OpenCV only when it verifies: this import is light
+
+    parts = []
+    similarity = getattr(match, "similarity", None)
+    if similarity is not None and math.isfinite(similarity):
+        parts.append(f"looks {max(0, min(100, round(similarity * 100)))}% alike")  # a signal, not the threshold's
+    inliers = getattr(match, "inliers", None)
+    if inliers and inliers >= MIN_INLIERS:  # fewer is what unrelated photos produce: it adds nothing to the score
+        parts.append(f"{plural(inliers, 'keypoint')} match")
+    reads = getattr(match, "reads", ())
+    if reads:
+        parts.append("reads " + ", ".join(reads))
+    return " · ".join(parts)
 
 
 CSV_COLUMNS = ("rank", "id", "name", "category", "price", "score_percent", "score", "image_url")

@@ -67,14 +67,23 @@ class EmbeddedQuery:
 
 @dataclass(frozen=True)
 class Match:
-    """One search result: a product, its cosine similarity to the query (its best photo's), and which photo."""
+    """One search result: a product, its one score, the photo it matched by, and each signal behind the score.
+
+    For a photo query `score` is the calibrated probability that this is the right product (vpm/scoring.py), and
+    the list is ordered by it; for words it is the text-image cosine. `similarity` is the image cosine (through the
+    catalog's projection when it has one), `inliers` the keypoints verified on `photo_key`, `text` how alike the
+    package texts read (None: not compared), `reads` the telling words both photos read.
+    """
 
     product: Product
-    score: float  # cosine, in [-1, 1]
-    photo_key: str  # the photo that matched best
+    score: float
+    photo_key: str  # the photo that matched best (the one that verified, when one did)
     image_url: str | None  # of that photo
     thumbnail_url: str | None
     inliers: int | None = None  # keypoint matches verified between the query and that photo; None: not verified
+    similarity: float = float("nan")  # the image cosine behind the score
+    text: float | None = None
+    reads: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         p = self.product
@@ -82,6 +91,8 @@ class Match:
             "id": p.id, "name": p.name, "category": p.category, "price": p.price, "score": round(self.score, 6),
             "matched_image": self.photo_key, "image_url": self.image_url, "thumbnail_url": self.thumbnail_url,
             "photo_count": len(p.photos), "verified_matches": self.inliers,
+            "signals": {"image": round(self.similarity, 6), "keypoints": self.inliers,
+                        "text": None if self.text is None else round(self.text, 4), "reads": list(self.reads)},
         }
 
 
@@ -94,8 +105,12 @@ class SearchResponse:
     query: str | None = None  # the file name, URL or text searched for
     threshold: float | None = None  # the threshold applied (None: none)
     verified: bool = False  # whether the top candidates were verified by local features (re-ranking)
-    reranked: bool = False  # whether that verification changed the order the cosine gave
+    reranked: bool = False  # whether the signals changed the order the plain cosine gave
     box: Box | None = None  # the region of the query photo searched with
+    score_kind: Literal["match", "similarity"] = "similarity"  # match: calibrated (photos); similarity: cosine (words)
+    best_match: Match | None = None  # the best result ignoring the threshold (to name it when nothing passes)
+    calibration: str = ""  # where the score's curve comes from, for people
+    text_read: bool = False  # whether the query photo's package text was read and compared
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +123,10 @@ class SearchResponse:
             "rerank": self.verified,
             "reranked": self.reranked,
             "box": None if self.box is None else self.box.as_list(),
+            "score_kind": self.score_kind,
+            "calibration": self.calibration,
+            "package_text": self.text_read,
+            "best_match": None if self.best_match is None else self.best_match.as_dict(),
         }
 
 

@@ -18,7 +18,16 @@ from . import access as access_rules
 from .catalog import CatalogError, Product
 from .config import ConfigError, Settings, configure_logging, load_settings
 from .errors import VpmError, log_unexpected, something_went_wrong
-from .presentation import code, format_percent, format_price, plain, plural, score_percent, sentence
+from .presentation import (
+    code,
+    format_percent,
+    format_price,
+    plain,
+    plural,
+    score_percent,
+    sentence,
+    signals_text,
+)
 from .storage import StorageError
 
 if TYPE_CHECKING:  # imported for the annotations only: the matcher and the model load lazily
@@ -348,9 +357,9 @@ def product_card(item: Any) -> None:
         if len(product.photos) > 1:
             number = next((i for i, p in enumerate(product.photos, 1) if p.key == photo_key), 1)
             st.caption(f"Best match: photo {number} of {len(product.photos)}")
-        inliers = getattr(item, "inliers", None)
-        if inliers:
-            st.caption(f":material/verified: {inliers} matching keypoints")
+        similarity = getattr(item, "similarity", None)
+        if similarity is not None and abs(similarity - score) > 1e-9:  # a photo result: what its score is made of
+            st.caption(signals_text(item))
 
 
 def product_grid(items: Iterable[Any], columns: int = 4, key: str = "results") -> None:
@@ -402,6 +411,22 @@ def may_change() -> bool:
     return allowed.may_change
 
 
+def _sign_in_session() -> str:
+    """This browser session's name for the sign-in throttle: wrong guesses in another session never count here."""
+    import secrets
+
+    return st.session_state.setdefault("_vpm_sign_in_session", secrets.token_hex(8))
+
+
+def _client_address() -> str | None:
+    """The client's address for the throttle (a visitor opening new sessions is still one client); None when
+    Streamlit does not know it (localhost)."""
+    try:
+        return st.context.ip_address
+    except Exception:  # noqa: BLE001 - no client context (a test run): counted per session only
+        return None
+
+
 def sign_in_panel() -> None:
     """The sidebar's sign-in: a button for st.login, a password form for VPM_ADMIN_PASSWORD, or sign out."""
     allowed = access()
@@ -435,7 +460,9 @@ def sign_in_panel() -> None:
         if submitted:
             st.session_state["_vpm_sign_in_form"] = form + 1
             try:
-                token = access_rules.check_password(get_settings(), attempt or "")
+                token = access_rules.check_password(
+                    get_settings(), attempt or "", session=_sign_in_session(), client=_client_address()
+                )
             except access_rules.SignInThrottled as err:
                 st.session_state["_vpm_sign_in_problem"] = str(err)
             else:

@@ -1,0 +1,201 @@
+"""From the vector index's candidates to the list a person sees: every signal gathered, one score, one order.
+
+The index gives the products whose best photo is closest by the plain cosine. For a photo query this module then
+1. compares the first POOL of them again through the catalog's projection, when it has one (vpm/projection.py);
+2. verifies the first RERANK_TOP by keypoints, each by its best photos, and remembers which photo verified best,
+   so the card, its keypoint count and "Why this match?" all speak of the same photo (vpm/rerank.py);
+3. reads the query's package text only when it can change the first answer (a runner-up within TEXT_WEIGHT of the
+   first), and compares it with the candidates' stored text (vpm/package_text.py);
+4. scores each candidate with the catalog's calibration and orders the list by that score (vpm/scoring.py).
+Everything it reads (vectors, keypoints, texts of the candidates) is read in one batch per kind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import scoring
+from .catalog import CatalogError
+from .results import Match
+from .storage import StorageError
+
+log = logging.getLogger(__name__)
+
+MAX_PHOTOS_COMPARED = 8  # photos of one product compared through the projection (its first ones beyond)
+
+
+@dataclass(frozen=True)
+class Stores:
+    """What ranking reads, each optional: vectors by photo key, keypoints by photo key, package text by photo key."""
+
+    vectors_for: Callable[[list[str]], dict[str, np.ndarray]]
+    features_for: Callable[[set[str]], dict] | None = None
+    texts_for: Callable[[list[str]], dict[str, str]] | None = None
+
+
+@dataclass(frozen=True)
+class Ranked:
+    matches: list[Match]  # best first, each with its score
+    verified: bool  # whether keypoints were compared
+    reranked: bool  # whether the signals changed the order the plain cosine gave
+    text_read: bool  # whether the query's package text was read and compared
+
+
+def rank_photo_query(matches: list[Match], query_vector: np.ndarray, model: scoring.ScoreModel, stores: Stores, *,
+                     projection=None, query_features=None, read_query_text: Callable[[], str] | None = None,
+                     url_for: Callable[[str | None], str | None] = lambda key: key) -> Ranked:
+    """Score and order the candidates of one photo query (given best first by the plain cosine)."""
+    from . import rerank as verification
+
+    before = [m.product.id for m in matches]
+    if projection is not None and matches:
+        matches = _through_projection(matches, query_vector, projection, stores, url_for)
+    top = matches[: verification.RERANK_TOP]
+    inliers: dict[str, int] = {}
+    verified = False
+    if query_features is not None and stores.features_for is not None and top:
+        try:
+            inliers, best_photo = _verify(top, query_vector, query_features, stores, projection)
+            verified = True
+            matches = [dataclasses.replace(m, photo_key=best_photo[m.product.id],
+                                           image_url=url_for(best_photo[m.product.id]),
+                                           thumbnail_url=url_for(_thumbnail(m, best_photo[m.product.id])))
+                       if best_photo.get(m.product.id, m.photo_key) != m.photo_key else m for m in matches]
+        except (StorageError, CatalogError) as err:  # derived data: never the reason a search fails
+            log.warning("could not read the candidates' keypoints (%s): results are not verified", err)
+    signals = [scoring.Signals(m.similarity, inliers.get(m.product.id) if verified and i < len(top) else None)
+               for i, m in enumerate(matches)]
+    texts: dict[str, str] = {}
+    query_text = ""
+    if read_query_text is not None and stores.texts_for is not None and _text_can_change_first(signals):
+        query_text = read_query_text()
+        if query_text:
+            texts, similarity = _compare_text(top, query_text, stores)
+            signals = [dataclasses.replace(s, text=similarity.get(m.product.id)) if i < len(top) else s
+                       for i, (s, m) in enumerate(zip(signals, matches, strict=True))]
+    scores = model.scores([s.evidence for s in signals]) if signals else np.zeros(0)
+    scored = [dataclasses.replace(m, score=float(p), inliers=s.inliers, text=s.text,
+                                  reads=_shared_words(query_text, texts.get(m.product.id, "")))
+              for m, s, p in zip(matches, signals, scores, strict=True)]
+    order = sorted(range(len(scored)), key=lambda i: (-scored[i].score, -signals[i].evidence, i))
+    ranked = [scored[i] for i in order]
+    return Ranked(ranked, verified, [m.product.id for m in ranked] != before, bool(query_text))
+
+
+def _thumbnail(match: Match, photo_key: str) -> str | None:
+    photo = next((p for p in match.product.photos if p.key == photo_key), None)
+    return photo.thumbnail_key if photo is not None else None
+
+
+def _through_projection(matches: list[Match], query_vector: np.ndarray, projection, stores: Stores,
+                        url_for) -> list[Match]:
+    """The first POOL candidates compared again through the projection, each by its best photo there."""
+    from .projection import POOL
+
+    pool = matches[:POOL]
+    keys = [p.key for m in pool for p in m.product.photos[:MAX_PHOTOS_COMPARED]]
+    try:
+        vectors = stores.vectors_for(keys)
+    except (StorageError, CatalogError) as err:
+        log.warning("could not read the candidates' vectors (%s): ranked without the projection", err)
+        return matches
+    if not vectors:
+        return matches
+    query = projection.apply(query_vector)
+    known = list(vectors)
+    cosines = dict(zip(known, projection.apply(np.stack([vectors[k] for k in known])) @ query, strict=True))
+    rescored = []
+    for m in pool:
+        photos = [(float(cosines[p.key]), p) for p in m.product.photos[:MAX_PHOTOS_COMPARED] if p.key in cosines]
+        if not photos:
+            continue  # no vector yet (an add in flight): it cannot be compared fairly
+        cosine, photo = max(photos, key=lambda item: item[0])
+        rescored.append(dataclasses.replace(m, similarity=cosine, photo_key=photo.key, image_url=url_for(photo.key),
+                                            thumbnail_url=url_for(photo.thumbnail_key)))
+    rescored.sort(key=lambda m: -m.similarity)
+    rest = [dataclasses.replace(m, similarity=min(m.similarity, rescored[-1].similarity) if rescored else m.similarity)
+            for m in matches[POOL:]]  # beyond the pool: never above what the pool's last was compared at
+    return rescored + rest
+
+
+def _verify(top: list[Match], query_vector: np.ndarray, query_features, stores: Stores,
+            projection) -> tuple[dict[str, int], dict[str, str]]:
+    """Each candidate's verified keypoint matches (the most among its best RERANK_PHOTOS photos by cosine) and
+    which photo gave them (its best photo by cosine, and that photo's count, when none reached MIN_INLIERS)."""
+    from . import rerank as verification
+
+    photos_of = {m.product.id: _best_photos(m, query_vector, stores, projection) for m in top}
+    stored = stores.features_for({key for keys in photos_of.values() for key in keys})
+    inliers: dict[str, int] = {}
+    best_photo: dict[str, str] = {}
+    with verification.one_blas_thread():
+        for m in top:
+            found = {key: verification.verify(query_features, stored[key]).inliers
+                     for key in photos_of[m.product.id] if key in stored}
+            if not found:
+                continue  # no stored keypoints yet: not verified
+            key = max(found, key=found.__getitem__)
+            if found[key] < verification.MIN_INLIERS:  # nothing verified: the card keeps its best photo by cosine
+                key = m.photo_key if m.photo_key in found else key
+            inliers[m.product.id] = found[key]  # the count of the photo the card shows, as "Why this match?" draws
+            best_photo[m.product.id] = key
+    return inliers, best_photo
+
+
+def _best_photos(match: Match, query_vector: np.ndarray, stores: Stores, projection) -> list[str]:
+    """The matched photo, then the product's next best photos by cosine (RERANK_PHOTOS in all)."""
+    from . import rerank as verification
+
+    others = [p.key for p in match.product.photos if p.key != match.photo_key][:MAX_PHOTOS_COMPARED]
+    if not others or verification.RERANK_PHOTOS < 2:
+        return [match.photo_key]
+    known = stores.vectors_for(others)
+    if not known:
+        return [match.photo_key]
+    keys = list(known)
+    stacked = np.stack([known[k] for k in keys])
+    query = query_vector
+    if projection is not None:
+        stacked, query = projection.apply(stacked), projection.apply(query_vector)
+    ranked = [keys[i] for i in np.argsort(-(stacked @ query), kind="stable")]
+    return [match.photo_key, *ranked[: verification.RERANK_PHOTOS - 1]]
+
+
+def _text_can_change_first(signals: list[scoring.Signals]) -> bool:
+    """Text adds at most TEXT_WEIGHT: only a runner-up within that of the first can be lifted past it."""
+    if len(signals) < 2:
+        return False
+    evidence = sorted((s.evidence for s in signals), reverse=True)
+    return evidence[0] - evidence[1] < scoring.TEXT_WEIGHT
+
+
+def _compare_text(top: list[Match], query_text: str, stores: Stores) -> tuple[dict[str, str], dict[str, float]]:
+    from . import package_text
+
+    keys = [p.key for m in top for p in m.product.photos[:MAX_PHOTOS_COMPARED]]
+    try:
+        stored = stores.texts_for(keys)
+    except (StorageError, CatalogError) as err:
+        log.warning("could not read the candidates' package text (%s): ranked without it", err)
+        return {}, {}
+    texts = {m.product.id: "\n".join(stored.get(p.key, "") for p in m.product.photos[:MAX_PHOTOS_COMPARED])
+             for m in top}
+    with_text = [m for m in top if texts[m.product.id].strip()]
+    values = package_text.similarities(query_text, [texts[m.product.id] for m in with_text])
+    return texts, {m.product.id: v for m, v in zip(with_text, values, strict=True)}
+
+
+def _shared_words(query_text: str, candidate_text: str) -> tuple[str, ...]:
+    """The telling words a result's photos read that the query's photo read too ("reads: OATLY, HAVRE")."""
+    if not query_text or not candidate_text:
+        return ()
+    from . import package_text
+
+    read = set(package_text.normalise(query_text).split())
+    return tuple(w for w in package_text.words_shown(candidate_text, limit=6)
+                 if package_text.normalise(w) in read)[:3]
