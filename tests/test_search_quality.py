@@ -277,7 +277,8 @@ def test_a_product_is_verified_by_its_matched_photo_and_its_next_best(matcher):
     query_vector = matcher.vectors.vectors_for_keys([third])[third]
     match = Match(product, 0.5, first, None, None)
 
-    assert ranking._best_photos(match, query_vector, matcher._ranking_stores(True), None) == [first, third]
+    cosines = ranking._cosines([match], query_vector, matcher._ranking_stores(True), None)
+    assert ranking._best_photos(match, cosines) == [first, third]
 
 
 def test_rerank_counts_the_best_verified_photo_of_a_product():

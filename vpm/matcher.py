@@ -798,8 +798,7 @@ class Matcher:
                 photo_row = next((p for p in product.photos if p.key == hit.photo_key), None)
                 if photo_row is None:
                     continue  # a photo removed just now
-                matches.append(Match(product, hit.score, photo_row.key, self.url_for(photo_row.key),
-                                     self.url_for(photo_row.thumbnail_key), similarity=hit.score))
+                matches.append(Match(product, hit.score, photo_row.key, None, None, similarity=hit.score))
                 if len(matches) == wanted_k:
                     break
             verified = reranked = text_read = False
@@ -807,14 +806,14 @@ class Matcher:
                 ranked = ranking.rank_photo_query(
                     matches, vectors[j], calibration.score, stores, projection=calibration.projection,
                     query_features=query_features if verify else None,
-                    read_query_text=reader if read_text else None, url_for=self.url_for,
+                    read_query_text=reader if read_text else None,
                 )
                 matches, verified, reranked, text_read = (ranked.matches, ranked.verified, ranked.reranked,
                                                           ranked.text_read)
-            best = matches[0] if matches else None
+            best = self._with_urls(matches[0]) if matches else None
             if threshold is not None:
                 matches = [m for m in matches if m.score >= threshold - 1e-9]
-            matches = matches[:top_k]
+            matches = [self._with_urls(m) for m in matches[:top_k]]  # URLs (presigned: a signature each) shown only
             took = ms + shared_ms + (time.perf_counter() - one_started) * 1000
             responses.append(SearchResponse(
                 self.embedder.model_id, took, matches, None if best is None else best.score, query, threshold,
@@ -822,6 +821,11 @@ class Matcher:
                 calibration.score.described if photo else "", text_read,
             ))
         return responses
+
+    def _with_urls(self, match: Match) -> Match:
+        photo = next((p for p in match.product.photos if p.key == match.photo_key), None)
+        thumbnail = photo.thumbnail_key if photo is not None else None
+        return dataclasses.replace(match, image_url=self.url_for(match.photo_key), thumbnail_url=self.url_for(thumbnail))
 
     def _ranking_stores(self, verify: bool):
         from .ranking import Stores

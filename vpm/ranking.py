@@ -47,24 +47,24 @@ class Ranked:
 
 
 def rank_photo_query(matches: list[Match], query_vector: np.ndarray, model: scoring.ScoreModel, stores: Stores, *,
-                     projection=None, query_features=None, read_query_text: Callable[[], str] | None = None,
-                     url_for: Callable[[str | None], str | None] = lambda key: key) -> Ranked:
-    """Score and order the candidates of one photo query (given best first by the plain cosine)."""
+                     projection=None, query_features=None,
+                     read_query_text: Callable[[], str] | None = None) -> Ranked:
+    """Score and order the candidates of one photo query (given best first by the plain cosine). The matches'
+    URLs are left for the caller to set on the few it shows: the photo a match is shown by may change here."""
     from . import rerank as verification
 
     before = [m.product.id for m in matches]
-    if projection is not None and matches:
-        matches = _through_projection(matches, query_vector, projection, stores, url_for)
+    cosines = _cosines(matches, query_vector, stores, projection)
+    if projection is not None and cosines:
+        matches = _through_projection(matches, cosines)
     top = matches[: verification.RERANK_TOP]
     inliers: dict[str, int] = {}
     verified = False
     if query_features is not None and stores.features_for is not None and top:
         try:
-            inliers, best_photo = _verify(top, query_vector, query_features, stores, projection)
+            inliers, best_photo = _verify(top, query_features, stores, cosines)
             verified = True
-            matches = [dataclasses.replace(m, photo_key=best_photo[m.product.id],
-                                           image_url=url_for(best_photo[m.product.id]),
-                                           thumbnail_url=url_for(_thumbnail(m, best_photo[m.product.id])))
+            matches = [dataclasses.replace(m, photo_key=best_photo[m.product.id])
                        if best_photo.get(m.product.id, m.photo_key) != m.photo_key else m for m in matches]
         except (StorageError, CatalogError) as err:  # derived data: never the reason a search fails
             log.warning("could not read the candidates' keypoints (%s): results are not verified", err)
@@ -87,49 +87,56 @@ def rank_photo_query(matches: list[Match], query_vector: np.ndarray, model: scor
     return Ranked(ranked, verified, [m.product.id for m in ranked] != before, bool(query_text))
 
 
-def _thumbnail(match: Match, photo_key: str) -> str | None:
-    photo = next((p for p in match.product.photos if p.key == photo_key), None)
-    return photo.thumbnail_key if photo is not None else None
-
-
-def _through_projection(matches: list[Match], query_vector: np.ndarray, projection, stores: Stores,
-                        url_for) -> list[Match]:
-    """The first POOL candidates compared again through the projection, each by its best photo there."""
+def _cosines(matches: list[Match], query_vector: np.ndarray, stores: Stores, projection) -> dict[str, float]:
+    """The query's cosine with every photo of the first candidates (the first POOL through the projection, when
+    there is one; else the first RERANK_TOP, to pick the photos to verify), from one read of their vectors."""
+    from . import rerank as verification
     from .projection import POOL
 
-    pool = matches[:POOL]
-    keys = [p.key for m in pool for p in m.product.photos[:MAX_PHOTOS_COMPARED]]
+    first = matches[: POOL if projection is not None else verification.RERANK_TOP]
+    keys = [p.key for m in first for p in m.product.photos[:MAX_PHOTOS_COMPARED]]
+    if projection is None and verification.RERANK_PHOTOS < 2:
+        return {}
     try:
         vectors = stores.vectors_for(keys)
     except (StorageError, CatalogError) as err:
-        log.warning("could not read the candidates' vectors (%s): ranked without the projection", err)
-        return matches
+        log.warning("could not read the candidates' vectors (%s): ranked by the index's cosine alone", err)
+        return {}
     if not vectors:
-        return matches
-    query = projection.apply(query_vector)
+        return {}
     known = list(vectors)
-    cosines = dict(zip(known, projection.apply(np.stack([vectors[k] for k in known])) @ query, strict=True))
+    stacked = np.stack([vectors[k] for k in known])
+    query = np.asarray(query_vector, dtype=np.float32)
+    if projection is not None:  # one projection of every photo and of the query, whatever the list's length
+        stacked, query = projection.apply(stacked), projection.apply(query)
+    return dict(zip(known, (stacked @ query).tolist(), strict=True))
+
+
+def _through_projection(matches: list[Match], cosines: dict[str, float]) -> list[Match]:
+    """The first POOL candidates compared again through the projection, each by its best photo there."""
+    from .projection import POOL
+
     rescored = []
-    for m in pool:
-        photos = [(float(cosines[p.key]), p) for p in m.product.photos[:MAX_PHOTOS_COMPARED] if p.key in cosines]
+    for m in matches[:POOL]:
+        photos = [(cosines[p.key], p.key) for p in m.product.photos[:MAX_PHOTOS_COMPARED] if p.key in cosines]
         if not photos:
             continue  # no vector yet (an add in flight): it cannot be compared fairly
-        cosine, photo = max(photos, key=lambda item: item[0])
-        rescored.append(dataclasses.replace(m, similarity=cosine, photo_key=photo.key, image_url=url_for(photo.key),
-                                            thumbnail_url=url_for(photo.thumbnail_key)))
+        cosine, key = max(photos)
+        rescored.append(dataclasses.replace(m, similarity=cosine, photo_key=key))
     rescored.sort(key=lambda m: -m.similarity)
-    rest = [dataclasses.replace(m, similarity=min(m.similarity, rescored[-1].similarity) if rescored else m.similarity)
+    floor = rescored[-1].similarity if rescored else None
+    rest = [dataclasses.replace(m, similarity=min(m.similarity, floor)) if floor is not None else m
             for m in matches[POOL:]]  # beyond the pool: never above what the pool's last was compared at
     return rescored + rest
 
 
-def _verify(top: list[Match], query_vector: np.ndarray, query_features, stores: Stores,
-            projection) -> tuple[dict[str, int], dict[str, str]]:
+def _verify(top: list[Match], query_features, stores: Stores,
+            cosines: dict[str, float]) -> tuple[dict[str, int], dict[str, str]]:
     """Each candidate's verified keypoint matches (the most among its best RERANK_PHOTOS photos by cosine) and
     which photo gave them (its best photo by cosine, and that photo's count, when none reached MIN_INLIERS)."""
     from . import rerank as verification
 
-    photos_of = {m.product.id: _best_photos(m, query_vector, stores, projection) for m in top}
+    photos_of = {m.product.id: _best_photos(m, cosines) for m in top}
     stored = stores.features_for({key for keys in photos_of.values() for key in keys})
     inliers: dict[str, int] = {}
     best_photo: dict[str, str] = {}
@@ -147,23 +154,14 @@ def _verify(top: list[Match], query_vector: np.ndarray, query_features, stores: 
     return inliers, best_photo
 
 
-def _best_photos(match: Match, query_vector: np.ndarray, stores: Stores, projection) -> list[str]:
+def _best_photos(match: Match, cosines: dict[str, float]) -> list[str]:
     """The matched photo, then the product's next best photos by cosine (RERANK_PHOTOS in all)."""
     from . import rerank as verification
 
-    others = [p.key for p in match.product.photos if p.key != match.photo_key][:MAX_PHOTOS_COMPARED]
-    if not others or verification.RERANK_PHOTOS < 2:
-        return [match.photo_key]
-    known = stores.vectors_for(others)
-    if not known:
-        return [match.photo_key]
-    keys = list(known)
-    stacked = np.stack([known[k] for k in keys])
-    query = query_vector
-    if projection is not None:
-        stacked, query = projection.apply(stacked), projection.apply(query_vector)
-    ranked = [keys[i] for i in np.argsort(-(stacked @ query), kind="stable")]
-    return [match.photo_key, *ranked[: verification.RERANK_PHOTOS - 1]]
+    others = [p.key for p in match.product.photos[:MAX_PHOTOS_COMPARED] if p.key != match.photo_key
+              and p.key in cosines]
+    others.sort(key=lambda key: -cosines[key])
+    return [match.photo_key, *others[: verification.RERANK_PHOTOS - 1]]
 
 
 def _text_can_change_first(signals: list[scoring.Signals]) -> bool:

@@ -228,7 +228,7 @@ class CalibrationBin:
     right: float  # the share of these pairs that were the right product
 
     def as_dict(self) -> dict[str, Any]:
-        return {"low": self.low, "high": self.high, "pairs": self.pairs, "right": round(self.right, 4)}
+        return {"low": round(self.low, 4), "high": round(self.high, 4), "pairs": self.pairs, "right": round(self.right, 4)}
 
 
 def reliability(scores: Sequence[float], labels: Sequence[bool], bins: int = 10) -> list[CalibrationBin]:
