@@ -116,8 +116,7 @@ if report.score_model is not None:
             with st.spinner("Fitting the score on this catalog…"):
                 kept = matcher.calibrate()
             if kept is not None:
-                st.success(f"Searches now score with a fit on {kept.queries} held-out photos of this catalog.",
-                           icon=":material/check_circle:")
+                st.success(f"Searches now score with a curve {kept.score.described}.", icon=":material/check_circle:")
     else:
         st.caption(f"Searches score with a curve {matcher.score_explained()}.")
 

@@ -84,12 +84,12 @@ def test_a_catalog_calibrated_on_its_own_photos_is_used_by_every_search_after(ma
     before = matcher.calibration().score
     assert before.source == "prior"  # the tiny test model has no built-in curve
 
-    report = matcher.calibrate()
+    calibrated = matcher.calibrate()
 
-    assert report is not None and report.score_model is not None
+    assert calibrated is not None
     fresh = Matcher(search_settings)  # another process, or another replica, reads what was kept
     kept = fresh.calibration().score
-    assert kept.source == "catalog" and kept.queries == report.queries
+    assert kept.source == "catalog" and kept == calibrated.score and kept.queries == 12
     assert fresh.default_threshold("image") == kept.threshold
     assert "held-out photos of this catalog" in fresh.score_explained()
     data, name = queries(1)[0]
@@ -217,4 +217,27 @@ def test_an_import_fits_the_score_on_the_catalog_it_made_and_the_cli_can_fit_it_
 
     assert main(["calibrate", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
-    assert document["score"]["source"] == "catalog" and document["report"]["queries"] == 10
+    assert document["score"]["source"] == "catalog" and document["score"]["queries"] == 10
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_catalog_of_one_photo_a_product_learns_from_views_of_its_photos(matcher, search_settings):
+    from vpm.matcher import Matcher
+
+    for s in range(1, 25):
+        matcher.create_product([(to_bytes(textured(s)), f"p{s}.png")], name=f"Pack {s}", category="Packs")
+
+    from vpm import augmented
+
+    outcome = augmented.calibrate(matcher)
+    calibrated = matcher.calibrate()
+
+    assert outcome.photos == 24 and outcome.score is not None
+    assert (outcome.projection is not None) == (outcome.recall_projected >= outcome.recall_plain + 0.01)
+    assert calibrated is not None and calibrated.score.source == "views"
+    assert 0 < calibrated.score.slope + calibrated.score.margin_slope < 1000  # a curve, not a step
+    assert "views of 24 photos of this catalog" in Matcher(search_settings).score_explained()
+    data, name = queries(1)[0]
+    response = Matcher(search_settings).search_image(data, name, threshold=-1)
+    scores = [m.score for m in response.results]
+    assert scores == sorted(scores, reverse=True) and response.calibration.startswith("fitted on shopper-like views")

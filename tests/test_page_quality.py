@@ -97,7 +97,7 @@ def test_use_this_fit_keeps_it_for_every_search_and_read_only_never_offers_it(
     at.button(key="quality_calibrate").click().run()
 
     assert not at.exception
-    assert any("Searches now score with a fit on 6 held-out photos" in s.value for s in at.success)
+    assert any("Searches now score with a curve fitted on 6 held-out photos" in s.value for s in at.success)
     from vpm.matcher import Matcher
 
     assert Matcher(app_settings).calibration().score.source == "catalog"

@@ -21,7 +21,6 @@ from . import scoring
 from .storage import ObjectNotFound, Storage, StorageError
 
 if TYPE_CHECKING:
-    from .evaluate import QualityReport
     from .matcher import Matcher
 
 log = logging.getLogger(__name__)
@@ -76,24 +75,39 @@ def save(storage: Storage, prefix: str, calibration: Calibration) -> None:
 
 
 def calibrate(matcher: Matcher, *, max_queries: int = CALIBRATION_QUERIES,
-              progress: Callable[[int, int], None] | None = None) -> QualityReport:
-    """Fit and keep this catalog's calibration for the active model; returns the evaluation it was fitted from.
-    Raises NothingToEvaluate when the catalog has no product with two photos (the built-in curve stays)."""
-    from .evaluate import Evaluation
+              progress: Callable[[int, int], None] | None = None) -> Calibration | None:
+    """Fit and keep this catalog's calibration for the active model, and return it.
 
-    evaluation = Evaluation(matcher, max_queries=max_queries)
-    report = evaluation.run(progress)
-    if report.score_model is None:
-        return report
-    kept = None
-    if report.projection_kept:
+    Products with two or more photos are the held-out photos (vpm/evaluate.py). A catalog with too few of them
+    for a projection (mostly one photo a product) learns from two shopper-like views of its photos instead
+    (vpm/augmented.py). None when neither gives anything to fit (the model's built-in curve stays)."""
+    from . import augmented
+    from .evaluate import Evaluation, NothingToEvaluate
+
+    report = None
+    try:
+        evaluation = Evaluation(matcher, max_queries=max_queries)
+        report = evaluation.run(progress)
+    except NothingToEvaluate:
+        evaluation = None
+    kept: projections.Projection | None = None
+    model = None if report is None else report.score_model
+    if evaluation is not None and report is not None and report.projection_kept:
         kept = projections.fit(evaluation.vectors, evaluation.codes)
-    model = scoring.ScoreModel(**{**report.score_model.as_dict(),
-                                  "projection": None if kept is None else kept.digest})
-    save(matcher.storage, matcher.where.prefix, Calibration(model, kept))
-    log.info("calibrated %s on %d held-out photos: recall@1 %.3f, threshold %.0f%%%s", model.model_id,
-             report.queries, report.recall_at_1, model.threshold * 100, ", with its projection" if kept else "")
-    return report
+    elif evaluation is None or not evaluation.projection:  # too few pairs of real photos: learn from views
+        outcome = augmented.calibrate(matcher, progress=progress)
+        if outcome is not None and outcome.score is not None and (outcome.projection is not None or model is None):
+            kept, model = outcome.projection, outcome.score
+            log.info("calibrated from two views of %d photos: recall@1 %.3f plain, %.3f projected%s", outcome.photos,
+                     outcome.recall_plain, outcome.recall_projected, "" if kept else " (projection not kept)")
+    if model is None:
+        return None
+    model = scoring.ScoreModel(**{**model.as_dict(), "projection": None if kept is None else kept.digest})
+    calibration = Calibration(model, kept)
+    save(matcher.storage, matcher.where.prefix, calibration)
+    log.info("calibrated %s on %d held-out photos: threshold %.0f%%%s", model.model_id, model.queries,
+             model.threshold * 100, ", with its projection" if kept else "")
+    return calibration
 
 
 class CalibrationCache:

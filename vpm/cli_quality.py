@@ -62,22 +62,21 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .calibration import CALIBRATION_QUERIES
     from .cli_progress import ProgressBar
     from .evaluate import score_sentence
 
     matcher = make_matcher(args)
     with ProgressBar("photo") as bar:
-        report = matcher.calibrate(bar)
-    if report is None or report.score_model is None:
+        kept = matcher.calibrate(bar)
+    if kept is None:
         raise UserError(
-            "nothing to fit: no product has two or more photos with a vector, so no photo can be held out and found "
-            "again; add more photos to some products (each side, other light), then run `python -m vpm calibrate`"
+            "nothing to fit: the catalog needs at least two products with a vector (photos of several products, "
+            "best two or more photos each), then run `python -m vpm calibrate`"
         )
-    model = matcher.calibration().score
-    used = next((s.name for s in report.signals if s.used), "image only")
-    text = (f"model {model.model_id}: fitted on {report.queries} held-out photos (at most {CALIBRATION_QUERIES}); "
-            f"signals {used}" + (" with this catalog's projection" if report.projection_kept else "")
-            + f"; recall@1 {report.recall_at_1:.1%}, recall@5 {report.recall_at_5:.1%}\n{score_sentence(model)}")
-    emit(args, {"score": model.as_dict(), "report": report.as_dict()}, terminal_safe(text))
+    model = kept.score
+    recall = model.recall.get("recall@1")
+    text = (f"model {model.model_id}: {model.described}"
+            + (" with this catalog's projection" if kept.projection is not None else "")
+            + (f"; recall@1 {recall:.1%}" if recall is not None else "") + f"\n{score_sentence(model)}")
+    emit(args, {"score": model.as_dict(), "projection": kept.projection is not None}, terminal_safe(text))
     return EXIT_OK

@@ -220,19 +220,14 @@ class Matcher:
         """Where the photo score's curve comes from, for people ("fitted on 398 held-out photos of this catalog")."""
         return self.calibration().score.described
 
-    def calibrate(self, progress: Progress | None = None):
-        """Fit and keep the score's curve and the projection on this catalog's held-out photos; returns the report
-        (None when no product has two photos: the model's built-in curve stays)."""
+    def calibrate(self, progress: Progress | None = None) -> Calibration | None:
+        """Fit and keep the score's curve and the projection on this catalog's own photos (vpm/calibration.py);
+        returns what was kept (None when there was nothing to fit: the model's built-in curve stays)."""
         from .calibration import calibrate
-        from .evaluate import NothingToEvaluate
 
-        try:
-            report = calibrate(self, progress=progress)
-        except NothingToEvaluate as err:
-            log.info("not calibrated: %s", err)
-            return None
+        kept = calibrate(self, progress=progress)
         self._calibrations.forget()
-        return report
+        return kept
 
     @property
     def rerank_default(self) -> bool:
