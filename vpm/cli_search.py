@@ -38,6 +38,12 @@ def register(sub, command) -> None:
         help="search only this region of the photo, in pixels of the upright photo (e.g. a shelf photo's product)",
     )
 
+    p = command("similar", cmd_similar, "more like this: the products most like one of the catalog's, by its stored "
+                "photos' vectors (nothing embedded: works with every model, offline included)")
+    p.add_argument("id", metavar="PRODUCT_ID")
+    p.add_argument("--top-k", type=positive, default=10, help="at most this many results (default 10)")
+    p.add_argument("--category", action="append", help="only this category (repeat for several)")
+
     p = command(
         "import", cmd_import,
         "add every image of a folder, a .zip or a .csv (columns image, name, category[, price, id, description]); "
@@ -96,7 +102,7 @@ def cmd_search(args) -> int:
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1 (got {args.top_k})")
     if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
-        raise UserError(f"--threshold is a cosine similarity between -1 and 1 (e.g. 0.8 for 80%), not {args.threshold}")
+        raise UserError(f"--threshold is a score between 0 and 1 (e.g. 0.8 for 80%), not {args.threshold}")
     options = {"top_k": args.top_k, "threshold": args.threshold, "categories": args.category}
     if args.text is not None and (args.box is not None or args.rerank is not None):
         raise UserError("--box and --rerank apply to a photo (IMAGE... or --url), not to --text")
@@ -118,6 +124,18 @@ def cmd_search(args) -> int:
     documents = [r.as_dict() for r in responses]
     document = documents if len(args.images) > 1 else documents[0]
     emit(args, document, terminal_safe("\n\n".join(_table(r) for r in responses)))
+    return EXIT_OK
+
+
+def cmd_similar(args) -> int:
+    from .catalog import ProductNotFound
+
+    matcher = make_matcher(args)
+    try:
+        response = matcher.similar(args.id, top_k=args.top_k, categories=args.category)
+    except ProductNotFound:
+        raise UserError(f"no product with id {args.id!r}: `python -m vpm list` shows the ids") from None
+    emit(args, response.as_dict(), terminal_safe(_table(response)))
     return EXIT_OK
 
 

@@ -893,6 +893,44 @@ class Matcher:
         candidate = decode_image(stored, photo.key, max_bytes=max(len(stored), 1)).image
         return rerank.draw_matches(query, candidate)
 
+    def similar(
+        self, product_id: str, *, top_k: int = 10, threshold: float | None = None,
+        categories: Iterable[str] | None = None,
+    ) -> SearchResponse:
+        """More like this: the catalog ranked against a product's own stored vectors, every photo of it (a product
+        scores by its best photo against any of them, as the catalog ranks by best photo); the product itself is
+        left out. Nothing is embedded, so it works with every model, offline included. Scores are cosines."""
+        if top_k < 1:
+            raise InvalidRequest(f"top_k must be at least 1 (got {top_k})")
+        started = time.perf_counter()
+        product = self.catalog.get(product_id)
+        self._embed_missing_once()
+        stored = self.vectors.vectors_for_keys([p.key for p in product.photos])
+        if not stored:
+            raise InvalidRequest(f"{product.name} has no {self.embedder.model_id} vector yet, so there is nothing to "
+                                 "compare it with: run `python -m vpm index`")
+        results = self.vectors.query(np.stack(list(stored.values())), k=top_k + 1 + _SPARE_HITS, threshold=None,
+                                     categories=categories)
+        best: dict[str, Any] = {}
+        for result in results:
+            for hit in result.hits:
+                if hit.product_id != product.id and (hit.product_id not in best or hit.score > best[hit.product_id].score):
+                    best[hit.product_id] = hit
+        hits = sorted(best.values(), key=lambda hit: -hit.score)
+        products = self.catalog.get_many([hit.product_id for hit in hits])
+        wanted = {c.strip().casefold() for c in categories or () if c and c.strip()}
+        matches = [Match(products[hit.product_id], hit.score, hit.photo_key, None, None, similarity=hit.score)
+                   for hit in hits if hit.product_id in products
+                   and (not wanted or products[hit.product_id].category.casefold() in wanted)
+                   and any(p.key == hit.photo_key for p in products[hit.product_id].photos)]
+        first = self._with_urls(matches[0]) if matches else None
+        if threshold is not None:
+            matches = [m for m in matches if m.score >= threshold - 1e-9]
+        took = (time.perf_counter() - started) * 1000
+        return SearchResponse(self.embedder.model_id, took, [self._with_urls(m) for m in matches[:top_k]],
+                              None if first is None else first.score, f"more like {product.name}", threshold,
+                              best_match=first)
+
     def search_text(
         self, text: str, *, top_k: int = 10, threshold: float | None = None, categories: Iterable[str] | None = None,
     ) -> SearchResponse:

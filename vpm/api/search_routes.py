@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.datastructures import UploadFile as StarletteUploadFile
@@ -33,7 +33,8 @@ class SearchQuery(BaseModel):
     top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="at most this many products")
     threshold: float | None = Field(
         None, allow_inf_nan=False,
-        description="minimum cosine similarity, -1 to 1 (0.25, not 25); default depends on the query kind",
+        description="minimum score, 0 to 1 (0.25, not 25): for a photo how often such a match is right (the "
+                    "catalog's calibration), for text the text-image cosine; default: the calibration's",
     )
     category: str | list[str] | None = Field(None, description="only these categories")
     rerank: bool | None = Field(
@@ -54,7 +55,7 @@ class SearchQuery(BaseModel):
     @classmethod
     def _cosine(cls, v: float | None) -> float | None:
         if v is not None and not -1.0 <= v <= 1.0:
-            raise ValueError("must be a cosine similarity between -1 and 1 (e.g. 0.25 for 25%)")
+            raise ValueError("must be a score between 0 and 1 (e.g. 0.25 for 25%)")
         return v
 
     def categories(self) -> list[str] | None:
@@ -178,3 +179,12 @@ def _search_text(matcher: Matcher, query: SearchQuery) -> SearchResponse:
         return matcher.search_text(query.text, **query.options())
     except EmbeddingError as err:  # e.g. the active model embeds images only
         raise ApiError(400, client_message(err)) from None
+
+
+@router.get("/products/{product_id}/similar", summary="more like this: the products most like this one")
+async def similar(product_id: str, matcher: MatcherDep, links: LinksDep, top_k: int = Query(10, ge=1, le=MAX_TOP_K),
+                  category: list[str] | None = Query(None)) -> dict[str, Any]:
+    """Ranked by their best photo against every stored photo of this product (nothing embedded); the product
+    itself is left out; each score is a cosine."""
+    response = await run_in_threadpool(matcher.similar, product_id, top_k=top_k, categories=category)
+    return {"success": True, **response.as_dict(), "results": [links.match(m) for m in response.results]}
