@@ -1049,7 +1049,7 @@ def _text_reader(picture: Image.Image) -> Callable[[], str]:
 
     def reader() -> str:
         if "text" not in read:
-            read["text"] = package_text.read(picture)
+            read["text"] = package_text.read(picture, quick=True)  # a person is waiting
         return read["text"]
 
     return reader

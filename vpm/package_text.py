@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 TEXT_ID = "ppocrv6"  # names the stored table (text-ppocrv6); change it when `read` changes
 MAX_SIDE = 1280  # the photo is scaled down so its longer side is at most this before OCR (never up)
 MIN_CONFIDENCE = 0.5  # recognised lines below this are mostly noise read into texture
+QUICK_SIDE = 416  # the shorter side text is looked for at on a query photo (rapidocr enlarges to 736 by default)
 # The files inside rapidocr 3.10's wheel, named outright: rapidocr then never looks for (or downloads) a model.
 _MODELS = {"Det": "PP-OCRv6_det_small.onnx", "Cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
            "Rec": "PP-OCRv6_rec_small.onnx"}
@@ -102,11 +103,13 @@ def frame(image: Image.Image) -> Image.Image:
     return rgb
 
 
-def read(image: Image.Image) -> str:
+def read(image: Image.Image, *, quick: bool = False) -> str:
     """The text printed on the photo: one recognised line a line, those read with confidence >= MIN_CONFIDENCE.
 
-    "" when nothing is read, and when OCR is not available here (then `available()` is False: store nothing, so
-    that `vpm index` can read the photo later).
+    `quick` is for a query photo, read while a person waits: text found at QUICK_SIDE instead of rapidocr's 736 px
+    and no check for upside-down lines. Measured on 398 shopper-like photos: CPU p50 315 -> 100 ms, as many words
+    read, and the same recall@1 once compared. "" when nothing is read, and when OCR is not available here (then
+    `available()` is False: store nothing, so that `vpm index` can read the photo later).
     """
     ocr = _ocr()
     if ocr is None:
@@ -116,7 +119,13 @@ def read(image: Image.Image) -> str:
         # One photo at a time. rapidocr 3.10 gave the same text from 4 threads at once, but each call has a core
         # already, and on a shared 2-core machine a second OCR would take the one searches need.
         with _call_lock:
-            result = ocr(bgr)
+            detector = ocr._load_det_model()  # where rapidocr keeps the detection size it reads on each call
+            default_side = detector.limit_side_len
+            detector.limit_side_len = QUICK_SIDE if quick else default_side
+            try:
+                result = ocr(bgr, use_cls=not quick)
+            finally:
+                detector.limit_side_len = default_side
     except Exception as err:  # noqa: BLE001 - optional derived data: an unreadable photo has no text, no failure
         log.warning("could not read the text on a photo (%s: %s)", type(err).__name__, err)
         return ""
