@@ -24,5 +24,6 @@ navigation = st.navigation(
         ],
     }
 )
+webapp.let_text_wrap()  # an uploader's list of formats wraps on a phone instead of ending in "..."
 webapp.sidebar_status()
 navigation.run()

@@ -32,8 +32,9 @@ import threading
 import time
 from pathlib import Path
 
+from shared_photos import PHOTOS, require_photos  # bench/: the shared photos beside the repository
+
 ROOT = Path(__file__).resolve().parents[1]
-PHOTO_DIRS = (ROOT.parent / "shared" / "datasets" / "products-photos", Path("/work/shared/datasets/products-photos"))
 BASELINE_REQ_S = 35.0
 
 
@@ -142,10 +143,10 @@ def main() -> None:
     parser.add_argument("--model", default="efficientnet-lite0")
     parser.add_argument("--configs", default="torch,auto+batch",
                         help="comma-separated, each `auto` or `torch`, optionally `+batch` and `+norerank`")
-    parser.add_argument("--photos", type=Path, default=next((d for d in PHOTO_DIRS if d.is_dir()), None))
+    parser.add_argument("--photos", type=Path, default=PHOTOS,
+                        help="a folder of product photos (default: ../shared/datasets/products-photos)")
     args = parser.parse_args()
-    if args.photos is None:
-        raise SystemExit("no photo folder: pass --photos")
+    require_photos(args.photos, suffixes=(".jpg", ".jpeg"))
     files = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in {".jpg", ".jpeg"})
     catalog = files[:: max(1, len(files) // args.catalog)][: args.catalog]
     queries = [(p.name, p.read_bytes()) for p in files[1 :: max(1, len(files) // 50)][:50]]

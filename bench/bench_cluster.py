@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the tiny CLIP builder (tests/tiny_clip.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PHOTOS = ROOT.parent / "shared" / "datasets" / "products-photos"
+from shared_photos import PHOTOS, require_photos  # noqa: E402 - bench/: the shared photos beside the repository
+
 MODELS = ROOT / "bench" / "results" / "models"
 
 
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each path (median shown); default 2")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    require_photos(PHOTOS, metadata=True, option=None)
 
     from vpm import cluster, engine
     from vpm.config import load_settings

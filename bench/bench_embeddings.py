@@ -34,14 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from shared_photos import PHOTOS, require_photos  # noqa: E402 - bench/: the shared photos beside the repository
+
 from vpm.embeddings import clear_embedder_cache, load_embedder  # noqa: E402
 from vpm.images import decode_image  # noqa: E402
 from vpm.pipeline import chunked, embedder_stages, prepared_batches  # noqa: E402
 
-PHOTO_DIRS = (
-    ROOT.parent / "shared" / "datasets" / "products-photos",
-    Path("/work/shared/datasets/products-photos"),
-)
 TEXT = "a red running shoe"
 
 
@@ -153,14 +151,14 @@ def main() -> None:
     parser.add_argument("--models", default="full-clip,efficientnet-lite0",
                         help="comma-separated: full-clip, efficientnet-lite0, a hub name or a model folder")
     parser.add_argument("--runtimes", default="torch,auto", help="comma-separated: torch, auto, onnx-fp32, onnx-int8")
-    parser.add_argument("--photos", type=Path, default=next((d for d in PHOTO_DIRS if d.is_dir()), None))
+    parser.add_argument("--photos", type=Path, default=PHOTOS,
+                        help="a folder of product photos (default: ../shared/datasets/products-photos)")
     parser.add_argument("--images", type=int, default=64, help="how many photos for the throughput runs")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per latency figure (median)")
     parser.add_argument("--model-cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "vpm-bench-models")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     args = parser.parse_args()
-    if args.photos is None or not args.photos.is_dir():
-        raise SystemExit("no photo folder: pass --photos (shared/datasets/products-photos is the usual one)")
+    require_photos(args.photos)
 
     files = _photo_files(args.photos, args.images)
     images = _decoded(files)

@@ -5,7 +5,7 @@ against one moto S3 server on 127.0.0.1 started by this script, each into its ow
 is N random-noise JPEGs of about --size-kb each plus metadata/products.json, written straight into a temp
 folder. Each tool then runs a second time on the unchanged folder ("re-run": nothing to do).
 
-    /work/venv/bin/python bench/bench_migrate.py [--files 500] [--size-kb 100] [--workers 8]
+    python bench/bench_migrate.py [--files 500] [--size-kb 100] [--workers 8]
 
 Note the tools do different work per file: vpm hashes every file (SHA-256), sends the checksum (S3 verifies
 it and returns it on the PUT, which is vpm's verification: no HEAD after it), guards each PUT with

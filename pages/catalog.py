@@ -18,6 +18,7 @@ from vpm.presentation import (
     plural,
     product_rows,
 )
+from vpm.sample import LOAD_TIME
 
 PAGE_SIZE = 50
 
@@ -44,7 +45,8 @@ if sample is not None:
 allowed = webapp.may_change()
 if allowed and not total:
     with st.container(border=True):
-        st.markdown("**The catalog is empty.** Load the sample products to try the app, or add your own below.")
+        st.markdown(f"**Try the app with the sample products** (loading them takes {LOAD_TIME}), or add your "
+                    "own below.")  # still true while they load
         webapp.offer_sample(matcher, key="catalog_sample", report_key="catalog_sample_report")
 if allowed:
     add_tab, import_tab, browse_tab = st.tabs(
@@ -89,6 +91,8 @@ if allowed:
             submitted = st.form_submit_button("Add product", type="primary", icon=":material/add:")
 
         if submitted:
+            # The card of the product added before would sit under this attempt's message: it goes.
+            st.session_state.pop("catalog_last_added", None)
             category = pick_category(chosen, typed)
             problems = add_form_problems(bool(photos), name, category)
             if problems:
@@ -228,6 +232,10 @@ with browse_tab:
 
         if page.items:
             by_id = {p.id: p for p in page.items}
+            if "catalog_reselect" in st.session_state:
+                # After a rename the browser still holds the old label as the choice: choosing the product again
+                # sends the new one (a widget's value can only be set before it is drawn, hence this rerun's flag).
+                st.session_state["catalog_selected"] = st.session_state.pop("catalog_reselect")
             picked = st.selectbox(
                 "Edit or delete" if allowed else "Show a product",
                 list(by_id),
@@ -256,6 +264,10 @@ with browse_tab:
                                 webapp.show_error(err, what="Could not remove the photo")
             if not allowed:
                 st.stop()  # nothing below but edits
+            refused = st.session_state.pop("catalog_photos_refused", None)
+            if refused is not None and refused[0] == product.id:  # said once, above a fresh uploader
+                webapp.show_error(refused[1], what=f"Could not add photos to {product.name}")
+                st.caption("None of them was added: choose the photos again, without the one refused.")
             with st.form(f"add_photos_{product.id}_{st.session_state.get('catalog_photo_form', 0)}"):
                 more = st.file_uploader(
                     "Add photos", type=list(IMAGE_UPLOAD_TYPES), accept_multiple_files=True,
@@ -273,8 +285,11 @@ with browse_tab:
                             st.toast(f"Added {plural(len(more), 'photo')} to {plain(product.name)}.",
                                      icon=":material/check_circle:")
                             st.rerun()
-                        except Exception as err:
-                            webapp.show_error(err, what=f"Could not add photos to {product.name}")
+                        except Exception as err:  # said after the rerun, above an empty uploader
+                            # A fresh uploader: the refused photo must not stay there to be sent again.
+                            st.session_state["catalog_photo_form"] = st.session_state.get("catalog_photo_form", 0) + 1
+                            st.session_state["catalog_photos_refused"] = (product.id, err)
+                            st.rerun()
 
             with st.form(f"edit_{product.id}"):
                 st.markdown(f"**Edit {plain(product.name)}**")
@@ -297,6 +312,7 @@ with browse_tab:
                     try:
                         matcher.update_product(product.id, **fields)
                         st.toast(f"Saved {plain(new_name.strip())}.", icon=":material/check_circle:")
+                        st.session_state["catalog_reselect"] = product.id  # the dropdown shows the new name
                         st.rerun()
                     except Exception as err:
                         webapp.show_error(err, what=f"Could not save {product.name}")

@@ -14,6 +14,7 @@ from vpm.presentation import data_uri, format_ms, plain, plural
 
 MAX_TOOLTIP_PICTURES = 1000  # products whose picture rides along in the page (small WebPs, ~2 KB each)
 PICTURE_SIDE = 96  # px
+SHOWN_PAIRS = 100  # possible duplicates listed (most alike first)
 
 st.title(":material/scatter_plot: Catalog map")
 st.caption(
@@ -122,12 +123,9 @@ with pairs_column:
     else:
         st.caption("Different products with near-identical photos: the same item added twice, or a photo filed "
                    "under the wrong product. Check them on the Catalog page.")
-        st.dataframe(
-            [{"alike": f"{d.score:.1%}", "product": d.first_name, "looks like": d.second_name}
-             for d in made.pairs],
-            hide_index=True,
-            width="stretch",
-            column_config={"alike": st.column_config.TextColumn(width="small"),
-                           "product": st.column_config.TextColumn(width="medium"),
-                           "looks like": st.column_config.TextColumn(width="medium")},
-        )
+        # Lines, most alike first, not a table: in this narrow column a table cut the names (and its headers).
+        shown = made.pairs[:SHOWN_PAIRS]
+        with st.container(height=480 if len(shown) > 12 else "content", key="duplicate_pairs"):
+            st.markdown("  \n".join(f"{i}. {plain(catalog_map.pair_line(d))}" for i, d in enumerate(shown, 1)))
+        if len(made.pairs) > len(shown):
+            st.caption(f"The {len(shown)} most alike of {len(made.pairs)}: raise the slider to narrow them down.")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from vpm import health, webapp
-from vpm.presentation import STATUS_ICONS, STATUS_MARKS, STATUS_WORDS, package_versions, plain
+from vpm.presentation import STATUS_ICONS, STATUS_MARKS, STATUS_WORDS, code, package_versions, plain
 
 st.title(":material/monitor_heart: Health")
 st.caption("The same checks as `python -m vpm health`: storage, catalog, model and search index.")
@@ -42,12 +42,13 @@ with st.container(horizontal=True):
         st.session_state["health_check_model"] = True
         st.rerun()
 
+# Line by line rather than tables: a table cell cuts a value at its column's width ("metadata/products.jso", half a
+# path on a phone); a line wraps, and a long path breaks inside its code span.
 settings_column, versions_column = st.columns([3, 2], gap="large")
 with settings_column:
     st.subheader("Effective settings")
     st.caption("From the environment, `.env` and Streamlit secrets. Secrets show only whether they are set.")
-    st.table({"setting": list(settings.masked()), "value": list(settings.masked().values())}, hide_index=True)
+    st.markdown("  \n".join(f"**{name}** · {code(value)}" for name, value in settings.masked().items()))
 with versions_column:
     st.subheader("Versions")
-    versions = package_versions()
-    st.table({"package": list(versions), "version": list(versions.values())}, hide_index=True)
+    st.markdown("  \n".join(f"**{name}** · {code(version)}" for name, version in package_versions().items()))

@@ -4,6 +4,7 @@ import streamlit as st
 
 from vpm import health, model_outlook, webapp
 from vpm.presentation import plain
+from vpm.sample import LOAD_TIME
 
 st.title(":material/image_search: Visual Product Matcher")
 st.caption("Find the products in your catalog that look like a photo.")
@@ -45,8 +46,9 @@ if products == 0:
             )
             st.page_link(webapp.MIGRATION_PAGE, label="Move the local catalog to the bucket",
                          icon=":material/cloud_upload:")
-        if webapp.access().may_change:
-            st.markdown("**The catalog is empty.** Start with the sample products, or add your own.")
+        if webapp.access().may_change:  # said so that it stays true while the sample loads below
+            st.markdown(f"**Start with the sample products** (loading them takes {LOAD_TIME}), or add "
+                        "your own.")
         else:
             st.markdown("**The catalog is empty.** Its owner can load the sample products or add their own.")
         if webapp.may_change():

@@ -11,8 +11,8 @@ from vpm.config import ConfigError, load_settings, redact_url
 from vpm.costs import CatalogSize, PriceError, Traffic, estimate, format_usd
 from vpm.health import overall
 from vpm.migration import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, Migration, catalog_size, plan_fingerprint
-from vpm.migration.report import plan_vectors_line, report_vectors_line
-from vpm.presentation import STATUS_ICONS, STATUS_WORDS, format_bytes, format_quantity, plain, plural
+from vpm.migration.report import plan_cost_line, plan_vectors_line, report_vectors_line
+from vpm.presentation import STATUS_ICONS, STATUS_WORDS, format_bytes, format_quantity, plain, plural, sentence
 from vpm.storage import LocalStorage
 
 st.title(":material/cloud_upload: Migration & costs")
@@ -153,7 +153,8 @@ if allowed:
 
         # ---------------------------------------------------------------------------------------- preview
         st.subheader("3. Preview")
-        st.caption("A dry run: compares every local file with the bucket. Writes nothing.")
+        st.caption("A dry run: compares every local file with the bucket (without AWS credentials yet, it lists "
+                   "them from the local catalog alone, with their size and cost). Writes nothing.")
         if st.button("Preview", icon=":material/preview:"):
             migration = make_migration()
             if migration is not None:
@@ -183,8 +184,9 @@ if allowed:
             )
             st.markdown(f"**Products**: {plan.products.action}: {plain(plan.products.detail)}")
             st.markdown(f"**Vectors**: {plain(plan_vectors_line(plan))}")
+            st.markdown(f"**Cost**: {plain(plan_cost_line(plan))}")
             for warning in plan.warnings:
-                st.warning(warning, icon=":material/warning:")
+                st.warning(plain(sentence(warning)), icon=":material/warning:")
             if plan.blocked:
                 st.error(
                     "Some files the products point at are missing locally, so no product is written to the bucket. "
@@ -203,6 +205,9 @@ if allowed:
         stale = plan is not None and plan.fingerprint() != fingerprint
         if plan is None:
             st.caption("Preview first: Migrate runs exactly the plan you saw.")
+        elif not plan.compared:
+            st.caption("Set AWS credentials (above, or in your configuration) and preview again: Migrate runs only a "
+                       "plan that was compared with the bucket.")
         elif stale:
             st.warning("The settings changed since the preview: preview again.", icon=":material/sync_problem:")
         elif plan.nothing_to_do:
@@ -214,7 +219,7 @@ if allowed:
                 f"to {plan.target}."
             )
         if st.button("Migrate", icon=":material/cloud_upload:", type="primary",
-                     disabled=plan is None or stale or plan.blocked):
+                     disabled=plan is None or stale or plan.blocked or not plan.compared):
             migration = make_migration()
             if migration is not None:
                 bar = st.progress(0.0, text="Starting…")
@@ -287,7 +292,7 @@ with costs_tab:
     st.markdown(
         f"Catalog ({where}): {plural(size.images, 'image')} ({format_bytes(size.image_bytes)}), "
         f"{plural(size.thumbnails, 'thumbnail')} ({format_bytes(size.thumbnail_bytes)}), "
-        f"{plural(size.metadata_objects, 'other object')} ({format_bytes(size.metadata_bytes)})."
+        f"{plain(size.metadata_text())}."
     )
 
     searches = st.number_input("Searches a month", min_value=0, value=1000, step=100)

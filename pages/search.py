@@ -17,6 +17,7 @@ from vpm.presentation import (
     format_ms,
     nothing_found_text,
     plain,
+    query_hint,
     results_count_text,
     results_csv,
     score_percent,
@@ -25,6 +26,7 @@ from vpm.presentation import (
 
 PHOTO, LINK, WORDS = "Photo", "Image link", "Words"
 STATE = "search_query"
+SIMILAR = "search_similar"  # the product whose "More like this" is shown instead of the query's results
 
 st.title(":material/image_search: Search")
 
@@ -157,6 +159,7 @@ if query is None or box is False:
     query = None
 elif st.session_state.get(STATE, {}).get("identity") != (*query["identity"], str(box)):
     st.session_state.pop(STATE, None)
+    st.session_state.pop(SIMILAR, None)  # a new photo or new words: their results, not an older "more like"
     try:
         st.session_state[STATE] = {**embed(query, box), "identity": (*query["identity"], str(box))}
     except Exception as err:
@@ -168,6 +171,8 @@ def results(query_entered: bool) -> None:
     """The filters and the cards. A fragment: moving a slider, the categories or the switch re-ranks the query
     vector kept in the session and redraws only this part, not the page (no re-reading of the upload)."""
     current = st.session_state.get(STATE)
+    if current is None and st.session_state.get("search_mode") == WORDS and matcher.text_search_unavailable():
+        return  # words cannot run with this model: the tab says why; no sliders for a search that cannot happen
     kind = current["kind"] if current else ("text" if st.session_state.get("search_mode") == WORDS else "image")
     default = score_percent(matcher.default_threshold(kind))
     similarity, count, within = st.columns([3, 3, 4], vertical_alignment="bottom")
@@ -186,9 +191,12 @@ def results(query_entered: bool) -> None:
         help="Checks the 20 best candidates for keypoints that match your photo (printed labels, shapes) and moves "
              "the verified ones up. Photos only.",
     )
+    if st.session_state.get(SIMILAR) is not None:
+        show_similar(st.session_state[SIMILAR], top_k, chosen)
+        return
     if current is None:
         if not query_entered:
-            st.caption("Upload a photo, take one, paste an image link or describe the product to see matches.")
+            st.caption(query_hint(matcher.embedder.supports_text))
         return
     response = matcher.rank(
         current["vector"], top_k=top_k, threshold=threshold / 100, categories=chosen or None,
@@ -196,6 +204,31 @@ def results(query_entered: bool) -> None:
         box=current.get("box"), kind=current["kind"], read_text=current.get("read_text"),
     )
     show_results(current, response, threshold)
+
+
+def more_like(product_id: str) -> None:
+    """A card's "More like this": the products most like that one replace the results until "Back"."""
+    st.session_state[SIMILAR] = product_id
+
+
+def show_similar(product_id: str, top_k: int, chosen: list[str]) -> None:
+    st.divider()
+    try:
+        response = matcher.similar(product_id, top_k=top_k, categories=chosen or None)
+    except Exception as err:
+        st.session_state.pop(SIMILAR, None)
+        webapp.show_error(err, what="More like this could not be shown")
+        return
+    head, back = st.columns([4, 1], vertical_alignment="center")
+    head.subheader(plain(response.query[:1].upper() + response.query[1:]))
+    back.button("Back", icon=":material/arrow_back:", key="search_similar_back", on_click=st.session_state.pop,
+                args=(SIMILAR, None), help="Back to the results of your own photo or words")
+    st.caption("Ranked by how alike their photos look to this product's own photos (nothing is read again or "
+               "re-embedded); the percentage is that likeness, not a match score.")
+    if response.results:
+        webapp.product_grid(response.results, columns=4, key="similar", more_like_this=more_like)
+    else:
+        st.info("No other product to compare it with in the chosen categories.", icon=":material/info:")
 
 
 def lower_threshold(key: str, percent: int) -> None:
@@ -234,7 +267,7 @@ def show_results(current: dict, response, threshold: int) -> None:
                                                           score_percent(response.best_score)))
 
     if response.results:
-        webapp.product_grid(response.results, columns=4)
+        webapp.product_grid(response.results, columns=4, more_like_this=more_like)
 
     if response.results and current.get("image") is not None:
         with st.expander("Why this match? See the keypoints a result shares with your photo"):

@@ -892,7 +892,7 @@ def test_text_search_on_an_image_only_model_is_400_saying_why(api_settings):
     matcher = Matcher(api_settings, embedder=ColourMeanEmbedder())
     client = TestClient(create_app(matcher=matcher))
     assert upload(client).status_code == 201
-    assert_error(client.post("/api/search", json={"text": "red mug"}), 400, "text search is not available")
+    assert_error(client.post("/api/search", json={"text": "red mug"}), 400, "search by words needs a CLIP model")
     image_search = client.post("/api/search", files={"image": ("q.jpg", jpeg(), "image/jpeg")})
     assert image_search.json()["model"] == "fake-colour"
 
@@ -907,7 +907,7 @@ def test_search_with_a_bad_photo_is_422(catalog_client):
     [
         ({}, 422, ["image_url", "text"]),
         ({"text": "mug", "image_url": "https://example.com/a.jpg"}, 422, ["exactly one"]),
-        ({"text": "mug", "threshold": 25}, 422, ["threshold", "between -1 and 1"]),
+        ({"text": "mug", "threshold": 25}, 422, ["threshold", "between 0 and 1"]),
         ({"text": "mug", "top_k": 0}, 422, ["top_k"]),
         ({"text": "mug", "topk": 3}, 422, ["topk"]),
         (["mug"], 422, ["JSON object"]),

@@ -220,7 +220,7 @@ def test_streamlit_run_to_the_first_page_drawn(browser, tiny_clip_dir, tmp_path,
     server, url, _log = start_app(tmp_path, _app_env(tmp_path / "data", tiny_clip_dir))
     try:
         page.goto(url)
-        page.get_by_text("The catalog is empty").first.wait_for()
+        page.get_by_text("Start with the sample products").first.wait_for()
         drawn = time.monotonic() - started
         assert not page.locator('[data-testid="stException"]').count()
     finally:
@@ -402,7 +402,7 @@ def test_a_first_visitor_loads_the_sample_and_finds_a_product_by_its_photo(brows
         phone = context.new_page()
         phone.set_default_timeout(60_000)
         open_app(phone, empty_app_url)
-        phone.get_by_text("The catalog is empty").wait_for()
+        phone.get_by_text("Start with the sample products").wait_for()
         save_whole_page(phone, SCREENSHOTS / f"first-visit-empty-{width}.png", w, h)
         context.close()
 

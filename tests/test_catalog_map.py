@@ -9,6 +9,7 @@ import pytest
 from vpm import catalog_map
 
 from conftest import make_product_photo
+from pagetools import shown
 
 
 def unit_rows(rows) -> np.ndarray:
@@ -180,10 +181,12 @@ def test_the_map_page_draws_the_points_and_lists_possible_duplicates(app_setting
 
     assert not at.exception
     assert len(at.get("vega_lite_chart")) == 1
-    pairs = at.dataframe[0].value
-    assert {frozenset((a, b)) for a, b in zip(pairs["product"], pairs["looks like"], strict=True)} == {
-        frozenset(("Red mug", "Red mug again"))
-    }
+    # Whole names in lines that wrap (a table in this narrow column cut them, and its "looks like" header).
+    assert not at.dataframe
+    pairs = [shown(m.value) for m in at.markdown if "looks like" in m.value]
+    assert len(pairs) == 1
+    assert pairs[0] in ("1. Red mug looks like Red mug again · 100.0% alike",
+                        "1. Red mug again looks like Red mug · 100.0% alike")
     assert any("3 products" in c.value for c in at.caption)
 
 

@@ -97,6 +97,27 @@ def test_dry_run_prints_the_plan_file_by_file_and_writes_nothing(local_catalog, 
     assert local_catalog.snapshot() == before
 
 
+def test_dry_run_without_credentials_prints_the_local_plan_and_says_the_bucket_is_not_compared(
+    local_catalog, capsys, monkeypatch
+):
+    local_catalog.add(2)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    code, out, err = run(capsys, "migrate", "--dry-run")
+
+    assert code == 0, err
+    assert "upload    images/p0000.jpg" in out and "upload          4 files" in out
+    assert "products: write: 2 to add" in out and "Estimated cost: migration $" in out
+    assert "no AWS credentials found, so this plan is made from the local catalog alone" in out
+    assert "not checked until credentials are set" in out
+
+    code, out, err = run(capsys, "migrate", "--force")  # the real thing needs the bucket compared
+    assert code == 1 and "no AWS credentials found" in err and "--dry-run" in err
+    assert local_catalog.bucket_keys() == set()
+
+
 def test_dry_run_json_has_totals_estimate_and_fingerprint(local_catalog, capsys):
     local_catalog.add(2)
     code, out, _ = run(capsys, "migrate", "--dry-run", "--json")

@@ -136,8 +136,24 @@ def test_catalog_size_from_storage_listing():
                ("metadata/products.json", 50), ("metadata/embeddings/clip.npy", 2048)]
     c = CatalogSize.from_objects(listing)
     assert c == CatalogSize(images=2, image_bytes=4000, thumbnails=1, thumbnail_bytes=100,
-                            metadata_objects=2, metadata_bytes=2098)
+                            metadata_objects=2, metadata_bytes=2098, parts=(("first-release catalog", 2, 2098),))
     assert (c.objects, c.bytes) == (5, 6198)
+
+
+def test_the_objects_beside_the_photos_are_named_by_what_they_hold():
+    """Not "99 other objects (14.9 MB)": the tables' files, by table, biggest first."""
+    listing = [("images/a.jpg", 1000), ("thumbnails/a.webp", 100),
+               ("metadata/features-sift.lance/data/0.lance", 5 * MiB), ("metadata/features-sift.lance/_versions/1", 1),
+               ("metadata/vectors-clip-ViT-B-32.lance/data/0.lance", 2 * MiB),
+               ("metadata/products.lance/data/0.lance", 300 * 1024), ("metadata/text-ppocrv6.lance/data/0.lance", 1024),
+               ("metadata/calibration/clip-ViT-B-32.json", 370)]
+    c = CatalogSize.from_objects(listing)
+    assert [label for label, _n, _b in c.parts] == ["keypoints", "vectors", "products", "package text",
+                                                    "score calibration"]
+    assert c.metadata_text() == ("6 files of the catalog's tables and calibration (7.3 MB: keypoints 5.0 MB, "
+                                 "vectors 2.0 MB, products 300.0 KB, package text 1.0 KB, score calibration 370 B)")
+    note = line(estimate(c), "S3 GET requests: catalog tables at app start").note
+    assert "products.json" not in note and "LanceDB tables (products, vectors, keypoints, package text)" in note
 
 
 def test_bad_assumptions_say_which_field():
@@ -247,7 +263,7 @@ def test_metadata_reads_at_app_start_share_the_free_transfer_allowance():
     catalog = CatalogSize(images=1, image_bytes=BYTES_PER_GB, metadata_objects=2, metadata_bytes=BYTES_PER_GB)
     traffic = Traffic(searches_per_month=80, images_per_search=1, serve_thumbnails=False, app_starts_per_month=30)
     est = estimate(catalog, traffic)
-    gets = line(est, "S3 GET requests: metadata at app start")
+    gets = line(est, "S3 GET requests: catalog tables at app start")
     assert gets.quantity == 60 and gets.usd == pytest.approx(0.000024)
     out = line(est, "S3 data transfer out to the internet")
     assert out.quantity == pytest.approx(110)  # 80 GB of views + 30 GB of metadata

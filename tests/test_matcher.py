@@ -119,7 +119,7 @@ def test_rank_refilters_without_embedding_again(stocked, product_photo):
 def test_a_bad_query_image_is_refused_with_an_image_error(stocked):
     with pytest.raises(NotAnImageError, match=r"notes\.txt"):
         stocked.search_image(b"just some text", "notes.txt")
-    with pytest.raises(ValueError, match="between -1 and 1"):
+    with pytest.raises(ValueError, match="between 0 and 1"):
         stocked.search_image(b"x", "x.png", threshold=80)
 
 
@@ -437,8 +437,8 @@ def test_the_fallback_model_searches_images_and_refuses_text_saying_why(fallback
     with pytest.raises(EmbeddingError) as refused:
         m.search_text("red mug")
     message = str(refused.value)
-    assert f"{built_in} embeds images only" in message
-    assert "clip-ViT-B-32 could not be loaded" in message
+    assert message.startswith("search by words is off:")
+    assert "is running in its place, and it reads photos only" in message and "set VPM_MODEL to a CLIP" not in message
 
     checks = {c.name: c for c in health.full_checks(m)}
     assert checks["model"].status == "warn"

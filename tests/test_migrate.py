@@ -251,6 +251,41 @@ def test_dry_run_opens_the_bucket_tables_only_to_read_them(local_catalog, api_ca
     assert local_catalog.bucket_objects() == before  # every table file as it was: nothing committed
 
 
+def without_credentials(monkeypatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookup either
+
+
+def test_without_credentials_the_plan_is_the_local_catalogs_alone_and_cannot_run(local_catalog, monkeypatch,
+                                                                                 api_calls):
+    """A person deciding whether to move to S3 sees every file, its bytes and the cost before any AWS account."""
+    products = local_catalog.add(3)
+    without_credentials(monkeypatch)
+    api_calls.clear()
+
+    migration = fresh_migration()
+    plan = migration.plan()
+
+    assert not plan.compared
+    assert api_calls == []  # the bucket was not asked anything
+    keys = {i.key for i in plan.items}
+    assert keys == {k for p in products for k in (p.photos[0].key, p.photos[0].thumbnail_key)}
+    assert {i.action for i in plan.items} == {UPLOAD} and all(i.size > 0 for i in plan.items)
+    assert plan.upload_bytes == sum(i.size for i in plan.items)
+    assert set(plan.products.added) == {"p0000", "p0001", "p0002"}
+    assert [(m.model_id, len(m.to_copy)) for m in plan.vectors] == [("fake-colour", 3)]
+    assert plan.estimate.one_time_total > 0
+    text = plan.as_text()
+    assert "upload    images/p0000.jpg" in text and "Estimated cost: migration $" in text
+    assert "warning: no AWS credentials found, so this plan is made from the local catalog alone" in text
+    assert "conflicts with it, are not checked until credentials are set" in text
+    assert plan.as_dict()["compared_with_bucket"] is False
+    with pytest.raises(MigrationError, match="no AWS credentials found, so the bucket could not be compared"):
+        migration.execute(plan)
+    assert local_catalog.bucket_keys() == set()
+
+
 def test_plan_blocks_the_products_when_a_local_image_is_missing(local_catalog):
     local_catalog.add(3)
     (local_catalog.root / "images" / "p0001.jpg").unlink()

@@ -368,3 +368,80 @@ def test_signed_out_the_catalog_shows_products_but_no_way_to_change_them(
     assert not [label for label in labels if label.startswith(("Delete", "Add", "Import", "Remove", "Save"))]
     assert [u.label for u in at.file_uploader] == []  # no add form, no import, no "add photos"
     assert any("Sign in" in shown(c.value) for c in at.caption)
+
+
+# ------------------------------------------------------------------------------------------- no stale messages
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_refused_duplicate_is_not_shown_above_the_card_of_the_product_added_before(app_settings, open_page,
+                                                                                     product_photo):
+    at = open_page(CATALOG_PAGE)
+    photo = product_photo(7, fmt="JPEG")
+    form = add_form(at)
+    form["photo"].set_value([("shoe.jpg", photo, "image/jpeg")])
+    form["name"].input("Trail shoe")
+    form["new_category"].input("Shoes")
+    at = button(at, "Add product").click().run()
+    assert at.success[0].value == "Added **Trail shoe**. It is searchable now."
+
+    form = add_form(at)  # the same photo again, as another product: refused
+    form["photo"].set_value([("shoe-again.jpg", photo, "image/jpeg")])
+    form["name"].input("Road shoe")
+    form["category"].set_value("Shoes")
+    at = button(at, "Add product").click().run()
+
+    assert not at.exception
+    assert "Could not add Road shoe" in shown(at.error[0].value)
+    assert not [s for s in at.success if "Added" in s.value]  # the earlier green card is gone
+    assert "**Id:**" not in " ".join(m.value for m in at.markdown)
+    assert [p.name for p in all_products(app_settings)] == ["Trail shoe"]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_after_a_rename_the_edit_dropdown_shows_the_new_name(app_settings, seed_catalog, open_page):
+    (mug,) = seed_catalog([("Red mug", "Kitchen", 1)])
+    at = open_page(CATALOG_PAGE)
+
+    next(t for t in at.text_input if t.label == "Name" and t.value == "Red mug").input("Crimson mug")
+    at = button(at, "Save changes").click().run()
+
+    assert not at.exception
+    chooser = at.selectbox(key="catalog_selected")
+    assert chooser.options == [f"Crimson mug · Kitchen ({mug.id})"]
+    # The browser keeps the label it was sent for a keyed widget unless the value is sent again: it is, renamed.
+    assert chooser.proto.set_value and chooser.proto.raw_value == f"Crimson mug · Kitchen ({mug.id})"
+    assert chooser.value == mug.id
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_refused_photo_does_not_stay_in_the_add_photos_uploader(app_settings, seed_catalog, open_page,
+                                                                  product_photo):
+    (mug,) = seed_catalog([("Red mug", "Kitchen", 1)])
+    at = open_page(CATALOG_PAGE)
+    uploader = next(u for u in at.file_uploader if u.label == "Add photos")
+    uploader.set_value([("again.png", product_photo(1), "image/png")])  # the photo the mug has already
+
+    at = button(at, "Add these photos").click().run()
+
+    assert not at.exception
+    assert "Could not add photos to Red mug" in shown(at.error[0].value)
+    assert any("None of them was added" in c.value for c in at.caption)
+    assert not next(u for u in at.file_uploader if u.label == "Add photos").value  # a fresh, empty uploader
+    assert len(matcher_for(app_settings).get_product(mug.id).photos) == 1
+
+    next(t for t in at.text_input if t.label == "Name" and t.value == "Red mug").input("Crimson mug")
+    at = button(at, "Save changes").click().run()  # and after saving an edit: no old error, no old photo
+
+    assert not at.exception
+    assert not at.error
+    assert not next(u for u in at.file_uploader if u.label == "Add photos").value
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_every_page_lets_the_uploaders_list_of_formats_wrap_instead_of_ending_in_dots(app_settings, open_page):
+    """Streamlit cuts the hint under an uploader ("20MB per file • JPG, JPEG, PNG, TIF,...") on a phone; the app
+    sends a style that wraps it (checked by its selector: AppTest draws no pixels)."""
+    at = open_page()  # streamlit_app.py sends it before any page (AppTest keeps it from the first run)
+    styles = " ".join(h.proto.body for h in at.get("html"))
+    assert '[data-testid="stFileUploaderDropzoneInstructions"] span' in styles and "white-space: normal" in styles

@@ -60,14 +60,35 @@ def test_settings_are_shown_with_secrets_masked_and_versions_listed(app_settings
     at = open_page(HEALTH)
 
     assert not at.exception
-    settings_table, versions_table = (table.value for table in at.table)
-    shown = dict(zip(settings_table["setting"], settings_table["value"], strict=False))
-    assert shown["VPM_API_KEY"] == "•••••• (set)"
-    assert "super-secret-value" not in settings_table.to_string()
-    assert shown["VPM_MODEL"] == str(app_settings.vpm_model)
-    versions = dict(zip(versions_table["package"], versions_table["version"], strict=False))
-    assert versions["streamlit"][0].isdigit()
-    assert versions["python"].startswith("3.")
+    settings_lines, versions_lines = (lines(m.value) for m in at.markdown if m.value.startswith("**") and " · `" in m.value)
+    assert settings_lines["VPM_API_KEY"] == "•••••• (set)"
+    assert "super-secret-value" not in str(settings_lines)
+    assert settings_lines["VPM_MODEL"] == str(app_settings.vpm_model)
+    assert versions_lines["streamlit"][0].isdigit()
+    assert versions_lines["python"].startswith("3.")
+
+
+def lines(markdown: str) -> dict[str, str]:
+    """'**NAME** · `value`' lines, one a setting or package, as {name: value}."""
+    out = {}
+    for line in markdown.split("  \n"):
+        name, _, value = line.partition(" · ")
+        out[name.strip("*")] = value.strip("`")
+    return out
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_long_settings_are_lines_that_wrap_not_table_cells_that_cut_them(app_settings, open_page, monkeypatch):
+    """On a phone a table cell cut "metadata/products.json" and the data folder's path: lines wrap, whole."""
+    monkeypatch.setenv("VPM_DATA_DIR", str(app_settings.vpm_data_dir / "a" / "rather" / "long" / "folder" / "path"))
+
+    at = open_page(HEALTH)
+
+    assert not at.exception
+    assert not at.table
+    settings_lines = next(lines(m.value) for m in at.markdown if m.value.startswith("**") and " · `" in m.value)
+    assert settings_lines["S3_METADATA_KEY"] == "metadata/products.json"
+    assert settings_lines["VPM_DATA_DIR"].endswith("/a/rather/long/folder/path")
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)

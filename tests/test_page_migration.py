@@ -140,6 +140,29 @@ def test_preview_lists_every_file_and_writes_nothing(seeded, bucket_keys):
     assert not button(at, "Migrate").disabled
 
 
+def test_preview_without_credentials_shows_the_local_plan_and_migrate_stays_off(seeded, bucket_keys, monkeypatch):
+    """Deciding whether to move to S3 needs no AWS account: the plan file by file, its bytes and its cost."""
+    p1, p2 = seeded
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    at = click(run_page(), "Preview")
+
+    assert not at.error
+    plan = at.dataframe[0].value
+    assert {p1.image_key, p1.thumbnail_key, p2.image_key, p2.thumbnail_key} == set(plan["key"])
+    assert set(plan["action"]) == {"upload"}
+    assert {m.label: m.value for m in at.metric}["Upload"] == "4"
+    shown = texts(at)
+    assert "**Products**: write: 2 to add" in shown and "**Cost**: migration $" in shown
+    assert any("No AWS credentials found, so this plan is made from the local catalog alone" in pagetools.shown(w.value)
+               and "not checked until credentials are set" in pagetools.shown(w.value) for w in at.warning)
+    assert button(at, "Migrate").disabled
+    assert "Set AWS credentials" in shown
+    assert bucket_keys() == []
+
+
 def test_migrate_after_preview_uploads_and_reports(seeded, bucket_keys):
     p1, p2 = seeded
     at = click(run_page(), "Preview")
@@ -258,3 +281,14 @@ def test_migrating_into_the_bucket_the_app_already_serves_does_not_ask_to_switch
     shown = texts(at)
     assert "S3_ENABLED" not in shown and "restart" not in shown
     assert "The app already serves the catalog from this bucket" in shown
+
+
+def test_the_cost_panel_says_what_the_files_beside_the_photos_are(seeded):
+    """Not "N other objects": the catalog's tables by name, and no products.json (the catalog is tables now)."""
+    at = run_page()
+    shown = texts(at)
+    assert "files of the catalog's tables and calibration (" in shown and "products " in shown
+    assert "vectors " in shown and "other object" not in shown
+    notes = pagetools.shown(" ".join(c.value for c in at.caption))
+    assert "products.json" not in notes, notes
+    assert "LanceDB tables (products, vectors, keypoints, package text)" in notes

@@ -285,7 +285,8 @@ def test_words_are_refused_with_the_reason_when_the_model_embeds_images_only(
 
     assert not at.exception
     assert not [t for t in at.text_input if t.key == "search_text"]
-    assert any("embeds images only" in i.value for i in at.info)
+    assert any("reads photos only" in i.value for i in at.info)
+    assert not at.slider  # no sliders for a search that cannot happen
 
 
 def test_results_csv_lists_matches_best_first_and_keeps_formulas_inert():
@@ -321,3 +322,22 @@ def test_a_model_that_cannot_load_is_explained_instead_of_crashing(app_settings,
     assert not at.exception
     assert "VPM_DEVICE='toaster'" in shown(at.error[0].value)
     assert "Open Health for what to do" in [link.value for link in at.page_link]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_more_like_this_on_a_card_shows_that_products_look_alikes_and_back_returns(
+    app_settings, seed_catalog, open_page, product_photo
+):
+    seed_catalog(CATALOG)
+    at = open_page(SEARCH)
+    at = upload(at, "my-photo.png", product_photo(3))
+    at.slider(key="search_threshold_image").set_value(0).run()
+    first = card_names(at)[0]
+
+    at.button(key="vpm_more_results_0").click().run()
+
+    assert not at.exception
+    assert any(h.value == f"More like {first}" for h in at.subheader)
+    assert first not in card_names(at) and len(card_names(at)) == len(CATALOG) - 1
+    at.button(key="search_similar_back").click().run()
+    assert not at.exception and card_names(at)[0] == first

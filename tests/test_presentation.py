@@ -117,3 +117,10 @@ def test_edits_keep_only_what_changed():
     assert changed_fields(product, name=" Mug ", category="Kitchen", price=None, description="") == {}
     assert changed_fields(product, name="Big mug", category="Kitchen", price=3.0, description="") == {
         "name": "Big mug", "price": 3.0}
+
+
+def test_the_search_hint_offers_words_only_when_the_model_reads_them():
+    from vpm.presentation import query_hint
+
+    assert "describe the product" in query_hint(True)
+    assert query_hint(False) == "Upload a photo, take one or paste an image link to see matches."

@@ -31,6 +31,14 @@ QUALITY = 80
 PHOTOS_PER_PRODUCT = 3
 LICENCE_FILES = ("LICENSE-GroceryStoreDataset-MIT.txt", "ABO-samples-README-attribution.md")
 COLUMNS = ("image", "id", "name", "category", "description", "brand", "licence", "source")
+# Brands the source's `brand` column cut at their first word: the Swedish juice brand is God Morgon ("Good
+# Morning"), and a card reading "Juice by God" is not what the carton says.
+BRANDS = {"God": "God Morgon"}
+# Photos chosen by hand where the default choice (the gallery photo, then the next views) shows no product: the
+# first three images of the Solimo Vitamin E listing are its label's text panels (ingredients in five languages,
+# nutrition table, warnings); only the fourth shows the bottle. The bottle first (the card's picture), then the
+# English back label and the French/Italian/Spanish panel. No other photo of it is in the source.
+VIEWS = {"abo:B07GTFSCHB": ("abo_B07GTFSCHB_04.jpg", "abo_B07GTFSCHB_03.jpg", "abo_B07GTFSCHB_01.jpg")}
 
 
 def shrink(data: bytes) -> bytes:
@@ -43,19 +51,31 @@ def shrink(data: bytes) -> bytes:
         return out.getvalue()
 
 
+def brand_of(row: dict[str, str]) -> str:
+    brand = row.get("brand", "").strip()
+    return BRANDS.get(brand, brand)
+
+
 def describe(row: dict[str, str]) -> str:
     """One line a card can show: what it is, and by whom when the source says."""
     kind = row.get("subcategory", "").strip()
-    brand = row.get("brand", "").strip()
+    brand = brand_of(row)
     if brand and kind:
         return f"{kind} by {brand}"
     return kind or brand
 
 
 def chosen(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Each product's gallery photo first, then its other views in order, at most PHOTOS_PER_PRODUCT of them."""
-    ordered = sorted(rows, key=lambda r: (r["product_id"], r.get("suggested_role") != "gallery",
-                                          int(r.get("view_index") or 0), r["file"]))
+    """Each product's gallery photo first, then its other views in order, at most PHOTOS_PER_PRODUCT of them;
+    for a product in VIEWS, the photos it names, in its order."""
+    rows = [r for r in rows if r["product_id"] not in VIEWS or r["file"] in VIEWS[r["product_id"]]]
+
+    def order(r: dict[str, str]) -> tuple:
+        if r["product_id"] in VIEWS:
+            return (r["product_id"], VIEWS[r["product_id"]].index(r["file"]))
+        return (r["product_id"], r.get("suggested_role") != "gallery", int(r.get("view_index") or 0), r["file"])
+
+    ordered = sorted(rows, key=order)
     kept: dict[str, int] = {}
     out = []
     for row in ordered:
@@ -76,7 +96,7 @@ def build(source: Path, out: Path) -> dict[str, int]:
         (out / "photos" / name).write_bytes(shrink((source / row["file"]).read_bytes()))
         listed.append({
             "image": f"photos/{name}", "id": row["product_id"], "name": row["name"], "category": row["category"],
-            "description": describe(row), "brand": row.get("brand", ""), "licence": row.get("licence", ""),
+            "description": describe(row), "brand": brand_of(row), "licence": row.get("licence", ""),
             "source": f"{row.get('source_repo', '')}: {row.get('source_path', '')}".strip(": "),
         })
     with (out / "products.csv").open("w", encoding="utf-8", newline="") as fh:

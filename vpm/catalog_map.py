@@ -67,6 +67,12 @@ class DuplicatePair:
     second_photo: str
 
 
+def pair_line(pair: DuplicatePair) -> str:
+    """One possible duplicate in words, for a line that wraps ("Red mug looks like Red mug again · 99.6% alike"):
+    names are never cut, as they are in a narrow table column."""
+    return f"{pair.first_name} looks like {pair.second_name} · {pair.score:.1%} alike"
+
+
 @dataclass
 class CatalogMap:
     model_id: str

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 COMMAND_MODULES: list[str] = ["vpm.cli_search", "vpm.cli_quality", "vpm.cli_migrate", "vpm.cli_serve", "vpm.cli_demo"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+# Commands that keep running and log as they go (at LOG_LEVEL, INFO by default). Every other command answers and
+# exits: it logs only what went wrong (WARNING and up, as "warning: ..."), as pip and git do, unless LOG_LEVEL is set.
+LONG_RUNNING = frozenset({"serve"})
 
 
 def emit(args, document, text: str) -> None:
@@ -203,6 +206,42 @@ class UserError(VpmError):
     """A problem with what the user asked for; printed without a traceback."""
 
 
+class _OneLine(logging.Formatter):
+    """'warning: what happened', like the CLI's own 'error: ...' lines: no timestamp, no module name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"{record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class _NotNewsToOneCommand(logging.Filter):
+    """Drops the offline fallback's warning ("Embedding model 'clip-ViT-B-32' is unavailable ... Using the built-in
+    image-only model"), which every one-shot command printed before its answer on a machine that cannot download
+    CLIP. It describes the configuration, not the command: `vpm health` reports it with the fix, `vpm search` names
+    the model it searched with, and `search --text` says why words cannot run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "vpm.embeddings" and str(record.msg).startswith("Embedding model %r is unavailable"))
+
+
+def configure_cli_logging(settings, command: str) -> None:
+    """LOG_LEVEL for a long-running command or when LOG_LEVEL is set; else WARNING, one plain line each."""
+    if command in LONG_RUNNING or "log_level" in settings.model_fields_set:
+        configure_logging(settings)
+        return
+    root = logging.getLogger()
+    fresh = not root.handlers  # the console handler is ours to format only when configure_logging makes it
+    configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+    if fresh:
+        for handler in root.handlers:
+            handler.setFormatter(_OneLine())
+    quiet = logging.getLogger("vpm.embeddings")
+    if not any(isinstance(f, _NotNewsToOneCommand) for f in quiet.filters):
+        quiet.addFilter(_NotNewsToOneCommand())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vpm", description="Visual Product Matcher")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -254,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(args.settings)
+    configure_cli_logging(args.settings, args.command)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     try:

@@ -7,8 +7,10 @@ from .cli_progress import ProgressBar
 
 
 def register(sub, command) -> None:
-    command("demo", cmd_demo, "load the sample catalog shipped with the app (84 products); photos already there are "
-                              "skipped, so it is safe to run again")
+    from .sample import LOAD_TIME
+
+    command("demo", cmd_demo, f"load the sample catalog shipped with the app (84 products; {LOAD_TIME}); photos "
+                              "already there are skipped, so it is safe to run again")
 
 
 def cmd_demo(args) -> int:
@@ -17,9 +19,10 @@ def cmd_demo(args) -> int:
     matcher = make_matcher(args)
     with ProgressBar("img") as bar:
         report = load_sample(matcher, progress=bar)
-    lines = [f"{report.source}: {report.summary()}"]
+    # One summary line on stdout (the bars and any warning went to stderr), then what failed, if anything.
+    lines = [f"Loaded {report.source}: {report.summary()}. {matcher.count_products()} products in the catalog now; "
+             "try `python -m vpm search PHOTO`"]
     if report.failed:
         lines += ["failed:"] + [f"  {issue.source}: {issue.reason}" for issue in report.failed]
-    lines.append(f"{matcher.count_products()} products in the catalog now; try `python -m vpm search PHOTO`")
     emit(args, report.as_dict(), terminal_safe("\n".join(lines)))
     return EXIT_ERROR if report.failed else EXIT_OK

@@ -58,6 +58,11 @@ def cmd_migrate(args) -> int:
     if args.dry_run:
         emit(args, {"dry_run": True, "plan": plan.as_dict()}, plan.as_text() + "\n\n(dry run: nothing was written)")
         return EXIT_OK
+    if not plan.compared:  # no credentials: the plan is the local catalog's alone, to look at, not to run
+        from .migration import NOT_RUNNABLE, MigrationError
+
+        raise MigrationError(NOT_RUNNABLE.replace("preview the plan again", "run it again (`--dry-run` shows the "
+                                                  "plan without credentials)"))
 
     if plan.nothing_to_do:
         report = migration.execute(plan)
@@ -117,6 +122,6 @@ def cmd_costs(args) -> int:
                       use_cdn=args.cdn, serve_thumbnails=not args.originals)
     result = estimate(size, traffic)
     header = (f"Catalog in {storage.description}: {size.images:,} images, {size.thumbnails:,} thumbnails, "
-              f"{size.metadata_objects:,} other objects, {size.bytes:,} bytes\n")
+              f"{size.metadata_text()}; {size.bytes:,} bytes in all\n")
     emit(args, {"storage": storage.description, **result.as_dict()}, header + result.as_text())
     return EXIT_OK

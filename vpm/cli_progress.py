@@ -2,7 +2,8 @@
 
 Every long job in vpm reports `progress(done, total, message="")` (imports, indexing, evaluation, the cluster
 path); the migration counts files and bytes, so its callback is `files_and_bytes`. The bar appears on the first
-report with a total, so no empty "0it" bar is drawn before anyone knows how much there is to do.
+report with a total, so no empty "0it" bar is drawn before anyone knows how much there is to do; a report that
+counts from the start again (the next phase of one job) starts a new bar.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ class ProgressBar:
         self.bar = None
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
+        if self.bar is not None and done < self.bar.n:
+            # A new phase counting from the start again (an import, then fitting the score on the same photos): a bar
+            # of its own, so its rate and time left are its own, not the last phase's.
+            self.bar.close()
+            self.bar = None
         if self.bar is None:
             if not total:
                 return

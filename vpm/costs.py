@@ -132,9 +132,26 @@ DEFAULT_PRICES = PriceTable(
 )
 
 
+# What the objects beside the photos are, by a folder in their key: the catalog's LanceDB tables (each a folder of
+# many files: data, versions, indexes) and the score calibration. Named for people, biggest first in the text.
+_METADATA_PARTS = (("products.lance", "products"), ("vectors-", "vectors"), ("features-", "keypoints"),
+                   ("text-", "package text"), ("calibration", "score calibration"),
+                   ("products.json", "first-release catalog"), ("embeddings", "first-release catalog"))
+
+
+def metadata_part(key: str) -> str:
+    """What one non-photo object of the catalog is ("vectors", "keypoints"...; "other" when unknown)."""
+    for folder in key.split("/"):
+        for start, label in _METADATA_PARTS:
+            if folder.startswith(start):
+                return label
+    return "other"
+
+
 @dataclass(frozen=True)
 class CatalogSize:
-    """What the catalog holds: originals, thumbnails, and everything else (products.json, embeddings)."""
+    """What the catalog holds: originals, thumbnails, and everything else: the files of its LanceDB tables
+    (products, vectors, keypoints, package text) and the score calibration, with `parts` saying how much of each."""
 
     images: int = 0
     image_bytes: int = 0
@@ -142,10 +159,21 @@ class CatalogSize:
     thumbnail_bytes: int = 0
     metadata_objects: int = 0
     metadata_bytes: int = 0
+    parts: tuple[tuple[str, int, int], ...] = ()  # (what, objects, bytes) of the metadata, biggest first
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            _check_amount("CatalogSize", f.name, getattr(self, f.name), whole=True)
+            if f.name != "parts":
+                _check_amount("CatalogSize", f.name, getattr(self, f.name), whole=True)
+
+    def metadata_text(self) -> str:
+        """'99 files of the catalog's tables and calibration (14.9 MB: keypoints 12.2 MB, ...)': what the objects
+        beside the photos are, for people."""
+        files = f"{self.metadata_objects:,} file{'' if self.metadata_objects == 1 else 's'}"
+        what = f"{files} of the catalog's tables and calibration ({format_bytes(self.metadata_bytes)}"
+        if self.parts:
+            what += ": " + ", ".join(f"{label} {format_bytes(size)}" for label, _n, size in self.parts)
+        return what + ")"
 
     @property
     def objects(self) -> int:
@@ -162,11 +190,18 @@ class CatalogSize:
         """Sum (key, size) pairs, e.g. `((o.key, o.size) for o in storage.iter_objects())`."""
         n = {"i": 0, "t": 0, "m": 0}
         b = {"i": 0, "t": 0, "m": 0}
+        parts: dict[str, list[int]] = {}
         for key, size in objects:
             kind = "i" if key.startswith(image_prefix) else "t" if key.startswith(thumbnail_prefix) else "m"
             n[kind] += 1
             b[kind] += size
-        return cls(n["i"], b["i"], n["t"], b["t"], n["m"], b["m"])
+            if kind == "m":
+                part = parts.setdefault(metadata_part(key), [0, 0])
+                part[0] += 1
+                part[1] += size
+        ordered = tuple(sorted(((label, count, size) for label, (count, size) in parts.items()),
+                               key=lambda part: (-part[2], part[0])))
+        return cls(n["i"], b["i"], n["t"], b["t"], n["m"], b["m"], ordered)
 
 
 DEFAULT_THUMBNAIL_BYTES = 15_000  # a 256 px WebP product thumbnail
@@ -182,7 +217,7 @@ class Traffic:
     serve_thumbnails: bool = True
     avg_thumbnail_bytes: int | None = None  # None: the catalog's average thumbnail, else 15,000
     avg_image_bytes: int | None = None  # None: the catalog's average original
-    app_starts_per_month: int = 30  # each start reads products.json and the embeddings from S3
+    app_starts_per_month: int = 30  # each start reads the catalog's tables from S3 (counted as all of their files)
 
     def __post_init__(self) -> None:
         for name in ("searches_per_month", "images_per_search", "app_starts_per_month"):
@@ -241,7 +276,8 @@ class Estimate:
         return {
             "currency": "USD",
             "prices": self.prices.as_dict(),
-            "catalog": {**asdict(self.catalog), "objects": self.catalog.objects, "bytes": self.catalog.bytes},
+            "catalog": {**asdict(self.catalog), "objects": self.catalog.objects, "bytes": self.catalog.bytes,
+                        "parts": [{"what": what, "objects": n, "bytes": size} for what, n, size in self.catalog.parts]},
             "traffic": asdict(self.traffic),
             "one_time": [asdict(line) for line in self.one_time],
             "monthly": [asdict(line) for line in self.monthly],
@@ -364,7 +400,8 @@ def _migration_lines(catalog: CatalogSize, prices: PriceTable) -> tuple[CostLine
             "Migration: PUT requests", n, "requests", prices.put_per_1000, "per 1,000 requests",
             n / 1000 * prices.put_per_1000,
             f"one PUT per object ({_fmt_count(catalog.images)} images, {_fmt_count(catalog.thumbnails)} thumbnails, "
-            f"{_fmt_count(catalog.metadata_objects)} metadata); files over 8 MB upload in parts and cost a few more",
+            f"{_fmt_count(catalog.metadata_objects)} files of the catalog's tables and calibration); files over 8 MB "
+            "upload in parts and cost a few more",
         ),
         CostLine(
             "Migration: LIST requests", lists, "requests", prices.put_per_1000, "per 1,000 requests",
@@ -421,14 +458,15 @@ def estimate(
                      f"{view_note}, fetched straight from S3"),
         )
     monthly.append(
-        CostLine("S3 GET requests: metadata at app start", meta_gets, "requests", prices.get_per_1000,
+        CostLine("S3 GET requests: catalog tables at app start", meta_gets, "requests", prices.get_per_1000,
                  "per 1,000 requests", meta_gets / 1000 * prices.get_per_1000,
-                 f"{traffic.app_starts_per_month} starts x {_fmt_count(catalog.metadata_objects)} objects "
-                 "(products.json, embeddings)"),
+                 f"{traffic.app_starts_per_month} starts x {_fmt_count(catalog.metadata_objects)} files of the "
+                 "catalog's LanceDB tables (products, vectors, keypoints, package text) and its score calibration; "
+                 "an upper bound, as if every start read every file"),
     )
     out_gb = meta_gb + (0.0 if traffic.use_cdn else view_gb)
     out_parts = ([] if traffic.use_cdn else [f"image views {_fmt_gb(view_gb)}"]) + [
-        f"metadata {_fmt_gb(meta_gb)} (free instead if the app runs in AWS {prices.region})"
+        f"catalog tables at app start {_fmt_gb(meta_gb)} (free instead if the app runs in AWS {prices.region})"
     ]
     monthly.append(
         CostLine("S3 data transfer out to the internet", out_gb, "GB", prices.transfer_out_per_gb, "per GB",

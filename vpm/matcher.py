@@ -678,18 +678,9 @@ class Matcher:
 
     def text_search_unavailable(self) -> str | None:
         """Why text search cannot run with the active model, in words for people; None when it can."""
-        embedder = self.embedder
-        if embedder.supports_text:
-            return None
-        why = (
-            f" ({self.settings.vpm_model} could not be loaded: {embedder.fallback_reason})"
-            if embedder.fallback_reason
-            else ""
-        )
-        return (
-            f"text search is not available: the active model {embedder.model_id} embeds images only{why}. "
-            "Search with a photo instead, or set VPM_MODEL to a CLIP model (e.g. clip-ViT-B-32)."
-        )
+        from .model_outlook import words_unavailable
+
+        return words_unavailable(self.settings, self.embedder)
 
     def embed_query_text(self, text: str) -> np.ndarray:
         """The query vector of a description; raises EmbeddingError when the active model has no text tower."""
@@ -834,7 +825,8 @@ class Matcher:
     def _resolve_threshold(self, threshold: float | None, kind: str) -> float:
         value = self.default_threshold(kind) if threshold is None else float(threshold)
         if not -1.0 <= value <= 1.0 or math.isnan(value):
-            raise InvalidRequest(f"threshold {threshold} is not a cosine similarity between -1 and 1 (e.g. 0.8 for 80%)")
+            raise InvalidRequest(f"threshold {threshold} is not a score between 0 and 1 (e.g. 0.8 for 80%; -1 shows "
+                                 "every result)")
         return value
 
     def search_image(

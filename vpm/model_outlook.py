@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 State = Literal["loaded", "ready", "download", "fallback", "checking"]
 FALLBACK_NAME = "the built-in image model (EfficientNet-Lite0)"
+BUILT_IN_SHORT = "EfficientNet-Lite0 (built-in)"  # the sidebar's name for it, before and after it loads
 # The id the built-in model's vectors carry: its name plus its descriptor ("efficientnet-lite0-rmac384"), the id the
 # loaded embedder reports (EfficientNetEmbedder.model_id), so counting before the load finds the vectors it wrote.
 BUILT_IN_ID = DEFAULT_DESCRIPTOR.model_id
@@ -43,11 +44,31 @@ class ModelOutlook:
     model_id: str  # the id of the model that will run: whose vectors count
     words: bool  # whether search by words will work
     line: str  # one friendly sentence for people
+    name: str = ""  # the model in a few words ("EfficientNet-Lite0 (built-in)", "clip-ViT-B-32"), never a path
 
     @property
     def fallback(self) -> bool:
         """Whether the built-in model runs (with any of its descriptors; the first one's id is the bare name)."""
-        return self.model_id == FALLBACK_MODEL or self.model_id.startswith(f"{FALLBACK_MODEL}-")
+        return is_built_in(self.model_id)
+
+    @property
+    def summary(self) -> str:
+        """The sidebar's line: the model, what it searches by, and what the first search costs. The built-in model
+        reads the same before and after it loads ("EfficientNet-Lite0 (built-in) · photos only · no download
+        needed"): its loaded name carries the descriptor's details (px, pooling), which mean nothing to a user."""
+        name = BUILT_IN_SHORT if self.fallback else (self.name or self.model_id)
+        ways = "" if self.words else " · photos only"
+        if self.fallback:
+            when = " · no download needed"
+        else:
+            when = {"loaded": "", "ready": " · loads on first search", "download": " · downloads on first search",
+                    "fallback": " · no download needed", "checking": " · checking…"}[self.state]
+        return f"{name}{ways}{when}"
+
+
+def is_built_in(model_id: str) -> bool:
+    """Whether vectors of `model_id` come from the built-in model (any of its descriptors)."""
+    return model_id == FALLBACK_MODEL or model_id.startswith(f"{FALLBACK_MODEL}-")
 
 
 # ------------------------------------------------------------------------------------------- hub probe
@@ -128,6 +149,11 @@ def _pretty(name: str) -> str:
     return folder.name if folder is not None else name
 
 
+def _short(name: str) -> str:
+    """A model name for the sidebar: a folder or a hub name by its last part ("clip-ViT-B-32")."""
+    return _pretty(name).rstrip("/").rsplit("/", 1)[-1]
+
+
 def _reads_words(name: str) -> bool:
     return "clip" in name.lower()
 
@@ -141,31 +167,35 @@ def outlook(settings: Settings, loaded: Embedder | None = None, *, probe: bool =
             return ModelOutlook(
                 "loaded", loaded.model_id, loaded.supports_text,
                 f"Searching with {FALLBACK_NAME}, because {shown} is not available here: search by photo works; "
-                "search by words needs CLIP.",
+                "search by words needs CLIP.", BUILT_IN_SHORT,
             )
+        if is_built_in(loaded.model_id):  # on purpose: said as before the load, without the descriptor's details
+            return ModelOutlook("loaded", loaded.model_id, loaded.supports_text, _BUILT_IN_LINE, BUILT_IN_SHORT)
         ways = "by photo or by words" if loaded.supports_text else "by photo (this model does not read words)"
         name = _pretty(loaded.display_name)
-        return ModelOutlook("loaded", loaded.model_id, loaded.supports_text, f"{name} is ready: search {ways}.")
+        return ModelOutlook("loaded", loaded.model_id, loaded.supports_text, f"{name} is ready: search {ways}.",
+                            _short(loaded.display_name))
     if configured.lower() == FALLBACK_MODEL:
-        return ModelOutlook("ready", BUILT_IN_ID, False,
-                            f"{FALLBACK_NAME[0].upper()}{FALLBACK_NAME[1:]} runs with no download: search by photo "
-                            "(it does not read words).")
+        return ModelOutlook("ready", BUILT_IN_ID, False, _BUILT_IN_LINE, BUILT_IN_SHORT)
     fallback = ModelOutlook(
         "fallback", BUILT_IN_ID, False,
         f"{shown} cannot be downloaded here, so {FALLBACK_NAME} runs instead, with no wait: search by photo works; "
-        "search by words needs CLIP.",
+        "search by words needs CLIP.", BUILT_IN_SHORT,
     )
     words = _reads_words(configured)
     ways = "by photo or by words" if words else "by photo"
+    short = _short(configured)
     folder = _local_folder(configured)
     if folder is not None:
         if not folder.is_dir():
             return fallback
         return ModelOutlook("ready", model_slug(configured), words,
-                            f"{shown} is on this machine and loads in a few seconds on the first search: search {ways}.")
+                            f"{shown} is on this machine and loads in a few seconds on the first search: search {ways}.",
+                            short)
     if is_cached(configured):
         return ModelOutlook("ready", model_slug(configured), words,
-                            f"{shown} is on this machine and loads in a few seconds on the first search: search {ways}.")
+                            f"{shown} is on this machine and loads in a few seconds on the first search: search {ways}.",
+                            short)
     if _hub_offline():
         return fallback
     if probe:
@@ -173,13 +203,72 @@ def outlook(settings: Settings, loaded: Embedder | None = None, *, probe: bool =
     known, reachable = hub_answer()
     if not known:
         return ModelOutlook("checking", model_slug(configured), words,
-                            f"{shown} is not on this machine yet: checking whether it can be downloaded…")
+                            f"{shown} is not on this machine yet: checking whether it can be downloaded…", short)
     if not reachable:
         return fallback
-    size = " (about 600 MB, once)" if configured.removeprefix(f"{_ST_ORG}/") == DEFAULT_MODEL else " (once)"
     return ModelOutlook("download", model_slug(configured), words,
-                        f"{shown} is downloaded on the first search{size}, then loads from disk: search {ways}.")
+                        f"{shown} is downloaded on the first search{_download_size(configured)}, then loads from "
+                        f"disk: search {ways}.", short)
+
+
+_BUILT_IN_LINE = (f"{FALLBACK_NAME[0].upper()}{FALLBACK_NAME[1:]} runs with no download: search by photo "
+                  "(it does not read words).")
+
+
+def _download_size(name: str) -> str:
+    return " (about 600 MB, once)" if name.removeprefix(f"{_ST_ORG}/") == DEFAULT_MODEL else " (once)"
 
 
 def for_matcher(matcher: Matcher, *, probe: bool = True) -> ModelOutlook:
     return outlook(matcher.settings, matcher.embedder if matcher.model_loaded else None, probe=probe)
+
+
+# ------------------------------------------------------------------------------------------- words
+
+
+def words_unavailable(settings: Settings, embedder: Embedder) -> str | None:
+    """Why search by words cannot run with the model that runs, and what to do, for people; None when it can.
+
+    When VPM_MODEL names a CLIP model that could not be loaded, it says so (not downloadable here, not on this
+    machine...) and that the built-in image model runs in its place: never "set VPM_MODEL to a CLIP model" to
+    someone who has. Names models, never a path, a host or an exception's text. Starts in lower case, as
+    VpmError messages do (the faces make it a sentence).
+    """
+    if embedder.supports_text:
+        return None
+    configured = (settings.vpm_model or DEFAULT_MODEL).strip()
+    shown = _pretty(configured)
+    instead = "search with a photo instead"
+    restart = "then restart the app (the model is loaded once)"
+    if not embedder.fallback_reason:
+        running = FALLBACK_NAME if is_built_in(embedder.model_id) else _pretty(embedder.display_name)
+        return (f"search by words needs a CLIP model, and {running}, set in VPM_MODEL, reads photos only: {instead}, "
+                f"or set VPM_MODEL to a CLIP model such as {DEFAULT_MODEL} (downloaded once, about 600 MB) and "
+                "restart the app.")
+    cause, fix = _why_not_loaded(configured, embedder.fallback_reason)
+    return (f"search by words is off: {shown} {cause}, so {FALLBACK_NAME} is running in its place, and it reads "
+            f"photos only. For now, {instead}; to search by words, {fix}, {restart}.")
+
+
+def _why_not_loaded(configured: str, reason: str) -> tuple[str, str]:
+    """(what went wrong, what to do) for a configured model that could not be loaded, from the fallback reason
+    vpm.embeddings gives (its wording is matched here, never shown: it may hold a path or a host)."""
+    size = "about 600 MB, downloaded once" if "600 MB" in _download_size(configured) else "downloaded once"
+    if "HF_HUB_OFFLINE is set" in reason:
+        return ("is not on this machine and cannot be downloaded, because HF_HUB_OFFLINE is set",
+                f"unset HF_HUB_OFFLINE where the Hugging Face hub can be reached ({size}), or set VPM_MODEL to a "
+                "folder holding a copy of it")
+    if "cannot be reached" in reason:
+        return ("could not be downloaded: the Hugging Face hub cannot be reached from this machine",
+                f"let this machine reach the Hugging Face hub, directly or through HTTPS_PROXY ({size}), or copy "
+                "the model's folder here and set VPM_MODEL to that folder")
+    if "does not exist" in reason:
+        return ("is not on this machine (VPM_MODEL names a folder that does not exist)",
+                f"set VPM_MODEL to the folder that holds the model, or to {DEFAULT_MODEL} to download it")
+    if "does not hold a usable model" in reason:
+        return ("could not be loaded: its folder does not hold a complete model",
+                "copy the whole model folder again (its configuration, weights and tokenizer)")
+    if "but not images" in reason:
+        return ("does not read photos (it is not a CLIP model)",
+                f"set VPM_MODEL to a CLIP model such as {DEFAULT_MODEL}")
+    return "could not be loaded (the Health page says why)", "fix what Health reports"

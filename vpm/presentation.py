@@ -326,3 +326,11 @@ def why_caption(inliers: int) -> str:
                 "change of view, so they very likely show the same product.")
     return (f"Your photo (left) and the result's photo (right): only {inliers} keypoints agree (fewer than "
             f"{MIN_INLIERS}), so this match rests on overall look, not on shared details.")
+
+
+def query_hint(words: bool) -> str:
+    """The Search page's hint before a query: only the ways to search that work with the model that runs (no
+    "describe the product" when it reads photos only)."""
+    if words:
+        return "Upload a photo, take one, paste an image link or describe the product to see matches."
+    return "Upload a photo, take one or paste an image link to see matches."

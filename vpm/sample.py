@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample"
 SAMPLE_LABEL = "the sample catalog"
+# How long loading the sample takes, as people are told (the button's tooltip, Home, `vpm demo --help`). Measured:
+# `python -m vpm demo` with the built-in model (VPM_MODEL=efficientnet-lite0) into an empty VPM_DATA_DIR, on the
+# project's 2-core CPU machine while other work shared it (load average 4-5): 240 s, 298 s and 358 s wall, about
+# 160 s of CPU time each. Of the 240 s: 8 s to load the model, 154 s to import the 252 photos (decode, thumbnail, embed, keypoints, package
+# text read by OCR at ~0.4 s a photo), 78 s to calibrate the match score on them. (Before OCR and calibration: 42 s.)
+LOAD_TIME = "4 to 6 minutes on a 2-core CPU"
 
 
 class SampleMissing(VpmError):
@@ -46,8 +52,16 @@ def sample_size(folder: Path | None = None) -> tuple[int, int]:
     return len({row["id"] for row in rows}), len(rows)
 
 
+def offer_help(folder: Path | None = None) -> str:
+    """What "Load sample products" loads, and how long it takes (its tooltip)."""
+    products, photos = sample_size(folder)
+    return (f"{products} products with {photos} photos (grocery-store phone photos, MIT; a few Amazon Berkeley "
+            "Objects catalog images, CC BY 4.0), added like an import: every photo is embedded, its keypoints found "
+            f"and its package text read, then the match score is calibrated on them. It takes {LOAD_TIME}.")
+
+
 def load_sample(matcher: Matcher, progress: Progress | None = None, folder: Path | None = None) -> ImportReport:
-    """Import the sample catalog into the matcher's catalog (embedding every photo: minutes on a CPU)."""
+    """Import the sample catalog into the matcher's catalog (it takes LOAD_TIME)."""
     folder = folder or sample_folder()
     if not sample_available(folder):
         raise SampleMissing(

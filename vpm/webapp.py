@@ -149,11 +149,13 @@ def prepare_search_index(matcher: Matcher) -> None:
     A search would embed a few silently; a catalog of thousands takes minutes on a CPU, so say so. Costs two
     counts when nothing is missing.
     """
+    from .model_outlook import for_matcher
+
     missing = matcher.index_needs_embedding()
     keypoints = matcher.keypoints_missing()
     if not missing and not keypoints:
         return
-    what = (f"embedding about {plural(missing, 'catalog photo')} for {matcher.embedder.display_name} (once per model)"
+    what = (f"embedding about {plural(missing, 'catalog photo')} for {for_matcher(matcher).name} (once per model)"
             if missing else f"finding the keypoints of about {plural(keypoints, 'catalog photo')} (once)")
     with st.status(f"Preparing the search index: {what}…", expanded=True) as box:
         bar = st.progress(0.0)
@@ -173,24 +175,24 @@ def offer_sample(matcher: Matcher, *, key: str, report_key: str) -> None:
     """"Load sample products" for an empty catalog (Home and Catalog): the sample shipped with the app, imported
     like any other import, with a progress bar. The report is left in st.session_state[report_key] for the
     page to show after the rerun. Only for sessions that may change the catalog (the caller asks)."""
-    from .sample import load_sample, sample_available, sample_size
+    from .sample import LOAD_TIME, load_sample, offer_help, sample_available, sample_size
 
     if not sample_available():
         return
-    products, photos = sample_size()
+    products, _photos = sample_size()
     if not st.button(
         "Load sample products", type="primary", icon=":material/inventory:", key=key,
-        help=f"{products} products with {photos} photos (grocery-store phone photos, MIT; a few Amazon Berkeley "
-        "Objects catalog images, CC BY 4.0), added like an import. Embedding them takes a few minutes on a CPU.",
+        help=offer_help(),
     ):
         return
     try:
         ensure_model(matcher)
-        with st.status(f"Loading {products} sample products…", expanded=True) as box:
+        with st.status(f"Loading {products} sample products (it takes {LOAD_TIME})…", expanded=True) as box:
             bar = st.progress(0.0, text="Reading the sample…")
 
             def progress(done: int, total: int, message: str = "") -> None:
-                bar.progress(min(1.0, done / total) if total else 1.0, text=f"{done} of {plural(total, 'photo')}")
+                bar.progress(min(1.0, done / total) if total else 1.0,
+                             text=plain(message) or f"{done} of {plural(total, 'photo')}")  # import, then the fit
 
             report = load_sample(matcher, progress)
             box.update(label=plain(f"Sample: {report.summary()}"), state="error" if report.failed else "complete",
@@ -328,6 +330,22 @@ _GRID_CSS = """
 """
 
 
+# Text Streamlit cuts with an ellipsis that a person needs whole: a file uploader's hint lists the accepted formats
+# ("20MB per file • JPG, JPEG, PNG, TIF,..." on a phone). It wraps instead. Sent once a page, by streamlit_app.py.
+WRAP_CSS = """
+<style>
+[data-testid="stFileUploaderDropzoneInstructions"] span {
+  white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
+}
+</style>
+"""
+
+
+def let_text_wrap() -> None:
+    """Style what Streamlit would cut off so that it wraps instead (see WRAP_CSS); draws nothing visible."""
+    st.html(WRAP_CSS)
+
+
 def first_line(text: str | None, limit: int = 120) -> str:
     """The first line of a description, shortened with an ellipsis: what a card has room for."""
     line = next((part.strip() for part in (text or "").splitlines() if part.strip()), "")
@@ -362,9 +380,11 @@ def product_card(item: Any) -> None:
             st.caption(signals_text(item))
 
 
-def product_grid(items: Iterable[Any], columns: int = 4, key: str = "results") -> None:
+def product_grid(items: Iterable[Any], columns: int = 4, key: str = "results",
+                 more_like_this: Callable[[str], None] | None = None) -> None:
     """Cards in a grid that uses the full width: at most `columns` a row, as many as fit at 150 px or more
-    (two a row on a phone), each card as tall as the tallest in its row."""
+    (two a row on a phone), each card as tall as the tallest in its row. With `more_like_this`, each card has a
+    "More like this" button that calls it with the card's product id."""
     items = list(items)
     track = f"max({_CARD_MIN_WIDTH}px, calc((100% - {columns - 1} * {_GRID_GAP}) / {columns}))"
     st.html(_GRID_CSS % {"gap": _GRID_GAP} + f"<style>.st-key-vpm_grid_{key} {{ grid-template-columns: "
@@ -373,6 +393,9 @@ def product_grid(items: Iterable[Any], columns: int = 4, key: str = "results") -
         for number, item in enumerate(items):
             with st.container(border=True, key=f"vpm_card_{key}_{number}"):
                 product_card(item)
+                if more_like_this is not None:
+                    st.button("More like this", icon=":material/interests:", key=f"vpm_more_{key}_{number}",
+                              on_click=more_like_this, args=(_unpack(item)[0].id,), width="stretch")
 
 
 # ------------------------------------------------------------------------------------------- access
@@ -488,16 +511,7 @@ def model_summary(settings: Settings, matcher) -> str:
     """The sidebar's model line: the model that runs (or will), in a few words, never a path."""
     from .model_outlook import for_matcher
 
-    view = for_matcher(matcher)
-    embedder = loaded_embedder(matcher)
-    if embedder is not None:
-        name = "EfficientNet-Lite0 (built-in)" if view.fallback else embedder.display_name.rsplit("/", 1)[-1]
-    else:
-        name = "EfficientNet-Lite0 (built-in)" if view.fallback else settings.vpm_model.rstrip("/").rsplit("/", 1)[-1]
-    state = {"loaded": "", "ready": " · loads on first search", "download": " · downloads on first search",
-             "fallback": " · no download needed", "checking": " · checking…"}[view.state]
-    text = "" if view.words else " · photos only"
-    return f"{plain(name)}{text}{state}"
+    return plain(for_matcher(matcher).summary)  # the same plain words before and after the model loads
 
 
 _MODEL_SLOT = "_vpm_sidebar_model"

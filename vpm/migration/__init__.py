@@ -28,10 +28,10 @@ from .checks import run_checks
 from .execute import content_type_for, execute_plan, verify
 from .files import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, PlanItem, Progress
 from .merge import Merge, merge_products, same_product
-from .plan import MigrationPlan, ModelPlan, ProductsPlan, make_plan, plan_from_ledger
+from .plan import NOT_COMPARED, NOT_RUNNABLE, MigrationPlan, ModelPlan, ProductsPlan, make_plan, plan_from_ledger
 from .report import FAILED, SKIPPED, UPLOADED, ItemResult, MigrationReport, ProductsResult, VectorsResult
 from .size import catalog_size
-from .target import MigrationError, Source, Target, plan_fingerprint, require_bucket
+from .target import MigrationError, Source, Target, half_set_keys, plan_fingerprint, require_bucket
 
 DEFAULT_WORKERS = 8
 MAX_WORKERS = 32  # S3Storage's connection pool holds 32; more threads would only queue for a connection
@@ -75,17 +75,25 @@ class Migration:
         return run_checks(self.settings, self.source, self.target)
 
     def plan(self, *, overwrite: bool = False, progress: Progress | None = None) -> MigrationPlan:
-        """Compare the local catalog with the bucket. Reads only; writes nothing anywhere."""
-        if not overwrite:  # a re-run after a verified run, with nothing changed since: decided from listings
+        """Compare the local catalog with the bucket. Reads only; writes nothing anywhere.
+
+        Without AWS credentials the bucket cannot be read: the plan is then the local catalog's alone (file by
+        file, bytes and cost), with `compared` False and a warning saying the bucket was not checked; it can be
+        looked at, not run."""
+        # Half a key pair is not "no credentials": the full plan names the missing half.
+        compare = bool(half_set_keys(self.settings)) or self.target.storage.credentials_source() is not None
+        if compare and not overwrite:  # a re-run after a verified run, nothing changed since: decided from listings
             quick = plan_from_ledger(self.settings, self.source, self.target)
             if quick is not None:
                 return quick
         _preload_lancedb()  # the full plan opens the tables: import LanceDB while the local files are hashed
         return make_plan(self.settings, self.source, self.target, overwrite=overwrite, workers=self.workers,
-                         progress=progress)
+                         progress=progress, compare=compare)
 
     def execute(self, plan: MigrationPlan, *, progress: Progress | None = None) -> MigrationReport:
         """Run exactly `plan`: files, then product rows, then vectors, then verification."""
+        if not plan.compared:
+            raise MigrationError(NOT_RUNNABLE)
         if plan.fingerprint() != self.fingerprint(overwrite=plan.overwrite):
             raise MigrationError("this plan was made with other settings (bucket, prefixes, credentials or "
                                  "--overwrite): preview again, then migrate")
@@ -101,6 +109,8 @@ __all__ = [
     "FAILED",
     "MAX_WORKERS",
     "MISSING",
+    "NOT_COMPARED",
+    "NOT_RUNNABLE",
     "OVERWRITE",
     "SKIP",
     "SKIPPED",

@@ -106,10 +106,13 @@ def bucket_key(key: str, product_id: str, prefix: str) -> str:
 
 
 
-def decide_files(keymap: KeyMap, local: Storage, bucket: Storage, overwrite: bool, workers: int,
+def decide_files(keymap: KeyMap, local: Storage, bucket: Storage | None, overwrite: bool, workers: int,
                  progress: Progress | None) -> list[PlanItem]:
+    """What happens to each file; with no `bucket` (no credentials to read it) every readable file is an upload,
+    said to be one only as far as the local catalog knows."""
     entries = keymap.entries()
-    remote = remote_objects(bucket, {key for _, _, key, _ in entries})
+    remote = remote_objects(bucket, {key for _, _, key, _ in entries}) if bucket is not None else {}
+    new = "new" if bucket is not None else "to upload (the bucket is not compared without credentials)"
 
     def decide(entry: tuple[str, str, str, tuple[str, ...]]) -> PlanItem:
         kind, source_key, key, ids = entry
@@ -128,7 +131,7 @@ def decide_files(keymap: KeyMap, local: Storage, bucket: Storage, overwrite: boo
                             f"{source_key} is not the photo its product records (SHA-256 {recorded[:12]}…, the file "
                             f"has {sha[:12]}…): restore it, or remove the photo and add it again", product_ids=ids)
         if key not in remote:
-            return PlanItem(kind, source_key, key, size, sha, UPLOAD, "new", product_ids=ids)
+            return PlanItem(kind, source_key, key, size, sha, UPLOAD, new, product_ids=ids)
         remote_size, etag = remote[key].size, remote[key].etag
         if remote_size == size:
             if same_bytes_by_etag(local, source_key, info, remote[key]):

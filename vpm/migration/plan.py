@@ -5,6 +5,10 @@ Three parts, in the order the execution writes them:
 2. product rows: each local product merged with the bucket's product of the same id (see merge.py);
 3. vectors: per local model, the vectors of the migrated photos that the bucket's table lacks.
 Planning only reads: the bucket's tables are opened for reading when they exist and never created.
+
+Without AWS credentials the bucket cannot be read, yet a person deciding whether to move to S3 still wants the plan:
+`compare=False` makes it from the local catalog alone (every file to upload, every product to add, every local
+vector to copy, with bytes and cost), says in a warning that the bucket is not compared, and Migrate refuses it.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ class MigrationPlan:
     warnings: list[str] = field(default_factory=list)
     made_with: str = ""  # plan_fingerprint of the settings and --overwrite the plan was made with
     ledger: ledger_module.Ledger | None = None  # set when made from the last verified run's ledger (nothing to do)
+    compared: bool = True  # False: made from the local catalog alone (no credentials to read the bucket)
 
     def fingerprint(self) -> str:
         """Migrate runs a plan only with the settings it was made with (the page keeps the preview's plan)."""
@@ -150,29 +155,43 @@ class MigrationPlan:
 # ---------------------------------------------------------------------------------------------- planning
 
 
+# Why a plan made without reading the bucket (compare=False) says what it says, and why Migrate refuses it.
+NOT_COMPARED = ("no AWS credentials found, so this plan is made from the local catalog alone: every file is shown "
+                "as an upload; files and products already in the bucket, and conflicts with it, are not checked "
+                "until credentials are set (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an IAM "
+                "role)")
+NOT_RUNNABLE = ("no AWS credentials found, so the bucket could not be compared and nothing is migrated: set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or run where an IAM role is attached), "
+                "then preview the plan again and migrate")
+
+
 def make_plan(settings: Settings, source: Source, target: Target, *, overwrite: bool, workers: int,
-              progress: Progress | None = None) -> MigrationPlan:
+              progress: Progress | None = None, compare: bool = True) -> MigrationPlan:
+    """The plan; with `compare=False` (no credentials) from the local catalog alone, never reading the bucket."""
     half = half_set_keys(settings)
     if half:
         raise MigrationError(f"{half}: set both keys, or neither (to use AWS_PROFILE or an IAM role)")
     keymap = KeyMap(settings)
     size = catalog_size(source.storage, settings)  # file sizes: the files are hashed by decide_files' workers
     products = [keymap.place(p) for batch in _local_batches(source) for p in batch]
-    items = keymap.blocked + decide_files(keymap, source.storage, target.storage, overwrite, workers, progress)
-    products_plan = plan_products(target, products, items, overwrite)
+    bucket_storage = target.storage if compare else None
+    items = keymap.blocked + decide_files(keymap, source.storage, bucket_storage, overwrite, workers, progress)
+    bucket = target if compare else None
+    products_plan = plan_products(bucket, products, items, overwrite)
     migrated = set(products_plan.added) | set(products_plan.replaced) | set(products_plan.unchanged)
     rewritten = set(products_plan.added) | set(products_plan.replaced)
-    vectors, warnings = [], []
+    vectors, warnings = [], ([] if compare else [NOT_COMPARED])
     if products_plan.action != "blocked":
-        vectors, warnings = plan_vectors(source, target, [p for p in products if p.id in migrated], rewritten,
-                                         keymap.local_keys())
-    if target.has_old_catalog():
+        vectors, more = plan_vectors(source, bucket, [p for p in products if p.id in migrated], rewritten,
+                                     keymap.local_keys())
+        warnings += more
+    if compare and target.has_old_catalog():
         warnings.append("the bucket holds a products.json catalog of the first release: the migration upgrades it "
                         "into tables first (as the app does on its first start), and merges with its products")
     return MigrationPlan(
         source.description, target.description, overwrite, items, products_plan, vectors,
         estimate(size, Traffic()), keymap.warnings + warnings,
-        plan_fingerprint(settings, overwrite=overwrite),
+        plan_fingerprint(settings, overwrite=overwrite), compared=compare,
     )
 
 
@@ -207,12 +226,13 @@ def _local_batches(source: Source) -> Iterator[list[Product]]:
 
 class BucketProducts:
     """The bucket's products, read only: its table when there is one, plus the products of a products.json the
-    app has not upgraded yet (the upgrade inserts only ids the table lacks, so the table's rows win)."""
+    app has not upgraded yet (the upgrade inserts only ids the table lacks, so the table's rows win). With no
+    target (a plan without credentials) it holds none."""
 
-    def __init__(self, target: Target):
-        self.store = target.catalog_for_reading()
+    def __init__(self, target: Target | None):
+        self.store = target.catalog_for_reading() if target is not None else None
         self.old: dict[str, Product] = {}
-        if target.has_old_catalog():
+        if target is not None and target.has_old_catalog():
             key = target.settings.s3_metadata_key
             raw = target.storage.get(key)
             from ..legacy import parse_products_json  # numpy: only a bucket with a first-release catalog
@@ -234,7 +254,8 @@ class BucketProducts:
         return in_table + len(self.old) - len(in_both)
 
 
-def plan_products(target: Target, products: list[Product], items: list[PlanItem], overwrite: bool) -> ProductsPlan:
+def plan_products(target: Target | None, products: list[Product], items: list[PlanItem],
+                  overwrite: bool) -> ProductsPlan:
     bucket = BucketProducts(target)  # an unreadable bucket catalog stops the plan here, untouched
     held = {pid for item in items if item.action == CONFLICT for pid in item.product_ids}
     to_write: list[Product] = []
@@ -253,6 +274,8 @@ def plan_products(target: Target, products: list[Product], items: list[PlanItem]
     kept = bucket.count() - present
     missing = [i for i in items if i.action == MISSING]
     counts = f"{len(added)} to add, {len(replaced)} to replace, {len(unchanged)} unchanged, {kept} bucket-only kept"
+    if target is None:
+        counts = f"{len(added)} to add (the bucket's own products are not read without credentials)"
     extra = ""
     if conflicts:
         extra += f"; {len(conflicts)} differ in the bucket and are left as they are: {few(conflicts)}"
@@ -275,17 +298,17 @@ def plan_products(target: Target, products: list[Product], items: list[PlanItem]
 # ------------------------------------------------------------------------------------------------ vectors
 
 
-def plan_vectors(source: Source, target: Target, migrated: list[Product], rewritten: set[str],
+def plan_vectors(source: Source, target: Target | None, migrated: list[Product], rewritten: set[str],
                  local_key: dict[str, str]) -> tuple[list[ModelPlan], list[str]]:
     """Per local model: the vectors of migrated photos the bucket lacks (every photo of a product whose row is
     added or replaced, since its category may have changed). `local_key` maps a photo's bucket key to its local
-    key, which its local vector is stored under."""
+    key, which its local vector is stored under. No target (no credentials): every local vector is to copy."""
     photos = [(product, photo) for product in migrated for photo in product.photos]
-    bucket_models = set(target.model_ids()) if photos else set()
+    bucket_models = set(target.model_ids()) if photos and target is not None else set()
     plans, warnings = [], []
     for model_id in source.model_ids() if photos else []:
         local = source.vectors(model_id)
-        bucket = target.vectors_for_reading(model_id) if model_id in bucket_models else None
+        bucket = target.vectors_for_reading(model_id) if target is not None and model_id in bucket_models else None
         if bucket is not None and bucket.dim != local.dim:
             warnings.append(f"the bucket's {model_id} vectors have {bucket.dim} values, the local ones {local.dim}: "
                             "they are not copied (the bucket embeds its photos again)")

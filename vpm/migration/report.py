@@ -205,11 +205,16 @@ def plan_text(plan: MigrationPlan, *, list_files: bool = True) -> str:
     out.append(f"  vectors: {plan_vectors_line(plan)}")
     for warning in plan.warnings:
         out.append(f"  warning: {warning}")
-    e = plan.estimate
     out.append("")
-    out.append(f"Estimated cost: migration {format_usd(e.one_time_total)} once, then "
-               f"{format_usd(e.monthly_total)} a month (`python -m vpm costs` for the breakdown)")
+    out.append(f"Estimated cost: {plan_cost_line(plan)} (`python -m vpm costs` for the breakdown)")
     return "\n".join(out)
+
+
+def plan_cost_line(plan: MigrationPlan) -> str:
+    """'migration $0.01 once, then $0.05 a month' at the default traffic, from the plan's measure of the catalog."""
+    e = plan.estimate
+    return (f"migration {format_usd(e.one_time_total)} once, then {format_usd(e.monthly_total)} a month at "
+            f"{e.traffic.searches_per_month:,} searches a month")
 
 
 def plan_dict(plan: MigrationPlan) -> dict[str, Any]:
@@ -224,6 +229,7 @@ def plan_dict(plan: MigrationPlan) -> dict[str, Any]:
         "vectors": [m.as_dict() for m in plan.vectors],
         "estimate": plan.estimate.as_dict(),
         "warnings": list(plan.warnings),
+        "compared_with_bucket": plan.compared,
     }
 
 
