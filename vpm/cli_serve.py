@@ -1,7 +1,7 @@
 """`python -m vpm serve [--host 127.0.0.1] [--port 5001]`: the REST API (vpm.api) under uvicorn.
 
 uvicorn runs with bounded waits and a cap on concurrency (vpm.api.ServerLimits, VPM_API_* variables), so slow
-or lying clients cannot hold connections forever. In production put a reverse proxy in front (README).
+or lying clients cannot hold connections forever. In production put a reverse proxy in front (docs/rest-api.md).
 """
 
 from __future__ import annotations

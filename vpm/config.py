@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     vpm_device: str = "auto"
     # What runs the model's network: ONNX Runtime where it matches torch (auto), or one of them by name.
     vpm_runtime: Literal["auto", "torch", "onnx-fp32", "onnx-int8"] = "auto"
-    # Verify the top candidates of an image search by local features (vpm/rerank.py; README "Match quality").
+    # Verify the top candidates of an image search by local features (vpm/rerank.py; docs/match-quality.md).
     vpm_rerank: bool = True
     # Read the package text on the photos (OCR, vpm/package_text.py) when added, and on a query photo when it can
     # change the first answer; ~0.4 s a photo on 2 cores.
@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     vpm_read_only: bool = False
     vpm_admin_password: SecretStr | None = None
     vpm_admin_emails: str = ""
-    # The REST API's guard against slow or lying clients (vpm.api.ServerLimits; README "Running the API").
+    # The REST API's guard against slow or lying clients (vpm.api.ServerLimits; docs/rest-api.md).
     vpm_api_max_concurrency: int = Field(100, ge=1, le=100_000)
     vpm_api_header_timeout_s: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)
     vpm_api_body_timeout_s: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False)

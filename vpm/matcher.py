@@ -72,7 +72,7 @@ _THRESHOLDS = {
     "clip": {"image": 0.75, "text": 0.22},
     "efficientnet-lite0": {"image": 0.55, "text": 0.0},
     # R-MAC cosines run higher: `python -m vpm evaluate` on the 398 sample photos puts 95% of true matches at or
-    # above 0.68; 0.65 leaves room for shoppers' photos (README, "Match quality").
+    # above 0.68; 0.65 leaves room for shoppers' photos (docs/match-quality.md).
     "efficientnet-lite0-rmac384": {"image": 0.65, "text": 0.0},
     "other": {"image": 0.6, "text": 0.2},
 }
