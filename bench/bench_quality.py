@@ -266,10 +266,13 @@ class Catalog:
         fitted = projections.fit(np.concatenate([catalog, first]), np.concatenate([codes, codes]))
         plain = augmented._recall(catalog, second)
         through = augmented._recall(fitted.apply(catalog), fitted.apply(second)) if fitted is not None else plain
-        kept = fitted if fitted is not None and through >= plain + 0.01 else None
+        kept = fitted if fitted is not None and augmented.helps(catalog, second, fitted) else None
         self.projections[ONE] = dict.fromkeys(range(FOLDS), kept)
+        spread = (augmented.separation(catalog, second),
+                  augmented.separation(fitted.apply(catalog), fitted.apply(second)) if fitted is not None else 0.0)
         print(f"projection, one reference: fitted on two views of each of the {len(rows)} gallery photos "
-              f"({time.perf_counter() - started:.1f} s); second views' recall@1 {plain:.3f} -> {through:.3f}: "
+              f"({time.perf_counter() - started:.1f} s); second views' recall@1 {plain:.3f} -> {through:.3f}, "
+              f"separation {spread[0]:.2f} -> {spread[1]:.2f}: "
               + ("kept" if kept is not None else "not kept (its row repeats `text`)"), flush=True)
 
     def search(self, protocol: str, i: int, vector: np.ndarray, features, *, text: bool, project: bool,
