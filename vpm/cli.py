@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    vpm_logger, quiet = logging.getLogger("vpm"), logging.getLogger("vpm.embeddings")
+    level, filters = vpm_logger.level, list(quiet.filters)
     configure_cli_logging(args.settings, args.command)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -309,3 +311,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - a bug: the traceback goes to the log, the person gets its id
         print(f"error: {something_went_wrong(log_unexpected(log, err, f'vpm {args.command}'))}", file=sys.stderr)
         return EXIT_ERROR
+    finally:  # a one-shot command's quiet is its own: whoever calls main() in-process gets its logging back
+        vpm_logger.setLevel(level)
+        quiet.filters[:] = filters
