@@ -152,7 +152,9 @@ def test_a_big_import_writes_the_catalog_once_per_batch(importer, tmp_path, prod
     report = importer.import_path(tmp_path / "many")
     assert len(report.imported) == 70
     assert catalog_writes == [32, 32, 6]  # one commit of rows per batch, not one per product
-    assert importer.embedder.image_calls == [32, 32, 6]  # decoded and embedded in batches too
+    assert importer.embedder.image_calls[:3] == [32, 32, 6]  # decoded and embedded in batches too ...
+    # ... then the score is fitted on two views of each photo (one photo a product: vpm/augmented.py)
+    assert all(n == 2 for n in importer.embedder.image_calls[3:])
     assert len(list(importer.iter_products())) == 70
 
 

@@ -215,9 +215,17 @@ def test_an_import_fits_the_score_on_the_catalog_it_made_and_the_cli_can_fit_it_
     assert matcher.calibration().score.source == "catalog"  # fitted on what was just imported
     assert any(m.startswith("fitting the score on 10 held-out photos") for m in messages)
 
+    fitted = matcher.calibration().score
+    assert fitted.photos == 10
+    (tmp_path / "more.png").write_bytes(to_bytes(textured(77)))
+    (tmp_path / "more.csv").write_text("image,id,name,category\nmore.png,extra,Extra,Packs\n")
+    matcher.import_path(tmp_path / "more.csv")
+    assert matcher.calibration().score == fitted  # one photo more: the fit still speaks for the catalog
+
     assert main(["calibrate", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["score"]["source"] == "catalog" and document["score"]["queries"] == 10
+    assert document["score"]["photos"] == 11
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)

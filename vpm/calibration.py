@@ -102,7 +102,8 @@ def calibrate(matcher: Matcher, *, max_queries: int = CALIBRATION_QUERIES,
                      outcome.recall_plain, outcome.recall_projected, "" if kept else " (projection not kept)")
     if model is None:
         return None
-    model = scoring.ScoreModel(**{**model.as_dict(), "projection": None if kept is None else kept.digest})
+    model = scoring.ScoreModel(**{**model.as_dict(), "projection": None if kept is None else kept.digest,
+                                  "photos": matcher.catalog.photo_count()})
     calibration = Calibration(model, kept)
     save(matcher.storage, matcher.where.prefix, calibration)
     log.info("calibrated %s on %d held-out photos: threshold %.0f%%%s", model.model_id, model.queries,

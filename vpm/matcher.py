@@ -626,6 +626,9 @@ class Matcher:
                 progress(done, total, f"fitting the score on {total} held-out photos")
 
         try:
+            current = self.calibration().score
+            if current.source in ("catalog", "views") and self.catalog.photo_count() <= 1.1 * current.photos:
+                return  # a small addition: the fit still speaks for this catalog (`vpm calibrate` refits on demand)
             self.calibrate(fitting)
         except (StorageError, CatalogError) as err:
             log.warning("could not fit the score on this catalog (%s): `python -m vpm calibrate` tries again", err)

@@ -103,6 +103,7 @@ class ScoreModel:
     queries: int = 0  # held-out photos the fit saw
     pairs: int = 0  # (photo, candidate product) pairs the fit saw
     projection: str | None = None  # the projection's digest the fit was made through (vpm/projection.py)
+    photos: int = 0  # the catalog's photos when it was fitted (an import refits once it has grown by over a tenth)
     fitted_at: str = ""
     recall: dict[str, float] = field(default_factory=dict)  # what the fit measured, for people
     version: int = CALIBRATION_VERSION
