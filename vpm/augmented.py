@@ -77,6 +77,8 @@ def calibrate(matcher: Matcher, *, sample: int = SAMPLE,
         return None
     stored = matcher.vectors.vectors_for_keys([key for _pid, key in chosen])
     chosen = [(pid, key) for pid, key in chosen if key in stored]
+    if len(chosen) < projections.MIN_PAIRS:  # too few to fit anything: spend nothing on views
+        return None
     originals, first, second, second_features, codes = [], [], [], [], []
     code_of: dict[str, int] = {}
     for done, (pid, key) in enumerate(chosen, 1):
