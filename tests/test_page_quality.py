@@ -46,7 +46,7 @@ def test_evaluate_runs_to_a_report_and_changes_nothing(backend, app_settings, tw
     assert "Suggested minimum match" in metrics
     assert any("6 held-out photos of 3 products" in c.value for c in at.caption)
     assert any("is how often such a match was right" in m.value for m in at.markdown)  # what a percentage means
-    by_category = at.dataframe[1].value  # after "What each signal adds": whole percents, like the headline
+    by_category = at.dataframe[-1].value  # the last table: whole percents, like the headline
     assert list(by_category["Right first"]) == ["100%"] and list(by_category["In top 5"]) == ["100%"]
     assert at.button(key="quality_calibrate")  # offered, not run: the evaluation itself writes nothing
     assert any("Every held-out photo found its own product first" in s.value for s in at.success)

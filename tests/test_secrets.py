@@ -253,10 +253,9 @@ def test_health_page_shows_the_endpoint_redacted(server_bucket, open_page, monke
     at = open_page("pages/health.py")
 
     assert not at.exception
-    settings_table = at.table[0].value
-    shown = dict(zip(settings_table["setting"], settings_table["value"], strict=False))
+    settings_lines = next(m.value for m in at.markdown if "**S3_ENDPOINT_URL**" in m.value)
+    shown = {line.split(" · ")[0].strip("*"): line.split(" · ", 1)[1].strip("` ") for line in settings_lines.split("  \n")}
     assert shown["S3_ENDPOINT_URL"] == endpoint.replace("http://", "http://user:***@")
     every_text = [e.value for kind in ("markdown", "caption", "error", "success", "warning") for e in getattr(at, kind)]
     assert not any(PASSWORD in text for text in every_text)
-    assert PASSWORD not in settings_table.to_string()
     assert any("storage reachable** (pass)" in text for text in every_text)
