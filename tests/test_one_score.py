@@ -140,6 +140,7 @@ def test_a_fitted_curve_keeps_the_order_of_the_evidence_and_rates_clear_winners_
     model = scoring.fit("m", lists)
 
     assert model.slope >= 0 and model.margin_slope > 0 and model.source == "catalog"
+    assert model.queries == 200 and model.fitted_at.startswith("20") and model.photos == 0  # each field in its place
     evidence = [0.9, 0.6, 0.8, 0.7]
     probabilities = model.scores(evidence)
     assert list(np.argsort(-probabilities)) == list(np.argsort(-np.array(evidence)))
@@ -241,7 +242,8 @@ def test_a_catalog_of_one_photo_a_product_learns_from_views_of_its_photos(matche
     calibrated = matcher.calibrate()
 
     assert outcome.photos == 24 and outcome.score is not None
-    assert (outcome.projection is not None) == (outcome.recall_projected >= outcome.recall_plain + 0.01)
+    # kept only when the held-out views say it helps: never with a lower recall@1 (vpm/augmented.py `helps`)
+    assert outcome.projection is None or outcome.recall_projected >= outcome.recall_plain
     assert calibrated is not None and calibrated.score.source == "views"
     assert 0 < calibrated.score.slope + calibrated.score.margin_slope < 1000  # a curve, not a step
     assert "views of 24 photos of this catalog" in Matcher(search_settings).score_explained()

@@ -206,7 +206,8 @@ class Evaluation:
         # a fit that did not see it.
         self._fold = np.random.default_rng(seed).integers(0, FOLDS, len(self.photo_keys))
         self._projections: dict[int, projections.Projection | None] = {}
-        self.projection = projection and projections.fit(self.vectors, self.codes) is not None
+        # Whether there is anything to fit on: pairs of photos of one product (the folds fit it, not this).
+        self.projection = projection and len(projections.same_product_pairs(self.codes)[0]) >= projections.MIN_PAIRS
         if projection and not self.projection:
             self.notes.append(
                 f"too few products have two or more photos for a projection of this catalog's own (it needs "
@@ -271,9 +272,10 @@ class Evaluation:
         if self.rerank:
             self._verify(pending)
         for i, kind, candidates, row in pending:
+            texts = self._text_similarities(i, candidates)
             self._lists[kind].append((i, [
-                _Candidate(c.product, c.cosine, c.photo, self._verified(i, c, row) if self.rerank else None,
-                           self._text_similarity(i, candidates, c)) for c in candidates
+                _Candidate(c.product, c.cosine, c.photo, self._verified(i, c, row) if self.rerank else None, text)
+                for c, text in zip(candidates, texts, strict=True)
             ]))
         self.done += len(batch)
         return len(batch)
@@ -322,16 +324,14 @@ class Evaluation:
         return max((self._inliers.get((query_row, r), 0)
                     for r in self._photos_verified(query_row, candidate, row)), default=0)
 
-    def _text_similarity(self, query_row: int, candidates: list[_Candidate], candidate: _Candidate) -> float | None:
-        if not self.text:
-            return None
+    def _text_similarities(self, query_row: int, candidates: list[_Candidate]) -> list[float | None]:
+        """Each candidate's package-text similarity to the held-out photo's, one comparison for the whole list."""
+        query = self._texts.get(self.photo_keys[query_row], "") if self.text else ""
+        if not query:
+            return [None] * len(candidates)
         from . import package_text
 
-        query = self._texts.get(self.photo_keys[query_row], "")
-        if not query:
-            return None
-        texts = [self._product_text(query_row, c.product) for c in candidates]
-        return package_text.similarities(query, texts)[candidates.index(candidate)]
+        return package_text.similarities(query, [self._product_text(query_row, c.product) for c in candidates])
 
     def _product_text(self, query_row: int, product: str) -> str:
         rows = self._rows_of[self._code_of[product]]

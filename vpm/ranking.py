@@ -54,13 +54,16 @@ def rank_photo_query(matches: list[Match], query_vector: np.ndarray, model: scor
     from . import rerank as verification
 
     before = [m.product.id for m in matches]
-    cosines = _cosines(matches, query_vector, stores, projection)
+    verifying = query_features is not None and stores.features_for is not None
+    # The candidates' own vectors are read only when something uses them: the projection, or picking the photos
+    # to verify.
+    cosines = _cosines(matches, query_vector, stores, projection) if projection is not None or verifying else {}
     if projection is not None and cosines:
         matches = _through_projection(matches, cosines)
     top = matches[: verification.RERANK_TOP]
     inliers: dict[str, int] = {}
     verified = False
-    if query_features is not None and stores.features_for is not None and top:
+    if verifying and top:
         try:
             inliers, best_photo = _verify(top, query_features, stores, cosines)
             verified = True

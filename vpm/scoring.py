@@ -222,8 +222,9 @@ def fit(model_id: str, lists: Sequence[HeldOut], *, projection: str | None = Non
             break
     if not np.isfinite(w).all() or np.abs(w).max() > 1e4:
         raise ValueError("the pairs give no stable curve")
-    model = ScoreModel(model_id, float(w[0]), float(w[1]), float(w[2]), 0.0, "catalog", len(lists), len(x),
-                       projection, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), dict(recall or {}))
+    model = ScoreModel(model_id, float(w[0]), float(w[1]), float(w[2]), 0.0, "catalog", queries=len(lists),
+                       pairs=len(x), projection=projection,
+                       fitted_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), recall=dict(recall or {}))
     kept = [float(model.scores(held.evidence)[held.own]) for held in lists
             if held.own is not None and held.own in np.argsort(-np.asarray(held.evidence), kind="stable")[:5]]
     if kept:
