@@ -140,6 +140,10 @@ class Settings(BaseSettings):
     vpm_api_body_timeout_s: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False)
     vpm_api_keep_alive_s: int = Field(5, ge=1, le=3600)
     vpm_api_shutdown_timeout_s: int = Field(10, ge=1, le=3600)
+    # Searches the app embeds and ranks at once (vpm/admission.py); 0: one a CPU core. The others wait in line, told
+    # how many are ahead of them, for at most VPM_SEARCH_QUEUE_TIMEOUT_S seconds.
+    vpm_search_concurrency: int = Field(0, ge=0, le=1024)
+    vpm_search_queue_timeout_s: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False)
     # Concurrent one-photo / one-text searches share model calls (vpm/batching.py); false: one call each; auto:
     # shared only on torch (ONNX Runtime gives each overlapping call a single-threaded session of its own, which
     # measured ~8% more requests/s than sharing).
