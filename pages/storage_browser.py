@@ -1,18 +1,17 @@
 """Storage browser: the files behind the catalog, local folder or S3 bucket alike.
 
-Read-only, except one explicit, confirmed action: deleting orphan files the consistency report found.
+Read-only, except the repairs of the Consistency tab, each confirmed first by a signed-in user: setting a damaged
+table's unreadable versions aside, deleting orphan files, embedding what is missing (vpm/repair.py decides).
 """
 
 import json
 
 import streamlit as st
 
-from vpm import webapp
+from vpm import repair, table_repair, webapp
 from vpm.consistency import (
     RECENT_SECONDS,
     breadcrumbs,
-    consistency_report,
-    delete_orphans,
     object_rows,
     parent_prefix,
     preview_kind,
@@ -197,6 +196,7 @@ with catalog_tab:
         tables = matcher.table_summaries()
     except Exception as err:  # a table the engine cannot open: the engine's own message says which and why
         webapp.show_error(err, what="The catalog tables cannot be read")
+        st.caption("The Consistency tab checks every table and, for a signed-in user, sets damaged versions aside.")
     else:
         if not tables:
             st.info("No catalog yet: add products on the Catalog page.", icon=":material/info:")
@@ -205,19 +205,18 @@ with catalog_tab:
             st.caption("Small fragments are merged and old versions pruned automatically as products are added.")
 
 # ------------------------------------------------------------------------------------------ consistency
-with check_tab:
-    st.caption(
-        "Compares the catalog with the files: photos whose file is missing, files no product uses "
-        "(orphans), and photos without a search vector for the active model."
-    )
-    if st.button("Run the consistency check", icon=":material/rule:", type="primary"):
-        try:
-            with st.spinner("Listing files and reading the catalog…"):
-                state.consistency_report = consistency_report(matcher)
-        except Exception as err:
-            webapp.show_error(err, what="The check could not run")
-            state.pop("consistency_report", None)
+STATUS_BOX = {"pass": st.success, "warn": st.warning, "fail": st.error}
+STATUS_ICON = {"pass": ":material/check_circle:", "warn": ":material/warning:", "fail": ":material/error:"}
 
+
+def show_outcomes() -> None:
+    """What the last repair action did, once, above the fresh check it was followed by."""
+    for result in state.pop("set_aside_results", []):
+        st.success(plain(result.summary()[:1].upper() + result.summary()[1:]) + ". The versions set aside are kept "
+                   f"there, never deleted: {code(result.folder)}.", icon=":material/inventory_2:")
+    failed = state.pop("set_aside_failed", None)
+    if failed:
+        st.error(plain(failed[:1].upper() + failed[1:]), icon=":material/error:")
     result = state.pop("orphan_delete_result", None)
     if result is not None:
         (st.success if result.deleted else st.warning)(result.summary().capitalize() + ".", icon=":material/delete:")
@@ -225,90 +224,187 @@ with check_tab:
             st.markdown("Deleted:\n" + "\n".join(f"- {code(k)}" for k in result.deleted))
         if result.kept:
             st.markdown("Kept:\n" + "\n".join(f"- {code(k)}: {plain(why)}" for k, why in result.kept))
+    embedded = state.pop("embed_result", None)
+    if embedded is not None:
+        st.success(plain(embedded), icon=":material/auto_awesome:")
 
-    report = state.get("consistency_report")
-    if report is not None:
-        with st.container(horizontal=True, gap="small"):
-            # As wide as their numbers: a fixed narrow tile cut "44,512" to "44...".
-            st.metric("Products", f"{report.products:,}", border=True, width="content")
-            st.metric("Images", f"{report.image_files:,}", border=True, width="content")
-            st.metric("Thumbnails", f"{report.thumbnail_files:,}", border=True, width="content")
-        if report.ok:
-            st.success("Storage and catalog agree.", icon=":material/check_circle:")
 
-        st.subheader(f"Missing files ({len(report.missing)})")
-        if report.missing:
-            st.error(
-                f"{plural(len(report.missing), 'file')} that products point at cannot be found. Restore them, "
-                "or delete and re-add those products on the Catalog page.",
-                icon=":material/broken_image:",
+def show_damaged_tables(found, allowed: bool) -> None:
+    st.subheader(f"Damaged tables ({len(found.damaged)})")
+    for table in found.damaged:
+        st.error(plain(table.problem[:1].upper() + table.problem[1:]), icon=":material/broken_image:")
+    if not found.fixable:
+        st.caption("Setting versions aside cannot bring these back: restore them from a backup.")
+        return
+    count = sum(len(t.plan.bad) for t in found.fixable)
+    st.markdown("Setting the damaged versions aside would do this:\n"
+                + "\n".join(f"- {plain(t.plan_line())}" for t in found.fixable))
+    if not allowed:
+        return
+    folder = f"{matcher.where.prefix}{table_repair.SET_ASIDE_FOLDER}"
+    confirmed = st.checkbox(
+        f"I understand that {plural(count, 'version file')} will be moved to {folder} (kept there, never deleted) "
+        "and that the changes they hold will no longer be in the catalog.",
+        key="confirm_set_aside",
+    )
+    if st.button(f"Set aside {plural(count, 'damaged version')}", icon=":material/inventory_2:",
+                 disabled=not confirmed):
+        with st.status("Setting the damaged versions aside…", expanded=True) as box:
+            try:
+                state.set_aside_results = repair.set_aside_damaged(matcher, found.fixable)
+            except Exception as err:  # RepairError says what state the table is in
+                state.set_aside_failed = str(err)
+                box.update(label="The damaged versions could not be set aside", state="error")
+            state.check_result = repair.check(matcher)
+        state.pop("confirm_set_aside", None)
+        st.rerun()
+
+
+def show_orphans(found, report, allowed: bool) -> None:
+    st.subheader(f"Orphan files ({len(report.orphans)})")
+    if not report.catalog_exists and report.orphans:
+        st.warning(
+            f"`{settings.s3_metadata_key}` does not exist, so every file looks orphaned. Restore the "
+            "catalog before deleting anything.",
+            icon=":material/warning:",
+        )
+    if report.orphans:
+        st.caption(f"Files no product references: {format_bytes(report.orphan_bytes)} in all.")
+        st.dataframe(report.orphan_rows(), hide_index=True, width="stretch")
+    else:
+        st.caption("Every file under the image and thumbnail folders belongs to a product.")
+    if not (report.orphans and report.catalog_exists and allowed):
+        return
+    minutes = f"{RECENT_SECONDS / 60:g}"
+    recent = [o for o in report.orphans if o.recent]
+    include_recent = False
+    if recent:
+        include_recent = st.checkbox(
+            f"Also delete the {plural(len(recent), 'file')} written in the last {minutes} minutes",
+            help="An add writes its photo before the product that points at it, so a brand-new file may "
+            "belong to a product being added right now.",
+        )
+    plan = repair.plan_orphans(matcher, report, include_recent=include_recent, records=found.set_asides)
+    held = [(o, why) for o, why in plan.keep if not o.recent or include_recent]  # kept for an earlier set-aside
+    young = len(plan.keep) - len(held)
+    if held:
+        st.caption(f"Kept whatever you choose: {plural(len(held), 'file')} written around changes set aside "
+                   "earlier (they may belong to one of their products): "
+                   + ", ".join(code(o.key) for o, _why in held[:20]))
+    if not plan.delete:
+        if young:
+            st.caption(
+                f"Nothing to delete yet: {'the orphan was' if young == 1 else f'all {young} orphans were'} written "
+                f"in the last {minutes} minutes and may belong to a product being added right now."
             )
-            st.dataframe(report.missing_rows(), hide_index=True, width="stretch")
+        return
+    keeping = (
+        f", and {plural(young, 'file')} written in the last {minutes} minutes will be kept "
+        f"({'it' if young == 1 else 'they'} may belong to a product being added right now)" if young else ""
+    )
+    confirmed = st.checkbox(
+        f"I understand that {plural(len(plan.delete), 'orphan file')} will be deleted permanently{keeping}. "
+        "Each is re-checked against the catalog first.",
+        key="confirm_orphan_delete",
+    )
+    if st.button(f"Delete {plural(len(plan.delete), 'orphan file')}", icon=":material/delete:", disabled=not confirmed):
+        try:
+            outcome = repair.delete_planned(matcher, plan, include_recent=include_recent)
+        except Exception as err:
+            webapp.show_error(err)
         else:
-            st.caption("Every product's image and thumbnail is there.")
+            state.orphan_delete_result = outcome
+            state.check_result = repair.check(matcher)
+            state.pop("confirm_orphan_delete", None)
+            st.rerun()
 
-        st.subheader(f"Orphan files ({len(report.orphans)})")
-        if not report.catalog_exists and report.orphans:
-            st.warning(
-                f"`{settings.s3_metadata_key}` does not exist, so every file looks orphaned. Restore the "
-                "catalog before deleting anything.",
-                icon=":material/warning:",
-            )
-        if report.orphans:
-            st.caption(f"Files no product references: {format_bytes(report.orphan_bytes)} in all.")
-            st.dataframe(report.orphan_rows(), hide_index=True, width="stretch")
-        if report.orphans and report.catalog_exists and webapp.may_change():
-            recent = [o for o in report.orphans if o.recent]
-            include_recent = False
-            minutes = RECENT_SECONDS // 60
-            if recent:
-                include_recent = st.checkbox(
-                    f"Also delete the {plural(len(recent), 'file')} written in the last {minutes} minutes",
-                    help="An add writes its photo before the product that points at it, so a brand-new file may "
-                    "belong to a product being added right now.",
+
+def show_coverage(title: str, coverage, what: str) -> None:
+    st.subheader(title)
+    if coverage.state == "ok":
+        st.caption(coverage.detail)
+    elif coverage.state == "missing":
+        st.warning(coverage.detail, icon=":material/warning:")
+        st.caption(f"Products without {what}: " + ", ".join(f"`{i}`" for i in coverage.missing_product_ids[:50]))
+    else:
+        st.info(f"Unknown: {coverage.detail}", icon=":material/help:")
+
+
+def show_embedding(found, allowed: bool) -> None:
+    plan = repair.plan_embedding(matcher, found)
+    if not plan.needed or not allowed:
+        return
+    st.caption(plain(plan.line()[:1].upper() + plan.line()[1:]) + ".")
+    if st.button("Embed what is missing", icon=":material/auto_awesome:"):
+        with st.status("Embedding what is missing…", expanded=True) as box:
+            webapp.ensure_model(matcher)
+            bar = st.progress(0.0, text="Starting…")
+
+            def progress(done: int, total: int, message: str = "") -> None:
+                bar.progress(min(1.0, done / total) if total else 1.0, text=message or f"{done}/{total}")
+
+            try:
+                status = repair.embed_missing(matcher, progress)
+            except Exception as err:
+                box.update(label="Embedding stopped", state="error")
+                webapp.show_error(err)
+                return
+            state.embed_result = (f"Vectors for {status.vectors}/{status.photos} photos of {status.products} "
+                                  f"products ({status.model_id}); keypoints and package text filled in as "
+                                  "python -m vpm index does.")
+            state.check_result = repair.check(matcher)
+        st.rerun()
+
+
+with check_tab:
+    st.caption(
+        "Checks that every catalog table opens, compares the catalog with the files (photos whose file is missing, "
+        "files no product uses), and finds photos without a search vector or keypoints. The same verdict as "
+        "python -m vpm check; a signed-in user can repair what it finds here."
+    )
+    if st.button("Run the consistency check", icon=":material/rule:", type="primary"):
+        try:
+            with st.spinner("Opening the tables, listing files and reading the catalog…"):
+                state.check_result = repair.check(matcher)
+        except Exception as err:
+            webapp.show_error(err, what="The check could not run")
+            state.pop("check_result", None)
+
+    show_outcomes()
+    found = state.get("check_result")
+    if found is not None:
+        allowed = webapp.may_change()
+        for c in found.checks:
+            STATUS_BOX[c.status](plain(f"{c.name[:1].upper()}{c.name[1:]}: {c.detail}"), icon=STATUS_ICON[c.status])
+            if c.fix and c.status != "pass":
+                st.caption(plain(f"Fix: {c.fix}"))
+        if found.set_asides:
+            st.caption("Set aside earlier (kept): " + ", ".join(code(r.folder) for r in found.set_asides))
+        if found.damaged:
+            show_damaged_tables(found, allowed)
+        report = found.report
+        if report is not None:
+            with st.container(horizontal=True, gap="small"):
+                # As wide as their numbers: a fixed narrow tile cut "44,512" to "44...".
+                st.metric("Products", f"{report.products:,}", border=True, width="content")
+                st.metric("Images", f"{report.image_files:,}", border=True, width="content")
+                st.metric("Thumbnails", f"{report.thumbnail_files:,}", border=True, width="content")
+            if found.status == "pass" and report.ok:
+                st.success("Storage and catalog agree.", icon=":material/check_circle:")
+
+            st.subheader(f"Missing files ({len(report.missing)})")
+            if report.missing:
+                st.error(
+                    f"{plural(len(report.missing), 'file')} that products point at cannot be found. Restore them, "
+                    "or delete and re-add those products on the Catalog page.",
+                    icon=":material/broken_image:",
                 )
-            doomed = [o for o in report.orphans if include_recent or not o.recent]
-            kept = len(report.orphans) - len(doomed)
-            if not doomed:
-                st.caption(
-                    f"Nothing to delete yet: {'the orphan was' if kept == 1 else f'all {kept} orphans were'} written "
-                    f"in the last {minutes} minutes and may belong to a product being added right now."
-                )
+                st.dataframe(report.missing_rows(), hide_index=True, width="stretch")
             else:
-                keeping = (
-                    f", and {plural(kept, 'file')} written in the last {minutes} minutes will be kept "
-                    f"({'it' if kept == 1 else 'they'} may belong to a product being added right now)" if kept else ""
-                )
-                confirmed = st.checkbox(
-                    f"I understand that {plural(len(doomed), 'orphan file')} will be deleted permanently{keeping}. "
-                    "Each is re-checked against the catalog first.",
-                    key="confirm_orphan_delete",
-                )
-                if st.button(f"Delete {plural(len(doomed), 'orphan file')}", icon=":material/delete:",
-                             disabled=not confirmed):
-                    try:
-                        outcome = delete_orphans(
-                            matcher,
-                            [o.key for o in doomed],
-                            report.orphan_keys,
-                            min_age_seconds=0 if include_recent else RECENT_SECONDS,
-                        )
-                    except Exception as err:
-                        webapp.show_error(err)
-                    else:
-                        state.orphan_delete_result = outcome
-                        state.consistency_report = consistency_report(matcher)
-                        state.pop("confirm_orphan_delete", None)
-                        st.rerun()
-        elif not report.orphans:
-            st.caption("Every file under the image and thumbnail folders belongs to a product.")
+                st.caption("Every product's image and thumbnail is there.")
 
-        st.subheader("Search vectors")
-        vectors = report.vectors
-        if vectors.state == "ok":
-            st.caption(vectors.detail)
-        elif vectors.state == "missing":
-            st.warning(vectors.detail, icon=":material/warning:")
-            st.caption("Products without a vector: " + ", ".join(f"`{i}`" for i in vectors.missing_product_ids[:50]))
-        else:
-            st.info(f"Unknown: {vectors.detail}", icon=":material/help:")
+            show_orphans(found, report, allowed)
+            show_coverage("Search vectors", report.vectors, "a vector")
+            if found.keypoints is not None:
+                show_coverage("Keypoints", found.keypoints, "keypoints")
+            show_embedding(found, allowed)

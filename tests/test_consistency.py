@@ -305,3 +305,17 @@ def test_vectors_of_the_running_model_once_it_is_loaded(matcher, storage, settin
     fresh.embedder  # loaded, as it would be after a search
     lost = consistency_report(fresh).vectors
     assert (lost.state, lost.missing_product_ids) == ("missing", ["p1", "p2"])
+
+
+def test_keypoint_coverage_names_photos_without_keypoints_and_says_when_it_looked_at_a_sample(matcher):
+    from vpm.consistency import keypoint_coverage
+
+    p1, _p2 = add(matcher, "p1"), add(matcher, "p2", (20, 200, 20))
+    assert keypoint_coverage(matcher).state == "ok"
+    matcher.features.delete_photos([p1.photos[0].key])
+
+    found = keypoint_coverage(matcher)
+    assert (found.state, found.missing_photos, found.missing_product_ids) == ("missing", 1, ["p1"])
+    assert found.detail.startswith("1 of 2 photos have no keypoints")
+    sample = keypoint_coverage(matcher, limit=1)  # a health probe's bounded walk
+    assert "(of the first 1 products looked at)" in sample.detail

@@ -212,3 +212,89 @@ def test_listed_files_show_their_product_and_the_preview_names_it(matcher):
     assert list(table["product"]) == ["Product p1"]
     at.selectbox(key="browse_preview").select(product.image_key).run()
     assert any("Product p1" in c.value for c in at.caption)
+
+
+# --------------------------------------------------------------------------------------------------- repairs
+
+
+def versions(storage, settings) -> list[str]:
+    """The products table's version files, oldest first."""
+    from vpm import engine
+
+    found = [(v, o.key) for o in storage.iter_objects(settings.metadata_prefix + "products.lance/_versions/")
+             if (v := engine.version_of(o.key.rpartition("/")[2])) is not None]
+    return [key for _v, key in sorted(found)]
+
+
+def signed_in(monkeypatch) -> AppTest:
+    """The page with VPM_ADMIN_PASSWORD set, in a session that signed in with it."""
+    from vpm.access import session_token
+
+    monkeypatch.setenv("VPM_ADMIN_PASSWORD", "correct horse")
+    at = AppTest.from_file(str(PAGE), default_timeout=pagetools.TIMEOUT)
+    at.session_state["_vpm_admin_token"] = session_token("correct horse")
+    return at.run()
+
+
+def test_a_damaged_table_is_set_aside_from_the_consistency_tab(matcher, storage, settings, monkeypatch):
+    from vpm import engine
+
+    seed(matcher, "p1", "p2", "p3")
+    newest = versions(storage, settings)[-1]
+    storage.put(newest, b"\x07" * 4096)
+    engine.forget()
+    version = engine.version_of(newest.rpartition("/")[2])
+
+    at = click(signed_in(monkeypatch), "Run the consistency check")
+
+    errors = shown(" ".join(e.value for e in at.error))
+    assert "Catalog tables: the table products in " in errors and f"its newest version {version} cannot be read" in errors
+    plan = shown(" ".join(m.value for m in at.markdown))
+    assert f"products: set aside version {version} (the last change made to the table" in plan
+    assert f"the table then opens at version {version - 1} (2 rows)" in plan
+    assert button(at, "Set aside 1 damaged version").disabled  # not before the person confirms
+    at.checkbox(key="confirm_set_aside").check().run()
+    click(at, "Set aside 1 damaged version")
+
+    done = shown(" ".join(s.value for s in at.success))
+    assert f"Products: set aside version {version} (1 change) in {settings.metadata_prefix}set-aside/" in done
+    assert "the table opens at version" in done and "with 2 rows" in done and "never deleted" in done
+    assert not storage.exists(newest)
+    kept = [o.key for o in storage.iter_objects(settings.metadata_prefix + "set-aside/") if "_versions/" in o.key]
+    assert len(kept) == 1 and storage.get(kept[0]) == b"\x07" * 4096
+    assert not [e for e in at.error if "Catalog tables" in e.value]  # the fresh check: every table opens
+    engine.forget()
+    assert {p.id for p in matcher.iter_products()} == {"p1", "p2"}
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_signed_out_the_check_shows_what_is_wrong_but_offers_no_repair(matcher, storage, settings, monkeypatch):
+    from vpm import engine
+
+    seed(matcher, "p1", "p2")
+    storage.put("images/stray.jpg", jpeg((1, 2, 3)), "image/jpeg")
+    storage.put(versions(storage, settings)[-1], b"garbage")
+    engine.forget()
+    monkeypatch.setenv("VPM_ADMIN_PASSWORD", "correct horse")
+
+    at = click(run_page(), "Run the consistency check")
+
+    assert "Catalog tables: the table products" in shown(" ".join(e.value for e in at.error))
+    assert not [b for b in at.button if b.label.startswith(("Set aside", "Delete", "Embed"))]
+    assert not [c for c in at.checkbox if c.key in ("confirm_set_aside", "confirm_orphan_delete")]
+    assert any("Sign in" in shown(c.value) for c in at.caption)
+
+
+def test_missing_vectors_are_embedded_from_the_consistency_tab(matcher, storage, monkeypatch):
+    seed(matcher, "p1", "p2")  # embedded with another model than the page's: the page's model has no vector yet
+
+    at = click(signed_in(monkeypatch), "Run the consistency check")
+    warning = shown(" ".join(w.value for w in at.warning))
+    assert "Search vectors: none of the 2 products has a vector for tiny-clip" in warning
+    assert any("Embed 2 photos without a search vector" in shown(c.value) for c in at.caption)
+    click(at, "Embed what is missing")
+
+    done = shown(" ".join(s.value for s in at.success))
+    assert "Vectors for 2/2 photos of 2 products (tiny-clip" in done
+    assert not [w for w in at.warning if "Search vectors" in w.value]  # the fresh check: nothing missing
+    assert not [b for b in at.button if b.label == "Embed what is missing"]

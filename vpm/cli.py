@@ -21,7 +21,8 @@ from .presentation import format_price
 log = logging.getLogger(__name__)
 
 # Modules that add subcommands: each defines register(subparsers) and sets `func` on its parsers.
-COMMAND_MODULES: list[str] = ["vpm.cli_search", "vpm.cli_quality", "vpm.cli_migrate", "vpm.cli_serve", "vpm.cli_demo"]
+COMMAND_MODULES: list[str] = ["vpm.cli_search", "vpm.cli_quality", "vpm.cli_migrate", "vpm.cli_serve", "vpm.cli_demo",
+                            "vpm.cli_check"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 # Commands that keep running and log as they go (at LOG_LEVEL, INFO by default). Every other command answers and

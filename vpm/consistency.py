@@ -74,7 +74,8 @@ class VectorCoverage:
     state: VectorState
     model_id: str | None
     detail: str
-    missing_product_ids: list[str] = field(default_factory=list)
+    missing_product_ids: list[str] = field(default_factory=list)  # the first few
+    missing_photos: int = 0  # photos without one
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -215,7 +216,7 @@ def _vector_coverage(matcher: Matcher) -> VectorCoverage:
         first = [p.id for p in matcher.catalog.page(limit=50, newest_first=False).items]
         return VectorCoverage(
             "missing", model_id, f"none of the {products} products has a vector for {model_id}{note} yet; they are "
-            "embedded by the first search, or by python -m vpm index", first,
+            "embedded by the first search, or by python -m vpm index", first, matcher.catalog.photo_count(),
         )
     found = coverage(matcher.catalog, matcher.vector_index(model_id))
     if not found.missing:
@@ -224,8 +225,62 @@ def _vector_coverage(matcher: Matcher) -> VectorCoverage:
         "missing", model_id,
         f"{found.missing} of {found.photos} photos have no vector for {model_id}{note}; they are embedded by the "
         "next search, or by python -m vpm index",
-        list(found.missing_ids),
+        list(found.missing_ids), found.missing,
     )
+
+
+def keypoint_coverage(matcher: Matcher, limit: int | None = None) -> VectorCoverage:
+    """Which catalog photos have no stored keypoints (searches verify their top candidates with them, VPM_RERANK).
+    `limit` bounds the walk to that many products (a health check) and the detail says so. Never computes any;
+    anything it cannot answer is "unknown"."""
+    try:
+        return _keypoint_coverage(matcher, limit)
+    except Exception as err:  # noqa: BLE001 - derived data: a broken table must not break the report
+        log.warning("keypoint coverage unavailable: %s", err)
+        return VectorCoverage("unknown", KEYPOINTS, f"could not read the keypoints table: {err}")
+
+
+KEYPOINTS = "keypoints"
+_FILL = "they are found by python -m vpm index (or vpm check --repair)"
+
+
+def _keypoint_coverage(matcher: Matcher, limit: int | None) -> VectorCoverage:
+    if not matcher.rerank_default:
+        return VectorCoverage("ok", KEYPOINTS, "not used: searches do not verify by keypoints (VPM_RERANK=false)")
+    if not matcher.catalog_exists():  # asked first: reading the catalog would create its empty table
+        return VectorCoverage("ok", KEYPOINTS, "no photos yet, so no keypoints to find")
+    table = matcher.has_features_table()
+    products = photos = missing = 0
+    missing_ids: list[str] = []
+    complete = True
+    for batch in matcher.catalog.iter_batches():
+        if limit is not None and products >= limit:
+            complete = False
+            break
+        if limit is not None and len(batch) > limit - products:
+            batch, complete = batch[: limit - products], False
+        keys = [p.key for product in batch for p in product.photos]
+        have = matcher.features.photo_keys_with_features(keys) if table and keys else set()
+        products += len(batch)
+        photos += len(keys)
+        for product in batch:
+            lacking = sum(1 for p in product.photos if p.key not in have)
+            missing += lacking
+            if lacking and len(missing_ids) < MISSING_SHOWN:
+                missing_ids.append(product.id)
+    looked = "" if complete else f" (of the first {products:,} products looked at)"
+    if not photos:
+        return VectorCoverage("ok", KEYPOINTS, "no photos yet, so no keypoints to find")
+    if not missing:
+        return VectorCoverage("ok", KEYPOINTS, f"all {photos:,} photos have keypoints to verify matches{looked}")
+    return VectorCoverage(
+        "missing", KEYPOINTS,
+        f"{missing:,} of {photos:,} photos have no keypoints, so their matches are not verified{looked}; {_FILL}",
+        missing_ids, missing,
+    )
+
+
+MISSING_SHOWN = 50  # product ids named by a coverage
 
 
 def consistency_report(
@@ -461,6 +516,7 @@ __all__ = [
     "consistency_report",
     "content_type_of",
     "delete_orphans",
+    "keypoint_coverage",
     "object_rows",
     "parent_prefix",
     "preview_kind",

@@ -20,7 +20,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .storage import StorageError
@@ -169,24 +169,31 @@ _creation_lock = threading.Lock()
 
 
 def _unreadable(where: Location, name: str, err: Exception) -> str:
-    """Why a table that exists cannot be opened and what to do: when its newest version file is the damaged part
-    and an older version opens, that file by name (relative to the catalog folder) and the way back."""
+    """Why a table that exists cannot be opened and what to do: when its newest version files are the damaged part
+    and an older version opens, those files by name (relative to the catalog folder) and the way back."""
     opened = f"the table {name} in {where.description} exists but cannot be opened"
     try:
-        found = _damaged_newest_version(where, name)
+        found = damaged_versions(where, name)
     except Exception as why:  # noqa: BLE001 - a diagnosis that fails must not hide the refusal itself
         log.info("could not tell which version of %s is damaged: %s", name, _reason(why))
         found = None
     if found is None:
         return (f"{opened} ({_reason(err)}); it was left untouched: restore it from a backup, or move it aside to "
                 "start an empty catalog")
-    bad_key, bad_version, reason, good_version, rows = found
-    held = f" ({rows} rows)" if rows is not None else ""
+    held = f" ({found.rows} rows)" if found.rows is not None else ""
+    if len(found.bad) == 1:
+        bad, reason = found.bad[0]
+        what = f"its newest version file {bad.key} (version {bad.version}) cannot be read ({reason})"
+        files, kept = "that one file", "keeps it"
+    else:
+        what = (f"its newest {len(found.bad)} version files ({', '.join(b.key for b, _why in found.bad)}; versions "
+                f"{found.bad_versions}) cannot be read ({found.bad[0][1]})")
+        files, kept = "those files", "keeps them"
     return (
-        f"{opened}: its newest version file {bad_key} (version {bad_version}) cannot be read ({reason}). It was "
-        f"left untouched, and the older versions are intact: version {good_version} opens{held}. To go back to "
-        f"version {good_version}, move that one file aside, out of the catalog (keep a copy for a bug report), "
-        "then try again"
+        f"{opened}: {what}. It was left untouched, and the older versions are intact: version {found.good.version} "
+        f"opens{held}. To go back to version {found.good.version}, run `python -m vpm check --repair` (it moves "
+        f"{files} into the catalog's set-aside folder and {kept}), or move {files} aside, out of the catalog (keep "
+        "a copy for a bug report), then try again"
     )
 
 
@@ -194,24 +201,45 @@ VERSIONS_CHECKED = 4  # the newest version file and up to three before it, when 
 _V2_NAME_DIGITS = 20  # Lance's newer naming: u64::MAX - version, zero-padded, so the newest lists first
 
 
-def _version_of(file_name: str) -> int | None:
+def version_of(file_name: str) -> int | None:
+    """The version a file of a table's `_versions/` folder holds ("3.manifest", or the newer 20-digit naming);
+    None for anything else there (e.g. `latest_version_hint.json`)."""
     stem, dot, ext = file_name.partition(".")
     if ext != "manifest" or not dot or not stem.isdigit():
         return None
     return (2**64 - 1 - int(stem)) if len(stem) == _V2_NAME_DIGITS else int(stem)
 
 
-def _damaged_newest_version(where: Location, name: str) -> tuple[str, int, str, int, int | None] | None:
-    """(its key, its version, why, the newest older version that opens, its row count) when the table's newest
-    version file cannot be opened by itself and an older one can; None otherwise (or when it cannot tell).
+@dataclass(frozen=True)
+class VersionFile:
+    key: str  # the storage key of one version file (a manifest) of a table
+    version: int
+
+
+@dataclass(frozen=True)
+class DamagedVersions:
+    """A table's newest version files that cannot be read, and the newest older one that opens by itself."""
+
+    bad: list[tuple[VersionFile, str]]  # newest first, each with why it cannot be read
+    good: VersionFile
+    rows: int | None  # rows of the good version, when its file says
+    committed_at: datetime | None  # when the good version was written (UTC), when its file says
+
+    @property
+    def bad_versions(self) -> str:
+        """"5 and 6", "5, 6 and 7": the versions that cannot be read, oldest first."""
+        numbers = [str(b.version) for b, _why in reversed(self.bad)]
+        return numbers[0] if len(numbers) == 1 else f"{', '.join(numbers[:-1])} and {numbers[-1]}"
+
+
+def damaged_versions(where: Location, name: str, limit: int = VERSIONS_CHECKED) -> DamagedVersions | None:
+    """When the newest version files of a table cannot be opened by themselves and an older one can (among the
+    newest `limit`): which are damaged and which opens. None when the newest version file is fine (the damage is
+    elsewhere), when none of them opens, or when it cannot tell.
 
     Read-only: each version file is read through vpm.storage and opened with LanceDB in a scratch folder of its
     own, never where the table lives."""
     import heapq
-    import tempfile
-    from pathlib import Path
-
-    import lancedb
 
     from .storage import make_storage
 
@@ -220,37 +248,60 @@ def _damaged_newest_version(where: Location, name: str) -> tuple[str, int, str, 
     storage = make_storage(where.settings)
     folder = f"{where.prefix}{name}.lance/_versions/"
     versions = ((v, key) for key, _size in storage.iter_sizes(folder)  # names only: no file is read to list them
-                if (v := _version_of(key.rpartition("/")[2])) is not None)
-    newest = heapq.nlargest(VERSIONS_CHECKED, versions)
-    if len(newest) < 2:
-        return None
-
-    def opens(key: str) -> tuple[int, int | None] | str:
-        """(version, rows) when this version file opens by itself, else why not."""
-        with tempfile.TemporaryDirectory(prefix="vpm-version-check-") as scratch:
-            copy = Path(scratch) / f"{name}.lance" / "_versions" / key.rpartition("/")[2]
-            copy.parent.mkdir(parents=True)
-            copy.write_bytes(storage.get(key))
-            try:
-                table = lancedb.connect(scratch).open_table(name)
-                version = int(table.version)
-            except Exception as why:  # noqa: BLE001 - LanceDB's errors have no common base class
-                return _reason(why).removeprefix("lance error: ")
-            try:
-                rows: int | None = int(table.count_rows())
-            except Exception:  # noqa: BLE001 - the count needs more than the version file at times
-                rows = None
-            return version, rows
-
-    bad_version, bad_key = newest[0]
-    why = opens(bad_key)
-    if not isinstance(why, str):
-        return None  # the newest version file is fine: the damage is elsewhere
-    for _version, key in newest[1:]:
-        older = opens(key)
-        if not isinstance(older, str):
-            return bad_key, bad_version, why, older[0], older[1]
+                if (v := version_of(key.rpartition("/")[2])) is not None)
+    newest = heapq.nlargest(limit, versions)
+    bad: list[tuple[VersionFile, str]] = []
+    for version, key in newest:
+        opened = version_opens(storage, name, key)
+        if isinstance(opened, str):
+            bad.append((VersionFile(key, version), opened))
+            continue
+        if not bad:
+            return None  # the newest version file is fine: the damage is elsewhere
+        return DamagedVersions(bad, VersionFile(key, version), opened.rows, opened.committed_at)
     return None
+
+
+@dataclass(frozen=True)
+class OpenedVersion:
+    version: int
+    rows: int | None
+    committed_at: datetime | None
+
+
+def version_opens(storage, name: str, key: str) -> OpenedVersion | str:
+    """What one version file of the table `name` says when opened by itself (in a scratch folder, never where the
+    table lives), else why it cannot be opened."""
+    import tempfile
+    from pathlib import Path
+
+    import lancedb
+
+    with tempfile.TemporaryDirectory(prefix="vpm-version-check-") as scratch:
+        copy = Path(scratch) / f"{name}.lance" / "_versions" / key.rpartition("/")[2]
+        copy.parent.mkdir(parents=True)
+        copy.write_bytes(storage.get(key))
+        try:
+            table = lancedb.connect(scratch).open_table(name)
+            version = int(table.version)
+        except Exception as why:  # noqa: BLE001 - LanceDB's errors have no common base class
+            return _reason(why).removeprefix("lance error: ")
+        try:
+            rows: int | None = int(table.count_rows())
+        except Exception:  # noqa: BLE001 - the count needs more than the version file at times
+            rows = None
+        return OpenedVersion(version, rows, _committed_at(table, version))
+
+
+def _committed_at(table, version: int) -> datetime | None:
+    """When `version` of an open table was written, in UTC (LanceDB gives a naive local time)."""
+    try:
+        stamp = next((v["timestamp"] for v in table.list_versions() if int(v["version"]) == version), None)
+    except Exception:  # noqa: BLE001 - a nicety: the caller copes without it
+        return None
+    if stamp is None:
+        return None
+    return stamp.astimezone(UTC)
 
 
 def _create(db, where: Location, name: str, schema):

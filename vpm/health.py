@@ -11,6 +11,7 @@ from .catalog import CatalogError
 from .storage import EndpointNotS3, StorageError
 
 if TYPE_CHECKING:  # the matcher imports this module; annotations only
+    from .consistency import ConsistencyReport, VectorCoverage
     from .matcher import Matcher
 
 Status = Literal["pass", "warn", "fail"]
@@ -89,58 +90,84 @@ def files_check(matcher: Matcher, limit: int = FILES_CHECK_LIMIT) -> Check:
     """The Storage browser's consistency check in one line: files that products point at but storage lacks (fail),
     files no product uses (warn; only "pass" with a note while they are all minutes old: an add writes its photo
     before its product)."""
-    from .consistency import RECENT_SECONDS, consistency_report
+    from .consistency import consistency_report
+
+    return _run("catalog files", lambda: files_verdict(consistency_report(matcher, vectors=False, limit=limit), limit),
+                f"see {_BROWSER}")
+
+
+_BROWSER = "the Storage browser's Consistency tab"
+_REPAIR = "python -m vpm check --repair"
+
+
+def files_verdict(report: ConsistencyReport, limit: int | None = None) -> tuple[Status, str, str]:
+    """(status, detail, fix) of the "catalog files" check from a consistency report: the one verdict that
+    `vpm health`, GET /api/health, `vpm check` and the Storage browser give. `limit`: the report's, if any."""
+    from .consistency import RECENT_SECONDS
     from .presentation import format_bytes, plural
 
-    where = "the Storage browser's Consistency tab"
+    parts: list[str] = []
+    verdict: Status = "pass"
+    fixes: list[str] = []
+    if report.missing:
+        verdict = "fail"
+        named = "; ".join(f"{m.key} ({m.kind} of {m.product_id})" for m in report.missing[:_SHOWN])
+        more = f"; and {len(report.missing) - _SHOWN} more" if len(report.missing) > _SHOWN else ""
+        parts.append(f"{plural(len(report.missing), 'file')} that products point at "
+                     f"{'is' if len(report.missing) == 1 else 'are'} missing: {named}{more}")
+        fixes.append("restore the missing files, or delete and re-add those products on the Catalog page")
+    old = [o for o in report.orphans if not o.recent]
+    if report.orphans:
+        named = ", ".join(o.key for o in report.orphans[:_SHOWN])
+        more = f" and {len(report.orphans) - _SHOWN} more" if len(report.orphans) > _SHOWN else ""
+        text = (f"{plural(len(report.orphans), 'orphan file')} that no product uses "
+                f"({format_bytes(report.orphan_bytes)}): {named}{more}")
+        if not report.catalog_exists:
+            text += "; the catalog tables do not exist, so every file looks orphaned"
+            fixes.append("restore the catalog before deleting any file")
+        elif old:
+            fixes.append(f"review and delete the orphans in {_BROWSER}, or with {_REPAIR}")
+        else:
+            text += (f" (written in the last {RECENT_SECONDS // 60} minutes: maybe a product being added right "
+                     "now)")
+        parts.append(text)
+        if old or not report.catalog_exists:
+            verdict = "warn" if verdict == "pass" else verdict
+    files = f"{plural(report.image_files, 'image')}, {plural(report.thumbnail_files, 'thumbnail')}"
+    if not parts and not report.products and not report.image_files + report.thumbnail_files:
+        parts.append("no products and no photo files yet")
+    elif not parts and report.complete:
+        parts.append(f"every file of {plural(report.products, 'product')} is there, and every file belongs to a "
+                     f"product ({files})")
+    elif not parts:
+        parts.append(f"no file missing and no orphan among those looked at ({files})")
+    detail = "; ".join(parts)
+    if not report.complete:
+        detail += (f" (a quick check: {report.products:,} of {report.products_in_catalog:,} products and at most "
+                   f"{limit or 0:,} files of each folder were looked at; {_BROWSER} and python -m vpm check "
+                   "check them all)")
+    fix = "; ".join(fixes)
+    if fix and report.missing:
+        fix += f" ({_BROWSER} lists them all)"
+    return verdict, detail, fix
 
-    def status() -> tuple[Status, str, str]:
-        report = consistency_report(matcher, vectors=False, limit=limit)
-        parts: list[str] = []
-        verdict: Status = "pass"
-        fixes: list[str] = []
-        if report.missing:
-            verdict = "fail"
-            named = "; ".join(f"{m.key} ({m.kind} of {m.product_id})" for m in report.missing[:_SHOWN])
-            more = f"; and {len(report.missing) - _SHOWN} more" if len(report.missing) > _SHOWN else ""
-            parts.append(f"{plural(len(report.missing), 'file')} that products point at "
-                         f"{'is' if len(report.missing) == 1 else 'are'} missing: {named}{more}")
-            fixes.append("restore the missing files, or delete and re-add those products on the Catalog page")
-        old = [o for o in report.orphans if not o.recent]
-        if report.orphans:
-            named = ", ".join(o.key for o in report.orphans[:_SHOWN])
-            more = f" and {len(report.orphans) - _SHOWN} more" if len(report.orphans) > _SHOWN else ""
-            text = (f"{plural(len(report.orphans), 'orphan file')} that no product uses "
-                    f"({format_bytes(report.orphan_bytes)}): {named}{more}")
-            if not report.catalog_exists:
-                text += "; the catalog tables do not exist, so every file looks orphaned"
-                fixes.append("restore the catalog before deleting any file")
-            elif old:
-                fixes.append(f"review and delete the orphans in {where}")
-            else:
-                text += (f" (written in the last {RECENT_SECONDS // 60} minutes: maybe a product being added right "
-                         "now)")
-            parts.append(text)
-            if old or not report.catalog_exists:
-                verdict = "warn" if verdict == "pass" else verdict
-        files = f"{plural(report.image_files, 'image')}, {plural(report.thumbnail_files, 'thumbnail')}"
-        if not parts and not report.products and not report.image_files + report.thumbnail_files:
-            parts.append("no products and no photo files yet")
-        elif not parts and report.complete:
-            parts.append(f"every file of {plural(report.products, 'product')} is there, and every file belongs to a "
-                         f"product ({files})")
-        elif not parts:
-            parts.append(f"no file missing and no orphan among those looked at ({files})")
-        detail = "; ".join(parts)
-        if not report.complete:
-            detail += (f" (a quick check: {report.products:,} of {report.products_in_catalog:,} products and at most "
-                       f"{limit:,} files of each folder were looked at; {where} checks them all)")
-        fix = "; ".join(fixes)
-        if fix and report.missing:
-            fix += f" ({where} lists them all)"
-        return verdict, detail, fix
 
-    return _run("catalog files", status, f"see {where}")
+def coverage_check(name: str, coverage: VectorCoverage) -> Check:
+    """A vectors or keypoints coverage as a check: photos without them are a warning (they are derived data:
+    searches still run, and `vpm index` or `vpm check --repair` fills them in)."""
+    if coverage.state == "ok":
+        return Check(name, "pass", coverage.detail)
+    fix = f"run python -m vpm index, or {_REPAIR}"
+    if coverage.state == "missing":
+        return Check(name, "warn", coverage.detail, fix)
+    return Check(name, "warn", f"unknown: {coverage.detail}", f"run {_REPAIR} to see which table cannot be read")
+
+
+def keypoints_check(matcher: Matcher, limit: int | None = FILES_CHECK_LIMIT) -> Check:
+    """Photos without stored keypoints (their matches go unverified), over at most `limit` products."""
+    from .consistency import keypoint_coverage
+
+    return coverage_check("keypoints", keypoint_coverage(matcher, limit))
 
 
 def as_report(checks: list[Check]) -> dict:
@@ -269,6 +296,7 @@ def checks_for(matcher: Matcher, *, load_model: bool) -> list[Check]:
     if overall(found) == "fail":
         return found
     found.append(files_check(matcher))
+    found.append(keypoints_check(matcher))
     found.append(model_check(matcher) if matcher.model_loaded else model_not_loaded_check(matcher))
     return found
 
@@ -280,6 +308,7 @@ def full_checks(matcher: Matcher) -> list[Check]:
     storage_ok = overall(checks) != "fail"
     if storage_ok:
         checks.append(files_check(matcher))
+        checks.append(keypoints_check(matcher))
     checks.append(model_check(matcher))
     if storage_ok and checks[-1].status != "fail":
         checks.append(index_check(matcher))
