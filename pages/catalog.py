@@ -21,6 +21,7 @@ from vpm.presentation import (
 from vpm.sample import LOAD_TIME
 
 PAGE_SIZE = 50
+SEARCH_SIMILAR = "search_similar"  # the Search page shows this product's "More like this" (pages/search.py)
 
 st.title(":material/inventory_2: Catalog")
 
@@ -129,6 +130,10 @@ if allowed:
                     if view.image_url and matcher.storage.web_urls:  # a local folder's file:// path: not shown
                         st.markdown(f"**Image URL:** {code(view.image_url)}")
                     st.page_link(webapp.SEARCH_PAGE, label="Search with a photo", icon=":material/image_search:")
+                    if st.button("More like this", icon=":material/interests:", key="catalog_more_like_added",
+                                 help="Open Search with the products that look most like this one"):
+                        st.session_state[SEARCH_SIMILAR] = view.product.id
+                        st.switch_page(webapp.SEARCH_PAGE)
 
 # --------------------------------------------------------------------------------------------- import
 
@@ -244,7 +249,12 @@ with browse_tab:
             )
             product = by_id.get(picked) or page.items[0]
 
-            st.markdown(f"**Photos of {plain(product.name)}** ({len(product.photos)})")
+            photos_head, similar = st.columns([3, 1], vertical_alignment="center")
+            photos_head.markdown(f"**Photos of {plain(product.name)}** ({len(product.photos)})")
+            if similar.button("More like this", icon=":material/interests:", key="catalog_more_like_this",
+                              help="Open Search with the products that look most like this one", width="stretch"):
+                st.session_state[SEARCH_SIMILAR] = product.id  # what the Search page's result cards set too
+                st.switch_page(webapp.SEARCH_PAGE)
             with st.container(horizontal=True, wrap=True, gap="small"):
                 for number, photo in enumerate(product.photos, 1):
                     with st.container(border=True, width=webapp.CARD_WIDTH):

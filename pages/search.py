@@ -1,8 +1,10 @@
-"""Search: a photo (upload or camera), an image link or words in; the closest products out, as cards.
+"""Search: a photo (upload or camera, with more photos of the same product if wanted), an image link or words in;
+the closest products out, as cards.
 
-The query is embedded once and its vector kept in the session. The filters and the cards are a fragment, so
-moving the threshold slider, changing top-k or the categories reruns only that part: it re-ranks the kept vector
-(`matcher.rank`, milliseconds) without rerunning the page around it.
+The query is embedded once and its vectors kept in the session. The filters and the cards are a fragment, so
+moving the threshold slider, changing top-k or the categories reruns only that part: it re-ranks the kept vectors
+(`matcher.rank`, `matcher.rank_mix`, milliseconds) without rerunning the page around it. Words that refine a photo
+and the products rejected with "Not this one" (kept for the session until cleared) join the query there too.
 """
 
 import hashlib
@@ -10,6 +12,7 @@ import hashlib
 import streamlit as st
 
 from vpm import webapp
+from vpm.catalog import ProductNotFound
 from vpm.images import InvalidBox, box_from_percent, outline_box, preview_thumbnail
 from vpm.presentation import (
     IMAGE_FORMATS_TEXT,
@@ -23,10 +26,13 @@ from vpm.presentation import (
     score_percent,
     why_caption,
 )
+from vpm.query_mix import MAX_PHOTOS, MAX_WEIGHT, TEXT_WEIGHT, describe_weights, refine_unavailable
 
 PHOTO, LINK, WORDS = "Photo", "Image link", "Words"
 STATE = "search_query"
 SIMILAR = "search_similar"  # the product whose "More like this" is shown instead of the query's results
+REJECTED = "search_rejected"  # products marked "Not this one": left out, and moved away from, for the session
+REFINE, REFINE_WEIGHT = "search_refine", "search_refine_weight"
 
 st.title(":material/image_search: Search")
 
@@ -77,8 +83,14 @@ def read_query() -> dict | None:
         if upload is None:
             return None
         data = upload.getvalue()
-        return {"identity": ("upload", upload.name, _digest(data)), "kind": "image", "data": data,
-                "filename": upload.name}
+        more = st.file_uploader(
+            "More photos of the same product (optional)", type=list(IMAGE_UPLOAD_TYPES), accept_multiple_files=True,
+            key="search_more",
+            help=f"The back or a side: all the photos are searched as one query (at most {MAX_PHOTOS} in all).",
+        ) or []
+        extra = [(f.getvalue(), f.name) for f in more]
+        return {"identity": ("upload", upload.name, _digest(data), *(_digest(d) for d, _name in extra)),
+                "kind": "image", "data": data, "filename": upload.name, "more": extra}
     if mode == LINK:
         url = st.text_input(
             "Image link", key="search_url", placeholder="https://example.com/photo.jpg",
@@ -132,7 +144,10 @@ def embed(query: dict, box) -> dict:
     webapp.ensure_model(matcher)
     webapp.prepare_search_index(matcher)  # a progress bar if catalog images still need embedding
     with st.spinner("Finding similar products…"):
-        if query["kind"] == "text":
+        if query.get("more"):  # several photos of one product: one query
+            photos = matcher.embed_photos([(query["data"], query["filename"]), *query["more"]], box=box)
+            embedded = photos[0]
+        elif query["kind"] == "text":
             embedded = matcher.embed_query(text=query["text"])
         elif "url" in query:
             embedded = matcher.embed_query(url=query["url"])
@@ -144,11 +159,14 @@ def embed(query: dict, box) -> dict:
     )
     if preview is not None and embedded.box is not None:
         preview = outline_box(webapp.upload_image(embedded.image, embedded.label), embedded.box)
+    more = [] if not query.get("more") else [
+        preview_thumbnail(p.image, p.label, max_bytes=settings.max_upload_bytes) for p in photos[1:]]
     return {"identity": query["identity"], "kind": embedded.kind, "vector": embedded.vector,
             "label": embedded.label, "preview": preview, "embed_ms": embedded.embed_ms,
             "features": embedded.features, "box": embedded.box, "image": embedded.image,
             "read_text": None if embedded.image is None else matcher.query_text_reader(
-                embedded.image, embedded.label, embedded.box)}
+                embedded.image, embedded.label, embedded.box),
+            "photos": photos if query.get("more") else [embedded], "more_previews": more}
 
 
 query = read_query()
@@ -198,12 +216,83 @@ def results(query_entered: bool) -> None:
         if not query_entered:
             st.caption(query_hint(matcher.embedder.supports_text))
         return
-    response = matcher.rank(
-        current["vector"], top_k=top_k, threshold=threshold / 100, categories=chosen or None,
-        query=current["label"], took_ms=current["embed_ms"], features=current.get("features"), rerank=verify,
-        box=current.get("box"), kind=current["kind"], read_text=current.get("read_text"),
-    )
+    words, weight = read_refinement(current)
+    rejected = st.session_state.get(REJECTED, [])
+    options = {"top_k": top_k, "threshold": threshold / 100, "categories": chosen or None}
+    try:
+        if len(current["photos"]) > 1 or words or rejected:
+            mix = matcher.mix_query(current["photos"] if current["kind"] == "image" else [],
+                                    text=words if current["kind"] == "image" else current["label"],
+                                    text_weight=weight, not_ids=rejected, strict=False)
+            response = matcher.rank_mix(mix, rerank=verify, **options)
+        else:
+            response = matcher.rank(
+                current["vector"], query=current["label"], took_ms=current["embed_ms"],
+                features=current.get("features"), rerank=verify, box=current.get("box"), kind=current["kind"],
+                read_text=current.get("read_text"), **options,
+            )
+    except Exception as err:
+        webapp.show_error(err)
+        return
+    show_session_query(rejected, words if current["kind"] == "image" else "", response)
     show_results(current, response, threshold)
+
+
+def read_refinement(current: dict) -> tuple[str, float | None]:
+    """"Refine with words" beside a photo query, and how much they weigh: only with a model that reads words."""
+    if current["kind"] != "image":
+        return "", None
+    unavailable = refine_unavailable(matcher)
+    if unavailable:
+        st.caption(plain(unavailable))  # one line; the photo still searches
+        return "", None
+    words, weight = st.columns([3, 2], vertical_alignment="bottom")
+    text = words.text_input(
+        "Refine with words", key=REFINE, placeholder="e.g. in red, the large one",
+        help="Words that move the results towards what they describe, together with your photo.",
+    ).strip()
+    value = weight.slider(
+        "Weight of the words", 0.0, MAX_WEIGHT, TEXT_WEIGHT, step=0.05, key=REFINE_WEIGHT, disabled=not text,
+        help=f"How much the words count beside your photos: 1 is as much, 0 not at all (default {TEXT_WEIGHT:g}).",
+    )
+    return text, value
+
+
+def reject(product_id: str) -> None:
+    """A card's "Not this one": left out, and the ranking moved away from its look, for the rest of the session."""
+    rejected = st.session_state.setdefault(REJECTED, [])
+    if product_id not in rejected:
+        rejected.append(product_id)
+
+
+def clear_session_query() -> None:
+    """Back to the photo (or words) alone: no refining words, no rejected products."""
+    st.session_state[REJECTED] = []
+    st.session_state[REFINE] = ""
+    st.session_state[REFINE_WEIGHT] = TEXT_WEIGHT
+
+
+def show_session_query(rejected: list[str], words: str, response) -> None:
+    """What this session adds to the query, with the weights in use, and a way to clear it."""
+    words = words if getattr(response, "text", None) else ""  # words the model could not read were left out
+    if not rejected and not words:
+        return
+    names = []
+    for product_id in rejected:
+        try:
+            names.append(plain(matcher.get_product(product_id).name))
+        except ProductNotFound:
+            continue  # deleted since
+    parts = []
+    if words:
+        parts.append(f"refined by “{plain(words)}”")
+    if names:
+        parts.append(f"not {', '.join(names)}")
+    note, clear = st.columns([4, 1], vertical_alignment="center")
+    weights = describe_weights(getattr(response, "text_weight", None), getattr(response, "negative_weight", None))
+    note.caption(f"This session's query: {'; '.join(parts)}. Weights: {weights}.")
+    clear.button("Clear", icon=":material/backspace:", key="search_clear", on_click=clear_session_query,
+                 help="Forget the refining words and the products marked “Not this one”")
 
 
 def more_like(product_id: str) -> None:
@@ -241,7 +330,11 @@ def show_results(current: dict, response, threshold: int) -> None:
     summary, picture = st.columns([4, 1], vertical_alignment="top")
     with picture:
         if current["preview"] is not None:
-            st.image(current["preview"], caption="Your photo", width=140)
+            several = bool(current.get("more_previews"))
+            st.image(current["preview"], caption="Your photos" if several else "Your photo", width=140)
+            for more in current.get("more_previews", []):
+                if more is not None:
+                    st.image(more, width=140)
     with summary:
         st.subheader("Matches")
         if current["kind"] == "text":
@@ -250,8 +343,13 @@ def show_results(current: dict, response, threshold: int) -> None:
             st.markdown(f"**{results_count_text(len(response.results), threshold / 100)}**")
             verified = ""
             if response.verified:
-                verified = " · verified by keypoints" + (", which changed the order" if response.reranked else "")
-            st.caption(f"Search took {format_ms(response.took_ms)} · model {response.model}{verified}")
+                verified = " · verified by keypoints" + (
+                    f" with {plain(response.verified_with)}" if getattr(response, "fusion", None) else ""
+                ) + (", which changed the order" if response.reranked else "")
+            together = ""
+            if getattr(response, "fusion", None):
+                together = f" · {len(response.photos)} photos searched as one query ({response.fusion})"
+            st.caption(f"Search took {format_ms(response.took_ms)} · model {response.model}{together}{verified}")
             st.download_button(
                 "Download results (CSV)", results_csv(response.results), file_name="vpm-results.csv",
                 mime="text/csv", icon=":material/download:", on_click="ignore",
@@ -266,8 +364,10 @@ def show_results(current: dict, response, threshold: int) -> None:
                           on_click=lower_threshold, args=(f"search_threshold_{current['kind']}",
                                                           score_percent(response.best_score)))
 
+    if getattr(response, "notice", None):
+        st.caption(plain(response.notice))
     if response.results:
-        webapp.product_grid(response.results, columns=4, more_like_this=more_like)
+        webapp.product_grid(response.results, columns=4, more_like_this=more_like, not_this_one=reject)
 
     if response.results and current.get("image") is not None:
         with st.expander("Why this match? See the keypoints a result shares with your photo"):

@@ -187,7 +187,8 @@ def test_search_by_url_refuses_internal_addresses_with_the_reason(stocked_cli):
     "args, message",
     [
         ((), "give exactly one of"),
-        (("x.png", "--text", "mug"), "give exactly one of"),
+        (("x.png", "--url", "https://example.com/a.jpg"), "give exactly one of"),
+        (("--text", "mug", "--text-weight", "2"), "--text-weight weighs --text beside a photo"),
         (("--text", "mug", "--threshold", "80"), "a score between 0 and 1"),
         (("--text", "mug", "--top-k", "0"), "--top-k must be at least 1"),
         (("nowhere.png",), "cannot read nowhere.png"),

@@ -445,3 +445,20 @@ def test_every_page_lets_the_uploaders_list_of_formats_wrap_instead_of_ending_in
     at = open_page()  # streamlit_app.py sends it before any page (AppTest keeps it from the first run)
     styles = " ".join(h.proto.body for h in at.get("html"))
     assert '[data-testid="stFileUploaderDropzoneInstructions"] span' in styles and "white-space: normal" in styles
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_more_like_this_on_a_catalog_product_opens_search_with_its_look_alikes(app_settings, seed_catalog, open_page):
+    _mug, shoe, _lamp = seed_catalog([("Red mug", "Kitchen", 1), ("Trail shoe", "Shoes", 3),
+                                      ("Desk lamp", "Lighting", 5)])
+    at = open_page(CATALOG_PAGE)
+    at.selectbox(key="catalog_selected").set_value(shoe.id).run()
+
+    at.button(key="catalog_more_like_this").click().run()
+
+    assert not at.exception
+    assert [h.value for h in at.subheader] == ["More like Trail shoe"]  # the Search page, showing its look-alikes
+    names = [m.value for m in at.markdown if m.value in ("**Red mug**", "**Desk lamp**", "**Trail shoe**")]
+    assert sorted(names) == ["**Desk lamp**", "**Red mug**"]
+    at.button(key="search_similar_back").click().run()
+    assert not at.exception and not at.subheader  # back to an empty search

@@ -341,3 +341,98 @@ def test_more_like_this_on_a_card_shows_that_products_look_alikes_and_back_retur
     assert first not in card_names(at) and len(card_names(at)) == len(CATALOG) - 1
     at.button(key="search_similar_back").click().run()
     assert not at.exception and card_names(at)[0] == first
+
+
+# --- several photos, words beside a photo, not this one (vpm/query_mix.py) ---------------------------------------
+
+
+def session_query_caption(at) -> str:
+    return next((c.value for c in at.caption if c.value.startswith("This session's query:")), "")
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_more_photos_of_the_product_are_searched_with_the_first_as_one_query(
+    app_settings, seed_catalog, open_page, product_photo, counted_embedder
+):
+    seed_catalog(CATALOG)
+    at = open_page(SEARCH)
+    at = upload(at, "front.png", product_photo(3))
+    before = counted_embedder["images"]
+
+    at.file_uploader(key="search_more").set_value([("back.png", product_photo(3, size=80), "image/png"),
+                                                   ("side.jpg", product_photo(3, fmt="JPEG"), "image/jpeg")]).run()
+    at.slider(key="search_threshold_image").set_value(0).run()
+
+    assert not at.exception
+    assert card_names(at)[0] == "Trail shoe"
+    assert any("3 photos searched as one query (mean vector)" in c.value for c in at.caption)
+    assert counted_embedder["images"] == before + 1  # the three photos in one model call, the slider none
+    captions = [c for image in at.image for c in image.captions]
+    assert "Your photos" in captions and "Your photo" not in captions
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_words_refine_the_photo_with_the_weight_shown_and_the_slider_embeds_nothing(
+    app_settings, seed_catalog, open_page, product_photo, counted_embedder
+):
+    from vpm.matcher import Matcher
+
+    seed_catalog(CATALOG)
+    at = open_page(SEARCH)
+    at = upload(at, "shot.png", product_photo(5))
+    at.slider(key="search_threshold_image").set_value(0).run()
+    photo_order = card_names(at)
+
+    at.text_input(key="search_refine").input("a striped running shoe").run()
+    at.slider(key="search_refine_weight").set_value(2.5).run()
+
+    assert not at.exception
+    expected = Matcher(app_settings).search_mixed([(product_photo(5), "shot.png")], text="a striped running shoe",
+                                                  text_weight=2.5, threshold=0)
+    assert card_names(at) == [m.product.name for m in expected.results]
+    assert session_query_caption(at) == ("This session's query: refined by “a striped running shoe”. Weights: "
+                                         "words weigh 2.5 beside the photos (1 = as much); each rejected product's "
+                                         "look is subtracted at 0.1.")
+    assert counted_embedder["texts"] == 1  # the words once; moving their weight re-ranks only
+    at.slider(key="search_refine_weight").set_value(0.0).run()
+    assert card_names(at) == photo_order  # weight 0: the photo alone
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_not_this_one_hides_a_result_for_the_session_until_cleared(
+    app_settings, seed_catalog, open_page, product_photo
+):
+    seed_catalog(CATALOG)
+    at = open_page(SEARCH)
+    at = upload(at, "shot.png", product_photo(3))
+    at.slider(key="search_threshold_image").set_value(0).run()
+    first = card_names(at)[0]
+
+    at.button(key="vpm_not_results_0").click().run()
+
+    assert not at.exception
+    assert first not in card_names(at) and len(card_names(at)) == len(CATALOG) - 1
+    assert session_query_caption(at).startswith(f"This session's query: not {first}. Weights:")
+    at = upload(at, "another.png", product_photo(4))  # a new photo: still not that one, for the session
+    assert first not in card_names(at)
+
+    at.button(key="search_clear").click().run()
+    assert first in card_names(at) and not session_query_caption(at)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_with_a_photo_only_model_refining_says_why_in_one_line_and_not_this_one_still_works(
+    app_settings, seed_catalog, open_page, product_photo, monkeypatch, tmp_path
+):
+    seed_catalog(CATALOG)
+    monkeypatch.setenv("VPM_MODEL", str(tmp_path / "no-model-here"))  # not a model: the offline fallback runs
+    at = open_page(SEARCH)
+    at = upload(at, "shot.png", product_photo(3))
+    at.slider(key="search_threshold_image").set_value(0).run()
+
+    assert not [t for t in at.text_input if t.key == "search_refine"]
+    off = [shown(c.value) for c in at.caption if shown(c.value).startswith("Refine with words is off:")]
+    assert len(off) == 1 and "\n" not in off[0] and "reads photos only" in off[0]
+    first = card_names(at)[0]
+    at.button(key="vpm_not_results_0").click().run()
+    assert not at.exception and first not in card_names(at) and card_names(at)

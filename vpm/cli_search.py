@@ -7,6 +7,7 @@ take `--cluster ray[://ADDRESS]` to run their heavy part on Ray (vpm/cluster.py,
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .cli import EXIT_ERROR, EXIT_OK, UserError, emit, make_matcher, positive, terminal_safe
@@ -18,10 +19,18 @@ def register(sub, command) -> None:
     """Add this module's subcommands to the parser."""
     p = command("search", cmd_search, "find the catalog products that look like a photo (or match a description)")
     p.add_argument(
-        "images", nargs="*", metavar="IMAGE", help="photo(s) to search with; several are searched in one batch"
+        "images", nargs="*", metavar="IMAGE",
+        help="photo(s) to search with; several are separate searches in one batch, unless --together",
     )
+    p.add_argument("--together", action="store_true",
+                   help="the IMAGEs are photos of one product (front, back, side): one query of all of them")
     p.add_argument("--url", help="search with the image at this http(s) URL")
-    p.add_argument("--text", help="search with a description (CLIP models only)")
+    p.add_argument("--text", help="search with a description, or refine the photo with it (CLIP models only)")
+    p.add_argument("--text-weight", type=float, metavar="W",
+                   help="how much --text weighs beside the photo, 0 to 3 (default 1: as much as the photo)")
+    p.add_argument("--not", dest="not_ids", action="append", metavar="PRODUCT_ID",
+                   help="not this product: leave it out and move away from its look (repeat for several; every "
+                   "model)")
     p.add_argument("--top-k", type=int, default=10, help="at most this many results (default 10)")
     p.add_argument(
         "--threshold", type=float,
@@ -96,35 +105,52 @@ def _cluster(args):
 def cmd_search(args) -> int:
     from .embeddings import EmbeddingError
 
-    given = [bool(args.images), args.url is not None, args.text is not None]
-    if sum(given) != 1:
-        raise UserError("give exactly one of: IMAGE... , --url URL or --text TEXT")
+    photo = bool(args.images) or args.url is not None
+    if (bool(args.images) and args.url is not None) or (not photo and args.text is None):
+        raise UserError("give exactly one of: IMAGE... , --url URL or --text TEXT (--text may also refine a photo)")
+    if args.together and len(args.images) < 2:
+        raise UserError("--together searches several IMAGE arguments as one query: give two or more photos")
+    if args.text_weight is not None and not (photo and args.text is not None):
+        raise UserError("--text-weight weighs --text beside a photo: give IMAGE... or --url with --text")
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1 (got {args.top_k})")
     if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold is a score between 0 and 1 (e.g. 0.8 for 80%), not {args.threshold}")
     options = {"top_k": args.top_k, "threshold": args.threshold, "categories": args.category}
-    if args.text is not None and (args.box is not None or args.rerank is not None):
+    if not photo and (args.box is not None or args.rerank is not None):
         raise UserError("--box and --rerank apply to a photo (IMAGE... or --url), not to --text")
-    if args.text is None:
+    if photo:
         from .images import parse_box  # numpy and Pillow: loaded by the commands that use them, not by every one
 
         options.update(rerank=args.rerank, box=None if args.box is None else parse_box(args.box))
     images = [_read(path) for path in args.images]
     matcher = make_matcher(args)
     try:
-        if images:
-            responses = matcher.search_images(images, **options)
-        elif args.url is not None:
-            responses = [matcher.search_url(args.url, **options)]
-        else:
-            responses = [matcher.search_text(args.text, **options)]
+        responses = _search(matcher, args, images, options, photo)
     except EmbeddingError as err:
         raise UserError(str(err)) from None
+    for notice in dict.fromkeys(n for r in responses if (n := getattr(r, "notice", None))):
+        print(f"note: {notice}", file=sys.stderr)  # e.g. words beside a photo with a model that reads photos only
     documents = [r.as_dict() for r in responses]
-    document = documents if len(args.images) > 1 else documents[0]
+    document = documents if len(responses) > 1 else documents[0]
     emit(args, document, terminal_safe("\n\n".join(_table(r) for r in responses)))
     return EXIT_OK
+
+
+def _search(matcher, args, images, options, photo: bool) -> list:
+    """One response per query: the IMAGEs together or each alone, --url, or words; mixed with --text and --not."""
+    mix = {"text": args.text, "text_weight": args.text_weight, "not_ids": args.not_ids or ()}
+    if args.together:
+        return [matcher.search_mixed(images, **mix, **options)]
+    if not args.not_ids and (args.text is None or not photo):  # a plain search, as before
+        if images:
+            return matcher.search_images(images, **options)
+        if args.url is not None:
+            return [matcher.search_url(args.url, **options)]
+        return [matcher.search_text(args.text, **options)]
+    if images:
+        return [matcher.search_mixed([image], **mix, **options) for image in images]
+    return [matcher.search_mixed(url=args.url, **mix, **options)]
 
 
 def cmd_similar(args) -> int:
@@ -152,8 +178,15 @@ def _table(response) -> str:
         head += f" · region {response.box}"
     if response.threshold is not None:
         head += f" · threshold {response.threshold * 100:.0f}%"
+    if getattr(response, "fusion", None):
+        head += f" · {len(response.photos)} photos as one query ({response.fusion})"
+    if getattr(response, "text_weight", None) is not None:
+        head += f" · words weigh {response.text_weight:g}"
+    if getattr(response, "not_ids", ()):
+        head += f" · rejected looks subtracted at {response.negative_weight:g}"
     if response.verified:
-        head += " · verified by keypoints" + (" (order changed)" if response.reranked else "")
+        head += " · verified by keypoints" + (f" with {response.verified_with}" if getattr(response, "fusion", None)
+                                              else "") + (" (order changed)" if response.reranked else "")
     if not response.results:
         if response.best_score is None:
             return head + "\nno products to search (the catalog, or the chosen category, is empty)"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from . import engine, photos
+from . import engine, photos, query_mix, searching
 from .calibration import Calibration, CalibrationCache
 from .catalog import (
     CatalogError,
@@ -40,7 +40,8 @@ from .lance_features import LanceFeatureStore, PhotoFeatures
 from .lance_text import TABLE as TEXT_TABLE
 from .lance_text import LanceTextStore, PhotoText
 from .lance_vectors import LanceVectorIndex, existing_model_ids
-from .results import EmbeddedQuery, ImportReport, Match, PhotoView, ProductView, SearchResponse
+from .results import EmbeddedQuery, ImportReport, PhotoView, ProductView, SearchResponse
+from .results import Match as Match  # re-exported: older callers import it from here
 from .storage import Storage, StorageError, make_storage
 from .vector_index import PhotoVector, VectorIndex
 
@@ -56,9 +57,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[..., None]
 BATCH_SIZE = 32
 URL_TIMEOUT_S = 15.0
-# A search asks the index for a few more products than shown: a vector written just before its product row
-# (an add in flight) or left by an add that never landed is skipped without leaving the page short.
-_SPARE_HITS = 5
 # On the first search of a process, photos without a vector (a new model) are embedded then and there when
 # there are at most this many; more than that is a job for `python -m vpm index` (or the app's progress bar).
 AUTO_EMBED_MAX = 2_000
@@ -651,6 +649,8 @@ class Matcher:
         return write_products_json(self.iter_products(), out)
 
     # ---------------------------------------------------------------------------------------- search
+    # Ranking, batches of photos, "Why this match?" and more like this live in vpm/searching.py; queries of several
+    # photos, words beside a photo and "not this one" in vpm/query_mix.py. These methods are their doors.
 
     def embed_query_image(self, data: bytes, filename: str, box: Box | str | Sequence[int] | None = None) -> np.ndarray:
         """The query vector of an uploaded photo (of the region `box` of it); raises an ImageError subclass for bad
@@ -704,117 +704,56 @@ class Matcher:
     ) -> EmbeddedQuery:
         """Embed one query (photo bytes, an image URL, or words; of a photo, only the region `box` if given) once,
         with the photo's keypoints, for ranking with `rank` later."""
-        started = time.perf_counter()
-        features = None
-        if text is not None:
-            if box is not None:
-                raise InvalidRequest("a region (box) only applies to a photo, not to words")
-            vector, label, image = self.embed_query_text(text), text.strip(), None
-        else:
-            if url is not None:
-                data, filename = self.fetch_url_image(url)
-            if data is None:
-                raise InvalidRequest("a query needs a photo, an image URL or a text")
-            box = None if box is None else parse_box(box)
-            picture = self._query_image(data, filename, box)
-            vector, image = self._embed_one_image(picture), data
-            features = self.query_features(picture)
-            label = url if url is not None else filename
-        took_ms = (time.perf_counter() - started) * 1000
-        return EmbeddedQuery("text" if text is not None else "image", vector, label, image, took_ms, features,
-                             box if text is None else None)
+        return searching.embed_query(self, data=data, filename=filename, url=url, text=text, box=box)
 
     def rank(
         self, vector: np.ndarray, *, top_k: int = 10, threshold: float | None = None,
         categories: Iterable[str] | None = None, query: str | None = None, took_ms: float = 0.0,
         features: LocalFeatures | None = None, rerank: bool | None = None, box: Box | None = None,
         kind: Literal["image", "text"] = "image", read_text: Callable[[], str] | None = None,
+        exclude: Iterable[str] = (),
     ) -> SearchResponse:
         """Rank the catalog against a query vector (no embedding: cheap enough for a slider). No threshold
         when `threshold` is None. With the query's keypoints (`features`) the top candidates are verified, unless
-        `rerank` is False (None: VPM_RERANK); `read_text` reads the query photo's package text when it can help."""
-        return self._rank_many(np.atleast_2d(vector), [query], top_k, threshold, categories, [took_ms],
-                               [features], rerank, [box], [read_text], kind)[0]
+        `rerank` is False (None: VPM_RERANK); `read_text` reads the query photo's package text when it can help.
+        The products in `exclude` ("not this one") are left out before anything is scored."""
+        return searching.rank_many(self, np.atleast_2d(vector), [query], top_k, threshold, categories, [took_ms],
+                                   [features], rerank, [box], [read_text], kind, frozenset(exclude))[0]
+
+    # Queries of several photos, a photo refined by words, "not this one": vpm/query_mix.py.
+
+    def embed_photos(self, images: Sequence[tuple[bytes, str]],
+                     box: Box | str | Sequence[int] | None = None) -> list[EmbeddedQuery]:
+        """Several photos of one product embedded once each, for `mix_query` (`box`: a region of the first)."""
+        return query_mix.embed_photos(self, images, box)
+
+    def mix_query(self, photos: Sequence[EmbeddedQuery] = (), **parts: Any) -> query_mix.Mix:
+        """One query of photos, words (`text`, `text_weight`) and rejected products (`not_ids`), see query_mix.make."""
+        return query_mix.make(self, photos, **parts)
+
+    def rank_mix(self, mix: query_mix.Mix, **options: Any) -> SearchResponse:
+        """Rank the catalog against a mixed query (options as `rank`'s: top_k, threshold, categories, rerank)."""
+        return query_mix.rank(self, mix, **options)
+
+    def search_mixed(
+        self, images: Sequence[tuple[bytes, str]] = (), *, url: str | None = None, text: str | None = None,
+        text_weight: float | None = None, not_ids: Iterable[str] = (), top_k: int = 10,
+        threshold: float | None = None, categories: Iterable[str] | None = None, rerank: bool | None = None,
+        box: Box | str | Sequence[int] | None = None,
+    ) -> SearchResponse:
+        """Search with several photos as one query (and/or an image URL), refined by words, leaving out `not_ids`
+        and moving away from their look; words alone (with `not_ids`) search by words."""
+        if url is not None:
+            images = [*images, self.fetch_url_image(url)]
+        photos = self.embed_photos(images, box) if images else []
+        mix = self.mix_query(photos, text=text, text_weight=text_weight, not_ids=not_ids)
+        threshold = self._resolve_threshold(threshold, mix.kind)
+        return self.rank_mix(mix, top_k=top_k, threshold=threshold, categories=categories, rerank=rerank)
 
     def query_text_reader(self, data: bytes, filename: str,
                           box: Box | str | Sequence[int] | None = None) -> Callable[[], str]:
         """Reads the query photo's package text the first time it is asked for, then remembers it."""
-        read: dict[str, Callable[[], str]] = {}
-
-        def reader() -> str:  # decoded only when asked: most queries never need their text
-            if "reader" not in read:
-                read["reader"] = _text_reader(self._query_image(data, filename, None if box is None
-                                                                else parse_box(box)))
-            return read["reader"]()
-
-        return reader
-
-    def _rank_many(self, vectors, queries, top_k, threshold, categories, embed_ms, features=None, rerank=None,
-                   boxes=None, text_readers=None, kind: str = "image") -> list[SearchResponse]:
-        from . import ranking
-        from . import rerank as verification
-        from .projection import POOL
-
-        if top_k < 1:
-            raise InvalidRequest(f"top_k must be at least 1 (got {top_k})")
-        features = features or [None] * len(queries)
-        boxes = boxes or [None] * len(queries)
-        text_readers = text_readers or [None] * len(queries)
-        verify = self.rerank_default if rerank is None else bool(rerank)
-        photo = kind == "image"
-        started = time.perf_counter()
-        self._embed_missing_once()
-        calibration = self.calibration() if photo else None
-        wanted_k = top_k
-        if photo:  # the candidates every signal looks at, so the score orders the same list whatever top_k is
-            wanted_k = max(top_k, verification.RERANK_TOP, POOL if calibration.projection is not None else 0)
-        results = self.vectors.query(vectors, k=wanted_k + _SPARE_HITS, threshold=None, categories=categories)
-        ids = sorted({hit.product_id for result in results for hit in result.hits})
-        products = self.catalog.get_many(ids)
-        wanted = {c.strip().casefold() for c in categories or () if c and c.strip()}
-        shared_ms = (time.perf_counter() - started) * 1000 / max(1, len(queries))
-        stores = self._ranking_stores(verify)
-        read_text = photo and self.package_text_default and self.has_text_table()
-        responses = []
-        for j, (result, query, ms, query_features, box, reader) in enumerate(
-                zip(results, queries, embed_ms, features, boxes, text_readers, strict=True)):
-            one_started = time.perf_counter()
-            matches = []
-            for hit in result.hits:
-                product = products.get(hit.product_id)
-                if product is None or (wanted and product.category.casefold() not in wanted):
-                    continue  # an add in flight, or one that never landed; or a category changed just now
-                photo_row = next((p for p in product.photos if p.key == hit.photo_key), None)
-                if photo_row is None:
-                    continue  # a photo removed just now
-                matches.append(Match(product, hit.score, photo_row.key, None, None, similarity=hit.score))
-                if len(matches) == wanted_k:
-                    break
-            verified = reranked = text_read = False
-            if photo:
-                ranked = ranking.rank_photo_query(
-                    matches, vectors[j], calibration.score, stores, projection=calibration.projection,
-                    query_features=query_features if verify else None,
-                    read_query_text=reader if read_text else None,
-                )
-                matches, verified, reranked, text_read = (ranked.matches, ranked.verified, ranked.reranked,
-                                                          ranked.text_read)
-            best = self._with_urls(matches[0]) if matches else None
-            if threshold is not None:
-                matches = [m for m in matches if m.score >= threshold - 1e-9]
-            matches = [self._with_urls(m) for m in matches[:top_k]]  # URLs (presigned: a signature each) shown only
-            took = ms + shared_ms + (time.perf_counter() - one_started) * 1000
-            responses.append(SearchResponse(
-                self.embedder.model_id, took, matches, None if best is None else best.score, query, threshold,
-                verified, reranked, box, "match" if photo else "similarity", best,
-                calibration.score.described if photo else "", text_read,
-            ))
-        return responses
-
-    def _with_urls(self, match: Match) -> Match:
-        photo = next((p for p in match.product.photos if p.key == match.photo_key), None)
-        thumbnail = photo.thumbnail_key if photo is not None else None
-        return dataclasses.replace(match, image_url=self.url_for(match.photo_key), thumbnail_url=self.url_for(thumbnail))
+        return searching.query_text_reader(self, data, filename, box)
 
     def _ranking_stores(self, verify: bool):
         from .ranking import Stores
@@ -848,21 +787,8 @@ class Matcher:
         """Search with several photos at once: all are decoded first (a bad one fails the call, naming it),
         then embedded in batches by one model. `box` searches that region of every photo; `rerank` verifies the
         top candidates by keypoints (None: VPM_RERANK)."""
-        threshold = self._resolve_threshold(threshold, "image")
-        box = None if box is None else parse_box(box)
-        verify = self.rerank_default if rerank is None else bool(rerank)
-        started = time.perf_counter()
-        pictures = [self._query_image(data, filename, box) for data, filename in images]
-        if len(pictures) == 1 and self._batch_queries:  # one photo: batched with the other requests' photos
-            vectors = np.atleast_2d(self._embed_one_image(pictures[0]))
-        else:
-            vectors = self.embedder.embed_images(pictures, batch_size=BATCH_SIZE)
-        features = [self.query_features(p) if verify else None for p in pictures]
-        per_query_ms = (time.perf_counter() - started) * 1000 / max(1, len(images))
-        return self._rank_many(
-            vectors, [name for _data, name in images], top_k, threshold, categories, [per_query_ms] * len(images),
-            features, verify, [box] * len(images), [_text_reader(p) for p in pictures],
-        )
+        return searching.search_images(self, images, top_k=top_k, threshold=threshold, categories=categories,
+                                        rerank=rerank, box=box)
 
     def search_url(
         self, url: str, *, top_k: int = 10, threshold: float | None = None, categories: Iterable[str] | None = None,
@@ -879,14 +805,7 @@ class Matcher:
     ) -> tuple[bytes, int]:
         """"Why this match": the query photo (its region `box`) and the product's photo side by side, with the
         keypoint matches that one geometric transform explains drawn between them (PNG), and how many there are."""
-        from . import rerank
-
-        query = self._query_image(data, filename, box)
-        product = self.catalog.get(product_id)
-        photo = product.photo(photo_key)
-        stored = self.storage.get(photo.key)
-        candidate = decode_image(stored, photo.key, max_bytes=max(len(stored), 1)).image
-        return rerank.draw_matches(query, candidate)
+        return searching.explain_match(self, data, filename, product_id, photo_key, box)
 
     def similar(
         self, product_id: str, *, top_k: int = 10, threshold: float | None = None,
@@ -895,36 +814,7 @@ class Matcher:
         """More like this: the catalog ranked against a product's own stored vectors, every photo of it (a product
         scores by its best photo against any of them, as the catalog ranks by best photo); the product itself is
         left out. Nothing is embedded, so it works with every model, offline included. Scores are cosines."""
-        if top_k < 1:
-            raise InvalidRequest(f"top_k must be at least 1 (got {top_k})")
-        started = time.perf_counter()
-        product = self.catalog.get(product_id)
-        self._embed_missing_once()
-        stored = self.vectors.vectors_for_keys([p.key for p in product.photos])
-        if not stored:
-            raise InvalidRequest(f"{product.name} has no {self.embedder.model_id} vector yet, so there is nothing to "
-                                 "compare it with: run `python -m vpm index`")
-        results = self.vectors.query(np.stack(list(stored.values())), k=top_k + 1 + _SPARE_HITS, threshold=None,
-                                     categories=categories)
-        best: dict[str, Any] = {}
-        for result in results:
-            for hit in result.hits:
-                if hit.product_id != product.id and (hit.product_id not in best or hit.score > best[hit.product_id].score):
-                    best[hit.product_id] = hit
-        hits = sorted(best.values(), key=lambda hit: -hit.score)
-        products = self.catalog.get_many([hit.product_id for hit in hits])
-        wanted = {c.strip().casefold() for c in categories or () if c and c.strip()}
-        matches = [Match(products[hit.product_id], hit.score, hit.photo_key, None, None, similarity=hit.score)
-                   for hit in hits if hit.product_id in products
-                   and (not wanted or products[hit.product_id].category.casefold() in wanted)
-                   and any(p.key == hit.photo_key for p in products[hit.product_id].photos)]
-        first = self._with_urls(matches[0]) if matches else None
-        if threshold is not None:
-            matches = [m for m in matches if m.score >= threshold - 1e-9]
-        took = (time.perf_counter() - started) * 1000
-        return SearchResponse(self.embedder.model_id, took, [self._with_urls(m) for m in matches[:top_k]],
-                              None if first is None else first.score, f"more like {product.name}", threshold,
-                              best_match=first)
+        return searching.similar(self, product_id, top_k=top_k, threshold=threshold, categories=categories)
 
     def search_text(
         self, text: str, *, top_k: int = 10, threshold: float | None = None, categories: Iterable[str] | None = None,
@@ -933,8 +823,8 @@ class Matcher:
         started = time.perf_counter()
         vector = self.embed_query_text(text)
         took_ms = (time.perf_counter() - started) * 1000
-        return self._rank_many(np.atleast_2d(vector), [text], top_k, threshold, categories, [took_ms],
-                               kind="text")[0]
+        return searching.rank_many(self, np.atleast_2d(vector), [text], top_k, threshold, categories, [took_ms],
+                                   kind="text")[0]
 
     # ----------------------------------------------------------------------------------------- index
 
@@ -1034,17 +924,3 @@ class Matcher:
                             "index", missing)
         except (StorageError, CatalogError) as err:
             log.warning("could not store the keypoints of the missing photos (%s); searching without them", err)
-
-
-def _text_reader(picture: Image.Image) -> Callable[[], str]:
-    """Reads a decoded query photo's package text once, the first time ranking asks for it."""
-    from . import package_text
-
-    read: dict[str, str] = {}
-
-    def reader() -> str:
-        if "text" not in read:
-            read["text"] = package_text.read(picture, quick=True)  # a person is waiting
-        return read["text"]
-
-    return reader

@@ -381,10 +381,12 @@ def product_card(item: Any) -> None:
 
 
 def product_grid(items: Iterable[Any], columns: int = 4, key: str = "results",
-                 more_like_this: Callable[[str], None] | None = None) -> None:
+                 more_like_this: Callable[[str], None] | None = None,
+                 not_this_one: Callable[[str], None] | None = None) -> None:
     """Cards in a grid that uses the full width: at most `columns` a row, as many as fit at 150 px or more
     (two a row on a phone), each card as tall as the tallest in its row. With `more_like_this`, each card has a
-    "More like this" button that calls it with the card's product id."""
+    "More like this" button that calls it with the card's product id; with `not_this_one`, a "Not this one"
+    button likewise."""
     items = list(items)
     track = f"max({_CARD_MIN_WIDTH}px, calc((100% - {columns - 1} * {_GRID_GAP}) / {columns}))"
     st.html(_GRID_CSS % {"gap": _GRID_GAP} + f"<style>.st-key-vpm_grid_{key} {{ grid-template-columns: "
@@ -396,6 +398,10 @@ def product_grid(items: Iterable[Any], columns: int = 4, key: str = "results",
                 if more_like_this is not None:
                     st.button("More like this", icon=":material/interests:", key=f"vpm_more_{key}_{number}",
                               on_click=more_like_this, args=(_unpack(item)[0].id,), width="stretch")
+                if not_this_one is not None:
+                    st.button("Not this one", icon=":material/thumb_down:", key=f"vpm_not_{key}_{number}",
+                              on_click=not_this_one, args=(_unpack(item)[0].id,), width="stretch",
+                              help="Hide it, and move the results away from its look, for the rest of this session")
 
 
 # ------------------------------------------------------------------------------------------- access

@@ -1,5 +1,6 @@
-"""POST /api/search: by photo (multipart `image`), or by JSON {image_url | text}; each product at most once,
-ranked by its best-matching photo, which `matched_image` names."""
+"""POST /api/search: by photo (multipart `image`, repeated for several photos of one product: one query), or by
+JSON {image_url | text}; a photo may be refined by `text`, and `not_ids` leaves products out and moves away from
+their look (vpm/query_mix.py). Each product at most once, ranked by its best-matching photo (`matched_image`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
+from .. import query_mix
 from ..config import Settings
 from ..images import parse_box
 from ..matcher import Matcher
@@ -21,6 +23,7 @@ from .errors import ApiError, client_message, first_problem
 router = APIRouter(prefix="/api", tags=["search"], dependencies=[Depends(require_api_key)])
 
 MAX_TOP_K = 200
+_MAX_FILE_PARTS = 100
 
 
 class SearchQuery(BaseModel):
@@ -41,7 +44,15 @@ class SearchQuery(BaseModel):
         None, description="verify the top candidates by keypoint matches (photos only; default: VPM_RERANK)"
     )
     box: str | list[int] | None = Field(
-        None, description='search only this region of the photo: "x,y,w,h" or [x, y, w, h] in pixels (photos only)'
+        None, description='search only this region of the photo: "x,y,w,h" or [x, y, w, h] in pixels (photos only; '
+                          'of the first photo when there are several)'
+    )
+    text_weight: float | None = Field(
+        None, ge=0.0, le=query_mix.MAX_WEIGHT, allow_inf_nan=False,
+        description=f"how much `text` weighs beside the photo (default {query_mix.TEXT_WEIGHT:g}: as much as it)",
+    )
+    not_ids: str | list[str] | None = Field(
+        None, description="not these products: left out, and the ranking moved away from their look"
     )
 
     @field_validator("box")
@@ -67,6 +78,16 @@ class SearchQuery(BaseModel):
     def options(self) -> dict[str, Any]:
         return {"top_k": self.top_k, "threshold": self.threshold, "categories": self.categories()}
 
+    def rejected(self) -> list[str]:
+        wanted = [self.not_ids] if isinstance(self.not_ids, str) else self.not_ids or []
+        if len(wanted) > query_mix.MAX_NOT:
+            raise ApiError(422, f"not_ids: at most {query_mix.MAX_NOT} products (got {len(wanted)})")
+        return [i.strip() for i in wanted if i and i.strip()]
+
+    def mix(self) -> dict[str, Any]:
+        """The query's other parts beside its photos (words, rejected products)."""
+        return {"text": self.text, "text_weight": self.text_weight, "not_ids": self.rejected()}
+
     def photo_options(self) -> dict[str, Any]:
         return {**self.options(), "rerank": self.rerank, "box": None if self.box is None else parse_box(self.box)}
 
@@ -80,7 +101,12 @@ _SEARCH_BODY_DOC = {
                     "type": "object",
                     "required": ["image"],
                     "properties": {
-                        "image": {"type": "string", "format": "binary"},
+                        "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                  "description": f"one photo, or up to {query_mix.MAX_PHOTOS} of one product "
+                                                 "(front, back, side) searched as one query"},
+                        "text": {"type": "string", "description": "words that refine the photo (CLIP models)"},
+                        "text_weight": {"type": "number", "default": query_mix.TEXT_WEIGHT},
+                        "not_ids": {"type": "array", "items": {"type": "string"}},
                         "top_k": {"type": "integer", "default": 10},
                         "threshold": {"type": "number"},
                         "category": {"type": "array", "items": {"type": "string"}},
@@ -97,7 +123,7 @@ _SEARCH_BODY_DOC = {
 
 @router.post(
     "/search", openapi_extra=_SEARCH_BODY_DOC,
-    summary="search by photo (multipart `image`) or by JSON {image_url | text, top_k, threshold, category}",
+    summary="search by photo (multipart `image`, several for one query) or by JSON {image_url | text, ...}",
 )
 async def search(request: Request, matcher: MatcherDep, settings: SettingsDep, links: LinksDep) -> dict[str, Any]:
     # The body is parsed here, not by FastAPI: one route takes a form or JSON, and the form's file count is capped.
@@ -112,20 +138,29 @@ async def search(request: Request, matcher: MatcherDep, settings: SettingsDep, l
 
 
 async def _search_by_photo(request: Request, matcher: Matcher, settings: Settings) -> SearchResponse:
-    async with request.form(max_files=1, max_fields=50) as form:
-        upload = form.get("image")
-        if not isinstance(upload, StarletteUploadFile):
+    # Parts past the photos a query takes are counted and refused in words (a flood stops at Starlette's cap).
+    async with request.form(max_files=_MAX_FILE_PARTS, max_fields=50 + query_mix.MAX_NOT) as form:
+        uploads = form.getlist("image")
+        if not uploads or not all(isinstance(u, StarletteUploadFile) for u in uploads):
             raise ApiError(422, "missing required field 'image' (a file part in multipart/form-data)")
-        fields: dict[str, Any] = {k: v for k, v in form.multi_items() if k not in ("image", "category")}
-        if form.getlist("category"):
-            fields["category"] = [str(c) for c in form.getlist("category")]
+        if len(uploads) > query_mix.MAX_PHOTOS:
+            raise ApiError(422, f"send at most {query_mix.MAX_PHOTOS} photos of one product in one search (got "
+                           f"{len(uploads)})")
+        listed = ("image", "category", "not_ids")
+        fields: dict[str, Any] = {k: v for k, v in form.multi_items() if k not in listed}
+        for name in listed[1:]:
+            if form.getlist(name):
+                fields[name] = [str(c) for c in form.getlist(name)]
         query = parse_query(fields)
         # One byte past the limit: enough for decode_image to say 'too large' without holding more.
-        data = await upload.read(settings.max_upload_bytes + 1)
-        filename = upload.filename or "query"
-    if query.image_url or query.text:
-        raise ApiError(422, "send either an image file or image_url/text, not both")
-    return await run_in_threadpool(matcher.search_image, data, filename, **query.photo_options())
+        images = [(await u.read(settings.max_upload_bytes + 1), u.filename or "query") for u in uploads]
+    if query.image_url:
+        raise ApiError(422, "send either image files or image_url, not both")
+    if len(images) == 1 and not query.text and not query.rejected():
+        if query.text_weight is not None:
+            raise ApiError(422, "'text_weight' weighs 'text' beside the photo: send 'text' too")
+        return await run_in_threadpool(matcher.search_image, *images[0], **query.photo_options())
+    return await run_in_threadpool(_search_mixed, matcher, query, images)
 
 
 async def _search_by_json(request: Request, matcher: Matcher) -> SearchResponse:
@@ -133,8 +168,13 @@ async def _search_by_json(request: Request, matcher: Matcher) -> SearchResponse:
     if not isinstance(body, dict):
         raise ApiError(422, 'send a JSON object such as {"text": "red running shoes", "top_k": 5}')
     query = parse_query(body)
-    if bool(query.image_url) == bool(query.text):
-        raise ApiError(422, "send exactly one of 'image_url' or 'text' (or a multipart 'image' file)")
+    if not query.image_url and not query.text:
+        raise ApiError(422, "send 'image_url' or 'text' (or a multipart 'image' file); 'text' beside 'image_url' "
+                       "refines the photo")
+    if query.text_weight is not None and not (query.image_url and query.text):
+        raise ApiError(422, "'text_weight' weighs 'text' beside a photo: send 'image_url' and 'text' together")
+    if query.image_url and (query.text or query.rejected()):
+        return await run_in_threadpool(_search_url_mixed, matcher, query)
     if query.image_url:
         return await run_in_threadpool(_search_url, matcher, query)
     return await run_in_threadpool(_search_text, matcher, query)
@@ -170,12 +210,29 @@ def _search_url(matcher: Matcher, query: SearchQuery) -> SearchResponse:
         raise ApiError(400, client_message(err)) from None
 
 
+def _search_url_mixed(matcher: Matcher, query: SearchQuery) -> SearchResponse:
+    from ..urlfetch import URLFetchError, URLRefused
+
+    try:
+        return _search_mixed(matcher, query, url=query.image_url)
+    except (URLRefused, URLFetchError) as err:
+        raise ApiError(400, client_message(err)) from None
+
+
+def _search_mixed(matcher: Matcher, query: SearchQuery, images=(), url: str | None = None) -> SearchResponse:
+    """Several photos as one query, a photo refined by words, products left out. Words beside a photo with a model
+    that reads photos only are left out, and the answer's query_mix.notice says so."""
+    return matcher.search_mixed(images, url=url, **query.mix(), **query.photo_options())
+
+
 def _search_text(matcher: Matcher, query: SearchQuery) -> SearchResponse:
     from ..embeddings import EmbeddingError
 
     if query.box is not None or query.rerank is not None:
         raise ApiError(422, "'box' and 'rerank' apply to a photo (an image file or image_url), not to 'text'")
     try:
+        if query.rejected():  # words, away from the looks of the products left out
+            return matcher.search_mixed(text=query.text, not_ids=query.rejected(), **query.options())
         return matcher.search_text(query.text, **query.options())
     except EmbeddingError as err:  # e.g. the active model embeds images only
         raise ApiError(400, client_message(err)) from None
