@@ -1,10 +1,14 @@
 """The app in a real browser: Playwright drives Debian's Chromium against `streamlit run streamlit_app.py`.
 
 Flows a person would follow: upload a photo on Search and see cards; move the threshold slider with the
-keyboard and see the count change; add a product on Catalog and find it by searching with its own photo; and a
-first-time visitor's walk on an app of their own with an empty catalog: load the sample products, search with
-one of its photos, see that product first. Screenshots of every page at desktop (1280 px) and phone (390 px)
-widths go to test-artifacts/screenshots/.
+keyboard and see the count change; add a product on Catalog and find it by searching with its own photo; on a
+phone, tap a page in the sidebar and see that page, every value whole; and a first-time visitor's walk on an app of
+their own with an empty catalog: load the sample products, search with one of its photos, see that product first.
+Screenshots of every page at desktop (1280 px) and phone (390 px) widths go to test-artifacts/screenshots/.
+
+The README's picture of the Search page (docs/search-page.png) is the first visitor's search, taken by this test:
+`VPM_WRITE_SCREENSHOTS=1 python -m pytest tests/test_browser.py -k first_visitor` rewrites it (a normal run
+leaves the tracked file alone and keeps its copy in test-artifacts/screenshots/).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_checks import covered_by_the_sidebar, cut_texts, sidebar_open, soon, wider_than_the_window
+from browser_pictures import closer, save_search_picture, save_whole_page
 
 from conftest import APP_FILE, free_port, make_product_photo, stop_process
 
@@ -32,6 +38,9 @@ CHROMIUM_ARGS = [
 ]
 REPO = Path(APP_FILE).parent
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+README_PICTURE = REPO / "docs" / "search-page.png"
+# Read when the module loads: conftest removes every VPM_ variable from the environment before each test runs.
+WRITE_README_PICTURE = os.environ.get("VPM_WRITE_SCREENSHOTS", "") == "1"
 WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
 PAGES = {  # url path -> (file stem for screenshots, a text that means the page has drawn)
     "": ("home", "Visual Product Matcher"),
@@ -61,10 +70,17 @@ def chromium() -> str:
     return CHROMIUM
 
 
-def _app_env(data_dir: Path, model_dir: Path) -> dict[str, str]:
+def _app_env(data_dir: Path, model: Path | str) -> dict[str, str]:
+    """The environment of an app under test; `data_dir` may be relative to the folder the app runs in."""
     # Only what the test sets: a developer's S3 / AWS / VPM variables must not reach the app under test.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "AWS_", "VPM_", "LOG_LEVEL"))}
-    env.update(VPM_DATA_DIR=str(data_dir), VPM_MODEL=str(model_dir), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(VPM_DATA_DIR=str(data_dir), VPM_MODEL=str(model), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # The model's ONNX export beside the catalog, never in the developer's ~/.cache.
+    env.update(VPM_ONNX_CACHE=str(data_dir.parent / "onnx-cache"))
+    # No package text (OCR), as in the rest of the suite (tests/test_package_text_search.py covers it): reading 252
+    # sample photos would make the first visitor's import many minutes on a busy 2-core machine, and the generated
+    # pictures carry no text.
+    env.update(VPM_PACKAGE_TEXT="false")
     return env
 
 
@@ -90,10 +106,12 @@ def app_url(chromium, tiny_clip_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def empty_app_url(chromium, tiny_clip_dir, tmp_path_factory):
-    """The app on an empty data folder: what a first-time visitor of a fresh install sees."""
+def empty_app_url(chromium, tmp_path_factory):
+    """The app on an empty data folder: what a first-time visitor of a fresh clone sees where the model hub cannot
+    be reached. The built-in image model (ImageNet weights shipped in a package: real look-alikes, which the README's
+    picture shows) and the default data folder, `data` beside the app."""
     root = tmp_path_factory.mktemp("browser-empty-app")
-    server, url, _log = start_app(root, _app_env(root / "data", tiny_clip_dir))
+    server, url, _log = start_app(root, _app_env(Path("data"), "efficientnet-lite0"))
     try:
         yield url
     finally:
@@ -137,12 +155,25 @@ def browser(chromium):
         instance.close()
 
 
-@pytest.fixture
-def page(browser):
-    width, height = WIDTHS["desktop"]
-    context = browser.new_context(viewport={"width": width, "height": height})
+def _page_at(browser, width: str):
+    w, h = WIDTHS[width]
+    context = browser.new_context(viewport={"width": w, "height": h})
     page = context.new_page()
     page.set_default_timeout(60_000)
+    return context, page
+
+
+@pytest.fixture
+def page(browser):
+    context, page = _page_at(browser, "desktop")
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def phone(browser):
+    """A desktop Chromium in a window a phone's width (390 px): its user agent does not say "phone"."""
+    context, page = _page_at(browser, "phone")
     yield page
     context.close()
 
@@ -196,6 +227,12 @@ def test_a_first_visit_straight_to_a_page_gets_the_apps_navigation(page, app_url
     nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
     assert "Migration & costs" in nav and "storage browser" not in nav
     assert page.get_by_text(re.compile(r"\d+ products?$")).first.is_visible()  # the sidebar status drew
+
+    # On a wide screen the sidebar sits beside the page: it stays open after a page is picked in it.
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Catalog", exact=True).click()
+    page.get_by_text("Add a product").first.wait_for()
+    settle(page)
+    assert sidebar_open(page)
 
 
 def test_upload_a_photo_and_see_result_cards(page, app_url):
@@ -366,16 +403,56 @@ def test_a_hostile_product_name_shows_as_typed_never_as_a_link_or_an_image(page,
         assert current.locator('img[src*="tracker.example"]').count() == 0
 
 
-def save_whole_page(page, path: Path, width: int, height: int) -> None:
-    """Streamlit scrolls inside its main area, not the document: grow the window to the content, then shoot."""
-    content = page.evaluate(
-        "() => Math.max(...[...document.querySelectorAll('[data-testid=stMain], [data-testid=stSidebarContent]')]"
-        ".map(e => e.scrollHeight))"
-    )
-    page.set_viewport_size({"width": width, "height": max(height, int(content))})
-    page.wait_for_timeout(400)
-    page.screenshot(path=str(path), full_page=True)
-    page.set_viewport_size({"width": width, "height": height})
+def test_on_a_phone_the_sidebar_closes_once_a_page_is_tapped(phone, app_url):
+    """Streamlit closes its sidebar after a tap only for a phone's user agent; in a narrow desktop window it stayed
+    open over the page just tapped. The page must be what shows, and be what a second tap lands on."""
+    open_app(phone, app_url)
+    assert not sidebar_open(phone)  # a narrow window starts on the page, the sidebar closed
+    phone.locator('[data-testid="stExpandSidebarButton"]').click()
+    home_title = phone.locator('[data-testid="stMain"] h1').first
+    assert soon(phone, lambda: covered_by_the_sidebar(phone, home_title))  # open, it lies over the page
+
+    phone.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Catalog", exact=True).click()
+    phone.get_by_text("Add a product").first.wait_for()
+    settle(phone)
+
+    title = phone.locator('[data-testid="stMain"] h1').first
+    assert "Catalog" in title.inner_text()
+    assert soon(phone, lambda: not covered_by_the_sidebar(phone, title)), "the sidebar stays over the page tapped"
+    assert not sidebar_open(phone)
+
+
+def test_on_a_phone_every_value_shows_whole(phone, app_url):
+    """At 390 px nothing a person reads ends cut at its box's edge: the upload hint's list of formats, a result
+    card's name, score and "N keypoints match" line, the "why this match" caption, the Health page's settings
+    (a metadata key, a server path). They wrap instead, and no page is wider than the phone."""
+    open_app(phone, app_url, "search")
+    uploader = phone.locator('[data-testid="stFileUploader"]').filter(has_text="Photo of a product")
+    assert uploader.locator('[data-testid="stFileUploaderDropzoneInstructions"]').is_visible()
+    assert cut_texts(phone, uploader) == []
+
+    upload_query(phone, make_product_photo(1, size=240))  # the very picture of the red mug: its keypoints match
+    assert result_count(phone) >= 1
+    cards = _cards(phone)
+    assert re.search(r"\d+ keypoints? match", cards.first.inner_text())  # the line a phone used to cut
+    for i in range(cards.count()):
+        assert cut_texts(phone, cards.nth(i)) == [], f"card {i + 1} cuts its text"
+    phone.get_by_text("Why this match?").click()
+    phone.get_by_role("button", name="Show the matching keypoints").click()
+    phone.get_by_text(re.compile(r"^Your photo \(left\)")).wait_for()
+    settle(phone)
+    main = phone.locator('[data-testid="stMain"]')
+    assert cut_texts(phone, main) == []
+    assert wider_than_the_window(phone) == 0
+    save_whole_page(phone, SCREENSHOTS / "search-why-phone.png", *WIDTHS["phone"])
+
+    open_app(phone, app_url, "health")
+    shown = visible_text(phone)
+    assert "metadata/products.json" in shown
+    assert "VPM_CORS_ORIGINS · (empty)" in shown  # a blank setting, and the lines after it drawn as lines
+    assert "**" not in shown and "`" not in shown  # no Markdown left unread
+    assert cut_texts(phone, main) == []
+    assert wider_than_the_window(phone) == 0
 
 
 def test_search_a_region_of_the_photo_with_a_live_preview(page, app_url):
@@ -412,22 +489,27 @@ def test_a_first_visitor_loads_the_sample_and_finds_a_product_by_its_photo(brows
     try:
         open_app(page, empty_app_url)
         page.get_by_role("button", name="Load sample products").click()
-        # 252 photos decoded, thumbnailed and embedded by the tiny test model: a minute or two on a busy machine.
+        # 252 photos decoded, thumbnailed, embedded and their keypoints found: a minute or two on a busy machine.
         page.get_by_text("Loaded the sample catalog").wait_for(timeout=600_000)
         settle(page)
         assert "imported 84 products (252 photos)" in visible_text(page)
-        assert page.locator('[data-testid="stMetricValue"]').first.inner_text() == "84"
+        products = page.locator('[data-testid="stMetric"]').filter(has_text="Products")
+        products.get_by_text("84", exact=True).wait_for()  # once the rerun after the import has drawn it
         page.get_by_role("link", name="Now search with a photo").click()
         page.get_by_text("Search by").first.wait_for()
         settle(page)
-        upload_query(page, (sample / row["image"]).read_bytes(), "my-photo.jpg")
+        upload_query(page, closer((sample / row["image"]).read_bytes()), "my-photo.jpg")
         assert result_count(page) >= 1
         assert card_names(page)[0] == row["name"]
         page.wait_for_timeout(500)
         save_whole_page(page, SCREENSHOTS / "first-visit-search-desktop.png", 1280, 900)
+        save_search_picture(page, _cards(page).first, SCREENSHOTS / "search-page-1280.png")
+        if WRITE_README_PICTURE:
+            shutil.copyfile(SCREENSHOTS / "search-page-1280.png", README_PICTURE)
         page.set_viewport_size({"width": 390, "height": 844})
         page.wait_for_timeout(800)
         save_whole_page(page, SCREENSHOTS / "first-visit-search-phone.png", 390, 844)
+        shutil.copyfile(SCREENSHOTS / "first-visit-search-phone.png", SCREENSHOTS / "search-page-390.png")
         page.set_viewport_size({"width": 1280, "height": 900})
         open_app(page, empty_app_url, "catalog_map")
         page.get_by_text(re.compile(r"84 products from 252 photos")).wait_for()
@@ -452,6 +534,9 @@ def test_screenshots_of_every_page(browser, app_url, width):
                 result_count(page)
                 page.wait_for_timeout(500)  # let the card pictures load
             assert not page.locator('[data-testid="stException"]').count(), f"{stem} shows an exception"
+            main = page.locator('[data-testid="stMain"]')
+            assert cut_texts(page, main) == [], f"{stem} at {w} px cuts text a person reads"
+            assert wider_than_the_window(page) == 0, f"{stem} at {w} px is wider than the window"
             save_whole_page(page, SCREENSHOTS / f"{stem}-{width}.png", w, h)
             if path == "catalog":  # the product table is on the second tab
                 page.get_by_role("tab", name="Products").click()

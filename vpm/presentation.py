@@ -34,8 +34,12 @@ def plain(text: object) -> str:
 
 def code(text: object) -> str:
     """`text` as inline code whatever backticks it holds (a storage key may contain them): the fence is one
-    backtick longer than the longest run inside, so the span cannot be closed early."""
+    backtick longer than the longest run inside, so the span cannot be closed early. Nothing at all reads
+    "(empty)": an empty span would be an unclosed fence that swallows the Markdown after it (a blank setting on
+    the Health page showed the next lines' `**` and backticks)."""
     value = " ".join(str(text).split())
+    if not value:
+        return "(empty)"
     run = current = 0
     for c in value:
         current = current + 1 if c == "`" else 0

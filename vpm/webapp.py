@@ -308,8 +308,10 @@ CARD_WIDTH = 170  # px: a card on its own (the catalog's "just added"); in a gri
 _CARD_MIN_WIDTH = 150  # px: two cards side by side on a 390 px phone
 _GRID_GAP = "0.75rem"
 
-# Cards in a grid: one height a row, a square picture cropped to fill it (object-fit), a name of at most two
-# lines and one-line captions, so every card in a row lines up. Keyed containers carry these classes.
+# Cards in a grid: one height a row, a square picture cropped to fill it (object-fit), "More like this" at the
+# bottom so the buttons of a row line up. Names and captions wrap rather than end in "…": on a phone a card is
+# 150 px wide, and a cut "66 keypoints ma…" or half a name tells nothing (a long word or key breaks where it must).
+# Keyed containers carry these classes.
 _GRID_CSS = """
 <style>
 [class*="st-key-vpm_grid_"] {
@@ -320,12 +322,8 @@ _GRID_CSS = """
 [class*="st-key-vpm_card_"] [data-testid="stImage"] img {
   width: 100%% !important; aspect-ratio: 1 / 1; object-fit: cover; border-radius: 0.25rem;
 }
-[class*="st-key-vpm_card_"] [data-testid="stMarkdownContainer"] p {
-  display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden; margin: 0;
-}
-[class*="st-key-vpm_card_"] [data-testid="stCaptionContainer"] p {
-  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; margin: 0;
-}
+[class*="st-key-vpm_card_"] [data-testid="stMarkdownContainer"] p { margin: 0; overflow-wrap: anywhere; }
+[class*="st-key-vpm_card_"] > [class*="st-key-vpm_more_"] { margin-top: auto; }
 </style>
 """
 
@@ -549,6 +547,36 @@ def _update_sidebar_model(matcher: Matcher) -> None:
         _show_model(slot, matcher.settings, matcher)
 
 
+# Streamlit closes its sidebar after a page link is tapped only when the browser's user agent says "phone": in a
+# narrow desktop window (or a tablet asking for desktop sites) the open sidebar stayed over the page it had just
+# opened. Below Streamlit's own breakpoint for an overlay sidebar (768 px), close it the same way its button does.
+# The hidden container keeps the element from adding a gap to the sidebar; the flag keeps one listener a tab.
+_CLOSE_SIDEBAR_ON_NAVIGATION = """
+<style>.st-key-vpm_sidebar_script { display: none; }</style>
+<script>
+(() => {
+  if (window.vpmClosesSidebarOnNavigation) return;
+  window.vpmClosesSidebarOnNavigation = true;
+  document.addEventListener("click", (event) => {
+    if (!event.target.closest('[data-testid="stSidebarNav"] a')) return;
+    if (!window.matchMedia("(max-width: 768px)").matches) return;
+    setTimeout(() => {  // after Streamlit's own handling: on a phone it has closed the sidebar already
+      const sidebar = document.querySelector('[data-testid="stSidebar"]');
+      if (sidebar && sidebar.getAttribute("data-collapsed") === "false") {
+        document.querySelector('[data-testid="stSidebarCollapseButton"] button')?.click();
+      }
+    }, 0);
+  });
+})();
+</script>
+"""
+
+
+def _close_sidebar_on_navigation() -> None:
+    with st.container(key="vpm_sidebar_script"):
+        st.html(_CLOSE_SIDEBAR_ON_NAVIGATION, unsafe_allow_javascript=True)  # our own constant, no user input
+
+
 def sidebar_status() -> None:
     """Backend, product count and model state in the sidebar. Never fails the page it is drawn on."""
     try:
@@ -556,6 +584,7 @@ def sidebar_status() -> None:
     except ConfigError:
         return  # the page itself reports the configuration problem
     with st.sidebar:
+        _close_sidebar_on_navigation()
         st.caption(f":material/storage: {storage_summary(settings)}")
         matcher = get_matcher()
         try:
