@@ -20,6 +20,7 @@ from vpm.presentation import (
     format_ms,
     nothing_found_text,
     plain,
+    plural,
     query_hint,
     results_count_text,
     results_csv,
@@ -27,6 +28,8 @@ from vpm.presentation import (
     why_caption,
 )
 from vpm.query_mix import MAX_PHOTOS, MAX_WEIGHT, TEXT_WEIGHT, describe_weights, refine_unavailable
+from vpm.search_slot import search_slot
+from vpm.searching import NO_WORDS_MATCH, words_note
 
 PHOTO, LINK, WORDS = "Photo", "Image link", "Words"
 STATE = "search_query"
@@ -100,13 +103,12 @@ def read_query() -> dict | None:
             return None
         return {"identity": ("url", url), "kind": "image", "url": url}
     webapp.ensure_model(matcher)
-    unavailable = matcher.text_search_unavailable()
-    if unavailable:
-        st.info(unavailable[0].upper() + unavailable[1:], icon=":material/info:")
-        return None
+    note = words_note(matcher)
+    if note:  # no model reads words: they are looked up in what the catalog says in words
+        st.caption(plain(note[:1].upper() + note[1:]))
     text = st.text_input(
-        "Describe the product", key="search_text", placeholder="e.g. red running shoe",
-        help="Press Enter to search.",
+        "Product name or words on it" if note else "Describe the product", key="search_text",
+        placeholder="e.g. oat milk" if note else "e.g. red running shoe", help="Press Enter to search.",
     ).strip()
     if not text:
         return None
@@ -142,8 +144,12 @@ def read_region(query: dict | None):
 def embed(query: dict, box) -> dict:
     """Embed the query once; the result is kept in the session for re-ranking."""
     webapp.ensure_model(matcher)
+    if query["kind"] == "text" and words_note(matcher):  # words alone: nothing to embed, the words index answers
+        return {"identity": query["identity"], "kind": "text", "vector": None, "label": query["text"],
+                "preview": None, "embed_ms": 0.0, "features": None, "box": None, "image": None, "read_text": None,
+                "photos": [], "more_previews": []}
     webapp.prepare_search_index(matcher)  # a progress bar if catalog images still need embedding
-    with st.spinner("Finding similar products…"):
+    with search_slot(), st.spinner("Finding similar products…"):
         if query.get("more"):  # several photos of one product: one query
             photos = matcher.embed_photos([(query["data"], query["filename"]), *query["more"]], box=box)
             embedded = photos[0]
@@ -189,19 +195,21 @@ def results(query_entered: bool) -> None:
     """The filters and the cards. A fragment: moving a slider, the categories or the switch re-ranks the query
     vector kept in the session and redraws only this part, not the page (no re-reading of the upload)."""
     current = st.session_state.get(STATE)
-    if current is None and st.session_state.get("search_mode") == WORDS and matcher.text_search_unavailable():
-        return  # words cannot run with this model: the tab says why; no sliders for a search that cannot happen
     kind = current["kind"] if current else ("text" if st.session_state.get("search_mode") == WORDS else "image")
-    default = score_percent(matcher.default_threshold(kind))
+    words_alone = kind == "text" and words_note(matcher) is not None  # ranked by words: no percentage to filter
     similarity, count, within = st.columns([3, 3, 4], vertical_alignment="bottom")
-    threshold = similarity.slider(
-        "Minimum match (%)" if kind == "image" else "Minimum similarity (%)", 0, 100, default, step=1,
-        key=f"search_threshold_{kind}",
-        help=(f"A photo result's percentage is how often such a match was right: {matcher.score_explained()}. "
-              f"The default, {default}%, still shows 95% of the right products that reach the top 5."
-              if kind == "image" else
-              "Only products at least this similar to your words are shown. Lower it to see more."),
-    )
+    threshold = None
+    if not words_alone:
+        default = score_percent(matcher.default_threshold(kind))
+        threshold = similarity.slider(
+            "Minimum match (%)" if kind == "image" else "Minimum similarity (%)", 0, 100, default, step=1,
+            key=f"search_threshold_{kind}",
+            help=(f"A photo result's percentage is how often such a match was right: {matcher.score_explained()}. "
+                  f"The default, {default}%, still shows 95% of the right products that reach the top 5."
+                  if kind == "image" else
+                  "Only products at least this similar to your words are shown, unless their name, brand or "
+                  "package text has the words. Lower it to see more."),
+        )
     top_k = count.slider("Show at most", 1, 50, 12, key="search_top_k", help="The number of result cards.")
     chosen = within.multiselect("Categories", categories, key="search_categories", placeholder="All categories")
     verify = st.toggle(
@@ -218,19 +226,24 @@ def results(query_entered: bool) -> None:
         return
     words, weight = read_refinement(current)
     rejected = st.session_state.get(REJECTED, [])
-    options = {"top_k": top_k, "threshold": threshold / 100, "categories": chosen or None}
+    options = {"top_k": top_k, "threshold": None if threshold is None else threshold / 100,
+               "categories": chosen or None}
     try:
-        if len(current["photos"]) > 1 or words or rejected:
-            mix = matcher.mix_query(current["photos"] if current["kind"] == "image" else [],
-                                    text=words if current["kind"] == "image" else current["label"],
-                                    text_weight=weight, not_ids=rejected, strict=False)
-            response = matcher.rank_mix(mix, rerank=verify, **options)
-        else:
-            response = matcher.rank(
-                current["vector"], query=current["label"], took_ms=current["embed_ms"],
-                features=current.get("features"), rerank=verify, box=current.get("box"), kind=current["kind"],
-                read_text=current.get("read_text"), **options,
-            )
+        with search_slot():
+            if len(current["photos"]) > 1 or words or rejected:
+                mix = matcher.mix_query(current["photos"] if current["kind"] == "image" else [],
+                                        text=words if current["kind"] == "image" else current["label"],
+                                        text_weight=weight, not_ids=rejected, strict=False)
+                response = matcher.rank_mix(mix, rerank=verify, **options)
+            elif current["kind"] == "text":  # words: fused with CLIP's ranking, or the words index alone
+                response = matcher.search_text(current["label"], vector=current["vector"],
+                                               took_ms=current["embed_ms"], **options)
+            else:
+                response = matcher.rank(
+                    current["vector"], query=current["label"], took_ms=current["embed_ms"],
+                    features=current.get("features"), rerank=verify, box=current.get("box"), kind=current["kind"],
+                    read_text=current.get("read_text"), **options,
+                )
     except Exception as err:
         webapp.show_error(err)
         return
@@ -325,7 +338,7 @@ def lower_threshold(key: str, percent: int) -> None:
     st.session_state[key] = percent
 
 
-def show_results(current: dict, response, threshold: int) -> None:
+def show_results(current: dict, response, threshold: int | None) -> None:
     st.divider()
     summary, picture = st.columns([4, 1], vertical_alignment="top")
     with picture:
@@ -338,9 +351,12 @@ def show_results(current: dict, response, threshold: int) -> None:
     with summary:
         st.subheader("Matches")
         if current["kind"] == "text":
-            st.markdown(f"For “{current['label']}”")
+            st.markdown(f"For “{plain(current['label'])}”")
+        if response.answered_by:
+            st.caption(f"answered by: {plain(response.answered_by)}")
         if response.results:
-            st.markdown(f"**{results_count_text(len(response.results), threshold / 100)}**")
+            st.markdown(f"**{plural(len(response.results), 'product')} found by these words**"
+                        if threshold is None else f"**{results_count_text(len(response.results), threshold / 100)}**")
             verified = ""
             if response.verified:
                 verified = " · verified by keypoints" + (
@@ -354,6 +370,8 @@ def show_results(current: dict, response, threshold: int) -> None:
                 "Download results (CSV)", results_csv(response.results), file_name="vpm-results.csv",
                 mime="text/csv", icon=":material/download:", on_click="ignore",
             )
+        elif threshold is None:
+            st.warning(plain(NO_WORDS_MATCH[:1].upper() + NO_WORDS_MATCH[1:]) + ".", icon=":material/search_off:")
         else:
             best = response.best_match
             st.warning(nothing_found_text(response.best_score, threshold / 100,

@@ -177,7 +177,8 @@ def test_counting_a_fresh_catalog_writes_nothing_and_sees_one_made_later(search_
 
 
 def test_text_search_ranks_by_cosine_to_the_text_vector(stocked):
-    response = stocked.search_text("a red ceramic mug", threshold=-1, top_k=10)
+    response = stocked.rank(stocked.embed_query_text("a red ceramic mug"), kind="text", threshold=-1, top_k=10,
+                            query="a red ceramic mug")
     assert response.query == "a red ceramic mug"
     text_vector = stocked.embedder.embed_texts(["a red ceramic mug"])[0]
     products = list(stocked.iter_products())
@@ -185,6 +186,8 @@ def test_text_search_ranks_by_cosine_to_the_text_vector(stocked):
     scores = {p.id: float(stored[p.image_sha256] @ text_vector) for p in products}
     assert [m.product.id for m in response.results] == sorted(scores, key=scores.get, reverse=True)
     assert response.results[0].score == pytest.approx(max(scores.values()), abs=1e-5)
+    fused = stocked.search_text("a red ceramic mug", threshold=-1, top_k=10)  # CLIP fused with the words
+    assert fused.answered_by == "CLIP + words" and fused.results[0].product.id == "red-mug"
 
 
 def test_an_empty_text_query_is_refused(stocked):
@@ -434,9 +437,9 @@ def test_the_fallback_model_searches_images_and_refuses_text_saying_why(fallback
     assert response.model == built_in
     assert response.results[0].product.id == "p2" and response.results[0].similarity == pytest.approx(1.0, abs=1e-4)
 
-    with pytest.raises(EmbeddingError) as refused:
-        m.search_text("red mug")
-    message = str(refused.value)
+    words = m.search_text("p2")  # no model reads words: the words index answers
+    assert words.answered_by == "words in names and package text" and words.results[0].product.id == "p2"
+    message = m.text_search_unavailable()
     assert message.startswith("search by words is off:")
     assert "is running in its place, and it reads photos only" in message and "set VPM_MODEL to a CLIP" not in message
 

@@ -273,20 +273,101 @@ def test_text_search_with_tiny_clip(app_settings, seed_catalog, open_page, count
     assert counted_embedder["texts"] == 1
 
 
-@pytest.mark.parametrize("backend", ["local"], indirect=True)
-def test_words_are_refused_with_the_reason_when_the_model_embeds_images_only(
-    app_settings, seed_catalog, open_page, monkeypatch, tmp_path
+def test_words_offline_are_looked_up_in_names_and_each_card_says_where(
+    backend, app_settings, seed_catalog, open_page, monkeypatch, tmp_path
 ):
-    seed_catalog(CATALOG[:1])
+    seed_catalog(CATALOG)
     monkeypatch.setenv("VPM_MODEL", str(tmp_path / "no-model-here"))  # not a model: the offline fallback runs
     at = open_page(SEARCH)
 
     at.radio(key="search_mode").set_value("Words").run()
+    notes = [shown(c.value) for c in at.caption if "reads photos only" in shown(c.value)]
+    assert len(notes) == 1 and "\n" not in notes[0] and "package text" in notes[0]
+    assert [s.key for s in at.slider] == ["search_top_k"]  # no threshold: words alone rank, no percentage
+
+    at.text_input(key="search_text").input("trial shoe").run()  # misspelled
 
     assert not at.exception
-    assert not [t for t in at.text_input if t.key == "search_text"]
-    assert any("reads photos only" in i.value for i in at.info)
-    assert not at.slider  # no sliders for a search that cannot happen
+    assert card_names(at)[0] == "Trail shoe" and "Road shoe" in card_names(at)
+    assert any(shown(c.value) == "answered by: words in names and package text" for c in at.caption)
+    assert any(m.value == f"**{len(card_names(at))} products found by these words**" for m in at.markdown)
+    matched = [shown(c.value) for c in at.caption if shown(c.value).startswith("matched in:")]
+    assert len(matched) == len(card_names(at)) and matched[0] == "matched in: name, category"  # "Shoes"
+    assert not at.progress  # a words match is no percentage
+
+    at.text_input(key="search_text").input("zzyzx").run()
+    assert not at.exception and not card_names(at)
+    assert any(shown(w.value).startswith("No product's name, brand, description") for w in at.warning)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_words_with_clip_fuse_its_ranking_with_the_words_and_say_so(
+    app_settings, seed_catalog, open_page, counted_embedder
+):
+    seed_catalog(CATALOG)
+    at = open_page(SEARCH)
+    at.radio(key="search_mode").set_value("Words").run()
+    assert not [c for c in at.caption if "reads photos only" in c.value]
+
+    at.text_input(key="search_text").input("desk lamp").run()
+    at.slider(key="search_threshold_text").set_value(100).run()  # CLIP's share hidden: the words still find it
+
+    assert not at.exception
+    assert card_names(at) == ["Desk lamp", "Floor lamp"]
+    assert any(shown(c.value) == "answered by: CLIP + words" for c in at.caption)
+    assert [shown(c.value) for c in at.caption if shown(c.value).startswith("matched in:")] == [
+        "matched in: name", "matched in: name"]
+    assert len(at.progress) == 2  # CLIP's cosine still shown beside where the words matched
+    assert counted_embedder["texts"] == 1  # the slider re-ranks without embedding the words again
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_full_search_gate_shows_the_queue_then_says_busy_and_a_free_place_searches(
+    app_settings, seed_catalog, open_page, product_photo, monkeypatch
+):
+    import threading
+
+    from streamlit.delta_generator import DeltaGenerator
+
+    from vpm.admission import QUEUE_MARK, shared_gate
+
+    seed_catalog(CATALOG)
+    monkeypatch.setenv("VPM_SEARCH_CONCURRENCY", "1")
+    monkeypatch.setenv("VPM_SEARCH_QUEUE_TIMEOUT_S", "0.5")
+    drawn: list[str] = []
+    info = DeltaGenerator.info
+
+    def recorded(self, body, *args, **kwargs):  # the queue notice is replaced once the wait ends: note it as drawn
+        drawn.append(str(body))
+        return info(self, body, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "info", recorded)
+    gate = shared_gate(1, 0.5)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another visitor's search, running
+        with gate.admit():
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        at = open_page(SEARCH)
+        at = upload(at, "shot.png", product_photo(3))
+
+        assert not at.exception
+        assert any(QUEUE_MARK in text and "1 search" in text for text in drawn)
+        busy = [e.value for e in at.error]
+        assert len(busy) == 1 and "the app is busy" in busy[0].lower() and "Nothing was searched" in busy[0]
+        assert not card_names(at)
+    finally:
+        release.set()
+        holder.join(10)
+
+    at = upload(at, "again.png", product_photo(3))  # a place is free: the search runs
+    assert not at.exception and not at.error and card_names(at)[0] == "Trail shoe"
 
 
 def test_results_csv_lists_matches_best_first_and_keeps_formulas_inert():

@@ -123,4 +123,5 @@ def test_the_search_hint_offers_words_only_when_the_model_reads_them():
     from vpm.presentation import query_hint
 
     assert "describe the product" in query_hint(True)
-    assert query_hint(False) == "Upload a photo, take one or paste an image link to see matches."
+    assert query_hint(False) == ("Upload a photo, take one, paste an image link or type the product's name to see "
+                                 "matches.")

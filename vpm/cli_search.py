@@ -25,7 +25,8 @@ def register(sub, command) -> None:
     p.add_argument("--together", action="store_true",
                    help="the IMAGEs are photos of one product (front, back, side): one query of all of them")
     p.add_argument("--url", help="search with the image at this http(s) URL")
-    p.add_argument("--text", help="search with a description, or refine the photo with it (CLIP models only)")
+    p.add_argument("--text", help="search by words (with CLIP fused with a search of names, brands and package "
+                   "text; with a model that reads photos only, that search alone), or refine the photo with them")
     p.add_argument("--text-weight", type=float, metavar="W",
                    help="how much --text weighs beside the photo, 0 to 3 (default 1: as much as the photo)")
     p.add_argument("--not", dest="not_ids", action="append", metavar="PRODUCT_ID",
@@ -184,10 +185,16 @@ def _table(response) -> str:
         head += f" · words weigh {response.text_weight:g}"
     if getattr(response, "not_ids", ()):
         head += f" · rejected looks subtracted at {response.negative_weight:g}"
+    if getattr(response, "answered_by", ""):
+        head += f" · answered by: {response.answered_by}"
     if response.verified:
         head += " · verified by keypoints" + (f" with {response.verified_with}" if getattr(response, "fusion", None)
                                               else "") + (" (order changed)" if response.reranked else "")
     if not response.results:
+        if response.score_kind == "words":
+            from .searching import NO_WORDS_MATCH
+
+            return f"{head}\n{NO_WORDS_MATCH}"
         if response.best_score is None:
             return head + "\nno products to search (the catalog, or the chosen category, is empty)"
         best = response.best_match
@@ -195,16 +202,23 @@ def _table(response) -> str:
             f"\nno product scored at least {format_percent(response.threshold)}; the closest is "
             f"{best.product.name if best else '?'} at {format_percent(response.best_score)}: lower --threshold to see it"
         )
-    rows = [("#", "score", "name", "category", "id")]
+    words_alone = response.score_kind == "words"  # ranked by words: where they matched, no percentage
+    rows = [("#", "name", "category", "id") if words_alone else ("#", "score", "name", "category", "id")]
     for rank, match in enumerate(response.results, 1):
         p = match.product
-        rows.append((str(rank), format_percent(match.score), _clip(p.name, 40), _clip(p.category, 20), p.id))
+        score = () if words_alone else (format_percent(match.score),)
+        rows.append((str(rank), *score, _clip(p.name, 40), _clip(p.category, 20), p.id))
     if response.score_kind == "match":  # what each photo result's score is made of
         rows = [(*row, "why" if i == 0 else signals_text(m))
                 for i, (row, m) in enumerate(zip(rows, [None, *response.results], strict=True))]
+    elif any(m.matched_fields for m in response.results):  # words: where they were found
+        rows = [(*row, "matched in" if i == 0 else ", ".join(m.matched_fields))
+                for i, (row, m) in enumerate(zip(rows, [None, *response.results], strict=True))]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = 1 if words_alone else 2  # the rank and the score line up on the right
     lines = [
-        "  ".join(cell.rjust(w) if i < 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+        "  ".join(cell.rjust(w) if i < right else cell.ljust(w)
+                  for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
         for row in rows
     ]
     return head + "\n" + "\n".join(lines)

@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -118,6 +117,7 @@ class Matcher:
         self._lock = threading.RLock()
         self._batch_setting: bool | str = False
         self._query_embedder = None  # vpm.batching.QueryEmbedder, when concurrent queries are batched
+        self._words = None  # vpm.word_search.WordSearch, made on the first words search (searching.words_index)
 
     # ------------------------------------------------------------------------------------------ parts
 
@@ -816,15 +816,15 @@ class Matcher:
         left out. Nothing is embedded, so it works with every model, offline included. Scores are cosines."""
         return searching.similar(self, product_id, top_k=top_k, threshold=threshold, categories=categories)
 
-    def search_text(
-        self, text: str, *, top_k: int = 10, threshold: float | None = None, categories: Iterable[str] | None = None,
-    ) -> SearchResponse:
-        threshold = self._resolve_threshold(threshold, "text")
-        started = time.perf_counter()
-        vector = self.embed_query_text(text)
-        took_ms = (time.perf_counter() - started) * 1000
-        return searching.rank_many(self, np.atleast_2d(vector), [text], top_k, threshold, categories, [took_ms],
-                                   kind="text")[0]
+    def search_text(self, text: str, **options: Any) -> SearchResponse:
+        """Search by words: the words index alone with a model that reads photos only, CLIP fused with it otherwise
+        (options: top_k, threshold, categories, vector, took_ms, exclude; see searching.search_text)."""
+        return searching.search_text(self, text, **options)
+
+    @property
+    def words(self):
+        """The catalog's words index (vpm/word_search.py), made on first use."""
+        return searching.words_index(self)
 
     # ----------------------------------------------------------------------------------------- index
 

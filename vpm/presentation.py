@@ -333,8 +333,8 @@ def why_caption(inliers: int) -> str:
 
 
 def query_hint(words: bool) -> str:
-    """The Search page's hint before a query: only the ways to search that work with the model that runs (no
-    "describe the product" when it reads photos only)."""
+    """The Search page's hint before a query: the ways to search that work with the model that runs (a model that
+    reads photos only still finds products by the words in their names and package text)."""
     if words:
         return "Upload a photo, take one, paste an image link or describe the product to see matches."
-    return "Upload a photo, take one or paste an image link to see matches."
+    return "Upload a photo, take one, paste an image link or type the product's name to see matches."

@@ -183,7 +183,8 @@ def make(matcher: Matcher, photos: Sequence[EmbeddedQuery] = (), *, text: str | 
          text_weight: float | None = None, not_ids: Iterable[str] = (), negative_weight: float | None = None,
          strict: bool = True) -> Mix:
     """A query of these photos, words and rejected products. Words beside a photo with a model that reads photos
-    only are left out, and `notice` says so; words alone raise EmbeddingError, as a words search does. A rejected
+    only are left out, and `notice` says so; words alone with such a model are searched for in the catalog's
+    words (vpm/word_search.py), so they get no vector. A rejected
     id that is not in the catalog is refused (InvalidRequest) when `strict`, else dropped (deleted since)."""
     started = time.perf_counter()
     text_weight = check_weight(text_weight, "the words' weight", TEXT_WEIGHT)
@@ -197,8 +198,8 @@ def make(matcher: Matcher, photos: Sequence[EmbeddedQuery] = (), *, text: str | 
     if words is not None:
         if photos and (notice := refine_unavailable(matcher)):
             words = None
-        else:
-            text_vector = _texts.vector(matcher, words)
+        elif photos or matcher.text_search_unavailable() is None:
+            text_vector = _texts.vector(matcher, words)  # words alone, no model reading them: the words index
     products = matcher.catalog.get_many(list(ids)) if ids else {}
     missing = [i for i in ids if i not in products]
     if missing and strict:
@@ -249,16 +250,25 @@ _texts = _TextVectors(_TEXT_CACHE)
 def rank(matcher: Matcher, mix: Mix, *, top_k: int = 10, threshold: float | None = None,
          categories: Iterable[str] | None = None, rerank: bool | None = None) -> MixedResponse:
     """Rank the catalog against the mix's one vector (`Matcher.rank`: no threshold when None), leaving its
-    rejected products out."""
+    rejected products out. Words alone are a words search (vpm.searching.search_text: fused with CLIP, the
+    rejected looks subtracted from its vector; the words index alone without a model that reads them)."""
     first = mix.photos[0] if mix.photos else None
     read_text = None
     if first is not None and first.image is not None:
         read_text = matcher.query_text_reader(first.image, first.label, first.box)
-    response = matcher.rank(
-        mix.vector(), top_k=top_k, threshold=threshold, categories=categories, query=mix.label, took_ms=mix.embed_ms,
-        features=None if first is None else first.features, rerank=rerank, box=None if first is None else first.box,
-        kind=mix.kind, read_text=read_text, exclude=mix.not_ids,
-    )
+    if first is None and mix.text is not None:
+        from .searching import search_text
+
+        response = search_text(matcher, mix.text, top_k=top_k, threshold=threshold, categories=categories,
+                               vector=None if mix.text_vector is None else mix.vector(), took_ms=mix.embed_ms,
+                               exclude=mix.not_ids)
+        response = dataclasses.replace(response, query=mix.label)
+    else:
+        response = matcher.rank(
+            mix.vector(), top_k=top_k, threshold=threshold, categories=categories, query=mix.label,
+            took_ms=mix.embed_ms, features=None if first is None else first.features, rerank=rerank,
+            box=None if first is None else first.box, kind=mix.kind, read_text=read_text, exclude=mix.not_ids,
+        )
     return MixedResponse(
         **{f.name: getattr(response, f.name) for f in dataclasses.fields(SearchResponse)},
         photos=tuple(p.label for p in mix.photos),

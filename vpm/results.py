@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -70,9 +71,11 @@ class Match:
     """One search result: a product, its one score, the photo it matched by, and each signal behind the score.
 
     For a photo query `score` is the calibrated probability that this is the right product (vpm/scoring.py), and
-    the list is ordered by it; for words it is the text-image cosine. `similarity` is the image cosine (through the
-    catalog's projection when it has one), `inliers` the keypoints verified on `photo_key`, `text` how alike the
-    package texts read (None: not compared), `reads` the telling words both photos read.
+    the list is ordered by it; for words it is the text-image cosine, or, answered by words alone (no model reads
+    them), the words match relative to the best one (1.0), which ranks and is not shown as a percentage.
+    `similarity` is the image cosine (through the catalog's projection when it has one), `inliers` the keypoints
+    verified on `photo_key`, `text` how alike the package texts read (None: not compared), `reads` the telling
+    words both photos read, `matched_fields` where a words query was found (name, brand, package text...).
     """
 
     product: Product
@@ -84,6 +87,18 @@ class Match:
     similarity: float = float("nan")  # the image cosine behind the score
     text: float | None = None
     reads: tuple[str, ...] = ()
+    matched_fields: tuple[str, ...] = ()
+
+    @property
+    def words_only(self) -> bool:
+        """Found by words with no model reading them: `score` ranks the words match, it is no percentage."""
+        return bool(self.matched_fields) and math.isnan(self.similarity)
+
+    @property
+    def matched_in(self) -> str:
+        """Where a words query was found, for people: "matched in: name, package text" ("" when not by words)."""
+        fields = ", ".join(f.replace("_", " ") for f in self.matched_fields)
+        return f"matched in: {fields}" if fields else ""
 
     def as_dict(self) -> dict[str, Any]:
         p = self.product
@@ -91,8 +106,10 @@ class Match:
             "id": p.id, "name": p.name, "category": p.category, "price": p.price, "score": round(self.score, 6),
             "matched_image": self.photo_key, "image_url": self.image_url, "thumbnail_url": self.thumbnail_url,
             "photo_count": len(p.photos), "verified_matches": self.inliers,
-            "signals": {"image": round(self.similarity, 6), "keypoints": self.inliers,
-                        "text": None if self.text is None else round(self.text, 4), "reads": list(self.reads)},
+            "signals": {"image": None if math.isnan(self.similarity) else round(self.similarity, 6),
+                        "keypoints": self.inliers, "text": None if self.text is None else round(self.text, 4),
+                        "reads": list(self.reads)},
+            "matched_fields": list(self.matched_fields),
         }
 
 
@@ -107,10 +124,12 @@ class SearchResponse:
     verified: bool = False  # whether the top candidates were verified by local features (re-ranking)
     reranked: bool = False  # whether the signals changed the order the plain cosine gave
     box: Box | None = None  # the region of the query photo searched with
-    score_kind: Literal["match", "similarity"] = "similarity"  # match: calibrated (photos); similarity: cosine (words)
+    # match: calibrated (photos); similarity: cosine (words with CLIP); words: words alone, a relative words score
+    score_kind: Literal["match", "similarity", "words"] = "similarity"
     best_match: Match | None = None  # the best result ignoring the threshold (to name it when nothing passes)
     calibration: str = ""  # where the score's curve comes from, for people
     text_read: bool = False  # whether the query photo's package text was read and compared
+    answered_by: str = ""  # for a words query, what answered it (vpm.word_search.answered_by), for people
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +145,7 @@ class SearchResponse:
             "score_kind": self.score_kind,
             "calibration": self.calibration,
             "package_text": self.text_read,
+            "answered_by": self.answered_by or None,
             "best_match": None if self.best_match is None else self.best_match.as_dict(),
         }
 

@@ -7,6 +7,7 @@ these functions; they take the Matcher, so every part (model, index, catalog, st
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .matcher import Matcher
+
+log = logging.getLogger(__name__)
 
 # A search asks the index for a few more products than shown: a vector written just before its product row
 # (an add in flight) or left by an add that never landed is skipped without leaving the page short.
@@ -235,3 +238,128 @@ def text_reader(picture: Image.Image) -> Callable[[], str]:
         return read["text"]
 
     return reader
+
+
+# ------------------------------------------------------------------------------------------------ words
+
+CLIP_ONLY = "CLIP"  # "answered by", when the words index cannot answer beside CLIP (a catalog too big for it)
+# Said on the Search page's Words tab when the model reads photos only: what words are looked up in instead.
+WORDS_NOTE = ("this model reads photos only: words are looked up in product names, brands, descriptions, categories "
+              "and package text")
+NO_WORDS_MATCH = ("no product's name, brand, description, category or package text has these words (or near "
+                  "spellings of them): try fewer or other words, or search with a photo")
+
+
+def words_index(matcher: Matcher):
+    """The catalog's words index (vpm/word_search.py), made on first use. Package text comes from the text table
+    once it exists: a search never creates it."""
+    if matcher._words is None:
+        with matcher._lock:
+            if matcher._words is None:
+                from .word_search import WordSearch
+
+                matcher._words = WordSearch(
+                    matcher.catalog, texts_from=lambda: matcher.texts if matcher.has_text_table() else None)
+    return matcher._words
+
+
+def words_note(matcher: Matcher) -> str | None:
+    """The Words tab's one line when no model reads words (they are looked up in the catalog's text); None with
+    CLIP."""
+    return None if matcher.text_search_unavailable() is None else WORDS_NOTE
+
+
+def search_text(
+    matcher: Matcher, text: str, *, top_k: int = 10, threshold: float | None = None,
+    categories: Iterable[str] | None = None, vector: np.ndarray | None = None, took_ms: float = 0.0,
+    exclude: Iterable[str] = (),
+) -> SearchResponse:
+    """Search by words. With a model that reads photos only, the words index answers alone (no threshold: its
+    scores rank, they are no percentage). With CLIP, CLIP's ranking (of `vector`, the words' embedding unless
+    given) and the words ranking are fused (vpm.word_search.fuse), so a product's own name always finds it; a
+    product is shown when CLIP's cosine passes `threshold` (None: the model's default) or its words matched.
+    The products in `exclude` are left out."""
+    from .word_search import FUSE_DEPTH, answered_by
+
+    if top_k < 1:
+        raise InvalidRequest(f"top_k must be at least 1 (got {top_k})")
+    exclude = frozenset(exclude)
+    if matcher.text_search_unavailable() is not None:
+        return _words_alone(matcher, text, top_k, categories, exclude)
+    threshold = matcher._resolve_threshold(threshold, "text")
+    if vector is None:
+        started = time.perf_counter()
+        vector = matcher.embed_query_text(text)  # an empty text: EmbeddingError, as before
+        took_ms = (time.perf_counter() - started) * 1000
+    depth = max(top_k, FUSE_DEPTH)
+    clip = rank_many(matcher, np.atleast_2d(vector), [text.strip()], depth, None, categories, [took_ms], kind="text",
+                     exclude=exclude)[0]
+    started = time.perf_counter()
+    hits = _word_hits(matcher, text, depth, categories, exclude)
+    if hits is None:  # the words index cannot answer: CLIP alone, as before words search existed
+        shown = [m for m in clip.results if m.score >= threshold - 1e-9][:top_k]
+        return dataclasses.replace(clip, results=shown, threshold=threshold, answered_by=CLIP_ONLY)
+    from .word_search import fuse
+
+    by_clip = {m.product.id: m for m in clip.results}
+    fused = fuse(list(by_clip), hits)
+    extra = _clip_scored(matcher, vector, [f.product_id for f in fused if f.product_id not in by_clip])
+    matches = []
+    for f in fused:
+        match = by_clip.get(f.product_id) or extra.get(f.product_id)
+        if match is not None:
+            matches.append(dataclasses.replace(match, matched_fields=f.word.fields if f.word else ()))
+    best = matches[0] if matches else None
+    shown = [m for m in matches if m.matched_fields or m.score >= threshold - 1e-9][:top_k]
+    took = clip.took_ms + (time.perf_counter() - started) * 1000
+    return dataclasses.replace(
+        clip, took_ms=took, results=[m if m.image_url else with_urls(matcher, m) for m in shown],
+        best_score=None if best is None else best.score, threshold=threshold, best_match=best,
+        answered_by=answered_by(True))
+
+
+def _word_hits(matcher: Matcher, text: str, k: int, categories, exclude: frozenset[str]):
+    """The words ranking beside CLIP's, without the excluded products; None when the words index cannot answer
+    (a query with no usable word, a catalog too big for it): CLIP then answers alone."""
+    from .word_search import CatalogTooBigForWords
+
+    try:
+        hits = words_index(matcher).search(text, k + len(exclude), categories)
+    except (InvalidRequest, CatalogTooBigForWords) as err:
+        log.info("words search left out beside CLIP: %s", err)
+        return None
+    return [h for h in hits if h.product_id not in exclude]
+
+
+def _clip_scored(matcher: Matcher, vector: np.ndarray, product_ids: Sequence[str]) -> dict[str, Match]:
+    """Products found by words only, scored by CLIP like the rest: their best photo's cosine with the query."""
+    if not product_ids:
+        return {}
+    products = matcher.catalog.get_many(list(product_ids))
+    stored = matcher.vectors.vectors_for_keys([p.key for product in products.values() for p in product.photos])
+    query = vector / max(float(np.linalg.norm(vector)), 1e-12)
+    found = {}
+    for product_id, product in products.items():
+        cosines = [(float(np.dot(query, stored[p.key]) / max(float(np.linalg.norm(stored[p.key])), 1e-12)), p.key)
+                   for p in product.photos if p.key in stored]
+        if cosines:
+            cosine, key = max(cosines)
+            found[product_id] = Match(product, cosine, key, None, None, similarity=cosine)
+    return found
+
+
+def _words_alone(matcher: Matcher, text: str, top_k: int, categories, exclude: frozenset[str]) -> SearchResponse:
+    from .word_search import answered_by
+
+    started = time.perf_counter()
+    hits = [h for h in words_index(matcher).search(text, top_k + len(exclude), categories)
+            if h.product_id not in exclude][:top_k]
+    products = matcher.catalog.get_many([h.product_id for h in hits])
+    top = hits[0].score if hits and hits[0].score > 0 else 1.0
+    matches = [with_urls(matcher, Match(products[h.product_id], h.score / top, products[h.product_id].photos[0].key,
+                                        None, None, matched_fields=h.fields))
+               for h in hits if h.product_id in products and products[h.product_id].photos]
+    took = (time.perf_counter() - started) * 1000
+    first = matches[0] if matches else None
+    return SearchResponse(matcher.embedder.model_id, took, matches, None if first is None else first.score,
+                          text.strip(), None, score_kind="words", best_match=first, answered_by=answered_by(False))

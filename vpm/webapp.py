@@ -368,7 +368,9 @@ def product_card(item: Any) -> None:
     st.caption(" · ".join(details))
     if product.description:
         st.caption(plain(first_line(product.description)))
-    if score is not None:
+    if getattr(item, "matched_in", ""):  # a words search: where its words were found
+        st.caption(plain(item.matched_in))
+    if score is not None and not getattr(item, "words_only", False):  # words alone rank, they are no percentage
         st.progress(score_percent(score), text=f"{format_percent(score)} match")
         if len(product.photos) > 1:
             number = next((i for i, p in enumerate(product.photos, 1) if p.key == photo_key), 1)

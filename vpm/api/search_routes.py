@@ -32,7 +32,10 @@ class SearchQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     image_url: str | None = Field(None, max_length=8192, description="http(s) URL of a photo to search with")
-    text: str | None = Field(None, max_length=1000, description="a description to search with (CLIP models)")
+    text: str | None = Field(
+        None, max_length=1000,
+        description="words to search with: with CLIP fused with a search of the products' names, brands and package "
+                    "text (`answered_by` says which answered); with a model that reads photos only, that search alone")
     top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="at most this many products")
     threshold: float | None = Field(
         None, allow_inf_nan=False,
