@@ -6,9 +6,10 @@ preview the person saw, and allows Migrate only while the settings still match t
 
 import streamlit as st
 
-from vpm import webapp
+from vpm import capacity, webapp
 from vpm.config import ConfigError, load_settings, redact_url
 from vpm.costs import CatalogSize, PriceError, Traffic, estimate, format_usd
+from vpm.errors import VpmError
 from vpm.health import overall
 from vpm.migration import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, Migration, catalog_size, plan_fingerprint
 from vpm.migration.report import plan_cost_line, plan_vectors_line, report_vectors_line
@@ -330,3 +331,48 @@ with costs_tab:
             st.caption(f"{format_quantity(row['quantity'], row['unit'])} · {plain(row['note'])}")
     prices = result.prices
     st.caption(f"List prices for {prices.region} as of {prices.as_of.isoformat()} ({prices.source}).")
+
+    # ------------------------------------------------------------------------------- the whole system at a size
+    st.subheader("The whole system at a size you choose")
+    st.caption("The bucket, the CDN, the search replicas, a full re-embed and an index build for a catalog of the size "
+               "you type, from unit costs measured on this project's benches (docs/scaling.md); the searches and "
+               "display choices above apply.")
+    typed = st.text_input("Products", placeholder="e.g. 250000, 10M or 1B", key="system_products")
+    cols = st.columns(3)
+    photos_each = cols[0].number_input("Photos per product", min_value=1, max_value=capacity.MAX_PHOTOS_PER_PRODUCT,
+                                       value=1, step=1)
+    replicas = cols[1].number_input("Search replicas (0: as the load needs)", min_value=0,
+                                    max_value=capacity.MAX_REPLICAS, value=0, step=1)
+    workers = cols[2].number_input("Workers for a re-embed", min_value=1, max_value=capacity.MAX_WORKERS, value=10,
+                                   step=1)
+    if typed.strip():
+        try:
+            system = capacity.system_estimate(capacity.size_from_text(
+                typed, photos_per_product=int(photos_each), searches_per_month=int(searches),
+                replicas=int(replicas) or None, workers=int(workers), images_per_search=int(per_search),
+                use_cdn=use_cdn, serve_thumbnails=shown == "thumbnails"))
+        except VpmError as err:
+            webapp.show_error(err)
+        else:
+            size = system.size
+            st.markdown(f"**{size.products:,} products**, {size.photos:,} photos, "
+                        f"{size.searches_per_month:,} searches a month.")
+            cols = st.columns(2)
+            cols[0].metric("Whole system, every month", format_usd(system.bill.monthly_total), border=True,
+                           help="bucket storage and requests, image views, search replicas")
+            cols[1].metric("Whole system, once", format_usd(system.bill.one_time_total), border=True,
+                           help="the first upload, a full re-embed and an index build")
+            with st.container(border=True, gap="small", key="system_lines"):
+                for row in system.bill.rows():
+                    st.markdown(f"**{plain(row['item'])}** · {format_usd(row['usd'])} {row['kind']}")
+                    st.caption(f"{format_quantity(row['quantity'], row['unit'])} · {plain(row['note'])}")
+            with st.container(border=True, gap="small", key="system_figures"):
+                for figure in system.figures:
+                    st.markdown(f"**{plain(figure.what)}**: {plain(figure.text)}")
+                    st.caption(f"{figure.basis}: {plain(figure.how)}")
+            for limit in system.limits:
+                st.warning(plain(f"Breaks at this size: {limit.part} ({limit.why}). What replaces it: "
+                                 f"{limit.replacement}."), icon=":material/construction:")
+            prices = system.bill.prices
+            st.caption(f"Compute prices for {prices.region} as of {prices.compute_as_of.isoformat()} "
+                       f"({prices.compute_source}).")

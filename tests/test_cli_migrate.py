@@ -243,6 +243,75 @@ def test_costs_rejects_a_negative_count(local_catalog, capsys):
     assert "must be 0 or more" in capsys.readouterr().err
 
 
+def test_costs_of_the_whole_system_at_a_size_nobody_has_run(local_catalog, capsys):
+    """--products sizes the system from the measured unit costs, not from the catalog on disk (here: 2 products)."""
+    from vpm.capacity import SystemSize, system_estimate
+
+    local_catalog.add(2)
+    code, out, _ = run(capsys, "costs", "--json", "--products", "10M", "--photos-per-product", "3",
+                       "--searches-per-month", "2,000,000", "--replicas", "4", "--workers", "20", "--cdn")
+    doc = json.loads(out)
+    assert code == 0
+    assert doc["size"]["products"] == 10_000_000 and doc["size"]["photos"] == 30_000_000
+    assert doc["catalog"]["images"] == 30_000_000  # the size asked for, not the 2 products on disk
+    expected = system_estimate(SystemSize(products=10_000_000, photos_per_product=3, searches_per_month=2_000_000,
+                                          replicas=4, workers=20, use_cdn=True))
+    assert doc["monthly_total"] == pytest.approx(expected.bill.monthly_total)
+    assert doc["one_time_total"] == pytest.approx(expected.bill.one_time_total)
+    items = {line["item"]: line for line in doc["monthly"] + doc["one_time"]}
+    assert items["Search replicas: c7i.large (2 vCPU, 4 GiB)"]["quantity"] == 4 * 730
+    assert {"Full re-embed: compute", "Index build: compute", "CloudFront data transfer out"} <= set(items)
+    assert {u["basis"] for u in doc["units"]} == {"measured", "derived", "not measured"}
+
+
+def test_costs_text_for_a_size_says_how_each_figure_was_reached(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VPM_DATA_DIR", str(tmp_path))
+    code, out, _ = run(capsys, "costs", "--products", "1000000")
+    assert code == 0
+    assert "The whole system: 1,000,000 products x 1 photo(s)" in out
+    assert "[measured]" in out and "[extrapolated]" in out and "not measured" in out
+    assert "What breaks at this size" in out and "Full re-embed: compute" in out
+    assert "Catalog in" not in out  # the active catalog is not what was asked about
+
+
+def test_costs_at_several_sizes_prints_the_table_docs_scaling_shows(tmp_path, monkeypatch, capsys):
+    from vpm import capacity
+
+    monkeypatch.setenv("VPM_DATA_DIR", str(tmp_path))
+    code, out, _ = run(capsys, "costs", "--products", "1M", "10M", "100M", "1B", "--searches-per-month", "10M",
+                       "--cdn")
+    assert code == 0
+    assert capacity.DOC_ASSUMPTIONS == {"searches_per_month": 10_000_000, "workers": 10, "use_cdn": True}
+    assert out == capacity.comparison_markdown(capacity.DOC_SIZES, **capacity.DOC_ASSUMPTIONS) + "\n"
+    assert out.rstrip("\n") in (REPO / "docs" / "scaling.md").read_text()
+    code, out, _ = run(capsys, "costs", "--json", "--products", "1M", "2M")
+    assert [size["size"]["products"] for size in json.loads(out)["sizes"]] == [1_000_000, 2_000_000]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--products", "abc"], "'abc' is not a number; write a whole number such as 250000"),
+    (["--products", "-3"], "products must be at least 1, got -3"),
+    (["--products", "0"], "products must be at least 1, got 0"),
+    (["--products", "1e30"], "1e30 is more than this model covers"),
+    (["--products", "1M", "--photos-per-product", "2.5"], "photos per product must be a whole number"),
+    (["--products", "1M", "--replicas", "0"], "replicas must be at least 1"),
+    (["--products", "1M", "--searches-per-month", "lots"], "'lots' is not a number"),
+])
+def test_costs_refuses_a_size_it_cannot_use(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.setenv("VPM_DATA_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as exc:
+        main(["costs", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_costs_size_flags_need_products(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VPM_DATA_DIR", str(tmp_path))
+    code, out, err = run(capsys, "costs", "--photos-per-product", "3", "--replicas", "2")
+    assert code == 2 and out == ""
+    assert "--photos-per-product, --replicas size the whole system: give --products N too" in err
+
+
 # ------------------------------------------------------------------------- real processes, moto over HTTP
 
 

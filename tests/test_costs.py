@@ -48,6 +48,15 @@ def test_default_prices_are_dated_and_match_the_s3_pricing_page():
     assert (p.cdn_per_gb, p.cdn_free_gb, p.cdn_free_requests, p.cdn_per_10k_requests) == (0.085, 1024, 10_000_000, 0.01)
 
 
+def test_compute_prices_are_dated_and_name_their_instances():
+    """The whole bill's replicas, re-embed and index build: EC2 On-Demand, Linux, us-east-1, on their own date."""
+    p = DEFAULT_PRICES
+    assert isinstance(p.compute_as_of, date) and "EC2" in p.compute_source and "us-east-1" in p.compute_source
+    assert p.cpu_instance.startswith("c7i.large") and (p.cpu_instance_vcpus, p.cpu_instance_memory_gb) == (2, 4)
+    assert p.cpu_per_hour == 0.08925
+    assert p.gpu_instance.startswith("g5.xlarge") and p.gpu_per_hour == 1.006
+
+
 @pytest.mark.parametrize(
     "gb, usd",
     [
@@ -113,6 +122,11 @@ def test_price_table_round_trips_through_json():
         ({"put_per_1000": -0.005}, "PriceTable.put_per_1000 must be a number >= 0"),
         ({"cdn_free_requests": 1.5}, "cdn_free_requests must be a whole number"),
         ({"as_of": "last tuesday"}, "as_of must be a date"),
+        ({"compute_as_of": "2026-13-01"}, "compute_as_of must be a date"),
+        ({"cpu_per_hour": -0.1}, "PriceTable.cpu_per_hour must be a number >= 0"),
+        ({"gpu_per_hour": "cheap"}, "PriceTable.gpu_per_hour must be a number >= 0"),
+        ({"cpu_instance_vcpus": 0}, "cpu_instance_vcpus must be at least 1"),
+        ({"cpu_instance": " "}, "cpu_instance must be a non-empty text"),
         ({"surprise": 1}, "unknown field.*surprise"),
     ],
 )
@@ -126,6 +140,10 @@ def test_price_table_from_dict_requires_every_price():
     del data["get_per_1000"], data["as_of"]
     with pytest.raises(PriceError, match="missing field.*as_of, get_per_1000"):
         PriceTable.from_dict(data)
+    older = DEFAULT_PRICES.as_dict()
+    del older["cpu_per_hour"], older["compute_as_of"]  # a table saved before compute was priced
+    with pytest.raises(PriceError, match="missing field.*compute_as_of, cpu_per_hour"):
+        PriceTable.from_dict(older)
 
 
 # ---------------------------------------------------------------------------------------------- catalog

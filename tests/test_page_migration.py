@@ -292,3 +292,43 @@ def test_the_cost_panel_says_what_the_files_beside_the_photos_are(seeded):
     notes = pagetools.shown(" ".join(c.value for c in at.caption))
     assert "products.json" not in notes, notes
     assert "LanceDB tables (products, vectors, keypoints, package text)" in notes
+
+
+def system_metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric if m.label.startswith("Whole system")}
+
+
+def test_the_whole_system_at_a_typed_size_matches_the_command(seeded):
+    """The page shows what `vpm costs --products 10M ...` prints, for the size and assumptions on the page."""
+    from vpm.capacity import SystemSize, system_estimate
+    from vpm.costs import format_usd
+
+    at = run_page()
+    assert system_metrics(at) == {}  # nothing typed: nothing estimated
+    text_input(at, "Products").input("10M").run()
+    next(n for n in at.number_input if n.label == "Photos per product").set_value(3).run()
+    next(n for n in at.number_input if n.label == "Searches a month").set_value(2_000_000).run()
+    assert not at.exception and not at.error
+    expected = system_estimate(SystemSize(products=10_000_000, photos_per_product=3, searches_per_month=2_000_000))
+    assert system_metrics(at) == {"Whole system, every month": format_usd(expected.bill.monthly_total),
+                                  "Whole system, once": format_usd(expected.bill.one_time_total)}
+    shown = texts(at)
+    assert "**10,000,000 products**, 30,000,000 photos" in shown
+    assert "**Full re-embed: compute** · $" in shown and "**Search replicas: c7i.large" in shown
+    assert "not measured" in shown and "extrapolated" in shown  # each figure says how it was reached
+    assert any("Breaks at this size" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("typed, message", [
+    ("lots", "Products: 'lots' is not a number"),
+    ("-5", "Products must be at least 1, got -5"),
+    ("1e30", "Products: 1e30 is more than this model covers"),
+])
+def test_a_size_the_model_cannot_use_gets_a_clear_message(seeded, typed, message):
+    at = run_page()
+    text_input(at, "Products").input(typed).run()
+    assert not at.exception
+    errors = [pagetools.shown(e.value) for e in at.error]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert system_metrics(at) == {}
+    assert {m.label for m in at.metric} >= {"Migration, once", "Every month"}  # the catalog's own estimate stays

@@ -1,4 +1,5 @@
-"""`python -m vpm migrate` (local catalog -> S3) and `python -m vpm costs` (what the catalog costs on S3)."""
+"""`python -m vpm migrate` (local catalog -> S3) and `python -m vpm costs` (what the catalog costs on S3, or with
+--products the whole system at a size: vpm.capacity)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,46 @@ def register(sub, command) -> None:
                    help="replace bucket objects and products that differ from the local ones (default: report them)")
     p.add_argument("--workers", type=_workers, default=8, help="concurrent uploads (1-32, default 8)")
 
-    p = command("costs", cmd_costs, "estimate what the active catalog costs on S3 (one-time and monthly)")
-    p.add_argument("--searches", type=non_negative, default=1000, metavar="N", help="searches a month (default 1000)")
+    p = command("costs", cmd_costs, "estimate what the active catalog costs on S3 (one-time and monthly); with "
+                                    "--products, the whole system at that size (capacity model, docs/scaling.md)")
+    p.add_argument("--searches", "--searches-per-month", dest="searches", default=1000, metavar="N",
+                   type=_count("searches a month", 0, "MAX_SEARCHES"), help="searches a month (default 1000)")
     p.add_argument("--images-per-search", type=non_negative, default=10, metavar="N",
                    help="result images shown per search (default 10)")
     p.add_argument("--cdn", action="store_true", help="serve images through CloudFront")
     p.add_argument("--originals", action="store_true", help="results show the originals, not thumbnails")
+    size = p.add_argument_group("the whole system at a size nobody has run yet")
+    size.add_argument("--products", type=_count("products", 1, "MAX_PRODUCTS"), metavar="N", nargs="+",
+                      help="products, e.g. 250000, 10M or 1B: bucket, CDN, search replicas, a re-embed and an "
+                           "index build at that size, from measured unit costs (default: the active catalog); "
+                           "several sizes print one table comparing them (docs/scaling.md's)")
+    for flag, name, limit, what in _SIZE_FLAGS[1:]:
+        size.add_argument(flag, type=_count(name, 1, limit), metavar="N", help=what)
+
+
+# The whole-system flags: (flag, name in messages, the capacity module's maximum, help). All need --products.
+_SIZE_FLAGS = (
+    ("--products", "products", "MAX_PRODUCTS", ""),
+    ("--photos-per-product", "photos per product", "MAX_PHOTOS_PER_PRODUCT", "photos of each product (default 1)"),
+    ("--replicas", "replicas", "MAX_REPLICAS", "search replicas always on (default: as many as the load needs)"),
+    ("--workers", "workers", "MAX_WORKERS", "machines a re-embed and an index build run on (default 10)"),
+    ("--photo-bytes", "photo bytes", "MAX_PHOTO_BYTES",
+     "average bytes of a photo (default: measured on the sample photos, 26,530; a shop's are often larger)"),
+)
+
+
+def _count(name: str, minimum: int, limit: str):
+    """An argparse type for a count as people type it (250000, 250,000, 10M, 1B), within the capacity model."""
+
+    def parse(text: str) -> int:
+        from . import capacity
+
+        try:
+            return capacity.parse_count(text, name, minimum=minimum, maximum=getattr(capacity, limit))
+        except capacity.CapacityError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
 
 
 def _workers(text: str) -> int:
@@ -111,6 +146,13 @@ def _check_line(c) -> str:
 
 
 def cmd_costs(args) -> int:
+    if args.products is not None:
+        return _system_costs(args)
+    given = [flag for flag, *_ in _SIZE_FLAGS[1:] if getattr(args, flag[2:].replace("-", "_")) is not None]
+    if given:
+        print(f"error: {', '.join(given)} size the whole system: give --products N too (e.g. --products 10M)",
+              file=sys.stderr)
+        return EXIT_USAGE
     from .costs import Traffic, estimate
     from .migration import catalog_size
     from .storage import make_storage
@@ -124,4 +166,20 @@ def cmd_costs(args) -> int:
     header = (f"Catalog in {storage.description}: {size.images:,} images, {size.thumbnails:,} thumbnails, "
               f"{size.metadata_text()}; {size.bytes:,} bytes in all\n")
     emit(args, {"storage": storage.description, **result.as_dict()}, header + result.as_text())
+    return EXIT_OK
+
+
+def _system_costs(args) -> int:
+    """The whole system at --products N: the capacity model's figures and the bill (vpm.capacity); at several
+    sizes, the table comparing them."""
+    from .capacity import SystemSize, comparison_markdown, system_estimate
+
+    assumptions = {"photos_per_product": args.photos_per_product or 1, "searches_per_month": args.searches,
+                   "replicas": args.replicas, "workers": args.workers or 10, "images_per_search": args.images_per_search,
+                   "use_cdn": args.cdn, "serve_thumbnails": not args.originals, "photo_bytes": args.photo_bytes}
+    results = [system_estimate(SystemSize(products=n, **assumptions)) for n in args.products]
+    if len(results) == 1:
+        emit(args, results[0].as_dict(), results[0].as_text())
+    else:
+        emit(args, {"sizes": [r.as_dict() for r in results]}, comparison_markdown(tuple(args.products), **assumptions))
     return EXIT_OK

@@ -1,5 +1,7 @@
 """What the catalog costs on S3 (and CloudFront): a dated, editable price table and a pure estimator.
 
+The table also holds the compute prices (an on-demand CPU and GPU instance an hour) that the whole system's bill
+(vpm.capacity) uses for search replicas, a re-embed and an index build.
 Units: 1 GB = 1024**3 bytes and 1 TB = 1024 GB, which is how AWS bills "GB". Money is USD.
 `unit_price` on a line is the list price of the rate that applies (for tiered storage: the highest tier
 reached); `usd` is the amount after tiers and free allowances, so it can be less than quantity x unit_price.
@@ -54,11 +56,25 @@ class PriceTable:
     # The transfer and CDN rates above hold up to this many GB a month; AWS charges less per GB beyond it,
     # so larger volumes are over-estimated (and the line says so).
     transfer_rate_upto_gb: float = 10 * GB_PER_TB
+    # Compute (EC2 On-Demand, Linux), read on their own date: the search replicas, a re-embed, an index build.
+    # The CPU instance is the size of the 2-core machine every per-photo and per-search time was measured on.
+    compute_as_of: date
+    compute_source: str
+    cpu_instance: str
+    cpu_instance_vcpus: int
+    cpu_instance_memory_gb: float
+    cpu_per_hour: float
+    gpu_instance: str
+    gpu_per_hour: float
 
     def __post_init__(self) -> None:
         owner = "PriceTable"
-        if not isinstance(self.as_of, date):
-            raise PriceError(f"{owner}.as_of must be a date (YYYY-MM-DD), got {self.as_of!r}")
+        for name in ("as_of", "compute_as_of"):
+            if not isinstance(getattr(self, name), date):
+                raise PriceError(f"{owner}.{name} must be a date (YYYY-MM-DD), got {getattr(self, name)!r}")
+        for name in ("source", "compute_source", "cpu_instance", "gpu_instance"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise PriceError(f"{owner}.{name} must be a non-empty text, got {getattr(self, name)!r}")
         tiers = tuple(tuple(t) for t in self.storage_tiers)  # accept lists, e.g. from JSON
         object.__setattr__(self, "storage_tiers", tiers)
         if not tiers:
@@ -81,13 +97,18 @@ class PriceTable:
                 raise PriceError(f"{owner}.storage_tiers upper bounds must increase; {upper!r} follows {lower!r}")
             lower = upper
         for name in ("put_per_1000", "get_per_1000", "transfer_out_per_gb", "transfer_out_free_gb",
-                     "cdn_per_gb", "cdn_free_gb", "cdn_per_10k_requests", "transfer_rate_upto_gb"):
+                     "cdn_per_gb", "cdn_free_gb", "cdn_per_10k_requests", "transfer_rate_upto_gb",
+                     "cpu_instance_memory_gb", "cpu_per_hour", "gpu_per_hour"):
             _check_amount(owner, name, getattr(self, name))
         _check_amount(owner, "cdn_free_requests", self.cdn_free_requests, whole=True)
+        _check_amount(owner, "cpu_instance_vcpus", self.cpu_instance_vcpus, whole=True)
+        if self.cpu_instance_vcpus < 1:
+            raise PriceError(f"{owner}.cpu_instance_vcpus must be at least 1, got {self.cpu_instance_vcpus!r}")
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["as_of"] = self.as_of.isoformat()
+        d["compute_as_of"] = self.compute_as_of.isoformat()
         d["storage_tiers"] = [list(t) for t in self.storage_tiers]
         return d
 
@@ -107,15 +128,18 @@ class PriceTable:
                 f"price table is missing field(s) {', '.join(missing)}; start from DEFAULT_PRICES.as_dict()"
             )
         values = dict(data)
-        if isinstance(values["as_of"], str):
-            try:
-                values["as_of"] = date.fromisoformat(values["as_of"])
-            except ValueError:
-                raise PriceError(f"PriceTable.as_of must be a date (YYYY-MM-DD), got {values['as_of']!r}") from None
+        for name in ("as_of", "compute_as_of"):
+            if isinstance(values[name], str):
+                try:
+                    values[name] = date.fromisoformat(values[name])
+                except ValueError:
+                    raise PriceError(f"PriceTable.{name} must be a date (YYYY-MM-DD), got {values[name]!r}") from None
         return cls(**values)
 
 
-# Prices as stated in our issue for S3 Standard and CloudFront (North America, first 10 TB) in us-east-1.
+# Prices as stated in our issue for S3 Standard and CloudFront (North America, first 10 TB) in us-east-1; compute
+# from EC2 On-Demand (Linux, us-east-1): g5.xlarge as a June 2026 summary of that page quotes it; c7i.large is the
+# list price the family has had since its 2023 launch, not re-read on that date (edit it if AWS changed it).
 DEFAULT_PRICES = PriceTable(
     as_of=date(2026, 11, 1),
     source="Amazon S3 pricing and Amazon CloudFront pricing pages (aws.amazon.com/s3/pricing, /cloudfront/pricing)",
@@ -129,6 +153,16 @@ DEFAULT_PRICES = PriceTable(
     cdn_free_gb=1 * GB_PER_TB,
     cdn_free_requests=10_000_000,
     cdn_per_10k_requests=0.01,
+    compute_as_of=date(2026, 6, 17),
+    compute_source="Amazon EC2 On-Demand pricing, Linux, us-east-1 (aws.amazon.com/ec2/pricing/on-demand); "
+                   "g5.xlarge as quoted for June 2026 by factualminds.com's EC2 On-Demand pricing summary; "
+                   "c7i.large: its list price since 2023, not re-read on that date",
+    cpu_instance="c7i.large (2 vCPU, 4 GiB)",
+    cpu_instance_vcpus=2,
+    cpu_instance_memory_gb=4,
+    cpu_per_hour=0.08925,
+    gpu_instance="g5.xlarge (1 NVIDIA A10G, 4 vCPU, 16 GiB)",
+    gpu_per_hour=1.006,
 )
 
 
@@ -239,7 +273,7 @@ class CostLine:
     price_unit: str  # what unit_price is per: "per 1,000 requests", "per GB"
     usd: float  # after tiers and free allowances
     note: str = ""
-    group: str = "requests"  # the chart's bar: "storage", "requests", "transfer" or "CDN"
+    group: str = "requests"  # the chart's bar: "storage", "requests", "transfer", "CDN" or "compute"
 
 
 @dataclass(frozen=True)
@@ -249,6 +283,7 @@ class Estimate:
     prices: PriceTable
     one_time: tuple[CostLine, ...] = field(default_factory=tuple)
     monthly: tuple[CostLine, ...] = field(default_factory=tuple)
+    one_time_title: str = "One-time (migration)"
 
     @property
     def one_time_total(self) -> float:
@@ -259,7 +294,7 @@ class Estimate:
         return sum(line.usd for line in self.monthly)
 
     def monthly_by_group(self) -> dict[str, float]:
-        """Monthly USD per chart bar (storage, requests, transfer, CDN), in the order the lines come."""
+        """Monthly USD per chart bar (storage, requests, transfer, CDN, compute), in the order the lines come."""
         totals: dict[str, float] = {}
         for line in self.monthly:
             totals[line.group] = totals.get(line.group, 0.0) + line.usd
@@ -288,8 +323,10 @@ class Estimate:
     def as_text(self) -> str:
         """A plain table for the CLI."""
         out = [f"Prices: {self.prices.region}, as of {self.prices.as_of.isoformat()} ({self.prices.source})"]
+        if any(line.group == "compute" for line in self.one_time + self.monthly):
+            out.append(f"Compute: as of {self.prices.compute_as_of.isoformat()} ({self.prices.compute_source})")
         for title, lines, total in (
-            ("One-time (migration)", self.one_time, self.one_time_total),
+            (self.one_time_title, self.one_time, self.one_time_total),
             ("Monthly", self.monthly, self.monthly_total),
         ):
             out += ["", title]
