@@ -45,6 +45,12 @@ def test_each_photo_of_a_product_with_two_photos_is_held_out_and_found(matcher):
     assert report.calibration and sum(b.pairs for b in report.calibration) == 8
     document = report.as_dict()
     assert document["recall@1"] == 1.0 and document["queries"] == 8
+    # Latency: each signal's ranking a query (p50 <= p95), and the model's decoding and embedding of a query photo.
+    assert all(s.p50_ms is not None and 0 <= s.p50_ms <= s.p95_ms for s in report.signals)
+    image_only, keypoints = report.signals[:2]
+    assert keypoints.p50_ms > image_only.p50_ms  # verification is timed on top of the search
+    assert report.embed_photos == 8 and 0 < report.embed_p50_ms <= report.embed_p95_ms
+    assert document["signals"][0]["p95_ms"] is not None and document["embed_p50_ms"] is not None
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -119,6 +125,7 @@ def test_cli_evaluate_prints_the_report_and_json(matcher, capsys):
     assert main(["evaluate", "--no-rerank"]) == 0
     out = capsys.readouterr().out
     assert "recall@1" in out and "held-out photos of 4 products" in out and "Even" in out
+    assert "ranking p50 / p95 ms" in out and "a query photo's decoding and embedding: p50" in out
 
     assert main(["evaluate", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
@@ -133,3 +140,28 @@ def test_cli_evaluate_on_a_catalog_without_second_photos_says_what_to_do(matcher
 
     assert main(["evaluate"]) == 1
     assert "add more photos" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_the_same_photos_are_held_out_whatever_order_the_vectors_are_read_in(matcher):
+    """A comparison gives every model the same photos: the sample, folds and timed photos follow the photos' keys."""
+    seed(matcher, n=6)
+    index = matcher.vector_index(matcher.embedder.model_id)
+
+    class Reversed:  # the same vectors, read in the opposite order
+        model_id, description, dim = index.model_id, index.description, index.dim
+
+        def count(self):
+            return index.count()
+
+        def iter_vectors(self):
+            for keys, products, vectors in reversed(list(index.iter_vectors(batch_size=3))):
+                yield keys[::-1], products[::-1], vectors[::-1]
+
+    one = Evaluation(matcher, max_queries=5)
+    other = Evaluation(matcher, max_queries=5, vectors=Reversed())
+    only = Evaluation(matcher, max_queries=50, only_keys=set(one.photo_keys[:6]))
+
+    assert [one.photo_keys[i] for i in one.queries] == [other.photo_keys[i] for i in other.queries]
+    assert one.run().recall_at_1 == other.run().recall_at_1
+    assert only.photo_keys == one.photo_keys[:6] and only.run().embed_photos == 0  # a fit's evaluation times nothing

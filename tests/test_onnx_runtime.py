@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from vpm import onnx_runtime
+from vpm import onnx_clip, onnx_runtime
 from vpm.embeddings import clear_embedder_cache, load_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,7 +248,7 @@ def test_the_fast_preprocessing_gives_the_processors_pixels(tiny_clip_dir):
     pixels = embedder._onnx.pixels
     assert pixels.fast is not None  # CLIP's processor was recognised
     images = [*onnx_runtime.probe_images(8), Image.new("RGB", (41, 900), (10, 200, 30))]
-    slow = onnx_runtime.ClipPixels(pixels.st_model, None)
+    slow = onnx_clip.ClipPixels(pixels.st_model, None)
     np.testing.assert_allclose(pixels(images), slow(images), atol=1e-4)
 
 

@@ -134,6 +134,33 @@ def test_a_one_shot_search_with_the_built_in_model_imports_no_torch(search_setti
     assert json.loads(out)["results"][0]["id"] == "bag"
 
 
+@pytest.fixture(scope="module")
+def transformers_models(tmp_path_factory) -> dict[str, Path]:
+    """The tiny DINOv2 and SigLIP 2 checkpoints (tests/tiny_clip.py), loaded like real ones through transformers."""
+    from tiny_clip import build_tiny_dinov2, build_tiny_siglip2
+
+    folder = tmp_path_factory.mktemp("models")
+    return {"dinov2": build_tiny_dinov2(folder / "tiny-dinov2"), "siglip2": build_tiny_siglip2(folder / "tiny-siglip2")}
+
+
+@pytest.mark.parametrize("which", ["dinov2", "siglip2"])
+def test_a_one_shot_search_with_a_checked_transformers_export_imports_no_torch(
+    which, transformers_models, search_settings, product_photo, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("VPM_MODEL", str(transformers_models[which]))
+    add_products(product_photo, [("mug", 1), ("bag", 2), ("lamp", 3)])
+    photo = tmp_path / "mug.png"
+    photo.write_bytes(product_photo(1))
+
+    by_photo, out = one_shot("search", str(photo), "--threshold", "0", "--json")
+    assert by_photo == {"code": 0, "imported": []}, out
+    assert json.loads(out)["results"][0]["id"] == "mug"
+    by_words, out = one_shot("search", "--text", "a striped mug", "--threshold", "0", "--json")
+    assert by_words["imported"] == [], out  # whatever answers words, nothing loads torch
+    if which == "siglip2":  # SigLIP 2 reads words: its text tower and tokenizer run without torch too
+        assert by_words["code"] == 0 and "results" in json.loads(out)
+
+
 def test_without_a_checked_export_the_first_start_loads_torch(search_settings, product_photo, tmp_path, own_cache,
                                                               monkeypatch):
     monkeypatch.setenv("VPM_RUNTIME", "torch")  # the catalog's vectors, made without any export

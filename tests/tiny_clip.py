@@ -1,4 +1,4 @@
-"""A tiny, random, deterministic CLIP model built offline, for tests.
+"""Tiny, random, deterministic CLIP, DINOv2 and SigLIP 2 models built offline, for tests.
 
 It is saved as a plain Hugging Face CLIP folder (config, weights, image processor, tokenizer), the same layout
 as a real CLIP checkpoint, so `sentence_transformers.SentenceTransformer(path)` loads it through exactly the
@@ -11,6 +11,8 @@ imported.
 `build_full_clip` makes a full-size CLIP ViT-B/32 the same way (CLIPConfig defaults: 12+12 layers, 224 px input,
 patch 32, projection 512) with random weights and the same byte-level tokenizer: it computes exactly what the real
 one does, so it gives honest speed figures and a real parity test offline. ~500 MB of weights; build it once.
+
+`build_tiny_dinov2` and `build_tiny_siglip2` do the same for the transformers models VPM_MODEL also accepts.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 SEED = 1234
@@ -151,3 +154,99 @@ def build_tiny_clip(dest: Path, *, full: bool = False) -> Path:
             return dest
         raise FileExistsError(f"{dest} already holds other files; build the tiny CLIP elsewhere") from None
     return dest
+
+
+# ------------------------------------------------------------------------------------- DINOv2 and SigLIP 2
+#
+# Tiny random checkpoints saved with `save_pretrained` in the layout of the real ones (`facebook/dinov2-small`;
+# `google/siglip2-base-patch16-224`, which ships as model_type siglip with a Gemma tokenizer), so `VPM_MODEL=<folder>`
+# loads them through exactly the code path a real one takes (vpm/hf_models.py). A few hundred KB each.
+
+HF_SEED = 4321
+
+
+def _tiny_gemma_tokenizer():
+    """A Gemma tokenizer (byte-fallback BPE, as SigLIP 2's) with the special tokens, the lower-case letters, the
+    digits and the 256 byte tokens: anything else it spells out byte by byte."""
+    from transformers import GemmaTokenizer
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for char in "▁abcdefghijklmnopqrstuvwxyz0123456789":
+        vocab.setdefault(char, len(vocab))
+    return GemmaTokenizer(vocab=vocab, merges=[], model_max_length=64)
+
+
+def _build_dinov2(dest: Path) -> None:
+    import torch
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    # Position embeddings for a larger input than the crop, as the real ones (518 px, fed 224 px crops): the model
+    # interpolates them to the crop's grid, and the ONNX export must do the same.
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          image_size=2 * IMAGE_SIZE - 8, patch_size=8)
+    with torch.random.fork_rng():
+        torch.manual_seed(HF_SEED)
+        model = Dinov2Model(config).eval()
+    model.save_pretrained(dest)
+    # The real checkpoints' processor, scaled down: short side 256 -> 40, centre crop 224 -> 32, bicubic, ImageNet.
+    BitImageProcessor(size={"shortest_edge": 40}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                      resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(dest)
+
+
+def _build_siglip2(dest: Path) -> None:
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    tokenizer = _tiny_gemma_tokenizer()
+    config = SiglipConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 64, "pad_token_id": 0, "bos_token_id": 2,
+                     "eos_token_id": 1},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": IMAGE_SIZE, "patch_size": 16},
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(HF_SEED)
+        model = SiglipModel(config).eval()
+    model.save_pretrained(dest)
+    # The real checkpoint's processor, scaled down: a square resize (224 -> 32), bilinear, mean and std 0.5.
+    image_processor = SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, resample=2,
+                                           image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(dest)
+
+
+def _build_atomically(dest: Path, build: Callable[[Path], None]) -> Path:
+    """Build beside `dest` and rename, so parallel or interrupted builds never leave half a model; idempotent."""
+    dest = Path(dest)
+    if (dest / _DONE_MARKER).exists():
+        return dest
+    if dest.is_dir() and any(dest.iterdir()):
+        raise FileExistsError(f"{dest} already holds other files; build the tiny model in a new folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        build(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    (staging / _DONE_MARKER).write_text("ok\n", encoding="utf-8")
+    try:
+        os.replace(staging, dest)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if (dest / _DONE_MARKER).exists():  # another build finished first
+            return dest
+        raise
+    return dest
+
+
+def build_tiny_dinov2(dest: Path) -> Path:
+    """A tiny random DINOv2 (hidden size 32, 2 layers, patch 8, 32 px crops of a 56 px grid) at `dest`."""
+    return _build_atomically(dest, _build_dinov2)
+
+
+def build_tiny_siglip2(dest: Path) -> Path:
+    """A tiny random SigLIP 2 (fixed resolution: model_type siglip, Gemma tokenizer, 64 text positions) at `dest`."""
+    return _build_atomically(dest, _build_siglip2)

@@ -1,7 +1,9 @@
 """`python -m vpm evaluate`: how good is matching on this catalog (vpm/evaluate.py); reads only.
 
 Each photo of a product with two or more photos is held out and searched with; a progress bar goes to stderr and
-Ctrl-C stops early with a report of what was done (marked as stopped).
+Ctrl-C stops early with a report of what was done (marked as stopped). `--model A --model B` evaluates each model on
+the same photos and prints them side by side (vpm/model_compare.py): a model other than the catalog's embeds the
+photos into a temporary folder, never into the catalog.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ def register(sub, command) -> None:
     )
     p.add_argument("--max-queries", type=int, default=None,
                    help="hold out at most this many photos (a seeded sample; default 2000)")
+    p.add_argument(
+        "--model", action="append", default=None, metavar="MODEL",
+        help="evaluate this model (VPM_MODEL's syntax: a hub name such as facebook/dinov2-small or "
+             "google/siglip2-base-patch16-224, a folder, efficientnet-lite0); repeat it to compare models side by "
+             "side on the same photos. A model other than the catalog's embeds the photos into a temporary folder: "
+             "the catalog and its vectors are never changed",
+    )
 
     command(
         "calibrate", cmd_calibrate,
@@ -33,14 +42,16 @@ def register(sub, command) -> None:
 
 def cmd_evaluate(args) -> int:
     from .cli_progress import ProgressBar
-    from .evaluate import MAX_QUERIES, Evaluation, NothingToEvaluate, report_text
+    from .evaluate import LATENCY_PHOTOS, MAX_QUERIES, Evaluation, NothingToEvaluate, report_text
 
     limit = MAX_QUERIES if args.max_queries is None else args.max_queries
     if limit < 1:
         raise UserError(f"--max-queries must be at least 1 (got {limit})")
     matcher = make_matcher(args)
+    if args.model:
+        return _compare(args, matcher, limit)
     try:
-        evaluation = Evaluation(matcher, rerank=args.rerank, max_queries=limit)
+        evaluation = Evaluation(matcher, rerank=args.rerank, max_queries=limit, latency_photos=LATENCY_PHOTOS)
     except NothingToEvaluate as err:
         raise UserError(str(err)) from None
     with ProgressBar("photo") as bar:
@@ -58,6 +69,40 @@ def cmd_evaluate(args) -> int:
         confusion["wrong_name"] = names.get(confusion["wrong_product"])
         confusion["query_name"] = names.get(confusion["query_product"])
     emit(args, document, terminal_safe(report_text(report, lambda pid: names.get(pid, pid))))
+    return EXIT_OK
+
+
+def _compare(args, matcher, limit: int) -> int:
+    """`--model A --model B`: each model evaluated on the same held-out photos, side by side (vpm/model_compare.py)."""
+    from .cli_progress import ProgressBar
+    from .errors import VpmError
+    from .model_compare import ModelComparison, comparison_text
+
+    try:
+        comparison = ModelComparison(matcher, args.model, rerank=args.rerank, max_queries=limit)
+    except VpmError as err:
+        raise UserError(str(err)) from None
+    try:
+        try:
+            comparison.load()
+        except VpmError as err:
+            raise UserError(str(err)) from None
+        try:
+            while comparison.embedding:
+                with ProgressBar("photo") as bar:
+                    comparison.embed_next(bar)
+            with ProgressBar("photo") as bar:
+                while not comparison.finished:
+                    comparison.step()
+                    bar(comparison.done, comparison.total)
+            report = comparison.report()
+        except KeyboardInterrupt:  # stop early: the models evaluated so far are still worth reporting
+            report = comparison.stop()
+        except VpmError as err:
+            raise UserError(str(err)) from None
+    finally:
+        comparison.close()
+    emit(args, report.as_dict(), terminal_safe(comparison_text(report)))
     return EXIT_OK
 
 

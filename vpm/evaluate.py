@@ -9,16 +9,23 @@ overall and per category for what searches use, the worst confusions (query phot
 first -> the right product), and the fitted score (vpm/scoring.py): its curve, its default threshold and how often
 the matches at each score were right.
 
-It only reads: stored vectors, keypoints and text, never the model's embeddings of anything new, and nothing it does
-writes to the catalog or its tables (no table is created, no index built); `vpm calibrate` is what keeps a fit.
-`Evaluation.step` runs a batch at a time, so a page can show progress and stop between batches, and the CLI can
-stop on Ctrl-C with what it has.
+Latency: each signal's row has the p50 and p95 of the time its ranking took a query (the search over the stored
+vectors, the verification of the candidates' stored keypoints, the comparison of their stored text, the projection),
+and the report the time a query photo's decoding and embedding took with the model, measured one photo at a time on
+the first LATENCY_PHOTOS held-out photos (the rest of a search, reading the query's keypoints and text, is not
+timed here: bench/bench_quality.py times a query's whole path).
+
+It only reads: stored vectors, keypoints and text (or, to compare another model, the vectors vpm/model_compare.py
+embedded into a temporary folder), and nothing it does writes to the catalog or its tables (no table is created, no
+index built); `vpm calibrate` is what keeps a fit. `Evaluation.step` runs a batch at a time, so a page can show
+progress and stop between batches, and the CLI can stop on Ctrl-C with what it has.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +39,9 @@ from .errors import VpmError
 from .vector_index import best_per_product
 
 if TYPE_CHECKING:
+    from .embedder_base import Embedder
     from .matcher import Matcher
+    from .vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,7 @@ FOLDS = 5  # the projection is fitted five times, each time without a fifth of t
 PROJECTION_GAIN = 0.01  # kept only when recall@1 through it beats recall@1 without it by this much
 # The signals, each added to the one before; the last one a search uses is the one reported in full.
 CONFIGURATIONS = ("image only", "+ keypoints", "+ package text", "+ projection")
+LATENCY_PHOTOS = 20  # held-out photos decoded and embedded one at a time to time the model
 
 
 class NothingToEvaluate(VpmError, ValueError):
@@ -92,10 +102,23 @@ class SignalQuality:
     recall_at_1: float
     recall_at_5: float
     used: bool  # whether searches use this configuration (the signals this catalog has and keeps)
+    p50_ms: float | None = None  # the time its ranking took a query (median), from the stored vectors, keypoints, text
+    p95_ms: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"signals": self.name, "recall@1": round(self.recall_at_1, 4), "recall@5": round(self.recall_at_5, 4),
-                "used": self.used}
+                "used": self.used, "p50_ms": _round_ms(self.p50_ms), "p95_ms": _round_ms(self.p95_ms)}
+
+
+def _round_ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def percentiles(values: list[float]) -> tuple[float | None, float | None]:
+    """(p50, p95) of some timings in ms; (None, None) for none."""
+    if not values:
+        return None, None
+    return float(np.percentile(values, 50)), float(np.percentile(values, 95))
 
 
 @dataclass(frozen=True)
@@ -118,6 +141,9 @@ class QualityReport:
     calibration: list[scoring.CalibrationBin] = field(default_factory=list)
     projection_kept: bool = False
     text: bool = False  # whether package text was stored and used
+    embed_p50_ms: float | None = None  # decoding and embedding one query photo with the model
+    embed_p95_ms: float | None = None
+    embed_photos: int = 0  # how many photos that was timed on
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -133,6 +159,8 @@ class QualityReport:
                  "recall@5": round(c.recall_at_5, 4)} for c in self.categories
             ],
             "confusions": [c.as_dict() for c in self.confusions],
+            "embed_p50_ms": _round_ms(self.embed_p50_ms), "embed_p95_ms": _round_ms(self.embed_p95_ms),
+            "embed_photos": self.embed_photos,
             "stopped": self.stopped, "sampled": self.sampled, "notes": list(self.notes),
         }
 
@@ -150,18 +178,25 @@ class Evaluation:
     """One hold-out evaluation of a catalog, run a batch at a time (`step`) until `finished`."""
 
     def __init__(self, matcher: Matcher, *, rerank: bool | None = None, max_queries: int = MAX_QUERIES,
-                 seed: int = 13, batch: int = BATCH, projection: bool = True) -> None:
+                 seed: int = 13, batch: int = BATCH, projection: bool = True, vectors: VectorIndex | None = None,
+                 embedder: Embedder | None = None, only_keys: set[str] | None = None,
+                 latency_photos: int = 0) -> None:
+        """`vectors` (default: the active model's in the catalog) are the photos' vectors of `embedder` (default: the
+        active model); `only_keys` keeps only these photos (a comparison gives every model the same ones);
+        `latency_photos` held-out photos are decoded and embedded to time the model (a report asks for
+        LATENCY_PHOTOS; a fit of the score, which reports nothing, for none)."""
         self.matcher = matcher
         self.batch = max(1, batch)
-        embedder = matcher.embedder
-        self.model_id = embedder.model_id
+        embedder = embedder or matcher.embedder
+        self.embedder = embedder
+        self.model_id = vectors.model_id if vectors is not None else embedder.model_id
         self.notes: list[str] = []
-        if not matcher.catalog_exists() or not matcher.has_vector_index(self.model_id):
+        if vectors is None and (not matcher.catalog_exists() or not matcher.has_vector_index(self.model_id)):
             raise NothingToEvaluate(
                 f"there are no {self.model_id} vectors to evaluate yet: add products with two or more photos each, "
                 "then search once or run `python -m vpm index`"
             )
-        index = matcher.vector_index(self.model_id)
+        index = vectors if vectors is not None else matcher.vector_index(self.model_id)
         if index.count() > MAX_PHOTOS:
             raise NothingToEvaluate(
                 f"{index.description} holds more than {MAX_PHOTOS:,} photos, more than an evaluation holds in memory"
@@ -169,17 +204,26 @@ class Evaluation:
         keys: list[str] = []
         products: list[str] = []
         blocks: list[np.ndarray] = []
-        for batch_keys, batch_products, vectors in index.iter_vectors():  # the contract's bounded batches
+        for batch_keys, batch_products, block in index.iter_vectors():  # the contract's bounded batches
+            if only_keys is not None:
+                kept = [j for j, key in enumerate(batch_keys) if key in only_keys]
+                batch_keys, batch_products = [batch_keys[j] for j in kept], [batch_products[j] for j in kept]
+                block = np.asarray(block)[kept]
             keys += batch_keys
             products += batch_products
-            blocks.append(np.asarray(vectors, dtype=np.float32))
+            blocks.append(np.asarray(block, dtype=np.float32))
             if len(keys) > MAX_PHOTOS:  # photos added since the count: stop rather than grow
                 raise NothingToEvaluate(f"{index.description} grew past {MAX_PHOTOS:,} photos while being read")
+        # In the order of the photos' keys, whatever order the table keeps: the sample, the folds and the timed photos
+        # are then the same for every model compared on them.
+        by_key = sorted(range(len(keys)), key=keys.__getitem__)
+        keys, products = [keys[j] for j in by_key], [products[j] for j in by_key]
         ids, codes = np.unique(np.asarray(products, dtype=object), return_inverse=True)
         self.photo_keys = keys
         self.product_ids = [str(pid) for pid in ids]
         self.codes = codes.astype(np.int32).reshape(-1)
-        self.vectors = np.concatenate(blocks) if blocks else np.zeros((0, embedder.dim), dtype=np.float32)
+        self.vectors = (np.concatenate(blocks)[by_key] if blocks
+                        else np.zeros((0, getattr(index, "dim", embedder.dim)), dtype=np.float32))
         counts = np.bincount(self.codes, minlength=len(self.product_ids)) if len(self.codes) else np.zeros(0, int)
         candidates = [i for i in range(len(self.photo_keys)) if counts[self.codes[i]] >= 2]
         self.products_evaluated = int((counts >= 2).sum())
@@ -223,6 +267,11 @@ class Evaluation:
         self._image_only: list[tuple[bool, bool]] = []
         self._inliers: dict[tuple[int, int], int] = {}
         self.stopped = False
+        self._ms: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))  # query row -> stage -> ms
+        self.latency_photos = max(0, latency_photos)
+        self._embed_ms: list[float] = []
+        self._embed_tried = 0
+        self._warmed = False
 
     @property
     def total(self) -> int:
@@ -244,10 +293,14 @@ class Evaluation:
         batch = self.queries[self.done : self.done + (count or self.batch)]
         if not batch:
             return 0
+        self._time_embedding(batch)
+        started = time.perf_counter()
         scores = self.vectors[batch] @ self.vectors.T
+        shared_ms = (time.perf_counter() - started) * 1000 / len(batch)  # one matrix product for the whole batch
         every_row = np.arange(len(self.photo_keys))
         pending = []
         for j, i in enumerate(batch):
+            started = time.perf_counter()
             row = scores[j]
             row[i] = -np.inf  # the held-out photo is not in its own catalog
             pool = best_per_product(row, self.codes, self.product_ids, self.photo_keys, every_row,
@@ -259,6 +312,8 @@ class Evaluation:
             codes = [self._code_of[h.product_id] for h in pool]
             plain = self._candidates(i, row, codes)
             pending.append((i, "plain", plain, row))
+            searched = time.perf_counter()
+            self._ms[i]["search"] += shared_ms + (searched - started) * 1000
             if self.projection:
                 fitted = self._projection_for(i)
                 if fitted is not None:
@@ -269,10 +324,13 @@ class Evaluation:
                     pending.append((i, "projected", self._candidates(i, projected, codes), projected))
                 else:
                     pending.append((i, "projected", plain, row))
+                self._ms[i]["projection"] += (time.perf_counter() - searched) * 1000
         if self.rerank:
             self._verify(pending)
         for i, kind, candidates, row in pending:
+            started = time.perf_counter()
             texts = self._text_similarities(i, candidates)
+            self._ms[i][f"text {kind}"] += (time.perf_counter() - started) * 1000
             self._lists[kind].append((i, [
                 _Candidate(c.product, c.cosine, c.photo, self._verified(i, c, row) if self.rerank else None, text)
                 for c, text in zip(candidates, texts, strict=True)
@@ -310,15 +368,42 @@ class Evaluation:
             for c in candidates:
                 wanted[i].update(self._photos_verified(i, c, row))
         keys = {self.photo_keys[i] for i in wanted} | {self.photo_keys[r] for rows in wanted.values() for r in rows}
+        started = time.perf_counter()
         stored = self.matcher.features.features_for(keys)
+        shared_ms = (time.perf_counter() - started) * 1000 / max(1, len(wanted))  # one read for the whole batch
         with verification.one_blas_thread():
             for i, rows in wanted.items():
+                started = time.perf_counter()
                 query = stored.get(self.photo_keys[i])
                 for r in rows:
                     if (i, r) not in self._inliers:
                         candidate = stored.get(self.photo_keys[r])
                         self._inliers[(i, r)] = (verification.verify(query, candidate).inliers
                                                  if query is not None and candidate is not None else 0)
+                self._ms[i]["keypoints"] += shared_ms + (time.perf_counter() - started) * 1000
+
+    def _time_embedding(self, rows: list[int]) -> None:
+        """Decode and embed the first LATENCY_PHOTOS held-out photos one at a time with the model, timed (after one
+        untimed call, so a first call's set-up is not counted). A photo that cannot be read is skipped."""
+        from .embedder_base import EmbeddingError
+        from .images import ImageError, decode_image
+        from .storage import StorageError
+
+        for i in rows:
+            if self._embed_tried >= self.latency_photos:
+                return
+            self._embed_tried += 1
+            key = self.photo_keys[i]
+            try:
+                data = self.matcher.storage.get(key)
+                if not self._warmed:
+                    self.embedder.embed_images([decode_image(data, key, max_bytes=max(len(data), 1)).image])
+                    self._warmed = True
+                started = time.perf_counter()
+                self.embedder.embed_images([decode_image(data, key, max_bytes=max(len(data), 1)).image])
+                self._embed_ms.append((time.perf_counter() - started) * 1000)
+            except (StorageError, ImageError, EmbeddingError) as err:
+                log.info("%s is not timed: %s", key, err)
 
     def _verified(self, query_row: int, candidate: _Candidate, row: np.ndarray) -> int:
         return max((self._inliers.get((query_row, r), 0)
@@ -385,10 +470,14 @@ class Evaluation:
         if self.projection and self._lists["projected"]:
             configurations.append(("+ projection", "projected", self.rerank, self.text))
         measured = {}
+        latency = {}
         for name, kind, keypoints, text in configurations:
             held = self._held_out(kind, keypoints, text)
             measured[name] = (self._recall(held) if name != "image only"
                               else (mean([a for a, _ in self._image_only]), mean([b for _, b in self._image_only])))
+            stages = ["search"] + (["projection"] if kind == "projected" else []) + (
+                ["keypoints"] if keypoints else []) + ([f"text {kind}"] if text else [])
+            latency[name] = percentiles([sum(self._ms[i].get(s, 0.0) for s in stages) for i, _h, _c in held])
         projection_kept = ("+ projection" in measured
                            and measured["+ projection"][0] >= measured[used[0]][0] + PROJECTION_GAIN)
         if projection_kept:
@@ -397,7 +486,7 @@ class Evaluation:
             self.notes.append("this catalog's own projection did not find the right product first more often on its "
                               "held-out photos, so searches do without it")
         held = self._held_out(used[1], used[2], used[3])
-        signals = [SignalQuality(name, *measured[name], name == used[0]) for name, *_ in configurations]
+        signals = [SignalQuality(name, *measured[name], name == used[0], *latency[name]) for name, *_ in configurations]
         recall_1, recall_5 = measured[used[0]]
 
         per_category: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
@@ -431,14 +520,15 @@ class Evaluation:
             self.model_id, self.rerank, self.done, self.total, self.products_evaluated, recall_1, recall_5,
             None if model is None else model.threshold, categories, confusions,
             self.stopped or not self.finished, self.sampled, list(dict.fromkeys(self.notes)), signals, model,
-            bins or [], projection_kept, self.text,
+            bins or [], projection_kept, self.text, *percentiles(self._embed_ms), len(self._embed_ms),
         )
 
 
 def evaluate(matcher: Matcher, *, rerank: bool | None = None, max_queries: int = MAX_QUERIES,
              progress: Callable[[int, int], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> QualityReport:
-    return Evaluation(matcher, rerank=rerank, max_queries=max_queries).run(progress, should_stop)
+    return Evaluation(matcher, rerank=rerank, max_queries=max_queries, latency_photos=LATENCY_PHOTOS).run(
+        progress, should_stop)
 
 
 def report_text(report: QualityReport, name_of: Callable[[str], str] | None = None) -> str:
@@ -450,11 +540,14 @@ def report_text(report: QualityReport, name_of: Callable[[str], str] | None = No
         + (" (a sample)" if report.sampled else "") + (" · STOPPED early" if report.stopped else ""),
         f"recall@1 {report.recall_at_1:.1%}   recall@5 {report.recall_at_5:.1%}",
     ]
+    if report.embed_p50_ms is not None:
+        lines.append(f"a query photo's decoding and embedding: p50 {report.embed_p50_ms:.0f} ms, p95 "
+                     f"{report.embed_p95_ms:.0f} ms ({report.embed_photos} photos, one at a time)")
     if report.signals:
         lines.append("")
-        lines.append("signals (each added to the ones above)   recall@1  recall@5")
-        lines += [f"  {s.name:<38} {s.recall_at_1:>8.1%}  {s.recall_at_5:>8.1%}" + ("  <- what searches use" if s.used
-                  else "") for s in report.signals]
+        lines.append("signals (each added to the ones above)   recall@1  recall@5  ranking p50 / p95 ms")
+        lines += [f"  {s.name:<38} {s.recall_at_1:>8.1%}  {s.recall_at_5:>8.1%}  {latency_cell(s):>20}"
+                  + ("  <- what searches use" if s.used else "") for s in report.signals]
     if report.score_model is not None:
         model = report.score_model
         lines.append("")
@@ -476,6 +569,13 @@ def report_text(report: QualityReport, name_of: Callable[[str], str] | None = No
                   f"{name_of(c.query_product)} (image {c.right_score:.2f})" for c in report.confusions]
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
+
+
+def latency_cell(signal: SignalQuality) -> str:
+    """"p50 / p95" of a signal row's ranking time, in ms ("-" when nothing was timed)."""
+    if signal.p50_ms is None or signal.p95_ms is None:
+        return "-"
+    return f"{signal.p50_ms:.1f} / {signal.p95_ms:.1f}"
 
 
 def score_sentence(model: scoring.ScoreModel) -> str:

@@ -155,7 +155,22 @@ def _short(name: str) -> str:
 
 
 def _reads_words(name: str) -> bool:
-    return "clip" in name.lower()
+    """Whether the model `name` reads words: a folder's config says (CLIP and SigLIP do, DINOv2 does not), else its
+    name (clip-ViT-B-32, google/siglip2-base-patch16-224...)."""
+    import json
+
+    folder = _local_folder(name)
+    if folder is not None:
+        try:
+            model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            model_type = None
+        if isinstance(model_type, str):
+            return model_type in _READS_WORDS
+    return any(kind in name.lower() for kind in _READS_WORDS)
+
+
+_READS_WORDS = ("clip", "siglip")  # model types, and hints in a name, of the models that embed words too
 
 
 def outlook(settings: Settings, loaded: Embedder | None = None, *, probe: bool = True) -> ModelOutlook:
@@ -167,7 +182,7 @@ def outlook(settings: Settings, loaded: Embedder | None = None, *, probe: bool =
             return ModelOutlook(
                 "loaded", loaded.model_id, loaded.supports_text,
                 f"Searching with {FALLBACK_NAME}, because {shown} is not available here: search by photo works; "
-                "search by words needs CLIP.", BUILT_IN_SHORT,
+                "search by words needs CLIP (or SigLIP 2).", BUILT_IN_SHORT,
             )
         if is_built_in(loaded.model_id):  # on purpose: said as before the load, without the descriptor's details
             return ModelOutlook("loaded", loaded.model_id, loaded.supports_text, _BUILT_IN_LINE, BUILT_IN_SHORT)
@@ -180,7 +195,7 @@ def outlook(settings: Settings, loaded: Embedder | None = None, *, probe: bool =
     fallback = ModelOutlook(
         "fallback", BUILT_IN_ID, False,
         f"{shown} cannot be downloaded here, so {FALLBACK_NAME} runs instead, with no wait: search by photo works; "
-        "search by words needs CLIP.", BUILT_IN_SHORT,
+        "search by words needs CLIP (or SigLIP 2).", BUILT_IN_SHORT,
     )
     words = _reads_words(configured)
     ways = "by photo or by words" if words else "by photo"
@@ -242,7 +257,8 @@ def words_unavailable(settings: Settings, embedder: Embedder) -> str | None:
     restart = "then restart the app (the model is loaded once)"
     if not embedder.fallback_reason:
         running = FALLBACK_NAME if is_built_in(embedder.model_id) else _pretty(embedder.display_name)
-        return (f"search by words needs a CLIP model, and {running}, set in VPM_MODEL, reads photos only: {instead}, "
+        return (f"search by words needs a CLIP model (or a SigLIP 2 one), and {running}, set in VPM_MODEL, reads "
+                f"photos only: {instead}, "
                 f"or set VPM_MODEL to a CLIP model such as {DEFAULT_MODEL} (downloaded once, about 600 MB) and "
                 "restart the app.")
     cause, fix = _why_not_loaded(configured, embedder.fallback_reason)
@@ -268,7 +284,16 @@ def _why_not_loaded(configured: str, reason: str) -> tuple[str, str]:
     if "does not hold a usable model" in reason:
         return ("could not be loaded: its folder does not hold a complete model",
                 "copy the whole model folder again (its configuration, weights and tokenizer)")
+    if "NaFlex" in reason:
+        return ("is a SigLIP 2 NaFlex checkpoint (a variable patch grid), which this app does not run",
+                "set VPM_MODEL to a fixed-resolution SigLIP 2 checkpoint such as google/siglip2-base-patch16-224")
     if "but not images" in reason:
-        return ("does not read photos (it is not a CLIP model)",
+        return ("does not read photos (it is not a CLIP, SigLIP 2 or DINOv2 model)",
                 f"set VPM_MODEL to a CLIP model such as {DEFAULT_MODEL}")
     return "could not be loaded (the Health page says why)", "fix what Health reports"
+
+
+def not_loaded(name: str, reason: str) -> str:
+    """Why the model `name` could not be loaded and what to do, in one sentence for people (no path, no host)."""
+    cause, fix = _why_not_loaded(name, reason)
+    return f"{_pretty(name)} {cause}: to use it, {fix}."

