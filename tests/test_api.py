@@ -890,11 +890,16 @@ def test_search_by_url_fetches_through_the_matcher_and_ranks(catalog_client, cli
     assert [r["id"] for r in body["results"]] == ["blue"]
 
 
-def test_text_search_on_an_image_only_model_is_400_saying_why(api_settings):
+def test_text_search_on_an_image_only_model_is_answered_by_words(api_settings):
     matcher = Matcher(api_settings, embedder=ColourMeanEmbedder())
     client = TestClient(create_app(matcher=matcher))
     assert upload(client).status_code == 201
-    assert_error(client.post("/api/search", json={"text": "red mug"}), 400, "search by words needs a CLIP model")
+    words = client.post("/api/search", json={"text": "red mugs"})
+    assert words.status_code == 200, words.text
+    body = words.json()
+    assert body["answered_by"] == "words in names and package text"
+    assert [r["name"] for r in body["results"]] == ["Red Mug"]
+    assert "name" in body["results"][0]["matched_fields"]
     image_search = client.post("/api/search", files={"image": ("q.jpg", jpeg(), "image/jpeg")})
     assert image_search.json()["model"] == "fake-colour"
 
