@@ -266,19 +266,127 @@ def test_a_zip_that_would_unpack_too_much_or_has_too_many_entries_is_refused(imp
     assert list(importer.iter_products()) == []
 
 
-def test_an_entry_larger_than_its_header_claims_is_not_read_past_the_limit(tmp_path):
-    # Forge the central directory so an entry says it is small while it unpacks to much more.
+def forge_sizes(data: bytes, name: str, size: int, *, crc: int | None = None, local: bool = True,
+                central: bool = True) -> bytes:
+    """`data` (a zip) with the member `name` declaring `size` bytes (and `crc`) in its local header and/or the
+    archive's directory, its compressed bytes unchanged: an archive made to lie about what it unpacks to."""
+    forged = bytearray(data)
+    encoded = name.encode()
+    for signature, size_at, crc_at, name_at, wanted in ((b"PK\x03\x04", 22, 14, 30, local),
+                                                         (b"PK\x01\x02", 24, 16, 46, central)):
+        at = forged.find(signature)
+        while forged[at + name_at : at + name_at + len(encoded)] != encoded:
+            at = forged.find(signature, at + 1)
+        if wanted:
+            forged[at + size_at : at + size_at + 4] = size.to_bytes(4, "little")
+            if crc is not None:
+                forged[at + crc_at : at + crc_at + 4] = crc.to_bytes(4, "little")
+    return bytes(forged)
+
+
+def zip_with(entries: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("liar.png", b"\x00" * 2_000_000)
-    data = bytearray(buffer.getvalue())
-    start = data.rfind(b"PK\x01\x02")
-    data[start + 24 : start + 28] = (1000).to_bytes(4, "little")  # uncompressed size in the central directory
-    path = write(tmp_path / "liar.zip", bytes(data))
-    with open_source(path, limits=ImportLimits(max_file_bytes=100_000)) as source:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def stored_keys(m: Matcher) -> set[str]:
+    return {o.key for o in m.storage.iter_objects("")}
+
+
+def test_an_entry_that_unpacks_to_more_than_its_headers_declare_is_refused_reading_one_byte_past(tmp_path):
+    """Both headers say 1,000 bytes, and even the CRC is that of the first 1,000 bytes (zipfile alone would hand
+    those back as the whole file); the data inflates to 64 MB. Refused, naming the entry and the lie, after
+    reading one byte past the claim."""
+    import tracemalloc
+    import zlib
+
+    path = tmp_path / "liar.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf, zf.open("liar.png", "w") as out:
+        for _ in range(64):
+            out.write(b"\x00" * (1024 * 1024))  # 64 MB of zeros: about 64 KB compressed
+    path.write_bytes(forge_sizes(path.read_bytes(), "liar.png", 1000, crc=zlib.crc32(b"\x00" * 1000)))
+
+    with open_source(path) as source:
         (item,) = source.items
-        with pytest.raises(ItemUnreadable, match=r"liar\.png is damaged inside the zip"):
+        tracemalloc.start()
+        try:
+            with pytest.raises(ItemUnreadable) as refused:
+                item.read()
+            _now, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert str(refused.value) == (
+        "liar.png unpacks to more than the 1,000 bytes its header declares: the archive is damaged or was tampered "
+        "with, so this entry was not imported (re-create the archive)"
+    )
+    assert peak < 2 * 1024 * 1024  # memory stays bounded: nothing near the 64 MB was ever unpacked
+
+
+def test_an_entry_that_unpacks_to_less_than_its_headers_declare_is_refused(tmp_path, product_photo):
+    photo = product_photo(7)
+    path = write(tmp_path / "short.zip", forge_sizes(zip_with({"short.png": photo}), "short.png", 2_000_000))
+    with open_source(path) as source:
+        (item,) = source.items
+        with pytest.raises(ItemUnreadable, match=rf"^short\.png unpacks to {len(photo):,} bytes, not the 2,000,000 "
+                                                 "its header declares: the archive is damaged or was tampered with"):
             item.read()
+
+
+def test_an_entry_whose_two_headers_disagree_about_its_size_is_refused_unread(tmp_path, product_photo):
+    data = zip_with({"a.png": product_photo(1), "b.png": product_photo(2)})
+    path = write(tmp_path / "two-faced.zip", forge_sizes(data, "b.png", 10, local=False))  # the directory lies
+    with open_source(path) as source:
+        assert [item.source for item in source.items] == ["a.png"]
+        (refused,) = source.failed
+    assert refused.source == "b.png"
+    compressed = zipfile.ZipFile(io.BytesIO(data)).getinfo("b.png").compress_size
+    assert refused.reason == (
+        f"refused: its headers disagree about its size (its own header says {len(product_photo(2)):,} bytes, "
+        f"{compressed:,} compressed; the archive's directory 10 bytes, {compressed:,} compressed): the archive is "
+        "damaged or was tampered with; re-create it"
+    )
+
+
+def test_an_encrypted_entry_is_refused_with_what_to_do(tmp_path, product_photo):
+    data = bytearray(zip_with({"a.png": product_photo(1), "locked.png": product_photo(2)}))
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # set "encrypted" in both headers
+        at = data.rfind(signature)
+        data[at + flags_at] |= 0x01
+    with open_source(write(tmp_path / "locked.zip", bytes(data))) as source:
+        assert [item.source for item in source.items] == ["a.png"]
+        assert [(f.source, f.reason) for f in source.failed] == [
+            ("locked.png", "refused: it is encrypted (password-protected): zip the images again without a password")
+        ]
+
+
+@pytest.mark.parametrize("lie", ["inflates-more", "inflates-less", "headers-disagree"])
+def test_an_uploaded_zip_with_a_misstated_entry_imports_the_rest_and_changes_nothing_for_it(importer, product_photo,
+                                                                                            lie):
+    """Through the app's upload path: the honest entries are imported, the lying one is named with its reason, and
+    nothing of it (file, thumbnail, product, vector) is stored; an archive of liars alone changes nothing."""
+    import zlib
+
+    liar = product_photo(9)
+    honest = zip_with({"shop/mug.png": product_photo(8), "shop/liar.png": liar})
+    forged = {
+        "inflates-more": lambda: forge_sizes(honest, "shop/liar.png", 100, crc=zlib.crc32(liar[:100])),
+        "inflates-less": lambda: forge_sizes(honest, "shop/liar.png", len(liar) + 5000),
+        "headers-disagree": lambda: forge_sizes(honest, "shop/liar.png", 100, central=False),
+    }[lie]()
+    report = importer.import_upload(forged, "bundle.zip")
+    assert [p.name for p in report.imported] == ["Mug"]
+    (failed,) = report.failed
+    assert failed.source == "shop/liar.png" and "tampered with" in failed.reason
+    assert {p.name for p in importer.iter_products()} == {"Mug"}
+
+    before = stored_keys(importer)
+    alone = forge_sizes(zip_with({"liar.png": liar}), "liar.png", 100, crc=zlib.crc32(liar[:100]))
+    report = importer.import_upload(alone, "liars.zip")
+    assert report.imported == [] and [f.source for f in report.failed] == ["liar.png"]
+    assert stored_keys(importer) == before and importer.vectors.count() == 1
 
 
 # --- CSV -------------------------------------------------------------------------------------------------------

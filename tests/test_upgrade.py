@@ -7,6 +7,11 @@ is copied into a fresh local folder or bucket and opened with today's Matcher.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +24,7 @@ from vpm.matcher import Matcher
 
 from conftest import CountingEmbedder
 
+REPO = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy-catalog"
 IDS = ["red-mug", "blue-mug", "trail-shoe", "desk-lamp"]
 
@@ -117,6 +123,74 @@ def test_an_upgrade_cut_off_half_way_completes_on_the_next_start(settings, legac
     matcher = Matcher(settings)
     assert matcher.count_products() == 4
     assert matcher.vector_index("efficientnet-lite0").count() == 4
+
+
+# A first start killed with SIGKILL (no cleanup, no finally: as if the machine lost power) at one exact step of
+# the upgrade; a batch is 2 rows here so that the kill can land between two commits of one table.
+KILLED_UPGRADE = textwrap.dedent("""
+    import os, signal, sys
+    from vpm import upgrade
+    from vpm.lance_catalog import LanceCatalogStore
+    from vpm.lance_vectors import LanceVectorIndex
+    from vpm.cli import main
+
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def then_die(write):
+        def written(self, rows):
+            write(self, rows)
+            die()
+        return written
+
+    upgrade.BATCH = 2
+    step = {step!r}
+    if step == "between-product-batches":
+        LanceCatalogStore.add = then_die(LanceCatalogStore.add)
+    elif step == "before-the-vectors":
+        upgrade._copy_vectors = die
+    elif step == "between-vector-batches":
+        LanceVectorIndex.upsert = then_die(LanceVectorIndex.upsert)
+    elif step == "before-the-marker":
+        upgrade.now_iso = die  # dated just before the marker is written: everything else is copied
+    sys.exit(main(["list"]))
+""")
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.parametrize("step", ["between-product-batches", "before-the-vectors", "between-vector-batches",
+                                  "before-the-marker"])
+def test_a_first_start_killed_during_the_upgrade_is_finished_by_the_next(settings, legacy, tmp_path, step):
+    """On a local folder and on a bucket (moto's HTTP server): whatever step the kill lands on, the next start
+    upgrades what is left, and every product and vector is then in the tables once; the old files are untouched."""
+    from vpm.storage import make_storage
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_UPGRADE.format(step=step)], cwd=tmp_path, env=child_env(),
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert killed.returncode == -9, killed.stdout + killed.stderr[-3000:]
+    storage = make_storage(settings)
+    assert not storage.exists("metadata/products.json.upgraded")
+
+    listed = subprocess.run([sys.executable, "-m", "vpm", "list", "--json"], cwd=tmp_path, env=child_env(),
+                            capture_output=True, text=True, timeout=300, check=False)
+
+    assert listed.returncode == 0, listed.stdout + listed.stderr[-3000:]
+    assert sorted(item["id"] for item in json.loads(listed.stdout)["items"]) == sorted(IDS)
+    engine.forget()
+    matcher_module._upgraded.clear()
+    matcher = Matcher(settings, embedder=None)
+    rows = matcher.catalog.table.search().select(["id"]).limit(None).to_arrow().column("id").to_pylist()
+    assert sorted(rows) == sorted(IDS)  # each product once
+    vectors = matcher.vector_index("efficientnet-lite0").table
+    keys = Counter(vectors.search().select(["photo_key"]).limit(None).to_arrow().column("photo_key").to_pylist())
+    assert sorted(keys) == sorted(f"images/{pid}.png" for pid in IDS) and set(keys.values()) == {1}
+    for key, data in legacy.items():
+        assert storage.get(key) == data, key
+    marker = json.loads(storage.get("metadata/products.json.upgraded"))
+    assert marker["products"] == 4 and marker["vectors"] == {"efficientnet-lite0": 4}
 
 
 def test_a_corrupt_products_json_is_reported_and_left_untouched(settings, legacy):

@@ -158,7 +158,7 @@ def open_or_create_table(where: Location, name: str, schema, *, exists: bool | N
         try:
             table = db.open_table(name)
         except Exception as err:  # noqa: BLE001 - 'does not exist' and 'damaged' arrive as different types
-            if exists:
+            if exists and not _never_committed(where, name):
                 raise TableUnreadable(_unreadable(where, name, err)) from None
             table = _create(db, where, name, schema)
         with _lock:
@@ -166,6 +166,21 @@ def open_or_create_table(where: Location, name: str, schema, *, exists: bool | N
 
 
 _creation_lock = threading.Lock()
+
+
+def _never_committed(where: Location, name: str) -> bool:
+    """A table folder with neither a data file nor a version file: a creation killed before its first commit left
+    only scratch objects behind, so creating it now loses nothing (anything more is refused as unreadable)."""
+    if where.settings is None:
+        return False
+    from .storage import make_storage
+
+    folder = f"{where.prefix}{name}.lance/"
+    for key, _size in make_storage(where.settings).iter_sizes(folder):
+        rest = key[len(folder):]
+        if rest.startswith("data/") or (rest.startswith("_versions/") and version_of(rest.rpartition("/")[2]) is not None):
+            return False
+    return True
 
 
 def _unreadable(where: Location, name: str, err: Exception) -> str:

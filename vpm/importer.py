@@ -9,7 +9,8 @@ in batches.
 - Zip: the same rules inside the archive. If every entry sits under one top folder (a zipped folder), that
   folder counts as the root. Nothing is extracted to disk, so a path like `../../etc/x` cannot escape; such
   entries are still refused and reported. Entry count and total uncompressed size are capped (zip bombs), and
-  no entry is read past the per-file limit.
+  no entry is read past the per-file limit. An entry whose headers misstate its size (the two headers disagree,
+  or it unpacks to more or less than declared) is refused, never read further than one byte past the claim.
 - CSV: columns `image` (a path relative to the CSV, or an http(s) URL), `name`, `category`, and optionally
   `price`, `id`, `description`; any other non-empty column is kept as a product attribute. Paths may not point
   outside the CSV's folder. A bad row is reported as failed; the others proceed.
@@ -19,11 +20,14 @@ macOS metadata (`__MACOSX/`, `._*`) and other dotfiles are ignored silently: the
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import os
 import re
+import struct
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -249,15 +253,16 @@ def _zip_entries(path: Path, archive: zipfile.ZipFile, limits: ImportLimits) -> 
         )
     source = ParsedSource("zip", path, [], _close=archive.close)
     safe: list[zipfile.ZipInfo] = []
-    for info in members:
-        why = _unsafe_member(info.filename)
-        if why:
-            source.failed.append(ImportIssue(info.filename, f"refused: {why}"))
-            continue
-        parts = PurePosixPath(info.filename).parts
-        if _ignored(parts):
-            continue
-        safe.append(info)
+    with path.open("rb") as raw:  # a handle of its own: zipfile's is for reading the entries
+        for info in members:
+            why = _unsafe_member(info.filename)
+            if not why and _ignored(PurePosixPath(info.filename).parts):
+                continue
+            why = why or _header_problem(raw, info)
+            if why:
+                source.failed.append(ImportIssue(info.filename, f"refused: {why}"))
+                continue
+            safe.append(info)
     # A zipped folder puts everything under one top folder: treat that folder as the root.
     tops = {PurePosixPath(m.filename).parts[0] for m in safe}
     strip = len(tops) == 1 and all(len(PurePosixPath(m.filename).parts) > 1 for m in safe)
@@ -285,26 +290,66 @@ class _Budget:
         self.left = limit
 
 
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a member's local file header, as zipfile itself reads it
+_ENCRYPTED = 0x01
+_DATA_DESCRIPTOR = 0x08  # the sizes follow the data instead of the local header (a streamed archive)
+_ZIP64 = 0xFFFFFFFF  # the sizes are in a zip64 extra field
+
+
+def _header_problem(fh, info: zipfile.ZipInfo) -> str | None:
+    """Why a member is refused from its headers alone, or None: it is encrypted, or its local header states
+    another size than the archive's directory (which zipfile trusts), and an archive that says two things about
+    one entry was damaged or made to fool one reader or another."""
+    if info.flag_bits & _ENCRYPTED:
+        return "it is encrypted (password-protected): zip the images again without a password"
+    fh.seek(info.header_offset)
+    raw = fh.read(_LOCAL_HEADER.size)
+    if len(raw) < _LOCAL_HEADER.size or raw[:4] != b"PK\x03\x04":
+        return "its local header is missing (the archive is damaged): re-create the archive"
+    fields = _LOCAL_HEADER.unpack(raw)
+    flags, compressed, size = fields[3], fields[8], fields[9]
+    if flags & _DATA_DESCRIPTOR or _ZIP64 in (compressed, size):
+        return None
+    if (size, compressed) == (info.file_size, info.compress_size):
+        return None
+    return (f"its headers disagree about its size (its own header says {size:,} bytes, {compressed:,} compressed; "
+            f"the archive's directory {info.file_size:,} bytes, {info.compress_size:,} compressed): the archive is "
+            "damaged or was tampered with; re-create it")
+
+
+def _misstated(name: str, declared: int, found: int) -> ItemUnreadable:
+    what = f"more than the {declared:,} bytes" if found > declared else f"{found:,} bytes, not the {declared:,}"
+    return ItemUnreadable(
+        f"{name} unpacks to {what} its header declares: the archive is damaged or was tampered with, so this entry "
+        "was not imported (re-create the archive)"
+    )
+
+
 def _member_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ImportLimits, budget: _Budget):
     def read() -> bytes:
-        if info.file_size > limits.max_file_bytes:
-            raise _too_big(info.filename, info.file_size, limits.max_file_bytes)
-        cap = min(limits.max_file_bytes, budget.left)
-        try:
-            with archive.open(info) as fh:
-                data = fh.read(cap + 1)  # never more than the cap, whatever the header claims
-        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as err:
-            raise ItemUnreadable(f"{info.filename} is damaged inside the zip ({err})") from None
-        if len(data) > cap:
-            if cap == limits.max_file_bytes:
-                raise ItemUnreadable(
-                    f"{info.filename} unpacks to more than {cap / MIB:g} MB (VPM_MAX_UPLOAD_MB) although the "
-                    "archive says otherwise; the archive looks tampered with"
-                )
+        declared = info.file_size
+        if declared > limits.max_file_bytes:
+            raise _too_big(info.filename, declared, limits.max_file_bytes)
+        if declared > budget.left:
             raise ItemUnreadable(
                 f"{info.filename}: the archive unpacks to more than {limits.max_total_bytes / MIB:,.0f} MB in total; "
                 "the rest is not read (split it into smaller archives)"
             )
+        # zipfile stops at the declared size and checks the CRC there: asked for one byte past the claim (the CRC
+        # checked here instead), it shows data that unpacks to more than its header says (a bomb behind a small
+        # size, read no further) as well as data that ends short of it. At most the declared size + 1 is held.
+        probe = copy.copy(info)
+        probe.file_size = declared + 1
+        del probe.CRC
+        try:
+            with archive.open(probe) as fh:
+                data = fh.read(declared + 1)
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error) as err:
+            raise ItemUnreadable(f"{info.filename} is damaged inside the zip ({err})") from None
+        if len(data) != declared:
+            raise _misstated(info.filename, declared, len(data))
+        if zlib.crc32(data) != info.CRC:
+            raise ItemUnreadable(f"{info.filename} is damaged inside the zip (its CRC-32 does not match its data)")
         budget.left -= len(data)
         return data
 

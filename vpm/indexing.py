@@ -117,7 +117,8 @@ class Indexer:
         # A counting walk, then the work walk: two reads of the catalog, a batch at a time, so memory stays
         # bounded whatever its size (a list of every missing photo would hold a million products).
         total = sum(1 for _ in self.photos_to_embed(rebuild))
-        progress(0, total, f"embedding {total} photos with {self.embedder.model_id}")
+        progress(0, total, f"embedding {_of_photos(total, self.catalog.photo_count(), 'a vector')} with "
+                           f"{self.embedder.model_id}")
         embedded = done = 0
         prepare, embed = embedder_stages(self.embedder)
         stage = functools.partial(self._load_batch, reuse=not rebuild, prepare=prepare)
@@ -209,7 +210,7 @@ class PhotoDataIndexer:
         progress = progress or _no_progress
         total = sum(1 for _ in self._photos_without(rebuild))  # counted, then walked: bounded memory
         if total:  # nothing to do says nothing: the vectors' progress stays the last word
-            progress(0, total, f"finding the {self.what} of {total} photos")
+            progress(0, total, f"finding the {self.what} of {_of_photos(total, self.catalog.photo_count())}")
         stored = done = 0
         for chunk in chunked(self._photos_without(rebuild), EMBED_BATCH):
             known = {} if rebuild else self.known_for_shas({photo.sha256 for _p, photo in chunk})
@@ -293,6 +294,15 @@ class TextIndexer(PhotoDataIndexer):
         from .lance_text import PhotoText
 
         return PhotoText(photo.key, product.id, photo.sha256, value)
+
+
+def _of_photos(todo: int, photos: int, what: str | None = None) -> str:
+    """'40 of 100 photos (60 have a vector already)': a run that resumes a killed one says what it skips."""
+    if todo >= photos:
+        return f"{todo} photos"
+    done = photos - todo
+    said = f"{'has' if done == 1 else 'have'} {what}" if what else "done"
+    return f"{todo} of {photos} photos ({done} {said} already)"
 
 
 def orphan_photo_keys(catalog: CatalogStore, batches: Iterable[list[tuple[str, str]]]) -> list[str]:

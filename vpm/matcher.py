@@ -613,7 +613,9 @@ class Matcher:
         from .bulk_import import import_path
 
         report = import_path(self, path, progress, **options)
-        if report.imported or report.photos_added:  # the catalog changed: so does what its scores mean
+        # The catalog changed (or a killed import's rows were found already in: a re-run counts them as
+        # duplicates, and the killed run never got to fit the score): so does what its scores mean.
+        if report.imported or report.photos_added or report.duplicates:
             self.recalibrate(progress)
         return report
 
