@@ -7,6 +7,7 @@ these functions; they take the Matcher, so every part (model, index, catalog, st
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -163,7 +164,8 @@ def search_images(
         vectors = np.atleast_2d(matcher._embed_one_image(pictures[0]))
     else:
         vectors = matcher.embedder.embed_images(pictures, batch_size=QUERY_BATCH)
-    features = [matcher.query_features(p) if verify else None for p in pictures]
+    # Keypoints only when a list is close enough to need verifying (vpm/ranking.py asks for them then).
+    features = [functools.partial(matcher.query_features, p) if verify else None for p in pictures]
     per_query_ms = (time.perf_counter() - started) * 1000 / max(1, len(images))
     return rank_many(
         matcher, vectors, [name for _data, name in images], top_k, threshold, categories,
