@@ -138,6 +138,31 @@ def moto_server():
     server.stop()
 
 
+RTT_MS = 40  # a bucket in a nearby region, seen from an app hosted in the same cloud
+
+
+@pytest.fixture(scope="session")
+def slow_moto_server(moto_server):
+    """moto's server behind tests/slow_link.py: every request pays RTT_MS of round trip, as a real bucket's do."""
+    import subprocess
+    import sys
+
+    port = moto_server.rpartition(":")[2]
+    link = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "slow_link.py"), port,
+                             str(RTT_MS)], stdout=subprocess.PIPE, text=True)
+    try:
+        yield f"http://127.0.0.1:{int(link.stdout.readline())}"
+    finally:
+        link.terminate()
+        link.wait()
+
+
+@pytest.fixture
+def slow_server_bucket(slow_moto_server, server_bucket):
+    """server_bucket's bucket, reached through the slow link: (endpoint_url, bucket_name)."""
+    return slow_moto_server, server_bucket[1]
+
+
 @pytest.fixture
 def server_bucket(moto_server, request):
     """A fresh private bucket on the moto HTTP server; returns (endpoint_url, bucket_name)."""
