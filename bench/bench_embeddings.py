@@ -38,7 +38,7 @@ from shared_photos import PHOTOS, require_photos  # noqa: E402 - bench/: the sha
 
 from vpm.embeddings import clear_embedder_cache, load_embedder  # noqa: E402
 from vpm.images import decode_image  # noqa: E402
-from vpm.pipeline import chunked, embedder_stages, prepared_batches  # noqa: E402
+from vpm.pipeline import chunked, embedder_stages, prefetch  # noqa: E402
 
 TEXT = "a red running shoe"
 
@@ -65,16 +65,15 @@ def _rate(embedder, images: list[Image.Image], batch_size: int) -> float:
 
 def _indexing_rate(embedder, files: list[Path], batch_size: int = 32) -> float:
     """What `vpm index` / an import does per photo: read, decode (vpm.images), preprocess, embed, pipelined."""
-    _prepare, embed = embedder_stages(embedder)
+    prepare, embed = embedder_stages(embedder)
 
-    def load(path: Path) -> Image.Image:
-        data = path.read_bytes()
-        return decode_image(data, path.name).image
+    def load(paths: list[Path]):
+        return prepare([decode_image(path.read_bytes(), path.name).image for path in paths])
 
     start = time.perf_counter()
     done = 0
-    for batch in prepared_batches(embedder, chunked(files, batch_size), load):
-        done += len(embed(batch.prepared))
+    for prepared in prefetch(chunked(files, batch_size), load, name="vpm-decode"):
+        done += len(embed(prepared))
     return done / (time.perf_counter() - start)
 
 

@@ -15,7 +15,6 @@ from vpm.costs import (
     PriceError,
     PriceTable,
     Traffic,
-    cdn_cost,
     estimate,
     format_usd,
     storage_cost,
@@ -79,16 +78,20 @@ def test_transfer_out_first_100_gb_free(gb, usd):
 
 
 @pytest.mark.parametrize(
-    "gb, requests, usd",
+    "views, view_bytes, requests_usd, transfer_usd",
     [
-        (1024, 10_000_000, 0.0),  # exactly the free tier
-        (1025, 0, 0.085),
-        (0, 10_010_000, 0.01),  # 10k requests over the free 10M
-        (1034, 10_020_000, 10 * 0.085 + 0.02),
+        (10_000_000, 1, 0.0, 0.0),  # exactly the free requests
+        (10_010_000, 1, 0.01, 0.0),  # 10k requests over the free 10M
+        (1024 * 1024, MiB, 0.0, 0.0),  # 1 MiB views: exactly the free 1,024 GB
+        (1025 * 1024, MiB, 0.0, 0.085),  # one GB over
     ],
 )
-def test_cdn_free_tier_edges(gb, requests, usd):
-    assert cdn_cost(gb, requests) == pytest.approx(usd)
+def test_cdn_free_tier_edges(views, view_bytes, requests_usd, transfer_usd):
+    traffic = Traffic(searches_per_month=views, images_per_search=1, use_cdn=True, serve_thumbnails=False,
+                      avg_image_bytes=view_bytes, app_starts_per_month=0)
+    est = estimate(CatalogSize(images=1, image_bytes=MiB), traffic)
+    assert line(est, "CloudFront HTTPS requests").usd == pytest.approx(requests_usd)
+    assert line(est, "CloudFront data transfer out").usd == pytest.approx(transfer_usd)
 
 
 def test_storage_line_quotes_the_rate_of_the_tier_reached():

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from vpm.pipeline import chunked, embedder_stages, prefetch, prepared_batches
+from vpm.pipeline import chunked, embedder_stages, prefetch
 
 from conftest import make_product_photo
 
@@ -84,22 +84,16 @@ def test_leaving_early_stops_the_background_thread():
     assert not [t for t in threading.enumerate() if t.name == "vpm-prefetch"]
 
 
-def test_prepared_batches_report_what_cannot_be_loaded_and_keep_the_rest_in_order(tiny_clip):
+def test_batches_prepared_in_the_background_embed_as_embed_images_does(tiny_clip):
+    """What an index rebuild does: the embedder's preprocessing on the prefetch thread, its network call here."""
     from PIL import Image
 
-    def load(n: int):
-        if n % 4 == 3:
-            raise OSError(f"photo {n} is unreadable")
-        return Image.new("RGB", (40 + n, 40), (n * 9 % 256, 80, 120))
+    prepare, embed = embedder_stages(tiny_clip)
+    images = [Image.new("RGB", (40 + n, 40), (n * 9 % 256, 80, 120)) for n in range(10)]
 
-    _prepare, embed = embedder_stages(tiny_clip)
-    batches = list(prepared_batches(tiny_clip, chunked(list(range(10)), 4), load, errors=(OSError,)))
+    vectors = np.vstack([embed(batch) for batch in prefetch(chunked(images, 4), prepare)])
 
-    assert [b.items for b in batches] == [[0, 1, 2], [4, 5, 6], [8, 9]]
-    assert [[n for n, _err in b.failed] for b in batches] == [[3], [7], []]
-    vectors = np.vstack([embed(b.prepared) for b in batches])
-    expected = tiny_clip.embed_images([load(n) for n in (0, 1, 2, 4, 5, 6, 8, 9)])
-    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    np.testing.assert_allclose(vectors, tiny_clip.embed_images(images), atol=1e-5)
 
 
 def test_a_rebuild_through_the_pipeline_gives_every_photo_its_vector(matcher):

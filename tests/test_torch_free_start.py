@@ -1,7 +1,7 @@
 """A start without torch: a model whose ONNX export is cached and checked loads from ONNX Runtime alone.
 
 torch, transformers and sentence-transformers are imported only to export, to check parity the first time, on a
-GPU, or with VPM_RUNTIME=torch (vpm/onnx_runtime.py, `from_cache`). The export's manifest says which model files
+GPU, or with VPM_RUNTIME=torch (vpm/embeddings.py, `_from_export`). The export's manifest says which model files
 it was made from, so a changed model is noticed without loading it. In this process torch is imported already,
 so the tests here tell the two paths apart by what the embedder holds (no torch model at all when it was made
 from the cache); the one-shot searches run in a fresh process and look at its sys.modules.

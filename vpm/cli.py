@@ -16,7 +16,7 @@ from pathlib import Path
 from .catalog import MAX_PAGE, MAX_PRICE
 from .config import ConfigError, configure_logging, load_settings
 from .errors import VpmError, log_unexpected, something_went_wrong
-from .presentation import format_price
+from .presentation import format_price, plural
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +135,6 @@ def cmd_export(args) -> int:
 def terminal_safe(text: str) -> str:
     """No escape sequence reaches the terminal, whatever an older version stored."""
     return "".join("?" if (ord(c) < 32 and c != "\n") or 127 <= ord(c) < 160 else c for c in text)
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def cmd_delete(args) -> int:

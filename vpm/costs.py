@@ -383,11 +383,6 @@ def _cdn_request_cost(requests: float, prices: PriceTable) -> float:
     return max(0.0, requests - prices.cdn_free_requests) / 10_000 * prices.cdn_per_10k_requests
 
 
-def cdn_cost(gb: float, requests: float, prices: PriceTable = DEFAULT_PRICES) -> float:
-    """USD for CloudFront in a month: transfer to the internet plus HTTPS requests, after the free tier."""
-    return _cdn_transfer_cost(gb, prices) + _cdn_request_cost(requests, prices)
-
-
 # -------------------------------------------------------------------------------------------- estimate
 
 _LIST_PAGE = 1000  # keys per ListObjectsV2 response

@@ -1,14 +1,17 @@
 """The embedder contract: what every model turns images (and, when it reads words, texts) into.
 
 `Embedder` is what vpm.embeddings loads and the rest of the app uses: CLIP through sentence-transformers
-(vpm.embeddings), DINOv2 and SigLIP 2 through transformers (vpm.hf_models) and the built-in EfficientNet-Lite0
-(vpm.builtin_model). It imports neither torch nor Pillow at import time.
+(vpm.clip_model), DINOv2 and SigLIP 2 through transformers (vpm.hf_models) and the built-in EfficientNet-Lite0
+(vpm.builtin_model). Each carries what is particular to it: whether it reads words (`supports_text`), its default
+cosines (`thresholds`) and its ONNX export (`export_onnx`), so the code around it never asks which kind it is.
+It imports neither torch nor Pillow at import time.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +28,16 @@ class EmbeddingError(VpmError, RuntimeError):
     """An embedding request that cannot be served (e.g. text on an image-only model); the message says why."""
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """A model's cosines before its catalog has a fit of its own: `image`, where a photo-to-photo match is as likely
+    right as wrong (the midpoint of the score's prior curve, vpm.scoring); `text`, below which a text-to-photo match
+    is hidden. They hide the clearly unrelated, they do not rank."""
+
+    image: float = 0.6
+    text: float = 0.2
+
+
 class Embedder(ABC):
     """Turns images (and, when `supports_text`, texts) into L2-normalised float32 vectors of length `dim`."""
 
@@ -36,6 +49,7 @@ class Embedder(ABC):
     device: str
     runtime: str = "torch"  # what runs the network: "torch", "onnx-fp32" or "onnx-int8"
     runtime_reason: str | None = None  # why ONNX Runtime is not in use (export failed, VPM_RUNTIME=torch), or None
+    thresholds: Thresholds = Thresholds()  # a model family's own cosines override these
 
     def embed_images(
         self, images: Sequence[Image.Image], batch_size: int = 32, progress: Progress | None = None
@@ -88,6 +102,12 @@ class Embedder(ABC):
             "runtime": self.runtime,
             "runtime_reason": self.runtime_reason,
         }
+
+    def export_onnx(self, runtime: str) -> None:
+        """Move this model's networks onto ONNX Runtime in place: export them from torch, check them against it,
+        cache them (vpm.onnx_runtime.accelerate calls it and keeps torch, with the reason, when it raises).
+        `runtime` is "auto", "onnx-fp32" or "onnx-int8". A model with no export of its own stays on torch."""
+        raise NotImplementedError(f"no ONNX export for {type(self).__name__}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model_id!r}, dim={self.dim}, device={self.device!r})"

@@ -1,6 +1,7 @@
-"""Embedders: which model runs, and loading it. CLIP through sentence-transformers (here), DINOv2 and SigLIP 2
-through transformers (vpm/hf_models.py), with a built-in image-only fallback for offline machines
-(vpm/builtin_model.py); the contract they share is vpm/embedder_base.py.
+"""Embedders: which model runs, and loading it. CLIP through sentence-transformers (vpm/clip_model.py), DINOv2 and
+SigLIP 2 through transformers (vpm/hf_models.py), with a built-in image-only fallback for offline machines
+(vpm/builtin_model.py); the contract they share is vpm/embedder_base.py, the files a model is made of
+vpm/model_files.py.
 
 `load_embedder(model, device)` loads the configured model once per process and never fails because the
 Hugging Face hub is unreachable: a hub model that is neither cached nor downloadable, or a folder that does
@@ -30,28 +31,28 @@ The network runs on ONNX Runtime when it can do so faithfully (vpm/onnx_runtime.
 checked against torch); `runtime` says which ("torch", "onnx-fp32", "onnx-int8") and `runtime_reason` why torch
 is still in use. Once a model's export is cached and checked, later starts build its embedder from the export
 alone (ONNX Runtime, the `tokenizers` library, numpy and Pillow), without importing torch at all; torch loads
-only to export and check a model the first time (or a changed one), on a GPU, or with VPM_RUNTIME=torch.
+only to export and check a model the first time (or a changed one), on a GPU, or with VPM_RUNTIME=torch. Which
+embedder a cached export makes is the registry below (`_FROM_EXPORT`, by the kind its manifest records): each
+embedder makes itself from its export, and exports itself, so neither this module nor the runtime asks what it is.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import numpy as np
+from . import hf_models, onnx_runtime
 
-# The contract and the built-in model live in their own modules; their names stay importable from here.
+# The contract, the models and their files live in their own modules; their names stay importable from here.
 from .builtin_model import (  # noqa: F401 - re-exported
     DEFAULT_DESCRIPTOR,
     FALLBACK_MODEL,
@@ -62,12 +63,14 @@ from .builtin_model import (  # noqa: F401 - re-exported
     rmac,
     rmac_regions,
 )
+from .clip_model import SentenceTransformerEmbedder, construct
 from .embedder_base import Embedder, EmbeddingError, Progress, _as_rgb, _l2_normalise  # noqa: F401 - re-exported
+from .model_files import ModelSource, ModelUnavailable, files_digest
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from vpm.config import Settings
+
+_ModelUnavailable = ModelUnavailable  # its name when it lived here (tests catch it by this name)
 
 log = logging.getLogger(__name__)
 
@@ -76,105 +79,18 @@ HUB_PROBE_TIMEOUT_S = 3.0
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 # Sentence-transformers' own shorthand: a bare name such as "clip-ViT-B-32" lives in this organisation.
 _ST_ORG = "sentence-transformers"
-# Files whose content decides what a local model computes; their hash keys a local folder's embedding cache.
-_MODEL_FILE_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".json", ".txt", ".model"}
 
 
-class SentenceTransformerEmbedder(Embedder):
-    """Any sentence-transformers model that embeds images (CLIP and the like).
-
-    Loaded from a checked ONNX export (vpm.onnx_runtime.from_cache) it holds no torch model at all: `model` is
-    None, `dim` and `supports_text` come from the export's manifest, and `load_model` makes the
-    SentenceTransformer only if something asks for `_model` (torch then, never for embedding)."""
-
-    def __init__(
-        self, model: Any, model_id: str, display_name: str, device: str, folder: Path | None = None, *,
-        dim: int | None = None, supports_text: bool | None = None, load_model: Callable[[], Any] | None = None,
-    ) -> None:
-        self._st_model = model
-        self._load_model = load_model
-        self._model_lock = threading.Lock()
-        self._folder = folder  # where its files are (the ONNX cache is keyed by their hashes)
-        self._onnx: Any = None  # vpm.onnx_preprocess.Towers once the towers run on ONNX Runtime
-        self.model_id = model_id
-        self.display_name = display_name
-        self.device = device
-        self.fallback_reason = None
-        if model is None:
-            if dim is None or supports_text is None or load_model is None:
-                raise ValueError("an embedder without its model needs dim, supports_text and load_model")
-            self.supports_text, self.dim = supports_text, dim
-            return
-        self.supports_text = bool(model.supports("text"))
-        # sentence-transformers 6 renamed get_sentence_embedding_dimension; some models report None.
-        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        self.dim = int(get_dim() or self._probe_dim())
-
-    @property
-    def _model(self) -> Any:
-        """The SentenceTransformer (made now, with torch, if this embedder was loaded from its ONNX export)."""
-        if self._st_model is None:
-            with self._model_lock:
-                if self._st_model is None:
-                    assert self._load_model is not None
-                    self._st_model = self._load_model()
-        return self._st_model
-
-    def _probe_dim(self) -> int:
-        from PIL import Image
-
-        return int(self._encode([Image.new("RGB", (32, 32))], batch_size=1).shape[1])
-
-    def _encode(self, inputs: list[Any], batch_size: int) -> np.ndarray:
-        vectors = self._model.encode(
-            inputs, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
-        )
-        return np.asarray(vectors, dtype=np.float32)
-
-    def model_folder(self) -> Path:
-        """The folder of the model's files, resolved (OnnxUnavailable when there is none on this machine)."""
-        from vpm.onnx_runtime import OnnxUnavailable
-
-        if self._folder is None or not self._folder.is_dir():
-            raise OnnxUnavailable("the model's files are not in a folder on this machine")
-        return self._folder.resolve()
-
-    def model_files_digest(self) -> str:
-        folder = self.model_folder()
-        return _folder_digest(folder, _folder_stamp(folder))
-
-    def use_onnx(self, towers: Any) -> None:
-        self._onnx = towers
-        self.runtime, self.runtime_reason = towers.runtime, None
-
-    def _prepare_image_batch(self, images: list[Image.Image]) -> Any:
-        from vpm.images import crop_to_aspect
-
-        # CLIP's processor scales the short side up to its input size before its centre crop: a 1×200000 strip
-        # would become a 30 GB image. Cropped to MAX_ASPECT_RATIO first, that step stays small; every image
-        # decode_image accepts is passed on untouched, so its vector is exactly what it was.
-        bounded = [crop_to_aspect(image) for image in images]
-        return self._onnx.prepare_images(bounded) if self._onnx is not None else bounded
-
-    def _embed_image_batch(self, images: Any) -> np.ndarray:
-        if self._onnx is not None:
-            return self._onnx.embed_pixels(images)
-        return self._encode(images, batch_size=len(images))  # embed_images already made the batch
-
-    def _embed_text_batch(self, texts: list[str]) -> np.ndarray:
-        if self._onnx is not None and self._onnx.text is not None:
-            return np.concatenate([self._onnx.embed_texts(texts[i : i + 64]) for i in range(0, len(texts), 64)])
-        return self._encode(texts, batch_size=64)
-
-
+# The embedders a checked export can be started from, by the kind its manifest records ("efficientnet", the
+# built-in model, is started from by `EfficientNetEmbedder.from_export` alone). A new exportable model: one line.
+_FROM_EXPORT: dict[str, Callable[..., Embedder | None]] = {
+    "clip": SentenceTransformerEmbedder.from_export,
+    "hf": hf_models.TransformersEmbedder.from_export,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Loading
-
-
-class _ModelUnavailable(Exception):
-    """The configured model cannot be used here; the message is the fallback reason shown to people."""
 
 
 _cache: dict[tuple[str, str], Embedder] = {}
@@ -218,24 +134,22 @@ def clear_embedder_cache() -> None:
 
 def _load(name: str, resolved_device: str, runtime: str = "auto") -> Embedder:
     """Where the model's export is cached and checked, its embedder is made from ONNX Runtime alone (no torch, no
-    transformers, no sentence-transformers: vpm.onnx_runtime.from_cache); otherwise the model loads on torch and
+    transformers, no sentence-transformers: `_from_export`); otherwise the model loads on torch and
     `accelerate` exports and checks it (and records that in the cache, for the next start)."""
-    from vpm import onnx_runtime
-
     runtime = onnx_runtime.runtime_setting(runtime)
     reason: str | None = None
     embedder: Embedder | None = None
     if name.lower() != FALLBACK_MODEL:
         try:
             embedder = _load_model(name, resolved_device, runtime)
-        except _ModelUnavailable as unavailable:
+        except ModelUnavailable as unavailable:
             reason = str(unavailable)
             log.warning(
                 "Embedding model %r is unavailable: %s. Using the built-in image-only model %s instead; "
                 "text search is off.", name, reason, FALLBACK_MODEL,
             )
     if embedder is None:
-        embedder = onnx_runtime.from_cache(None, resolved_device, runtime, fallback_reason=reason)
+        embedder = _from_export(None, resolved_device, runtime, fallback_reason=reason)
     if embedder is None:
         embedder = EfficientNetEmbedder(_efficientnet_network(resolved_device), resolved_device, reason)
         onnx_runtime.accelerate(embedder, runtime)  # ONNX Runtime where it matches torch; else torch, reason logged
@@ -248,11 +162,9 @@ def _load(name: str, resolved_device: str, runtime: str = "auto") -> Embedder:
 
 def _load_model(name: str, device: str, runtime: str) -> Embedder:
     """The configured (non built-in) model: from its checked export when there is one, else through torch."""
-    from vpm import onnx_runtime
-
-    source = _locate(name, exact=False)  # no torch: which files, which id (raises _ModelUnavailable)
+    source = _locate(name, exact=False)  # no torch: which files, which id (raises ModelUnavailable)
     if source is not None and source.folder is not None:
-        embedder = onnx_runtime.from_cache(source, device, runtime)
+        embedder = _from_export(source, device, runtime)
         if embedder is not None:
             return embedder
     embedder = _load_transformers(source, device) or _load_sentence_transformer(name, device, source)
@@ -260,11 +172,51 @@ def _load_model(name: str, device: str, runtime: str) -> Embedder:
     return embedder
 
 
-def _load_transformers(source: _Source | None, device: str) -> Embedder | None:
+def _from_export(source: ModelSource | None, device: str, runtime: str = "auto",
+                 fallback_reason: str | None = None) -> Embedder | None:
+    """The embedder for `source` (None: the built-in EfficientNet-Lite0) made from its checked export alone, without
+    importing torch, transformers or sentence-transformers; None where torch is needed (no export, or one made from
+    other files or versions, or never checked; a graph below the parity bar; a GPU; VPM_RUNTIME=torch), and then the
+    caller loads the model on torch and calls `accelerate`."""
+    runtime = onnx_runtime.runtime_setting(runtime)
+    if device != "cpu" or runtime == "torch":
+        return None
+    started = time.perf_counter()
+    try:
+        embedder = _made_from_export(source, runtime, fallback_reason)
+    except Exception as err:  # noqa: BLE001 - the torch path always works: it finds out and says what is wrong
+        log.info("The ONNX cache cannot serve %s (%s: %s): loading it through torch",
+                 getattr(source, "model_id", "the built-in model"), type(err).__name__, onnx_runtime._first_line(err))
+        return None
+    if embedder is not None:
+        log.info("Embedding model %s runs on ONNX Runtime (%s, %d threads; from its checked export, without torch, "
+                 "ready in %.2f s)", embedder.model_id, embedder.runtime, onnx_runtime.thread_count(),
+                 time.perf_counter() - started)
+    return embedder
+
+
+def _made_from_export(source: ModelSource | None, runtime: str, fallback_reason: str | None) -> Embedder | None:
+    """The embedder of the kind the manifest records (the registry, _FROM_EXPORT), from the export of exactly these
+    files."""
+    if source is None:
+        return EfficientNetEmbedder.from_export(runtime, fallback_reason)
+    assert source.folder is not None
+    files_root = source.folder.resolve()
+    found = onnx_runtime.find_checked_export(source.model_id, files_root, onnx_runtime.model_file_names(files_root))
+    if found is None:
+        return None
+    folder, manifest = found
+    model = manifest["model"]
+    if model.get("needs_torch"):
+        log.debug("%s loads through torch: %s", source.model_id, model["needs_torch"])
+        return None
+    make = _FROM_EXPORT.get(str(model.get("kind")))
+    return None if make is None else make(source, folder, manifest, runtime)
+
+
+def _load_transformers(source: ModelSource | None, device: str) -> Embedder | None:
     """A DINOv2 or SigLIP checkpoint through transformers (vpm.hf_models), downloaded first when the hub name hints
     at one and it is not cached; None when the files are not such a checkpoint (sentence-transformers loads them)."""
-    from vpm import hf_models
-
     if source is None:
         return None
     try:
@@ -275,14 +227,14 @@ def _load_transformers(source: _Source | None, device: str) -> Embedder | None:
                 raise
             except Exception as err:  # a failed download is the fallback's reason
                 first_line = (str(err).strip().splitlines() or [""])[0][:300].rstrip(". ")
-                raise _ModelUnavailable(
+                raise ModelUnavailable(
                     f"{source.name!r} could not be downloaded ({type(err).__name__}: {first_line})") from err
             if folder is None:
                 return None
-            source = _Source(source.name, source.model_id, source.display_name, folder, source.repo_id)
+            source = ModelSource(source.name, source.model_id, source.display_name, folder, source.repo_id)
         family = hf_models.family_of(source.folder) if source.folder is not None else None
     except hf_models.Unsupported as unsupported:
-        raise _ModelUnavailable(f"{source.name!r} cannot be used: {unsupported}") from None
+        raise ModelUnavailable(f"{source.name!r} cannot be used: {unsupported}") from None
     return None if family is None else hf_models.load(source, family, device)
 
 
@@ -341,22 +293,8 @@ def _cuda_possible() -> bool:
     return True
 
 
-
-
-@dataclass(frozen=True)
-class _Source:
-    """Where a configured model's files are, found without importing torch (or waiting on more than one probe)."""
-
-    name: str  # as configured
-    model_id: str
-    display_name: str
-    folder: Path | None  # the model's files on this machine; None for a hub model still to download
-    repo_id: str | None = None  # hub models
-    exact: bool = True  # False: the hub repo was guessed without sentence-transformers' list of classic names
-
-
-def _locate(name: str, *, exact: bool = True) -> _Source | None:
-    """The files `name` stands for, without importing torch; raises _ModelUnavailable as loading would.
+def _locate(name: str, *, exact: bool = True) -> ModelSource | None:
+    """The files `name` stands for, without importing torch; raises ModelUnavailable as loading would.
 
     With exact=False a bare hub name is taken to live under sentence-transformers/ (its rule, but for a list of
     classic transformers names it keeps in a module that imports torch); None when only that list can decide
@@ -364,8 +302,8 @@ def _locate(name: str, *, exact: bool = True) -> _Source | None:
     folder = _as_local_folder(name)
     if folder is not None:
         if not folder.is_dir():
-            raise _ModelUnavailable(f"model folder {folder} does not exist")
-        return _Source(name, model_slug(str(folder)), folder.resolve().name, folder)
+            raise ModelUnavailable(f"model folder {folder} does not exist")
+        return ModelSource(name, model_slug(str(folder)), folder.resolve().name, folder)
     cache_dir = _hub_cache_dir()
     guessed = not exact and "/" not in name
     repo_id = f"{_ST_ORG}/{name}" if guessed else _hub_repo_id(name)
@@ -374,19 +312,19 @@ def _locate(name: str, *, exact: bool = True) -> _Source | None:
         return None
     if snapshot is None:
         if _hub_offline():
-            raise _ModelUnavailable(
+            raise ModelUnavailable(
                 f"{name!r} is not in the local Hugging Face cache ({cache_dir}) and HF_HUB_OFFLINE is set"
             )
         problem = _hub_unreachable()
         if problem:
-            raise _ModelUnavailable(
+            raise ModelUnavailable(
                 f"{name!r} is not in the local Hugging Face cache ({cache_dir}) and the Hugging Face hub "
                 f"cannot be reached ({problem})"
             )
-    return _Source(name, model_slug(name), name, snapshot, repo_id, exact=not guessed)
+    return ModelSource(name, model_slug(name), name, snapshot, repo_id, exact=not guessed)
 
 
-def _load_sentence_transformer(name: str, device: str, source: _Source | None = None) -> Embedder:
+def _load_sentence_transformer(name: str, device: str, source: ModelSource | None = None) -> Embedder:
     """The model on torch through sentence-transformers (`source`: where _locate found it, if it already looked)."""
     if source is None or not source.exact:
         source = _locate(name)
@@ -394,34 +332,23 @@ def _load_sentence_transformer(name: str, device: str, source: _Source | None = 
     if source.repo_id is None:  # a folder
         assert source.folder is not None
         problem = f"the folder {source.folder} does not hold a usable model"
-        model = _construct(name, str(source.folder), device, what=problem)
+        model = construct(name, str(source.folder), device, what=problem)
         files: Path | None = source.folder
     elif source.folder is not None:
         # Loading the snapshot as a plain folder makes no hub call at all (loading the repo id with
         # local_files_only still phones the hub for huggingface_hub's user-agent registry).
-        model = _construct(name, str(source.folder), device)
+        model = construct(name, str(source.folder), device)
         files = source.folder
     else:
         cache_dir = _hub_cache_dir()
-        model = _construct(name, source.repo_id, device, cache_folder=str(cache_dir))
+        model = construct(name, source.repo_id, device, cache_folder=str(cache_dir))
         files = _cached_snapshot(source.repo_id, cache_dir)  # where the download landed
     if not model.supports("image"):
-        raise _ModelUnavailable(
+        raise ModelUnavailable(
             f"{name!r} embeds {', '.join(map(str, model.modalities))} but not images; use a CLIP, SigLIP 2 or "
             "DINOv2 model"
         )
     return SentenceTransformerEmbedder(model, source.model_id, source.display_name, device, files)
-
-
-def _construct(name: str, source: str, device: str, what: str | None = None, **kwargs: Any) -> Any:
-    from sentence_transformers import SentenceTransformer
-
-    try:
-        return SentenceTransformer(source, device=device, **kwargs)
-    except Exception as err:  # whatever the loader raises, the app must keep running on the fallback
-        first_line = (str(err).strip().splitlines() or [""])[0][:300].rstrip(". ")
-        problem = what or f"{name!r} could not be loaded"
-        raise _ModelUnavailable(f"{problem} ({type(err).__name__}: {first_line})") from err
 
 
 def _as_local_folder(name: str) -> Path | None:
@@ -517,7 +444,7 @@ def model_slug(name: str) -> str:
     folder = _as_local_folder(name)
     if folder is not None and folder.is_dir():
         resolved = folder.resolve()
-        return f"{_slugify(resolved.name)}-{_folder_digest(resolved, _folder_stamp(resolved))}"
+        return f"{_slugify(resolved.name)}-{files_digest(resolved)}"
     if name.lower() == FALLBACK_MODEL:
         return DEFAULT_DESCRIPTOR.model_id
     return _slugify(name.removeprefix(f"{_ST_ORG}/").replace("/", "--"))
@@ -527,34 +454,3 @@ def _slugify(text: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text)
     slug = re.sub(r"\.{2,}", ".", slug).strip("-.")
     return slug or "model"
-
-
-def _model_files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in _MODEL_FILE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-
-
-def _folder_stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    """Cheap fingerprint (path, size, mtime) so the content hash is recomputed only when files change."""
-    stamps = []
-    for path in _model_files(folder):
-        stat = path.stat()
-        stamps.append((path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns))
-    return tuple(stamps)
-
-
-@lru_cache(maxsize=32)
-def _folder_digest(folder: Path, stamp: tuple[tuple[str, int, int], ...]) -> str:
-    digest = hashlib.sha256()
-    for relative, _size, _mtime in stamp:
-        digest.update(relative.encode() + b"\0")
-        with open(folder / relative, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()[:12]

@@ -17,8 +17,8 @@ reason); which family it is comes from its config.json's `model_type`, read with
   lower-cases every text before the Gemma tokenizer, but its checkpoints name a `GemmaTokenizer`, which does not.
 - `siglip2` (the NaFlex checkpoints, with a variable patch grid) is not supported: it falls back with the reason.
 
-Each runs on ONNX Runtime where its export matches torch (vpm/onnx_hf.py), and starts from that checked export
-without torch afterwards, like CLIP.
+Each runs on ONNX Runtime where its export matches torch (vpm/onnx_hf.py, the embedder's `export_onnx`), and starts
+from that checked export without torch afterwards (`TransformersEmbedder.from_export`), like CLIP.
 """
 
 from __future__ import annotations
@@ -33,12 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import onnx_hf
+from . import onnx_runtime as rt
 from .embedder_base import Embedder
+from .model_files import ModelSource, ModelUnavailable, files_digest
+from .onnx_preprocess import Pixels, TextTokens, Towers
 
 if TYPE_CHECKING:
     from PIL import Image
-
-    from .embeddings import _Source
 
 log = logging.getLogger(__name__)
 
@@ -187,14 +189,38 @@ class TransformersEmbedder(Embedder):
                     self._parts = self._load_parts()
         return self._parts
 
+    @classmethod
+    def from_export(cls, source: ModelSource, folder: Path, manifest: dict[str, Any], runtime: str
+                    ) -> TransformersEmbedder | None:
+        """A DINOv2 or SigLIP embedder from its checked export alone (no torch, no transformers), or None where a
+        network it needs is not in the cache as `runtime` wants it."""
+        model = manifest["model"]
+        family = FAMILIES.get(str(model.get("family")))
+        if family is None or bool(model["supports_text"]) != family.reads_words:
+            return None
+        quantize = runtime in ("auto", "onnx-int8")
+        image = rt.cached_network(folder, manifest, "image", quantize, runtime)
+        text = rt.cached_network(folder, manifest, "text", quantize, runtime) if family.reads_words else None
+        if image is None or (family.reads_words and text is None):
+            return None
+        tokens = TextTokens(folder / TextTokens.FILE, model["tokenizer"]) if family.reads_words else None
+        embedder = cls(
+            None, family, source.model_id, source.display_name, "cpu", source.folder, dim=int(model["dim"]),
+            load_parts=lambda: load_parts(source, family, "cpu"),  # only if something asks for the torch model
+        )
+        pixels = onnx_hf.HfPixels(embedder, Pixels.settings_from_json(model["pixels"]))
+        rt._suffix_if_below_bar(embedder, [n for n in (image, text) if n is not None])
+        embedder.use_onnx(Towers(pixels, image, text, tokens))
+        return embedder
+
+    def export_onnx(self, runtime: str) -> None:
+        onnx_hf.accelerate_hf(self, runtime)
+
     def model_folder(self) -> Path:
         return self._folder.resolve()
 
     def model_files_digest(self) -> str:
-        from .embeddings import _folder_digest, _folder_stamp
-
-        folder = self.model_folder()
-        return _folder_digest(folder, _folder_stamp(folder))
+        return files_digest(self.model_folder())
 
     def use_onnx(self, towers: Any) -> None:
         self._onnx = towers
@@ -231,23 +257,20 @@ class TransformersEmbedder(Embedder):
         return np.concatenate(out)
 
 
-def load_parts(source: _Source, family: Family, device: str) -> HfParts:
-    """The checkpoint on torch; anything that fails is the fallback's reason (vpm.embeddings._ModelUnavailable)."""
-    from .embeddings import _ModelUnavailable
-    from .onnx_runtime import configure_torch_threads
-
+def load_parts(source: ModelSource, family: Family, device: str) -> HfParts:
+    """The checkpoint on torch; anything that fails is the fallback's reason (ModelUnavailable)."""
     assert source.folder is not None
-    configure_torch_threads()
+    rt.configure_torch_threads()
     try:
         return HfParts(source.folder, family, device)
     except Exception as err:  # whatever transformers raises, the app must keep running on the fallback
         first_line = (str(err).strip().splitlines() or [""])[0][:300].rstrip(". ")
         problem = (f"the folder {source.folder} does not hold a usable {family.label} model" if source.repo_id is None
                    else f"{source.name!r} could not be loaded as a {family.label} model")
-        raise _ModelUnavailable(f"{problem} ({type(err).__name__}: {first_line})") from err
+        raise ModelUnavailable(f"{problem} ({type(err).__name__}: {first_line})") from err
 
 
-def load(source: _Source, family: Family, device: str) -> TransformersEmbedder:
+def load(source: ModelSource, family: Family, device: str) -> TransformersEmbedder:
     """The embedder of a located checkpoint of `family`, on torch (vpm.onnx_runtime.accelerate moves it)."""
     assert source.folder is not None
     parts = load_parts(source, family, device)

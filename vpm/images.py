@@ -350,15 +350,6 @@ def outline_box(image: Image.Image, box: Box, max_side: int = PREVIEW_MAX_SIDE) 
     return buffer.getvalue()
 
 
-def to_jpeg(image: Image.Image, quality: int = 90) -> bytes:
-    """Re-encode as JPEG. No EXIF is written, so the pixels as they are now are the orientation."""
-    if not 1 <= quality <= 100:
-        raise ValueError(f"quality must be between 1 and 100, got {quality}")
-    buffer = io.BytesIO()
-    _to_rgb(image).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
 # --- opening ------------------------------------------------------------------------------------------------
 
 

@@ -153,17 +153,6 @@ def decode_segment(data: bytes, key: str, model_id: str) -> Segment:
     return Segment(key, model_id, shas, vectors)
 
 
-def encode_segment(model_id: str, shas: list[str], vectors: np.ndarray) -> bytes:
-    """A segment as the first release wrote it (tests build old catalogs with it)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    buffer = io.BytesIO()
-    np.savez(
-        buffer, format=np.array(SEGMENT_FORMAT), model_id=np.array(model_id), dim=np.array(vectors.shape[1]),
-        sha256=np.array(shas, dtype="S64"), vectors=vectors,
-    )
-    return buffer.getvalue()
-
-
 def iter_segment_vectors(segments: Iterable[Segment]) -> Iterator[tuple[str, np.ndarray]]:
     """(sha, vector) of every segment, later segments winning."""
     latest: dict[str, np.ndarray] = {}

@@ -1,7 +1,8 @@
-"""The built-in EfficientNet-Lite0 on ONNX Runtime (see vpm/onnx_runtime.py for the cache and the parity bar).
+"""The built-in EfficientNet-Lite0's export hook (see vpm/onnx_runtime.py for the cache and the parity bar).
 
 Only the network call, a float32 NCHW batch of any height and width -> its feature maps, is replaced: the
-preprocessing and the pooling stay in vpm.builtin_model, in numpy and Pillow.
+preprocessing and the pooling stay in vpm.builtin_model, in numpy and Pillow. The embedder calls
+`accelerate_efficientnet` from its `export_onnx` and finds its weights here to start from the export.
 """
 
 from __future__ import annotations
@@ -63,25 +64,6 @@ def accelerate_efficientnet(embedder, runtime: str) -> None:
                     weights.parent, [weights.name])
     rt._suffix_if_below_bar(embedder, [net])
     embedder.use_onnx(net)
-
-
-def efficientnet_from_cache(runtime: str, fallback_reason: str | None):
-    """The built-in model from its checked export alone (see vpm.onnx_runtime.from_cache), or None. Its preprocessing and pooling
-    are numpy and Pillow already; only the network needed torch."""
-    from .embeddings import EfficientNetEmbedder
-
-    embedder = EfficientNetEmbedder(None, "cpu", fallback_reason)
-    weights = efficientnet_weights()
-    found = rt.find_checked_export(embedder.model_id, weights.parent, [weights.name])
-    if found is None or found[1]["model"].get("kind") != "efficientnet":
-        return None
-    folder, manifest = found
-    net = rt._cached_network(folder, manifest, "features", False, "onnx-fp32" if runtime == "onnx-int8" else runtime)
-    if net is None:
-        return None
-    rt._suffix_if_below_bar(embedder, [net])
-    embedder.use_onnx(net)
-    return embedder
 
 
 def _efficientnet_probe(image) -> np.ndarray:

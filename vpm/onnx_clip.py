@@ -1,10 +1,12 @@
-"""CLIP through sentence-transformers on ONNX Runtime (see vpm/onnx_runtime.py for the cache and the parity bar).
+"""CLIP's export hook: its towers on ONNX Runtime (see vpm/onnx_runtime.py for the cache and the parity bar).
 
 The image tower (pixels -> projected embedding) and the text tower (token ids + mask -> projected embedding) are
 each exported from the very `transformers.CLIPModel` the SentenceTransformer loaded. Images are preprocessed by a
 numpy/Pillow copy of CLIP's processor when it gives the same pixels as the model's own processor on the probe
 images (checked at load), else by that processor; texts by a copy of its tokenizer on the `tokenizers` library
-where that gives the model's own tokens (vpm/onnx_preprocess.py).
+where that gives the model's own tokens (vpm/onnx_preprocess.py). The embedder (vpm.clip_model) calls
+`accelerate_clip` from its `export_onnx`, and starts from the export with `ClipPixels`; this module knows the model
+only through the embedder it is handed.
 """
 
 from __future__ import annotations
@@ -21,9 +23,6 @@ from .onnx_preprocess import Pixels, TextTokens, Towers, needs_torch
 from .onnx_runtime import OnnxUnavailable
 
 log = logging.getLogger(__name__)
-
-ClipOnnx = Towers  # the name the CLIP towers had before the transformers models shared them
-
 
 class ClipPixels(Pixels):
     """CLIP's image preprocessing: the numpy/Pillow copy where it reproduces the processor's pixels on the probe
@@ -165,29 +164,3 @@ def accelerate_clip(embedder, runtime: str) -> None:
     tokenize = text_tokens if text_tokens is not None else (lambda texts: _tokens(st_model, texts))
     embedder.use_onnx(Towers(pixels, image_net, text_net, tokenize))
 
-
-def clip_from_manifest(source, folder: Path, manifest: dict[str, Any], runtime: str):
-    """A CLIP embedder from its checked export alone (see vpm.onnx_runtime.from_cache), or None."""
-    from .embeddings import SentenceTransformerEmbedder, _construct
-
-    model = manifest["model"]
-    quantize = runtime in ("auto", "onnx-int8")
-    supports_text = bool(model["supports_text"])
-    image = rt._cached_network(folder, manifest, "image", quantize, runtime)
-    text = rt._cached_network(folder, manifest, "text", quantize, runtime) if supports_text else None
-    if image is None or (supports_text and text is None):
-        return None
-    tokens = TextTokens(folder / TextTokens.FILE, model["tokenizer"]) if supports_text else None
-
-    def load_model():  # only if something asks for the torch model itself (nothing that embeds does)
-        rt.configure_torch_threads()
-        return _construct(source.name, str(source.folder), "cpu")
-
-    embedder = SentenceTransformerEmbedder(
-        None, source.model_id, source.display_name, "cpu", source.folder, dim=int(model["dim"]),
-        supports_text=supports_text, load_model=load_model,
-    )
-    pixels = ClipPixels(None, Pixels.settings_from_json(model["pixels"]), load_model=lambda: embedder._model)
-    rt._suffix_if_below_bar(embedder, [n for n in (image, text) if n is not None])
-    embedder.use_onnx(Towers(pixels, image, text, tokens))
-    return embedder

@@ -1,10 +1,11 @@
-"""DINOv2 and SigLIP 2 (vpm/hf_models.py) on ONNX Runtime (see vpm/onnx_runtime.py for the cache and the bar).
+"""DINOv2 and SigLIP 2's export hook (vpm/hf_models.py) on ONNX Runtime (see vpm/onnx_runtime.py for the cache).
 
 The image tower (pixels -> the image vector: DINOv2's CLS token, SigLIP's pooled output) and SigLIP's text tower
 (token ids and mask -> the text vector) are exported from the checkpoint transformers loaded, and each is checked
 against torch on the probes: the images go through the checkpoint's own processor into torch, and through the numpy
 copy of it into the graph, so the check covers the copy too. The export's manifest records the family, the vector
-size, the preprocessing and the tokenizer, so a later start needs no torch (`hf_from_manifest`).
+size, the preprocessing and the tokenizer, so a later start needs no torch (`TransformersEmbedder.from_export`).
+This module knows the model only through the embedder it is handed (`accelerate_hf`, called by its `export_onnx`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from . import onnx_runtime as rt
-from .hf_models import FAMILIES, HfParts, TransformersEmbedder, load_parts
 from .onnx_preprocess import Pixels, TextTokens, Towers, needs_torch
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class HfPixels(Pixels):
     """The checkpoint's image processor: the numpy/Pillow copy where it reproduces the processor's pixels on the
     probes, else the processor itself (loaded with the checkpoint, when the embedder was made from its export)."""
 
-    def __init__(self, embedder: TransformersEmbedder, fast: dict[str, Any] | None):
+    def __init__(self, embedder, fast: dict[str, Any] | None):  # embedder: a vpm.hf_models.TransformersEmbedder
         super().__init__(fast)
         self._embedder = embedder
 
@@ -34,7 +34,7 @@ class HfPixels(Pixels):
         return self._embedder.parts.pixels(images)
 
     @classmethod
-    def for_embedder(cls, embedder: TransformersEmbedder, probes: list) -> HfPixels:
+    def for_embedder(cls, embedder, probes: list) -> HfPixels:
         try:
             fast = cls(embedder, cls.fast_settings(embedder.parts.image_processor))
         except Exception as err:  # noqa: BLE001 - an unknown processor simply keeps its own code
@@ -46,7 +46,7 @@ class HfPixels(Pixels):
         return cls(embedder, None)
 
 
-def _text_tokens(parts: HfParts, folder: Path) -> TextTokens | None:
+def _text_tokens(parts, folder: Path) -> TextTokens | None:  # parts: a vpm.hf_models.HfParts
     tokenizer = parts.tokenizer
     settings = {
         "max_length": parts.max_length, "length": parts.max_length, "lowercase": parts.lowercase,
@@ -57,7 +57,7 @@ def _text_tokens(parts: HfParts, folder: Path) -> TextTokens | None:
     return TextTokens.copy_of(tokenizer, settings, parts.tokens, folder)
 
 
-def accelerate_hf(embedder: TransformersEmbedder, runtime: str) -> None:
+def accelerate_hf(embedder, runtime: str) -> None:
     import torch
 
     parts = embedder.parts
@@ -128,24 +128,3 @@ def accelerate_hf(embedder: TransformersEmbedder, runtime: str) -> None:
     tokenize = text_tokens if text_tokens is not None else (parts.tokens if embedder.supports_text else None)
     embedder.use_onnx(Towers(pixels, image_net, text_net, tokenize))
 
-
-def hf_from_manifest(source, folder: Path, manifest: dict[str, Any], runtime: str) -> TransformersEmbedder | None:
-    """A DINOv2 or SigLIP embedder from its checked export alone (see vpm.onnx_runtime.from_cache), or None."""
-    model = manifest["model"]
-    family = FAMILIES.get(str(model.get("family")))
-    if family is None or bool(model["supports_text"]) != family.reads_words:
-        return None
-    quantize = runtime in ("auto", "onnx-int8")
-    image = rt._cached_network(folder, manifest, "image", quantize, runtime)
-    text = rt._cached_network(folder, manifest, "text", quantize, runtime) if family.reads_words else None
-    if image is None or (family.reads_words and text is None):
-        return None
-    tokens = TextTokens(folder / TextTokens.FILE, model["tokenizer"]) if family.reads_words else None
-    embedder = TransformersEmbedder(
-        None, family, source.model_id, source.display_name, "cpu", source.folder, dim=int(model["dim"]),
-        load_parts=lambda: load_parts(source, family, "cpu"),  # only if something asks for the torch model
-    )
-    pixels = HfPixels(embedder, Pixels.settings_from_json(model["pixels"]))
-    rt._suffix_if_below_bar(embedder, [n for n in (image, text) if n is not None])
-    embedder.use_onnx(Towers(pixels, image, text, tokens))
-    return embedder

@@ -1,9 +1,10 @@
 """ONNX Runtime for the embedders' networks: exported once from the loaded torch model, cached, checked for parity.
 
-`accelerate(embedder)` (called by vpm.embeddings when a model loads) moves the expensive part of an embedder onto
-ONNX Runtime, and leaves it on torch, with the reason logged and in `embedder.runtime_reason`, whenever that
-cannot be done faithfully. Each kind of model has its own export; this module holds what they share (the cache,
-the manifests, the parity check, the sessions):
+`accelerate(embedder)` (called by vpm.embeddings when a model loads) asks the embedder to move the expensive part of
+itself onto ONNX Runtime (its `export_onnx`), and leaves it on torch, with the reason logged and in
+`embedder.runtime_reason`, whenever that cannot be done faithfully. Each kind of model carries its own export; this
+module holds what they share (the cache, the manifests, the parity check, the sessions) and knows networks only,
+never which embedder it serves:
 
 - CLIP through sentence-transformers (vpm/onnx_clip.py): its image tower and its text tower.
 - DINOv2 and SigLIP 2 through transformers (vpm/onnx_hf.py): the image tower, and SigLIP's text tower.
@@ -23,10 +24,11 @@ torch again.
 A start without torch: once every check passed, the folder's manifest also says which model it was made from
 (each file's size, modification time and SHA-256; the versions; the vector size; for CLIP, DINOv2 and SigLIP the preprocessing and
 tokenizer settings, the tokenizer itself saved as tokenizer.json and checked to give the model's own token ids).
-`from_cache` (called by vpm.embeddings before anything imports torch) finds that manifest by the model's id and
-its files (a file whose size or time changed is hashed again; a changed file means no match) and makes the
-embedder from ONNX Runtime, `tokenizers` and numpy alone. Without such a manifest (no export yet, a changed
-model, parity not checked, a GPU, VPM_RUNTIME=torch) the model loads on torch and `accelerate` runs as above.
+`find_checked_export` (asked by vpm.embeddings before anything imports torch) finds that manifest by the model's id
+and its files (a file whose size or time changed is hashed again; a changed file means no match); the embedder of
+the kind the manifest records makes itself from it (its `from_export`) with ONNX Runtime, `tokenizers` and numpy
+alone. Without such a manifest (no export yet, a changed model, parity not checked, a GPU, VPM_RUNTIME=torch) the
+model loads on torch and `accelerate` runs as above.
 
 Model ids: a network that passed the bar computes what torch computes, so its vectors keep the model's id and
 mix with torch's. A variant forced below the bar (VPM_RUNTIME=onnx-int8 when int8 failed) gets an id of its own.
@@ -55,6 +57,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .model_files import model_file_names  # noqa: F401 - what the exports record a model's files by
 
 log = logging.getLogger(__name__)
 
@@ -553,55 +557,8 @@ def runtime_setting(runtime: str | None) -> str:
     return runtime
 
 
-def from_cache(source, device: str, runtime: str = "auto", fallback_reason: str | None = None):
-    """The embedder for `source` (a vpm.embeddings._Source; None: the built-in EfficientNet-Lite0) made from its
-    checked export alone, without importing torch, transformers or sentence-transformers; None where torch is needed
-    (no export, or one made from other files or versions, or never checked; a graph below the parity bar; a GPU;
-    VPM_RUNTIME=torch), and then the caller loads the model on torch and calls `accelerate`."""
-    runtime = runtime_setting(runtime)
-    if device != "cpu" or runtime == "torch":
-        return None
-    started = time.perf_counter()
-    try:
-        embedder = _from_checked_export(source, runtime, fallback_reason)
-    except Exception as err:  # noqa: BLE001 - the torch path always works: it finds out and says what is wrong
-        log.info("The ONNX cache cannot serve %s (%s: %s): loading it through torch",
-                 getattr(source, "model_id", "the built-in model"), type(err).__name__, _first_line(err))
-        return None
-    if embedder is not None:
-        log.info("Embedding model %s runs on ONNX Runtime (%s, %d threads; from its checked export, without torch, "
-                 "ready in %.2f s)", embedder.model_id, embedder.runtime, thread_count(), time.perf_counter() - started)
-    return embedder
-
-
-def _from_checked_export(source, runtime: str, fallback_reason: str | None):
-    """The embedder made by the module of its kind (the manifest says which) from the export of exactly these files."""
-    if source is None:
-        from .onnx_builtin import efficientnet_from_cache
-
-        return efficientnet_from_cache(runtime, fallback_reason)
-    files_root = source.folder.resolve()
-    found = find_checked_export(source.model_id, files_root, model_file_names(files_root))
-    if found is None:
-        return None
-    folder, manifest = found
-    model = manifest["model"]
-    if model.get("needs_torch"):
-        log.debug("%s loads through torch: %s", source.model_id, model["needs_torch"])
-        return None
-    if model.get("kind") == "clip":
-        from .onnx_clip import clip_from_manifest
-
-        return clip_from_manifest(source, folder, manifest, runtime)
-    if model.get("kind") == "hf":
-        from .onnx_hf import hf_from_manifest
-
-        return hf_from_manifest(source, folder, manifest, runtime)
-    return None
-
-
-def _cached_network(folder: Path, manifest: dict[str, Any], name: str, quantize: bool, wanted: str
-                    ) -> Network | None:
+def cached_network(folder: Path, manifest: dict[str, Any], name: str, quantize: bool, wanted: str
+                   ) -> Network | None:
     """The network `name` as load_network would pick it from this manifest, or None where that needs torch."""
     entry = manifest.get(name) or {}
     if not _usable(folder, name, entry, quantize, wanted):
@@ -623,27 +580,11 @@ def accelerate(embedder, runtime: str = "auto") -> None:
     if getattr(embedder, "device", "cpu") != "cpu":
         embedder.runtime, embedder.runtime_reason = "torch", f"ONNX Runtime is used on cpu only (device {embedder.device})"
         return
-    from .embeddings import EfficientNetEmbedder, SentenceTransformerEmbedder
-    from .hf_models import TransformersEmbedder
-
     started = time.perf_counter()
-    try:  # each kind of model has its own export (its module imports torch)
-        if isinstance(embedder, SentenceTransformerEmbedder):
-            from .onnx_clip import accelerate_clip
-
-            accelerate_clip(embedder, runtime)
-        elif isinstance(embedder, TransformersEmbedder):
-            from .onnx_hf import accelerate_hf
-
-            accelerate_hf(embedder, runtime)
-        elif isinstance(embedder, EfficientNetEmbedder):
-            from .onnx_builtin import accelerate_efficientnet
-
-            accelerate_efficientnet(embedder, runtime)
-        else:
-            raise OnnxUnavailable(f"no ONNX export for {type(embedder).__name__}")
+    try:
+        embedder.export_onnx(runtime)  # each kind of model has its own export (its module imports torch)
     except Exception as err:  # noqa: BLE001 - ONNX Runtime is an optimisation: torch always works
-        if isinstance(err, OnnxUnavailable):
+        if isinstance(err, (OnnxUnavailable, NotImplementedError)):  # NotImplementedError: a model with no export
             reason = str(err)
         elif isinstance(err, ImportError):
             reason = f"ONNX Runtime is not installed here ({_first_line(err)}): pip install -r requirements.txt"
@@ -663,10 +604,3 @@ def _suffix_if_below_bar(embedder, networks: list[Network]) -> None:
         embedder.model_id = f"{embedder.model_id}-{below[0].runtime}"
         log.warning("the %s graph is below the parity bar (cosine %.5f < %s): its vectors are kept apart under the "
                     "model id %s", below[0].runtime, below[0].cosine, PARITY_MIN_COSINE, embedder.model_id)
-
-
-def model_file_names(root: Path) -> list[str]:
-    """The files of a model folder that decide what it computes (those its model id and export key hash)."""
-    from .embeddings import _model_files
-
-    return [path.relative_to(root).as_posix() for path in _model_files(root)]

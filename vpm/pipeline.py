@@ -14,8 +14,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -81,40 +80,6 @@ def prefetch(items: Iterable[T], work: Callable[[T], U], *, ahead: int = DEFAULT
     finally:
         stop.set()
         worker.join()
-
-
-@dataclass
-class PreparedBatch(Generic[T]):
-    """One batch after the CPU stage: the items that loaded, the model input made from them, and the ones that
-    could not be loaded with the reason."""
-
-    items: list[T]
-    prepared: Any  # what embedder.embed_prepared takes; None when no item loaded
-    failed: list[tuple[T, Exception]] = field(default_factory=list)
-
-
-def prepared_batches(embedder, batches: Iterable[list[T]], load: Callable[[T], Any], *,
-                     errors: tuple[type[Exception], ...] = (Exception,), ahead: int = DEFAULT_AHEAD,
-                     ) -> Iterator[PreparedBatch[T]]:
-    """For each batch: `load(item)` (fetch and decode: a PIL image) for every item, then the embedder's own
-    preprocessing, on the background thread; the caller embeds with `embedder_stages(embedder)[1](batch.prepared)`.
-    An item whose load raises one of `errors` is reported in `failed` and left out. Embedders without the
-    prepare/embed split (test doubles) get the images themselves, for their `embed_images`."""
-    prepare, _embed = embedder_stages(embedder)
-
-    def stage(batch: list[T]) -> PreparedBatch[T]:
-        loaded, images, failed = [], [], []
-        for item in batch:
-            try:
-                images.append(load(item))
-                loaded.append(item)
-            except errors as err:
-                failed.append((item, err))
-        if not images:
-            return PreparedBatch(loaded, None, failed)
-        return PreparedBatch(loaded, prepare(images), failed)
-
-    return prefetch(batches, stage, ahead=ahead, name="vpm-decode")
 
 
 def embedder_stages(embedder) -> tuple[Callable[[list], Any], Callable[[Any], Any]]:

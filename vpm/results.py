@@ -11,6 +11,7 @@ import numpy as np
 from .catalog import Photo, Product
 from .images import Box
 from .importer import ImportIssue
+from .presentation import plural
 
 if TYPE_CHECKING:
     from .rerank import LocalFeatures
@@ -186,14 +187,10 @@ class ImportReport:
 
     def summary(self) -> str:
         created_photos = sum(len(p.photos) for p in self.imported)
-        text = f"imported {_plural(len(self.imported), 'product')} ({_plural(created_photos, 'photo')})"
+        text = f"imported {plural(len(self.imported), 'product')} ({plural(created_photos, 'photo')})"
         if self.photos_added:
-            text += f", added {_plural(self.photos_added, 'photo')} to existing products"
-        text += f", skipped {_plural(len(self.duplicates), 'duplicate')}"
+            text += f", added {plural(self.photos_added, 'photo')} to existing products"
+        text += f", skipped {plural(len(self.duplicates), 'duplicate')}"
         if self.ignored:
-            text += f", ignored {_plural(len(self.ignored), 'other file')}"  # not images, links: each says why
+            text += f", ignored {plural(len(self.ignored), 'other file')}"  # not images, links: each says why
         return text + f", failed {len(self.failed)}"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"

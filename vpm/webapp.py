@@ -46,6 +46,16 @@ def _leave_old_multipage_mode() -> None:
     its own (no page config, no sidebar status, pages named after files), and so does everyone after them
     until someone opens the home page. Every page imports this module, so switch that mode off here and
     rerun, which sends this very visit through streamlit_app.py to the same page.
+
+    Why a private attribute: Streamlit has no public way to do this while `pages/` sits beside the entry point.
+    Its documentation says the folder is ignored "as soon as any session of your app executes the st.navigation
+    command" (the st.navigation reference): only after a first session ran streamlit_app.py. Until then
+    `PagesManager.__init__` sets `uses_pages_directory` from the folder's existence and the script runner runs a
+    deep-linked pages/x.py through its v1 emulation, without the entry point; st.navigation is the only public
+    call that clears the flag, and it is documented for the entry point alone, which that visit never runs.
+    There is no config option or start-up hook for it (Streamlit 1.67), and Streamlit's own guidance is to name
+    the folder otherwise (app_pages/), which the product's layout rules out. tests/test_page_home.py fails by name
+    if a Streamlit upgrade drops the attribute; tests/test_browser.py checks the first deep-linked visit.
     """
     from streamlit.runtime.pages_manager import PagesManager
     from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
