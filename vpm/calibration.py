@@ -11,6 +11,7 @@ built-in curve, never a failed search. They are redone after an import and by `p
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,18 +113,46 @@ def calibrate(matcher: Matcher, *, max_queries: int = CALIBRATION_QUERIES,
 
 
 class CalibrationCache:
-    """A process's copy of the active calibration, looked for again at most every RELOAD_S seconds."""
+    """A process's copy of the active calibration, looked for again at most every RELOAD_S seconds: in the
+    background, so no search waits on the two reads it takes (two round trips to a bucket) but the first."""
 
     def __init__(self) -> None:
         self._loaded: dict[str, tuple[float, Calibration]] = {}
+        self._reloading: set[str] = set()
+        self._lock = threading.Lock()
+        self._generation = 0  # bumped by forget: a reload started before it must not bring back what it forgot
 
     def get(self, storage: Storage, prefix: str, model_id: str) -> Calibration:
         now = time.monotonic()
         cached = self._loaded.get(model_id)
-        if cached is None or now - cached[0] > RELOAD_S:
+        if cached is None:
             cached = (now, load(storage, prefix, model_id))
             self._loaded[model_id] = cached
+        elif now - cached[0] > RELOAD_S:
+            self._reload(storage, prefix, model_id)
         return cached[1]
 
+    def _reload(self, storage: Storage, prefix: str, model_id: str) -> None:
+        with self._lock:
+            if model_id in self._reloading:
+                return
+            self._reloading.add(model_id)
+            generation = self._generation
+
+        def run() -> None:
+            try:
+                started = time.monotonic()
+                loaded = load(storage, prefix, model_id)
+                with self._lock:
+                    if generation == self._generation:  # not forgotten meanwhile
+                        self._loaded[model_id] = (started, loaded)
+            finally:
+                with self._lock:
+                    self._reloading.discard(model_id)
+
+        threading.Thread(target=run, name="vpm-calibration-reload", daemon=True).start()
+
     def forget(self) -> None:
-        self._loaded.clear()
+        with self._lock:
+            self._generation += 1
+            self._loaded.clear()

@@ -124,6 +124,9 @@ def cmd_serve(args) -> int:
         )
     limits = server_limits(settings)
     app = create_app(settings)
+    from .warm_start import warm_up
+
+    warm_up(app.state.matcher)  # the first search's reads, side by side, while uvicorn starts and the model loads
     log.info(
         "VPM API on http://%s:%d (docs at /docs); storage: %s; model %s loads on the first search or upload",
         args.host, args.port, app.state.matcher.storage.description, settings.vpm_model,

@@ -7,8 +7,12 @@ own chain (LanceDB's object store does not read profiles), and with none of thes
 credentials itself (environment, instance or task role).
 
 Every table handle of a location is shared by the whole process, so a write through one Matcher is seen by
-every other one at once; another process's write is seen within `READ_CONSISTENCY` (LanceDB checks the
-latest version at most that often; each check is one listing on S3).
+every other one at once; another process's write is seen within `READ_CONSISTENCY`. LanceDB itself never checks
+(`read_consistency_interval=None`): `keep_fresh`, called before a table is read, checks every open table of the
+location together (one listing each on S3, all at once: one round trip), at most every `REFRESH_AFTER` and in the
+background while the last check is younger than `READ_CONSISTENCY`, so a warm search on a bucket tens of
+milliseconds away seldom waits on a check, and never on one a table (LanceDB's own checks cost one listing per
+table per read, one after another).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import random
 import re
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,7 +36,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-READ_CONSISTENCY = timedelta(milliseconds=500)
+# Another process's write is seen by reads that start this long after its commit, at most (plus one round trip):
+# the visibility promised is 2 s. Past REFRESH_AFTER a read triggers a check in the background and goes on with
+# what it has; past READ_CONSISTENCY it waits for the check.
+READ_CONSISTENCY = timedelta(milliseconds=1500)
+REFRESH_AFTER = timedelta(milliseconds=1000)
 # Compact once this many small fragments have piled up (each one-by-one add writes one).
 SMALL_FRAGMENTS_BEFORE_COMPACTION = 24
 # Versions older than this are pruned by compaction; readers never hold a version nearly this long.
@@ -118,13 +128,104 @@ def connect(where: Location) -> Any:
             import lancedb
 
             try:
-                db = lancedb.connect(
-                    where.uri, storage_options=where.options() or None, read_consistency_interval=READ_CONSISTENCY
+                db = lancedb.connect(  # no checks of its own: keep_fresh checks every table at once
+                    where.uri, storage_options=where.options() or None, read_consistency_interval=None
                 )
             except Exception as err:  # noqa: BLE001 - LanceDB's errors have no common base class
                 raise EngineError(f"cannot open the catalog tables in {where.description}: {_reason(err)}") from None
             _connections[where] = db
+            _freshness.setdefault(where, _Freshness())
         return db
+
+
+class _Freshness:
+    """When the open tables of one location were last checked for other processes' commits."""
+
+    def __init__(self) -> None:
+        self.checked = time.monotonic()  # a table opened after this opens at its latest version
+        self.running: threading.Event | None = None  # set when the check under way is done
+
+
+_freshness: dict[Location, _Freshness] = {}
+# Every table handle given out, by location, as long as someone holds it: a store keeps its handle after `forget`
+# drops it from the cache, and LanceDB no longer refreshes one by itself.
+_handed_out: dict[Location, weakref.WeakSet] = {}
+CHECK_WAIT_S = 60.0  # a read waits this long at most for a check under way (a check is a listing: milliseconds)
+
+
+def keep_fresh(where: Location) -> None:
+    """Call before reading a table of `where`: another process's commits are seen within READ_CONSISTENCY."""
+    state = _freshness.get(where)
+    if state is None:
+        return  # not connected yet: whatever opens next opens at its latest version
+    age = time.monotonic() - state.checked
+    if age < REFRESH_AFTER.total_seconds():
+        return
+    done = _start_check(where, state)
+    if age >= READ_CONSISTENCY.total_seconds():
+        done.wait(CHECK_WAIT_S)
+
+
+def _start_check(where: Location, state: _Freshness) -> threading.Event:
+    with _lock:
+        if state.running is not None:
+            return state.running
+        done = state.running = threading.Event()
+        tables = list(_handed_out.get(where, ()))  # those dropped from the cache too, while a store holds one
+
+    def check() -> None:
+        started = time.monotonic()
+        try:
+            _checkout_latest(tables)
+        finally:
+            with _lock:
+                state.checked, state.running = started, None
+            done.set()
+
+    threading.Thread(target=check, name="vpm-table-versions", daemon=True).start()
+    return done
+
+
+def _checkout_latest(tables: list) -> None:
+    """Every table at its latest version, all checked at once (one listing each: one round trip in all)."""
+    def one(table) -> None:
+        try:
+            table.checkout_latest()
+        except Exception as err:  # noqa: BLE001 - the read that follows says what is wrong, in its own words
+            log.info("could not check the latest version of %s: %s", getattr(table, "name", "a table"), _reason(err))
+
+    if len(tables) == 1:
+        one(tables[0])
+        return
+    list(_check_pool().map(one, tables))
+
+
+_checkers = None
+
+
+def _check_pool():
+    """The threads version checks run on, kept for the process (a check every second or so: no thread churn)."""
+    global _checkers  # noqa: PLW0603 - one pool a process, made on first use
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _lock:
+        if _checkers is None:
+            _checkers = ThreadPoolExecutor(8, thread_name_prefix="vpm-version")
+        return _checkers
+
+
+def table_names(where: Location) -> list[str]:
+    """The tables of `where`, all in one listing a page (a start learns which exist without asking each)."""
+    db = connect(where)
+    names: list[str] = []
+    token = None
+    with translated(f"cannot list the tables in {where.description}"):
+        while True:  # paginated, as a bucket may hold many tables
+            response = db.list_tables(page_token=token, limit=1000)
+            names += response.tables
+            token = response.page_token
+            if not token:
+                return names
 
 
 PRIMARY_KEY = {b"lance-schema:unenforced-primary-key:position": b"1"}
@@ -138,19 +239,22 @@ def with_primary_key(schema, column: str):
     return pa.schema([f.with_metadata(PRIMARY_KEY) if f.name == column else f for f in schema])
 
 
-def open_or_create_table(where: Location, name: str, schema, *, exists: bool | None = None) -> Any:
+def open_or_create_table(where: Location, name: str, schema, *,
+                         exists: bool | Callable[[], bool] | None = None) -> Any:
     """The table `name`, created empty only when nothing of it exists yet.
 
-    `exists` says whether any object of the table is in storage (the caller lists it through Storage); a table
-    whose files exist but cannot be opened raises TableUnreadable rather than being recreated empty.
+    `exists` says whether any object of the table is in storage (the caller lists it through Storage), or is a
+    function that says so, asked only when the table does not open (a listing is a round trip to a bucket: a table
+    that opens needs none); a table whose files exist but cannot be opened raises TableUnreadable rather than
+    being recreated empty.
     """
     key = (where, name)
     with _lock:
         table = _tables.get(key)
     if table is not None:
         return table
-    with _creation_lock:  # one opener per process; other processes are handled by create's exist_ok
-        with _lock:
+    with _opening_lock(key):  # one opener a table per process (tables open side by side); other processes are
+        with _lock:            # handled by create's exist_ok
             table = _tables.get(key)
         if table is not None:
             return table
@@ -158,14 +262,23 @@ def open_or_create_table(where: Location, name: str, schema, *, exists: bool | N
         try:
             table = db.open_table(name)
         except Exception as err:  # noqa: BLE001 - 'does not exist' and 'damaged' arrive as different types
+            if callable(exists):
+                exists = exists()
             if exists and not _never_committed(where, name):
                 raise TableUnreadable(_unreadable(where, name, err)) from None
             table = _create(db, where, name, schema)
         with _lock:
-            return _tables.setdefault(key, table)
+            table = _tables.setdefault(key, table)
+            _handed_out.setdefault(where, weakref.WeakSet()).add(table)
+            return table
 
 
-_creation_lock = threading.Lock()
+_opening: dict[tuple[Location, str], threading.Lock] = {}
+
+
+def _opening_lock(key: tuple[Location, str]) -> threading.Lock:
+    with _lock:
+        return _opening.setdefault(key, threading.Lock())
 
 
 def _never_committed(where: Location, name: str) -> bool:
@@ -329,6 +442,13 @@ def _create(db, where: Location, name: str, schema):
             raise EngineError(f"cannot create the table {name} in {where.description}: {_reason(first)}") from None
 
 
+def dropped(where: Location, name: str, table: Any) -> bool:
+    """Whether `forget` dropped this handle since it was opened: the files changed behind our back, and a held
+    handle never goes back to an older version (a damaged one set aside), so its holder opens the table again."""
+    with _lock:
+        return _tables.get((where, name)) is not table
+
+
 def forget_table(where: Location, name: str) -> None:
     """Drop the cached handle of one table (after it was dropped or replaced)."""
     with _lock:
@@ -342,6 +462,10 @@ def forget(where: Location | None = None) -> None:
             del _tables[key]
         for key in [k for k in _connections if where is None or k == where]:
             del _connections[key]
+        # The files changed behind our back: the handles stores still hold are checked before their next read.
+        for key, state in _freshness.items():
+            if where is None or key == where:
+                state.checked = float("-inf")
 
 
 @contextmanager

@@ -41,6 +41,9 @@ TABLE = "products"
 MAX_ATTEMPTS = 50
 # Scalar indexes help once a table is big enough that a scan shows; below this a scan is cheaper to keep.
 INDEX_FROM_ROWS = 5_000
+# Product rows a process keeps from the table's current version (read for search results; dropped when the table
+# changes, and all at once past this many: a few hundred MB at most).
+CACHED_PRODUCTS = 100_000
 
 _PHOTO = pa.struct(
     [
@@ -122,6 +125,9 @@ class LanceCatalogStore(CatalogStore):
         self._exists = exists
         self._category_cache: tuple[int, dict[str, int]] | None = None
         self._photo_total: tuple[int, int] | None = None  # (version, photos)
+        # (version, {id: product, or None when not there}, whether that is every row): rows read at that version,
+        # valid while it is current
+        self._rows_cache: tuple[int, dict[str, Product | None], bool] | None = None
 
     @property
     def description(self) -> str:
@@ -129,6 +135,9 @@ class LanceCatalogStore(CatalogStore):
 
     @property
     def table(self):
+        engine.keep_fresh(self.where)  # other processes' commits: seen within engine.READ_CONSISTENCY
+        if self._table is not None and engine.dropped(self.where, TABLE, self._table):
+            self._table = None
         if self._table is None:
             self._table = engine.open_or_create_table(
                 self.where, TABLE, SCHEMA, exists=self._exists
@@ -151,13 +160,46 @@ class LanceCatalogStore(CatalogStore):
         return found[product_id]
 
     def get_many(self, product_ids: Sequence[str]) -> dict[str, Product]:
+        """These products (ids not in the catalog are left out). Rows already read at the table's current version
+        come from memory; the rest are read in one query (on S3 a read is several round trips: a search's
+        candidates are asked for every time)."""
         ids = list(dict.fromkeys(product_ids))
-        out: dict[str, Product] = {}
-        for chunk in engine.chunks(ids):  # bounded IN lists
+        rows = self._cached_rows()
+        missing = [i for i in ids if i not in rows]
+        if missing and not rows and self._count(None) <= INDEX_FROM_ROWS:
+            # Without an index a lookup scans every fragment anyway: the same round trips read every row once
+            # (until the table changes, no search reads it again).
+            self.warm()
+            rows = self._cached_rows()
+            missing = [i for i in ids if i not in rows]
+        for chunk in engine.chunks(missing):  # bounded IN lists
             query = self.table.search().where(f"id IN {sql_list(chunk)}").limit(len(chunk) * 2)
-            for product in self._products(query):
-                out[product.id] = product
-        return out
+            found = {product.id: product for product in self._products(query)}
+            rows.update({i: found.get(i) for i in chunk})  # None: not in the catalog at this version
+        return {i: rows[i] for i in ids if rows.get(i) is not None}
+
+    def _cached_rows(self) -> dict[str, Product | None]:
+        """The rows kept from the table's current version (a new, empty dict once it changed)."""
+        version = self.version()
+        cached = self._rows_cache
+        if cached is None or cached[0] != version or len(cached[1]) > CACHED_PRODUCTS:
+            cached = self._rows_cache = (version, {}, False)
+        return cached[1]
+
+    def warm(self) -> None:
+        """Read every row into memory when the table is small (a start's reads, or a search's after a change)."""
+        version = self.version()
+        if self._count(None) > INDEX_FROM_ROWS:
+            return
+        every = {product.id: product for product in self._products(self.table.search().limit(None))}
+        self._rows_cache = (version, every, True)  # rows newer than `version` are dropped at the next read
+
+    def _every_row(self) -> list[Product] | None:
+        """Every product, when all of the current version is in memory."""
+        cached = self._rows_cache
+        if cached is None or not cached[2] or cached[0] != self.version():
+            return None
+        return [p for p in cached[1].values() if p is not None]
 
     @staticmethod
     def _filter(categories: Iterable[str] | None, name_contains: str | None) -> str | None:
@@ -243,10 +285,14 @@ class LanceCatalogStore(CatalogStore):
         cached = self._photo_total
         if cached and cached[0] == version:
             return cached[1]
-        total = 0
-        with engine.translated(f"cannot read {self.description}"):
-            for batch in self.table.search().select(["photo_count"]).limit(None).to_batches(batch_size=65536):
-                total += int(pc.sum(batch.column("photo_count")).as_py() or 0)
+        every = self._every_row()
+        if every is not None:  # all in memory already: no read
+            total = sum(len(p.photos) for p in every)
+        else:
+            total = 0
+            with engine.translated(f"cannot read {self.description}"):
+                for batch in self.table.search().select(["photo_count"]).limit(None).to_batches(batch_size=65536):
+                    total += int(pc.sum(batch.column("photo_count")).as_py() or 0)
         self._photo_total = (version, total)
         return total
 
@@ -329,6 +375,9 @@ class LanceCatalogStore(CatalogStore):
     def _change(self, product_id: str, change) -> Product:
         """Read, change, write only if nobody changed the row since it was read; otherwise again."""
         for attempt in range(MAX_ATTEMPTS):
+            if attempt:  # someone else changed the row: read it at the table's latest version, not this handle's
+                with engine.translated(f"cannot read {self.description}"):
+                    self.table.checkout_latest()
             current = self.get(product_id)
             changed = change(current)
             guard = f"target.revision = {int(current.revision)}"

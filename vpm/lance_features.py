@@ -17,10 +17,14 @@ import pyarrow as pa
 from . import engine
 from .lance_catalog import ensure_scalar_indexes, sql_list
 from .rerank import FEATURES_ID, LocalFeatures
+from .row_cache import VersionedRows
 
 log = logging.getLogger(__name__)
 
 TABLE = f"features-{FEATURES_ID}"
+# Photos whose keypoints a process keeps (a search verifies up to 20 candidates' best photos): ~64 KB each on the
+# sample catalog, so at most ~130 MB.
+KEPT_PHOTOS = 2_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class LanceFeatureStore:
         self.where = where
         self._exists = exists
         self._table = None
+        self._kept: VersionedRows[LocalFeatures] = VersionedRows(KEPT_PHOTOS)
 
     @property
     def description(self) -> str:
@@ -58,6 +63,9 @@ class LanceFeatureStore:
 
     @property
     def table(self):
+        engine.keep_fresh(self.where)  # other processes' commits: seen within engine.READ_CONSISTENCY
+        if self._table is not None and engine.dropped(self.where, TABLE, self._table):
+            self._table = None
         if self._table is None:
             try:
                 self._table = engine.open_or_create_table(self.where, TABLE, schema(), exists=self._exists)
@@ -146,9 +154,14 @@ class LanceFeatureStore:
             yield from rows.to_pylist()
 
     def features_for(self, photo_keys: Iterable[str]) -> dict[str, LocalFeatures]:
-        """The stored keypoints of these photos (photos without a row are left out)."""
+        """The stored keypoints of these photos (photos without a row are left out); those read before at the
+        table's current version from memory (a search verifies much the same candidates every time)."""
         columns = ["photo_key", "width", "height", "points", "descriptors"]
-        return {row["photo_key"]: _features(row) for row in self._rows("photo_key", photo_keys, columns)}
+
+        def read(keys: list[str]) -> dict[str, LocalFeatures]:
+            return {row["photo_key"]: _features(row) for row in self._rows("photo_key", keys, columns)}
+
+        return self._kept.get_many(photo_keys, int(self.table.version), read)
 
     def features_for_shas(self, shas: Iterable[str]) -> dict[str, LocalFeatures]:
         """Keypoints already computed for these image hashes, to reuse instead of computing them again."""

@@ -17,8 +17,10 @@ import pyarrow as pa
 from . import engine
 from .lance_catalog import ensure_scalar_indexes, sql_list
 from .package_text import TEXT_ID
+from .row_cache import VersionedRows
 
 TABLE = f"text-{TEXT_ID}"
+KEPT_PHOTOS = 20_000  # photos whose text a process keeps (a few hundred bytes each)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class LanceTextStore:
         self.where = where
         self._exists = exists
         self._table = None
+        self._kept: VersionedRows[str] = VersionedRows(KEPT_PHOTOS)
 
     @property
     def description(self) -> str:
@@ -52,6 +55,9 @@ class LanceTextStore:
 
     @property
     def table(self):
+        engine.keep_fresh(self.where)  # other processes' commits: seen within engine.READ_CONSISTENCY
+        if self._table is not None and engine.dropped(self.where, TABLE, self._table):
+            self._table = None
         if self._table is None:
             try:
                 self._table = engine.open_or_create_table(self.where, TABLE, schema(), exists=self._exists)
@@ -121,8 +127,13 @@ class LanceTextStore:
             ).to_pylist()
 
     def texts_for(self, photo_keys: Iterable[str]) -> dict[str, str]:
-        """The stored text of these photos ("" when read and nothing found; photos not read yet are left out)."""
-        return {row["photo_key"]: row["text"] for row in self._rows("photo_key", photo_keys, ["photo_key", "text"])}
+        """The stored text of these photos ("" when read and nothing found; photos not read yet are left out);
+        those read before at the table's current version from memory."""
+
+        def read(keys: list[str]) -> dict[str, str]:
+            return {row["photo_key"]: row["text"] for row in self._rows("photo_key", keys, ["photo_key", "text"])}
+
+        return self._kept.get_many(photo_keys, int(self.table.version), read)
 
     def texts_for_shas(self, shas: Iterable[str]) -> dict[str, str]:
         """Text already read from these image hashes, to reuse instead of reading the same bytes again."""

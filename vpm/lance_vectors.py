@@ -52,16 +52,7 @@ def schema(dim: int) -> pa.Schema:
 
 def existing_model_ids(where: engine.Location) -> list[str]:
     """The models that have a vector table here."""
-    db = engine.connect(where)
-    names: list[str] = []
-    token = None
-    with engine.translated(f"cannot list the tables in {where.description}"):
-        while True:  # paginated, as a bucket may hold many tables
-            response = db.list_tables(page_token=token, limit=1000)
-            names += response.tables
-            token = response.page_token
-            if not token:
-                break
+    names = engine.table_names(where)
     return sorted(name[len(TABLE_PREFIX):] for name in names if name.startswith(TABLE_PREFIX))
 
 
@@ -122,6 +113,9 @@ class LanceVectorIndex(VectorIndex):
 
     @property
     def table(self):
+        engine.keep_fresh(self.where)  # other processes' commits: seen within engine.READ_CONSISTENCY
+        if self._table is not None and engine.dropped(self.where, table_name(self.model_id), self._table):
+            self._table = None
         if self._table is None:
             try:
                 table = engine.open_or_create_table(
@@ -274,6 +268,10 @@ class LanceVectorIndex(VectorIndex):
         if snapshot is not None:
             return self._query_memory(snapshot, queries, k, threshold, categories)
         return [self._query_engine(q, k, threshold, categories) for q in queries]
+
+    def warm(self) -> None:
+        """Read what a search needs (the vectors into memory, when they fit), so the first search does not."""
+        self._memory_snapshot()
 
     def _memory_snapshot(self) -> _Snapshot | None:
         """The in-memory copy for the current version; None when the table is too big to hold."""

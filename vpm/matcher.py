@@ -115,6 +115,9 @@ class Matcher:
         self._indexers: dict[str, Indexer] = {}
         self._checked_models: set[str] = set()
         self._lock = threading.RLock()
+        self._model_lock = threading.Lock()
+        self._read_ahead_lock = threading.Lock()
+        self._read_ahead_done = False
         self._batch_setting: bool | str = False
         self._query_embedder = None  # vpm.batching.QueryEmbedder, when concurrent queries are batched
         self._words = None  # vpm.word_search.WordSearch, made on the first words search (searching.words_index)
@@ -127,13 +130,17 @@ class Matcher:
         if self._catalog is None:
             with self._lock:
                 if self._catalog is None:
-                    store = LanceCatalogStore(self.where, exists=self._table_exists("products"))
+                    store = LanceCatalogStore(self.where, exists=self._exists_check("products"))
                     self._upgrade_once(store)
                     self._catalog = store
         return self._catalog
 
     def _table_exists(self, name: str) -> bool:
         return bool(self.storage.list(f"{self.where.prefix}{name}.lance/", page_size=1).objects)
+
+    def _exists_check(self, name: str) -> Callable[[], bool]:
+        """Whether the table has any object, asked only when it does not open (a listing is a round trip)."""
+        return lambda: self._table_exists(name)
 
     def _upgrade_once(self, store: CatalogStore) -> None:
         from . import upgrade
@@ -152,8 +159,7 @@ class Matcher:
         with self._lock:
             index = self._vector_indexes.get(model_id)
             if index is None:
-                exists = self._table_exists(f"vectors-{model_id}")
-                index = LanceVectorIndex(self.where, model_id, dim, exists=exists)
+                index = LanceVectorIndex(self.where, model_id, dim, exists=self._exists_check(f"vectors-{model_id}"))
                 self._vector_indexes[model_id] = index
             return index
 
@@ -180,7 +186,7 @@ class Matcher:
         if self._features is None:
             with self._lock:
                 if self._features is None:
-                    self._features = LanceFeatureStore(self.where, exists=self._table_exists(FEATURES_TABLE))
+                    self._features = LanceFeatureStore(self.where, exists=self._exists_check(FEATURES_TABLE))
         return self._features
 
     def has_features_table(self) -> bool:
@@ -192,7 +198,7 @@ class Matcher:
         if self._texts is None:
             with self._lock:
                 if self._texts is None:
-                    self._texts = LanceTextStore(self.where, exists=self._table_exists(TEXT_TABLE))
+                    self._texts = LanceTextStore(self.where, exists=self._exists_check(TEXT_TABLE))
         return self._texts
 
     def has_text_table(self) -> bool:
@@ -266,7 +272,7 @@ class Matcher:
     def embedder(self) -> Embedder:
         """The embedding model: the injected one, else VPM_MODEL loaded on first use (falls back offline)."""
         if self._embedder is None:
-            with self._lock:
+            with self._model_lock:  # not self._lock: the tables open while the model loads
                 if self._embedder is None:
                     self._embedder = self._load_embedder() if self._load_embedder else self._configured_model()
         return self._embedder
@@ -891,6 +897,7 @@ class Matcher:
         model_id = self.embedder.model_id
         if model_id in self._checked_models:
             return
+        self.read_ahead()  # outside the lock: its reads run side by side, on threads that take it
         with self._lock:
             if model_id in self._checked_models:
                 return
@@ -909,6 +916,16 @@ class Matcher:
                 )
             self._fill_missing_features()
             self._checked_models.add(model_id)
+
+    def read_ahead(self) -> None:
+        """Once: open the catalog's tables and read what a search needs from them side by side, while the model
+        loads (vpm/warm_start.py); a first search on a bucket then waits on one round of reads, not on each."""
+        with self._read_ahead_lock:
+            if not self._read_ahead_done:
+                from .warm_start import read_ahead
+
+                read_ahead(self)
+                self._read_ahead_done = True
 
     def _fill_missing_features(self) -> None:
         """Keypoints for the photos of a small catalog added before they existed (derived data, like vectors)."""
