@@ -21,7 +21,8 @@ def register(sub, command) -> None:
     mode.add_argument("--force", action="store_true", help="migrate without asking for confirmation")
     p.add_argument("--overwrite", action="store_true",
                    help="replace bucket objects and products that differ from the local ones (default: report them)")
-    p.add_argument("--workers", type=_workers, default=8, help="concurrent uploads (1-32, default 8)")
+    p.add_argument("--workers", type=_workers, default=None,
+                   help="uploads in flight, fixed (1-32; default: as many as the bucket takes, found as it runs)")
 
     p = command("costs", cmd_costs, "estimate what the active catalog costs on S3 (one-time and monthly); with "
                                     "--products, the whole system at that size (capacity model, docs/scaling.md)")

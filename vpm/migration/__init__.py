@@ -12,8 +12,14 @@ settings name, whether or not S3_ENABLED is on yet. Rules (docs/architecture.md,
 - a dry run (`plan`) writes nothing anywhere and never creates a table in the bucket.
 A re-run after success writes nothing; a re-run after an interruption does only what is left.
 
-Modules: target (the two ends, the plan's fingerprint), checks (through the Storage contract), plan (with files: what happens to each file, and merge: to each product), execute (transfer,
-rows, vectors, verify), report (results and text), size (the catalog's size for the cost estimate).
+Against a bucket tens of milliseconds away every serial round trip counts: a PUT goes with its body at once (no
+wait for "100 Continue"), as many uploads are in flight as the bucket takes (flow.py), and what the plan and the
+verification ask the bucket is asked at the same time, not one question after another.
+
+Modules: target (the two ends, the plan's fingerprint), checks (through the Storage contract), plan (with files:
+what happens to each file, and merge: to each product), flow (how many uploads in flight), execute (transfer,
+rows, vectors, verify), ledger (a re-run decided from listings), report (results and text), size (the catalog's
+size for the cost estimate).
 """
 
 from __future__ import annotations
@@ -24,17 +30,20 @@ import time
 from ..config import Settings
 from ..health import Check
 from ..storage import S3Storage, Storage
+from . import ledger
 from .checks import run_checks
 from .execute import content_type_for, execute_plan, verify
 from .files import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, PlanItem, Progress
+from .flow import InFlight
 from .merge import Merge, merge_products, same_product
 from .plan import NOT_COMPARED, NOT_RUNNABLE, MigrationPlan, ModelPlan, ProductsPlan, make_plan, plan_from_ledger
 from .report import FAILED, SKIPPED, UPLOADED, ItemResult, MigrationReport, ProductsResult, VectorsResult
 from .size import catalog_size
 from .target import MigrationError, Source, Target, half_set_keys, plan_fingerprint, require_bucket
 
-DEFAULT_WORKERS = 8
+DEFAULT_WORKERS = 8  # uploads in flight at the start; without --workers the number then follows the bucket
 MAX_WORKERS = 32  # S3Storage's connection pool holds 32; more threads would only queue for a connection
+PLAN_WORKERS = 16  # the plan's threads: hashing local files, and a HEAD where a listing cannot tell
 
 
 def _preload_lancedb() -> None:
@@ -58,13 +67,17 @@ class Migration:
     """A local catalog and the bucket it goes to. The storages are injectable (tests, fault injection)."""
 
     def __init__(self, settings: Settings, *, source_storage: Storage | None = None,
-                 target_storage: S3Storage | None = None, workers: int = DEFAULT_WORKERS):
-        if not 1 <= workers <= MAX_WORKERS:
+                 target_storage: S3Storage | None = None, workers: int | None = None):
+        """`workers`: uploads in flight, fixed; None (the default) lets the number follow what the bucket takes
+        (flow.py), from DEFAULT_WORKERS up to MAX_WORKERS."""
+        if workers is not None and not 1 <= workers <= MAX_WORKERS:
             raise MigrationError(f"workers must be between 1 and {MAX_WORKERS}, got {workers}")
         self.settings = settings
         self.workers = workers
-        self.target = Target(settings, target_storage)
         self.source = Source(settings, source_storage)
+        if not ledger.kept(self.fingerprint(), self.source.storage):  # no quick re-run: the plan opens tables,
+            _preload_lancedb()  # so LanceDB imports while the S3 client is made and the bucket is asked
+        self.target = Target(settings, target_storage)
 
     def fingerprint(self, *, overwrite: bool = False) -> str:
         """What a plan made now would carry: compare with `plan.fingerprint()` to know it still applies."""
@@ -87,7 +100,8 @@ class Migration:
             if quick is not None:
                 return quick
         _preload_lancedb()  # the full plan opens the tables: import LanceDB while the local files are hashed
-        return make_plan(self.settings, self.source, self.target, overwrite=overwrite, workers=self.workers,
+        return make_plan(self.settings, self.source, self.target, overwrite=overwrite,
+                         workers=self.workers or PLAN_WORKERS,
                          progress=progress, compare=compare)
 
     def execute(self, plan: MigrationPlan, *, progress: Progress | None = None) -> MigrationReport:
@@ -97,7 +111,9 @@ class Migration:
         if plan.fingerprint() != self.fingerprint(overwrite=plan.overwrite):
             raise MigrationError("this plan was made with other settings (bucket, prefixes, credentials or "
                                  "--overwrite): preview again, then migrate")
-        return execute_plan(plan, self.source, self.target, self.workers, progress, time.monotonic)
+        gate = InFlight(self.workers or DEFAULT_WORKERS, self.workers or MAX_WORKERS, fixed=self.workers is not None,
+                        throttles=self.target.throttles)
+        return execute_plan(plan, self.source, self.target, gate, progress, time.monotonic)
 
     def verify(self, plan: MigrationPlan) -> list[Check]:
         return verify(plan, self.target)

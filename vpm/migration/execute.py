@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import mimetypes
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 
 from ..catalog import CatalogError
 from ..engine import chunks
 from ..health import Check
-from ..storage import PreconditionFailed, StorageError
+from ..storage import ObjectInfo, PreconditionFailed, StorageError
 from . import ledger
 from .files import (
     CONFLICT as PLAN_CONFLICT,
@@ -30,11 +31,13 @@ from .files import (
     UPLOAD,
     PlanItem,
     Progress,
+    list_folders,
     local_digest,
+    remote_objects,
     remote_sha256,
-    remote_sizes,
     run_all,
 )
+from .flow import InFlight
 from .merge import merge_products
 from .plan import MigrationPlan
 from .report import CONFLICT, FAILED, SKIPPED, UPLOADED, ItemResult, ProductsResult, VectorsResult, few
@@ -69,8 +72,10 @@ class Counter:
             self.progress(self.files_done, self.files_total, self.bytes_seen, self.bytes_total)
 
 
-def transfer_files(plan: MigrationPlan, source: Source, target: Target, workers: int, counter: Counter
+def transfer_files(plan: MigrationPlan, source: Source, target: Target, gate: InFlight, counter: Counter
                    ) -> list[ItemResult]:
+    """Every planned file, as many uploads in flight as `gate` lets through at a time."""
+
     def one(item: PlanItem) -> ItemResult:
         if item.action == SKIP:
             return _result(item, SKIPPED, item.reason)
@@ -78,14 +83,17 @@ def transfer_files(plan: MigrationPlan, source: Source, target: Target, workers:
             return _result(item, CONFLICT, item.reason)
         if item.action == MISSING:
             return _result(item, FAILED, item.reason, size=0)
-        return upload(item, source, target)
+        with gate.slot():
+            return upload(item, source, target)
 
     def done(item: PlanItem, result: ItemResult) -> None:
         if item.action in (UPLOAD, OVERWRITE):
             counter.add(result.size if result.status == UPLOADED else 0, item.size)
 
     counter.report()
-    return run_all(one, plan.items, workers, on_done=done)
+    if not any(i.action in (UPLOAD, OVERWRITE) for i in plan.items):  # nothing to send: no threads needed
+        return [one(item) for item in plan.items]
+    return run_all(one, plan.items, gate.cap, on_done=done, on_stop=gate.stop)
 
 
 def _result(item: PlanItem, status: str, reason: str = "", *, size: int | None = None) -> ItemResult:
@@ -160,40 +168,54 @@ class _Tally:
         return text
 
 
-def write_products(plan: MigrationPlan, target: Target, results: list[ItemResult]) -> ProductsResult:
-    """The product rows, once every file they point at is verified. The bucket is read again just before each
-    batch is written, so a product someone changed since the plan is judged as it is now."""
+def write_products(plan: MigrationPlan, target: Target, results: list[ItemResult],
+                   old_catalog: Callable[[], bool] | None = None) -> tuple[ProductsResult, object | None]:
+    """The product rows, once every file they point at is verified, and the products table written to (None when
+    none was opened). A product someone changed since the plan is judged as it is now: one the plan would add
+    is inserted only if still absent (and judged again if not), one it would replace is read again first.
+    `old_catalog`: whether the bucket holds a products.json to upgrade (asked while the files went up)."""
     failed = [r for r in results if r.status == FAILED]
     if failed:
         return ProductsResult("not written", f"{len(failed)} photos or thumbnails did not arrive: the bucket's "
-                                             "catalog was left as it was, so it never points at a missing object")
-    if target.has_old_catalog():  # the app's own upgrade first, as the plan said: its products become rows
-        try:
-            target.catalog_for_writing()
+                                             "catalog was left as it was, so it never points at a missing object"), None
+    store = None
+    if (old_catalog or target.has_old_catalog)():  # the app's own upgrade first, as the plan said: its products
+        try:  # become rows
+            store = target.catalog_for_writing()
         except (StorageError, CatalogError) as err:
-            return ProductsResult("not written", f"could not upgrade the bucket's products.json first ({err})")
+            return ProductsResult("not written", f"could not upgrade the bucket's products.json first ({err})"), None
+    return _write_rows(plan, target, results, store)
+
+
+def _write_rows(plan: MigrationPlan, target: Target, results: list[ItemResult], store
+                ) -> tuple[ProductsResult, object | None]:
     held = {pid for r in results if r.status == CONFLICT for pid in r.product_ids}
     planned = plan.products
     tally = _Tally([], [], list(planned.unchanged), list(planned.conflicts))
     held_back = sorted(set(planned.held_back) | {p.id for p in planned.to_write if p.id in held})
     todo = [p for p in planned.to_write if p.id not in held]
     if not todo:
-        return _products_result("unchanged", tally, planned.kept, held_back)
+        return _products_result("unchanged", tally, planned.kept, held_back), store
+    new = set(planned.added)
     try:
-        store = target.catalog_for_writing()
+        store = store if store is not None else target.catalog_for_writing()
         for batch in chunks(todo):
-            _write_batch(store, batch, plan.overwrite, tally)
+            _write_batch(store, batch, plan.overwrite, tally, new)
     except (StorageError, CatalogError) as err:
         status = "incomplete" if tally.added or tally.replaced else "not written"
         result = _products_result(status, tally, planned.kept, held_back)
         return ProductsResult(status, f"could not write the products ({err}); so far: {result.detail}",
                               result.added, result.replaced, result.unchanged, result.kept, result.conflicts,
-                              result.held_back)
-    return _products_result("written", tally, planned.kept, held_back)
+                              result.held_back), None
+    return _products_result("written", tally, planned.kept, held_back), store
 
 
-def _write_batch(store, batch, overwrite: bool, tally: _Tally) -> None:
-    merge = merge_products(store.get_many([p.id for p in batch]), batch, overwrite=overwrite)
+def _write_batch(store, batch, overwrite: bool, tally: _Tally, new: set[str]) -> None:
+    # What the plan found absent goes straight to the insert-if-absent (no read before it: a bucket far away
+    # answers each read after a round trip); what it would replace is read again first.
+    again = [p for p in batch if p.id not in new]
+    merge = merge_products(store.get_many([p.id for p in again]) if again else {}, again, overwrite=overwrite)
+    merge.to_add.extend(p for p in batch if p.id in new)
     taken = set(store.add(merge.to_add))  # insert-if-absent: ids someone added meanwhile are left alone
     if taken:  # judge those against what is there now, as the plan would have
         late = merge_products(store.get_many(sorted(taken)), [p for p in merge.to_add if p.id in taken],
@@ -255,17 +277,32 @@ def copy_model_vectors(model, entries, source: Source, target: Target) -> Vector
 def verify(plan: MigrationPlan, target: Target, results: list[ItemResult] | None = None) -> list[Check]:
     """After the run: every planned file is in the bucket with its size, the bucket's products point only at
     objects that exist, and the migrated photos have their vectors. Listings and table reads, no downloads."""
+    return verify_run(plan, target, results)[0]
+
+
+def verify_run(plan: MigrationPlan, target: Target, results: list[ItemResult] | None = None, store=None
+               ) -> tuple[list[Check], dict[str, ObjectInfo] | None]:
+    """verify, and the listing it was made from (the ledger keeps its facts: no second listing). The listing
+    and the read of the bucket's products run at the same time; `store`: the products table just written."""
     conflicted = {r.key for r in results or () if r.status == CONFLICT}
     migrated = [i for i in plan.items if i.action != MISSING and i.key not in conflicted]
+    folders = ledger.bucket_prefixes([i.key for i in plan.items], target.settings.metadata_prefix)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vpm-verify")
     try:
-        store = target.catalog_for_reading()
+        listing = pool.submit(list_folders, target.storage, folders)
+        store = store if store is not None else target.catalog_for_reading()
         referenced = _referenced_keys(store) if store is not None else set()
-        sizes = remote_sizes(target.storage, {i.key for i in migrated} | referenced)
+        listed = dict(listing.result())
+        outside = {k for k in referenced if not k.startswith(tuple(folders))}  # a bucket-only product's elsewhere
+        listed.update(remote_objects(target.storage, outside))
+        sizes = {key: (info.size, info.etag) for key, info in listed.items()}
         checks = [_files_check(migrated, sizes), _catalog_check(store, referenced, sizes)]
         checks += _vectors_checks(plan, target, store)
     except (StorageError, CatalogError) as err:
-        return [Check("bucket catalog readable", "fail", str(err), "re-run the migration, or restore the tables")]
-    return checks
+        return [Check("bucket catalog readable", "fail", str(err), "re-run the migration, or restore the tables")], None
+    finally:
+        pool.shutdown(wait=True)
+    return checks, listed
 
 
 def _referenced_keys(store) -> set[str]:
@@ -314,7 +351,7 @@ def _vectors_checks(plan: MigrationPlan, target: Target, store) -> list[Check]:
     return checks
 
 
-def execute_plan(plan: MigrationPlan, source: Source, target: Target, workers: int,
+def execute_plan(plan: MigrationPlan, source: Source, target: Target, gate: InFlight,
                  progress: Progress | None, clock: Callable[[], float]):
     """Files, then product rows, then vectors, then verification. A KeyboardInterrupt from `progress` (Ctrl-C)
     stops the uploads not yet started and propagates; what is in the bucket then is complete and valid."""
@@ -323,15 +360,28 @@ def execute_plan(plan: MigrationPlan, source: Source, target: Target, workers: i
     started = clock()
     todo = plan.to_upload
     counter = Counter(len(todo), sum(i.size for i in todo), progress)
-    results = transfer_files(plan, source, target, workers, counter)
-    products = write_products(plan, target, results)
-    vectors = copy_vectors(plan, source, target, products)
-    report = MigrationReport(plan.target, results, products, vectors, counter.bytes_done, 0.0)
-    if plan.ledger is not None:  # nothing was to do, and the listing showed both sides as the verified run left them
+    if plan.ledger is not None:  # nothing to do, and the listing showed both sides as the verified run left them
+        results = transfer_files(plan, source, target, gate, counter)
+        products = _products_result("unchanged", _Tally([], [], list(plan.products.unchanged), []),
+                                    plan.products.kept, [])
+        report = MigrationReport(plan.target, results, products, copy_vectors(plan, source, target, products),
+                                 0, 0.0)
         report.verification = ledger.verification(plan.ledger)
-    else:
-        report.verification = verify(plan, target, results)
-        ledger.record(plan, report, source.storage, target.storage, target.settings.metadata_prefix)
+        report.duration_s = clock() - started
+        return report
+    # Whether the bucket holds an old products.json to upgrade: asked while the files go up, not after them.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vpm-look")
+    try:
+        old_catalog = pool.submit(target.has_old_catalog)
+        results = transfer_files(plan, source, target, gate, counter)
+        products, store = write_products(plan, target, results, old_catalog.result)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    vectors = copy_vectors(plan, source, target, products)
+    report = MigrationReport(plan.target, results, products, vectors, counter.bytes_done, 0.0,
+                             in_flight={"most": gate.most, "limit": gate.limit, "slow_downs": gate.backoffs})
+    report.verification, listed = verify_run(plan, target, results, store)
+    ledger.record(plan, report, source.storage, target.storage, target.settings.metadata_prefix, listed)
     report.duration_s = clock() - started
     return report
 

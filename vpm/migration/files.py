@@ -107,11 +107,18 @@ def bucket_key(key: str, product_id: str, prefix: str) -> str:
 
 
 def decide_files(keymap: KeyMap, local: Storage, bucket: Storage | None, overwrite: bool, workers: int,
-                 progress: Progress | None) -> list[PlanItem]:
+                 progress: Progress | None, listed: dict[str, ObjectInfo] | None = None) -> list[PlanItem]:
     """What happens to each file; with no `bucket` (no credentials to read it) every readable file is an upload,
-    said to be one only as far as the local catalog knows."""
+    said to be one only as far as the local catalog knows. `listed`: the bucket's objects under every prefix the
+    files go to, when already listed (otherwise they are listed here)."""
     entries = keymap.entries()
-    remote = remote_objects(bucket, {key for _, _, key, _ in entries}) if bucket is not None else {}
+    keys = {key for _, _, key, _ in entries}
+    if bucket is None:
+        remote: dict[str, ObjectInfo] = {}
+    elif listed is not None:
+        remote = {key: info for key, info in listed.items() if key in keys}
+    else:
+        remote = remote_objects(bucket, keys)
     new = "new" if bucket is not None else "to upload (the bucket is not compared without credentials)"
 
     def decide(entry: tuple[str, str, str, tuple[str, ...]]) -> PlanItem:
@@ -188,20 +195,25 @@ def remote_objects(bucket: Storage, keys: set[str]) -> dict[str, ObjectInfo]:
     """The bucket objects at `keys` as listings describe them (1 request per 1,000 keys, no HEAD)."""
     if not keys:
         return {}
-    prefixes = sorted({k.rpartition("/")[0] + "/" if "/" in k else "" for k in keys})
-    # List each folder once; a folder inside another listed folder is already covered.
-    roots = [p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes)]
-    found: dict[str, ObjectInfo] = {}
-    for prefix in roots:
-        for info in bucket.iter_objects(prefix):
-            if info.key in keys:
-                found[info.key] = info
-    return found
+    listed = list_folders(bucket, {k.rpartition("/")[0] + "/" if "/" in k else "" for k in keys})
+    return {key: info for key, info in listed.items() if key in keys}
 
 
-def remote_sizes(bucket: Storage, keys: set[str]) -> dict[str, tuple[int, str]]:
-    """(size, etag) of the bucket objects at `keys`, from listings (1 request per 1,000 keys)."""
-    return {key: (info.size, info.etag) for key, info in remote_objects(bucket, keys).items()}
+def folder_roots(prefixes) -> list[str]:
+    """The prefixes to list so each is covered once: a folder inside another listed folder is already in it."""
+    prefixes = sorted(set(prefixes))
+    return [p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes)]
+
+
+def list_folders(bucket: Storage, prefixes) -> dict[str, ObjectInfo]:
+    """Every bucket object under `prefixes`, from paginated listings (1 request per 1,000 objects), the
+    folders listed at the same time: a bucket far away answers each after a round trip."""
+    roots = folder_roots(prefixes)
+    if len(roots) <= 1:
+        return {info.key: info for root in roots for info in bucket.iter_objects(root)}
+    with ThreadPoolExecutor(max_workers=min(len(roots), 8), thread_name_prefix="vpm-list") as pool:
+        pages = list(pool.map(lambda root: list(bucket.iter_objects(root)), roots))
+    return {info.key: info for page in pages for info in page}
 
 
 def remote_sha256(bucket: Storage, key: str) -> tuple[str, str]:
@@ -213,9 +225,11 @@ def remote_sha256(bucket: Storage, key: str) -> tuple[str, str]:
     return sha, info.etag
 
 
-def run_all(fn: Callable[[Any], T], items: list, workers: int, *, on_done=None) -> list[T]:
+def run_all(fn: Callable[[Any], T], items: list, workers: int, *, on_done=None,
+            on_stop: Callable[[], None] | None = None) -> list[T]:
     """fn over items on a pool of `workers` threads, results in input order. on_done runs on this thread, so
-    an exception there (a progress callback's KeyboardInterrupt) cancels what has not started and propagates."""
+    an exception there (a progress callback's KeyboardInterrupt) cancels what has not started and propagates;
+    `on_stop` then wakes whatever the pool's threads wait on, before waiting for them."""
     results: list[Any] = [None] * len(items)
     if not items:
         return results
@@ -231,5 +245,7 @@ def run_all(fn: Callable[[Any], T], items: list, workers: int, *, on_done=None) 
                 if on_done:
                     on_done(items[n], results[n])
     finally:
+        if on_stop is not None:
+            on_stop()
         pool.shutdown(wait=True, cancel_futures=True)
     return results

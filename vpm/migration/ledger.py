@@ -88,14 +88,13 @@ def _local_tables(root: Path, metadata_prefix: str) -> dict[str, list[int]]:
 
 
 def _bucket_listing(bucket: Storage, prefixes: list[str]) -> dict[str, Any]:
-    listed: dict[str, Any] = {}
-    for prefix in sorted(set(prefixes)):
-        for info in bucket.iter_objects(prefix):
-            listed[info.key] = [info.size, info.etag]
-    return listed
+    from .files import list_folders  # the folders listed at once, not one round trip after another
+
+    return {key: [info.size, info.etag] for key, info in list_folders(bucket, prefixes).items()}
 
 
-def _bucket_prefixes(keys: list[str], metadata_prefix: str) -> list[str]:
+def bucket_prefixes(keys: list[str], metadata_prefix: str) -> list[str]:
+    """The folders to list to see every one of `keys` and the whole catalog's tables, each once."""
     folders = {k.rpartition("/")[0] + "/" if "/" in k else "" for k in keys}
     roots = sorted(p for p in folders | {metadata_prefix} if not any(p != q and p.startswith(q)
                                                                      for q in folders | {metadata_prefix}))
@@ -105,8 +104,10 @@ def _bucket_prefixes(keys: list[str], metadata_prefix: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------- writing
 
 
-def record(plan, report, source_storage: Storage, bucket: Storage, metadata_prefix: str) -> None:
-    """Keep the outcome of a run that ended complete and verified; anything else removes an older ledger."""
+def record(plan, report, source_storage: Storage, bucket: Storage, metadata_prefix: str,
+           listed: dict[str, Any] | None = None) -> None:
+    """Keep the outcome of a run that ended complete and verified; anything else removes an older ledger.
+    `listed`: the verification's listing of bucket_prefixes (key -> ObjectInfo), taken after the last write."""
     root = _local_root(source_storage)
     if root is None:
         return
@@ -123,7 +124,10 @@ def record(plan, report, source_storage: Storage, bucket: Storage, metadata_pref
                 return
             local_files[item.source_key] = stat
         keys = [i.key for i in items]
-        listing = _bucket_listing(bucket, _bucket_prefixes(keys, metadata_prefix))
+        if listed is not None:
+            listing = {key: [info.size, info.etag] for key, info in listed.items()}
+        else:
+            listing = _bucket_listing(bucket, bucket_prefixes(keys, metadata_prefix))
         if any(key not in listing for key in keys):
             return
         models = []
@@ -153,6 +157,13 @@ def record(plan, report, source_storage: Storage, bucket: Storage, metadata_pref
 # ------------------------------------------------------------------------------------------------- reading
 
 
+def kept(fingerprint: str, source_storage: Storage) -> bool:
+    """Whether a verified run with this fingerprint left a ledger (a stat; whether it still holds is another
+    matter)."""
+    root = _local_root(source_storage)
+    return root is not None and _path(root, fingerprint).is_file()
+
+
 def still_holds(fingerprint: str, source_storage: Storage, bucket: Storage, metadata_prefix: str) -> Ledger | None:
     """The ledger of the last verified run with this fingerprint when every fact it recorded still holds."""
     root = _local_root(source_storage)
@@ -165,19 +176,10 @@ def still_holds(fingerprint: str, source_storage: Storage, bucket: Storage, meta
         ledger = Ledger(**data)
     except (OSError, ValueError, TypeError):
         return None
-    racy_after_ns = int((ledger.finished_at - RACY_S) * 1e9)
-    recorded_sha = {i["source_key"]: i["sha256"] for i in ledger.items}
-    for key, stat in ledger.local_files.items():
-        if _stat(root / key) != stat:
-            return None
-        if stat[1] >= racy_after_ns and _sha256(root / key) != recorded_sha.get(key):
-            return None
-    tables = _local_tables(root, metadata_prefix)
-    if tables != ledger.local_tables or any(mtime >= racy_after_ns for _size, mtime in tables.values()):
+    if not _local_side_holds(ledger, root, metadata_prefix):  # stats first: no request when a local file changed
         return None
     try:
-        keys = list(ledger.bucket_objects)
-        listing = _bucket_listing(bucket, _bucket_prefixes(keys, metadata_prefix))
+        listing = _bucket_listing(bucket, bucket_prefixes(list(ledger.bucket_objects), metadata_prefix))
     except StorageError:
         return None
     if any(listing.get(key) != value for key, value in ledger.bucket_objects.items()):
@@ -186,6 +188,19 @@ def still_holds(fingerprint: str, source_storage: Storage, bucket: Storage, meta
     if tables != ledger.bucket_tables:
         return None
     return ledger
+
+
+def _local_side_holds(ledger: Ledger, root: Path, metadata_prefix: str) -> bool:
+    """Every migrated local file and every file of the local tables is as the verified run left it."""
+    racy_after_ns = int((ledger.finished_at - RACY_S) * 1e9)
+    recorded_sha = {i["source_key"]: i["sha256"] for i in ledger.items}
+    for key, stat in ledger.local_files.items():
+        if _stat(root / key) != stat:
+            return False
+        if stat[1] >= racy_after_ns and _sha256(root / key) != recorded_sha.get(key):
+            return False
+    tables = _local_tables(root, metadata_prefix)
+    return tables == ledger.local_tables and not any(mtime >= racy_after_ns for _size, mtime in tables.values())
 
 
 def _sha256(path: Path) -> str | None:

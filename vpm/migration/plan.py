@@ -13,7 +13,9 @@ vector to copy, with bytes and cost), says in a warning that the bucket is not c
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ from ..catalog import Product
 from ..config import Settings
 from ..costs import Estimate, Traffic, estimate
 from ..engine import chunks  # products or vectors per engine request: bounded IN lists
+from ..storage import StorageError
 from . import ledger as ledger_module
 from .files import (
     ACTIONS,
@@ -33,6 +36,7 @@ from .files import (
     PlanItem,
     Progress,
     decide_files,
+    list_folders,
 )
 from .merge import merge_products
 from .report import few
@@ -172,11 +176,14 @@ def make_plan(settings: Settings, source: Source, target: Target, *, overwrite: 
     if half:
         raise MigrationError(f"{half}: set both keys, or neither (to use AWS_PROFILE or an IAM role)")
     keymap = KeyMap(settings)
+    bucket = BucketLook(target, keymap.prefixes.values()) if compare else None  # asked now, answered meanwhile
+    hashing = _hash_ahead(source, keymap.prefixes.values())
     size = catalog_size(source.storage, settings)  # file sizes: the files are hashed by decide_files' workers
     products = [keymap.place(p) for batch in _local_batches(source) for p in batch]
     bucket_storage = target.storage if compare else None
-    items = keymap.blocked + decide_files(keymap, source.storage, bucket_storage, overwrite, workers, progress)
-    bucket = target if compare else None
+    hashing.set()  # decide_files' workers hash whatever is left, several at a time
+    items = keymap.blocked + decide_files(keymap, source.storage, bucket_storage, overwrite, workers, progress,
+                                          bucket.objects() if bucket is not None else None)
     products_plan = plan_products(bucket, products, items, overwrite)
     migrated = set(products_plan.added) | set(products_plan.replaced) | set(products_plan.unchanged)
     rewritten = set(products_plan.added) | set(products_plan.replaced)
@@ -185,7 +192,7 @@ def make_plan(settings: Settings, source: Source, target: Target, *, overwrite: 
         vectors, more = plan_vectors(source, bucket, [p for p in products if p.id in migrated], rewritten,
                                      keymap.local_keys())
         warnings += more
-    if compare and target.has_old_catalog():
+    if bucket is not None and bucket.has_old_catalog():
         warnings.append("the bucket holds a products.json catalog of the first release: the migration upgrades it "
                         "into tables first (as the app does on its first start), and merges with its products")
     return MigrationPlan(
@@ -219,6 +226,61 @@ def plan_from_ledger(settings: Settings, source: Source, target: Target) -> Migr
 def _local_batches(source: Source) -> Iterator[list[Product]]:
     if source.exists():  # an empty folder is left as it is: no empty table is created just to be read
         yield from source.catalog.iter_batches()
+
+
+def _hash_ahead(source: Source, prefixes) -> threading.Event:
+    """Hash the local files under the photo prefixes on a thread while LanceDB imports and the local catalog is
+    read (the local storage remembers each file's digests per inode and mtime): deciding those files then costs
+    a stat. Only reads; a file no product points at is hashed for nothing, and never uploaded. Set the event
+    returned to stop it."""
+    stop = threading.Event()
+
+    def hash_until_stopped() -> None:
+        try:
+            for prefix in prefixes:
+                for key, _size in source.storage.iter_sizes(prefix):
+                    if stop.is_set():
+                        return
+                    source.storage.head(key)
+        except (StorageError, OSError):  # deciding the files reads them again, and says what is wrong
+            pass
+
+    threading.Thread(target=hash_until_stopped, name="vpm-hash-ahead", daemon=True).start()
+    return stop
+
+
+class BucketLook:
+    """The target as a plan sees it. Every plan asks the bucket the same few questions (its objects under the
+    photo prefixes, whether its products table, an old products.json and vector tables are there): they are all
+    asked on threads as planning starts, and answered while LanceDB imports and the local catalog is read,
+    instead of one round trip after another at the end. Anything else goes to the target itself."""
+
+    def __init__(self, target: Target, prefixes):
+        self._target = target
+        pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vpm-plan-look")
+        self._objects = pool.submit(list_folders, target.storage, list(prefixes))
+        self._products = pool.submit(target.has_products_table)
+        self._old = pool.submit(target.has_old_catalog)
+        self._models = pool.submit(target.model_ids)
+        pool.shutdown(wait=False)  # returns at once; the threads end with their question
+
+    def __getattr__(self, name: str):
+        return getattr(self._target, name)
+
+    def objects(self):
+        return self._objects.result()
+
+    def has_products_table(self) -> bool:
+        return self._products.result()
+
+    def has_old_catalog(self) -> bool:
+        return self._old.result()
+
+    def model_ids(self) -> list[str]:
+        return self._models.result()
+
+    def catalog_for_reading(self):
+        return self._target.catalog_for_reading(exists=self.has_products_table())
 
 
 # ----------------------------------------------------------------------------------------------- products

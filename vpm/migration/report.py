@@ -90,6 +90,8 @@ class MigrationReport:
     bytes_uploaded: int
     duration_s: float
     verification: list[Check] = field(default_factory=list)
+    # How many uploads were in flight at most, and how often the bucket asked to slow down (flow.py).
+    in_flight: dict[str, int] = field(default_factory=dict)
 
     def with_status(self, status: str) -> list[ItemResult]:
         return [r for r in self.results if r.status == status]
@@ -143,6 +145,7 @@ class MigrationReport:
             "files_per_s": round(len(self.uploaded) / self.duration_s, 1) if self.duration_s > 0 else None,
             "products": self.products.as_dict(),
             "vectors": [v.as_dict() for v in self.vectors],
+            "uploads_in_flight": dict(self.in_flight),
             "verification": [c.as_dict() for c in self.verification],
             "items": self.rows(),
         }
