@@ -132,10 +132,26 @@ def connect(where: Location) -> Any:
                     where.uri, storage_options=where.options() or None, read_consistency_interval=None
                 )
             except Exception as err:  # noqa: BLE001 - LanceDB's errors have no common base class
+                _say_in_storage_words(where)
                 raise EngineError(f"cannot open the catalog tables in {where.description}: {_reason(err)}") from None
             _connections[where] = db
             _freshness.setdefault(where, _Freshness())
         return db
+
+
+def _say_in_storage_words(where: Location) -> None:
+    """When LanceDB cannot reach the location: raise Storage's own, specific error when it has one (a bucket that
+    is missing or forbidden, an endpoint that is not S3), which says what to fix better than LanceDB's."""
+    if where.settings is None:
+        return
+    from .storage import make_storage
+
+    try:
+        next(iter(make_storage(where.settings).iter_sizes(where.prefix)), None)
+    except StorageError:
+        raise
+    except Exception:  # noqa: BLE001 - no better words than LanceDB's: the caller says those
+        return
 
 
 class _Freshness:
@@ -535,8 +551,10 @@ _RUST_SOURCE = re.compile(r",?\s*(?:/|[A-Za-z]:\\)\S*\.rs:\d+:\d+")
 
 def _reason(err: Exception) -> str:
     """One line of what the engine said, without the Rust backtrace or source location it sometimes appends."""
+    from .config import mask_secrets
+
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return _RUST_SOURCE.sub("", text)[:300]
+    return mask_secrets(_RUST_SOURCE.sub("", text))[:300]  # LanceDB's errors quote the endpoint URL, password and all
 
 
 @dataclass(frozen=True)
