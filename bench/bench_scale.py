@@ -37,8 +37,9 @@ catalog at rest would have them. Then it measures, each figure the median of rep
                          which also holds every generated vector (and, on s3, moto's in-memory bucket)
 
 A table is printed on stderr as it goes; --json prints one JSON object on stdout. The JSON is always written to
-bench/results/scale-<backend>-<N>.json (git-ignored). `--backend s3` starts moto's ThreadedMotoServer on
-127.0.0.1 in this process with a fresh bucket; `--backend local` uses a temporary folder (or --dir). Temporary
+bench/results/scale-<backend>[-rtt<ms>]-<N>.json (git-ignored). `--backend s3` starts moto's ThreadedMotoServer on
+127.0.0.1 in this process with a fresh bucket; with `--rtt-ms 40` the catalog is filled straight, and every figure
+after the fill (reads, search, cold start, adds) goes through ../shared/tools/latency_proxy.py at that round trip; `--backend local` uses a temporary folder (or --dir). Temporary
 data is removed at the end unless --keep.
 
 On moto, every ranged GET reads the whole object (moto 5.2 slices a full copy of it), so random reads into big
@@ -232,12 +233,41 @@ def backend(args):
         "s3_enabled": True, "s3_bucket_name": bucket, "s3_endpoint_url": endpoint, "s3_region": REGION,
         "aws_access_key_id": "testing", "aws_secret_access_key": "testing",
     }
+    proxy = None
     try:
-        yield overrides, f"s3://{bucket} on moto at {endpoint}"
+        description = f"s3://{bucket} on moto at {endpoint}"
+        if args.rtt_ms:
+            proxy, slow = start_latency_proxy(port, args.rtt_ms)
+            description += f", measured through a {args.rtt_ms:g} ms round trip at {slow}"
+            args.measure_endpoint = slow
+        yield overrides, description
     finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait()
         if args.keep:
             log("--keep has no effect on s3: moto's bucket lives in this process's memory")
         server.stop()
+
+
+def start_latency_proxy(upstream_port: int, rtt_ms: float):
+    """../shared/tools/latency_proxy.py in front of moto's server (every byte delayed by half the round trip each
+    way): (the process, its endpoint). Filling the catalog goes straight to the server; every figure after it goes
+    through the proxy, as an app's reads would reach a bucket in a nearby region."""
+    tool = Path(__file__).resolve().parent.parent.parent / "shared" / "tools" / "latency_proxy.py"
+    if not tool.is_file():
+        raise SystemExit(f"--rtt-ms needs {tool} (the workplace's latency proxy): not found")
+    listen = free_port()
+    proxy = subprocess.Popen([sys.executable, str(tool), "--listen", f"127.0.0.1:{listen}",
+                              "--upstream", f"127.0.0.1:{upstream_port}", "--rtt-ms", str(rtt_ms)])
+    deadline = time.time() + 10
+    while time.time() < deadline:  # listening once a connection is accepted
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", listen)) == 0:
+                return proxy, f"http://127.0.0.1:{listen}"
+        time.sleep(0.05)
+    proxy.kill()
+    raise SystemExit("the latency proxy did not start listening within 10 s")
 
 
 def stored_mb(settings) -> float:
@@ -476,13 +506,13 @@ def measure_search(catalog, where, args, report: Report) -> None:
                               list(queries[:n_ann]), warmup=warm)
         report.times("search_ann_ms", samples, "(LanceDB IVF-PQ, nprobes "
                      f"{lance_vectors.ANN_NPROBES}, refine {lance_vectors.ANN_REFINE})")
-        report.put("recall_at_10", recall(found[warm:], truth), "", f"(vs exact, {n_ann} queries)")
+        report.put("recall_at_10", recall(found[warm:], truth[:n_ann]), "", f"(vs exact, {n_ann} queries)")
         found = []
         samples = timed_calls(lambda i: found.append(
             [h.product_id for h in index.query(queries[i], k=10, categories=[filters[i]])[0].hits]),
             list(range(n_ann)), warmup=warm)
         report.times("search_filtered_ann_ms", samples, "(the query's category, prefiltered)")
-        report.put("recall_filtered_at_10", recall(found[warm:], truth_filtered), "",
+        report.put("recall_filtered_at_10", recall(found[warm:], truth_filtered[:n_ann]), "",
                    "(vs exact within the category)")
         start_ms = []
         for _ in range(20):
@@ -670,7 +700,7 @@ def run(args) -> dict:
     report = Report()
     report.data.update(
         products=args.products, photos=args.products * args.photos_per_product,
-        photos_per_product=args.photos_per_product, backend=args.backend, dim=512,
+        photos_per_product=args.photos_per_product, backend=args.backend, dim=512, rtt_ms=args.rtt_ms,
         date=datetime.now(UTC).isoformat(timespec="seconds"), machine=machine(),
     )
     rng = random.Random(args.seed)
@@ -700,6 +730,13 @@ def run(args) -> dict:
         fill(catalog, store, index, args.batch, report)
         settle(store, index, report)
         report.put("stored_mb", stored_mb(settings), "MB", "(the tables' files, every version kept so far)")
+        if getattr(args, "measure_endpoint", None):  # --rtt-ms: every figure from here on pays the round trips
+            engine.forget()
+            overrides = {**overrides, "s3_endpoint_url": args.measure_endpoint}
+            settings = load_settings(**overrides)
+            where = engine.location(settings)
+            store = LanceCatalogStore(where, exists=True)
+            index = LanceVectorIndex(where, MODEL_ID, catalog.dim, exists=True)
         measure_reads(catalog, store, rng, args.repeat, report)
         measure_search(catalog, where, args, report)
         measure_cold_open(overrides, args, report)
@@ -723,6 +760,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--products", type=int, default=10_000, help=f"catalog size (at most {MAX_PRODUCTS:,})")
     parser.add_argument("--backend", choices=("local", "s3"), default="local")
+    parser.add_argument("--rtt-ms", type=float, default=0.0,
+                        help="s3: measure through ../shared/tools/latency_proxy.py at this round trip (fill is direct)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--photos-per-product", type=int, default=1)
     parser.add_argument("--batch", type=int, default=10_000, help="products per add/upsert while filling")
@@ -756,7 +795,8 @@ def main() -> None:
     data = run(args)
     results = REPO / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    out = results / f"scale-{args.backend}-{args.products}.json"
+    rtt = f"-rtt{args.rtt_ms:g}" if args.backend == "s3" and args.rtt_ms else ""
+    out = results / f"scale-{args.backend}{rtt}-{args.products}.json"
     out.write_text(json.dumps(data, indent=2) + "\n")
     log(f"  written to {out.relative_to(REPO)}")
     if args.json:
