@@ -26,6 +26,8 @@ SECRET_FIELDS = frozenset(
 )
 # URLs that may carry a password (user:pw@host) or a token in their query: always shown through redact_url().
 URL_FIELDS = frozenset({"s3_endpoint_url", "s3_cdn_url"})
+# The storage backends VPM_STORAGE may name; vpm/storage_registry.py builds each from its own module.
+STORAGE_BACKENDS = ("local", "s3")
 # Libraries whose DEBUG output prints request headers (signatures, the access key id): capped at INFO.
 AWS_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
@@ -103,6 +105,9 @@ class Settings(BaseSettings):
     )
 
     s3_enabled: bool = False
+    # Where the catalog lives: local (VPM_DATA_DIR) or s3 (S3_BUCKET_NAME). Unset, S3_ENABLED decides as it always
+    # has; set, it wins and S3_ENABLED follows it.
+    vpm_storage: str | None = None
     s3_bucket_name: str | None = None
     s3_region: str = "us-east-1"
     aws_access_key_id: SecretStr | None = None
@@ -159,7 +164,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "s3_bucket_name", "s3_cdn_url", "s3_endpoint_url", "s3_sse", "aws_profile", "aws_access_key_id",
-        "aws_secret_access_key", "aws_session_token", "vpm_api_key", "vpm_admin_password", mode="before",
+        "aws_secret_access_key", "aws_session_token", "vpm_api_key", "vpm_admin_password", "vpm_storage",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, v):
@@ -180,6 +186,16 @@ class Settings(BaseSettings):
         if word in ("false", "0", "no", "off"):
             return False
         raise ValueError("expected true, false or auto")
+
+    @field_validator("vpm_storage")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip().lower()
+        if v not in STORAGE_BACKENDS:
+            raise ValueError(f"must be one of {', '.join(STORAGE_BACKENDS)}")
+        return v
 
     @field_validator("s3_region")
     @classmethod
@@ -220,12 +236,22 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _bucket_required(self) -> Settings:
+        if self.vpm_storage is not None:  # VPM_STORAGE wins over S3_ENABLED, which then says the same
+            self.s3_enabled = self.vpm_storage == "s3"
         if self.s3_enabled and not self.s3_bucket_name:
-            raise ValueError("S3_BUCKET_NAME is required when S3_ENABLED=true")
+            chosen = "VPM_STORAGE=s3" if self.vpm_storage else "S3_ENABLED=true"
+            raise ValueError(f"S3_BUCKET_NAME is required when {chosen}")
         half = half_set_keys(self.aws_access_key_id, self.aws_secret_access_key)
         if half:
             raise ValueError(half)
         return self
+
+    @property
+    def storage_backend(self) -> str:
+        """The backend the catalog lives in (a name in STORAGE_BACKENDS). S3_ENABLED follows VPM_STORAGE (see the
+        validator above), and a copy made with s3_enabled flipped (the migration's two ends) means what it says,
+        so the flag decides between the two."""
+        return "s3" if self.s3_enabled else "local"
 
     # Derived keys: the embedding cache lives beside products.json.
     @property

@@ -12,7 +12,7 @@ import uuid
 from ..catalog import CatalogError
 from ..config import Settings
 from ..health import Check
-from ..storage import BucketAccessDenied, BucketNotFound, EndpointNotS3, ObjectNotFound, StorageError
+from ..storage import BucketAccessDenied, BucketFacts, BucketNotFound, EndpointNotS3, ObjectNotFound, StorageError
 from .report import few
 from .target import Source, Target, half_set_keys
 
@@ -39,11 +39,23 @@ def bucket_checks(settings: Settings, target: Target) -> list[Check]:
     return checks
 
 
+def _facts(target: Target) -> BucketFacts | None:
+    """What the target reports about its bucket; None for a backend that is not a bucket."""
+    return target.storage if isinstance(target.storage, BucketFacts) else None
+
+
+def _not_reported(name: str, target: Target) -> Check:
+    return Check(name, "warn", f"{target.description} does not report it", "")
+
+
 def credentials_check(settings: Settings, target: Target) -> Check:
     half = half_set_keys(settings)
     if half:
         return Check("credentials", "fail", half, "set both keys, or neither (to use AWS_PROFILE or an IAM role)")
-    found = target.storage.credentials_source()
+    facts = _facts(target)
+    if facts is None:
+        return _not_reported("credentials", target)
+    found = facts.credentials_source()
     if found is None:
         return Check("credentials", "fail", "no AWS credentials found",
                      "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where an IAM role "
@@ -69,8 +81,11 @@ def bucket_exists_check(settings: Settings, target: Target) -> Check:
 
 
 def region_check(settings: Settings, target: Target) -> Check:
+    facts = _facts(target)
+    if facts is None:
+        return _not_reported("bucket region", target)
     try:
-        actual = target.storage.bucket_region()
+        actual = facts.bucket_region()
     except StorageError as err:
         return Check("bucket region", "warn", str(err),
                      "grant s3:GetBucketLocation, or make sure S3_REGION is the bucket's region")
@@ -134,8 +149,11 @@ def _delete_probe(settings: Settings, target: Target, key: str) -> Check:
 def versioning_check(settings: Settings, target: Target) -> Check:
     fix = (f"turn it on to keep old versions of overwritten objects: aws s3api put-bucket-versioning "
            f"--bucket {settings.s3_bucket_name} --versioning-configuration Status=Enabled")
+    facts = _facts(target)
+    if facts is None:
+        return _not_reported("bucket versioning", target)
     try:
-        status = target.storage.versioning()
+        status = facts.versioning()
     except StorageError as err:
         return Check("bucket versioning", "warn", str(err), fix)
     if status == "Enabled":
@@ -147,8 +165,9 @@ def encryption_check(settings: Settings, target: Target) -> Check:
     fix = (f"set S3_SSE=AES256 (or aws:kms), or: aws s3api put-bucket-encryption --bucket {settings.s3_bucket_name} "
            "--server-side-encryption-configuration "
            "'{\"Rules\":[{\"ApplyServerSideEncryptionByDefault\":{\"SSEAlgorithm\":\"AES256\"}}]}'")
+    facts = _facts(target)
     try:
-        algorithm = target.storage.default_encryption()
+        algorithm = facts.default_encryption() if facts is not None else None
     except StorageError as err:
         algorithm, unreadable = None, str(err)
     else:
