@@ -39,9 +39,9 @@ def emit(args, document, text: str) -> None:
 
 
 def make_matcher(args):
-    from .matcher import Matcher
+    from .wiring import build_matcher
 
-    return Matcher(args.settings)
+    return build_matcher(args.settings)
 
 
 def _read_images(paths: list[str]) -> list[tuple[bytes, str]]:

@@ -33,15 +33,12 @@ from .config import Settings
 from .errors import InvalidRequest
 from .images import Box, DecodedImage, crop_box, decode_image, parse_box
 from .indexing import FeatureIndexer, Indexer, IndexStatus, TextIndexer
-from .lance_catalog import LanceCatalogStore
-from .lance_features import TABLE as FEATURES_TABLE
-from .lance_features import LanceFeatureStore, PhotoFeatures
-from .lance_text import TABLE as TEXT_TABLE
-from .lance_text import LanceTextStore, PhotoText
-from .lance_vectors import LanceVectorIndex, existing_model_ids
+from .lance_features import PhotoFeatures  # row types; the stores themselves come from vpm.wiring
+from .lance_text import PhotoText
 from .results import EmbeddedQuery, ImportReport, PhotoView, ProductView, SearchResponse
 from .results import Match as Match  # re-exported: older callers import it from here
-from .storage import Storage, StorageError, make_storage
+from .storage import Storage, StorageError
+from .stores import Stores
 from .vector_index import PhotoVector, VectorIndex
 
 if TYPE_CHECKING:
@@ -98,19 +95,28 @@ class Matcher:
         *,
         embedder: Embedder | None = None,
         load_embedder: Callable[[], Embedder] | None = None,
+        stores: Stores | None = None,
     ):
-        """`embedder` is used as given; else `load_embedder()` (or VPM_MODEL through vpm.embeddings) loads
-        the model on first use: drawing a page or answering a listing never imports torch."""
+        """Made by `vpm.wiring.build_matcher`, which hands it storage, the table engine's stores and how to load
+        the model. `embedder` is used as given; else `load_embedder()` loads the model on first use: drawing a
+        page or answering a listing never imports torch. `Matcher(settings)` (tests, scripts) gets the parts it
+        is not given from vpm.wiring, exactly as the faces do."""
+        if storage is None or stores is None or (embedder is None and load_embedder is None):
+            from .wiring import parts
+
+            storage, stores, load_embedder = parts(settings, storage, stores, load_embedder)
         self.settings = settings
-        self.storage = storage or make_storage(settings)
+        self.storage = storage
         self.where = engine.location(settings)
+        self._stores = stores
         self._embedder = embedder
         self._load_embedder = load_embedder
+        # Each store is taken from `stores` on first use: None here means not used yet in this process.
         self._catalog: CatalogStore | None = None
         self._vector_indexes: dict[str, VectorIndex] = {}
-        self._features: LanceFeatureStore | None = None
+        self._features: Any = None
         self._features_checked = False  # keypoints of photos added before they existed: filled in once per process
-        self._texts: LanceTextStore | None = None
+        self._texts: Any = None
         self._calibrations = CalibrationCache()
         self._indexers: dict[str, Indexer] = {}
         self._checked_models: set[str] = set()
@@ -130,17 +136,10 @@ class Matcher:
         if self._catalog is None:
             with self._lock:
                 if self._catalog is None:
-                    store = LanceCatalogStore(self.where, exists=self._exists_check("products"))
+                    store = self._stores.catalog
                     self._upgrade_once(store)
                     self._catalog = store
         return self._catalog
-
-    def _table_exists(self, name: str) -> bool:
-        return bool(self.storage.list(f"{self.where.prefix}{name}.lance/", page_size=1).objects)
-
-    def _exists_check(self, name: str) -> Callable[[], bool]:
-        """Whether the table has any object, asked only when it does not open (a listing is a round trip)."""
-        return lambda: self._table_exists(name)
 
     def _upgrade_once(self, store: CatalogStore) -> None:
         from . import upgrade
@@ -159,16 +158,16 @@ class Matcher:
         with self._lock:
             index = self._vector_indexes.get(model_id)
             if index is None:
-                index = LanceVectorIndex(self.where, model_id, dim, exists=self._exists_check(f"vectors-{model_id}"))
+                index = self._stores.vector_index(model_id, dim, None)
                 self._vector_indexes[model_id] = index
             return index
 
     def catalog_exists(self) -> bool:
         """Whether the products table (or a products.json still to be upgraded) is there at all."""
-        return self._table_exists("products") or self.storage.exists(self.settings.s3_metadata_key)
+        return self._stores.has_catalog() or self.storage.exists(self.settings.s3_metadata_key)
 
     def has_vector_index(self, model_id: str) -> bool:
-        return model_id in self._vector_indexes or self._table_exists(f"vectors-{model_id}")
+        return model_id in self._vector_indexes or self._stores.has_vectors(model_id)
 
     def vector_index(self, model_id: str) -> VectorIndex:
         """An existing model's vector index (for reports that must not load that model)."""
@@ -181,28 +180,28 @@ class Matcher:
         return self._vector_index_for(embedder.model_id, embedder.dim)
 
     @property
-    def features(self) -> LanceFeatureStore:
+    def features(self) -> Any:
         """The photos' stored keypoints (one table whatever the model: they come from the pixels alone)."""
         if self._features is None:
             with self._lock:
                 if self._features is None:
-                    self._features = LanceFeatureStore(self.where, exists=self._exists_check(FEATURES_TABLE))
+                    self._features = self._stores.features
         return self._features
 
     def has_features_table(self) -> bool:
-        return self._features is not None or self._table_exists(FEATURES_TABLE)
+        return self._features is not None or self._stores.has_features()
 
     @property
-    def texts(self) -> LanceTextStore:
+    def texts(self) -> Any:
         """The package text read on the photos (one table whatever the model: it comes from the pixels alone)."""
         if self._texts is None:
             with self._lock:
                 if self._texts is None:
-                    self._texts = LanceTextStore(self.where, exists=self._exists_check(TEXT_TABLE))
+                    self._texts = self._stores.texts
         return self._texts
 
     def has_text_table(self) -> bool:
-        return self._texts is not None or self._table_exists(TEXT_TABLE)
+        return self._texts is not None or self._stores.has_texts()
 
     @property
     def package_text_default(self) -> bool:
@@ -240,15 +239,15 @@ class Matcher:
 
     def _every_vector_index(self) -> list[VectorIndex]:
         """The vector indexes of every model that has one here (deletes and edits must reach them all)."""
-        ids = set(existing_model_ids(self.where)) | set(self._vector_indexes)
+        ids = set(self._stores.model_ids()) | set(self._vector_indexes)
         return [self._vector_index_for(model_id) for model_id in sorted(ids)]
 
     def table_summaries(self) -> list[engine.TableSummary]:
         """Each catalog table with its size, version, files and indexes (for the storage browser)."""
         summaries = []
-        if self._table_exists("products"):
+        if self._stores.has_catalog():
             summaries.append(engine.summarize(self.catalog.table, "products and their photos"))
-        for model_id in existing_model_ids(self.where):
+        for model_id in self._stores.model_ids():
             summaries.append(engine.summarize(self._vector_index_for(model_id).table, f"{model_id} photo vectors"))
         if self.has_features_table():
             summaries.append(engine.summarize(self.features.table, "photo keypoints, to verify matches"))
@@ -274,13 +273,8 @@ class Matcher:
         if self._embedder is None:
             with self._model_lock:  # not self._lock: the tables open while the model loads
                 if self._embedder is None:
-                    self._embedder = self._load_embedder() if self._load_embedder else self._configured_model()
+                    self._embedder = self._load_embedder()
         return self._embedder
-
-    def _configured_model(self) -> Embedder:
-        from .embeddings import load_embedder
-
-        return load_embedder(self.settings.vpm_model, self.settings.vpm_device, self.settings.vpm_runtime)
 
     def batch_concurrent_queries(self, enabled: bool | str = True) -> None:
         """Embed one-photo and one-text queries that arrive together in one model call (vpm/batching.py): what a
@@ -882,7 +876,7 @@ class Matcher:
         """A rebuild starts the active model's vector table afresh when it cannot be opened (it is derived from
         the photos, so this loses nothing); a readable table is rebuilt in place."""
         embedder = self.embedder
-        index = LanceVectorIndex(self.where, embedder.model_id, embedder.dim, exists=True)
+        index = self._stores.vector_index(embedder.model_id, embedder.dim, True)
         try:
             index.count()  # opens the table
         except engine.TableUnreadable as err:

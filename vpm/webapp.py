@@ -126,14 +126,14 @@ def loaded_embedder(matcher: Matcher) -> Embedder | None:
 
 @st.cache_resource(show_spinner=False)
 def _matcher_for(key: str, _settings: Settings) -> Matcher:
-    from .matcher import Matcher
+    from .wiring import build_matcher
 
     # Once per configuration: LOG_LEVEL, the cap on AWS libraries' request logs, the secret-masking filter.
     configure_logging(_settings)
     # The model comes through the app's own cache: loaded on first use with a spinner saying so, and shared
     # by every Matcher in this process that uses the same model.
-    return Matcher(_settings, load_embedder=lambda: _embedder_for(_settings.vpm_model, _settings.vpm_device,
-                                                                   _settings.vpm_runtime))
+    return build_matcher(_settings, load_embedder=lambda: _embedder_for(_settings.vpm_model, _settings.vpm_device,
+                                                                        _settings.vpm_runtime))
 
 
 def get_matcher() -> Matcher:

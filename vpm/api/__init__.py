@@ -22,6 +22,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..config import Settings, load_settings
 from ..matcher import Matcher
+from ..wiring import build_matcher
 from . import image_routes, product_routes, search_routes, status_routes
 from .errors import ApiError, install_error_handlers
 from .limits import (
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None, matcher: Matcher | None = None)
     if settings is None:
         settings = matcher.settings if matcher is not None else load_settings()
     if matcher is None:
-        matcher = Matcher(settings)  # cheap: storage client only; the model loads on first search or upload
+        matcher = build_matcher(settings)  # cheap: storage client only; the model loads on first search or upload
     # Requests run on threads of their own: concurrent searches share model calls instead of queueing for the
     # cores one call at a time (vpm/batching.py).
     matcher.batch_concurrent_queries(settings.vpm_api_batch_queries)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from .. import config, engine
 from ..config import Settings
 from ..errors import VpmError
-from ..storage import LocalStorage, S3Storage, Storage, StorageError, make_storage
+from ..storage import LocalStorage, S3Storage, Storage, StorageError, make_storage, send_small_puts_at_once
 from .flow import Throttles
 
 if TYPE_CHECKING:  # the tables' modules import pyarrow and numpy: a re-run decided from listings needs neither
@@ -25,8 +25,6 @@ if TYPE_CHECKING:  # the tables' modules import pyarrow and numpy: a re-run deci
     from ..matcher import Matcher
 
 PRODUCTS_TABLE = "products"
-# A PUT of a body up to this size goes in one round trip, without waiting for S3's "100 Continue" first.
-SEND_AT_ONCE = 1 << 20
 
 
 class MigrationError(VpmError, ValueError):
@@ -50,11 +48,11 @@ def half_set_keys(settings: Settings) -> str | None:
 def target_settings(settings: Settings) -> Settings:
     """The settings with S3 switched on: what the app will run with after the migration."""
     require_bucket(settings)
-    return settings.model_copy(update={"s3_enabled": True})
+    return settings.model_copy(update={"s3_enabled": True, "vpm_storage": "s3"})
 
 
 def source_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"s3_enabled": False})
+    return settings.model_copy(update={"s3_enabled": False, "vpm_storage": "local"})
 
 
 def target_storage(settings: Settings) -> S3Storage:
@@ -89,9 +87,9 @@ class Source:
 
     @cached_property
     def matcher(self) -> Matcher:
-        from ..matcher import Matcher
+        from ..wiring import build_matcher
 
-        return Matcher(self._settings, storage=self.storage)
+        return build_matcher(self._settings, storage=self.storage)
 
     def exists(self) -> bool:
         """A products table or a products.json still to be upgraded (so an empty folder stays untouched)."""
@@ -123,6 +121,8 @@ class Target:
         self.description = self.storage.description
         self.throttles = Throttles()  # the answers asking us to slow down, for the uploads' InFlight gate
         self.throttles.watch(self.storage.client)
+        # PUTs of up to 1 MiB skip the Expect: 100-continue round trip. S3Storage hooks every client it makes
+        # already; a second registration changes nothing, and this one keeps it true of any client handed in.
         send_small_puts_at_once(self.storage.client)
 
     def has_products_table(self) -> bool:
@@ -158,9 +158,9 @@ class Target:
     def catalog_for_writing(self) -> LanceCatalogStore:
         """The products table, created if need be, after the app's own upgrade of an old products.json: the
         bucket's products are then compared with ours before anything of ours is written."""
-        from ..matcher import Matcher
+        from ..wiring import build_matcher
 
-        bucket = Matcher(self.settings, storage=self.storage)
+        bucket = build_matcher(self.settings, storage=self.storage)
         return bucket.catalog  # type: ignore[return-value]
 
     def vectors_for_reading(self, model_id: str) -> LanceVectorIndex:
@@ -172,24 +172,6 @@ class Target:
         from ..lance_vectors import LanceVectorIndex
 
         return LanceVectorIndex(self.where, model_id, dim, exists=exists)
-
-
-def send_small_puts_at_once(client) -> None:
-    """botocore asks for "Expect: 100-continue" on every PUT of a file and waits for S3's go-ahead before sending
-    the body: a whole extra round trip per photo, which a bucket tens of milliseconds away makes the largest
-    cost of a migration. A small body is sent with its headers instead; S3 still checks the SHA-256 it carries
-    and answers 412 to a failed If-None-Match as before (only a large body is worth not sending in vain). The
-    header is not signed, so it can go after signing."""
-
-    def drop_expect(request, **_kwargs) -> None:
-        try:
-            length = int(request.headers.get("Content-Length") or -1)
-        except ValueError:
-            return
-        if 0 <= length <= SEND_AT_ONCE and "Expect" in request.headers:
-            del request.headers["Expect"]
-
-    client.meta.events.register("before-send.s3.PutObject", drop_expect)
 
 
 # ------------------------------------------------------------------------------------------ fingerprint

@@ -1,0 +1,61 @@
+"""The composition root: builds storage, the table engine's stores and the model loader from the settings and
+hands them to the facade. Every face, the migration and the cluster path get their Matcher here; the Matcher
+builds nothing itself.
+
+Nothing is opened or loaded here: storage is a client, the stores open their tables on first use, and the model
+loads on the first search or upload (drawing a page or answering a listing never imports torch). A second table
+engine (Qdrant, S3 Vectors) is one module returning a `vpm.stores.Stores` and one line in ENGINES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from . import engine, lance_engine
+from .config import Settings
+from .matcher import Matcher
+from .storage import Storage, make_storage
+from .stores import Stores
+
+if TYPE_CHECKING:
+    from .embeddings import Embedder
+
+# name -> stores(storage, location): how each table engine opens the catalog's stores.
+ENGINES: dict[str, Callable[[Storage, engine.Location], Stores]] = {
+    "lance": lance_engine.stores,
+}
+DEFAULT_ENGINE = "lance"
+
+
+def configured_model(settings: Settings) -> Callable[[], Embedder]:
+    """Loads VPM_MODEL on VPM_DEVICE/VPM_RUNTIME when called (vpm.embeddings imports torch lazily itself)."""
+
+    def load() -> Embedder:
+        from .embeddings import load_embedder
+
+        return load_embedder(settings.vpm_model, settings.vpm_device, settings.vpm_runtime)
+
+    return load
+
+
+def parts(
+    settings: Settings, storage: Storage | None = None, stores: Stores | None = None,
+    load_embedder: Callable[[], Embedder] | None = None, *, engine_name: str = DEFAULT_ENGINE,
+) -> tuple[Storage, Stores, Callable[[], Embedder]]:
+    """What the facade is made of, each given part kept as it is and the others built from the settings."""
+    storage = storage if storage is not None else make_storage(settings)
+    if stores is None:
+        stores = ENGINES[engine_name](storage, engine.location(settings))
+    return storage, stores, load_embedder or configured_model(settings)
+
+
+def build_matcher(
+    settings: Settings, storage: Storage | None = None, *, embedder: Embedder | None = None,
+    load_embedder: Callable[[], Embedder] | None = None, stores: Stores | None = None,
+    engine_name: str = DEFAULT_ENGINE,
+) -> Matcher:
+    """The facade over these settings' catalog. `embedder` is used as given; else `load_embedder()` (VPM_MODEL by
+    default) runs on first use."""
+    storage, stores, load_embedder = parts(settings, storage, stores, load_embedder, engine_name=engine_name)
+    return Matcher(settings, storage, stores=stores, embedder=embedder, load_embedder=load_embedder)
