@@ -27,7 +27,7 @@ ENGINE_MODULES = re.compile(r"^vpm/(wiring|lance_\w+)\.py$")
 LANCE_STORE = re.compile(r"^Lance\w*(Store|Index)$")
 
 # (module, what it builds or imports): to go through vpm.wiring (issue 25). Only ever shrinks.
-KNOWN_MATCHERS = {"vpm/health.py"}  # local_catalog_waiting's look at the local folder
+KNOWN_MATCHERS: set[str] = set()  # every product module builds its matcher through vpm.wiring
 KNOWN_STORE_IMPORTS = {
     ("vpm/migration/target.py", "LanceCatalogStore"),  # the bucket's tables, opened for reading only
     ("vpm/migration/target.py", "LanceVectorIndex"),

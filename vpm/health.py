@@ -254,14 +254,14 @@ def local_catalog_waiting(settings) -> int:
     Migration; 0 when S3 is off, when there is no local catalog, or when it cannot be read."""
     if not settings.s3_enabled:
         return 0
-    from .matcher import Matcher
+    from .wiring import build_matcher
 
     folder = settings.vpm_data_dir.expanduser()
     if not ((folder / settings.metadata_prefix / "products.lance").is_dir() or (folder / settings.s3_metadata_key).is_file()):
         return 0  # checked first, so a bucket-only install never gets a local folder made for it
     local = settings.model_copy(update={"s3_enabled": False})
     try:
-        matcher = Matcher(local)
+        matcher = build_matcher(local)
         return matcher.count_products() if matcher.catalog_exists() else 0
     except (CatalogError, StorageError, OSError):
         return 0
