@@ -517,3 +517,23 @@ def small_sample(tmp_path, monkeypatch):
     (folder / "products.csv").write_text("\n".join(lines) + "\n")
     monkeypatch.setattr(sample, "SAMPLE_DIR", folder)
     return folder
+
+
+def migrate_killed_after(uploads: int, *options: str) -> str:
+    """A `python -c` script: `vpm migrate --force [options]` that SIGKILLs itself once `uploads` files are up (no
+    cleanup, no finally: as if the machine lost power)."""
+    return f"""
+import os, signal, sys
+import vpm.cli_migrate as cli_migrate
+
+update = cli_migrate.ProgressBar.files_and_bytes
+
+def update_then_die(self, done_files, total_files, done_bytes, total_bytes):
+    update(self, done_files, total_files, done_bytes, total_bytes)
+    if self.byte_sizes and done_files >= {uploads}:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+cli_migrate.ProgressBar.files_and_bytes = update_then_die
+from vpm.cli import main
+sys.exit(main(["migrate", "--force", *{list(options)!r}]))
+"""

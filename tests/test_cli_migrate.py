@@ -15,6 +15,8 @@ import pytest
 
 from vpm.cli import main
 
+from conftest import migrate_killed_after
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -346,28 +348,11 @@ def test_integration_guide_commands(local_catalog):
     assert len(local_catalog.bucket_products()) == 6 and local_catalog.bucket_vectors().count() == 6
 
 
-KILL_AFTER_10_UPLOADS = """
-import os, signal, sys
-import vpm.cli_migrate as cli_migrate
-
-update = cli_migrate.ProgressBar.files_and_bytes
-
-def update_then_die(self, done_files, total_files, done_bytes, total_bytes):
-    update(self, done_files, total_files, done_bytes, total_bytes)
-    if self.byte_sizes and done_files >= 10:
-        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: as if the machine lost power
-
-cli_migrate.ProgressBar.files_and_bytes = update_then_die
-from vpm.cli import main
-sys.exit(main(["migrate", "--force", "--workers", "4"]))
-"""
-
-
 def test_killed_migration_resumes_with_nothing_lost(local_catalog):
     local_catalog.add(20)
     env = subprocess_env(local_catalog)
 
-    killed = vpm(env, code=KILL_AFTER_10_UPLOADS)
+    killed = vpm(env, code=migrate_killed_after(10, "--workers", "4"))
     assert killed.returncode == -9, killed.stdout + killed.stderr
     arrived = local_catalog.bucket_keys()
     assert 10 <= len(arrived) < 40

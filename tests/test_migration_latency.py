@@ -22,7 +22,7 @@ from vpm.config import load_settings
 from vpm.migration import DEFAULT_WORKERS, MAX_WORKERS, SKIP, Migration
 from vpm.migration.flow import InFlight, Stopped, Throttles
 
-from conftest import LocalCatalogBuilder
+from conftest import LocalCatalogBuilder, migrate_killed_after
 
 REPO = Path(__file__).resolve().parents[1]
 PRODUCTS = 24  # a photo and a thumbnail each: 48 files
@@ -128,29 +128,12 @@ def test_requests_grow_with_the_files_not_with_round_trips_per_file(slow_catalog
     assert other(second) <= other(first) + 2
 
 
-KILL_AFTER_10_UPLOADS = """
-import os, signal, sys
-import vpm.cli_migrate as cli_migrate
-
-update = cli_migrate.ProgressBar.files_and_bytes
-
-def update_then_die(self, done_files, total_files, done_bytes, total_bytes):
-    update(self, done_files, total_files, done_bytes, total_bytes)
-    if self.byte_sizes and done_files >= 10:
-        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: as if the machine lost power
-
-cli_migrate.ProgressBar.files_and_bytes = update_then_die
-from vpm.cli import main
-sys.exit(main(["migrate", "--force"]))
-"""
-
-
 def test_a_migration_killed_through_latency_resumes_with_nothing_lost(slow_catalog):
     slow_catalog.add(PRODUCTS)
     env = {**os.environ, "S3_ENDPOINT_URL": slow_catalog.slow_endpoint, "S3_BUCKET_NAME": slow_catalog.bucket,
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_10_UPLOADS], env=env, capture_output=True,
+    killed = subprocess.run([sys.executable, "-c", migrate_killed_after(10)], env=env, capture_output=True,
                             text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     arrived = slow_catalog.bucket_keys()

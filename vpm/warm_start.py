@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from . import engine
 from .lance_features import TABLE as FEATURES_TABLE
 from .lance_text import TABLE as TEXT_TABLE
+from .lance_vectors import table_name as vectors_table
 
 if TYPE_CHECKING:
     from .matcher import Matcher
@@ -31,7 +32,7 @@ def warm_up(matcher: Matcher) -> threading.Thread:
         try:
             matcher.read_ahead()
             names = set(engine.table_names(matcher.where))  # listed again: cheap, and said by the read above
-            if f"vectors-{matcher.embedder.model_id}" in names:
+            if vectors_table(matcher.embedder.model_id) in names:
                 matcher._embed_missing_once()  # the first search's own check, on what was just read
         except Exception as err:  # noqa: BLE001 - a start-up nicety: the first search reports what is wrong
             log.info("a read ahead at start failed (the first search will try again): %s", err)
@@ -64,7 +65,7 @@ def read_ahead(matcher: Matcher) -> None:
 
 def _model_and_vectors(matcher: Matcher, names: set[str]) -> None:
     model_id = matcher.embedder.model_id  # loads the model (the longest part, on the CPU)
-    if f"vectors-{model_id}" not in names:
+    if vectors_table(model_id) not in names:
         return
     with ThreadPoolExecutor(1, thread_name_prefix="vpm-read-ahead") as pool:
         calibration = pool.submit(matcher.calibration)
