@@ -20,6 +20,7 @@ import numpy as np
 
 from . import engine, photos, query_mix, searching
 from .calibration import Calibration, CalibrationCache
+from .catalog_files import CatalogFiles
 from .catalog import (
     CatalogError,
     CatalogStore,
@@ -161,6 +162,11 @@ class Matcher:
                 index = self._stores.vector_index(model_id, dim, None)
                 self._vector_indexes[model_id] = index
             return index
+
+    @property
+    def files(self) -> CatalogFiles:
+        """What a face may see of the stored files (listing, reading, their owners, where they live)."""
+        return CatalogFiles(self.storage, lambda: self.catalog, self.where)
 
     def catalog_exists(self) -> bool:
         """Whether the products table (or a products.json still to be upgraded) is there at all."""
