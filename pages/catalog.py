@@ -135,11 +135,11 @@ def last_added(matcher) -> None:
     st.success(f"Added **{plain(view.product.name)}**. It is searchable now.", icon=":material/check_circle:")
     card, about = st.columns([1, 3])
     with card, st.container(border=True, width=webapp.CARD_WIDTH):
-        webapp.product_card(view)
+        webapp.product_card(view, matcher.files.web_urls)
     with about:
         st.markdown(f"**Id:** {code(view.product.id)}")
         st.markdown(f"**Photos:** {len(view.product.photos)}")
-        if view.image_url and matcher.storage.web_urls:  # a local folder's file:// path: not shown
+        if view.image_url and matcher.files.web_urls:  # a local folder's file:// path: not shown
             st.markdown(f"**Image URL:** {code(view.image_url)}")
         st.page_link(webapp.SEARCH_PAGE, label="Search with a photo", icon=":material/image_search:")
         if st.button("More like this", icon=":material/interests:", key="catalog_more_like_added",

@@ -24,6 +24,7 @@ st.caption(
 
 settings = webapp.get_settings()
 matcher = webapp.get_matcher()
+files = matcher.files  # where the catalog lives, its version, whether its URLs open in a browser
 
 try:
     index = catalog_map.map_index(matcher)
@@ -55,7 +56,7 @@ def pictures(points) -> dict[str, str]:
     from vpm.images import ImageError, preview_thumbnail
 
     out: dict[str, str] = {}
-    if matcher.storage.web_urls:
+    if files.web_urls:
         for p in points[:MAX_TOOLTIP_PICTURES * 5]:
             url = matcher.url_for(p.picture_key)
             if url:
@@ -73,7 +74,7 @@ def pictures(points) -> dict[str, str]:
 
 
 try:
-    made = cached_map(matcher.where.description, index.model_id, matcher.catalog.version(), index.count(),
+    made = cached_map(files.description, index.model_id, files.catalog_version(), index.count(),
                       threshold, matcher, index)
 except catalog_map.MapUnavailable as err:
     st.info(plain(err), icon=":material/info:")
@@ -109,7 +110,7 @@ with chart_column:
         .interactive()
     )
     st.altair_chart(chart, width="stretch")
-    if len(made.points) > MAX_TOOLTIP_PICTURES and not matcher.storage.web_urls:
+    if len(made.points) > MAX_TOOLTIP_PICTURES and not files.web_urls:
         st.caption(f"Pictures on hover for the first {MAX_TOOLTIP_PICTURES:,} products; names for all.")
 
 with pairs_column:

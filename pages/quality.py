@@ -160,7 +160,7 @@ def show_confusions(report) -> None:
         return
     st.caption("A held-out photo, the wrong product that came first, and the right product (its best photo).")
     ids = sorted({c.wrong_product for c in report.confusions} | {c.query_product for c in report.confusions})
-    known = matcher.catalog.get_many(ids)
+    known = matcher.files.products(ids)
     for confusion in report.confusions:
         own, wrong = known.get(confusion.query_product), known.get(confusion.wrong_product)
         with st.container(border=True):

@@ -159,12 +159,14 @@ def embed(query: dict, box) -> dict:
             embedded = matcher.embed_query(url=query["url"])
         else:
             embedded = matcher.embed_query(data=query["data"], filename=query["filename"], box=box)
-    # A bounded thumbnail, never the upload itself: st.image would open and resize that outside our checks.
-    preview = None if embedded.image is None else preview_thumbnail(
-        embedded.image, embedded.label, max_bytes=settings.max_upload_bytes
-    )
-    if preview is not None and embedded.box is not None:
+    # A bounded thumbnail, never the upload itself: st.image would open and resize that outside our checks. A
+    # region is outlined on the photo the region sliders already decoded (kept by webapp.upload_image).
+    if embedded.image is None:
+        preview = None
+    elif embedded.box is not None:
         preview = outline_box(webapp.upload_image(embedded.image, embedded.label), embedded.box)
+    else:
+        preview = preview_thumbnail(embedded.image, embedded.label, max_bytes=settings.max_upload_bytes)
     more = [] if not query.get("more") else [
         preview_thumbnail(p.image, p.label, max_bytes=settings.max_upload_bytes) for p in photos[1:]]
     return {"identity": query["identity"], "kind": embedded.kind, "vector": embedded.vector,

@@ -8,7 +8,7 @@ import json
 
 import streamlit as st
 
-from vpm import repair, table_repair, webapp
+from vpm import repair, webapp
 from vpm.consistency import (
     RECENT_SECONDS,
     breadcrumbs,
@@ -72,7 +72,7 @@ def files(matcher) -> None:
     crumbs(prefix)
     page_number = len(state.browse_tokens)
     try:
-        listing = matcher.storage.list(prefix, delimiter="/", page_size=PAGE_SIZE, token=state.browse_tokens[-1])
+        listing = matcher.files.list_folder(prefix, page_size=PAGE_SIZE, token=state.browse_tokens[-1])
     except StorageError as err:
         webapp.show_error(err, what="Cannot list this folder")
         return
@@ -130,7 +130,7 @@ def file_table(matcher, listing, prefix: str, page_number: int, paged: bool) -> 
                     icon=":material/folder_off:")
         return owners
     try:  # which product each file belongs to, for the table; a listing never fails for want of it
-        owners = matcher.catalog.owners_of_keys([o.key for o in listing.objects])
+        owners = matcher.files.owners([o.key for o in listing.objects])
     except Exception as err:  # the names are a convenience
         webapp.log.warning("cannot name the products of %s: %s", prefix, err)
     rows = object_rows(listing.objects, prefix)
@@ -198,7 +198,7 @@ def preview(matcher, listing, prefix: str, owners: dict[str, tuple[str, str]]) -
         st.info("No preview for this kind of file.", icon=":material/info:")
         return
     try:
-        data = matcher.storage.get(choice)
+        data = matcher.files.read(choice)
     except StorageError as err:
         webapp.show_error(err, what="Cannot read this file")
         return
@@ -224,7 +224,7 @@ def preview(matcher, listing, prefix: str, owners: dict[str, tuple[str, str]]) -
 
 def catalog_tables(matcher) -> None:
     st.caption(
-        f"The catalog lives in LanceDB tables in {code(matcher.where.description)}: one row a product, one vector "
+        f"The catalog lives in LanceDB tables in {code(matcher.files.description)}: one row a product, one vector "
         "a photo for each model. Their files sit under the metadata prefix; the files tab lists them."
     )
     try:
@@ -335,7 +335,7 @@ def show_damaged_tables(matcher, found, allowed: bool) -> None:
                 + "\n".join(f"- {plain(t.plan_line())}" for t in found.fixable))
     if not allowed:
         return
-    folder = f"{matcher.where.prefix}{table_repair.SET_ASIDE_FOLDER}"
+    folder = matcher.files.set_aside_folder
     confirmed = st.checkbox(
         f"I understand that {plural(count, 'version file')} will be moved to {folder} (kept there, never deleted) "
         "and that the changes they hold will no longer be in the catalog.",

@@ -52,8 +52,8 @@ def _repair(args, matcher, found) -> int:
         say("\nDamaged tables:", *[f"  {t.plan_line()}" for t in found.fixable])
         count = sum(len(t.plan.bad) for t in found.fixable)
         what = f"setting {count} version file{'s' if count > 1 else ''} aside"
-        if _confirm(args, f"Set {'it' if count == 1 else 'them'} aside (moved to {matcher.where.prefix}"
-                          f"{table_repair.SET_ASIDE_FOLDER}, never deleted)?", what):
+        if _confirm(args, f"Set {'it' if count == 1 else 'them'} aside (moved to "
+                          f"{matcher.files.set_aside_folder}, never deleted)?", what):
             try:
                 done = repair.set_aside_damaged(matcher, found.fixable)
             except table_repair.RepairError as err:

@@ -63,7 +63,7 @@ def cmd_evaluate(args) -> int:
     names = {}
     ids = sorted({c.wrong_product for c in report.confusions} | {c.query_product for c in report.confusions})
     if ids:
-        names = {pid: p.name for pid, p in matcher.catalog.get_many(ids).items()}
+        names = {pid: p.name for pid, p in matcher.files.products(ids).items()}
     document = report.as_dict()
     for confusion in document["confusions"]:
         confusion["wrong_name"] = names.get(confusion["wrong_product"])

@@ -129,7 +129,7 @@ def cmd_serve(args) -> int:
     warm_up(app.state.matcher)  # the first search's reads, side by side, while uvicorn starts and the model loads
     log.info(
         "VPM API on http://%s:%d (docs at /docs); storage: %s; model %s loads on the first search or upload",
-        args.host, args.port, app.state.matcher.storage.description, settings.vpm_model,
+        args.host, args.port, app.state.matcher.files.storage_description, settings.vpm_model,
     )
     log.info(
         "limits: %d concurrent connections/requests (then 503), headers within %g s, body within %g s, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -124,16 +125,45 @@ def loaded_embedder(matcher: Matcher) -> Embedder | None:
     return matcher.embedder if matcher.model_loaded else None
 
 
+class _AppModel:
+    """How an app Matcher loads its model: through the app's own cache (on first use, with a spinner saying so,
+    shared by every Matcher in this process that uses the same model). The first load also starts reading the
+    catalog's tables ahead on a daemon thread, side by side with the model, so the first search finds them open.
+
+    Not when the Matcher is built: `Matcher.read_ahead` loads the model, and a page that never searches (Home,
+    Health) must not load it, nor import torch. The load runs under the Matcher's model lock, so the read ahead
+    waits for this load rather than starting a second one, and the page's spinner stays with the page."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.matcher: Matcher | None = None  # the Matcher this loads for, once built
+        self.read_ahead: threading.Thread | None = None
+
+    def __call__(self) -> Embedder:
+        if self.matcher is not None and self.read_ahead is None:
+            self.read_ahead = threading.Thread(
+                target=_read_ahead, args=(self.matcher,), name="vpm-app-read-ahead", daemon=True
+            )
+            self.read_ahead.start()
+        return _embedder_for(self.settings.vpm_model, self.settings.vpm_device, self.settings.vpm_runtime)
+
+
+def _read_ahead(matcher: Matcher) -> None:
+    try:
+        matcher.read_ahead()
+    except Exception as err:  # noqa: BLE001 - a head start only: the search that needs the part says what is wrong
+        log.info("reading the catalog ahead failed (the first search will try again): %s", err)
+
+
 @st.cache_resource(show_spinner=False)
 def _matcher_for(key: str, _settings: Settings) -> Matcher:
     from .wiring import build_matcher
 
     # Once per configuration: LOG_LEVEL, the cap on AWS libraries' request logs, the secret-masking filter.
     configure_logging(_settings)
-    # The model comes through the app's own cache: loaded on first use with a spinner saying so, and shared
-    # by every Matcher in this process that uses the same model.
-    return build_matcher(_settings, load_embedder=lambda: _embedder_for(_settings.vpm_model, _settings.vpm_device,
-                                                                        _settings.vpm_runtime))
+    model = _AppModel(_settings)
+    model.matcher = build_matcher(_settings, load_embedder=model)
+    return model.matcher
 
 
 def get_matcher() -> Matcher:
@@ -279,7 +309,7 @@ def thumbnail_bytes(key: str, etag: str | None = None) -> bytes | None:
     from .storage import StorageError
 
     try:
-        data = get_matcher().storage.get(key)
+        data = get_matcher().files.read(key)
     except StorageError as err:
         log.warning("cannot read %s: %s", key, err)
         return None
@@ -360,11 +390,22 @@ def first_line(text: str | None, limit: int = 120) -> str:
     return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 
-def product_card(item: Any) -> None:
+def card_picture(item: Any, web_urls: bool) -> str | bytes | None:
+    """What a card shows (a search result: the photo that matched). Where the files' URLs open in a browser (a
+    bucket's presigned or CDN URL), the thumbnail URL the result or view carries: the browser fetches it and the
+    app reads nothing. Otherwise (a local folder's file:// path) the stored thumbnail's bytes."""
+    url = getattr(item, "thumbnail_url", None)
+    if web_urls and url:
+        return url
+    product, _score, photo_key = _unpack(item)
+    return product_picture(product, photo_key)
+
+
+def product_card(item: Any, web_urls: bool = False) -> None:
     """One product: picture, name, category and price, the description's first line, and the score as a percent
-    and a bar when given."""
+    and a bar when given. `web_urls`: the files' URLs open in a browser (`matcher.files.web_urls`)."""
     product, score, photo_key = _unpack(item)
-    picture = product_picture(product, photo_key)  # a search result shows the photo that matched
+    picture = card_picture(item, web_urls)
     if picture is not None:
         st.image(picture, width="stretch", alt=product.name)
     else:
@@ -398,13 +439,14 @@ def product_grid(items: Iterable[Any], columns: int = 4, key: str = "results",
     "More like this" button that calls it with the card's product id; with `not_this_one`, a "Not this one"
     button likewise."""
     items = list(items)
+    web_urls = bool(items) and get_matcher().files.web_urls  # asked once a grid: each ask reads the settings
     track = f"max({_CARD_MIN_WIDTH}px, calc((100% - {columns - 1} * {_GRID_GAP}) / {columns}))"
     st.html(_GRID_CSS % {"gap": _GRID_GAP} + f"<style>.st-key-vpm_grid_{key} {{ grid-template-columns: "
             f"repeat(auto-fill, minmax({track}, 1fr)); }}</style>")
     with st.container(horizontal=True, wrap=True, gap="small", key=f"vpm_grid_{key}"):
         for number, item in enumerate(items):
             with st.container(border=True, key=f"vpm_card_{key}_{number}"):
-                product_card(item)
+                product_card(item, web_urls)
                 if more_like_this is not None:
                     st.button("More like this", icon=":material/interests:", key=f"vpm_more_{key}_{number}",
                               on_click=more_like_this, args=(_unpack(item)[0].id,), width="stretch")

@@ -72,8 +72,7 @@ class PhotoLinks:
 
 
 async def get_links(request: Request, matcher: MatcherDep) -> PhotoLinks:
-    storage = matcher.storage
-    serves_files = not storage.web_urls  # a local folder's file:// paths mean nothing to a client
+    serves_files = not matcher.files.web_urls  # a local folder's file:// paths mean nothing to a client
     return PhotoLinks(matcher, str(request.base_url).rstrip("/") + "/api/images/" if serves_files else None)
 
 

@@ -34,7 +34,7 @@ def get_image(key: str, matcher: MatcherDep, settings: SettingsDep) -> Response:
     if content_type is None:
         raise ApiError(404, f"no image at {key!r}")
     try:
-        data = matcher.storage.get(key)
+        data = matcher.files.read(key)
     except ObjectNotFound:
         raise ApiError(404, f"no image at {key!r}") from None
     return Response(

@@ -52,16 +52,11 @@ def health(
         healthy = report["status"] != "fail"
         return JSONResponse({"status": report["status"], "healthy": healthy}, status_code=200 if healthy else 503)
     index = _index_state(matcher) if load_model else _index_counts(matcher)
-    storage = matcher.storage
     document = {
         "status": report["status"],
         "healthy": report["status"] != "fail",
         "version": __version__,
-        "storage": {
-            "backend": storage.backend,
-            "bucket": getattr(storage, "bucket", None),
-            "region": getattr(storage, "region", None),
-        },
+        "storage": matcher.files.backend_summary(),
         "model": _model_state(matcher, settings),
         "products": _product_count(matcher, index),
         "index": index,
