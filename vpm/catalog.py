@@ -21,18 +21,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import VpmError
+from .product_schema import EDITABLE, ID_PATTERN, MAX_PRICE, spec
 
 log = logging.getLogger(__name__)
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_ID_RE = re.compile(ID_PATTERN)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_PHOTOS = 50  # per product: enough for every side of a product, few enough to show on one page
 MAX_PAGE = 1000  # products on one page of a listing, on every face (the API's limit, the CLI's --limit)
-# The largest price a new or changed product may have: anything above is a typo (1e308 printed as 309 digits).
-# Rows already stored with more stay readable (validated with STORED), and show in scientific notation.
-MAX_PRICE = 1_000_000_000
+# MAX_PRICE (product_schema) is the largest price a new or changed product may have. Rows already stored with more
+# stay readable (validated with STORED), and show in scientific notation.
 STORED = {"stored": True}  # validation context for rows read back: what was accepted once is not refused now
-EDITABLE_FIELDS = frozenset({"name", "category", "price", "description", "attributes"})
+EDITABLE_FIELDS = frozenset(EDITABLE)
 
 
 class CatalogError(VpmError):
@@ -116,15 +116,17 @@ class Photo(BaseModel):
 
 
 class Product(BaseModel):
+    """A product: the fields declared in product_schema (their limits come from there), its photos, and the
+    bookkeeping of its row."""
+
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    id: str = Field(default_factory=new_product_id)
-    name: str = Field(min_length=1, max_length=200)
-    category: str = Field(min_length=1, max_length=100)
-    # allow_inf_nan=False: 1e309 parses to inf, which passes ge=0 and then breaks strict JSON and every search.
-    price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    description: str | None = Field(default=None, max_length=5000)
-    attributes: dict[str, Any] = Field(default_factory=dict)
+    id: str = Field(default_factory=new_product_id, **spec("id").limits())
+    name: str = Field(**spec("name").limits())
+    category: str = Field(**spec("category").limits())
+    price: float | None = Field(default=None, **spec("price").limits())
+    description: str | None = Field(default=None, **spec("description").limits())
+    attributes: dict[str, Any] = Field(default_factory=dict, **spec("attributes").limits())
     photos: list[Photo] = Field(default_factory=list, max_length=MAX_PHOTOS)
     created_at: str = Field(default_factory=now_iso)
     updated_at: str | None = None

@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import product_schema
 from .catalog import MAX_PAGE, MAX_PRICE
 from .config import ConfigError, configure_logging, load_settings
 from .errors import VpmError, log_unexpected, something_went_wrong
@@ -60,20 +61,20 @@ def cmd_add(args) -> int:
     images = _read_images(args.images)
     matcher = make_matcher(args)
     existing = matcher.catalog.get_many([args.id]).get(args.id) if args.id else None
+    fields = {spec.name: getattr(args, spec.name) for spec in product_schema.CLI_FIELDS if spec.editable}
     if existing is not None:
-        if args.name or args.category or args.price is not None or args.description:
+        if any(value is not None and value != "" for value in fields.values()):
             raise UserError(
                 f"{args.id} exists already: adding photos to it takes only IMAGE... --id (edit its fields in the app)"
             )
         product = matcher.add_photos(args.id, images, allow_duplicate=args.allow_duplicate)
         text = f"added {plural(len(images), 'photo')} to {product.id}: {product.name} ({len(product.photos)} in all)"
     else:
-        if not args.name or not args.category:
-            missing = " and ".join(f"--{flag}" for flag in ("name", "category") if not getattr(args, flag))
+        missing = " and ".join(f"--{name}" for name in product_schema.REQUIRED if not fields.get(name))
+        if missing:
             raise UserError(f"{missing} required for a new product")
         product = matcher.create_product(
-            images, name=args.name, category=args.category, price=args.price, product_id=args.id,
-            description=args.description, allow_duplicate=args.allow_duplicate,
+            images, **fields, product_id=args.id, allow_duplicate=args.allow_duplicate,
         )
         text = f"added {product.id}: {product.name} [{product.category}] with {plural(len(images), 'photo')}"
     view = matcher.view(product)
@@ -199,6 +200,21 @@ def _price(text: str) -> float:
     return value
 
 
+# What a flag's text becomes, by the kind of field (the rest stay text).
+_FLAG_TYPES = {"price": _price}
+
+
+def add_field_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for each product field the command line takes (product_schema), with its help."""
+    for spec in product_schema.CLI_FIELDS:
+        text = spec.help
+        if spec.required:
+            text += " (required for a new product)"
+        if spec.kind == "id":
+            text += "; an existing id gets the photos added"
+        parser.add_argument(f"--{spec.name}", type=_FLAG_TYPES.get(spec.kind, str), help=text)
+
+
 class UserError(VpmError):
     """A problem with what the user asked for; printed without a traceback."""
 
@@ -251,11 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("add", cmd_add, "add a product from one or more photos, or add photos to a product (--id)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="the product's photos (several make one product)")
-    p.add_argument("--name", help="the product's name (required for a new product)")
-    p.add_argument("--category", help="its category (required for a new product)")
-    p.add_argument("--price", type=_price)
-    p.add_argument("--id", help="product id (letters, digits, - and _); an existing id gets the photos added")
-    p.add_argument("--description")
+    add_field_flags(p)
     p.add_argument("--allow-duplicate", action="store_true",
                    help="add a photo even when the very same image is already in the catalog")
 

@@ -33,14 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from . import product_schema
 from .errors import VpmError
 from .images import ACCEPTED_EXTENSIONS, ACCEPTED_NAMES
 
 MIB = 1024 * 1024
 IMAGE_EXTENSIONS = frozenset(f".{extension}" for extension in ACCEPTED_EXTENSIONS)
 UNCATEGORIZED = "Uncategorized"
-REQUIRED_COLUMNS = ("image", "name", "category")
-OPTIONAL_COLUMNS = ("price", "id", "description")
+# The image's column, then the product's fields that have one (product_schema): a CSV must name the required ones.
+REQUIRED_COLUMNS = ("image", *(f.csv_column for f in product_schema.CSV_FIELDS if f.required))
+OPTIONAL_COLUMNS = tuple(f.csv_column for f in product_schema.CSV_FIELDS if not f.required)
+# Many exported catalogs (our sample photos' metadata.csv among them) call the image "file", the id "product_id".
+COLUMN_ALIASES = {"file": "image", **product_schema.csv_aliases()}
 
 
 class ImportSourceError(VpmError, ValueError):
@@ -382,8 +386,7 @@ def _csv(path: Path, limits: ImportLimits, fetch: Fetch | None) -> ParsedSource:
     except csv.Error as err:
         raise ImportSourceError(f"{path.name} row 1 is not valid CSV ({err})") from None
     columns = [h.strip().lower() for h in header]
-    # Many exported catalogs (our sample photos' metadata.csv among them) call these "file" and "product_id".
-    for alias, column in (("file", "image"), ("product_id", "id")):
+    for alias, column in COLUMN_ALIASES.items():
         if column not in columns and alias in columns:
             columns[columns.index(alias)] = column
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -443,10 +446,7 @@ def _csv_item(values: dict[str, str], row: int, base: Path, limits: ImportLimits
     for column in REQUIRED_COLUMNS:
         if not values.get(column):
             raise _RowError(f"column {column} is empty")
-    try:
-        price = parse_price(values.get("price", ""))
-    except ValueError:
-        raise _RowError(f"column price: {values['price']!r} is not a price (write it like 12.50)") from None
+    fields = {spec.name: _csv_value(spec, values.get(spec.csv_column, "")) for spec in product_schema.CSV_FIELDS}
     image = values["image"]
     label = f"row {row} ({image})"
     if re.match(r"^https?://", image, re.IGNORECASE):
@@ -467,14 +467,25 @@ def _csv_item(values: dict[str, str], row: int, base: Path, limits: ImportLimits
         origin = ("file", str(target), image)
         filename = image
     extra = {c: v for c, v in values.items() if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS and v}
-    product_id = catalog_id(values.get("id") or "")
-    if product_id and product_id != values.get("id"):
+    if fields["id"] and fields["id"] != values.get("id"):
         extra["source_id"] = values["id"]  # the id as the CSV wrote it, for people and other tools
     return ImportItem(
-        source=label, filename=filename, name=values["name"], category=values["category"], read=read,
-        price=price, description=values.get("description") or None, product_id=product_id or None,
-        attributes=extra, origin=origin,
+        source=label, filename=filename, name=fields["name"], category=fields["category"], read=read,
+        price=fields["price"], description=fields["description"], product_id=fields["id"], attributes=extra,
+        origin=origin,
     )
+
+
+def _csv_value(spec: product_schema.ProductField, text: str) -> Any:
+    """One CSV cell as the value of its field; an empty cell is no value."""
+    if spec.kind == "price":
+        try:
+            return parse_price(text)
+        except ValueError:
+            raise _RowError(f"column {spec.csv_column}: {text!r} is not a price (write it like 12.50)") from None
+    if spec.kind == "id":
+        return catalog_id(text) or None
+    return text or None
 
 
 def catalog_id(text: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import engine
+from . import engine, product_schema
 from .catalog import (
     STORED,
     CatalogCorrupt,
@@ -45,6 +45,14 @@ INDEX_FROM_ROWS = 5_000
 # changes, and all at once past this many: a few hundred MB at most).
 CACHED_PRODUCTS = 100_000
 
+# The products table's layout. A table records the version it was written at (SCHEMA_VERSION_KEY in the id
+# column's metadata: a key in a field's metadata is the one LanceDB lets a table change after it is created); one
+# written at an older version is upgraded when opened (`ensure_version`), one from a newer release is refused.
+# Raise SCHEMA_VERSION with every change to the columns; a new column must be nullable (null is its default for
+# the rows already there, and the Product model's default is what they read as).
+SCHEMA_VERSION = 1
+SCHEMA_VERSION_KEY = b"vpm:schema-version"
+
 _PHOTO = pa.struct(
     [
         pa.field("key", pa.string()),
@@ -55,16 +63,29 @@ _PHOTO = pa.struct(
         pa.field("added_at", pa.string()),
     ]
 )
-SCHEMA = engine.with_primary_key(pa.schema(
+# How each kind of product field is stored (attributes: a JSON object as text).
+_COLUMN_TYPES = {"id": pa.string(), "line": pa.string(), "text": pa.string(), "price": pa.float64(), "json": pa.string()}
+
+
+def _field_columns() -> list[pa.Field]:
+    """The product's own fields (product_schema), each with its casefolded copy when it has one."""
+    columns = []
+    for spec in product_schema.FIELDS:
+        not_null = spec.required or spec.kind == "id"
+        columns.append(pa.field(spec.name, _COLUMN_TYPES[spec.kind], nullable=not not_null))
+        if spec.casefolded:  # for the name search and the category filter
+            columns.append(pa.field(product_schema.key_column(spec.name), pa.string(), nullable=not not_null))
+    return columns
+
+
+def _with_version(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_metadata({**(f.metadata or {}), SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()})
+                      if f.name == "id" else f for f in schema])
+
+
+SCHEMA = _with_version(engine.with_primary_key(pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("name_key", pa.string(), nullable=False),  # casefolded, for the name search
-        pa.field("category", pa.string(), nullable=False),
-        pa.field("category_key", pa.string(), nullable=False),  # casefolded, for the category filter
-        pa.field("price", pa.float64()),
-        pa.field("description", pa.string()),
-        pa.field("attributes", pa.string()),  # JSON object
+        *_field_columns(),
         pa.field("photos", pa.list_(_PHOTO)),
         pa.field("photo_shas", pa.list_(pa.string())),  # for "which product already has this photo"
         pa.field("file_keys", pa.list_(pa.string())),  # photos and thumbnails: "does a product use this file"
@@ -73,7 +94,7 @@ SCHEMA = engine.with_primary_key(pa.schema(
         pa.field("updated_at", pa.string()),
         pa.field("revision", pa.int64(), nullable=False),
     ]
-), "id")
+), "id"))
 
 
 def sql_string(value: str) -> str:
@@ -86,15 +107,14 @@ def sql_list(values: Iterable[str]) -> str:
 
 
 def to_row(product: Product) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for spec in product_schema.FIELDS:
+        value = getattr(product, spec.name)
+        row[spec.name] = json.dumps(value, ensure_ascii=False, allow_nan=False) if spec.kind == "json" else value
+        if spec.casefolded:
+            row[product_schema.key_column(spec.name)] = value.casefold()
     return {
-        "id": product.id,
-        "name": product.name,
-        "name_key": product.name.casefold(),
-        "category": product.category,
-        "category_key": product.category.casefold(),
-        "price": product.price,
-        "description": product.description,
-        "attributes": json.dumps(product.attributes, ensure_ascii=False, allow_nan=False),
+        **row,
         "photos": [p.model_dump() for p in product.photos],
         "photo_shas": [p.sha256 for p in product.photos],
         "file_keys": product.file_keys(),
@@ -139,9 +159,9 @@ class LanceCatalogStore(CatalogStore):
         if self._table is not None and engine.dropped(self.where, TABLE, self._table):
             self._table = None
         if self._table is None:
-            self._table = engine.open_or_create_table(
-                self.where, TABLE, SCHEMA, exists=self._exists
-            )
+            table = engine.open_or_create_table(self.where, TABLE, SCHEMA, exists=self._exists)
+            ensure_version(table, self.description)
+            self._table = table
         return self._table
 
     # ------------------------------------------------------------------------------------------ reading
@@ -414,6 +434,79 @@ class LanceCatalogStore(CatalogStore):
     def ensure_indexes(self) -> None:
         """Scalar indexes for lookups by id, category and photo hash, once the table is big enough."""
         ensure_scalar_indexes(self.table, {"id": "btree", "category_key": "bitmap", "photo_shas": "label_list", "file_keys": "label_list"})
+
+
+class TableTooNew(engine.TableUnreadable):
+    """The table was written by a newer release, in a layout this one does not know: left untouched."""
+
+
+def stored_version(table) -> int:
+    """The schema version a table was written at; 0 for a table of the releases before versions were kept."""
+    metadata = table.schema.field("id").metadata or {}
+    raw = metadata.get(SCHEMA_VERSION_KEY)
+    try:
+        return int(raw) if raw is not None else 0
+    except ValueError:
+        raise TableTooNew(f"the schema version of {TABLE} is {raw!r}, which this release cannot read") from None
+
+
+def ensure_version(table, description: str) -> None:
+    """Bring a table written by an older release up to SCHEMA_VERSION: the columns it lacks are added (null in its
+    rows), then the version is stamped. A table from a newer release is refused, never changed.
+
+    Safe when several processes open the same old table at once: after a failed step each reads the table again
+    and finds the work another did."""
+    version = _known_version(table, description)
+    if version == SCHEMA_VERSION:
+        return
+    failure: Exception | None = None
+    for _attempt in range(3):
+        missing = [f for f in SCHEMA if f.name not in table.schema.names]
+        try:
+            if missing:
+                _add_columns(table, missing, description)
+            table.update_field_metadata({"path": "id", "metadata": {SCHEMA_VERSION_KEY.decode(): str(SCHEMA_VERSION)}})
+        except engine.TableUnreadable:
+            raise
+        except Exception as err:  # noqa: BLE001 - another process may have upgraded it first: look again
+            failure = err
+            with engine.translated(f"cannot read {description}"):
+                table.checkout_latest()
+            if _known_version(table, description) == SCHEMA_VERSION:
+                return
+            continue
+        added = f" (added {', '.join(f.name for f in missing)})" if missing else ""
+        log.info("upgraded %s from schema version %d to %d%s", description, version, SCHEMA_VERSION, added)
+        return
+    reason = engine._reason(failure) if failure else "unknown"
+    if any(f.name not in table.schema.names for f in SCHEMA):
+        raise engine.TableUnreadable(
+            f"could not upgrade {description} to schema version {SCHEMA_VERSION} ({reason}): check that the "
+            "catalog can be written to, then start again; the table was left as it was"
+        )
+    # Every column is there, so the table reads and writes as it is, only unstamped: try again at the next start.
+    log.warning("could not record schema version %d on %s: %s", SCHEMA_VERSION, description, reason)
+
+
+def _known_version(table, description: str) -> int:
+    """The table's schema version, refused when it is newer than this release knows."""
+    version = stored_version(table)
+    if version > SCHEMA_VERSION:
+        raise TableTooNew(
+            f"{description} was written by a newer release of Visual Product Matcher (schema version {version}; "
+            f"this one reads up to {SCHEMA_VERSION}): upgrade vpm to open it; the table was left untouched"
+        )
+    return version
+
+
+def _add_columns(table, missing: list[pa.Field], description: str) -> None:
+    not_null = [f.name for f in missing if not f.nullable]
+    if not_null:  # nothing to fill them with: a table this code did not write
+        raise engine.TableUnreadable(
+            f"{description} lacks the column{'s' if len(not_null) > 1 else ''} {', '.join(not_null)}, which cannot "
+            "be filled in: it was not written by Visual Product Matcher, or is damaged; restore it from a backup"
+        )
+    table.add_columns([f.remove_metadata() for f in missing])
 
 
 def ensure_scalar_indexes(table, wanted: dict[str, str]) -> None:

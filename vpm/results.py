@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from . import product_schema
 from .catalog import Photo, Product
 from .images import Box
 from .importer import ImportIssue
@@ -104,7 +105,7 @@ class Match:
     def as_dict(self) -> dict[str, Any]:
         p = self.product
         return {
-            "id": p.id, "name": p.name, "category": p.category, "price": p.price, "score": round(self.score, 6),
+            **{name: getattr(p, name) for name in product_schema.RESULT_FIELDS}, "score": round(self.score, 6),
             "matched_image": self.photo_key, "image_url": self.image_url, "thumbnail_url": self.thumbnail_url,
             "photo_count": len(p.photos), "verified_matches": self.inliers,
             "signals": {"image": None if math.isnan(self.similarity) else round(self.similarity, 6),

@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from pydantic import BaseModel, Field, create_model
 
+from .. import product_schema
 from ..catalog import MAX_PAGE, MAX_PHOTOS, sort_categories
 from ..config import Settings
 from ..images import ACCEPTED_NAMES
@@ -22,14 +24,34 @@ router = APIRouter(prefix="/api", tags=["products"], dependencies=[Depends(requi
 # many decoded photos one request can hold in memory at once.
 MAX_PHOTOS_PER_REQUEST = min(10, MAX_PHOTOS)
 
-Photos = Annotated[
-    list[UploadFile],
-    File(description=f"one or more photos ({ACCEPTED_NAMES}): repeat the `image` part for each"),
-]
-AllowDuplicate = Annotated[
-    bool,
-    Form(description="add a photo even when the same bytes are already a photo in the catalog (else 409)"),
-]
+PHOTOS_HELP = f"one or more photos ({ACCEPTED_NAMES}): repeat the `image` part for each"
+ALLOW_DUPLICATE_HELP = "add a photo even when the same bytes are already a photo in the catalog (else 409)"
+Photos = Annotated[list[UploadFile], File(description=PHOTOS_HELP)]
+AllowDuplicate = Annotated[bool, Form(description=ALLOW_DUPLICATE_HELP)]
+
+
+def _upload_form() -> type[BaseModel]:
+    """The upload's multipart form: the photos, the product's fields from product_schema, allow_duplicate.
+
+    One model for the whole form (FastAPI documents a form model only when it is the request's only form part).
+    Text is only typed here: the Product model checks its length once line breaks and control characters are
+    gone, so each message comes from one place."""
+    fields: dict[str, Any] = {
+        "image": (list[UploadFile], Field(description=PHOTOS_HELP)),
+    }
+    for spec in product_schema.API_FIELDS:
+        kind = float if spec.kind == "price" else str
+        limits = spec.limits() if spec.kind == "price" else {}
+        if spec.required:
+            fields[spec.name] = (kind, Field(description=spec.help, **limits))
+        else:
+            note = "generated when omitted" if spec.kind == "id" else "optional"
+            fields[spec.name] = (kind | None, Field(default=None, description=f"{spec.help}; {note}", **limits))
+    fields["allow_duplicate"] = (bool, Field(default=False, description=ALLOW_DUPLICATE_HELP))
+    return create_model("UploadForm", **fields)
+
+
+UploadForm = _upload_form()
 
 
 def read_photos(uploads: list[UploadFile], settings: Settings) -> list[tuple[bytes, str]]:
@@ -82,25 +104,19 @@ def categories(matcher: MatcherDep) -> dict[str, Any]:
 
 @router.post(
     "/upload", status_code=201,
-    summary="add a product with one or more photos (multipart: image..., name, category[, price, description, id])",
+    summary="add a product with one or more photos (multipart: image..., "
+    f"{', '.join(product_schema.REQUIRED)}[, {', '.join(f.name for f in product_schema.API_FIELDS if not f.required)}])",
 )
 def upload(
     matcher: MatcherDep,
     settings: SettingsDep,
     links: LinksDep,
-    image: Photos,
-    name: Annotated[str, Form(description="product name")],
-    category: Annotated[str, Form(description="product category")],
-    price: Annotated[float | None, Form(ge=0, allow_inf_nan=False, description="price, optional")] = None,
-    description: Annotated[str | None, Form(description="optional")] = None,
-    id: Annotated[
-        str | None, Form(description="product id (letters, digits, - and _); generated when omitted")
-    ] = None,
-    allow_duplicate: AllowDuplicate = False,
+    form: Annotated[UploadForm, Form(media_type="multipart/form-data")],
 ) -> dict[str, Any]:
+    fields = {spec.name: getattr(form, spec.name) for spec in product_schema.API_FIELDS}
+    product_id = fields.pop("id", None) or None  # generated when omitted
     product = matcher.create_product(
-        read_photos(image, settings), name=name, category=category, price=price, description=description,
-        product_id=id or None, allow_duplicate=allow_duplicate,
+        read_photos(form.image, settings), **fields, product_id=product_id, allow_duplicate=form.allow_duplicate,
     )
     return {"success": True, "product": links.product(product)}
 
