@@ -36,6 +36,7 @@ from .storage_contract import (
     validate_key,
 )
 from .storage_registry import register
+from .url_reuse import ReusedUrls
 
 # Connections kept open to the bucket: the migration's uploads in flight at most (vpm.migration.MAX_WORKERS);
 # a thread beyond it would wait for a connection, and urllib3 would discard the extra one after each use.
@@ -67,6 +68,7 @@ class S3Storage(Storage):
         self.cdn_url = cdn_url.rstrip("/") if cdn_url else None
         self.sse = sse
         self.url_expiry = url_expiry
+        self._urls = ReusedUrls(url_expiry)  # the same link for a thumbnail on every redraw of a page
         self.client = client or self._make_client(
             region, endpoint_url, access_key_id, secret_access_key, session_token, profile, max_pool_connections
         )
@@ -314,6 +316,7 @@ class S3Storage(Storage):
 
     def delete(self, key):
         validate_key(key)
+        self._urls.forget(key)
         with self._request(key):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
@@ -324,15 +327,18 @@ class S3Storage(Storage):
         # Private bucket: a presigned SigV4 GET that expires. Signing is local; it makes no request.
         from botocore.exceptions import BotoCoreError
 
-        try:
-            url = self.client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires or self.url_expiry
-            )
-        except BotoCoreError as err:  # no credentials to sign with, most likely
-            raise self._error(err, key) from None
-        # A user:password in S3_ENDPOINT_URL must not travel in every image link (and browsers refuse such
-        # links anyway); the signature covers the host, not the userinfo, so the link stays valid without it.
-        return _without_userinfo(url)
+        def sign() -> str:
+            try:
+                url = self.client.generate_presigned_url(
+                    "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires or self.url_expiry
+                )
+            except BotoCoreError as err:  # no credentials to sign with, most likely
+                raise self._error(err, key) from None
+            # A user:password in S3_ENDPOINT_URL must not travel in every image link (and browsers refuse such
+            # links anyway); the signature covers the host, not the userinfo, so the link stays valid without it.
+            return _without_userinfo(url)
+
+        return sign() if expires is not None else self._urls.get(key, sign)
 
     def check_access(self):
         # A one-key listing rather than HeadBucket: the same permission (s3:ListBucket), and a body that
