@@ -7,6 +7,7 @@ import streamlit as st
 
 from vpm import webapp
 from vpm.catalog import ProductNotFound
+from vpm.importer import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from vpm.presentation import (
     IMAGE_FORMATS_TEXT,
     IMAGE_UPLOAD_TYPES,
@@ -20,6 +21,7 @@ from vpm.presentation import (
     plural,
     product_rows,
 )
+from vpm.product_schema import spec
 from vpm.sample import LOAD_TIME
 
 PAGE_SIZE = 50
@@ -68,6 +70,11 @@ def main() -> None:
 # ------------------------------------------------------------------------------------------------ add
 
 
+def add_label(field: str, label: str) -> str:
+    """The add form says which fields a new product may go without (product_schema: those not required)."""
+    return label if spec(field).required else f"{label} (optional)"
+
+
 def add_product(settings, matcher, categories: list[str]) -> None:
     # What was typed stays when something is missing; a fresh form (new key) only after a product was added.
     form_number = st.session_state.setdefault("catalog_add_form", 0)
@@ -79,19 +86,25 @@ def add_product(settings, matcher, categories: list[str]) -> None:
             help=f"One or more photos of the same product (front, side, back…): {IMAGE_FORMATS_TEXT}, up to "
             f"{settings.vpm_max_upload_mb} MB each. Search matches a photo against every one.",
         )
-        name = st.text_input("Name", max_chars=200, placeholder="e.g. Trail running shoe")
+        name = st.text_input(
+            add_label("name", "Name"), max_chars=spec("name").max_length, placeholder="e.g. Trail running shoe"
+        )
         left, right = st.columns(2)
         chosen = left.selectbox(
-            "Category",
+            add_label("category", "Category"),
             categories,
             index=None,
             placeholder="Choose a category" if categories else "No categories yet: type one",
             disabled=not categories,
         )
-        typed = right.text_input("…or a new category", max_chars=100, placeholder="e.g. Shoes")
+        typed = right.text_input("…or a new category", max_chars=spec("category").max_length, placeholder="e.g. Shoes")
         left, right = st.columns(2)
-        price = left.number_input("Price (optional)", min_value=0.0, value=None, step=0.01, format="%.2f")
-        description = st.text_area("Description (optional)", max_chars=5000, height=80)
+        price = left.number_input(
+            add_label("price", "Price"), min_value=float(spec("price").minimum), value=None, step=0.01, format="%.2f"
+        )
+        description = st.text_area(
+            add_label("description", "Description"), max_chars=spec("description").max_length, height=80
+        )
         allow_duplicate = st.checkbox(
             "Add it even if a photo is already in the catalog",
             help="Normally a photo already in the catalog (the very same file) is refused, naming the product "
@@ -154,9 +167,9 @@ def last_added(matcher) -> None:
 def bulk_import(matcher) -> None:
     st.markdown(
         "Upload a **.zip** of images with one folder per category (`Shoes/red_trail_shoe.jpg` becomes "
-        "*Red Trail Shoe* in *Shoes*), or a **.csv** with columns `image,name,category` and optionally "
-        "`price,id,description`, where `image` is a link to the picture. Pictures already in the catalog are "
-        "skipped, so running the same import twice is safe."
+        f"*Red Trail Shoe* in *Shoes*), or a **.csv** with columns `{','.join(REQUIRED_COLUMNS)}` and optionally "
+        f"`{','.join(OPTIONAL_COLUMNS)}`, where `image` is a link to the picture. Pictures already in the catalog "
+        "are skipped, so running the same import twice is safe."
     )
     bundle = st.file_uploader("Zip or CSV file", type=["zip", "csv"], key="catalog_import_file")
     if st.button("Import", type="primary", icon=":material/upload:", disabled=bundle is None):
@@ -343,11 +356,11 @@ def add_photos(matcher, product) -> None:
 def edit_product(matcher, product) -> None:
     with st.form(f"edit_{product.id}"):
         st.markdown(f"**Edit {plain(product.name)}**")
-        new_name = st.text_input("Name", value=product.name, max_chars=200)
+        new_name = st.text_input("Name", value=product.name, max_chars=spec("name").max_length)
         left, right = st.columns(2)
-        new_category = left.text_input("Category", value=product.category, max_chars=100)
+        new_category = left.text_input("Category", value=product.category, max_chars=spec("category").max_length)
         new_price = right.number_input(
-            "Price", min_value=0.0, value=product.price, step=0.01, format="%.2f",
+            "Price", min_value=float(spec("price").minimum), value=product.price, step=0.01, format="%.2f",
             help="Leave empty for no price.",
         )
         new_description = st.text_area("Description", value=product.description or "", height=80)

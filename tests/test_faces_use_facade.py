@@ -21,7 +21,6 @@ MATCHER_CALLS = {"get_matcher", "build_matcher", "Matcher"}
 # Each has a door on the facade already: matcher.files.storage_description, .products(ids), .set_aside_folder.
 KNOWN = {
     ("pages/migration.py", "storage"),
-    ("vpm/cli.py", "catalog"),
 }
 
 

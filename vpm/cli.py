@@ -60,7 +60,7 @@ def cmd_add(args) -> int:
     """Several images make one product; with --id of an existing product they are added to it."""
     images = _read_images(args.images)
     matcher = make_matcher(args)
-    existing = matcher.catalog.get_many([args.id]).get(args.id) if args.id else None
+    existing = matcher.files.products([args.id]).get(args.id) if args.id else None
     fields = {spec.name: getattr(args, spec.name) for spec in product_schema.CLI_FIELDS if spec.editable}
     if existing is not None:
         if any(value is not None and value != "" for value in fields.values()):

@@ -13,6 +13,7 @@ from pathlib import Path
 from .cli import EXIT_ERROR, EXIT_OK, UserError, emit, make_matcher, positive, terminal_safe
 from .cli_progress import ProgressBar
 from .presentation import format_percent, signals_text
+from .product_schema import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 
 
 def register(sub, command) -> None:
@@ -56,8 +57,8 @@ def register(sub, command) -> None:
 
     p = command(
         "import", cmd_import,
-        "add every image of a folder, a .zip or a .csv (columns image, name, category[, price, id, description]); "
-        "exit 1 if any image failed",
+        f"add every image of a folder, a .zip or a .csv (columns {', '.join(REQUIRED_COLUMNS)}"
+        f"[, {', '.join(OPTIONAL_COLUMNS)}]); exit 1 if any image failed",
     )
     p.add_argument("path", metavar="PATH")
     _cluster_arguments(p)

@@ -41,8 +41,8 @@ MIB = 1024 * 1024
 IMAGE_EXTENSIONS = frozenset(f".{extension}" for extension in ACCEPTED_EXTENSIONS)
 UNCATEGORIZED = "Uncategorized"
 # The image's column, then the product's fields that have one (product_schema): a CSV must name the required ones.
-REQUIRED_COLUMNS = ("image", *(f.csv_column for f in product_schema.CSV_FIELDS if f.required))
-OPTIONAL_COLUMNS = tuple(f.csv_column for f in product_schema.CSV_FIELDS if not f.required)
+REQUIRED_COLUMNS = product_schema.REQUIRED_COLUMNS
+OPTIONAL_COLUMNS = product_schema.OPTIONAL_COLUMNS
 # Many exported catalogs (our sample photos' metadata.csv among them) call the image "file", the id "product_id".
 COLUMN_ALIASES = {"file": "image", **product_schema.csv_aliases()}
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from . import product_schema
 from .formats import ACCEPTED_EXTENSIONS, ACCEPTED_NAMES
 
 # Every character Markdown, Streamlit's extensions (`:red[...]`, `:material/x:` icons, `$math$`) or HTML give a
@@ -131,13 +132,14 @@ def signals_text(match: Any) -> str:
     return " · ".join(parts)
 
 
-CSV_COLUMNS = ("rank", "id", "name", "category", "price", "score_percent", "score", "image_url")
+# The rank, the fields a result shows (product_schema.RESULT_FIELDS), then how well it matched and its picture.
+CSV_COLUMNS = ("rank", *product_schema.RESULT_FIELDS, "score_percent", "score", "image_url")
 
 
 def results_csv(matches: Iterable[Any]) -> bytes:
     """Search results as CSV (UTF-8 with BOM so spreadsheet apps read accents), best first.
 
-    `matches` are objects with `as_dict()` giving id, name, category, price, score, image_url (vpm.matcher.Match).
+    `matches` are objects with `as_dict()` giving the RESULT_FIELDS, score and image_url (vpm.results.Match).
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -147,10 +149,7 @@ def results_csv(matches: Iterable[Any]) -> bytes:
         score = float(row["score"])
         writer.writerow([
             rank,
-            _csv_safe(row["id"]),
-            _csv_safe(row["name"]),
-            _csv_safe(row["category"]),
-            "" if row.get("price") is None else f"{row['price']:.2f}",
+            *(_csv_field(name, row.get(name)) for name in product_schema.RESULT_FIELDS),
             score_percent(score),
             f"{score:.4f}",
             web_url(row.get("image_url")),
@@ -189,6 +188,15 @@ def sentence(text: object) -> str:
     text = str(text)
     first = text.split(" ", 1)[0]
     return text[:1].upper() + text[1:] if first.isalpha() and first.islower() else text
+
+
+def _csv_field(name: str, value: Any) -> str:
+    """A product field's cell: a price with two decimals, anything else as spreadsheet-safe text; none is empty."""
+    if value is None:
+        return ""
+    if product_schema.spec(name).kind == "price":
+        return f"{value:.2f}"
+    return _csv_safe(str(value))
 
 
 def _csv_safe(text: str) -> str:
@@ -304,12 +312,19 @@ def table_rows(tables: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def changed_fields(product: Any, **edited: Any) -> dict[str, Any]:
-    """The edited fields that differ from the product (blank description means none), for a minimal update."""
+    """The edited fields that differ from the product, for a minimal update. Text is stripped; a blank optional
+    field (a description) means none. Only the fields an edit may change (product_schema.EDITABLE) are taken."""
+    not_editable = set(edited) - set(product_schema.EDITABLE)
+    if not_editable:  # an id, or a misspelt name: a form's mistake, not the user's
+        raise TypeError(f"not editable: {', '.join(sorted(not_editable))}")
     out = {}
-    for name, value in edited.items():
+    for name in product_schema.EDITABLE:
+        if name not in edited:
+            continue
+        value = edited[name]
         if isinstance(value, str):
             value = value.strip()
-            if name == "description" and not value:
+            if not value and not product_schema.spec(name).required:
                 value = None
         if value != getattr(product, name):
             out[name] = value

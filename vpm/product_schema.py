@@ -97,6 +97,10 @@ CLI_FIELDS = tuple(f for f in FIELDS if f.on_cli)
 API_FIELDS = tuple(f for f in FIELDS if f.on_api)
 CSV_FIELDS = tuple(f for f in FIELDS if f.csv)
 RESULT_FIELDS = tuple(f.name for f in FIELDS if f.in_results)
+# A CSV import's columns: the image's path first, then the fields (the CLI's help names them without importing
+# the importer, which would load numpy and Pillow before any command runs).
+REQUIRED_COLUMNS = ("image", *(f.csv_column for f in CSV_FIELDS if f.required))
+OPTIONAL_COLUMNS = tuple(f.csv_column for f in CSV_FIELDS if not f.required)
 
 
 def spec(name: str) -> ProductField:
