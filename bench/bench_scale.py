@@ -33,6 +33,10 @@ catalog at rest would have them. Then it measures, each figure the median of rep
                          background compaction every few adds starts is waited for between adds, untimed
                          (add_maintenance_s); owners_of_ms and vectors_for_shas_ms are the upload's other
                          table reads (duplicate check, vector reuse), upload_db_ms the four together
+  maintenance_cpu_per_add_s  background maintenance per product added (vpm.maintenance: compaction, index deltas,
+                         tier merges, the indexes a grown table needs): process CPU while its passes ran during the
+                         adds, per add; maintenance_per_add_x the same as a multiple of the add itself (add_ms +
+                         add_vector_ms). --no-pylance measures the fallback (LanceDB's optimize(), as before pylance)
   peak_rss_mb            peak RSS (VmHWM) of the cold-open process (the app's); peak_rss_fill_mb of this process,
                          which also holds every generated vector (and, on s3, moto's in-memory bucket)
 
@@ -322,13 +326,16 @@ def make_products(catalog, start: int, stop: int):
 
 
 def background_maintenance() -> list[threading.Thread]:
-    """The compaction / index threads the engine started (vpm.engine.compact_when_due, LanceVectorIndex)."""
-    return [t for t in threading.enumerate() if t.name.startswith(("compact-", "ann-"))]
+    """The maintenance / index threads the engine started (vpm.maintenance, LanceVectorIndex's IVF-PQ build)."""
+    return [t for t in threading.enumerate() if t.name.startswith(("maintain-", "ann-"))]
 
 
 def wait_for_maintenance() -> float:
+    from vpm import maintenance
+
     start = time.perf_counter()
     while True:
+        maintenance.wait_idle()
         threads = background_maintenance()
         if not threads:
             return time.perf_counter() - start
@@ -609,6 +616,7 @@ def cold_open_child(spec_path: str) -> None:
 def measure_adds(catalog, store, index, rng: random.Random, count: int, report: Report) -> None:
     import numpy as np
 
+    from vpm import maintenance as background
     from vpm.catalog import Photo, new_product_id, validate_product
     from vpm.vector_index import PhotoVector
 
@@ -617,6 +625,7 @@ def measure_adds(catalog, store, index, rng: random.Random, count: int, report: 
     nrng = np.random.default_rng(rng.randrange(2**32))
     add_samples, vector_samples, owner_samples, reuse_samples, maintenance = [], [], [], [], []
     warmup = 3
+    before = background.totals()
     for n in range(count + warmup):
         category = catalog.categories[rng.randrange(len(catalog.categories))]
         sha = fake_sha256s(1)[0]
@@ -659,6 +668,17 @@ def measure_adds(catalog, store, index, rng: random.Random, count: int, report: 
                "for between adds, untimed above)")
     report.put("add_maintenance_s", round(statistics.median(maintenance), 2) if maintenance else None, "s",
                "(median wait for one)")
+    spent = background.totals()
+    adds = count + warmup
+    per_add_cpu = (spent.cpu_s - before.cpu_s) / adds
+    add_itself = (statistics.median(add_samples) + statistics.median(vector_samples)) if add_samples else None
+    report.put("maintenance_cpu_per_add_s", round(per_add_cpu, 4), "s",
+               f"(background maintenance per product added: process CPU while its {spent.passes - before.passes} "
+               f"passes ran, over {adds} adds)")
+    report.put("maintenance_wall_per_add_s", round((spent.wall_s - before.wall_s) / adds, 4), "s",
+               "(the same passes' wall time, per add)")
+    report.put("maintenance_per_add_x", round(per_add_cpu / add_itself, 1) if add_itself else None, "x",
+               "(that CPU as a multiple of the add itself: add_ms + add_vector_ms, medians; target <= 10)")
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -779,6 +799,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--dir", help="local backend: an empty folder to fill (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the filled folder")
+    parser.add_argument("--no-pylance", action="store_true",
+                        help="maintain tables as without pylance: LanceDB's own optimize() (the fallback, for comparison)")
     parser.add_argument("--cold-open-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # A stopped run still removes its temporary folder (a million products leave several GB behind).
@@ -787,6 +809,10 @@ def main() -> None:
     if args.cold_open_child:
         cold_open_child(args.cold_open_child)
         return
+    if args.no_pylance:  # as if pylance were not installed (lancedb itself imports it where present: leave it be)
+        from vpm import maintenance
+
+        maintenance.pylance = lambda: None
     if not 1 <= args.products <= MAX_PRODUCTS:
         parser.error(f"--products must be between 1 and {MAX_PRODUCTS:,} (this bench keeps every vector in memory)")
     if not 1 <= args.photos_per_product <= 50 or args.products * args.photos_per_product > 2 * MAX_PRODUCTS:
@@ -796,7 +822,8 @@ def main() -> None:
     results = REPO / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     rtt = f"-rtt{args.rtt_ms:g}" if args.backend == "s3" and args.rtt_ms else ""
-    out = results / f"scale-{args.backend}{rtt}-{args.products}.json"
+    fallback = "-no-pylance" if args.no_pylance else ""
+    out = results / f"scale-{args.backend}{rtt}-{args.products}{fallback}.json"
     out.write_text(json.dumps(data, indent=2) + "\n")
     log(f"  written to {out.relative_to(REPO)}")
     if args.json:

@@ -537,3 +537,25 @@ cli_migrate.ProgressBar.files_and_bytes = update_then_die
 from vpm.cli import main
 sys.exit(main(["migrate", "--force", *{list(options)!r}]))
 """
+
+
+# ------------------------------------------------------------------------------------------------------
+# Background table maintenance (vpm/maintenance.py)
+
+
+@pytest.fixture(autouse=True)
+def _maintenance_idle_after():
+    """No background maintenance pass started by one test runs on into the next (whose files it could race)."""
+    yield
+    from vpm import maintenance
+
+    assert maintenance.wait_idle(120), "a background maintenance pass still ran two minutes after the test"
+
+
+@pytest.fixture
+def maintenance_idle():
+    """Request it after the fixtures that write, before a test damages table files on purpose: every background
+    maintenance pass they started is over by then, so none races the damage."""
+    from vpm import maintenance
+
+    assert maintenance.wait_idle(120), "a background maintenance pass still ran after two minutes"

@@ -67,7 +67,8 @@ def assert_no_server_path(text: str, tmp_path: Path) -> None:
     assert str(tmp_path).lstrip("/") not in text and "/root/" not in text and ".rs:" not in text, text
 
 
-def test_a_garbage_newest_version_file_is_refused_everywhere_and_named_with_the_way_back(three_adds, search_settings,
+def test_a_garbage_newest_version_file_is_refused_everywhere_and_named_with_the_way_back(three_adds, maintenance_idle,
+                                                                                        search_settings,
                                                                                         tmp_path):
     prefix = search_settings.metadata_prefix
     manifests = sorted((o.key for o in three_adds.storage.iter_objects(prefix + TABLE + "_versions/")
@@ -101,7 +102,8 @@ def test_a_garbage_newest_version_file_is_refused_everywhere_and_named_with_the_
     assert '"total": 2' in back.stdout and "Red mug" in back.stdout and "Desk lamp" in back.stdout
 
 
-def test_a_missing_data_file_is_refused_everywhere_naming_no_server_path(three_adds, search_settings, tmp_path):
+def test_a_missing_data_file_is_refused_everywhere_naming_no_server_path(three_adds, maintenance_idle, search_settings,
+                                                                        tmp_path):
     data = [o.key for o in three_adds.storage.iter_objects(search_settings.metadata_prefix + TABLE + "data/")]
     assert data
     for key in data:

@@ -579,41 +579,15 @@ def summarize(table: Any, holds: str) -> TableSummary:
 
 # ------------------------------------------------------------------------------------------- maintenance
 
-_compacting: set[tuple[str, str]] = set()
-
 
 def compact_when_due(table: Any, *, after=None, wait: bool = False) -> None:
-    """Merge small fragments (and fold new rows into indexes) once enough have piled up.
+    """Merge small fragments and fold new rows into indexes once enough have piled up (vpm.maintenance).
 
     Runs in a background thread so a search or an add never waits for it; at most one per table per process.
-    `after` runs once the compaction is done (e.g. to build indexes a grown table now needs).
-    A compaction that loses a race with another writer is simply tried again after a later write.
+    `after` runs once the pass is done (e.g. to build indexes a grown table now needs).
+    A pass that loses a race with another writer is simply tried again after a later write.
     """
-    try:
-        small = table.stats()["fragment_stats"]["num_small_fragments"]
-    except Exception:  # noqa: BLE001 - maintenance is best effort: the next write asks again
-        return
-    if small < SMALL_FRAGMENTS_BEFORE_COMPACTION:
-        return
-    key = (str(table.uri), table.name)
-    with _lock:
-        if key in _compacting:
-            return
-        _compacting.add(key)
+    from . import maintenance
 
-    def run() -> None:
-        try:
-            table.optimize(cleanup_older_than=KEEP_VERSIONS_FOR)
-            log.debug("compacted table %s (%d small fragments)", table.name, small)
-            if after is not None:
-                after()
-        except Exception as err:  # noqa: BLE001 - e.g. a conflict with a concurrent writer: retried after a later write
-            log.info("compaction of %s postponed: %s", table.name, _reason(err))
-        finally:
-            with _lock:
-                _compacting.discard(key)
-
-    if wait:
-        run()
-    else:
-        threading.Thread(target=run, name=f"compact-{table.name}", daemon=True).start()
+    policy = maintenance.Policy(SMALL_FRAGMENTS_BEFORE_COMPACTION, KEEP_VERSIONS_FOR)
+    maintenance.after_write(table, policy, after=after, wait=wait)
