@@ -638,10 +638,10 @@ def measure_adds(catalog, store, index, rng: random.Random, count: int, report: 
         vector = unit_rows((centre + nrng.standard_normal(catalog.dim, dtype=np.float32)
                             * noise_sigma(0.85, catalog.dim))[None, :].astype(np.float32))[0]
         start = time.perf_counter()
-        if store.owners_of([sha]):  # the upload's duplicate check (Matcher._refuse_duplicates)
+        if store.owners_of([sha]):  # the upload's duplicate check (derived_data.refuse_duplicates)
             raise SystemExit("a made-up SHA-256 is in the catalog already")
         checked = time.perf_counter()
-        index.vectors_for_shas([sha])  # the upload's "embedded these bytes before?" (Matcher.store_vectors)
+        index.vectors_for_shas([sha])  # the upload's "embedded these bytes before?" (derived_data.store_vectors)
         reused = time.perf_counter()
         if n >= warmup:
             owner_samples.append(checked - start)

@@ -463,6 +463,7 @@ class CountingEmbedder:
         self.display_name = model_id or inner.display_name
         self.dim = inner.dim
         self.supports_text = inner.supports_text
+        self.thresholds = inner.thresholds
         self.fallback_reason = inner.fallback_reason
         self.device = inner.device
         self.permute = permute

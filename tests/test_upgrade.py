@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from vpm import engine
-from vpm import matcher as matcher_module
+from vpm import engine, facade_parts
 from vpm.catalog import CatalogCorrupt
 from vpm.matcher import Matcher
 
@@ -41,7 +40,7 @@ def legacy(settings):
             key = path.relative_to(FIXTURE).as_posix()
             storage.put(key, path.read_bytes())
             copied[key] = path.read_bytes()
-    matcher_module._upgraded.clear()  # a fresh process, as far as the upgrade is concerned
+    facade_parts._upgraded.clear()  # a fresh process, as far as the upgrade is concerned
     yield copied
     engine.forget()
 
@@ -91,7 +90,7 @@ def test_the_old_files_are_left_exactly_as_they_were(settings, legacy):
 def test_the_upgrade_runs_once(settings, legacy):
     matcher = Matcher(settings)
     matcher.delete_product("desk-lamp")
-    matcher_module._upgraded.clear()
+    facade_parts._upgraded.clear()
     engine.forget()  # a restart
     again = Matcher(settings)
     assert sorted(again.catalog.get_many(IDS)) == sorted(["red-mug", "blue-mug", "trail-shoe"])
@@ -119,7 +118,7 @@ def test_an_upgrade_cut_off_half_way_completes_on_the_next_start(settings, legac
     with pytest.raises(KeyboardInterrupt):
         Matcher(settings).catalog
     monkeypatch.setattr(upgrade, "_copy_vectors", original)
-    matcher_module._upgraded.clear()
+    facade_parts._upgraded.clear()
     matcher = Matcher(settings)
     assert matcher.count_products() == 4
     assert matcher.vector_index("efficientnet-lite0").count() == 4
@@ -180,7 +179,7 @@ def test_a_first_start_killed_during_the_upgrade_is_finished_by_the_next(setting
     assert listed.returncode == 0, listed.stdout + listed.stderr[-3000:]
     assert sorted(item["id"] for item in json.loads(listed.stdout)["items"]) == sorted(IDS)
     engine.forget()
-    matcher_module._upgraded.clear()
+    facade_parts._upgraded.clear()
     matcher = Matcher(settings, embedder=None)
     rows = matcher.catalog.table.search().select(["id"]).limit(None).to_arrow().column("id").to_pylist()
     assert sorted(rows) == sorted(IDS)  # each product once

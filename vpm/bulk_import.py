@@ -17,17 +17,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from . import photos
-from .catalog import CatalogError, Photo, Product, validate_product
+from .catalog import CatalogError, CatalogStore, Photo, Product, validate_product
+from .config import Settings
+from .derived_data import DerivedStores, discard_derived, store_derived
 from .images import DecodedImage, ImageError, make_thumbnail
 from .importer import ImportIssue, ImportItem, ImportLimits, ItemUnreadable, open_source
 from .pipeline import prefetch
 from .results import ImportReport
-
-if TYPE_CHECKING:
-    from .matcher import Matcher
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,24 @@ class _Ready:
     existing: bool
 
 
+class ImportTarget(DerivedStores, Protocol):
+    """What an import writes through (the facade is one): the catalog, storage for the files, the derived stores,
+    and how a photo is decoded and an image link fetched there (the same limits as an upload)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def storage(self) -> Storage: ...
+
+    @property
+    def catalog(self) -> CatalogStore: ...
+
+    def decode(self, data: bytes, filename: str) -> DecodedImage: ...
+
+    def fetch_url_image(self, url: str) -> tuple[bytes, str]: ...
+
+
 def _no_progress(done: int, total: int, message: str = "") -> None:
     pass
 
@@ -74,19 +92,19 @@ def group_items(items: list[ImportItem]) -> list[_Group]:
 
 
 def import_path(
-    matcher: Matcher, path: str | Path, progress: Progress | None = None, *, batch_size: int = BATCH_PHOTOS,
+    target: ImportTarget, path: str | Path, progress: Progress | None = None, *, batch_size: int = BATCH_PHOTOS,
     limits: ImportLimits | None = None,
 ) -> ImportReport:
     progress = progress or _no_progress
-    limits = limits or ImportLimits(max_file_bytes=matcher.settings.max_upload_bytes)
-    with open_source(path, limits=limits, fetch=lambda url: matcher.fetch_url_image(url)[0]) as source:
+    limits = limits or ImportLimits(max_file_bytes=target.settings.max_upload_bytes)
+    with open_source(path, limits=limits, fetch=lambda url: target.fetch_url_image(url)[0]) as source:
         report = ImportReport(skipped=list(source.skipped), failed=list(source.failed), source=str(path))
         groups = group_items(source.items)
         total = len(source.items)
         progress(0, total, f"importing {total} images from {Path(path).name}")
         done = 0
-        for batch in prefetch(_batches(groups, batch_size), lambda groups: _decode(matcher, groups), name="vpm-import"):
-            done += _import_batch(matcher, batch, report)
+        for batch in prefetch(_batches(groups, batch_size), lambda groups: _decode(target, groups), name="vpm-import"):
+            done += _import_batch(target, batch, report)
             progress(done, total, f"{done}/{total}: {report.summary()}")
     log.info("import of %s: %s", path, report.summary())
     return report
@@ -113,14 +131,14 @@ class _Decoded:
     failed: list[ImportIssue]
 
 
-def _decode(matcher: Matcher, groups: list[_Group]) -> _Decoded:
+def _decode(target: ImportTarget, groups: list[_Group]) -> _Decoded:
     """Read, decode and thumbnail a batch; looks at nothing in the catalog and writes nothing."""
     decoded, failed = [], []
     for group in groups:
         images = []
         for item in group.items:
             try:
-                image = matcher.decode(item.read(), item.filename)
+                image = target.decode(item.read(), item.filename)
                 images.append((item, image, make_thumbnail(image.image)))
             except (ItemUnreadable, ImageError) as err:
                 failed.append(ImportIssue(item.source, str(err)))
@@ -129,20 +147,20 @@ def _decode(matcher: Matcher, groups: list[_Group]) -> _Decoded:
     return _Decoded(sum(len(g.items) for g in groups), decoded, failed)
 
 
-def _import_batch(matcher: Matcher, batch: _Decoded, report: ImportReport) -> int:
+def _import_batch(target: ImportTarget, batch: _Decoded, report: ImportReport) -> int:
     report.failed.extend(batch.failed)
-    ready = _prepare(matcher, batch, report)
+    ready = _prepare(target, batch, report)
     if ready:
-        _commit(matcher, ready, report)
+        _commit(target, ready, report)
     return batch.count
 
 
-def _prepare(matcher: Matcher, batch: _Decoded, report: ImportReport) -> list[_Ready]:
+def _prepare(target: ImportTarget, batch: _Decoded, report: ImportReport) -> list[_Ready]:
     """Validate; skip photos already in the catalog; writes nothing."""
     decoded = batch.groups
     shas = {image.sha256 for _g, images in decoded for _i, image, _t in images}
-    owners = matcher.catalog.owners_of(shas)
-    existing = matcher.catalog.get_many([g.product_id for g, _images in decoded if g.product_id])
+    owners = target.catalog.owners_of(shas)
+    existing = target.catalog.get_many([g.product_id for g, _images in decoded if g.product_id])
     ready: list[_Ready] = []
     for group, images in decoded:
         product = existing.get(group.product_id) if group.product_id else None
@@ -169,7 +187,7 @@ def _prepare(matcher: Matcher, batch: _Decoded, report: ImportReport) -> list[_R
         if not fresh:
             continue
         prepared = [
-            photos.prepare(image, product.id, matcher.settings.s3_image_prefix, matcher.settings.s3_thumbnail_prefix,
+            photos.prepare(image, product.id, target.settings.s3_image_prefix, target.settings.s3_thumbnail_prefix,
                            thumbnail)
             for _item, image, thumbnail in fresh
         ]
@@ -177,20 +195,20 @@ def _prepare(matcher: Matcher, batch: _Decoded, report: ImportReport) -> list[_R
     return ready
 
 
-def _commit(matcher: Matcher, ready: list[_Ready], report: ImportReport) -> None:
+def _commit(target: ImportTarget, ready: list[_Ready], report: ImportReport) -> None:
     """Files, then vectors (one embedding call) and keypoints, then the rows (`commit_rows`)."""
     written: list[str] = []
     derived_keys: list[str] = []  # photos whose vectors or keypoints this batch may have written
     try:
         for entry in ready:
             for item in entry.prepared:
-                photos.store(matcher.storage, item, written)
-        matcher.store_derived([(entry.product, entry.prepared) for entry in ready], derived_keys)
+                photos.store(target.storage, item, written)
+        store_derived(target, [(entry.product, entry.prepared) for entry in ready], derived_keys)
     except BaseException:
-        _discard(matcher, written, derived_keys)
+        _discard(target, written, derived_keys)
         raise
     landings = [Landing(e.product, [p.photo for p in e.prepared], e.sources, e.existing) for e in ready]
-    commit_rows(matcher, landings, report, written, derived_keys)
+    commit_rows(target, landings, report, written, derived_keys)
 
 
 @dataclass
@@ -204,7 +222,7 @@ class Landing:
 
 
 def commit_rows(
-    matcher: Matcher, landings: list[Landing], report: ImportReport, written: list[str], derived_keys: list[str]
+    target: ImportTarget, landings: list[Landing], report: ImportReport, written: list[str], derived_keys: list[str]
 ) -> None:
     """One commit of the new rows (insert-if-absent); photos of existing products are added after. `written` and
     `derived_keys` are the files and the photos whose vectors/keypoints this batch wrote: what no committed row
@@ -215,7 +233,7 @@ def commit_rows(
         new = [
             Product.model_validate({**e.product.model_dump(), "photos": e.photos}) for e in landings if not e.existing
         ]
-        taken = set(matcher.catalog.add(new))
+        taken = set(target.catalog.add(new))
         created = [p for p in new if p.id not in taken]
         committed.update(key for product in created for key in product.file_keys())
         report.imported.extend(created)
@@ -225,27 +243,27 @@ def commit_rows(
                     ImportIssue(source, f"duplicate: a product with id {entry.product.id} exists", duplicate=True)
                     for source in entry.sources
                 )
-                _undo(matcher, entry)
+                _undo(target, entry)
         for entry in [e for e in landings if e.existing]:
             try:
-                matcher.catalog.add_photos(entry.product.id, entry.photos)
+                target.catalog.add_photos(entry.product.id, entry.photos)
             except CatalogError as err:
                 report.failed.extend(ImportIssue(source, str(err)) for source in entry.sources)
-                _undo(matcher, entry)
+                _undo(target, entry)
                 continue
             committed.update(k for photo in entry.photos for k in (photo.key, photo.thumbnail_key) if k)
             report.photos_added += len(entry.photos)
     except BaseException:
-        _discard(matcher, [k for k in written if k not in committed], [k for k in derived_keys if k not in committed])
+        _discard(target, [k for k in written if k not in committed], [k for k in derived_keys if k not in committed])
         raise
 
 
-def _discard(matcher: Matcher, files: list[str], derived_keys: list[str]) -> None:
-    matcher.discard_derived(derived_keys, "an import batch")
-    photos.discard(matcher.storage, files)
+def _discard(target: ImportTarget, files: list[str], derived_keys: list[str]) -> None:
+    discard_derived(target, derived_keys, "an import batch")
+    photos.discard(target.storage, files)
 
 
-def _undo(matcher: Matcher, entry: Landing) -> None:
+def _undo(target: ImportTarget, entry: Landing) -> None:
     """Remove the vectors, keypoints and files written for a group whose row did not land (this import's own)."""
-    matcher.discard_derived([p.key for p in entry.photos], entry.product.id)
-    photos.discard(matcher.storage, [k for p in entry.photos for k in (p.key, p.thumbnail_key) if k])
+    discard_derived(target, [p.key for p in entry.photos], entry.product.id)
+    photos.discard(target.storage, [k for p in entry.photos for k in (p.key, p.thumbnail_key) if k])

@@ -4,6 +4,8 @@ It composes the two contracts (a `CatalogStore` for products, a `VectorIndex` pe
 vectors) with storage (the image files) and the embedder, and owns the order of writes that keeps data safe:
 a photo's image, thumbnail and vector are written before the product row that points at them, and a delete
 removes the row first, then the vectors and files. A write that does not land removes exactly what it wrote.
+Its parts, each taken on first use, are vpm/facade_parts.py's; a photo's derived data is written and removed by
+vpm/derived_data.py; searching lives in vpm/searching.py and vpm/query_mix.py, the bulk import in vpm/bulk_import.py.
 """
 
 from __future__ import annotations
@@ -18,29 +20,29 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from . import engine, photos, query_mix, searching
+from . import photos, query_mix, searching
 from .calibration import Calibration, CalibrationCache
-from .catalog_files import CatalogFiles
 from .catalog import (
     CatalogError,
-    CatalogStore,
     DuplicateProduct,
     InvalidProduct,
     Page,
     Product,
     validate_product,
 )
+from .catalog_files import CatalogFiles
 from .config import Settings
+from .derived_data import DuplicatePhoto as DuplicatePhoto  # re-exported: the API and tests import it from here
+from .derived_data import quietly, refuse_duplicates, write_photos_then
+from .embedder_base import Thresholds
 from .errors import InvalidRequest
+from .facade_parts import FacadeParts
 from .images import Box, DecodedImage, crop_box, decode_image, parse_box
-from .indexing import FeatureIndexer, Indexer, IndexStatus, TextIndexer
-from .lance_features import PhotoFeatures  # row types; the stores themselves come from vpm.wiring
-from .lance_text import PhotoText
+from .indexing import IndexStatus
 from .results import EmbeddedQuery, ImportReport, PhotoView, ProductView, SearchResponse
 from .results import Match as Match  # re-exported: older callers import it from here
 from .storage import Storage, StorageError
 from .stores import Stores
-from .vector_index import PhotoVector, VectorIndex
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -52,32 +54,12 @@ log = logging.getLogger(__name__)
 
 # progress(done, total, message): pages drive st.progress with it, the CLI a tqdm bar.
 Progress = Callable[..., None]
-BATCH_SIZE = 32
 URL_TIMEOUT_S = 15.0
 # On the first search of a process, photos without a vector (a new model) are embedded then and there when
 # there are at most this many; more than that is a job for `python -m vpm index` (or the app's progress bar).
 AUTO_EMBED_MAX = 2_000
 MAX_PHOTOS_PER_CALL = 10
 
-# Default cosine thresholds by model family and query kind (the UI shows score * 100 as %): they hide the clearly
-# unrelated, not rank. CLIP's image-image cosine for two photos of one product is typically 0.8-0.95 and a
-# matching text-image pair 0.25-0.35. EfficientNet-Lite0 (its first, 224 px descriptor) was measured on the 398
-# product photos: at 0.55, 94.5% of queries still show a photo of the same product (median best 0.75).
-_THRESHOLDS = {
-    "clip": {"image": 0.75, "text": 0.22},
-    "efficientnet-lite0": {"image": 0.55, "text": 0.0},
-    # R-MAC cosines run higher: `python -m vpm evaluate` on the 398 sample photos puts 95% of true matches at or
-    # above 0.68; 0.65 leaves room for shoppers' photos (docs/match-quality.md).
-    "efficientnet-lite0-rmac384": {"image": 0.65, "text": 0.0},
-    "other": {"image": 0.6, "text": 0.2},
-}
-
-_upgraded: set[engine.Location] = set()
-_upgrade_lock = threading.Lock()
-
-
-class DuplicatePhoto(CatalogError):
-    """A photo whose bytes are already a photo of a product in the catalog (add it anyway on purpose only)."""
 
 
 def _check_photo_count(images: Sequence[Any]) -> None:
@@ -88,7 +70,9 @@ def _check_photo_count(images: Sequence[Any]) -> None:
         )
 
 
-class Matcher:
+class Matcher(FacadeParts):
+    """The facade over its parts (vpm/facade_parts.py: the stores, the model): what the faces call."""
+
     def __init__(
         self,
         settings: Settings,
@@ -106,120 +90,18 @@ class Matcher:
             from .wiring import parts
 
             storage, stores, load_embedder = parts(settings, storage, stores, load_embedder)
-        self.settings = settings
-        self.storage = storage
-        self.where = engine.location(settings)
-        self._stores = stores
-        self._embedder = embedder
-        self._load_embedder = load_embedder
-        # Each store is taken from `stores` on first use: None here means not used yet in this process.
-        self._catalog: CatalogStore | None = None
-        self._vector_indexes: dict[str, VectorIndex] = {}
-        self._features: Any = None
+        super().__init__(settings, storage, stores, embedder, load_embedder)
         self._features_checked = False  # keypoints of photos added before they existed: filled in once per process
-        self._texts: Any = None
         self._calibrations = CalibrationCache()
-        self._indexers: dict[str, Indexer] = {}
         self._checked_models: set[str] = set()
-        self._lock = threading.RLock()
-        self._model_lock = threading.Lock()
         self._read_ahead_lock = threading.Lock()
         self._read_ahead_done = False
-        self._batch_setting: bool | str = False
-        self._query_embedder = None  # vpm.batching.QueryEmbedder, when concurrent queries are batched
         self._words = None  # vpm.word_search.WordSearch, made on the first words search (searching.words_index)
-
-    # ------------------------------------------------------------------------------------------ parts
-
-    @property
-    def catalog(self) -> CatalogStore:
-        """The products table (an older products.json catalog is upgraded into it on first use)."""
-        if self._catalog is None:
-            with self._lock:
-                if self._catalog is None:
-                    store = self._stores.catalog
-                    self._upgrade_once(store)
-                    self._catalog = store
-        return self._catalog
-
-    def _upgrade_once(self, store: CatalogStore) -> None:
-        from . import upgrade
-
-        with _upgrade_lock:
-            if self.where in _upgraded:
-                return
-            if upgrade.needs_upgrade(self.storage, self.settings.s3_metadata_key):
-                upgrade.upgrade(
-                    self.storage, self.settings.s3_metadata_key, self.settings.embeddings_prefix, store,
-                    self._vector_index_for,
-                )
-            _upgraded.add(self.where)
-
-    def _vector_index_for(self, model_id: str, dim: int | None = None) -> VectorIndex:
-        with self._lock:
-            index = self._vector_indexes.get(model_id)
-            if index is None:
-                index = self._stores.vector_index(model_id, dim, None)
-                self._vector_indexes[model_id] = index
-            return index
 
     @property
     def files(self) -> CatalogFiles:
         """What a face may see of the stored files (listing, reading, their owners, where they live)."""
         return CatalogFiles(self.storage, lambda: self.catalog, self.where)
-
-    def catalog_exists(self) -> bool:
-        """Whether the products table (or a products.json still to be upgraded) is there at all."""
-        return self._stores.has_catalog() or self.storage.exists(self.settings.s3_metadata_key)
-
-    def has_vector_index(self, model_id: str) -> bool:
-        return model_id in self._vector_indexes or self._stores.has_vectors(model_id)
-
-    def vector_index(self, model_id: str) -> VectorIndex:
-        """An existing model's vector index (for reports that must not load that model)."""
-        return self._vector_index_for(model_id)
-
-    @property
-    def vectors(self) -> VectorIndex:
-        """The active model's vector index."""
-        embedder = self.embedder
-        return self._vector_index_for(embedder.model_id, embedder.dim)
-
-    @property
-    def features(self) -> Any:
-        """The photos' stored keypoints (one table whatever the model: they come from the pixels alone)."""
-        if self._features is None:
-            with self._lock:
-                if self._features is None:
-                    self._features = self._stores.features
-        return self._features
-
-    def has_features_table(self) -> bool:
-        return self._features is not None or self._stores.has_features()
-
-    @property
-    def texts(self) -> Any:
-        """The package text read on the photos (one table whatever the model: it comes from the pixels alone)."""
-        if self._texts is None:
-            with self._lock:
-                if self._texts is None:
-                    self._texts = self._stores.texts
-        return self._texts
-
-    def has_text_table(self) -> bool:
-        return self._texts is not None or self._stores.has_texts()
-
-    @property
-    def package_text_default(self) -> bool:
-        """Whether photos are read for their package text when added, and queries when it can help
-        (VPM_PACKAGE_TEXT)."""
-        return bool(self.settings.vpm_package_text)
-
-    def stored_texts(self, photo_keys: Iterable[str]) -> dict[str, str]:
-        """The package text stored for these photos ({} when none is stored, or it is switched off)."""
-        if not self.package_text_default or not self.has_text_table():
-            return {}
-        return self.texts.texts_for(list(photo_keys))
 
     def calibration(self) -> Calibration:
         """The active model's calibration on this catalog (vpm/calibration.py), re-read at most every 30 s."""
@@ -238,80 +120,7 @@ class Matcher:
         self._calibrations.forget()
         return kept
 
-    @property
-    def rerank_default(self) -> bool:
-        """Whether image searches verify their top candidates unless told otherwise (VPM_RERANK)."""
-        return bool(self.settings.vpm_rerank)
-
-    def _every_vector_index(self) -> list[VectorIndex]:
-        """The vector indexes of every model that has one here (deletes and edits must reach them all)."""
-        ids = set(self._stores.model_ids()) | set(self._vector_indexes)
-        return [self._vector_index_for(model_id) for model_id in sorted(ids)]
-
-    def table_summaries(self) -> list[engine.TableSummary]:
-        """Each catalog table with its size, version, files and indexes (for the storage browser)."""
-        summaries = []
-        if self._stores.has_catalog():
-            summaries.append(engine.summarize(self.catalog.table, "products and their photos"))
-        for model_id in self._stores.model_ids():
-            summaries.append(engine.summarize(self._vector_index_for(model_id).table, f"{model_id} photo vectors"))
-        if self.has_features_table():
-            summaries.append(engine.summarize(self.features.table, "photo keypoints, to verify matches"))
-        if self.has_text_table():
-            summaries.append(engine.summarize(self.texts.table, "package text read on the photos"))
-        return summaries
-
-    @property
-    def indexer(self) -> Indexer:
-        embedder = self.embedder
-        with self._lock:
-            indexer = self._indexers.get(embedder.model_id)
-            if indexer is None:
-                indexer = Indexer(self.storage, self.catalog, self.vectors, embedder)
-                self._indexers[embedder.model_id] = indexer
-            return indexer
-
     # ------------------------------------------------------------------------------------------ model
-
-    @property
-    def embedder(self) -> Embedder:
-        """The embedding model: the injected one, else VPM_MODEL loaded on first use (falls back offline)."""
-        if self._embedder is None:
-            with self._model_lock:  # not self._lock: the tables open while the model loads
-                if self._embedder is None:
-                    self._embedder = self._load_embedder()
-        return self._embedder
-
-    def batch_concurrent_queries(self, enabled: bool | str = True) -> None:
-        """Embed one-photo and one-text queries that arrive together in one model call (vpm/batching.py): what a
-        server answering many requests at once on torch wants. Each query still gets its own vector. "auto":
-        only when the model runs on torch; on ONNX Runtime overlapping calls already run side by side, each on a
-        single-threaded session (vpm.onnx_runtime.Network), which measured faster than sharing one call."""
-        self._batch_setting = enabled
-
-    @property
-    def _batch_queries(self) -> bool:
-        if self._batch_setting == "auto":
-            return self.embedder.runtime == "torch"
-        return bool(self._batch_setting)
-
-    def _queries(self):
-        if self._query_embedder is None or self._query_embedder.embedder is not self.embedder:
-            with self._lock:
-                if self._query_embedder is None or self._query_embedder.embedder is not self.embedder:
-                    from .batching import QueryEmbedder
-
-                    self._query_embedder = QueryEmbedder(self.embedder)
-        return self._query_embedder
-
-    def _embed_one_image(self, image) -> np.ndarray:
-        if self._batch_queries:
-            return self._queries().image(image)
-        return self.embedder.embed_images([image])[0]
-
-    @property
-    def model_loaded(self) -> bool:
-        return self._embedder is not None
 
     def default_threshold(self, kind: Literal["image", "text"] = "image") -> float:
         """The score below which results are hidden by default, for the active model: for photos the calibrated
@@ -320,12 +129,8 @@ class Matcher:
             raise InvalidRequest(f"kind must be 'image' or 'text', not {kind!r}")
         if kind == "image":
             return self.calibration().score.threshold
-        model_id = self.embedder.model_id.lower()
-        if model_id.startswith("efficientnet-lite0"):
-            family = model_id if model_id in _THRESHOLDS else "efficientnet-lite0"
-        else:
-            family = "clip" if "clip" in model_id else "other"
-        return _THRESHOLDS[family][kind]
+        # An embedder made elsewhere (a wrapper) may carry none: the contract's defaults then, as Embedder's own.
+        return getattr(self.embedder, "thresholds", Thresholds()).text
 
     # ------------------------------------------------------------------------------------------- urls
 
@@ -410,10 +215,11 @@ class Matcher:
         )
         if self.catalog.get_many([product.id]):
             raise DuplicateProduct(f"a product with id {product.id!r} already exists")
-        self._refuse_duplicates(decoded, [filename for _data, filename in images], allow_duplicate)
+        if not allow_duplicate:
+            refuse_duplicates(self.catalog, decoded, [filename for _data, filename in images])
         prepared = [self._prepare(image, product.id) for image in decoded]
         product = Product.model_validate({**product.model_dump(), "photos": [p.photo for p in prepared]})
-        self._write_photos_then(product, prepared, lambda: self.catalog.add_one(product))
+        write_photos_then(self.storage, self, product, prepared, lambda: self.catalog.add_one(product))
         log.info("added product %s (%s) with %d photo(s)", product.id, product.name, len(prepared))
         return product
 
@@ -426,14 +232,15 @@ class Matcher:
         _check_photo_count(images)
         product = self.catalog.get(product_id)
         decoded = [self.decode(data, filename) for data, filename in images]
-        self._refuse_duplicates(decoded, [filename for _data, filename in images], allow_duplicate)
+        if not allow_duplicate:
+            refuse_duplicates(self.catalog, decoded, [filename for _data, filename in images])
         prepared = [self._prepare(image, product.id) for image in decoded]
         added: list[Product] = []
 
         def commit() -> None:
             added.append(self.catalog.add_photos(product.id, [p.photo for p in prepared]))
 
-        self._write_photos_then(product, prepared, commit)
+        write_photos_then(self.storage, self, product, prepared, commit)
         log.info("added %d photo(s) to product %s", len(prepared), product.id)
         return added[0]
 
@@ -443,11 +250,11 @@ class Matcher:
         photo = before.photo(key)
         after = self.catalog.remove_photo(product_id, key)
         for index in self._every_vector_index():
-            self._quietly(lambda index=index: index.delete_photos([key]), "remove the vector of", key)
+            quietly(lambda index=index: index.delete_photos([key]), "remove the vector of", key)
         if self.has_features_table():
-            self._quietly(lambda: self.features.delete_photos([key]), "remove the keypoints of", key)
+            quietly(lambda: self.features.delete_photos([key]), "remove the keypoints of", key)
         if self.has_text_table():
-            self._quietly(lambda: self.texts.delete_photos([key]), "remove the package text of", key)
+            quietly(lambda: self.texts.delete_photos([key]), "remove the package text of", key)
         photos.discard(self.storage, [k for k in (photo.key, photo.thumbnail_key) if k], "after removing its photo")
         return after
 
@@ -456,161 +263,25 @@ class Matcher:
         after = self.catalog.update(product_id, **fields)
         if after.category.casefold() != before.category.casefold():
             for index in self._every_vector_index():
-                self._quietly(lambda index=index: index.set_category(product_id, after.category),
-                              "follow the new category of", product_id)
+                quietly(lambda index=index: index.set_category(product_id, after.category),
+                        "follow the new category of", product_id)
         return after
 
     def delete_product(self, product_id: str) -> Product:
         """The row first (so nothing points at a missing file), then the vectors, then the files."""
         (product,) = self.catalog.delete([product_id])
         for index in self._every_vector_index():
-            self._quietly(lambda index=index: index.delete_products([product_id]), "remove the vectors of", product_id)
+            quietly(lambda index=index: index.delete_products([product_id]), "remove the vectors of", product_id)
         if self.has_features_table():
-            self._quietly(lambda: self.features.delete_products([product_id]), "remove the keypoints of", product_id)
+            quietly(lambda: self.features.delete_products([product_id]), "remove the keypoints of", product_id)
         if self.has_text_table():
-            self._quietly(lambda: self.texts.delete_products([product_id]), "remove the package text of", product_id)
+            quietly(lambda: self.texts.delete_products([product_id]), "remove the package text of", product_id)
         photos.discard(self.storage, product.file_keys(), "of a deleted product")
         log.info("deleted product %s", product_id)
         return product
 
     def _prepare(self, image: DecodedImage, product_id: str) -> photos.PreparedPhoto:
         return photos.prepare(image, product_id, self.settings.s3_image_prefix, self.settings.s3_thumbnail_prefix)
-
-    def _refuse_duplicates(self, decoded: list[DecodedImage], filenames: list[str], allow: bool) -> None:
-        """A photo already in the catalog (or twice in this request) is named, not silently added again."""
-        if allow:
-            return
-        seen: dict[str, str] = {}
-        for image, filename in zip(decoded, filenames, strict=True):
-            if image.sha256 in seen:
-                raise DuplicatePhoto(f"{filename} and {seen[image.sha256]} are the same photo: choose it once")
-            seen[image.sha256] = filename
-        owners = self.catalog.owners_of(seen)
-        if owners:
-            sha, owner_id = next(iter(owners.items()))
-            owner = self.catalog.get_many([owner_id]).get(owner_id)
-            what = f"{owner.name} ({owner_id})" if owner else owner_id
-            raise DuplicatePhoto(
-                f"{seen[sha]} is already in the catalog: it is a photo of {what}. Add it anyway only if it really "
-                "shows another product"
-            )
-
-    def _write_photos_then(self, product: Product, prepared: list[photos.PreparedPhoto], commit) -> None:
-        """Files, then vectors and keypoints, then `commit` (the row). If any step fails, remove what this call
-        wrote."""
-        written: list[str] = []
-        derived: list[str] = []
-        try:
-            for item in prepared:
-                photos.store(self.storage, item, written)
-            self.store_derived([(product, prepared)], derived)
-            commit()
-        except BaseException:
-            self.discard_derived(derived, product.id)
-            photos.discard(self.storage, written)
-            raise
-
-    def store_derived(self, batch: list[tuple[Product, list[photos.PreparedPhoto]]], written: list[str]) -> None:
-        """The vectors, then the keypoints, of several products' new photos; the photo keys are appended to
-        `written` as soon as the first of them is stored, so a caller cleaning up removes exactly those."""
-        keys = [p.photo.key for _product, prepared in batch for p in prepared]
-        written.extend(keys)
-        self.store_vectors(batch)
-        self.store_features(batch)
-        self.store_texts(batch)
-
-    def discard_derived(self, photo_keys: Sequence[str], whom: str) -> None:
-        """Remove the vectors and keypoints of photos whose product row never landed (they are derived data)."""
-        keys = list(photo_keys)
-        if not keys:
-            return
-        self._quietly(lambda: self.vectors.delete_photos(keys), "remove the vectors of", whom)
-        if self.has_features_table():
-            self._quietly(lambda: self.features.delete_photos(keys), "remove the keypoints of", whom)
-        if self.has_text_table():
-            self._quietly(lambda: self.texts.delete_photos(keys), "remove the package text of", whom)
-
-    def store_features(self, batch: list[tuple[Product, list[photos.PreparedPhoto]]]) -> list[str]:
-        """Compute (or reuse, for bytes seen before) and store the keypoints of these photos; returns their keys.
-
-        A photo whose keypoints cannot be computed is logged and stored without them: it is then simply not
-        verified (`vpm index` tries again)."""
-        from . import rerank
-
-        every = [p for _product, prepared in batch for p in prepared]
-        if not every:
-            return []
-        try:
-            known = self.features.features_for_shas({p.photo.sha256 for p in every})
-        except StorageError as err:  # derived data: an add never fails for want of keypoints
-            log.warning("could not read the keypoints table (%s): these photos get theirs from `vpm index`", err)
-            return []
-        for item in {p.photo.sha256: p for p in every if p.photo.sha256 not in known}.values():
-            try:
-                known[item.photo.sha256] = rerank.extract(item.image.image)
-            except Exception as err:  # noqa: BLE001 - derived data: never the reason an add fails
-                log.warning("no keypoints for %s: %s", item.photo.key, err)
-        entries = [
-            PhotoFeatures(p.photo.key, product.id, p.photo.sha256, known[p.photo.sha256])
-            for product, prepared in batch for p in prepared if p.photo.sha256 in known
-        ]
-        try:
-            self.features.upsert(entries)
-        except StorageError as err:  # derived data: the photos are searched unverified until `vpm index` runs
-            log.warning("could not store the keypoints of %d photos (%s): `vpm index` fills them in", len(entries), err)
-            return []
-        return [e.photo_key for e in entries]
-
-    def store_texts(self, batch: list[tuple[Product, list[photos.PreparedPhoto]]]) -> list[str]:
-        """Read (or reuse, for bytes read before) and store the package text of these photos; returns their keys.
-        Nothing is stored while VPM_PACKAGE_TEXT is off or OCR is unavailable (`vpm index` reads them later)."""
-        from . import package_text
-
-        every = [p for _product, prepared in batch for p in prepared]
-        if not every or not self.package_text_default or not package_text.available():
-            return []
-        try:
-            known = self.texts.texts_for_shas({p.photo.sha256 for p in every})
-        except StorageError as err:  # derived data: an add never fails for want of text
-            log.warning("could not read the package text table (%s): these photos get theirs from `vpm index`", err)
-            return []
-        for item in {p.photo.sha256: p for p in every if p.photo.sha256 not in known}.values():
-            known[item.photo.sha256] = package_text.read(item.image.image)
-        entries = [PhotoText(p.photo.key, product.id, p.photo.sha256, known[p.photo.sha256])
-                   for product, prepared in batch for p in prepared]
-        try:
-            self.texts.upsert(entries)
-        except StorageError as err:
-            log.warning("could not store the package text of %d photos (%s): `vpm index` fills it in",
-                        len(entries), err)
-            return []
-        return [e.photo_key for e in entries]
-
-    def store_vectors(self, batch: list[tuple[Product, list[photos.PreparedPhoto]]]) -> list[str]:
-        """Embed the photos of several products in one call (reusing a vector this model made for the same
-        bytes), store them, and return the photo keys written."""
-        index = self.vectors
-        every = [p for _product, prepared in batch for p in prepared]
-        known = index.vectors_for_shas({p.photo.sha256 for p in every})
-        fresh = list({p.photo.sha256: p for p in every if p.photo.sha256 not in known}.values())
-        if fresh:
-            vectors = self.embedder.embed_images([p.image.image for p in fresh], batch_size=BATCH_SIZE)
-            known.update({p.photo.sha256: v for p, v in zip(fresh, vectors, strict=True)})
-        entries = [
-            PhotoVector(p.photo.key, product.id, p.photo.sha256, product.category, known[p.photo.sha256])
-            for product, prepared in batch
-            for p in prepared
-        ]
-        index.upsert(entries)
-        return [e.photo_key for e in entries]
-
-    @staticmethod
-    def _quietly(operation, what: str, whom: str) -> None:
-        """Derived data: a failure is logged (the next `vpm index` tidies up), never the reason a change fails."""
-        try:
-            operation()
-        except (StorageError, CatalogError) as err:
-            log.warning("could not %s %s: %s", what, whom, err)
 
     # ---------------------------------------------------------------------------------------- import
 
@@ -869,28 +540,6 @@ class Matcher:
         self._features_checked = True
         self._checked_models.add(self.embedder.model_id)
         return indexer.status()
-
-    @property
-    def feature_indexer(self) -> FeatureIndexer:
-        return FeatureIndexer(self.storage, self.catalog, self.features)
-
-    @property
-    def text_indexer(self) -> TextIndexer:
-        return TextIndexer(self.storage, self.catalog, self.texts)
-
-    def _drop_unreadable_vectors(self) -> None:
-        """A rebuild starts the active model's vector table afresh when it cannot be opened (it is derived from
-        the photos, so this loses nothing); a readable table is rebuilt in place."""
-        embedder = self.embedder
-        index = self._stores.vector_index(embedder.model_id, embedder.dim, True)
-        try:
-            index.count()  # opens the table
-        except engine.TableUnreadable as err:
-            log.warning("rebuilding the vector table of %s from the photos: %s", embedder.model_id, err)
-            index.drop()
-            with self._lock:
-                self._vector_indexes.pop(embedder.model_id, None)
-                self._indexers.pop(embedder.model_id, None)
 
     def _embed_missing_once(self) -> None:
         """On the first search with a model, fill in the vectors a small catalog lacks (say so in the log)."""

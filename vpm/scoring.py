@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from .builtin_model import BUILT_IN_THRESHOLDS
+from .clip_model import CLIP_THRESHOLDS
+from .embedder_base import Thresholds
 from .rerank import MAX_INLIERS_COUNTED, MIN_INLIERS
 
 # Measured on the 398 sample photos (bench/bench_quality.py, both protocols): the keypoints' and the text's
@@ -155,9 +158,13 @@ _BUILT_IN = {
                                              offset=-5.089, threshold=0.02, source="built-in", queries=398,
                                              pairs=15427),
 }
-# Without any fit: a curve that puts 50% at the cosine the model family's old default threshold used, rising to
-# ~88% 0.1 above it. It only orders what the cosine orders; a fit replaces it.
-_PRIOR_MIDPOINTS = {"clip": 0.75, "efficientnet-lite0": 0.55, "other": 0.6}
+# Without any fit: a curve that puts 50% at the model family's own image cosine (its embedder's `thresholds.image`),
+# rising to ~88% 0.1 above it. It only orders what the cosine orders; a fit replaces it.
+_PRIOR_MIDPOINTS = {
+    "clip": CLIP_THRESHOLDS.image,
+    "efficientnet-lite0": BUILT_IN_THRESHOLDS.image,
+    "other": Thresholds().image,
+}
 _PRIOR_SLOPE = 20.0
 
 
