@@ -11,17 +11,25 @@ from vpm.config import ConfigError, load_settings, redact_url
 from vpm.costs import CatalogSize, PriceError, Traffic, estimate, format_usd
 from vpm.errors import VpmError
 from vpm.health import overall
-from vpm.migration import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, Migration, catalog_size, plan_fingerprint
-from vpm.migration.report import plan_cost_line, plan_vectors_line, report_vectors_line
+from vpm.migration import (
+    CONFLICT,
+    MISSING,
+    OVERWRITE,
+    SKIP,
+    UPLOAD,
+    Migration,
+    local_catalog_size,
+    plan_fingerprint,
+)
+from vpm.migration.report import report_vectors_line
 from vpm.presentation import STATUS_ICONS, STATUS_WORDS, format_bytes, format_quantity, plain, plural, sentence
-from vpm.storage import LocalStorage
 
 st.title(":material/cloud_upload: Migration & costs")
 
 settings = webapp.get_settings()
 state = st.session_state
 # The bucket the app serves from now (S3 on): after migrating into it, nothing needs switching on.
-serving_target = webapp.get_matcher().storage.description if settings.s3_enabled else None
+serving_target = webapp.get_matcher().files.storage_description if settings.s3_enabled else None
 st.caption(
     f"Copies the local catalog in `{settings.vpm_data_dir}` to an S3 bucket. It never deletes anything, skips "
     "files already there with the same content, verifies every upload, writes the products only once every "
@@ -184,8 +192,8 @@ if allowed:
                 f"{plan.target}: {format_bytes(plan.upload_bytes)} to upload."
             )
             st.markdown(f"**Products**: {plan.products.action}: {plain(plan.products.detail)}")
-            st.markdown(f"**Vectors**: {plain(plan_vectors_line(plan))}")
-            st.markdown(f"**Cost**: {plain(plan_cost_line(plan))}")
+            st.markdown(f"**Vectors**: {plain(plan.vectors_line())}")
+            st.markdown(f"**Cost**: {plain(plan.cost_line())}")
             for warning in plan.warnings:
                 st.warning(plain(sentence(warning)), icon=":material/warning:")
             if plan.blocked:
@@ -275,9 +283,9 @@ if allowed:
 
 
 @st.cache_data(ttl=300, show_spinner="Measuring the local catalog…")
-def local_catalog_size(data_dir: str, image_prefix: str, thumbnail_prefix: str, _settings) -> CatalogSize:
+def measured_local_catalog(data_dir: str, image_prefix: str, thumbnail_prefix: str, _settings) -> CatalogSize:
     """Cached by folder and prefixes (`_settings`, unhashed, carries the same values)."""
-    return catalog_size(LocalStorage(data_dir), _settings)
+    return local_catalog_size(_settings)
 
 
 with costs_tab:
@@ -287,8 +295,8 @@ with costs_tab:
         size = plan.estimate.catalog  # what the preview measured (the same measure as below)
         where = "the previewed migration"
     else:
-        size = local_catalog_size(str(settings.vpm_data_dir), settings.s3_image_prefix, settings.s3_thumbnail_prefix,
-                                  settings)
+        size = measured_local_catalog(str(settings.vpm_data_dir), settings.s3_image_prefix,
+                                      settings.s3_thumbnail_prefix, settings)
         where = f"the local folder `{settings.vpm_data_dir}`"
     st.markdown(
         f"Catalog ({where}): {plural(size.images, 'image')} ({format_bytes(size.image_bytes)}), "

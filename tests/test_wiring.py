@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -28,12 +29,7 @@ LANCE_STORE = re.compile(r"^Lance\w*(Store|Index)$")
 
 # (module, what it builds or imports): to go through vpm.wiring (issue 25). Only ever shrinks.
 KNOWN_MATCHERS: set[str] = set()  # every product module builds its matcher through vpm.wiring
-KNOWN_STORE_IMPORTS = {
-    ("vpm/migration/target.py", "LanceCatalogStore"),  # the bucket's tables, opened for reading only
-    ("vpm/migration/target.py", "LanceVectorIndex"),
-    ("vpm/model_compare.py", "LanceVectorIndex"),  # a scratch index per compared model
-    ("vpm/cluster_work.py", "LanceCatalogStore"),  # Ray workers open the table the driver made
-}
+KNOWN_STORE_IMPORTS: set[tuple[str, str]] = set()  # the migration, comparisons and Ray workers too
 
 
 def product_modules() -> list[Path]:
@@ -187,3 +183,20 @@ def test_building_a_matcher_reads_nothing_and_loads_no_model(local_settings):
     assert storage.calls == []
     assert loads == [] and not matcher.model_loaded
     assert matcher.storage is storage
+
+
+def test_a_ray_worker_reads_the_table_the_driver_made_through_wiring(local_settings, monkeypatch):
+    """cluster_work's catalog comes from wiring, known to be there (a worker never creates the table), one handle per
+    worker process; asked on a thread with a deadline, so a lock taken twice fails here instead of hanging a job."""
+    from vpm import cluster_work
+
+    monkeypatch.setattr(cluster_work, "_cache", {})
+    wiring.build_matcher(local_settings).catalog.count()  # the driver makes the table before the job starts
+    handed: list = []
+    worker = threading.Thread(target=lambda: handed.append(cluster_work._catalog(local_settings)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+
+    assert handed, "the worker's catalog never came back"
+    assert handed[0] is cluster_work._catalog(local_settings)
+    assert handed[0].owners_of({"0" * 64}) == {}

@@ -47,11 +47,11 @@ def _storage(settings):
 
 
 def _catalog(settings):
-    from . import engine
-    from .lance_catalog import LanceCatalogStore
+    from .wiring import stores_for
 
-    # exists=True: the driver made the table before the job started, so a worker only ever reads it.
-    return _cached("catalog", settings, lambda: LanceCatalogStore(engine.location(settings), exists=True))
+    storage = _storage(settings)  # asked before _cached takes its lock, which is not reentrant
+    # known=True: the driver made the table before the job started, so a worker only ever reads it.
+    return _cached("catalog", settings, lambda: stores_for(settings, storage, known=True).catalog)
 
 
 def _with(batch: pa.Table, **columns: pa.Array) -> pa.Table:

@@ -16,16 +16,22 @@ from .storage import Storage
 from .stores import Stores
 
 
-def stores(storage: Storage, where: engine.Location) -> Stores:
+def stores(storage: Storage, where: engine.Location, *, known: bool | None = None) -> Stores:
+    """The stores of the tables at `where`. `known`: whether the tables are there, when the caller knows. None
+    (the facade): a table that does not open is created when storage holds nothing of it. True (a reader of
+    tables another process made: the migration's look at the bucket, a Ray worker): treated as there, with no
+    listing; one that does not open is refused as unreadable (engine.open_or_create_table). False (a scratch
+    folder): created on first use, with no listing."""
+
     def has_table(name: str) -> bool:
         return bool(storage.list(f"{where.prefix}{name}.lance/", page_size=1).objects)
 
-    def exists(name: str) -> Callable[[], bool]:
+    def exists(name: str) -> bool | Callable[[], bool]:
         """Asked only when the table does not open: a listing is a round trip."""
-        return lambda: has_table(name)
+        return known if known is not None else lambda: has_table(name)
 
-    def vector_index(model_id: str, dim: int | None = None, known: bool | None = None) -> LanceVectorIndex:
-        return LanceVectorIndex(where, model_id, dim, exists=exists(table_name(model_id)) if known is None else known)
+    def vector_index(model_id: str, dim: int | None = None, there: bool | None = None) -> LanceVectorIndex:
+        return LanceVectorIndex(where, model_id, dim, exists=exists(table_name(model_id)) if there is None else there)
 
     return Stores(
         catalog=LanceCatalogStore(where, exists=exists(PRODUCTS_TABLE)),
@@ -33,8 +39,9 @@ def stores(storage: Storage, where: engine.Location) -> Stores:
         features=LanceFeatureStore(where, exists=exists(FEATURES_TABLE)),
         texts=LanceTextStore(where, exists=exists(TEXT_TABLE)),
         model_ids=lambda: existing_model_ids(where),
-        has_catalog=exists(PRODUCTS_TABLE),
+        has_catalog=lambda: has_table(PRODUCTS_TABLE),
         has_vectors=lambda model_id: has_table(table_name(model_id)),
-        has_features=exists(FEATURES_TABLE),
-        has_texts=exists(TEXT_TABLE),
+        has_features=lambda: has_table(FEATURES_TABLE),
+        has_texts=lambda: has_table(TEXT_TABLE),
+        forget=lambda: engine.forget(where),
     )

@@ -41,6 +41,7 @@ from .evaluate import (
 if TYPE_CHECKING:
     from .embedder_base import Embedder
     from .matcher import Matcher
+    from .stores import Stores
     from .vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class ModelComparison:
         self._models: list[tuple[str, Embedder]] = []
         self._sources: dict[str, tuple[VectorIndex, bool]] = {}  # name -> (its vectors, whether the catalog's own)
         self._workspace: Path | None = None
-        self._where = None
+        self._scratch: Stores | None = None  # the stores in the temporary folder, made with it
         self._common: set[str] | None = None
         self._current: Evaluation | None = None
         self._reports: list[tuple[str, Embedder, QualityReport]] = []
@@ -167,16 +168,15 @@ class ModelComparison:
         return name
 
     def _temporary_index(self, embedder: Embedder) -> VectorIndex:
-        from . import engine
-        from .lance_vectors import LanceVectorIndex
+        from .wiring import scratch_stores
 
-        if self._workspace is None:
-            self._workspace = Path(tempfile.mkdtemp(prefix="vpm-compare-"))
-            self._where = engine.Location(str(self._workspace), (), "a temporary folder for a model comparison", "")
         for _name, (index, stored) in self._sources.items():
             if not stored and index.model_id == embedder.model_id:
                 return index
-        return LanceVectorIndex(self._where, embedder.model_id, embedder.dim, exists=False)
+        if self._scratch is None:
+            self._workspace = Path(tempfile.mkdtemp(prefix="vpm-compare-"))
+            self._scratch = scratch_stores(self.matcher.settings, self._workspace)
+        return self._scratch.vector_index(embedder.model_id, embedder.dim, False)
 
     def _common_keys(self) -> set[str]:
         if self._common is None:
@@ -274,12 +274,11 @@ class ModelComparison:
 
     def close(self) -> None:
         """Remove the temporary folder and forget its tables (the catalog was never touched)."""
-        from . import engine
-
         self._current = None
         self._sources.clear()
-        if self._where is not None:
-            engine.forget(self._where)
+        if self._scratch is not None:
+            self._scratch.forget()
+            self._scratch = None
         if self._workspace is not None:
             shutil.rmtree(self._workspace, ignore_errors=True)
             self._workspace = None

@@ -30,3 +30,5 @@ class Stores:
     has_vectors: Callable[[str], bool]  # (model_id)
     has_features: Callable[[], bool]
     has_texts: Callable[[], bool]
+    # Let go of every handle the engine keeps of these tables (their folder is about to be removed: a scratch one).
+    forget: Callable[[], None]

@@ -1,6 +1,7 @@
 """The composition root: builds storage, the table engine's stores and the model loader from the settings and
 hands them to the facade. Every face, the migration and the cluster path get their Matcher here; the Matcher
-builds nothing itself.
+builds nothing itself. What reads or writes tables without a facade (the migration's bucket, Ray workers, a model
+comparison's scratch vectors) gets its stores here too (`stores_for`, `scratch_stores`).
 
 Nothing is opened or loaded here: storage is a client, the stores open their tables on first use, and the model
 loads on the first search or upload (drawing a page or answering a listing never imports torch). A second table
@@ -10,6 +11,7 @@ engine (Qdrant, S3 Vectors) is one module returning a `vpm.stores.Stores` and on
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import engine, lance_engine
@@ -21,8 +23,9 @@ from .stores import Stores
 if TYPE_CHECKING:
     from .embeddings import Embedder
 
-# name -> stores(storage, location): how each table engine opens the catalog's stores.
-ENGINES: dict[str, Callable[[Storage, engine.Location], Stores]] = {
+# name -> stores(storage, location, *, known=None): how each table engine opens the catalog's stores (`known`:
+# whether the tables are known to be there; see lance_engine.stores).
+ENGINES: dict[str, Callable[..., Stores]] = {
     "lance": lance_engine.stores,
 }
 DEFAULT_ENGINE = "lance"
@@ -48,6 +51,23 @@ def parts(
     if stores is None:
         stores = ENGINES[engine_name](storage, engine.location(settings))
     return storage, stores, load_embedder or configured_model(settings)
+
+
+def stores_for(
+    settings: Settings, storage: Storage | None = None, *, known: bool | None = None,
+    engine_name: str = DEFAULT_ENGINE,
+) -> Stores:
+    """The engine's stores over these settings' tables, for what reads or writes them without a facade: the
+    migration's bucket and Ray workers (`known=True`: tables another process made; see lance_engine.stores)."""
+    storage = storage if storage is not None else make_storage(settings)
+    return ENGINES[engine_name](storage, engine.location(settings), known=known)
+
+
+def scratch_stores(settings: Settings, folder: Path, *, engine_name: str = DEFAULT_ENGINE) -> Stores:
+    """Stores of their own in `folder`, empty and apart from the catalog (a model comparison's vectors): tables
+    are created there on first use. Call `forget()` on them before the folder is removed."""
+    local = settings.model_copy(update={"vpm_data_dir": Path(folder), "s3_enabled": False, "vpm_storage": "local"})
+    return stores_for(local, known=False, engine_name=engine_name)
 
 
 def build_matcher(

@@ -38,7 +38,7 @@ from .flow import InFlight
 from .merge import Merge, merge_products, same_product
 from .plan import NOT_COMPARED, NOT_RUNNABLE, MigrationPlan, ModelPlan, ProductsPlan, make_plan, plan_from_ledger
 from .report import FAILED, SKIPPED, UPLOADED, ItemResult, MigrationReport, ProductsResult, VectorsResult
-from .size import catalog_size
+from .size import catalog_size, local_catalog_size
 from .target import MigrationError, Source, Target, half_set_keys, plan_fingerprint, require_bucket
 
 DEFAULT_WORKERS = 8  # uploads in flight at the start; without --workers the number then follows the bucket
@@ -148,6 +148,7 @@ __all__ = [
     "VectorsResult",
     "catalog_size",
     "content_type_for",
+    "local_catalog_size",
     "merge_products",
     "plan_fingerprint",
     "require_bucket",

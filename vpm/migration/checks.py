@@ -13,8 +13,8 @@ from ..catalog import CatalogError
 from ..config import Settings
 from ..health import Check
 from ..storage import BucketAccessDenied, BucketFacts, BucketNotFound, EndpointNotS3, ObjectNotFound, StorageError
-from .report import few
 from .target import Source, Target, half_set_keys
+from .text import few
 
 
 def run_checks(settings: Settings, source: Source, target: Target) -> list[Check]:

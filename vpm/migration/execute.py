@@ -40,8 +40,18 @@ from .files import (
 from .flow import InFlight
 from .merge import merge_products
 from .plan import MigrationPlan
-from .report import CONFLICT, FAILED, SKIPPED, UPLOADED, ItemResult, ProductsResult, VectorsResult, few
+from .report import (
+    CONFLICT,
+    FAILED,
+    SKIPPED,
+    UPLOADED,
+    ItemResult,
+    MigrationReport,
+    ProductsResult,
+    VectorsResult,
+)
 from .target import Source, Target
+from .text import few
 
 _EXTRA_TYPES = {".heic": "image/heic", ".heif": "image/heif", ".webp": "image/webp", ".avif": "image/avif"}
 
@@ -355,8 +365,6 @@ def execute_plan(plan: MigrationPlan, source: Source, target: Target, gate: InFl
                  progress: Progress | None, clock: Callable[[], float]):
     """Files, then product rows, then vectors, then verification. A KeyboardInterrupt from `progress` (Ctrl-C)
     stops the uploads not yet started and propagates; what is in the bucket then is complete and valid."""
-    from .report import MigrationReport
-
     started = clock()
     todo = plan.to_upload
     counter = Counter(len(todo), sum(i.size for i in todo), progress)

@@ -39,9 +39,10 @@ from .files import (
     list_folders,
 )
 from .merge import merge_products
-from .report import few
+from .report import plan_cost_line, plan_text, plan_vectors_line
 from .size import catalog_size
 from .target import MigrationError, Source, Target, half_set_keys, plan_fingerprint
+from .text import few
 
 
 @dataclass(frozen=True)
@@ -146,14 +147,31 @@ class MigrationPlan:
                 for i in self.items]
 
     def as_dict(self) -> dict[str, Any]:
-        from .report import plan_dict
-
-        return plan_dict(self)
+        """The plan's JSON document: what --json prints, and what its text is read from (report.py)."""
+        return {
+            "source": self.source,
+            "target": self.target,
+            "overwrite": self.overwrite,
+            "fingerprint": self.fingerprint(),
+            "totals": self.totals(),
+            "items": [i.as_dict() for i in self.items],
+            "products": self.products.as_dict(),
+            "vectors": [m.as_dict() for m in self.vectors],
+            "estimate": self.estimate.as_dict(),
+            "warnings": list(self.warnings),
+            "compared_with_bucket": self.compared,
+        }
 
     def as_text(self, *, list_files: bool = True) -> str:
-        from .report import plan_text
+        return plan_text(self.as_dict(), list_files=list_files)
 
-        return plan_text(self, list_files=list_files)
+    def vectors_line(self) -> str:
+        """What happens to the vectors, in one line (the page shows it beside the file counts)."""
+        return plan_vectors_line(self.products.as_dict(), [m.as_dict() for m in self.vectors])
+
+    def cost_line(self) -> str:
+        """What the bucket will cost, once and a month, in one line."""
+        return plan_cost_line(self.estimate.as_dict())
 
 
 # ---------------------------------------------------------------------------------------------- planning

@@ -1,16 +1,19 @@
-"""What a migration did, and how plans and reports read: as text for the CLI, as dicts for --json and the page."""
+"""What a migration did, and how plans and reports read: as text for the CLI, as dicts for --json and the page.
+
+A plan is read from its JSON document (`MigrationPlan.as_dict()`), so the text and --json say the same things
+and this module needs nothing of plan.py: the arrows go plan -> report, never back.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..costs import format_usd
 from ..health import Check, overall
 from ..presentation import format_bytes
-
-if TYPE_CHECKING:
-    from .plan import MigrationPlan
+from .files import ACTIONS, SKIP, UPLOAD
 
 # What happened to one file.
 UPLOADED, SKIPPED, CONFLICT, FAILED = "uploaded", "skipped", "conflict", "failed"
@@ -157,22 +160,17 @@ class MigrationReport:
 # ------------------------------------------------------------------------------------------------- text
 
 
-def few(values, n: int = 5) -> str:
-    """The first few of many, for one readable line: 'a, b, c, d, e and 12 more'."""
-    values = list(values)
-    return ", ".join(values[:n]) + (f" and {len(values) - n} more" if len(values) > n else "")
-
-
-def plan_vectors_line(plan: MigrationPlan) -> str:
-    if plan.products.action == "blocked":
+def plan_vectors_line(products: Mapping[str, Any], vectors: Sequence[Mapping[str, Any]]) -> str:
+    """From a plan's document: its "products" and its "vectors" (one dict a model)."""
+    if products["action"] == "blocked":
         return "none until the products can be written"
-    if not plan.vectors:
+    if not vectors:
         return "none to copy (photos without a vector are embedded by the bucket on its first search)"
     parts = []
-    for m in plan.vectors:
-        text = f"{m.model_id}: {len(m.to_copy)} to copy, {m.already_there} already there"
-        if m.without_vector:
-            text += f", {m.without_vector} photos without one (embedded by the bucket)"
+    for m in vectors:
+        text = f"{m['model_id']}: {m['to_copy']} to copy, {m['already_there']} already there"
+        if m["without_vector"]:
+            text += f", {m['without_vector']} photos without one (embedded by the bucket)"
         parts.append(text)
     return "; ".join(parts)
 
@@ -190,50 +188,33 @@ def report_vectors_line(report: MigrationReport) -> str:
     return "; ".join(line(v) for v in report.vectors)
 
 
-def plan_text(plan: MigrationPlan, *, list_files: bool = True) -> str:
-    from .files import ACTIONS, SKIP, UPLOAD
-
-    out = [f"Migration plan: {plan.source} -> {plan.target}"]
+def plan_text(plan: Mapping[str, Any], *, list_files: bool = True) -> str:
+    """From a plan's document (`MigrationPlan.as_dict()`)."""
+    out = [f"Migration plan: {plan['source']} -> {plan['target']}"]
     if list_files:
-        for i in plan.items:
-            note = f"  ({i.reason})" if i.reason else ""
-            out.append(f"  {i.action:<9} {i.key}  {format_bytes(i.size)}{note}")
-    totals = plan.totals()
+        for i in plan["items"]:
+            note = f"  ({i['reason']})" if i["reason"] else ""
+            out.append(f"  {i['action']:<9} {i['key']}  {format_bytes(i['size'])}{note}")
+    totals = plan["totals"]
     out.append("")
     for action in ACTIONS:
         if totals[action]["files"] or action in (UPLOAD, SKIP):
             out.append(f"  {action:<9} {totals[action]['files']:>7} files  {format_bytes(totals[action]['bytes']):>10}")
     out.append(f"  {'total':<9} {totals['files']:>7} files  {format_bytes(totals['bytes']):>10}")
-    out.append(f"  products: {plan.products.action}: {plan.products.detail}")
-    out.append(f"  vectors: {plan_vectors_line(plan)}")
-    for warning in plan.warnings:
+    out.append(f"  products: {plan['products']['action']}: {plan['products']['detail']}")
+    out.append(f"  vectors: {plan_vectors_line(plan['products'], plan['vectors'])}")
+    for warning in plan["warnings"]:
         out.append(f"  warning: {warning}")
     out.append("")
-    out.append(f"Estimated cost: {plan_cost_line(plan)} (`python -m vpm costs` for the breakdown)")
+    out.append(f"Estimated cost: {plan_cost_line(plan['estimate'])} (`python -m vpm costs` for the breakdown)")
     return "\n".join(out)
 
 
-def plan_cost_line(plan: MigrationPlan) -> str:
-    """'migration $0.01 once, then $0.05 a month' at the default traffic, from the plan's measure of the catalog."""
-    e = plan.estimate
-    return (f"migration {format_usd(e.one_time_total)} once, then {format_usd(e.monthly_total)} a month at "
-            f"{e.traffic.searches_per_month:,} searches a month")
-
-
-def plan_dict(plan: MigrationPlan) -> dict[str, Any]:
-    return {
-        "source": plan.source,
-        "target": plan.target,
-        "overwrite": plan.overwrite,
-        "fingerprint": plan.fingerprint(),
-        "totals": plan.totals(),
-        "items": [i.as_dict() for i in plan.items],
-        "products": plan.products.as_dict(),
-        "vectors": [m.as_dict() for m in plan.vectors],
-        "estimate": plan.estimate.as_dict(),
-        "warnings": list(plan.warnings),
-        "compared_with_bucket": plan.compared,
-    }
+def plan_cost_line(estimate: Mapping[str, Any]) -> str:
+    """'migration $0.01 once, then $0.05 a month' at the default traffic, from a plan's "estimate" (the measure of
+    the catalog it was made with, as `Estimate.as_dict()` gives it)."""
+    return (f"migration {format_usd(estimate['one_time_total'])} once, then {format_usd(estimate['monthly_total'])} "
+            f"a month at {estimate['traffic']['searches_per_month']:,} searches a month")
 
 
 def report_text(report: MigrationReport) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..config import Settings
 from ..costs import CatalogSize
 from ..storage import Storage
+from .target import source_storage
 
 
 def catalog_size(storage: Storage, settings: Settings) -> CatalogSize:
@@ -13,3 +14,8 @@ def catalog_size(storage: Storage, settings: Settings) -> CatalogSize:
     thumbnails under the thumbnail prefix, everything else (the catalog tables) as metadata, since all of it is
     billed."""
     return CatalogSize.from_objects(storage.iter_sizes(), settings.s3_image_prefix, settings.s3_thumbnail_prefix)
+
+
+def local_catalog_size(settings: Settings) -> CatalogSize:
+    """The local folder's catalog (VPM_DATA_DIR) as a migration would measure it, whether or not S3 is on."""
+    return catalog_size(source_storage(settings), settings)

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 from .. import config, engine
 from ..config import Settings
 from ..errors import VpmError
-from ..storage import LocalStorage, S3Storage, Storage, StorageError, make_storage, send_small_puts_at_once
+from ..storage import S3Storage, Storage, StorageError, make_storage, send_small_puts_at_once
 from .flow import Throttles
 
 if TYPE_CHECKING:  # the tables' modules import pyarrow and numpy: a re-run decided from listings needs neither
-    from ..lance_catalog import LanceCatalogStore
-    from ..lance_vectors import LanceVectorIndex
+    from ..catalog import CatalogStore
     from ..matcher import Matcher
+    from ..stores import Stores
+    from ..vector_index import VectorIndex
 
 PRODUCTS_TABLE = "products"
 
@@ -55,6 +56,11 @@ def source_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"s3_enabled": False, "vpm_storage": "local"})
 
 
+def source_storage(settings: Settings) -> Storage:
+    """The local folder (VPM_DATA_DIR) the migration reads, even while S3_ENABLED is true."""
+    return make_storage(source_settings(settings))
+
+
 def target_storage(settings: Settings) -> S3Storage:
     """The bucket the S3 settings describe, even while S3_ENABLED is false."""
     try:
@@ -81,7 +87,7 @@ class Source:
 
     def __init__(self, settings: Settings, storage: Storage | None = None):
         local = source_settings(settings)
-        self.storage = storage or LocalStorage(local.vpm_data_dir)
+        self.storage = storage or source_storage(settings)
         self._settings = local
         self.description = self.storage.description
 
@@ -96,8 +102,8 @@ class Source:
         return self.matcher.catalog_exists()
 
     @property
-    def catalog(self) -> LanceCatalogStore:
-        return self.matcher.catalog  # type: ignore[return-value]
+    def catalog(self) -> CatalogStore:
+        return self.matcher.catalog
 
     def model_ids(self) -> list[str]:
         if not self.exists():
@@ -107,8 +113,8 @@ class Source:
         self.matcher.catalog.count()  # opening the catalog upgrades an old one, with its vectors
         return existing_model_ids(self.matcher.where)
 
-    def vectors(self, model_id: str) -> LanceVectorIndex:
-        return self.matcher.vector_index(model_id)  # type: ignore[return-value]
+    def vectors(self, model_id: str) -> VectorIndex:
+        return self.matcher.vector_index(model_id)
 
 
 class Target:
@@ -146,32 +152,33 @@ class Target:
             return []  # no vector table: no need to open a connection at all
         return existing_model_ids(self.where)
 
-    def catalog_for_reading(self, exists: bool | None = None) -> LanceCatalogStore | None:
+    def _tables(self) -> Stores:
+        """The bucket's tables through the composition root, known to be there (planning and verifying only
+        read): one that does not open is refused as unreadable, as the app refuses it."""
+        from ..wiring import stores_for
+
+        return stores_for(self.settings, self.storage, known=True)
+
+    def catalog_for_reading(self, exists: bool | None = None) -> CatalogStore | None:
         """The bucket's products table when it exists (`exists`: already known); None otherwise. Opening never
         creates it."""
-        from ..lance_catalog import LanceCatalogStore
-
         if not (self.has_products_table() if exists is None else exists):
             return None
-        return LanceCatalogStore(self.where, exists=True)
+        return self._tables().catalog
 
-    def catalog_for_writing(self) -> LanceCatalogStore:
+    def catalog_for_writing(self) -> CatalogStore:
         """The products table, created if need be, after the app's own upgrade of an old products.json: the
         bucket's products are then compared with ours before anything of ours is written."""
         from ..wiring import build_matcher
 
         bucket = build_matcher(self.settings, storage=self.storage)
-        return bucket.catalog  # type: ignore[return-value]
+        return bucket.catalog
 
-    def vectors_for_reading(self, model_id: str) -> LanceVectorIndex:
-        from ..lance_vectors import LanceVectorIndex
+    def vectors_for_reading(self, model_id: str) -> VectorIndex:
+        return self._tables().vector_index(model_id, None, True)
 
-        return LanceVectorIndex(self.where, model_id, None, exists=True)
-
-    def vectors_for_writing(self, model_id: str, dim: int, exists: bool) -> LanceVectorIndex:
-        from ..lance_vectors import LanceVectorIndex
-
-        return LanceVectorIndex(self.where, model_id, dim, exists=exists)
+    def vectors_for_writing(self, model_id: str, dim: int, exists: bool) -> VectorIndex:
+        return self._tables().vector_index(model_id, dim, exists)
 
 
 # ------------------------------------------------------------------------------------------ fingerprint
