@@ -28,6 +28,7 @@ head node, so there a local path must be one that node can read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -40,12 +41,13 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from . import photos
+from . import cluster_index, photos
 from .bulk_import import Landing, commit_rows, group_items
 from .catalog import CatalogError, Photo, Product, validate_product
 from .cluster_work import EmbedPhotos, read_source, read_stored
 from .importer import ImportIssue, ImportLimits, open_source
 from .indexing import IndexStatus
+from .lance_vectors import ANN_FROM_PHOTOS
 from .pipeline import chunked
 from .results import ImportReport
 from .vector_index import PhotoVector
@@ -75,6 +77,7 @@ class ClusterOptions:
     workers: int | None = None  # model workers; default one per GPU of the cluster, else one per CPU left over
     commit_every: int = COMMIT_EVERY
     batch_size: int = EMBED_BATCH
+    index_from: int = ANN_FROM_PHOTOS  # vectors from which `reindex` builds the approximate index on Ray
 
 
 def _no_progress(done: int, total: int, message: str = "") -> None:
@@ -198,11 +201,24 @@ def reindex(matcher: Matcher, *, rebuild: bool = False, progress: Progress | Non
             options: ClusterOptions | None = None) -> IndexStatus:
     """`Matcher.reindex` with the embedding on Ray: the photos missing from the active model's index (every
     photo with `rebuild`) are read and embedded by the cluster and committed here in bulk; then vectors of
-    photos no longer in the catalog are dropped. Needs `connected`."""
+    photos no longer in the catalog are dropped. From `options.index_from` vectors the approximate index is then
+    built on Ray too, when there is none yet or with `rebuild` (vpm/cluster_index.py). Needs `connected`."""
     options = options or ClusterOptions()
-    progress = progress or _no_progress
     if rebuild:
         matcher._drop_unreadable_vectors()
+    vectors = matcher.vectors  # after that: an unreadable table was replaced by a new one
+    held = getattr(vectors, "ann_built_elsewhere", None)  # no build of this process's own races the cluster's
+    with held() if held else contextlib.nullcontext():
+        status = _embed_missing(matcher, rebuild, progress or _no_progress, options)
+        try:
+            cluster_index.build_when_due(vectors, matcher.settings, rebuild=rebuild, from_rows=options.index_from,
+                                         tasks=options.workers)
+        except cluster_index.IndexBuildError as err:
+            raise ClusterError(f"the vectors are stored, but {err}") from err
+    return status
+
+
+def _embed_missing(matcher: Matcher, rebuild: bool, progress: Progress, options: ClusterOptions) -> IndexStatus:
     indexer, embedder = matcher.indexer, matcher.embedder
     vectors = matcher.vectors
     rows, total, done = [], 0, 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +49,12 @@ def schema(dim: int) -> pa.Schema:
             pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
         ]
     ), "photo_key")
+
+
+def ann_shape(rows: int, dim: int) -> tuple[int, int]:
+    """(IVF partitions, PQ sub-vectors) of the approximate index over `rows` vectors of `dim` values: the same
+    for the build in this process and the one on Ray (vpm/cluster_index.py)."""
+    return max(1, rows // ANN_PARTITION_ROWS), next(n for n in (32, 16, 8, 4, 2, 1) if dim % n == 0)
 
 
 def existing_model_ids(where: engine.Location) -> list[str]:
@@ -100,6 +107,7 @@ class LanceVectorIndex(VectorIndex):
         self._snapshot: _Snapshot | None = None
         self._snapshot_lock = threading.Lock()
         self._ann_building = False
+        self._ann_elsewhere = 0  # > 0: another builder owns the approximate index (ann_built_elsewhere)
 
     @property
     def description(self) -> str:
@@ -351,9 +359,19 @@ class LanceVectorIndex(VectorIndex):
         except Exception:  # noqa: BLE001 - not knowing means building it (again), which is harmless
             return False
 
+    @contextmanager
+    def ann_built_elsewhere(self) -> Iterator[None]:
+        """While the approximate index is built elsewhere (`vpm index --cluster` builds it on Ray), this process
+        starts no build of its own: two builds would race to commit it."""
+        self._ann_elsewhere += 1
+        try:
+            yield
+        finally:
+            self._ann_elsewhere -= 1
+
     def _build_ann_when_due(self, wait: bool = False) -> None:
         """Build the approximate index once the table passes ANN_FROM_PHOTOS (in the background by default)."""
-        if self._ann_building or self.count() < ANN_FROM_PHOTOS or self.has_ann():
+        if self._ann_building or self._ann_elsewhere or self.count() < ANN_FROM_PHOTOS or self.has_ann():
             return
         self._ann_building = True
 
@@ -372,8 +390,7 @@ class LanceVectorIndex(VectorIndex):
 
     def build_ann(self) -> None:
         rows = self.count()
-        partitions = max(1, rows // ANN_PARTITION_ROWS)
-        sub_vectors = next(n for n in (32, 16, 8, 4, 2, 1) if self.dim % n == 0)
+        partitions, sub_vectors = ann_shape(rows, self.dim)
         log.info("building the approximate index of %s (%d photos, %d partitions)", self.description, rows,
                  partitions)
         from lancedb.index import IvfPq
