@@ -73,7 +73,7 @@ def register(sub, command) -> None:
 def _cluster_arguments(p) -> None:
     p.add_argument(
         "--cluster", metavar="ray[://ADDRESS]", type=_cluster_address,
-        help="read, decode and embed on a Ray cluster (pip install -r requirements-cluster.txt): 'ray' joins "
+        help="read, decode, embed and build the vector index on a Ray cluster (pip install -r requirements-cluster.txt): 'ray' joins "
         "RAY_ADDRESS's cluster, or starts Ray on this machine; 'ray://HOST:10001' connects through Ray Client",
     )
     p.add_argument("--workers", type=positive, metavar="N",
