@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from vpm import webapp
+from vpm.faces import webapp
 
 st.set_page_config(page_title="Visual Product Matcher", page_icon=":material/image_search:", layout="wide")
 

@@ -5,7 +5,7 @@
 For each size: a fresh local table filled with bench_scale.py's synthetic 512-d vectors (the same generator and
 batches), compacted, then LanceVectorIndex.build_ann() timed on its own: wall time and the CPU time of the process
 (all of LanceDB's threads). On a shared machine the wall time mostly measures the wait for a core; the CPU time is
-the figure to compare (vpm/capacity_units.py keeps it as ann_build_cpu_s_<size>). One line a size on stderr,
+the figure to compare (vpm/core/capacity_units.py keeps it as ann_build_cpu_s_<size>). One line a size on stderr,
 one JSON object a size on stdout with --json. Temporary data is removed after each size.
 """
 
@@ -28,9 +28,9 @@ for path in (REPO, REPO / "bench"):
 def build_once(n: int) -> dict:
     from bench_scale import MODEL_ID, make_products, wait_for_maintenance
 
-    from vpm import engine, lance_vectors
-    from vpm.config import load_settings
-    from vpm.lance_vectors import LanceVectorIndex
+    from vpm.backends import engine, lance_vectors
+    from vpm.backends.lance_vectors import LanceVectorIndex
+    from vpm.core.config import load_settings
 
     from synthetic import make_catalog
 

@@ -4,7 +4,7 @@
                                    [--model efficientnet-lite0] [--photos DIR] [--timeout 300] [--no-sync]
                                    [--env NAME=VALUE ...]
 
-The catalog: the sample catalog (vpm/sample.py, as `python -m vpm demo` loads it: 84 products, 252 photos, minutes
+The catalog: the sample catalog (vpm/core/sample.py, as `python -m vpm demo` loads it: 84 products, 252 photos, minutes
 on 2 cores), or its first K products with --products K for a quick run. It is prepared in --catalog DIR (a new or
 empty folder) and reused by later runs that name the same folder; without --catalog it goes into a temporary
 folder that is removed at the end. The query photos are the shared product photos of the catalog's products that
@@ -15,7 +15,7 @@ model loads, the catalog opens); then N Chromium sessions (one browser, one cont
 open Search at once. When every page has drawn, all upload their photo at the same moment (--no-sync: each as soon
 as its page is up), and each waits for its results: the match count or "No product reaches", with the app's run
 finished. Reported per N: sessions with results, errors (an exception, an error message on the page, or no result
-within --timeout), sessions that saw the queue notice (vpm/admission.py), the time to Search drawn (p50), the time
+within --timeout), sessions that saw the queue notice (vpm/core/admission.py), the time to Search drawn (p50), the time
 from upload to results (p50, p95), p95(N) / p50(1), the peak resident memory of the server's process tree (sampled
 from /proc every 0.1 s from its start), and how many times the server loaded the model (its log's "Embedding
 model:" lines; the app caches it with st.cache_resource, so 1 is right). Target (issue 24, 2 cores): 10 sessions
@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared_photos import PHOTOS  # noqa: E402 - bench/: the shared photos beside the repository
 
-from vpm.admission import QUEUE_MARK  # noqa: E402 - the queue notice a waiting visitor reads
+from vpm.core.admission import QUEUE_MARK  # noqa: E402 - the queue notice a waiting visitor reads
 
 APP = ROOT / "streamlit_app.py"
 SAMPLE = ROOT / "sample"
@@ -57,7 +57,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 MARKER = "bench-catalog.json"  # what this bench prepared in a --catalog folder: model, products, photos
 TARGET_N, TARGET_RATIO = 10, 10.0
-MODEL_LOADED = "Embedding model:"  # vpm.embeddings logs it once a load
+MODEL_LOADED = "Embedding model:"  # vpm.models.embeddings logs it once a load
 # Polled in each page after its upload: "results" once the count line (or "No product reaches") is drawn and the
 # app's run has finished, "error: ..." for an error on the page; on the way it notes whether the queue notice showed.
 RESULTS_JS = """() => {

@@ -1,4 +1,4 @@
-"""Benchmark: the catalog map (vpm.catalog_map.build_map) for a catalog of N products with P photos each.
+"""Benchmark: the catalog map (vpm.core.catalog_map.build_map) for a catalog of N products with P photos each.
 
 The catalog is written straight into a temp folder through the engine (rows and random 512-d unit vectors,
 clustered so there are real near-duplicates); nothing is embedded. Prints how long each step took, and JSON.
@@ -20,13 +20,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vpm import catalog_map, engine
-from vpm.catalog import Photo, Product
-from vpm.config import load_settings
-from vpm.lance_catalog import LanceCatalogStore
-from vpm.lance_vectors import LanceVectorIndex
-from vpm.matcher import Matcher
-from vpm.vector_index import PhotoVector
+from vpm.backends import engine
+from vpm.backends.lance_catalog import LanceCatalogStore
+from vpm.backends.lance_vectors import LanceVectorIndex
+from vpm.core import catalog_map
+from vpm.core.catalog import Photo, Product
+from vpm.core.config import load_settings
+from vpm.core.matcher import Matcher
+from vpm.core.vector_index import PhotoVector
 
 MODEL = "bench-model"
 

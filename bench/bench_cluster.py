@@ -5,7 +5,7 @@
 
 A local catalog is made from the shared product photos (stored once, with a tiny model's vectors), then the
 photos are embedded for the benchmark model three ways, each from an empty vector table: `Matcher.reindex()`
-(the single-process path) and `vpm.cluster.reindex()` on a local Ray with 1 and with 2 model workers. Each
+(the single-process path) and `vpm.backends.cluster.reindex()` on a local Ray with 1 and with 2 model workers. Each
 figure is wall time from the call to its return (reading, decoding, embedding, committing; for Ray also the
 workers' start and model load, which is the overhead to know); starting Ray itself is timed apart. Each path
 runs `--repeat` times, each round in another order, and the median is shown with every run beside it.
@@ -70,8 +70,8 @@ def build_full_random_clip(dest: Path) -> Path:
 
 def make_catalog(root: Path, photos: int, tiny_model: Path):
     """A local catalog of `photos` real product photos (rows sharing a product id make one product)."""
-    from vpm.config import load_settings
-    from vpm.matcher import Matcher
+    from vpm.core.config import load_settings
+    from vpm.core.matcher import Matcher
 
     with (PHOTOS / "metadata.csv").open(encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))[:photos]
@@ -110,10 +110,10 @@ def main() -> None:
     args = parser.parse_args()
     require_photos(PHOTOS, metadata=True, option=None)
 
-    from vpm import cluster, engine
-    from vpm.config import load_settings
-    from vpm.embeddings import load_embedder
-    from vpm.matcher import Matcher
+    from vpm.backends import cluster, engine
+    from vpm.core.config import load_settings
+    from vpm.core.matcher import Matcher
+    from vpm.models.embeddings import load_embedder
 
     from tiny_clip import build_tiny_clip
 

@@ -5,13 +5,13 @@
 
 `full-clip` is CLIP ViT-B/32 at full size with random weights, built offline once into --model-cache
 (tests/tiny_clip.py build_full_clip): the same compute as the released model, so honest speed figures without
-the hub. Any other name or folder is loaded as the app would (`vpm.embeddings.load_embedder`); a CLIP that
+the hub. Any other name or folder is loaded as the app would (`vpm.models.embeddings.load_embedder`); a CLIP that
 cannot be loaded falls back to efficientnet-lite0 and the table says so. `auto` is the app's default runtime:
 ONNX Runtime where it matches torch (int8 or fp32; the `runtime` column says which), torch otherwise.
 
 Each row: load time (an `auto` load that had to export says so), images/s at batch 1 and 32 from decoded
 photos (the model's preprocessing included), indexing images/s from the JPEG files through the import/index
-pipeline (read + decode + resize on a background thread while the model embeds: vpm/pipeline.py), one-photo
+pipeline (read + decode + resize on a background thread while the model embeds: vpm/core/pipeline.py), one-photo
 query latency from JPEG bytes (decode + embed, median), one text query (median), and the cosine of each
 photo's vector to torch's (min over the photos). Each images/s figure is the median of three runs. Targets
 (issue 14, 2 cores): CLIP one-photo query <= 40 ms, CLIP indexing >= 50 images/s.
@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from shared_photos import PHOTOS, require_photos  # noqa: E402 - bench/: the shared photos beside the repository
 
-from vpm.embeddings import clear_embedder_cache, load_embedder  # noqa: E402
-from vpm.images import decode_image  # noqa: E402
-from vpm.pipeline import chunked, embedder_stages, prefetch  # noqa: E402
+from vpm.core.images import decode_image  # noqa: E402
+from vpm.core.pipeline import chunked, embedder_stages, prefetch  # noqa: E402
+from vpm.models.embeddings import clear_embedder_cache, load_embedder  # noqa: E402
 
 TEXT = "a red running shoe"
 
@@ -64,7 +64,7 @@ def _rate(embedder, images: list[Image.Image], batch_size: int) -> float:
 
 
 def _indexing_rate(embedder, files: list[Path], batch_size: int = 32) -> float:
-    """What `vpm index` / an import does per photo: read, decode (vpm.images), preprocess, embed, pipelined."""
+    """What `vpm index` / an import does per photo: read, decode (vpm.core.images), preprocess, embed, pipelined."""
     prepare, embed = embedder_stages(embedder)
 
     def load(paths: list[Path]):
@@ -105,7 +105,7 @@ def _model_path(name: str, cache: Path) -> str:
 
 
 def _cached_exports() -> set[str]:
-    from vpm.onnx_runtime import cache_root
+    from vpm.models.onnx_runtime import cache_root
 
     root = cache_root()
     return {p.name for p in root.iterdir()} if root.is_dir() else set()

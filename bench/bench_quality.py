@@ -17,17 +17,17 @@ Steps (each adds one thing to the one before; any of them with --steps, the last
 - rerank: on the rmac descriptor (flip did not help, so the shipped descriptor leaves it out), the top 20 verified
   with SIFT + RANSAC by their best 2 photos, keypoints of the catalog computed beforehand as at add time. Two rows:
   `rerank-old`, the old fixed bonus (cos + 0.002 an inlier, at most 50, from 10 on), and `rerank`, a search as the
-  app runs it (vpm/ranking.py): the index's best products, verified, ordered by the score of the shipped evidence
-  (cos + KEYPOINT_WEIGHT × keypoints, vpm/scoring.py).
+  app runs it (vpm/core/ranking.py): the index's best products, verified, ordered by the score of the shipped evidence
+  (cos + KEYPOINT_WEIGHT × keypoints, vpm/core/scoring.py).
 - text: + package text as a search reads it: the catalog's photos read (OCR) beforehand as at add time, the query's
   own photo (quickly, as the app reads a query) only when the runner-up's evidence is within ranking.TEXT_MARGIN of
   the first's. Its hit rate (the share of queries whose text was read) and the query's OCR time are printed.
-- projection: + the catalog's projection (vpm/projection.py) on the index's first POOL products. All references
-  only: fitted for each query without its photo, in the 5 photo folds vpm/evaluate.py uses (seeded; a query in
+- projection: + the catalog's projection (vpm/core/projection.py) on the index's first POOL products. All references
+  only: fitted for each query without its photo, in the 5 photo folds vpm/core/evaluate.py uses (seeded; a query in
   fold k goes through the fit on the catalog photos outside fold k). A catalog of one photo per product has no
   pairs to fit on, so for one reference it does not apply (the row repeats `text`'s path, marked n/a).
 
-For the last step, also: how often the first result was right at each score (vpm/scoring.py's `reliability`), with
+For the last step, also: how often the first result was right at each score (vpm/core/scoring.py's `reliability`), with
 the built-in curve for one reference, and for all references with a curve fitted (`scoring.fit`) on the catalog's
 own unperturbed held-out photos of the other folds, as `vpm calibrate` sees them; how many lists are out of the
 order of their shown whole percents (must be none); and how many right products in the top 5 the default
@@ -43,7 +43,7 @@ each step's own part, and a query's OCR is timed the first time it is read and a
 reads it. The machine's load average is printed: wall-clock
 figures from a busy machine are pessimistic. The CPU time of the same path (all of this process's threads) is
 printed beside them: it hardly depends on the load, and on an idle 2-core machine the wall-clock time is about that
-or less. Torch runs with OMP_WAIT_POLICY=PASSIVE, as the app does (vpm.embeddings sets it before torch loads).
+or less. Torch runs with OMP_WAIT_POLICY=PASSIVE, as the app does (vpm.models.embeddings sets it before torch loads).
 """
 
 from __future__ import annotations
@@ -73,20 +73,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared_photos import require_photos
 
-from vpm import augmented, package_text, ranking, scoring
-from vpm import projection as projections
-from vpm import rerank as verification
-from vpm.catalog import Photo, Product
-from vpm.embeddings import (
+from vpm.core import augmented, ranking, scoring
+from vpm.core import projection as projections
+from vpm.core import rerank as verification
+from vpm.core.catalog import Photo, Product
+from vpm.core.evaluate import FOLDS
+from vpm.core.images import decode_image
+from vpm.core.results import Match
+from vpm.core.vector_index import best_per_product as index_best_per_product
+from vpm.models import package_text
+from vpm.models.embeddings import (
     LEGACY_DESCRIPTOR,
     Descriptor,
     EfficientNetEmbedder,
     _efficientnet_network,
 )
-from vpm.evaluate import FOLDS
-from vpm.images import decode_image
-from vpm.results import Match
-from vpm.vector_index import best_per_product as index_best_per_product
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "products-photos"
 RMAC = Descriptor(pooling="rmac", flip=False)  # the shipped descriptor: what rerank and later steps build on
@@ -116,7 +117,7 @@ LABELS = {
 }
 ONE, ALL = "one reference", "all references"
 TOP_K = 10  # the results a search asks for by default: the app's candidate list is at least RERANK_TOP anyway
-OLD_BONUS, OLD_MIN_INLIERS, OLD_MAX_INLIERS = 0.002, 10, 50  # the fixed bonus before vpm/scoring.py
+OLD_BONUS, OLD_MIN_INLIERS, OLD_MAX_INLIERS = 0.002, 10, 50  # the fixed bonus before vpm/core/scoring.py
 
 
 def perturb(data: bytes, seed: int) -> bytes:
@@ -142,7 +143,7 @@ def best_per_product(scores: np.ndarray, product_codes: np.ndarray, n_products: 
 
 @dataclass
 class Data:
-    """The photos, their products, the queries, and each protocol's catalog as `Product`s for vpm/ranking.py."""
+    """The photos, their products, the queries, and each protocol's catalog as `Product`s for vpm/core/ranking.py."""
 
     rows: list[dict]
     originals: list[bytes]
@@ -151,7 +152,7 @@ class Data:
     codes: np.ndarray  # each photo's product, as a position in product_ids
     keys: list[str]  # each photo's key (its file name)
     gallery: np.ndarray  # bool: the one-reference catalog
-    folds: np.ndarray  # each photo's fold for the projection and the fitted curve (as vpm/evaluate.py)
+    folds: np.ndarray  # each photo's fold for the projection and the fitted curve (as vpm/core/evaluate.py)
     catalog: dict[str, dict[str, Product]] = field(default_factory=dict)  # protocol -> product id -> product
     without: list[Product] = field(default_factory=list)  # photo i's product without photo i (all references)
 
@@ -236,7 +237,7 @@ class Catalog:
 
     def fit_projections(self, embedder) -> None:
         """Per protocol and fold: the projection fitted on that protocol's catalog photos outside the fold. The
-        one-reference catalog has no two photos of one product: as the app does (vpm/augmented.py), it is fitted on
+        one-reference catalog has no two photos of one product: as the app does (vpm/core/augmented.py), it is fitted on
         two shopper-like views of each gallery photo, and kept only when the second views find their own product
         first more often through it (the queries are never gallery photos, so one fit serves every fold)."""
         started = time.perf_counter()
@@ -418,7 +419,7 @@ def run_group(data: Data, embedder, names: list[str], features, texts, calibrate
 
 def held_out_originals(catalog: Catalog, name: str) -> list[scoring.HeldOut]:
     """Each unperturbed catalog photo held out against all the others, with the signals `name` uses: the lists
-    `vpm calibrate` fits on (vpm/evaluate.py: the top RERANK_TOP, text compared whenever the photo has some)."""
+    `vpm calibrate` fits on (vpm/core/evaluate.py: the top RERANK_TOP, text compared whenever the photo has some)."""
     data = catalog.data
     keypoints = name not in PLAIN
     text = name in ("text", "projection")
@@ -565,7 +566,7 @@ def main() -> None:
         rows, originals, [perturb(d, args.seed * 100_003 + i) for i, d in enumerate(originals)], safe_ids,
         np.array([product_ids.index(r["product_id"]) for r in rows]), [r["file"] for r in rows],
         np.array([r["suggested_role"] == "gallery" for r in rows]),
-        np.random.default_rng(args.seed).integers(0, FOLDS, len(rows)),  # as vpm/evaluate.py draws its folds
+        np.random.default_rng(args.seed).integers(0, FOLDS, len(rows)),  # as vpm/core/evaluate.py draws its folds
     )
     network = _efficientnet_network("cpu")
     import torch

@@ -13,7 +13,7 @@ rows compare the queries alone).
   leaves the catalog; the product keeps its other photos, every other product all of its own. Rows: each of the two
   photos alone (the single-photo baseline, two queries a pair), and the pair fused: `max` (a product scores by its
   best match to either photo), `mean` (by the mean of its best matches to each photo), `centroid` (one vector, the
-  mean of the two; vpm/query_mix.py's arithmetic). Recall@k: the share of queries with their product in the first k.
+  mean of the two; vpm/core/query_mix.py's arithmetic). Recall@k: the share of queries with their product in the first k.
 - not this one: each photo in turn is the query (its product keeps its other photos). Where the first result is
   wrong, the person rejects it: it leaves the list, and with a negative weight w the query becomes
   unit(unit(q) - w * unit(look)), the look being the mean of the rejected product's photo vectors. Row `fixed`:
@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_quality import perturb
 from shared_photos import PHOTOS, require_photos
 
-from vpm import query_mix
-from vpm.embeddings import load_embedder
-from vpm.images import decode_image
+from vpm.core import query_mix
+from vpm.core.images import decode_image
+from vpm.models.embeddings import load_embedder
 
 NEGATIVE_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 TEXT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)

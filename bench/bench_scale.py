@@ -33,7 +33,7 @@ catalog at rest would have them. Then it measures, each figure the median of rep
                          background compaction every few adds starts is waited for between adds, untimed
                          (add_maintenance_s); owners_of_ms and vectors_for_shas_ms are the upload's other
                          table reads (duplicate check, vector reuse), upload_db_ms the four together
-  maintenance_cpu_per_add_s  background maintenance per product added (vpm.maintenance: compaction, index deltas,
+  maintenance_cpu_per_add_s  background maintenance per product added (vpm.backends.maintenance: compaction, index deltas,
                          tier merges, the indexes a grown table needs): process CPU while its passes ran during the
                          adds, per add; maintenance_per_add_x the same as a multiple of the add itself (add_ms +
                          add_vector_ms). --no-pylance measures the fallback (LanceDB's optimize(), as before pylance)
@@ -276,7 +276,7 @@ def start_latency_proxy(upstream_port: int, rtt_ms: float):
 
 def stored_mb(settings) -> float:
     """Bytes under the tables' prefix (local folder or bucket)."""
-    from vpm import engine
+    from vpm.backends import engine
 
     where = engine.location(settings)
     if not settings.s3_enabled:
@@ -300,8 +300,8 @@ def stored_mb(settings) -> float:
 
 def make_products(catalog, start: int, stop: int):
     """Products start..stop-1 with their photos, and their PhotoVectors (validation skipped: made here)."""
-    from vpm.catalog import Photo, Product
-    from vpm.vector_index import PhotoVector
+    from vpm.core.catalog import Photo, Product
+    from vpm.core.vector_index import PhotoVector
 
     from synthetic import fake_sha256s
 
@@ -326,12 +326,12 @@ def make_products(catalog, start: int, stop: int):
 
 
 def background_maintenance() -> list[threading.Thread]:
-    """The maintenance / index threads the engine started (vpm.maintenance, LanceVectorIndex's IVF-PQ build)."""
+    """The maintenance / index threads the engine started (vpm.backends.maintenance, LanceVectorIndex's IVF-PQ build)."""
     return [t for t in threading.enumerate() if t.name.startswith(("maintain-", "ann-"))]
 
 
 def wait_for_maintenance() -> float:
-    from vpm import maintenance
+    from vpm.backends import maintenance
 
     start = time.perf_counter()
     while True:
@@ -373,7 +373,7 @@ def settle(store, index, report: Report) -> None:
     index.table.optimize()
     report.put("compact_s", round(time.perf_counter() - start, 2), "s", "(optimize() of both tables)")
 
-    from vpm import lance_vectors
+    from vpm.backends import lance_vectors
 
     rows = index.count()
     start = time.perf_counter()
@@ -393,7 +393,7 @@ def settle(store, index, report: Report) -> None:
 
 
 def _summary(table):
-    from vpm import engine
+    from vpm.backends import engine
 
     return engine.summarize(table, "")
 
@@ -402,7 +402,7 @@ def _summary(table):
 
 
 def measure_reads(catalog, store, rng: random.Random, repeat: int, report: Report) -> None:
-    from vpm.lance_catalog import LanceCatalogStore
+    from vpm.backends.lance_catalog import LanceCatalogStore
 
     n = catalog.n_products
     ids = [catalog.product_id(rng.randrange(n)) for _ in range(repeat)]
@@ -437,7 +437,7 @@ def exact_truth(catalog, queries, query_rows, report: Report):
     generated vectors; times the unfiltered brute force (search_numpy_ms)."""
     import numpy as np
 
-    from vpm.vector_index import best_per_product
+    from vpm.core.vector_index import best_per_product
 
     codes = catalog.product_codes()
     ids = catalog.product_ids(0, catalog.n_products)
@@ -467,8 +467,8 @@ def recall(found: list[list[str]], truth: list[list[str]]) -> float:
 def measure_search(catalog, where, args, report: Report) -> None:
     import numpy as np
 
-    from vpm import lance_vectors
-    from vpm.lance_vectors import LanceVectorIndex
+    from vpm.backends import lance_vectors
+    from vpm.backends.lance_vectors import LanceVectorIndex
 
     queries, rows = catalog.perturbed_queries(args.queries, similarity=args.query_similarity)
     truth, truth_filtered, filters, numpy_samples = exact_truth(catalog, queries, rows, report)
@@ -578,10 +578,10 @@ def cold_open_child(spec_path: str) -> None:
     import numpy as np
     import pyarrow  # noqa: F401
 
-    from vpm import engine
-    from vpm.config import load_settings
-    from vpm.lance_catalog import LanceCatalogStore
-    from vpm.lance_vectors import LanceVectorIndex
+    from vpm.backends import engine
+    from vpm.backends.lance_catalog import LanceCatalogStore
+    from vpm.backends.lance_vectors import LanceVectorIndex
+    from vpm.core.config import load_settings
 
     imported = time.time()
     rss_imported = rss_mb()
@@ -616,9 +616,9 @@ def cold_open_child(spec_path: str) -> None:
 def measure_adds(catalog, store, index, rng: random.Random, count: int, report: Report) -> None:
     import numpy as np
 
-    from vpm import maintenance as background
-    from vpm.catalog import Photo, new_product_id, validate_product
-    from vpm.vector_index import PhotoVector
+    from vpm.backends import maintenance as background
+    from vpm.core.catalog import Photo, new_product_id, validate_product
+    from vpm.core.vector_index import PhotoVector
 
     from synthetic import fake_sha256s, noise_sigma, unit_rows
 
@@ -710,10 +710,10 @@ def evaluate_targets(data: dict, backend_name: str) -> dict:
 
 
 def run(args) -> dict:
-    from vpm import engine
-    from vpm.config import load_settings
-    from vpm.lance_catalog import LanceCatalogStore
-    from vpm.lance_vectors import LanceVectorIndex
+    from vpm.backends import engine
+    from vpm.backends.lance_catalog import LanceCatalogStore
+    from vpm.backends.lance_vectors import LanceVectorIndex
+    from vpm.core.config import load_settings
 
     from synthetic import make_catalog
 
@@ -810,7 +810,7 @@ def main() -> None:
         cold_open_child(args.cold_open_child)
         return
     if args.no_pylance:  # as if pylance were not installed (lancedb itself imports it where present: leave it be)
-        from vpm import maintenance
+        from vpm.backends import maintenance
 
         maintenance.pylance = lambda: None
     if not 1 <= args.products <= MAX_PRODUCTS:

@@ -1,4 +1,4 @@
-"""Words search without a text model (vpm/word_search.py): does a product's name, or a shortened or misspelled one,
+"""Words search without a text model (vpm/core/word_search.py): does a product's name, or a shortened or misspelled one,
 find it first? Prints tables (`--json` too).
 
     python bench/bench_words.py [--catalog sample/products.csv] [--package-text] [--cache DIR]
@@ -6,7 +6,7 @@ find it first? Prints tables (`--json` too).
 
 The catalog is the sample (sample/products.csv, the 84 products of the shared photos with their names, categories,
 descriptions and brands) written into a products table in a temporary folder as an import writes it (every other
-column an attribute), then indexed through vpm.word_search.WordSearch a page at a time, as the app does.
+column an attribute), then indexed through vpm.core.word_search.WordSearch a page at a time, as the app does.
 
 Queries, each product in turn, generated deterministically from its name (seeded by the name's hash):
 - name: the name as stored;
@@ -25,7 +25,7 @@ with a CLIP ranking that knows nothing (a seeded shuffle of the catalog; also wi
 and with one that ranks the right product last: what words keep when CLIP is no help, and that a product's own
 name still finds it. (No real CLIP can be loaded here, so fusion with one is not measured.)
 
-`--package-text` also reads the sample's photos by OCR (vpm/package_text.py, ~0.5 s a photo; kept in `--cache`) and
+`--package-text` also reads the sample's photos by OCR (vpm/models/package_text.py, ~0.5 s a photo; kept in `--cache`) and
 indexes that text as the app does; `--scale N` measures building and searching a synthetic catalog of N products
 (names made of the sample's words) on local disk: seconds to index, memory a thousand products, search latency.
 """
@@ -50,10 +50,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vpm import engine, word_index  # noqa: E402
-from vpm.catalog import Photo, Product  # noqa: E402
-from vpm.lance_catalog import LanceCatalogStore  # noqa: E402
-from vpm.word_search import WordSearch, fuse  # noqa: E402
+from vpm.backends import engine  # noqa: E402
+from vpm.backends.lance_catalog import LanceCatalogStore  # noqa: E402
+from vpm.core import word_index  # noqa: E402
+from vpm.core.catalog import Photo, Product  # noqa: E402
+from vpm.core.word_search import WordSearch, fuse  # noqa: E402
 
 KINDS = ("name", "short", "typo", "joined", "short+typo")
 POOLS = ("variants", "unambiguous")
@@ -144,7 +145,7 @@ def read_package_texts(photos: dict[str, list[Path]], cache: Path | None) -> lis
     """(product id, text) of every photo, read by OCR as an add reads it; kept in `cache` between runs."""
     from PIL import Image
 
-    from vpm import package_text
+    from vpm.models import package_text
 
     known: dict[str, str] = {}
     cache_file = cache / "words-package-text.json" if cache else None
@@ -170,7 +171,7 @@ class FakeTexts:
     """Package text as the text table holds it, in a real LanceTextStore next to the products."""
 
     def __init__(self, folder: Path, texts: list[tuple[str, str]]):
-        from vpm.lance_text import LanceTextStore, PhotoText
+        from vpm.backends.lance_text import LanceTextStore, PhotoText
 
         where = engine.Location(str(folder / "metadata"), (), f"local folder {folder}", "metadata/")
         self.store = LanceTextStore(where, exists=False)

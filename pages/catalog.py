@@ -5,10 +5,9 @@ Layout only: each tab is a function; what a change does and whether it is allowe
 
 import streamlit as st
 
-from vpm import webapp
-from vpm.catalog import ProductNotFound
-from vpm.importer import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
-from vpm.presentation import (
+from vpm.core.catalog import ProductNotFound
+from vpm.core.importer import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+from vpm.core.presentation import (
     IMAGE_FORMATS_TEXT,
     IMAGE_UPLOAD_TYPES,
     add_form_problems,
@@ -21,8 +20,9 @@ from vpm.presentation import (
     plural,
     product_rows,
 )
-from vpm.product_schema import spec
-from vpm.sample import LOAD_TIME
+from vpm.core.product_schema import spec
+from vpm.core.sample import LOAD_TIME
+from vpm.faces import webapp
 
 PAGE_SIZE = 50
 SEARCH_SIMILAR = "search_similar"  # the Search page shows this product's "More like this" (pages/search.py)
@@ -43,7 +43,7 @@ def main() -> None:
     if sample is not None:
         st.success(f"Loaded the sample catalog: {plain(sample.summary())}.", icon=":material/check_circle:")
 
-    # Changes (add, import, edit, photos, delete) only for a session that may make them (vpm.access): else one line
+    # Changes (add, import, edit, photos, delete) only for a session that may make them (vpm.core.access): else one line
     # says why, and only the product table is drawn.
     allowed = webapp.may_change()
     if not allowed:

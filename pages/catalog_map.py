@@ -1,7 +1,7 @@
 """Catalog map: every product as a point (similar products close together), coloured by category, with its name
 and picture on hover; beside it, pairs of different products whose photos are near-identical.
 
-All the work is vpm.catalog_map's, from the vectors already cached for the model that runs: nothing is embedded
+All the work is vpm.core.catalog_map's, from the vectors already cached for the model that runs: nothing is embedded
 and the model is not loaded. The result is cached until the catalog or its vectors change.
 """
 
@@ -9,8 +9,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from vpm import catalog_map, webapp
-from vpm.presentation import data_uri, format_ms, plain, plural
+from vpm.core import catalog_map
+from vpm.core.presentation import data_uri, format_ms, plain, plural
+from vpm.faces import webapp
 
 MAX_TOOLTIP_PICTURES = 1000  # products whose picture rides along in the page (small WebPs, ~2 KB each)
 PICTURE_SIDE = 96  # px
@@ -53,7 +54,7 @@ def cached_map(where: str, model_id: str, version: int, vectors: int, threshold:
 def pictures(points) -> dict[str, str]:
     """A small picture per product for the tooltip: the storage's own URL (S3, CDN) or, for a local folder, a
     tiny WebP inline; none past MAX_TOOLTIP_PICTURES products, to keep the page light."""
-    from vpm.images import ImageError, preview_thumbnail
+    from vpm.core.images import ImageError, preview_thumbnail
 
     out: dict[str, str] = {}
     if files.web_urls:

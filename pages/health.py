@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from vpm import health, webapp
-from vpm.presentation import STATUS_ICONS, STATUS_MARKS, STATUS_WORDS, code, package_versions, plain
+from vpm.core import health
+from vpm.core.presentation import STATUS_ICONS, STATUS_MARKS, STATUS_WORDS, code, package_versions, plain
+from vpm.faces import webapp
 
 st.title(":material/monitor_heart: Health")
 st.caption("The same checks as `python -m vpm health`: storage, catalog, model and search index.")

@@ -2,9 +2,11 @@
 
 import streamlit as st
 
-from vpm import health, model_outlook, webapp
-from vpm.presentation import plain
-from vpm.sample import LOAD_TIME
+from vpm.core import health
+from vpm.core.presentation import plain
+from vpm.core.sample import LOAD_TIME
+from vpm.faces import webapp
+from vpm.models import model_outlook
 
 st.title(":material/image_search: Visual Product Matcher")
 st.caption("Find the products in your catalog that look like a photo.")

@@ -1,16 +1,18 @@
 """Migration & costs: copy the local catalog to S3 (check -> preview -> migrate -> verify) and estimate the bill.
 
-All the work is vpm.migration's and vpm.costs'; this page collects the target settings for one run, keeps the
+All the work is vpm.migration's and vpm.core.costs'; this page collects the target settings for one run, keeps the
 preview the person saw, and allows Migrate only while the settings still match that preview's fingerprint.
 """
 
 import streamlit as st
 
-from vpm import capacity, webapp
-from vpm.config import ConfigError, load_settings, redact_url
-from vpm.costs import CatalogSize, PriceError, Traffic, estimate, format_usd
-from vpm.errors import VpmError
-from vpm.health import overall
+from vpm.core import capacity
+from vpm.core.config import ConfigError, load_settings, redact_url
+from vpm.core.costs import CatalogSize, PriceError, Traffic, estimate, format_usd
+from vpm.core.errors import VpmError
+from vpm.core.health import overall
+from vpm.core.presentation import STATUS_ICONS, STATUS_WORDS, format_bytes, format_quantity, plain, plural, sentence
+from vpm.faces import webapp
 from vpm.migration import (
     CONFLICT,
     MISSING,
@@ -22,7 +24,6 @@ from vpm.migration import (
     plan_fingerprint,
 )
 from vpm.migration.report import report_vectors_line
-from vpm.presentation import STATUS_ICONS, STATUS_WORDS, format_bytes, format_quantity, plain, plural, sentence
 
 st.title(":material/cloud_upload: Migration & costs")
 

@@ -1,17 +1,18 @@
 """Quality: how good is matching on this catalog. Holds out each photo of every product with 2+ photos and
-searches with it (vpm/evaluate.py); a batch per rerun, with a progress bar and a Stop button. Reads only, except
-"Use this fit for searches", which keeps the fitted score (vpm/calibration.py) for a signed-in user.
+searches with it (vpm/core/evaluate.py); a batch per rerun, with a progress bar and a Stop button. Reads only, except
+"Use this fit for searches", which keeps the fitted score (vpm/core/calibration.py) for a signed-in user.
 
-A signed-in user may also compare models on the same held-out photos (vpm/model_compare.py): a model other than the
+A signed-in user may also compare models on the same held-out photos (vpm/models/model_compare.py): a model other than the
 one searches use embeds the photos into a temporary folder, a model per rerun, never into the catalog."""
 
 import pandas as pd
 import streamlit as st
 
-from vpm import model_compare, model_outlook, webapp
-from vpm.errors import VpmError
-from vpm.evaluate import LATENCY_PHOTOS, Evaluation, NothingToEvaluate, latency_cell, score_sentence
-from vpm.presentation import plain
+from vpm.core.errors import VpmError
+from vpm.core.evaluate import LATENCY_PHOTOS, Evaluation, NothingToEvaluate, latency_cell, score_sentence
+from vpm.core.presentation import plain
+from vpm.faces import webapp
+from vpm.models import model_compare, model_outlook
 
 RUNNING, REPORT, STOP = "quality_evaluation", "quality_report", "quality_stop_requested"
 COMPARING, COMPARED, COMPARE_STOP = "quality_comparison", "quality_comparison_report", "quality_comparison_stop"

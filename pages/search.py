@@ -11,10 +11,9 @@ import hashlib
 
 import streamlit as st
 
-from vpm import webapp
-from vpm.catalog import ProductNotFound
-from vpm.images import InvalidBox, box_from_percent, outline_box, preview_thumbnail
-from vpm.presentation import (
+from vpm.core.catalog import ProductNotFound
+from vpm.core.images import InvalidBox, box_from_percent, outline_box, preview_thumbnail
+from vpm.core.presentation import (
     IMAGE_FORMATS_TEXT,
     IMAGE_UPLOAD_TYPES,
     format_ms,
@@ -27,9 +26,10 @@ from vpm.presentation import (
     score_percent,
     why_caption,
 )
-from vpm.query_mix import MAX_PHOTOS, MAX_WEIGHT, TEXT_WEIGHT, describe_weights, refine_unavailable
-from vpm.search_slot import search_slot
-from vpm.searching import NO_WORDS_MATCH, words_note
+from vpm.core.query_mix import MAX_PHOTOS, MAX_WEIGHT, TEXT_WEIGHT, describe_weights, refine_unavailable
+from vpm.core.searching import NO_WORDS_MATCH, words_note
+from vpm.faces import webapp
+from vpm.faces.search_slot import search_slot
 
 PHOTO, LINK, WORDS = "Photo", "Image link", "Words"
 STATE = "search_query"

@@ -1,24 +1,25 @@
 """Storage browser: the files behind the catalog, local folder or S3 bucket alike.
 
 Read-only, except the repairs of the Consistency tab, each confirmed first by a signed-in user: setting a damaged
-table's unreadable versions aside, deleting orphan files, embedding what is missing (vpm/repair.py decides).
+table's unreadable versions aside, deleting orphan files, embedding what is missing (vpm/core/repair.py decides).
 """
 
 import json
 
 import streamlit as st
 
-from vpm import repair, webapp
-from vpm.consistency import (
+from vpm.core import repair
+from vpm.core.consistency import (
     RECENT_SECONDS,
     breadcrumbs,
     object_rows,
     parent_prefix,
     preview_kind,
 )
-from vpm.images import ImageError, make_thumbnail
-from vpm.presentation import code, format_bytes, plain, plural, table_rows
-from vpm.storage import StorageError
+from vpm.core.images import ImageError, make_thumbnail
+from vpm.core.presentation import code, format_bytes, plain, plural, table_rows
+from vpm.core.storage import StorageError
+from vpm.faces import webapp
 
 PAGE_SIZE = 100
 PREVIEW_MAX_BYTES = 25 * 1024 * 1024  # larger files are listed, not downloaded into the page

@@ -68,7 +68,7 @@ def settings(backend, tmp_path, request, monkeypatch):
     S3 is moto's HTTP server (a bucket per test): the catalog tables are written by LanceDB's own HTTP client,
     which an in-process mock cannot intercept.
     """
-    from vpm.config import load_settings
+    from vpm.core.config import load_settings
 
     monkeypatch.setenv("VPM_DATA_DIR", str(tmp_path / "data"))
     if backend == "s3":
@@ -81,8 +81,8 @@ def settings(backend, tmp_path, request, monkeypatch):
 
 @pytest.fixture
 def engine_location(settings):
-    """Where the parametrised backend keeps its catalog tables (vpm.engine.Location)."""
-    from vpm import engine
+    """Where the parametrised backend keeps its catalog tables (vpm.backends.engine.Location)."""
+    from vpm.backends import engine
 
     yield engine.location(settings)
     engine.forget()
@@ -91,14 +91,14 @@ def engine_location(settings):
 @pytest.fixture
 def storage_for_location(settings):
     """(Storage, prefix) holding the tables of `engine_location`, to look at their files."""
-    from vpm.storage import make_storage
+    from vpm.core.storage import make_storage
 
     return make_storage(settings), settings.metadata_prefix
 
 
 @pytest.fixture
 def storage(settings):
-    from vpm.storage import make_storage
+    from vpm.core.storage import make_storage
 
     return make_storage(settings)
 
@@ -219,7 +219,7 @@ def app_settings(search_settings):
 @pytest.fixture
 def seed_catalog(app_settings):
     """`seed_catalog([(name, category, seed[, price]), ...]) -> [Product]`: products added through a Matcher."""
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     def seed(rows):
         matcher = Matcher(app_settings)
@@ -248,7 +248,7 @@ def open_page(app_file):
     """`open_page("pages/search.py") -> AppTest` run through streamlit_app.py, with the app's caches cleared."""
     from streamlit.testing.v1 import AppTest
 
-    from vpm import webapp
+    from vpm.faces import webapp
 
     webapp.clear_caches()
 
@@ -278,9 +278,9 @@ class LocalCatalogBuilder:
     MODEL = "fake-colour"  # ColourMeanEmbedder's model id, so both ways fill one vector table
 
     def __init__(self, root, endpoint: str, bucket: str):
-        from vpm import engine
-        from vpm.config import load_settings
-        from vpm.storage import LocalStorage
+        from vpm.backends import engine
+        from vpm.core.config import load_settings
+        from vpm.core.storage import LocalStorage
 
         self.root, self.endpoint, self.bucket = root, endpoint, bucket
         self.storage = LocalStorage(root)
@@ -294,10 +294,10 @@ class LocalCatalogBuilder:
 
         import numpy as np
 
-        from vpm.catalog import Photo, Product
-        from vpm.lance_catalog import LanceCatalogStore
-        from vpm.lance_vectors import LanceVectorIndex
-        from vpm.vector_index import PhotoVector
+        from vpm.backends.lance_catalog import LanceCatalogStore
+        from vpm.backends.lance_vectors import LanceVectorIndex
+        from vpm.core.catalog import Photo, Product
+        from vpm.core.vector_index import PhotoVector
 
         rng = random.Random(start)
         products = []
@@ -321,7 +321,7 @@ class LocalCatalogBuilder:
 
     def create(self, name: str, seeds: list[int], *, category: str = "mugs", product_id: str | None = None):
         """A product with one real photo per seed (make_product_photo), its vectors made by ColourMeanEmbedder."""
-        from vpm.matcher import Matcher
+        from vpm.core.matcher import Matcher
 
         from fakes import ColourMeanEmbedder
 
@@ -346,14 +346,14 @@ class LocalCatalogBuilder:
 
     def bucket_settings(self):
         """The settings the app runs with after the migration (S3_ENABLED=true)."""
-        from vpm.config import load_settings
+        from vpm.core.config import load_settings
 
         return load_settings(s3_enabled=True, s3_bucket_name=self.bucket, s3_endpoint_url=self.endpoint)
 
     def bucket_catalog(self):
         """The bucket's products table, opened afresh (another process may have written it)."""
-        from vpm import engine
-        from vpm.lance_catalog import LanceCatalogStore
+        from vpm.backends import engine
+        from vpm.backends.lance_catalog import LanceCatalogStore
 
         where = engine.location(self.bucket_settings())
         engine.forget(where)
@@ -363,8 +363,8 @@ class LocalCatalogBuilder:
         return {p.id: p for batch in self.bucket_catalog().iter_batches() for p in batch}
 
     def bucket_vectors(self, model_id: str = MODEL):
-        from vpm import engine
-        from vpm.lance_vectors import LanceVectorIndex
+        from vpm.backends import engine
+        from vpm.backends.lance_vectors import LanceVectorIndex
 
         where = engine.location(self.bucket_settings())
         engine.forget(where)
@@ -380,7 +380,7 @@ class LocalCatalogBuilder:
 def local_catalog(tmp_path, monkeypatch, server_bucket):
     """An empty local catalog in VPM_DATA_DIR (S3_ENABLED off), and S3_BUCKET_NAME / S3_ENDPOINT_URL naming a
     fresh bucket on moto's HTTP server: the migration's starting point."""
-    from vpm import engine
+    from vpm.backends import engine
 
     endpoint, bucket = server_bucket
     root = tmp_path / "data"
@@ -414,7 +414,7 @@ def tiny_clip_dir(tmp_path_factory):
 @pytest.fixture
 def search_settings(settings, tiny_clip_dir, monkeypatch):
     """`settings` (local or S3) with VPM_MODEL = the tiny CLIP on cpu, also in the environment for CLI runs."""
-    from vpm.config import load_settings
+    from vpm.core.config import load_settings
 
     monkeypatch.setenv("VPM_MODEL", str(tiny_clip_dir))
     monkeypatch.setenv("VPM_DEVICE", "cpu")
@@ -424,7 +424,7 @@ def search_settings(settings, tiny_clip_dir, monkeypatch):
 @pytest.fixture
 def cli(search_settings, capsys):
     """`cli(*args) -> (exit code, stdout, stderr)`: `python -m vpm` in this process, on the search catalog."""
-    from vpm.cli import main
+    from vpm.faces.cli import main
 
     def run(*args: str) -> tuple[int, str, str]:
         code = main([str(a) for a in args])
@@ -436,8 +436,8 @@ def cli(search_settings, capsys):
 
 @pytest.fixture
 def tiny_clip(search_settings):
-    """The tiny CLIP embedder (loaded once per process by vpm.embeddings)."""
-    from vpm.embeddings import load_embedder
+    """The tiny CLIP embedder (loaded once per process by vpm.models.embeddings)."""
+    from vpm.models.embeddings import load_embedder
 
     return load_embedder(search_settings.vpm_model, search_settings.vpm_device)
 
@@ -445,7 +445,7 @@ def tiny_clip(search_settings):
 @pytest.fixture
 def matcher(search_settings):
     """A Matcher over the parametrised backend that embeds with the tiny CLIP."""
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     return Matcher(search_settings)
 
@@ -499,13 +499,13 @@ def counting_embedder(tiny_clip):
 
 
 # ------------------------------------------------------------------------------------------------------
-# The sample catalog (vpm.sample): a small one for page tests, so loading it takes a second
+# The sample catalog (vpm.core.sample): a small one for page tests, so loading it takes a second
 
 
 @pytest.fixture
 def small_sample(tmp_path, monkeypatch):
     """A three-photo sample (two products, one with two photos) in place of the shipped one."""
-    from vpm import sample
+    from vpm.core import sample
 
     folder = tmp_path / "small-sample"
     (folder / "photos").mkdir(parents=True)
@@ -525,7 +525,7 @@ def migrate_killed_after(uploads: int, *options: str) -> str:
     cleanup, no finally: as if the machine lost power)."""
     return f"""
 import os, signal, sys
-import vpm.cli_migrate as cli_migrate
+import vpm.faces.cli_migrate as cli_migrate
 
 update = cli_migrate.ProgressBar.files_and_bytes
 
@@ -535,20 +535,20 @@ def update_then_die(self, done_files, total_files, done_bytes, total_bytes):
         os.kill(os.getpid(), signal.SIGKILL)
 
 cli_migrate.ProgressBar.files_and_bytes = update_then_die
-from vpm.cli import main
+from vpm.faces.cli import main
 sys.exit(main(["migrate", "--force", *{list(options)!r}]))
 """
 
 
 # ------------------------------------------------------------------------------------------------------
-# Background table maintenance (vpm/maintenance.py)
+# Background table maintenance (vpm/backends/maintenance.py)
 
 
 @pytest.fixture(autouse=True)
 def _maintenance_idle_after():
     """No background maintenance pass started by one test runs on into the next (whose files it could race)."""
     yield
-    from vpm import maintenance
+    from vpm.backends import maintenance
 
     assert maintenance.wait_idle(120), "a background maintenance pass still ran two minutes after the test"
 
@@ -557,6 +557,6 @@ def _maintenance_idle_after():
 def maintenance_idle():
     """Request it after the fixtures that write, before a test damages table files on purpose: every background
     maintenance pass they started is over by then, so none races the damage."""
-    from vpm import maintenance
+    from vpm.backends import maintenance
 
     assert maintenance.wait_idle(120), "a background maintenance pass still ran after two minutes"

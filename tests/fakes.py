@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vpm.embeddings import Embedder
+from vpm.models.embeddings import Embedder
 
 
 class ColourMeanEmbedder(Embedder):

@@ -31,7 +31,7 @@ def click(at: AppTest, label: str) -> AppTest:
 
 def shown(markdown: str) -> str:
     """What a person reads from an element's Markdown source: backslash escapes resolved, the invisible word
-    joiners that keep "https://" from becoming a link removed (see vpm.presentation.plain)."""
+    joiners that keep "https://" from becoming a link removed (see vpm.core.presentation.plain)."""
     import re
 
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u2060", "")

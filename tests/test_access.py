@@ -1,12 +1,12 @@
-"""Who may change the catalog (vpm.access) and how the pages lay it out: read-only, password, st.login."""
+"""Who may change the catalog (vpm.core.access) and how the pages lay it out: read-only, password, st.login."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import SecretStr
 
-from vpm import access
-from vpm.config import load_settings
+from vpm.core import access
+from vpm.core.config import load_settings
 
 from pagetools import button, shown
 
@@ -119,7 +119,7 @@ def test_which_st_login_provider_is_configured():
 def test_the_admin_password_is_a_secret_everywhere():
     rules = settings(vpm_admin_password=SecretStr("hunter22"))
     assert "hunter22" not in repr(rules) and "hunter22" not in str(rules.masked())
-    from vpm.config import secret_values
+    from vpm.core.config import secret_values
 
     assert "hunter22" in secret_values(rules)  # masked in every log line
 
@@ -173,7 +173,7 @@ def test_signed_out_no_page_offers_a_change(catalog_with_a_product, open_page, m
 
 SIGN_IN_PANEL = """
 import streamlit as st
-from vpm import webapp
+from vpm.faces import webapp
 webapp.sign_in_panel()
 st.markdown(f"may change: {webapp.access().may_change}")
 """
@@ -186,7 +186,7 @@ def signed_in_app(page: str, password: str = "correct horse"):
     is driven in `test_a_wrong_password_is_refused_and_the_right_one_is_accepted`."""
     from streamlit.testing.v1 import AppTest
 
-    from vpm import webapp
+    from vpm.faces import webapp
 
     from conftest import APP_FILE
 
@@ -267,7 +267,7 @@ def test_read_only_hides_every_change_even_for_a_signed_in_session(catalog_with_
 def test_with_st_login_configured_the_sidebar_offers_a_sign_in_button(catalog_with_a_product):
     from streamlit.testing.v1 import AppTest
 
-    from vpm import webapp
+    from vpm.faces import webapp
 
     from conftest import APP_FILE
 

@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from vpm import admission
-from vpm.admission import SearchBusy, SearchGate, queue_notice
+from vpm.core import admission
+from vpm.core.admission import SearchBusy, SearchGate, queue_notice
 
 QUIET = 3600.0  # a heartbeat that never comes during a test: a waiter hears only of changes in its place
 PATIENT = 3600.0  # a wait bound that never runs out during a test

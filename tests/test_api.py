@@ -1,4 +1,4 @@
-"""The REST API (vpm.api) on both backends: what a team calling it from its own service sees."""
+"""The REST API (vpm.faces.api) on both backends: what a team calling it from its own service sees."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import SecretStr
 
-from vpm.api import MAX_PHOTOS_PER_REQUEST, MULTIPART_OVERHEAD_BYTES, create_app
-from vpm.catalog import Photo, Product
-from vpm.config import load_settings
-from vpm.matcher import Matcher
+from vpm.core.catalog import Photo, Product
+from vpm.core.config import load_settings
+from vpm.core.matcher import Matcher
+from vpm.faces.api import MAX_PHOTOS_PER_REQUEST, MULTIPART_OVERHEAD_BYTES, create_app
 
 from conftest import free_port, make_product_photo, stop_process
 from fakes import ColourMeanEmbedder
@@ -458,7 +458,7 @@ def test_an_unexpected_error_is_a_generic_500_and_a_log_line(client_and_matcher,
         raise RuntimeError("secret internals at /srv/private/path")
 
     monkeypatch.setattr(matcher, "page_products", explode)
-    with caplog.at_level(logging.ERROR, logger="vpm.api"):
+    with caplog.at_level(logging.ERROR, logger="vpm.faces.api"):
         response = client.get("/api/products")
     assert_error(response, 500, "internal server error")
     assert "secret" not in response.text and "RuntimeError" not in response.text
@@ -1104,7 +1104,7 @@ def test_concurrent_uploads_split_over_two_servers_all_land(two_servers):
 
 
 def test_serve_rejects_a_port_out_of_range(capsys):
-    from vpm.cli import build_parser
+    from vpm.faces.cli import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--port", "70000"])

@@ -24,9 +24,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from vpm.api import ServerLimits, create_app, server_limits
-from vpm.config import ConfigError, load_settings
-from vpm.matcher import Matcher
+from vpm.core.config import ConfigError, load_settings
+from vpm.core.matcher import Matcher
+from vpm.faces.api import ServerLimits, create_app, server_limits
 
 from conftest import free_port, make_product_photo, stop_process
 
@@ -406,10 +406,10 @@ def test_a_bad_limit_is_a_one_line_config_error_naming_the_variable(search_setti
 
 @pytest.mark.parametrize("error_type", ["StorageError", "CatalogError"])
 def test_a_storage_or_catalog_error_names_no_server_path(search_settings, monkeypatch, tmp_path, error_type):
-    import vpm.catalog
-    import vpm.storage
+    import vpm.core.catalog
+    import vpm.core.storage
 
-    error = getattr(vpm.storage, error_type, None) or getattr(vpm.catalog, error_type)
+    error = getattr(vpm.core.storage, error_type, None) or getattr(vpm.core.catalog, error_type)
     matcher = Matcher(search_settings)
 
     def broken(**options):
@@ -428,7 +428,7 @@ def test_a_storage_or_catalog_error_names_no_server_path(search_settings, monkey
 def test_a_lost_table_file_is_a_503_that_names_no_server_path(search_settings, tmp_path):
     """LanceDB names its files without the leading slash ("tmp/.../products.lance/data/x.lance"): still a path
     of this server, so it must not reach a client either."""
-    from vpm import engine
+    from vpm.backends import engine
 
     matcher = Matcher(search_settings)
     matcher.add_product(make_product_photo(1), "mug.png", name="Red mug", category="Kitchen")
@@ -447,7 +447,7 @@ def test_a_lost_table_file_is_a_503_that_names_no_server_path(search_settings, t
 
 
 def test_a_model_error_names_no_server_path(search_settings, monkeypatch):
-    from vpm.embeddings import EmbeddingError
+    from vpm.models.embeddings import EmbeddingError
 
     matcher = Matcher(search_settings)
 
@@ -463,12 +463,12 @@ def test_a_model_error_names_no_server_path(search_settings, monkeypatch):
 
 
 def test_an_error_in_an_outer_middleware_is_a_terse_json_500(search_settings, monkeypatch):
-    import vpm.api
+    import vpm.faces.api
 
     async def explode(self, scope, receive, send):
         raise RuntimeError(f"secret internals at {REPO_ROOT}")
 
-    monkeypatch.setattr(vpm.api.BodyReadDeadline, "__call__", explode)
+    monkeypatch.setattr(vpm.faces.api.BodyReadDeadline, "__call__", explode)
     client = TestClient(create_app(search_settings, Matcher(search_settings)), raise_server_exceptions=False)
     response = client.get("/api/products")
     assert response.status_code == 500

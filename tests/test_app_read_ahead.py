@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture
 def read_aheads(monkeypatch):
     """The threads Matcher.read_ahead ran on (AppTest runs the pages in this process)."""
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     threads: list[threading.Thread] = []
     done = threading.Event()

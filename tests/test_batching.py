@@ -1,4 +1,4 @@
-"""Micro-batching of concurrent queries (vpm/batching.py): one model call for many requests, each its own answer."""
+"""Micro-batching of concurrent queries (vpm/core/batching.py): one model call for many requests, each its own answer."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from vpm.api import create_app
-from vpm.batching import MicroBatcher, QueryEmbedder
-from vpm.matcher import Matcher
+from vpm.core.batching import MicroBatcher, QueryEmbedder
+from vpm.core.matcher import Matcher
+from vpm.faces.api import create_app
 
 from conftest import make_product_photo
 

@@ -87,8 +87,8 @@ def _app_env(data_dir: Path, model: Path | str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def app_url(chromium, tiny_clip_dir, tmp_path_factory):
     """`streamlit run streamlit_app.py` on a free port, over a catalog seeded with a few generated products."""
-    from vpm.config import load_settings
-    from vpm.matcher import Matcher
+    from vpm.core.config import load_settings
+    from vpm.core.matcher import Matcher
 
     root = tmp_path_factory.mktemp("browser-app")
     data_dir = root / "data"
@@ -371,7 +371,7 @@ def test_clicking_a_file_row_in_the_storage_browser_previews_it_with_its_product
     page.locator('[data-testid="stImage"]').first.wait_for()  # and its preview
 
 
-WORD_JOINER = "\u2060"  # vpm.presentation.plain puts one inside "https://" so it is never made a link
+WORD_JOINER = "\u2060"  # vpm.core.presentation.plain puts one inside "https://" so it is never made a link
 
 
 def visible_text(page) -> str:
@@ -558,8 +558,8 @@ VISIBLE_WITHIN_S = 2.0  # a product added through one replica is searchable thro
 def two_apps(chromium, tiny_clip_dir, tmp_path, server_bucket):
     """Two `streamlit run` processes on one bucket of moto's HTTP server, as two replicas behind a load balancer,
     over a catalog holding one product."""
-    from vpm.config import load_settings
-    from vpm.matcher import Matcher
+    from vpm.core.config import load_settings
+    from vpm.core.matcher import Matcher
 
     endpoint, bucket = server_bucket
     s3 = {"S3_ENABLED": "true", "S3_BUCKET_NAME": bucket, "S3_ENDPOINT_URL": endpoint,

@@ -1,4 +1,4 @@
-"""The capacity model and the whole bill (vpm.capacity): sizes as people type them, hand-computed figures from the
+"""The capacity model and the whole bill (vpm.core.capacity): sizes as people type them, hand-computed figures from the
 measured unit costs, the limits each size reaches, and docs/scaling.md printing the same numbers."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vpm import capacity, capacity_units
-from vpm.capacity import CapacityError, SystemSize, parse_count, system_estimate
-from vpm.capacity_units import UNITS
-from vpm.costs import BYTES_PER_GB, DEFAULT_PRICES, format_usd, storage_cost
+from vpm.core import capacity, capacity_units
+from vpm.core.capacity import CapacityError, SystemSize, parse_count, system_estimate
+from vpm.core.capacity_units import UNITS
+from vpm.core.costs import BYTES_PER_GB, DEFAULT_PRICES, format_usd, storage_cost
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = {key: unit.value for key, unit in UNITS.items()}
@@ -90,7 +90,7 @@ def test_every_unit_cost_says_where_it_comes_from():
 
 
 def test_the_index_parameters_are_the_ones_the_code_builds_with():
-    from vpm import lance_vectors
+    from vpm.backends import lance_vectors
 
     assert capacity_units.ROWS_PER_PARTITION == lance_vectors.ANN_PARTITION_ROWS
     assert capacity_units.NPROBES == lance_vectors.ANN_NPROBES

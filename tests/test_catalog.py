@@ -1,4 +1,4 @@
-"""The product model (validation, photos, edits) and the first release's products.json format (vpm.legacy).
+"""The product model (validation, photos, edits) and the first release's products.json format (vpm.core.legacy).
 
 The store itself has its own contract suite: tests/test_catalog_store.py.
 """
@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from vpm.catalog import (
+from vpm.core.catalog import (
     CatalogCorrupt,
     InvalidProduct,
     Photo,
@@ -22,7 +22,7 @@ from vpm.catalog import (
     with_photos,
     without_photo,
 )
-from vpm.legacy import parse_products_json, write_products_json
+from vpm.core.legacy import parse_products_json, write_products_json
 
 
 def photo(name: str) -> Photo:

@@ -1,4 +1,4 @@
-"""matcher.files (vpm/catalog_files.py): what the faces see of the stored files, on a local folder and on S3."""
+"""matcher.files (vpm/core/catalog_files.py): what the faces see of the stored files, on a local folder and on S3."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from conftest import make_product_photo
 
 @pytest.fixture
 def matcher(search_settings):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     return Matcher(search_settings)
 
@@ -36,7 +36,7 @@ def test_a_folder_is_listed_a_page_at_a_time_with_its_sub_folders(matcher, mug, 
 
 
 def test_an_object_is_read_and_a_missing_one_says_so(matcher, mug):
-    from vpm.storage import InvalidKey, ObjectNotFound
+    from vpm.core.storage import InvalidKey, ObjectNotFound
 
     assert matcher.files.read(mug.photos[0].key) == make_product_photo(1)
     assert matcher.files.read(mug.photos[0].thumbnail_key).startswith(b"RIFF")  # the WebP thumbnail
@@ -90,7 +90,7 @@ def test_where_the_files_live_is_said_without_secrets(matcher, backend, search_s
 
 def test_listing_and_reading_never_open_the_products_table(matcher, mug):
     """Drawing a folder must not wait on the catalog: the table is opened only for owners, products, version."""
-    from vpm.catalog_files import CatalogFiles
+    from vpm.core.catalog_files import CatalogFiles
 
     def no_catalog():
         raise AssertionError("the products table was opened")

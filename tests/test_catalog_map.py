@@ -1,4 +1,4 @@
-"""The catalog map (vpm.catalog_map): layout, near-duplicate pairs and sampling on synthetic vectors, then the
+"""The catalog map (vpm.core.catalog_map): layout, near-duplicate pairs and sampling on synthetic vectors, then the
 map of a real catalog's cached vectors (no model loaded) and the page that draws it."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vpm import catalog_map
+from vpm.core import catalog_map
 
 from conftest import make_product_photo
 from pagetools import shown
@@ -122,7 +122,7 @@ def test_umap_is_used_for_a_large_catalog_when_it_is_installed(monkeypatch):
 @pytest.fixture
 def colour_catalog(app_settings):
     """Products embedded by the instant ColourMeanEmbedder (the map reads its vectors; no model is loaded)."""
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     from fakes import ColourMeanEmbedder
 
@@ -137,7 +137,7 @@ def colour_catalog(app_settings):
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_the_map_of_a_catalog_comes_from_its_cached_vectors(colour_catalog, app_settings):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     _seeder, mug, copy, lamp = colour_catalog
     matcher = Matcher(app_settings)  # configured with the tiny CLIP, which must not load
@@ -154,7 +154,7 @@ def test_the_map_of_a_catalog_comes_from_its_cached_vectors(colour_catalog, app_
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_without_vectors_for_the_running_model_the_map_says_what_to_do(app_settings, seed_catalog):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     assert "empty" in _unavailable(Matcher(app_settings))
     seed_catalog([("Red mug", "Kitchen", 1)])  # embedded by the tiny CLIP: its vectors exist
@@ -170,7 +170,7 @@ def _unavailable(matcher) -> str:
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_the_map_page_draws_the_points_and_lists_possible_duplicates(app_settings, seed_catalog, open_page):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     seed_catalog([("Red mug", "Kitchen", 1), ("Trail shoe", "Shoes", 3)])
     Matcher(app_settings).add_product(  # the very same photo filed again under another product

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from vpm import engine
-from vpm.catalog import DuplicateProduct, InvalidProduct, Photo, Product, ProductNotFound
-from vpm.lance_catalog import LanceCatalogStore
+from vpm.backends import engine
+from vpm.backends.lance_catalog import LanceCatalogStore
+from vpm.core.catalog import DuplicateProduct, InvalidProduct, Photo, Product, ProductNotFound
 
 
 def sha(text: str) -> str:
@@ -131,7 +131,7 @@ def test_an_edit_changes_only_the_editable_fields_and_bumps_the_revision(store):
 
 
 def test_a_price_over_the_maximum_is_refused_but_one_stored_before_stays_usable(store):
-    from vpm.catalog import MAX_PRICE, validate_product
+    from vpm.core.catalog import MAX_PRICE, validate_product
 
     with pytest.raises(InvalidProduct, match=r"invalid price: 1e\+308 is more than the largest price accepted"):
         validate_product(id="p0", name="Mug", category="Kitchen", price=1e308)
@@ -259,7 +259,7 @@ def test_a_garbage_newest_version_file_is_named_with_the_way_back(engine_locatio
 
 
 def test_one_by_one_adds_are_compacted_and_indexed_and_still_read_right(store, monkeypatch):
-    from vpm import lance_catalog
+    from vpm.backends import lance_catalog
 
     monkeypatch.setattr(engine, "SMALL_FRAGMENTS_BEFORE_COMPACTION", 8)
     monkeypatch.setattr(lance_catalog, "INDEX_FROM_ROWS", 10)

@@ -1,6 +1,6 @@
 """`python -m vpm ...` on both backends: add / list / delete / health, and search / import / index.
 
-Commands run in-process through vpm.cli.main (the same code `python -m vpm` runs), with settings from the
+Commands run in-process through vpm.faces.cli.main (the same code `python -m vpm` runs), with settings from the
 environment the fixtures set, and the tiny CLIP as VPM_MODEL.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vpm.embeddings import DEFAULT_DESCRIPTOR
+from vpm.models.embeddings import DEFAULT_DESCRIPTOR
 
 
 @pytest.fixture
@@ -83,8 +83,8 @@ def test_health_checks_storage_model_and_index(stocked_cli):
 
 def test_health_fails_on_a_missing_photo_file(stocked_cli, search_settings):
     """The Storage browser's consistency figures, from the command line: exit 1 while a product's photo is gone."""
-    from vpm.matcher import Matcher
-    from vpm.storage import make_storage
+    from vpm.core.matcher import Matcher
+    from vpm.core.storage import make_storage
 
     mug = Matcher(search_settings).catalog.get("mug")
     make_storage(search_settings).delete(mug.image_key)
@@ -243,7 +243,7 @@ def test_import_of_a_malformed_csv_fails_with_the_reason(cli, tmp_path):
 
 
 def test_index_reports_and_repairs_missing_vectors(stocked_cli, storage, search_settings):
-    from vpm import engine
+    from vpm.backends import engine
 
     code, out, _ = stocked_cli("index", "--check", "--json")
     status = json.loads(out)
@@ -336,7 +336,7 @@ def test_an_absurd_price_is_refused_and_one_stored_before_reads_in_a_few_charact
     assert "'1e308' is more than the largest price accepted (1,000,000,000)" in capsys.readouterr().err
 
     assert cli("add", photos["mug"], "--name", "Mug", "--category", "Mugs", "--id", "mug", "--price", "9.5")[0] == 0
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     # A catalog written before prices were capped: the row holds 1e308.
     Matcher(search_settings).catalog.table.update(where="id = 'mug'", values={"price": 1e308})
@@ -373,8 +373,8 @@ def test_log_lines_go_through_tqdm_and_never_break_a_progress_bar(monkeypatch, c
     import logging
     import sys
 
-    from vpm import cli as cli_module
-    from vpm.cli_progress import ProgressBar
+    from vpm.faces import cli as cli_module
+    from vpm.faces.cli_progress import ProgressBar
 
     def command(args):
         with ProgressBar("img") as bar:

@@ -1,4 +1,4 @@
-"""`python -m vpm migrate` and `python -m vpm costs`: in-process (vpm.cli.main) and as real subprocesses
+"""`python -m vpm migrate` and `python -m vpm costs`: in-process (vpm.faces.cli.main) and as real subprocesses
 (the integration guide's commands, and kill -9 half-way), always against moto's HTTP server, since LanceDB's
 own client writes the bucket's tables."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vpm.cli import main
+from vpm.faces.cli import main
 
 from conftest import migrate_killed_after
 
@@ -177,7 +177,7 @@ def test_without_force_refuses_to_prompt_when_stdin_is_not_a_terminal(local_cata
 
 
 def test_without_force_asks_and_respects_the_answer(local_catalog, capsys, monkeypatch):
-    from vpm.config import load_settings
+    from vpm.core.config import load_settings
     from vpm.migration import plan_fingerprint
 
     local_catalog.add(2)
@@ -247,7 +247,7 @@ def test_costs_rejects_a_negative_count(local_catalog, capsys):
 
 def test_costs_of_the_whole_system_at_a_size_nobody_has_run(local_catalog, capsys):
     """--products sizes the system from the measured unit costs, not from the catalog on disk (here: 2 products)."""
-    from vpm.capacity import SystemSize, system_estimate
+    from vpm.core.capacity import SystemSize, system_estimate
 
     local_catalog.add(2)
     code, out, _ = run(capsys, "costs", "--json", "--products", "10M", "--photos-per-product", "3",
@@ -277,7 +277,7 @@ def test_costs_text_for_a_size_says_how_each_figure_was_reached(tmp_path, monkey
 
 
 def test_costs_at_several_sizes_prints_the_table_docs_scaling_shows(tmp_path, monkeypatch, capsys):
-    from vpm import capacity
+    from vpm.core import capacity
 
     monkeypatch.setenv("VPM_DATA_DIR", str(tmp_path))
     code, out, _ = run(capsys, "costs", "--products", "1M", "10M", "100M", "1B", "--searches-per-month", "10M",
@@ -379,7 +379,7 @@ def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)  # the product rows are committed; the vectors never start
 
 execute.copy_vectors = die
-from vpm.cli import main
+from vpm.faces.cli import main
 sys.exit(main(["migrate", "--force"]))
 """
 

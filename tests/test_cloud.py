@@ -77,7 +77,7 @@ def test_the_app_server_starts_with_only_its_secrets(cloud_copy):
 def test_home_draws_from_the_secrets_alone(cloud_copy):
     from streamlit.testing.v1 import AppTest
 
-    from vpm import webapp
+    from vpm.faces import webapp
 
     app, bucket = cloud_copy
     webapp.clear_caches()

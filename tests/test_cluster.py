@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vpm.config import load_settings
-from vpm.matcher import Matcher
+from vpm.core.config import load_settings
+from vpm.core.matcher import Matcher
 
 pytestmark = pytest.mark.cluster
 
@@ -81,7 +81,7 @@ def assert_same_vectors(got: dict[str, np.ndarray], want: dict[str, np.ndarray])
 def ray_cluster():
     """A local Ray for this module: 2 CPUs, no dashboard; started and stopped here. Its GCS address lets a
     subprocess (the CLI) join it through RAY_ADDRESS."""
-    from vpm import cluster
+    from vpm.backends import cluster
 
     context = ray.init(num_cpus=2, include_dashboard=False, runtime_env=cluster.runtime_env(),
                        logging_level="WARNING")
@@ -94,7 +94,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_clip_dir):
     """The single-process path's vectors (by image SHA-256) for the photos: a plain import into a local folder."""
-    from vpm import engine
+    from vpm.backends import engine
 
     rows = dataset_rows()
     root = tmp_path_factory.mktemp("reference")
@@ -157,7 +157,7 @@ def test_an_import_on_ray_through_the_cli_gives_the_single_process_vectors(
     assert stored == {photo.key for p in products.values() for photo in p.photos}  # the broken photo left nothing
 
     # Run again: everything is there already, so nothing is embedded, stored or committed a second time.
-    from vpm import cluster
+    from vpm.backends import cluster
 
     again = cluster.import_path(bucket_matcher, source, options=cluster.ClusterOptions(workers=2))
     assert not again.imported and again.photos_added == 0
@@ -168,7 +168,7 @@ def test_an_import_on_ray_through_the_cli_gives_the_single_process_vectors(
 def test_index_on_ray_equals_the_single_process_path_and_a_bad_photo_fails_only_its_row(
     ray_cluster, reference, bucket_matcher, tmp_path
 ):
-    from vpm import cluster
+    from vpm.backends import cluster
 
     rows, want = reference
     report = bucket_matcher.import_path(write_source(tmp_path / "source", rows, broken=False))
@@ -195,9 +195,9 @@ KILL_AFTER = 64  # photos committed before the driver is killed
 
 KILLED_DRIVER = textwrap.dedent(f"""
     import os, signal, sys
-    from vpm import cluster
-    from vpm.config import load_settings
-    from vpm.matcher import Matcher
+    from vpm.backends import cluster
+    from vpm.core.config import load_settings
+    from vpm.core.matcher import Matcher
 
     def progress(done, total, message=""):
         print(done, total, flush=True)
@@ -215,7 +215,7 @@ KILLED_DRIVER = textwrap.dedent(f"""
 def test_an_index_job_killed_half_way_is_finished_by_a_rerun_that_embeds_only_what_is_missing(
     ray_cluster, reference, bucket_matcher, search_settings, tmp_path
 ):
-    from vpm import cluster
+    from vpm.backends import cluster
 
     rows, want = reference
     bucket_matcher.import_path(write_source(tmp_path / "source", rows, broken=False))
@@ -238,8 +238,8 @@ def test_an_index_job_killed_half_way_is_finished_by_a_rerun_that_embeds_only_wh
 
 
 def test_without_cluster_ray_is_never_imported(tmp_path, tiny_clip_dir):
-    script = ("import sys\nfrom vpm.cli import main\ncode = main(['index'])\n"
-              "print('ray' in sys.modules, 'vpm.cluster' in sys.modules)\nsys.exit(code)")
+    script = ("import sys\nfrom vpm.faces.cli import main\ncode = main(['index'])\n"
+              "print('ray' in sys.modules, 'vpm.backends.cluster' in sys.modules)\nsys.exit(code)")
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=300,
         env={**os.environ, "VPM_DATA_DIR": str(tmp_path / "data"), "VPM_MODEL": str(tiny_clip_dir),
@@ -251,7 +251,7 @@ def test_without_cluster_ray_is_never_imported(tmp_path, tiny_clip_dir):
 
 @pytest.mark.parametrize("value", ["dask", "ray:", "ray://", "http://head:10001"])
 def test_cluster_takes_only_ray_or_a_ray_address(value, capsys):
-    from vpm.cli import build_parser
+    from vpm.faces.cli import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["index", "--cluster", value])

@@ -46,7 +46,7 @@ def catalog():
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    from vpm import cluster
+    from vpm.backends import cluster
 
     ray.init(num_cpus=2, include_dashboard=False, runtime_env=cluster.runtime_env(), logging_level="WARNING")
     try:
@@ -56,7 +56,7 @@ def ray_cluster():
 
 
 def entries(catalog, start: int, stop: int):
-    from vpm.vector_index import PhotoVector
+    from vpm.core.vector_index import PhotoVector
 
     return [
         PhotoVector(
@@ -67,7 +67,7 @@ def entries(catalog, start: int, stop: int):
 
 
 def filled_index(where, model_id: str, catalog):
-    from vpm.lance_vectors import LanceVectorIndex
+    from vpm.backends.lance_vectors import LanceVectorIndex
 
     index = LanceVectorIndex(where, model_id, catalog.dim, exists=False)
     for start in range(0, catalog.n_photos, WRITE_BATCH):
@@ -82,7 +82,7 @@ def exact_top(catalog, queries: np.ndarray) -> list[set[str]]:
 
 
 def recall(index, queries: np.ndarray, truth: list[set[str]], *, nprobes: int, refine: int | None) -> float:
-    """recall@K of searches through the index, asked as vpm/lance_vectors.py asks (cosine, nprobes, refine)."""
+    """recall@K of searches through the index, asked as vpm/backends/lance_vectors.py asks (cosine, nprobes, refine)."""
     table = index.table  # one handle: the searches read the index, not the table's freshness
     found = 0
     for query, true in zip(queries, truth, strict=True):
@@ -100,7 +100,7 @@ def segments(index):
 
 
 def test_shares_split_the_fragments_evenly_each_into_one_share():
-    from vpm.cluster_index import plan_shares
+    from vpm.backends.cluster_index import plan_shares
 
     fragments = [(0, 900), (1, 100), (2, 500), (3, 500), (4, 400), (7, 600)]
     shares = plan_shares(fragments, 3)
@@ -115,8 +115,8 @@ def test_shares_split_the_fragments_evenly_each_into_one_share():
 def test_the_index_built_on_ray_covers_every_row_and_finds_what_the_single_machine_index_finds(
     ray_cluster, settings, catalog
 ):
-    from vpm import cluster_index, engine
-    from vpm.lance_vectors import ANN_NPROBES, ANN_REFINE
+    from vpm.backends import cluster_index, engine
+    from vpm.backends.lance_vectors import ANN_NPROBES, ANN_REFINE
 
     where = engine.location(settings)
     single = filled_index(where, "single", catalog)
@@ -142,7 +142,7 @@ def test_the_index_built_on_ray_covers_every_row_and_finds_what_the_single_machi
 
     queries, _rows = catalog.perturbed_queries(QUERIES)
     truth = exact_top(catalog, queries)
-    # As the search runs (vpm/lance_vectors.py): results stay right with either build.
+    # As the search runs (vpm/backends/lance_vectors.py): results stay right with either build.
     assert recall(spread, queries, truth, nprobes=ANN_NPROBES, refine=ANN_REFINE) >= 0.97
     assert recall(single, queries, truth, nprobes=ANN_NPROBES, refine=ANN_REFINE) >= 0.97
     # One partition, PQ distances only: where the centroids and codebook show; the two builds are alike.
@@ -153,7 +153,7 @@ def test_the_index_built_on_ray_covers_every_row_and_finds_what_the_single_machi
 
 def synthetic_products(catalog):
     """Products with one photo each, and their vectors (no image files: the index build reads vectors only)."""
-    from vpm.catalog import Photo, Product
+    from vpm.core.catalog import Photo, Product
 
     created = "2026-01-01T00:00:00+00:00"  # as stored (model_construct skips the parsing)
     products = [
@@ -190,8 +190,8 @@ def segment_ids(vectors) -> set[str]:
 def test_reindex_on_ray_builds_the_index_once_the_table_is_big_enough_and_rebuild_replaces_it(
     ray_cluster, search_settings
 ):
-    from vpm import cluster, cluster_index
-    from vpm.matcher import Matcher
+    from vpm.backends import cluster, cluster_index
+    from vpm.core.matcher import Matcher
 
     matcher = Matcher(search_settings)
     small = synthetic().make_catalog(1_200, dim=matcher.embedder.dim, centres=60, seed=5)
@@ -222,8 +222,8 @@ def test_reindex_on_ray_builds_the_index_once_the_table_is_big_enough_and_rebuil
 
 
 def test_while_the_cluster_owns_the_index_this_process_starts_no_build_of_its_own(tmp_path, monkeypatch, catalog):
-    from vpm import engine, lance_vectors
-    from vpm.config import load_settings
+    from vpm.backends import engine, lance_vectors
+    from vpm.core.config import load_settings
 
     monkeypatch.setattr(lance_vectors, "ANN_FROM_PHOTOS", 1_000)
     where = engine.location(load_settings(vpm_data_dir=tmp_path / "data", s3_enabled=False))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vpm.config import ConfigError, configure_logging, load_settings
+from vpm.core.config import ConfigError, configure_logging, load_settings
 
 
 def test_defaults():
@@ -121,7 +121,7 @@ def test_invalid_secret_value_is_not_echoed(monkeypatch):
 
 
 def test_env_example_lists_every_setting():
-    from vpm.config import Settings
+    from vpm.core.config import Settings
 
     example = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
     for name in Settings.model_fields:

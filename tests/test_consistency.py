@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpm.catalog import Photo, validate_product
-from vpm.consistency import (
+from vpm.core.catalog import Photo, validate_product
+from vpm.core.consistency import (
     ConsistencyError,
     breadcrumbs,
     consistency_report,
@@ -21,7 +21,7 @@ from vpm.consistency import (
     parent_prefix,
     preview_kind,
 )
-from vpm.storage import ObjectInfo
+from vpm.core.storage import ObjectInfo
 
 from fakes import ColourMeanEmbedder
 
@@ -35,7 +35,7 @@ def jpeg(colour: tuple[int, int, int]) -> bytes:
 
 
 def make_matcher(settings, storage):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     return Matcher(settings, storage, embedder=ColourMeanEmbedder())
 
@@ -105,8 +105,8 @@ def test_a_bounded_report_says_so_and_never_calls_an_unlisted_file_missing(match
 
 
 def test_metadata_is_never_an_orphan_even_with_an_empty_image_prefix(tmp_path, monkeypatch):
-    from vpm.config import load_settings
-    from vpm.storage import make_storage
+    from vpm.core.config import load_settings
+    from vpm.core.storage import make_storage
 
     monkeypatch.setenv("VPM_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("S3_IMAGE_PREFIX", "")
@@ -192,7 +192,7 @@ def test_without_products_json_nothing_is_deleted(matcher, storage):
 
 
 def test_a_damaged_catalog_table_is_reported_and_blocks_cleanup(matcher, storage, settings):
-    from vpm import engine
+    from vpm.backends import engine
 
     add(matcher, "p1")
     storage.put("images/a.jpg", b"a")
@@ -209,7 +209,7 @@ def test_a_damaged_catalog_table_is_reported_and_blocks_cleanup(matcher, storage
 
 def test_vectors_are_unknown_rather_than_guessed_when_the_index_cannot_say(matcher, monkeypatch):
     add(matcher, "p1")
-    import vpm.consistency as consistency
+    import vpm.core.consistency as consistency
 
     def broken(*_args):
         raise OSError("cache unreadable")
@@ -238,7 +238,7 @@ def test_browsing_helpers():
 
 def _catalog_only(matcher, storage, pid: str, colour) -> str:
     """A product written without embedding anything (files, then the row): returns its photo's key."""
-    from vpm import photos
+    from vpm.core import photos
 
     image = matcher.decode(jpeg(colour), f"{pid}.jpg")
     prepared = photos.prepare(image, pid, matcher.settings.s3_image_prefix, matcher.settings.s3_thumbnail_prefix)
@@ -260,10 +260,10 @@ def test_vectors_missing_for_the_model_that_will_run_without_loading_it(settings
                                                                          cached):
     """Counted for the configured model when it can load (it is cached), else for the offline fallback that
     will run instead: never for a configured model that cannot load here."""
-    from vpm.embeddings import model_slug
-    from vpm.lance_vectors import LanceVectorIndex
-    from vpm.matcher import Matcher
-    from vpm.vector_index import PhotoVector
+    from vpm.backends.lance_vectors import LanceVectorIndex
+    from vpm.core.matcher import Matcher
+    from vpm.core.vector_index import PhotoVector
+    from vpm.models.embeddings import model_slug
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     if cached:
@@ -296,7 +296,7 @@ def test_vectors_of_the_running_model_once_it_is_loaded(matcher, storage, settin
     assert (report.vectors.state, report.vectors.model_id) == ("ok", "fake-colour")
     assert "all 2 photos have a vector" in report.vectors.detail
 
-    from vpm import engine
+    from vpm.backends import engine
 
     for info in list(storage.iter_objects(settings.metadata_prefix + "vectors-")):
         storage.delete(info.key)  # the vectors are lost (derived data)
@@ -308,7 +308,7 @@ def test_vectors_of_the_running_model_once_it_is_loaded(matcher, storage, settin
 
 
 def test_keypoint_coverage_names_photos_without_keypoints_and_says_when_it_looked_at_a_sample(matcher):
-    from vpm.consistency import keypoint_coverage
+    from vpm.core.consistency import keypoint_coverage
 
     p1, _p2 = add(matcher, "p1"), add(matcher, "p2", (20, 200, 20))
     assert keypoint_coverage(matcher).state == "ok"

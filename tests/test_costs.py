@@ -8,7 +8,7 @@ from datetime import date
 
 import pytest
 
-from vpm.costs import (
+from vpm.core.costs import (
     BYTES_PER_GB,
     DEFAULT_PRICES,
     CatalogSize,

@@ -1,5 +1,5 @@
 """A photo's derived data: duplicates refused before anything is written, and a discard that never creates a table
-or fails the change it tidies up after (vpm/derived_data.py)."""
+or fails the change it tidies up after (vpm/core/derived_data.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from vpm.derived_data import DuplicatePhoto, discard_derived, refuse_duplicates
-from vpm.storage import StorageError
+from vpm.core.derived_data import DuplicatePhoto, discard_derived, refuse_duplicates
+from vpm.core.storage import StorageError
 
 
 class Catalog:
@@ -76,7 +76,7 @@ def test_a_discard_removes_only_from_tables_that_exist():
 
 def test_a_discard_that_fails_is_logged_and_goes_on(caplog):
     stores = Stores(features_table=True, vectors_fail=True)
-    with caplog.at_level(logging.WARNING, logger="vpm.derived_data"):
+    with caplog.at_level(logging.WARNING, logger="vpm.core.derived_data"):
         discard_derived(stores, ["p/1.jpg"], "red-mug")
     assert "could not remove the vectors of red-mug: the bucket is away" in caplog.text
     assert stores.features.deleted == [["p/1.jpg"]]

@@ -1,13 +1,13 @@
-"""Each embedder carries what is particular to its kind (vpm/embedder_base.py): whether it reads words, its default
+"""Each embedder carries what is particular to its kind (vpm/models/embedder_base.py): whether it reads words, its default
 cosines and its ONNX export. The runtime asks the embedder, never which class it is."""
 
 from __future__ import annotations
 
 import pytest
 
-from vpm import onnx_runtime
-from vpm.builtin_model import BUILT_IN_THRESHOLDS, EfficientNetEmbedder
-from vpm.clip_model import CLIP_THRESHOLDS
+from vpm.models import onnx_runtime
+from vpm.models.builtin_model import BUILT_IN_THRESHOLDS, EfficientNetEmbedder
+from vpm.models.clip_model import CLIP_THRESHOLDS
 
 from fakes import ColourMeanEmbedder
 

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from vpm.embeddings import (
+from vpm.core.images import MAX_ASPECT_RATIO
+from vpm.models.embeddings import (
     DEFAULT_DESCRIPTOR,
     LEGACY_DESCRIPTOR,
     Descriptor,
@@ -32,7 +33,6 @@ from vpm.embeddings import (
     model_slug,
     rmac_regions,
 )
-from vpm.images import MAX_ASPECT_RATIO
 
 from hostile_images import HOSTILE_IMAGES, guard_resizes
 from tiny_clip import IMAGE_SIZE as TINY_CLIP_INPUT
@@ -143,7 +143,7 @@ def _unit_rows(vectors: np.ndarray) -> bool:
 
 def test_importing_embeddings_does_not_import_torch():
     code = (
-        "import sys, vpm.embeddings\n"
+        "import sys, vpm.models.embeddings\n"
         "heavy = {'torch', 'sentence_transformers', 'transformers'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
@@ -287,7 +287,7 @@ def refuse(sock, address):
     attempts.append(repr(address))
     raise OSError("connection attempted")
 socket.socket.connect = refuse
-from vpm.embeddings import load_embedder
+from vpm.models.embeddings import load_embedder
 embedder = load_embedder(sys.argv[1], device="cpu")
 print(json.dumps({**embedder.describe(), "attempts": attempts}))
 """
@@ -316,7 +316,7 @@ def test_a_cached_hub_model_loads_without_touching_the_network(clip_dir, tmp_pat
 
 
 def test_an_uncached_hub_model_falls_back_when_offline(caplog):
-    with caplog.at_level(logging.WARNING, logger="vpm.embeddings"):
+    with caplog.at_level(logging.WARNING, logger="vpm.models.embeddings"):
         embedder = load_embedder("clip-ViT-B-32", device="cpu")
     assert isinstance(embedder, EfficientNetEmbedder)
     assert embedder.model_id == DEFAULT_DESCRIPTOR.model_id
@@ -512,7 +512,7 @@ def test_an_unavailable_cuda_device_runs_on_cpu(monkeypatch):
 
 
 def test_model_slugs_are_stable_and_safe_storage_keys(clip_dir, tmp_path):
-    from vpm.storage import validate_key
+    from vpm.core.storage import validate_key
 
     assert model_slug("clip-ViT-B-32") == "clip-ViT-B-32"
     assert model_slug("sentence-transformers/clip-ViT-B-32") == "clip-ViT-B-32"

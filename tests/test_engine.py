@@ -1,10 +1,10 @@
-"""vpm.engine: a write that loses a commit race with another process is run again on a fresh handle."""
+"""vpm.backends.engine: a write that loses a commit race with another process is run again on a fresh handle."""
 
 from __future__ import annotations
 
 import pytest
 
-from vpm import engine
+from vpm.backends import engine
 
 
 def test_a_write_that_lost_a_commit_race_is_run_again_on_a_reopened_table(monkeypatch):

@@ -1,4 +1,4 @@
-"""The quality report (vpm/evaluate.py, `python -m vpm evaluate`): hold-out search over the catalog; reads only."""
+"""The quality report (vpm/core/evaluate.py, `python -m vpm evaluate`): hold-out search over the catalog; reads only."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vpm.evaluate import Evaluation, NothingToEvaluate, evaluate
+from vpm.core.evaluate import Evaluation, NothingToEvaluate, evaluate
 
 from synthetic import shopper_view, textured, to_bytes
 
@@ -119,7 +119,7 @@ def test_a_sample_is_evaluated_past_the_limit(matcher):
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_cli_evaluate_prints_the_report_and_json(matcher, capsys):
-    from vpm.cli import main
+    from vpm.faces.cli import main
 
     seed(matcher)
     assert main(["evaluate", "--no-rerank"]) == 0
@@ -134,7 +134,7 @@ def test_cli_evaluate_prints_the_report_and_json(matcher, capsys):
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_cli_evaluate_on_a_catalog_without_second_photos_says_what_to_do(matcher, capsys):
-    from vpm.cli import main
+    from vpm.faces.cli import main
 
     matcher.create_product([(to_bytes(textured(1)), "one.png")], name="One", category="Odd")
 

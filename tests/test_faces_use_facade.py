@@ -1,4 +1,4 @@
-"""The faces see the stored files through the facade (`matcher.files`, vpm/catalog_files.py) and read products
+"""The faces see the stored files through the facade (`matcher.files`, vpm/core/catalog_files.py) and read products
 through its methods, never through the parts the facade is built from: no face touches a matcher's `storage`,
 `catalog` or `where` (docs/architecture.md: "a face ... never reaches a table, a file layout or the S3 client").
 
@@ -18,16 +18,13 @@ PARTS = {"storage", "catalog", "where"}
 MATCHER_CALLS = {"get_matcher", "build_matcher", "Matcher"}
 
 # (face, part): faces allowed to reach past the facade. Empty since issue 25, and it stays so: add a door to
-# vpm/catalog_files.py (matcher.files) instead.
+# vpm/core/catalog_files.py (matcher.files) instead.
 KNOWN: set[tuple[str, str]] = set()
 
 
 def faces() -> list[Path]:
-    found = [ROOT / "streamlit_app.py", ROOT / "vpm" / "webapp.py"]
-    found += sorted((ROOT / "pages").glob("*.py"))
-    found += sorted((ROOT / "vpm" / "api").rglob("*.py"))
-    found += sorted((ROOT / "vpm").glob("cli*.py"))
-    return found
+    found = [ROOT / "streamlit_app.py", *sorted((ROOT / "pages").glob("*.py"))]
+    return found + sorted((ROOT / "vpm" / "faces").rglob("*.py"))
 
 
 def _is_matcher(node: ast.expr) -> bool:
@@ -72,7 +69,7 @@ def test_the_scan_sees_every_way_a_face_reaches_a_part():
         "build_matcher(settings).catalog.get_many(ids)\n"
         # Not a matcher's parts: the facade's door, a module named catalog, another object's storage.
         "matcher.files.read(key)\n"
-        "from vpm import catalog\n"
+        "from vpm.core import catalog\n"
         "catalog.sort_categories([])\n"
         "settings.storage\n"
         "plan.estimate.catalog\n"
@@ -88,7 +85,7 @@ def test_no_face_reaches_past_the_facade():
         if (face, part) not in KNOWN
     }
     assert not new, (
-        "faces reach past the facade; use matcher.files (vpm/catalog_files.py) or a Matcher method instead:\n"
+        "faces reach past the facade; use matcher.files (vpm/core/catalog_files.py) or a Matcher method instead:\n"
         + "\n".join(sorted(new))
     )
 

@@ -18,11 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from vpm.api import create_app
-from vpm.catalog import CatalogCorrupt, InvalidProduct, validate_product
-from vpm.config import load_settings
-from vpm.matcher import Matcher
-from vpm.presentation import code, plain
+from vpm.core.catalog import CatalogCorrupt, InvalidProduct, validate_product
+from vpm.core.config import load_settings
+from vpm.core.matcher import Matcher
+from vpm.core.presentation import code, plain
+from vpm.faces.api import create_app
 
 from conftest import make_product_photo
 
@@ -83,7 +83,7 @@ def test_ten_uploads_with_one_id_leave_the_winners_files_intact(racing_settings)
 
 
 def test_two_uploads_of_one_id_never_share_storage_keys(racing_settings):
-    from vpm import photos
+    from vpm.core import photos
 
     matcher = Matcher(racing_settings)
     image = matcher.decode(png(1), "a.png")
@@ -191,7 +191,7 @@ def test_vpm_list_json_is_strict_json_after_a_refused_infinite_price(tmp_path, t
     matcher.add_product(png(5), "cup.png", name="Cup", category="Kitchen", price=3.0)
     import contextlib
 
-    from vpm.cli import main
+    from vpm.faces.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -237,7 +237,7 @@ def test_a_newline_in_an_uploaded_name_cannot_forge_a_log_line(search_settings, 
 
 
 def test_vpm_list_never_prints_an_escape_sequence_stored_by_an_older_version(settings, capsys):
-    from vpm.cli import main
+    from vpm.faces.cli import main
 
     storage = Matcher(settings).storage
     storage.put(
@@ -294,7 +294,7 @@ def test_adding_a_product_on_a_corrupt_catalog_leaves_nothing_behind(search_sett
 
 def test_a_bug_in_the_cli_is_logged_with_an_id_and_shown_without_its_text(search_settings, monkeypatch, capsys,
                                                                           caplog):
-    from vpm import cli
+    from vpm.faces import cli
 
     def broken(args):
         raise RuntimeError("internal detail at /srv/secret/path")
@@ -309,7 +309,7 @@ def test_a_bug_in_the_cli_is_logged_with_an_id_and_shown_without_its_text(search
 
 
 def test_a_bug_on_a_page_is_shown_as_an_id_not_as_its_text(open_page, seed_catalog, monkeypatch, caplog):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     seed_catalog([("Red mug", "Kitchen", 1)])
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from vpm.images import MAX_ASPECT_RATIO, PREVIEW_MAX_SIDE
+from vpm.core.images import MAX_ASPECT_RATIO, PREVIEW_MAX_SIDE
 
 from conftest import APP_FILE, make_product_photo
 from hostile_images import HOSTILE_IMAGES
@@ -143,7 +143,7 @@ def test_cli_add_refuses_the_strip_and_changes_nothing(
 API = """
 import json, sys
 from fastapi.testclient import TestClient
-from vpm.api import create_app
+from vpm.faces.api import create_app
 
 path, name, mime, ordinary = sys.argv[1:5]
 strip = open(path, "rb").read()
@@ -250,7 +250,7 @@ def test_search_page_shows_a_bounded_preview_never_the_upload_itself(seed_catalo
     """st.image opens and resizes whatever it is given, outside decode_image's checks: give it a small WebP.
 
     (The session keeps the upload's bytes for "why this match" and the region outline, which decode them through
-    vpm.images; what must never happen is st.image being handed them.)"""
+    vpm.core.images; what must never happen is st.image being handed them.)"""
     import streamlit
     from PIL import Image
 
@@ -277,7 +277,7 @@ def test_search_page_shows_a_bounded_preview_never_the_upload_itself(seed_catalo
 EMBED_DIRECTLY = """
 import json, sys
 from hostile_images import HOSTILE_IMAGES
-from vpm.embeddings import load_embedder
+from vpm.models.embeddings import load_embedder
 
 embedder = load_embedder(sys.argv[1], "cpu")
 vectors = embedder.embed_images([h.pil() for h in HOSTILE_IMAGES])

@@ -1,4 +1,4 @@
-"""vpm.images: every upload becomes 8-bit RGB or one clear, typed error that names the file.
+"""vpm.core.images: every upload becomes 8-bit RGB or one clear, typed error that names the file.
 
 All test images are generated here; none are committed.
 """
@@ -22,8 +22,8 @@ import pillow_heif
 import pytest
 from PIL import Image, ImageFile
 
-from vpm import images
-from vpm.images import (
+from vpm.core import images
+from vpm.core.images import (
     MAX_ASPECT_RATIO,
     PREVIEW_MAX_SIDE,
     SUPPORTED_FORMATS,
@@ -149,7 +149,7 @@ def test_each_supported_format_decodes_to_rgb_with_its_type(pil_format, extensio
 def test_heic_decodes_in_a_fresh_process_without_anyone_registering_pillow_heif():
     data = encode(Image.new("RGB", (32, 16), RED), "HEIF")
     script = (
-        "import sys; from vpm.images import decode_image; "
+        "import sys; from vpm.core.images import decode_image; "
         "d = decode_image(sys.stdin.buffer.read(), 'phone.heic'); print(d.format, d.width, d.height)"
     )
     result = subprocess.run(

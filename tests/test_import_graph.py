@@ -20,16 +20,16 @@ _HINT_ONLY = "names Matcher in type hints only (TYPE_CHECKING): the facade calls
 KNOWN: dict[tuple[str, str], str] = {
     # `Matcher(settings)`, as tests and benches write it, asks the composition root for the parts it is not given:
     # a deferred import in Matcher.__init__, while wiring imports the Matcher to build it.
-    ("vpm.matcher", "vpm.wiring"): "Matcher(settings) shorthand (deferred import in Matcher.__init__)",
+    ("vpm.core.matcher", "vpm.core.wiring"): "Matcher(settings) shorthand (deferred import in Matcher.__init__)",
     # The facade's helpers, each handed the Matcher and typed with it; each goes when it takes the few parts it uses
     # (a Protocol, or the stores themselves) instead of the whole facade, as bulk_import did.
-    ("vpm.augmented", "vpm.matcher"): _HINT_ONLY,
-    ("vpm.calibration", "vpm.matcher"): _HINT_ONLY,
-    ("vpm.evaluate", "vpm.matcher"): _HINT_ONLY,
-    ("vpm.model_outlook", "vpm.matcher"): _HINT_ONLY,
-    ("vpm.query_mix", "vpm.matcher"): _HINT_ONLY,
-    ("vpm.searching", "vpm.matcher"): _HINT_ONLY,
-    ("vpm.warm_start", "vpm.matcher"): _HINT_ONLY,
+    ("vpm.core.augmented", "vpm.core.matcher"): _HINT_ONLY,
+    ("vpm.core.calibration", "vpm.core.matcher"): _HINT_ONLY,
+    ("vpm.core.evaluate", "vpm.core.matcher"): _HINT_ONLY,
+    ("vpm.models.model_outlook", "vpm.core.matcher"): _HINT_ONLY,
+    ("vpm.core.query_mix", "vpm.core.matcher"): _HINT_ONLY,
+    ("vpm.core.searching", "vpm.core.matcher"): _HINT_ONLY,
+    ("vpm.backends.warm_start", "vpm.core.matcher"): _HINT_ONLY,
 }
 
 Graph = dict[str, dict[str, int]]  # module -> {module it imports: the line of the first such import}

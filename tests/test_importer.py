@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vpm.importer import ImportLimits, ImportSourceError, ItemUnreadable, open_source, parse_price, pretty_name
-from vpm.matcher import Matcher
+from vpm.core.importer import ImportLimits, ImportSourceError, ItemUnreadable, open_source, parse_price, pretty_name
+from vpm.core.matcher import Matcher
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -153,7 +153,7 @@ def test_a_big_import_writes_the_catalog_once_per_batch(importer, tmp_path, prod
     assert len(report.imported) == 70
     assert catalog_writes == [32, 32, 6]  # one commit of rows per batch, not one per product
     assert importer.embedder.image_calls[:3] == [32, 32, 6]  # decoded and embedded in batches too ...
-    # ... then the score is fitted on two views of each photo (one photo a product: vpm/augmented.py)
+    # ... then the score is fitted on two views of each photo (one photo a product: vpm/core/augmented.py)
     assert all(n == 2 for n in importer.embedder.image_calls[3:])
     assert len(list(importer.iter_products())) == 70
 
@@ -532,7 +532,7 @@ def test_an_uploaded_zip_imports_from_bytes_and_reports_the_chosen_name(importer
 
 
 def test_every_item_can_be_read_again_from_its_origin_with_the_same_limits(tmp_path, product_photo):
-    from vpm.importer import read_origin
+    from vpm.core.importer import read_origin
 
     folder = tmp_path / "folder"
     write(folder / "Mugs" / "red.png", product_photo(1))

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vpm import engine, photos
-from vpm.catalog import validate_product
-from vpm.matcher import Matcher
+from vpm.backends import engine
+from vpm.core import photos
+from vpm.core.catalog import validate_product
+from vpm.core.matcher import Matcher
 
 from conftest import make_product_photo
 
@@ -164,8 +165,8 @@ def assert_catalog_is(matcher: Matcher, want: dict[str, set[str]]) -> None:
 # LanceDB compacts a table (here after two writes).
 KILLED_IMPORT = textwrap.dedent("""
     import os, signal, sys
-    from vpm import bulk_import
-    from vpm.cli import main
+    from vpm.core import bulk_import
+    from vpm.faces.cli import main
 
     STEP, AT = {step!r}, {at}
     commit = bulk_import.commit_rows
@@ -181,7 +182,7 @@ KILLED_IMPORT = textwrap.dedent("""
     bulk_import.commit_rows = commit_then_die
     if STEP == "compaction":  # merging a table's small fragments (and dropping old versions) after a write
         import threading
-        from vpm import engine
+        from vpm.backends import engine
 
         engine.SMALL_FRAGMENTS_BEFORE_COMPACTION = 2  # due after a table's second write, however busy the machine
         compact = engine.compact_when_due
@@ -290,7 +291,7 @@ def leftovers_of_a_killed_creation(settings, table: str, tmp_path: Path, *, mani
     import lancedb
     import pyarrow as pa
 
-    from vpm.storage import make_storage
+    from vpm.core.storage import make_storage
 
     scratch = lancedb.connect(tmp_path / "scratch")
     scratch.create_table(table, schema=pa.schema([pa.field("id", pa.string())]))
@@ -374,7 +375,7 @@ def index_reached(pattern: re.Pattern, photos: int):
 KILLED_INDEX = textwrap.dedent("""
     import os, signal, sys
     from vpm import {module} as module
-    from vpm.cli import main
+    from vpm.faces.cli import main
 
     upsert = module.{store}.upsert
     calls = []

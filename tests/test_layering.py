@@ -1,9 +1,9 @@
 """The faces talk to the facade, never to a backend (docs/architecture.md: "the arrows point one way").
 
-A face is what a person drives: the Streamlit entry point and pages, the CLI, the REST API and vpm/webapp.py. A
+A face is what a person drives: the Streamlit entry point and pages, the CLI, the REST API and vpm/faces/webapp.py. A
 backend is what the facade is built from and a face must not build or reach itself: a storage implementation
-(LocalStorage, S3Storage), the LanceDB tables (vpm.lance_*) and the engine that connects them (vpm.engine). The
-contracts (vpm.storage's errors and key rules, vpm.catalog, vpm.vector_index) stay open to faces.
+(LocalStorage, S3Storage), the LanceDB tables (vpm.backends.lance_*) and the engine that connects them (vpm.backends.engine). The
+contracts (vpm.core.storage's errors and key rules, vpm.core.catalog, vpm.core.vector_index) stay open to faces.
 
 Every import counts, deferred ones inside functions included. The faces that still break the rule are listed in
 KNOWN: the list may only shrink, so a new violation fails, and so does a listed one that is gone (take it off).
@@ -27,15 +27,12 @@ KNOWN: set[tuple[str, str]] = set()
 
 
 def faces() -> list[Path]:
-    found = [ROOT / "streamlit_app.py", ROOT / "vpm" / "webapp.py"]
-    found += sorted((ROOT / "pages").glob("*.py"))
-    found += sorted((ROOT / "vpm" / "api").rglob("*.py"))
-    found += sorted(p for p in (ROOT / "vpm").glob("cli*.py"))
-    return found
+    found = [ROOT / "streamlit_app.py", *sorted((ROOT / "pages").glob("*.py"))]
+    return found + sorted((ROOT / "vpm" / "faces").rglob("*.py"))
 
 
 def _package(path: Path) -> list[str]:
-    """The dotted package a file's relative imports start from (vpm/api/deps.py -> ["vpm", "api"])."""
+    """The dotted package a file's relative imports start from (vpm/faces/api/deps.py -> ["vpm", "faces", "api"])."""
     return list(path.relative_to(ROOT).with_suffix("").parts[:-1])
 
 
@@ -67,18 +64,18 @@ def violations() -> set[tuple[str, str]]:
 
 def test_the_scan_sees_every_kind_of_backend_import(tmp_path, monkeypatch):
     """The checker itself: a top-level, a deferred, a relative and a from-package import are all caught."""
-    face = tmp_path / "vpm" / "api" / "routes.py"
+    face = tmp_path / "vpm" / "faces" / "api" / "routes.py"
     face.parent.mkdir(parents=True)
     face.write_text(
-        "from vpm import engine\n"
-        "from ..lance_catalog import LanceCatalogStore\n"
+        "from vpm.backends import engine\n"
+        "from ...backends.lance_catalog import LanceCatalogStore\n"
         "def handler():\n"
-        "    from vpm.storage import S3Storage, StorageError\n"
-        "    import vpm.lance_vectors\n"
+        "    from vpm.core.storage import S3Storage, StorageError\n"
+        "    import vpm.backends.lance_vectors\n"
     )
     monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
 
-    assert backend_imports(face) == {"vpm.engine", "vpm.lance_catalog", "vpm.storage.S3Storage", "vpm.lance_vectors"}
+    assert backend_imports(face) == {"vpm.backends.engine", "vpm.backends.lance_catalog", "vpm.core.storage.S3Storage", "vpm.backends.lance_vectors"}
 
 
 def test_no_face_imports_a_backend():
@@ -86,7 +83,7 @@ def test_no_face_imports_a_backend():
 
     new = sorted(found - KNOWN)
     assert not new, (
-        "a face imports a backend; go through the facade (vpm.matcher) instead: "
+        "a face imports a backend; go through the facade (vpm.core.matcher) instead: "
         + ", ".join(f"{face} imports {name}" for face, name in new)
     )
     gone = sorted(KNOWN - found)
@@ -99,3 +96,25 @@ def test_no_module_of_the_core_is_over_700_lines():
                 if (lines := len(path.read_text(encoding="utf-8").splitlines())) > 700}
 
     assert not too_long, f"split these modules (lines): {too_long}"
+
+
+def faces_importers() -> set[tuple[str, str]]:
+    """(module, face module) for every module under vpm/ outside vpm/faces that imports a face."""
+    found = set()
+    for path in sorted((ROOT / "vpm").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("vpm/faces/") or rel == "vpm/__main__.py":  # `python -m vpm` is the CLI's own door
+            continue
+        found |= {(rel, name) for name in imported(path) if name == "vpm.faces" or name.startswith("vpm.faces.")}
+    return found
+
+
+def test_no_lower_layer_imports_a_face(tmp_path, monkeypatch):
+    """The arrows point one way: the core, the models, the backends and the migration never import a face."""
+    assert not faces_importers(), f"a lower layer imports a face: {sorted(faces_importers())}"
+
+    planted = tmp_path / "vpm" / "core" / "health.py"  # the scan itself catches a deferred relative import
+    planted.parent.mkdir(parents=True)
+    planted.write_text("def look():\n    from ..faces import presentation\n")
+    monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
+    assert faces_importers() == {("vpm/core/health.py", "vpm.faces"), ("vpm/core/health.py", "vpm.faces.presentation")}

@@ -1,4 +1,4 @@
-"""Background table maintenance (vpm/maintenance.py): its cost follows the change, not the table.
+"""Background table maintenance (vpm/backends/maintenance.py): its cost follows the change, not the table.
 
 A table of two big fragments with an IVF-PQ index and a scalar index, on a local folder and on a bucket (moto's
 HTTP server), then rows added one at a time: the small fragments they leave are merged while the big ones stay as
@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from vpm import engine, maintenance
+from vpm.backends import engine, maintenance
 
 maintenance.pylance()  # imported here first, so that its quiet log level applies (see maintenance.pylance)
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from vpm import health
-from vpm.catalog import Photo, Product
-from vpm.embeddings import DEFAULT_DESCRIPTOR, EmbeddingError
-from vpm.images import NotAnImageError
-from vpm.matcher import DuplicatePhoto, Matcher
-from vpm.urlfetch import URLRefused
+from vpm.core import health
+from vpm.core.catalog import Photo, Product
+from vpm.core.images import NotAnImageError
+from vpm.core.matcher import DuplicatePhoto, Matcher
+from vpm.core.urlfetch import URLRefused
+from vpm.models.embeddings import DEFAULT_DESCRIPTOR, EmbeddingError
 
 CATALOG = [  # name, category, photo seed, price
     ("Red mug", "Mugs", 1, 9.5),
@@ -145,7 +145,7 @@ def test_a_product_without_a_readable_image_does_not_break_search(stocked, produ
     ghost = Product(id="ghost", name="Ghost", category="Mugs",
                     photos=[Photo(key="images/ghost.png", sha256="f" * 64)])
     fresh.catalog.add([ghost])
-    with caplog.at_level(logging.WARNING, logger="vpm.indexing"):
+    with caplog.at_level(logging.WARNING, logger="vpm.core.indexing"):
         fresh.reindex()
         response = fresh.search_image(product_photo(2), "q.png", threshold=-1)
     assert "ghost" not in [m.product.id for m in response.results]
@@ -210,7 +210,7 @@ def test_adding_a_product_writes_image_thumbnail_vector_then_the_row(search_sett
 
 
 def test_a_failed_row_write_removes_the_files_and_vectors_it_wrote(search_settings, tiny_clip, product_photo):
-    from vpm.storage import StorageError
+    from vpm.core.storage import StorageError
 
     m = Matcher(search_settings, embedder=tiny_clip)
 
@@ -250,7 +250,7 @@ def test_a_new_matcher_over_the_same_storage_does_not_re_embed(stocked, counting
 
 def test_searches_reuse_the_in_memory_vectors_until_the_index_changes(stocked, counting_embedder, product_photo,
                                                                       monkeypatch):
-    from vpm import lance_vectors
+    from vpm.backends import lance_vectors
 
     loads: list[int] = []
     real_snapshot = lance_vectors._Snapshot
@@ -285,7 +285,7 @@ def test_edits_and_deletes_show_up_in_the_next_search(stocked, product_photo):
 
 
 def test_reindex_drops_vectors_no_photo_points_at(stocked):
-    from vpm.vector_index import PhotoVector
+    from vpm.core.vector_index import PhotoVector
 
     vector = stocked.vectors.vectors_for_shas([stocked.get_product("red-mug").image_sha256])
     stray = PhotoVector("images/never-landed.png", "never-landed", "e" * 64, "Mugs", next(iter(vector.values())))
@@ -334,18 +334,18 @@ def test_switching_models_re_embeds_the_catalog_on_first_search(stocked, countin
 
 def test_a_large_gap_is_left_to_the_index_command_not_the_search(stocked, counting_embedder, product_photo,
                                                                   monkeypatch, caplog):
-    from vpm import matcher as matcher_module
+    from vpm.core import matcher as matcher_module
 
     monkeypatch.setattr(matcher_module, "AUTO_EMBED_MAX", 2)
     other = Matcher(stocked.settings, embedder=counting_embedder("other-model", permute=1))
-    with caplog.at_level(logging.WARNING, logger="vpm.matcher"):
+    with caplog.at_level(logging.WARNING, logger="vpm.core.matcher"):
         response = other.search_image(product_photo(1), "q.png")
     assert other.embedder.images_embedded == 1 and response.results == []
     assert "python -m vpm index" in caplog.text
 
 
 def test_search_still_answers_when_the_vectors_cannot_be_stored(stocked, counting_embedder, product_photo, caplog):
-    from vpm.storage import StorageError
+    from vpm.core.storage import StorageError
 
     other = Matcher(stocked.settings, embedder=counting_embedder("other-model", permute=1))
 
@@ -353,7 +353,7 @@ def test_search_still_answers_when_the_vectors_cannot_be_stored(stocked, countin
         raise StorageError("access denied to the vectors table")
 
     other.vectors.upsert = read_only
-    with caplog.at_level(logging.WARNING, logger="vpm.matcher"):
+    with caplog.at_level(logging.WARNING, logger="vpm.core.matcher"):
         response = other.search_image(product_photo(3), "q.png", threshold=-1)
     assert response.results == []  # nothing is indexed for this model yet, and that is said in the log
     assert "access denied" in caplog.text
@@ -416,7 +416,7 @@ def test_listing_is_paged_and_filtered_without_reading_everything(stocked):
 @pytest.fixture
 def fallback_matcher(settings, monkeypatch, tmp_path):
     """VPM_MODEL=clip-ViT-B-32 with an empty Hugging Face cache and the hub offline: EfficientNet takes over."""
-    from vpm.config import load_settings
+    from vpm.core.config import load_settings
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     monkeypatch.setenv("VPM_MODEL", "clip-ViT-B-32")
@@ -520,7 +520,7 @@ def test_a_query_embedded_once_reranks_like_a_fresh_search(stocked, product_phot
 
 
 def test_a_damaged_vector_table_is_reported_and_rebuilt_on_request(stocked, counting_embedder, product_photo):
-    from vpm import engine
+    from vpm.backends import engine
 
     storage, prefix = stocked.storage, stocked.settings.metadata_prefix
     table = f"{prefix}vectors-{stocked.embedder.model_id}.lance/_versions/"

@@ -14,11 +14,12 @@ import boto3
 import pytest
 from pydantic import SecretStr
 
-from vpm import engine
-from vpm.catalog import Photo, Product
-from vpm.config import ConfigError, load_settings
-from vpm.lance_catalog import LanceCatalogStore
-from vpm.matcher import Matcher
+from vpm.backends import engine
+from vpm.backends.lance_catalog import LanceCatalogStore
+from vpm.core.catalog import Photo, Product
+from vpm.core.config import ConfigError, load_settings
+from vpm.core.matcher import Matcher
+from vpm.core.storage import S3Storage, StorageError
 from vpm.migration import (
     CONFLICT,
     MISSING,
@@ -34,7 +35,6 @@ from vpm.migration import (
 from vpm.migration import execute as execute_module
 from vpm.migration.checks import region_verdict
 from vpm.migration.files import bucket_key
-from vpm.storage import S3Storage, StorageError
 
 from conftest import REGION, CountingEmbedder, make_product_photo
 from fakes import ColourMeanEmbedder
@@ -579,7 +579,7 @@ def test_a_run_cut_off_between_the_products_and_the_vectors_is_finished_by_a_rer
 
 
 def engine_model_ids(lc) -> list[str]:
-    from vpm.lance_vectors import existing_model_ids
+    from vpm.backends.lance_vectors import existing_model_ids
 
     return existing_model_ids(engine.location(lc.bucket_settings()))
 
@@ -667,7 +667,7 @@ def test_a_damaged_bucket_table_stops_the_plan_and_is_left_untouched(local_catal
 
 
 def test_a_corrupt_old_products_json_in_the_bucket_stops_the_plan(local_catalog):
-    from vpm.catalog import CatalogCorrupt
+    from vpm.core.catalog import CatalogCorrupt
 
     local_catalog.add(1)
     s3, bucket = local_catalog.s3(), local_catalog.bucket

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from vpm import engine
-from vpm.config import load_settings
+from vpm.backends import engine
+from vpm.core.config import load_settings
 from vpm.migration import DEFAULT_WORKERS, MAX_WORKERS, SKIP, Migration
 from vpm.migration.flow import InFlight, Stopped, Throttles
 

@@ -1,4 +1,4 @@
-"""Choosing the model: DINOv2 and SigLIP 2 checkpoints through transformers (vpm/hf_models.py), beside CLIP.
+"""Choosing the model: DINOv2 and SigLIP 2 checkpoints through transformers (vpm/models/hf_models.py), beside CLIP.
 
 Tiny random checkpoints are built offline (tests/tiny_clip.py) in the real ones' layout and loaded through
 `load_embedder`, exactly as `VPM_MODEL=<folder>` or a cached `facebook/dinov2-small` would be: they embed, their ONNX
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpm import model_outlook, onnx_runtime
-from vpm.config import load_settings
-from vpm.embeddings import EfficientNetEmbedder, EmbeddingError, clear_embedder_cache, load_embedder
-from vpm.hf_models import TransformersEmbedder
-from vpm.images import MAX_ASPECT_RATIO
+from vpm.core.config import load_settings
+from vpm.core.images import MAX_ASPECT_RATIO
+from vpm.models import model_outlook, onnx_runtime
+from vpm.models.embeddings import EfficientNetEmbedder, EmbeddingError, clear_embedder_cache, load_embedder
+from vpm.models.hf_models import TransformersEmbedder
 
 from hostile_images import HOSTILE_IMAGES, guard_resizes
 from synthetic import shopper_view, textured, to_bytes
@@ -211,7 +211,7 @@ def test_a_checkpoint_not_cached_is_downloaded_when_the_hub_answers(dinov2_dir, 
     the hub is a stand-in here that serves the tiny checkpoint (no test may download)."""
     import huggingface_hub
 
-    from vpm import embeddings
+    from vpm.models import embeddings
 
     hub, asked = tmp_path / "hub", []
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
@@ -280,7 +280,7 @@ def add_products(matcher, n: int = 4) -> None:
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_siglip2_searches_by_words_and_dinov2_hides_it(search_settings, siglip2_dir, dinov2_dir, monkeypatch):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     monkeypatch.setenv("VPM_MODEL", str(siglip2_dir))
     by_words = Matcher(load_settings())
@@ -311,8 +311,8 @@ def files_of(root: Path) -> dict[str, tuple[int, int]]:
 def test_evaluate_compares_models_side_by_side_and_leaves_the_catalogs_vectors_alone(
     search_settings, tiny_clip_dir, dinov2_dir, siglip2_dir, capsys, tmp_path, monkeypatch
 ):
-    from vpm.cli import main
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
+    from vpm.faces.cli import main
 
     add_products(Matcher(search_settings))
     before = files_of(search_settings.vpm_data_dir)
@@ -346,8 +346,8 @@ def test_evaluate_compares_models_side_by_side_and_leaves_the_catalogs_vectors_a
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_a_model_that_cannot_be_loaded_is_refused_before_anything_is_embedded(search_settings, tiny_clip_dir, capsys):
-    from vpm.cli import main
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
+    from vpm.faces.cli import main
 
     add_products(Matcher(search_settings), 2)
     before = files_of(search_settings.vpm_data_dir)
@@ -360,7 +360,7 @@ def test_a_model_that_cannot_be_loaded_is_refused_before_anything_is_embedded(se
 
 
 def test_the_models_on_this_machine_are_offered_without_loading_any(dinov2_dir, siglip2_dir, tmp_path, monkeypatch):
-    from vpm import model_compare
+    from vpm.models import model_compare
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     hub_copy(dinov2_dir, tmp_path / "hub", "acme/tiny-dinov2")

@@ -1,4 +1,4 @@
-"""Which model will run, said before it loads (vpm.model_outlook): instant, honest, never a path."""
+"""Which model will run, said before it loads (vpm.models.model_outlook): instant, honest, never a path."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from vpm import embeddings, model_outlook
-from vpm.config import load_settings
+from vpm.core.config import load_settings
+from vpm.models import embeddings, model_outlook
 
 from fakes import ColourMeanEmbedder
 
@@ -125,8 +125,8 @@ BUILT_IN_LINE = "EfficientNet-Lite0 (built-in) · photos only · no download nee
     ("clip-ViT-B-32", "'clip-ViT-B-32' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"),  # fallback
 ])
 def test_the_sidebar_names_the_built_in_model_the_same_plain_way_before_and_after_it_loads(configured, reason):
-    from vpm.matcher import Matcher
-    from vpm.webapp import model_summary
+    from vpm.core.matcher import Matcher
+    from vpm.faces.webapp import model_summary
 
     settings = load_settings(vpm_model=configured)
     matcher = Matcher(settings, load_embedder=lambda: embeddings.EfficientNetEmbedder(None, "cpu", reason))
@@ -156,7 +156,7 @@ def test_the_sidebar_line_of_other_models_says_what_the_first_search_costs(tmp_p
 
 
 def reason_for(model: str) -> str:
-    """The fallback reason vpm.embeddings really gives for `model` here (it fails before importing any model)."""
+    """The fallback reason vpm.models.embeddings really gives for `model` here (it fails before importing any model)."""
     with pytest.raises(embeddings._ModelUnavailable) as failed:
         embeddings._load_sentence_transformer(model, "cpu")
     return str(failed.value)

@@ -1,14 +1,14 @@
-"""One score per result (vpm/scoring.py, vpm/ranking.py): the list is in its order, the threshold filters it, the
+"""One score per result (vpm/core/scoring.py, vpm/core/ranking.py): the list is in its order, the threshold filters it, the
 card's keypoints are the photo "Why this match?" draws, and the catalog's own calibration and projection
-(vpm/calibration.py, vpm/projection.py) are fitted, kept, and used. Matcher level, on both backends."""
+(vpm/core/calibration.py, vpm/core/projection.py) are fitted, kept, and used. Matcher level, on both backends."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from vpm import projection, scoring
-from vpm.presentation import score_percent
+from vpm.core import projection, scoring
+from vpm.core.presentation import score_percent
 
 from synthetic import shopper_view, textured, to_bytes
 
@@ -78,7 +78,7 @@ def test_nothing_above_the_threshold_still_names_the_best_product(matcher):
 
 
 def test_a_catalog_calibrated_on_its_own_photos_is_used_by_every_search_after(matcher, search_settings):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     packs(matcher)
     before = matcher.calibration().score
@@ -101,7 +101,7 @@ def test_a_catalog_calibrated_on_its_own_photos_is_used_by_every_search_after(ma
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_a_damaged_calibration_falls_back_to_the_models_curve_and_never_fails_a_search(matcher, search_settings):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     packs(matcher, 3)
     model_id = matcher.embedder.model_id
@@ -200,7 +200,7 @@ def test_too_few_pairs_of_photos_give_no_projection():
 def test_an_import_fits_the_score_on_the_catalog_it_made_and_the_cli_can_fit_it_again(matcher, tmp_path, capsys):
     import json
 
-    from vpm.cli import main
+    from vpm.faces.cli import main
 
     rows = ["image,id,name,category"]
     for s in range(1, 6):
@@ -231,18 +231,18 @@ def test_an_import_fits_the_score_on_the_catalog_it_made_and_the_cli_can_fit_it_
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_a_catalog_of_one_photo_a_product_learns_from_views_of_its_photos(matcher, search_settings):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     for s in range(1, 25):
         matcher.create_product([(to_bytes(textured(s)), f"p{s}.png")], name=f"Pack {s}", category="Packs")
 
-    from vpm import augmented
+    from vpm.core import augmented
 
     outcome = augmented.calibrate(matcher)
     calibrated = matcher.calibrate()
 
     assert outcome.photos == 24 and outcome.score is not None
-    # kept only when the held-out views say it helps: never with a lower recall@1 (vpm/augmented.py `helps`)
+    # kept only when the held-out views say it helps: never with a lower recall@1 (vpm/core/augmented.py `helps`)
     assert outcome.projection is None or outcome.recall_projected >= outcome.recall_plain
     assert calibrated is not None and calibrated.score.source == "views"
     assert 0 < calibrated.score.slope + calibrated.score.margin_slope < 1000  # a curve, not a step

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from vpm import onnx_clip, onnx_runtime
-from vpm.embeddings import clear_embedder_cache, load_embedder
+from vpm.models import onnx_clip, onnx_runtime
+from vpm.models.embeddings import clear_embedder_cache, load_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO_DIRS = (ROOT.parent / "shared" / "datasets" / "products-photos", Path("/work/shared/datasets/products-photos"))
@@ -182,7 +182,7 @@ def test_a_failed_export_falls_back_to_torch_and_says_why(tiny_clip_dir, tmp_pat
         raise RuntimeError("Exporting the operator 'aten::frobnicate' to ONNX opset 17 is not supported")
 
     monkeypatch.setattr(onnx_runtime, "_torch_export", broken)
-    with caplog.at_level(logging.WARNING, logger="vpm.onnx_runtime"):
+    with caplog.at_level(logging.WARNING, logger="vpm.models.onnx_runtime"):
         embedder = load_embedder(str(tiny_clip_dir), "cpu")
 
     assert embedder.runtime == "torch"

@@ -1,5 +1,5 @@
-"""Package text (vpm/package_text.py): real OCR of rendered labels, comparing texts, and the table that keeps
-them (vpm/lance_text.py) on a local folder and on S3."""
+"""Package text (vpm/models/package_text.py): real OCR of rendered labels, comparing texts, and the table that keeps
+them (vpm/backends/lance_text.py) on a local folder and on S3."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from vpm import package_text
-from vpm.lance_text import LanceTextStore, PhotoText
+from vpm.backends.lance_text import LanceTextStore, PhotoText
+from vpm.models import package_text
 
 REPO = Path(__file__).resolve().parents[1]
 YELLOW, NAVY = (250, 220, 60), (20, 30, 120)
@@ -73,7 +73,7 @@ def test_without_rapidocr_nothing_is_read_and_one_warning_says_why():
         "import logging, sys\n"
         "logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')\n"
         "from PIL import Image\n"
-        "from vpm import package_text\n"
+        "from vpm.models import package_text\n"
         "assert 'rapidocr' not in sys.modules, 'imported at module import'\n"
         "sys.modules['rapidocr'] = None  # as if it were not installed\n"
         "image = Image.new('RGB', (64, 64))\n"

@@ -23,8 +23,8 @@ def carton(word: str) -> Image.Image:
 @pytest.fixture
 def reading(search_settings, monkeypatch):
     """A Matcher that reads package text (the suite switches it off elsewhere: it costs ~0.4 s a photo)."""
-    from vpm.config import load_settings
-    from vpm.matcher import Matcher
+    from vpm.core.config import load_settings
+    from vpm.core.matcher import Matcher
 
     monkeypatch.setenv("VPM_PACKAGE_TEXT", "true")
     return Matcher(load_settings())

@@ -14,7 +14,7 @@ SEARCH = "pages/search.py"
 
 
 def matcher_for(settings):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     return Matcher(settings)
 
@@ -246,7 +246,7 @@ def test_delete_asks_for_confirmation_first(app_settings, seed_catalog, open_pag
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 @pytest.mark.parametrize("page", [CATALOG_PAGE, SEARCH])
 def test_a_damaged_catalog_is_explained_and_left_alone(app_settings, storage, seed_catalog, open_page, page):
-    from vpm import engine
+    from vpm.backends import engine
 
     seed_catalog([("Red mug", "Kitchen", 1)])
     manifests = list(storage.iter_objects(app_settings.metadata_prefix + "products.lance/_versions/"))
@@ -302,7 +302,7 @@ def test_the_table_pages_through_a_large_catalog(app_settings, open_page, monkey
     """Draws one page (50) at a time, with a pager; never the whole catalog."""
     import hashlib
 
-    from vpm.catalog import Photo, Product
+    from vpm.core.catalog import Photo, Product
 
     store = matcher_for(app_settings).catalog
     store.add([

@@ -96,8 +96,8 @@ def test_a_catalog_indexed_by_the_built_in_model_reads_as_indexed_before_the_mod
     app_settings, open_page, monkeypatch
 ):
     """`vpm index --check` says 1/1: the page, which counts without loading the model, must say so too."""
-    from vpm.embeddings import EfficientNetEmbedder
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
+    from vpm.models.embeddings import EfficientNetEmbedder
 
     from conftest import make_product_photo
     from fakes import ColourMeanEmbedder

@@ -48,7 +48,7 @@ def test_loading_the_sample_imports_it_with_its_photos_and_says_so(app_settings,
     assert metrics(at)["Products"] == "2"
     assert metrics(at)["Search index"] == "ready"
     assert "Load sample products" not in [b.label for b in at.button]  # the catalog is not empty any more
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     products = {p.name: p for p in Matcher(app_settings).iter_products()}
     assert len(products["Red mug"].photos) == 2  # rows sharing an id made one product
@@ -86,8 +86,8 @@ def test_the_index_is_counted_for_the_model_that_will_run_not_the_one_that_canno
     app_settings, open_page, monkeypatch, tmp_path
 ):
     """An import embedded by the offline fallback: Home must not say every photo is still to embed."""
-    from vpm.embeddings import EfficientNetEmbedder
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
+    from vpm.models.embeddings import EfficientNetEmbedder
 
     from fakes import ColourMeanEmbedder
 
@@ -193,7 +193,7 @@ def test_a_bad_setting_stops_with_one_line_naming_it(app_settings, open_page, mo
 
 
 def test_the_private_streamlit_switch_the_app_relies_on_is_still_there():
-    """vpm/webapp.py turns off Streamlit's old pages-folder mode through a private attribute, so a first visit
+    """vpm/faces/webapp.py turns off Streamlit's old pages-folder mode through a private attribute, so a first visit
     straight to /search still goes through streamlit_app.py (the browser test checks the behaviour). If a
     Streamlit upgrade renames it, this fails by name instead of the app silently losing its navigation."""
     from streamlit.runtime.pages_manager import PagesManager

@@ -21,7 +21,8 @@ PAGE = pagetools.PAGES / "migration.py"
 @pytest.fixture(autouse=True)
 def app_env(server_bucket, tmp_path, monkeypatch):
     """A local catalog (S3 off) and an empty bucket named in the settings: the migration's starting point."""
-    from vpm import engine, webapp
+    from vpm.backends import engine
+    from vpm.faces import webapp
 
     endpoint, bucket = server_bucket
     monkeypatch.setenv("VPM_DATA_DIR", str(tmp_path / "data"))
@@ -37,8 +38,8 @@ def app_env(server_bucket, tmp_path, monkeypatch):
 @pytest.fixture
 def seeded():
     """Two products with real photos, embedded by the instant ColourMeanEmbedder (the page loads no model)."""
-    from vpm.config import load_settings
-    from vpm.matcher import Matcher
+    from vpm.core.config import load_settings
+    from vpm.core.matcher import Matcher
 
     matcher = Matcher(load_settings(), embedder=ColourMeanEmbedder())
     products = []
@@ -271,7 +272,7 @@ def test_with_no_s3_settings_check_and_preview_use_the_fields_on_the_page(seeded
 def test_migrating_into_the_bucket_the_app_already_serves_does_not_ask_to_switch_s3_on(seeded, monkeypatch):
     at = run_page()  # the local catalog is read before S3 is switched on in this process...
     monkeypatch.setenv("S3_ENABLED", "true")  # ...and the app serves from the bucket it migrates into
-    from vpm import webapp
+    from vpm.faces import webapp
 
     webapp.clear_caches()
     at.run()
@@ -300,8 +301,8 @@ def system_metrics(at: AppTest) -> dict[str, str]:
 
 def test_the_whole_system_at_a_typed_size_matches_the_command(seeded):
     """The page shows what `vpm costs --products 10M ...` prints, for the size and assumptions on the page."""
-    from vpm.capacity import SystemSize, system_estimate
-    from vpm.costs import format_usd
+    from vpm.core.capacity import SystemSize, system_estimate
+    from vpm.core.costs import format_usd
 
     at = run_page()
     assert system_metrics(at) == {}  # nothing typed: nothing estimated

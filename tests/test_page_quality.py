@@ -11,7 +11,7 @@ QUALITY = "pages/quality.py"
 
 @pytest.fixture
 def two_photo_catalog(app_settings):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     matcher = Matcher(app_settings)
     for s in range(1, 4):
@@ -61,7 +61,7 @@ def test_evaluate_runs_to_a_report_and_changes_nothing(backend, app_settings, tw
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_a_stopped_evaluation_reports_what_it_did(app_settings, two_photo_catalog, open_page):
-    from vpm.evaluate import Evaluation
+    from vpm.core.evaluate import Evaluation
 
     at = open_page(QUALITY)
     evaluation = Evaluation(two_photo_catalog, batch=2)
@@ -105,7 +105,7 @@ def test_use_this_fit_keeps_it_for_every_search_and_read_only_never_offers_it(
 
     assert not at.exception
     assert any("Searches now score with a curve fitted on 6 held-out photos" in s.value for s in at.success)
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     assert Matcher(app_settings).calibration().score.source == "catalog"
 

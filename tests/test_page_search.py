@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from vpm.presentation import nothing_found_text, results_count_text, results_csv
+from vpm.core.presentation import nothing_found_text, results_count_text, results_csv
 
 from pagetools import shown
 
@@ -45,7 +45,7 @@ def shown_count(at) -> int | None:
 @pytest.fixture
 def counted_embedder(app_settings, monkeypatch):
     """The process-wide tiny CLIP with its image and text calls counted (the page shares this instance)."""
-    from vpm.embeddings import load_embedder
+    from vpm.models.embeddings import load_embedder
 
     embedder = load_embedder(app_settings.vpm_model, app_settings.vpm_device)
     calls = {"images": 0, "texts": 0}
@@ -213,7 +213,7 @@ def test_the_camera_is_behind_a_toggle_and_its_photo_is_searched(app_settings, s
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_an_image_link_is_fetched_once_and_searched(app_settings, seed_catalog, open_page, product_photo, monkeypatch):
-    from vpm import urlfetch
+    from vpm.core import urlfetch
 
     seed_catalog(CATALOG)
     fetched = []
@@ -241,7 +241,7 @@ def test_a_lost_vector_cache_is_rebuilt_with_progress_before_the_first_search(
 ):
     import shutil
 
-    from vpm import engine
+    from vpm.backends import engine
 
     seed_catalog(CATALOG)
     for table in (app_settings.vpm_data_dir / "metadata").glob("vectors-*.lance"):
@@ -329,7 +329,7 @@ def test_a_full_search_gate_shows_the_queue_then_says_busy_and_a_free_place_sear
 
     from streamlit.delta_generator import DeltaGenerator
 
-    from vpm.admission import QUEUE_MARK, shared_gate
+    from vpm.core.admission import QUEUE_MARK, shared_gate
 
     seed_catalog(CATALOG)
     monkeypatch.setenv("VPM_SEARCH_CONCURRENCY", "1")
@@ -371,8 +371,8 @@ def test_a_full_search_gate_shows_the_queue_then_says_busy_and_a_free_place_sear
 
 
 def test_results_csv_lists_matches_best_first_and_keeps_formulas_inert():
-    from vpm.catalog import Product
-    from vpm.matcher import Match
+    from vpm.core.catalog import Product
+    from vpm.core.matcher import Match
 
     matches = [
         Match(Product(id="a", name="=cmd()", category="X", price=3.5), 0.91234, "images/a.jpg", "https://cdn/a.jpg",
@@ -424,7 +424,7 @@ def test_more_like_this_on_a_card_shows_that_products_look_alikes_and_back_retur
     assert not at.exception and card_names(at)[0] == first
 
 
-# --- several photos, words beside a photo, not this one (vpm/query_mix.py) ---------------------------------------
+# --- several photos, words beside a photo, not this one (vpm/core/query_mix.py) ---------------------------------------
 
 
 def session_query_caption(at) -> str:
@@ -456,7 +456,7 @@ def test_more_photos_of_the_product_are_searched_with_the_first_as_one_query(
 def test_words_refine_the_photo_with_the_weight_shown_and_the_slider_embeds_nothing(
     app_settings, seed_catalog, open_page, product_photo, counted_embedder
 ):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     seed_catalog(CATALOG)
     at = open_page(SEARCH)

@@ -14,7 +14,7 @@ SEARCH = "pages/search.py"
 
 @pytest.fixture
 def packs(app_settings):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     matcher = Matcher(app_settings)
     return [matcher.create_product([(to_bytes(textured(s)), f"pack-{s}.png")], name=f"Pack {s}", category="Packs")

@@ -17,7 +17,7 @@ PAGE = pagetools.PAGES / "storage_browser.py"
 @pytest.fixture(autouse=True)
 def app_env(settings, tiny_clip_dir, monkeypatch):
     """`settings` put the backend's variables in the environment; the page reads them the same way."""
-    from vpm import webapp
+    from vpm.faces import webapp
 
     monkeypatch.setenv("VPM_MODEL", str(tiny_clip_dir))
     webapp.clear_caches()
@@ -27,7 +27,7 @@ def app_env(settings, tiny_clip_dir, monkeypatch):
 
 @pytest.fixture
 def matcher(settings):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     return Matcher(settings)
 
@@ -127,7 +127,7 @@ def test_the_catalog_tables_tab_shows_each_table(matcher):
 
 
 def test_a_damaged_table_gets_a_clear_error_and_is_left_alone(matcher, storage, settings):
-    from vpm import engine
+    from vpm.backends import engine
 
     seed(matcher, "p1")
     manifests = list(storage.iter_objects(settings.metadata_prefix + "products.lance/_versions/"))
@@ -219,7 +219,7 @@ def test_listed_files_show_their_product_and_the_preview_names_it(matcher):
 
 def versions(storage, settings) -> list[str]:
     """The products table's version files, oldest first."""
-    from vpm import engine
+    from vpm.backends import engine
 
     found = [(v, o.key) for o in storage.iter_objects(settings.metadata_prefix + "products.lance/_versions/")
              if (v := engine.version_of(o.key.rpartition("/")[2])) is not None]
@@ -228,7 +228,7 @@ def versions(storage, settings) -> list[str]:
 
 def signed_in(monkeypatch) -> AppTest:
     """The page with VPM_ADMIN_PASSWORD set, in a session that signed in with it."""
-    from vpm.access import session_token
+    from vpm.core.access import session_token
 
     monkeypatch.setenv("VPM_ADMIN_PASSWORD", "correct horse")
     at = AppTest.from_file(str(PAGE), default_timeout=pagetools.TIMEOUT)
@@ -237,7 +237,7 @@ def signed_in(monkeypatch) -> AppTest:
 
 
 def test_a_damaged_table_is_set_aside_from_the_consistency_tab(matcher, storage, settings, monkeypatch):
-    from vpm import engine
+    from vpm.backends import engine
 
     seed(matcher, "p1", "p2", "p3")
     newest = versions(storage, settings)[-1]
@@ -269,7 +269,7 @@ def test_a_damaged_table_is_set_aside_from_the_consistency_tab(matcher, storage,
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_signed_out_the_check_shows_what_is_wrong_but_offers_no_repair(matcher, storage, settings, monkeypatch):
-    from vpm import engine
+    from vpm.backends import engine
 
     seed(matcher, "p1", "p2")
     storage.put("images/stray.jpg", jpeg((1, 2, 3)), "image/jpeg")

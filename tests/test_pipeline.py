@@ -1,4 +1,4 @@
-"""The bounded decode/embed pipeline (vpm/pipeline.py) and its use by index rebuilds and imports."""
+"""The bounded decode/embed pipeline (vpm/core/pipeline.py) and its use by index rebuilds and imports."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from vpm.pipeline import chunked, embedder_stages, prefetch
+from vpm.core.pipeline import chunked, embedder_stages, prefetch
 
 from conftest import make_product_photo
 

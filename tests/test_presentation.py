@@ -6,7 +6,7 @@ import csv
 import io
 from types import SimpleNamespace
 
-from vpm.presentation import (
+from vpm.core.presentation import (
     add_form_problems,
     changed_fields,
     format_bytes,
@@ -50,7 +50,7 @@ def test_nothing_found_names_the_closest_product_and_the_score_to_lower_to():
 def test_a_results_signals_read_in_a_few_words():
     from types import SimpleNamespace
 
-    from vpm.presentation import signals_text
+    from vpm.core.presentation import signals_text
 
     both = SimpleNamespace(similarity=0.8149, inliers=24, reads=("OATLY", "HAVRE"))
     assert signals_text(both) == "looks 81% alike · 24 keypoints match · reads OATLY, HAVRE"
@@ -81,7 +81,7 @@ def test_results_csv_leaves_out_server_paths():
 
 
 def test_quantities_read_as_numbers_with_their_unit():
-    from vpm.presentation import format_quantity, sentence
+    from vpm.core.presentation import format_quantity, sentence
 
     assert format_quantity(10_000, "requests") == "10,000 requests"
     assert format_quantity(1, "requests") == "1 request"
@@ -120,7 +120,7 @@ def test_edits_keep_only_what_changed():
 
 
 def test_the_search_hint_offers_words_only_when_the_model_reads_them():
-    from vpm.presentation import query_hint
+    from vpm.core.presentation import query_hint
 
     assert "describe the product" in query_hint(True)
     assert query_hint(False) == ("Upload a photo, take one, paste an image link or type the product's name to see "

@@ -1,4 +1,4 @@
-"""One declaration of the product's fields (vpm/product_schema.py): every piece derived from it agrees with it, and
+"""One declaration of the product's fields (vpm/core/product_schema.py): every piece derived from it agrees with it, and
 the products table records the schema version it was written at (older tables are upgraded, newer ones refused)."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ import hashlib
 import pyarrow as pa
 import pytest
 
-from vpm import engine, lance_catalog, product_schema
-from vpm.catalog import EDITABLE_FIELDS, InvalidProduct, Product, validate_product
-from vpm.lance_catalog import SCHEMA, SCHEMA_VERSION, LanceCatalogStore, TableTooNew, stored_version
+from vpm.backends import engine, lance_catalog
+from vpm.backends.lance_catalog import SCHEMA, SCHEMA_VERSION, LanceCatalogStore, TableTooNew, stored_version
+from vpm.core import product_schema
+from vpm.core.catalog import EDITABLE_FIELDS, InvalidProduct, Product, validate_product
 
 FIELDS = product_schema.FIELDS
 
@@ -62,7 +63,7 @@ def test_validate_product_refuses_a_price_past_the_schema_maximum():
 
 
 def test_vpm_add_has_a_flag_for_every_field_the_command_line_takes():
-    from vpm.cli import build_parser
+    from vpm.faces.cli import build_parser
 
     argv = ["add", "photo.jpg"]
     for spec in product_schema.CLI_FIELDS:
@@ -78,7 +79,7 @@ def test_vpm_add_has_a_flag_for_every_field_the_command_line_takes():
 def test_the_api_upload_form_has_every_field_the_api_takes():
     from fastapi import FastAPI
 
-    from vpm.api.product_routes import router
+    from vpm.faces.api.product_routes import router
 
     app = FastAPI()
     app.include_router(router)
@@ -93,7 +94,7 @@ def test_the_api_upload_form_has_every_field_the_api_takes():
 
 
 def test_a_csv_naming_every_field_column_imports_each_field(tmp_path):
-    from vpm.importer import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, open_source
+    from vpm.core.importer import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, open_source
 
     assert set(REQUIRED_COLUMNS) == {"image", *(f.csv_column for f in FIELDS if f.csv and f.required)}
     assert set(OPTIONAL_COLUMNS) == {f.csv_column for f in FIELDS if f.csv and not f.required}
@@ -117,7 +118,7 @@ def test_a_csv_naming_every_field_column_imports_each_field(tmp_path):
 
 
 def test_a_csv_may_name_a_field_by_its_alias(tmp_path):
-    from vpm.importer import open_source
+    from vpm.core.importer import open_source
 
     aliases = product_schema.csv_aliases()
     assert aliases == {"product_id": "id"}

@@ -1,4 +1,4 @@
-"""Queries beyond one photo (vpm/query_mix.py): several photos as one query, a photo refined by words, "not this one".
+"""Queries beyond one photo (vpm/core/query_mix.py): several photos as one query, a photo refined by words, "not this one".
 
 The arithmetic is checked against rclip's, computed here from the model's own vectors: with the tiny CLIP (words
 and photos) and with the offline built-in model (photos and rejections; words say why they are off). Both backends
@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from vpm import query_mix
-from vpm.errors import InvalidRequest
+from vpm.core import query_mix
+from vpm.core.errors import InvalidRequest
 
 from synthetic import shopper_view, textured, to_bytes
 
@@ -125,7 +125,7 @@ def test_words_alone_move_away_from_a_rejected_look(matcher):
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_bad_parts_are_refused_saying_which_and_nothing_is_searched(matcher):
-    from vpm.images import ImageError
+    from vpm.core.images import ImageError
 
     stock(matcher)
     photo = query_photo(1)
@@ -145,8 +145,8 @@ def test_bad_parts_are_refused_saying_which_and_nothing_is_searched(matcher):
 @pytest.fixture
 def offline_matcher(settings, monkeypatch):
     """A Matcher with the built-in image-only model (what runs offline when CLIP cannot load)."""
-    from vpm.config import load_settings
-    from vpm.matcher import Matcher
+    from vpm.core.config import load_settings
+    from vpm.core.matcher import Matcher
 
     monkeypatch.setenv("VPM_MODEL", "efficientnet-lite0")
     monkeypatch.setenv("VPM_DEVICE", "cpu")
@@ -260,7 +260,7 @@ def test_cli_words_beside_a_photo_with_the_offline_model_say_so_in_one_line(offl
 def client(matcher, search_settings):
     from fastapi.testclient import TestClient
 
-    from vpm.api import create_app
+    from vpm.faces.api import create_app
 
     stock(matcher)
     return TestClient(create_app(search_settings, matcher), raise_server_exceptions=False)

@@ -76,7 +76,7 @@ def requests_to(slow_server_bucket):
 
 
 def _settings(endpoint: str, bucket: str, model: str, data_dir):
-    from vpm.config import Settings
+    from vpm.core.config import Settings
 
     return Settings(s3_enabled=True, s3_bucket_name=bucket, s3_endpoint_url=endpoint, vpm_model=model,
                     vpm_device="cpu", vpm_data_dir=data_dir)
@@ -86,8 +86,8 @@ def _settings(endpoint: str, bucket: str, model: str, data_dir):
 def replicas(moto_server, slow_server_bucket, tiny_clip_dir, tmp_path):
     """(writer, reader): two Matchers on one bucket, the writer through moto directly, the reader through the slow
     link, each with tables of its own like two processes; the writer has added PRODUCTS products."""
-    from vpm import engine
-    from vpm.matcher import Matcher
+    from vpm.backends import engine
+    from vpm.core.matcher import Matcher
 
     slow, bucket = slow_server_bucket
     writer = Matcher(_settings(moto_server, bucket, str(tiny_clip_dir), tmp_path / "w"))
@@ -118,7 +118,7 @@ def test_a_warm_search_reads_nothing_from_a_bucket_40_ms_away(replicas, requests
 def test_a_first_search_reads_the_tables_side_by_side(replicas, requests_to):
     """A fresh process's first search opens four tables, reads the products, the vectors and the calibration:
     side by side that is 7 round trips here; one after another it was 18."""
-    from vpm import engine
+    from vpm.backends import engine
 
     _writer, reader = replicas
     engine.forget(reader.where)
@@ -130,8 +130,8 @@ def test_a_first_search_reads_the_tables_side_by_side(replicas, requests_to):
 
 
 def test_a_start_reads_ahead_so_the_first_search_reads_no_table(replicas, requests_to):
-    from vpm import engine
-    from vpm.warm_start import warm_up
+    from vpm.backends import engine
+    from vpm.backends.warm_start import warm_up
 
     _writer, reader = replicas
     engine.forget(reader.where)
@@ -146,7 +146,7 @@ def test_a_start_reads_ahead_so_the_first_search_reads_no_table(replicas, reques
 
 
 def test_another_replicas_writes_are_seen_within_two_seconds(replicas):
-    from vpm import engine
+    from vpm.backends import engine
 
     writer, reader = replicas
     assert reader.get_product("p1").name == "product 1"  # now held in the reader's memory

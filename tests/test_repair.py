@@ -1,4 +1,4 @@
-"""`vpm check` and `vpm check --repair` (vpm/repair.py, vpm/table_repair.py), on a local folder and on S3 (moto).
+"""`vpm check` and `vpm check --repair` (vpm/core/repair.py, vpm/backends/table_repair.py), on a local folder and on S3 (moto).
 
 The repair's promises: it says what it will do first; it deletes only orphan files, only after a yes (a terminal, or
 --yes), never ones written in the last minutes or around changes set aside; it embeds what is missing by the code
@@ -15,16 +15,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from vpm import engine, repair, table_repair
-from vpm.consistency import ConsistencyReport, Orphan, VectorCoverage
-from vpm.table_repair import SetAsideRecord
+from vpm.backends import engine, table_repair
+from vpm.backends.table_repair import SetAsideRecord
+from vpm.core import repair
+from vpm.core.consistency import ConsistencyReport, Orphan, VectorCoverage
 
 from conftest import make_product_photo
 from fakes import ColourMeanEmbedder
 
 
 def new_matcher(settings):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     return Matcher(settings, embedder=ColourMeanEmbedder())
 
@@ -46,8 +47,8 @@ class Terminal(io.StringIO):
 def cli(settings, monkeypatch, capsys):
     """`cli(*args, answer=None) -> (code, stdout, stderr)`: `python -m vpm` in this process, with the instant
     colour embedder; `answer` makes standard input a terminal on which that answer is typed, else it is not one."""
-    from vpm import cli as cli_module
-    from vpm import cli_check
+    from vpm.faces import cli as cli_module
+    from vpm.faces import cli_check
 
     monkeypatch.setattr(cli_module, "make_matcher", lambda args: new_matcher(settings))
     monkeypatch.setattr(cli_check, "make_matcher", lambda args: new_matcher(settings))

@@ -1,4 +1,4 @@
-"""Verification by local features (vpm/rerank.py) and search regions (vpm/images.py): pure functions, no catalog."""
+"""Verification by local features (vpm/core/rerank.py) and search regions (vpm/core/images.py): pure functions, no catalog."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpm import rerank
-from vpm.images import MIN_BOX_SIDE, Box, InvalidBox, box_from_percent, check_box, crop_box, outline_box, parse_box
+from vpm.core import rerank
+from vpm.core.images import MIN_BOX_SIDE, Box, InvalidBox, box_from_percent, check_box, crop_box, outline_box, parse_box
 
 from synthetic import shopper_view, textured
 

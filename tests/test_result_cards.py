@@ -12,7 +12,7 @@ CATALOG = [("Red mug", "Kitchen", 1), ("Trail shoe", "Shoes", 3), ("Desk lamp", 
 @pytest.fixture
 def reads(monkeypatch):
     """The keys read through matcher.files while the page runs (AppTest runs it in this process)."""
-    from vpm.catalog_files import CatalogFiles
+    from vpm.core.catalog_files import CatalogFiles
 
     keys: list[str] = []
     read = CatalogFiles.read
@@ -55,7 +55,7 @@ def test_result_cards_show_the_results_own_thumbnail_urls_on_a_bucket_and_read_t
 def test_a_card_without_a_thumbnail_url_falls_back_to_the_stored_picture(monkeypatch):
     from types import SimpleNamespace
 
-    from vpm import webapp
+    from vpm.faces import webapp
 
     product = SimpleNamespace(id="p1", photos=[])
     monkeypatch.setattr(webapp, "product_picture", lambda product, photo_key: b"stored bytes")

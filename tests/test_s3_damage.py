@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from vpm import engine
-from vpm.api import create_app
-from vpm.matcher import Matcher
+from vpm.backends import engine
+from vpm.core.matcher import Matcher
+from vpm.faces.api import create_app
 
 from conftest import make_product_photo
 

@@ -52,7 +52,7 @@ def test_every_listed_photo_is_shipped_and_every_shipped_photo_listed():
 
 
 def test_the_load_button_says_what_loading_takes():
-    from vpm.sample import LOAD_TIME, offer_help
+    from vpm.core.sample import LOAD_TIME, offer_help
 
     text = offer_help()
     assert text.startswith("84 products with 252 photos") and LOAD_TIME in text

@@ -1,4 +1,4 @@
-"""The faces that draw a product's fields take them from vpm/product_schema.py: the Catalog page's add and edit forms
+"""The faces that draw a product's fields take them from vpm/core/product_schema.py: the Catalog page's add and edit forms
 (limits, which fields are optional, the CSV columns it names), the results' CSV and the edit's diff."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from vpm import importer, presentation, product_schema
+from vpm.core import importer, presentation, product_schema
 
 CATALOG_PAGE = "pages/catalog.py"
 

@@ -10,9 +10,9 @@ import io
 import pytest
 from PIL import Image
 
-from vpm import rerank
-from vpm.images import InvalidBox
-from vpm.lance_features import PhotoFeatures
+from vpm.backends.lance_features import PhotoFeatures
+from vpm.core import rerank
+from vpm.core.images import InvalidBox
 
 from synthetic import shopper_view, textured, to_bytes
 
@@ -69,7 +69,7 @@ def test_a_failed_add_leaves_no_keypoints(matcher, monkeypatch):
 
 
 def test_an_add_lands_when_its_keypoints_cannot_be_stored_and_vpm_index_fills_them_in(matcher, monkeypatch, caplog):
-    from vpm.engine import EngineError
+    from vpm.backends.engine import EngineError
 
     def unavailable(entries):
         raise EngineError("could not store keypoints in the photos' keypoints: a writer committed first")
@@ -210,8 +210,8 @@ def test_cli_search_takes_rerank_and_a_box(matcher, cli, tmp_path):
 def test_api_search_takes_rerank_and_a_box(search_settings):
     from fastapi.testclient import TestClient
 
-    from vpm.api import create_app
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
+    from vpm.faces.api import create_app
 
     matcher = Matcher(search_settings)
     client = TestClient(create_app(search_settings, matcher), raise_server_exceptions=False)
@@ -253,7 +253,7 @@ def test_a_bulk_import_stores_the_keypoints_with_the_vectors(matcher, tmp_path):
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_keypoints_missing_from_an_older_catalog_are_filled_in_once(matcher, search_settings):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     product = add(matcher, "Pack", [1, 2])
     keys = [p.key for p in product.photos]
@@ -269,8 +269,8 @@ def test_keypoints_missing_from_an_older_catalog_are_filled_in_once(matcher, sea
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_a_product_is_verified_by_its_matched_photo_and_its_next_best(matcher):
-    from vpm import ranking
-    from vpm.results import Match
+    from vpm.core import ranking
+    from vpm.core.results import Match
 
     product = add(matcher, "Pack", [1, 2, 3])
     first, _second, third = (p.key for p in product.photos)

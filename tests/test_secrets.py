@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vpm.config import (
+from vpm.core.config import (
     AWS_LOGGERS,
     ConfigError,
     SecretFilter,
@@ -23,7 +23,7 @@ from vpm.config import (
     mask_secrets,
     redact_url,
 )
-from vpm.storage import S3Storage, StorageError
+from vpm.core.storage import S3Storage, StorageError
 
 from conftest import free_port, stop_process
 

@@ -53,7 +53,7 @@ def test_more_like_this_ranks_by_the_products_own_photos_without_embedding_and_l
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_more_like_this_of_an_unknown_product_says_so(matcher):
-    from vpm.catalog import ProductNotFound
+    from vpm.core.catalog import ProductNotFound
 
     stock(matcher)
     with pytest.raises(ProductNotFound):
@@ -62,7 +62,7 @@ def test_more_like_this_of_an_unknown_product_says_so(matcher):
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_cli_similar_prints_a_table_and_json(matcher, capsys):
-    from vpm.cli import main
+    from vpm.faces.cli import main
 
     made = stock(matcher)
     assert main(["similar", made[1].id]) == 0
@@ -81,7 +81,7 @@ def test_cli_similar_prints_a_table_and_json(matcher, capsys):
 def test_api_similar_answers_the_ranked_products_and_404_for_an_unknown_id(matcher, search_settings):
     from fastapi.testclient import TestClient
 
-    from vpm.api import create_app
+    from vpm.faces.api import create_app
 
     made = stock(matcher)
     client = TestClient(create_app(search_settings, matcher), raise_server_exceptions=False)

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlparse
 import boto3
 import pytest
 
-from vpm.storage import (
+from vpm.core.storage import (
     LOCK_STRIPES,
     MULTIPART_PART_SIZE,
     MULTIPART_THRESHOLD,
@@ -362,7 +362,7 @@ def test_half_a_key_pair_is_a_clear_error(aws):
 
 
 def test_a_check_reports_what_it_knows_about_where_objects_live(storage, backend):
-    from vpm.storage import BucketFacts
+    from vpm.core.storage import BucketFacts
 
     storage.check_access()
     # Only a bucket reports bucket facts: they are not part of the contract a local folder keeps.
@@ -376,7 +376,7 @@ def test_a_check_reports_what_it_knows_about_where_objects_live(storage, backend
 
 @pytest.mark.parametrize("backend", ["s3"], indirect=True)  # a local folder is created on first use
 def test_a_missing_bucket_is_its_own_error(settings):
-    from vpm.storage import BucketNotFound, make_storage
+    from vpm.core.storage import BucketNotFound, make_storage
 
     with pytest.raises(BucketNotFound, match="does not exist"):
         make_storage(settings.model_copy(update={"s3_bucket_name": "no-such-bucket-here"})).check_access()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vpm.storage import EndpointNotS3, S3Storage
+from vpm.core.storage import EndpointNotS3, S3Storage
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "s3cr3t-in-the-url"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from vpm import storage_registry
-from vpm.config import STORAGE_BACKENDS, ConfigError, load_settings
-from vpm.storage import BucketFacts, LocalStorage, S3Storage, Storage, make_storage
+from vpm.core import storage_registry
+from vpm.core.config import STORAGE_BACKENDS, ConfigError, load_settings
+from vpm.core.storage import BucketFacts, LocalStorage, S3Storage, Storage, make_storage
 
 from conftest import BUCKET, REGION
 

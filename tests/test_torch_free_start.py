@@ -1,7 +1,7 @@
 """A start without torch: a model whose ONNX export is cached and checked loads from ONNX Runtime alone.
 
 torch, transformers and sentence-transformers are imported only to export, to check parity the first time, on a
-GPU, or with VPM_RUNTIME=torch (vpm/embeddings.py, `_from_export`). The export's manifest says which model files
+GPU, or with VPM_RUNTIME=torch (vpm/models/embeddings.py, `_from_export`). The export's manifest says which model files
 it was made from, so a changed model is noticed without loading it. In this process torch is imported already,
 so the tests here tell the two paths apart by what the embedder holds (no torch model at all when it was made
 from the cache); the one-shot searches run in a fresh process and look at its sys.modules.
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vpm import onnx_runtime
-from vpm.embeddings import (
+from vpm.models import onnx_runtime
+from vpm.models.embeddings import (
     EfficientNetEmbedder,
     SentenceTransformerEmbedder,
     clear_embedder_cache,
@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "sentence_transformers", "onnx")
 TEXTS = ["a red running shoe", "", "Crème brûlée 😀", "organic bananas " * 30]
 
-# `python -m vpm ARGS` (vpm.cli.main, what `python -m vpm` runs), then which heavy modules it imported.
+# `python -m vpm ARGS` (vpm.faces.cli.main, what `python -m vpm` runs), then which heavy modules it imported.
 _ONE_SHOT = f"""
 import json, sys
-from vpm.cli import main
+from vpm.faces.cli import main
 code = main(sys.argv[1:])
 print("\\n" + json.dumps({{"code": code, "imported": [m for m in {HEAVY!r} if m in sys.modules]}}))
 """
@@ -99,8 +99,8 @@ def one_shot(*args: str) -> tuple[dict, str]:
 def add_products(product_photo, rows: list[tuple[str, int]]) -> None:
     """Products with one generated photo each, added in this process (the model loads here: the first load
     exports and checks it); the settings are the environment's, as the child process will read them."""
-    from vpm.config import load_settings
-    from vpm.matcher import Matcher
+    from vpm.core.config import load_settings
+    from vpm.core.matcher import Matcher
 
     matcher = Matcher(load_settings())
     for product_id, seed in rows:
@@ -177,7 +177,7 @@ def test_without_a_checked_export_the_first_start_loads_torch(search_settings, p
 
 
 def test_choosing_a_device_on_a_cpu_needs_no_torch():
-    code = "import sys; from vpm.embeddings import resolve_device; print(resolve_device('cpu'), 'torch' in sys.modules)"
+    code = "import sys; from vpm.models.embeddings import resolve_device; print(resolve_device('cpu'), 'torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                             check=True)
     assert result.stdout.split() == ["cpu", "False"]

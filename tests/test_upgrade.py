@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from vpm import engine, facade_parts
-from vpm.catalog import CatalogCorrupt
-from vpm.matcher import Matcher
+from vpm.backends import engine
+from vpm.core import facade_parts
+from vpm.core.catalog import CatalogCorrupt
+from vpm.core.matcher import Matcher
 
 from conftest import CountingEmbedder
 
@@ -31,7 +32,7 @@ IDS = ["red-mug", "blue-mug", "trail-shoe", "desk-lamp"]
 @pytest.fixture
 def legacy(settings):
     """The fixture's files under the parametrised backend; returns {key: bytes} of what was copied."""
-    from vpm.storage import make_storage
+    from vpm.core.storage import make_storage
 
     storage = make_storage(settings)
     copied = {}
@@ -48,7 +49,7 @@ def legacy(settings):
 @pytest.fixture
 def offline_model():
     """The built-in model the fixture's vectors were made with, counting what it embeds."""
-    from vpm.embeddings import LEGACY_DESCRIPTOR, EfficientNetEmbedder, load_embedder
+    from vpm.models.embeddings import LEGACY_DESCRIPTOR, EfficientNetEmbedder, load_embedder
 
     built_in = load_embedder("efficientnet-lite0", "cpu")  # the fixture's vectors came from the first descriptor
     return CountingEmbedder(EfficientNetEmbedder(built_in._network, "cpu", descriptor=LEGACY_DESCRIPTOR))
@@ -78,7 +79,7 @@ def test_the_upgrade_reuses_the_cached_vectors_and_embeds_nothing(settings, lega
 
 def test_the_old_files_are_left_exactly_as_they_were(settings, legacy):
     Matcher(settings).catalog.count()
-    from vpm.storage import make_storage
+    from vpm.core.storage import make_storage
 
     storage = make_storage(settings)
     for key, data in legacy.items():
@@ -107,7 +108,7 @@ def test_two_processes_upgrading_at_once_lose_and_duplicate_nothing(settings, le
 
 
 def test_an_upgrade_cut_off_half_way_completes_on_the_next_start(settings, legacy, monkeypatch):
-    from vpm import upgrade
+    from vpm.core import upgrade
 
     original = upgrade._copy_vectors
 
@@ -128,10 +129,10 @@ def test_an_upgrade_cut_off_half_way_completes_on_the_next_start(settings, legac
 # the upgrade; a batch is 2 rows here so that the kill can land between two commits of one table.
 KILLED_UPGRADE = textwrap.dedent("""
     import os, signal, sys
-    from vpm import upgrade
-    from vpm.lance_catalog import LanceCatalogStore
-    from vpm.lance_vectors import LanceVectorIndex
-    from vpm.cli import main
+    from vpm.core import upgrade
+    from vpm.backends.lance_catalog import LanceCatalogStore
+    from vpm.backends.lance_vectors import LanceVectorIndex
+    from vpm.faces.cli import main
 
     def die(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -165,7 +166,7 @@ def child_env() -> dict[str, str]:
 def test_a_first_start_killed_during_the_upgrade_is_finished_by_the_next(settings, legacy, tmp_path, step):
     """On a local folder and on a bucket (moto's HTTP server): whatever step the kill lands on, the next start
     upgrades what is left, and every product and vector is then in the tables once; the old files are untouched."""
-    from vpm.storage import make_storage
+    from vpm.core.storage import make_storage
 
     killed = subprocess.run([sys.executable, "-c", KILLED_UPGRADE.format(step=step)], cwd=tmp_path, env=child_env(),
                             capture_output=True, text=True, timeout=300, check=False)
@@ -193,7 +194,7 @@ def test_a_first_start_killed_during_the_upgrade_is_finished_by_the_next(setting
 
 
 def test_a_corrupt_products_json_is_reported_and_left_untouched(settings, legacy):
-    from vpm.storage import make_storage
+    from vpm.core.storage import make_storage
 
     storage = make_storage(settings)
     storage.put("metadata/products.json", b'{"products": [ broken')
@@ -204,7 +205,7 @@ def test_a_corrupt_products_json_is_reported_and_left_untouched(settings, legacy
 
 
 def test_a_stored_infinite_price_upgrades_as_no_price(settings, legacy, caplog):
-    from vpm.storage import make_storage
+    from vpm.core.storage import make_storage
 
     storage = make_storage(settings)
     document = json.loads(legacy["metadata/products.json"])
@@ -224,6 +225,6 @@ def test_the_seed_format_is_exported_and_imports_again(settings, legacy, tmp_pat
     first = next(p for p in document["products"] if p["id"] == "red-mug")
     assert first["image_key"] == "images/red-mug.png" and first["image_sha256"]
     assert first["photos"][0]["key"] == "images/red-mug.png"
-    from vpm.legacy import parse_products_json
+    from vpm.core.legacy import parse_products_json
 
     assert sorted(p.id for p in parse_products_json(out.read_bytes(), "export")) == sorted(IDS)

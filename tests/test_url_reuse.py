@@ -6,8 +6,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from vpm.s3_storage import S3Storage
-from vpm.url_reuse import ReusedUrls
+from vpm.backends.s3_storage import S3Storage
+from vpm.backends.url_reuse import ReusedUrls
 
 
 class Clock:

@@ -18,8 +18,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 from PIL import Image
 
-from vpm import urlfetch
-from vpm.urlfetch import FetchedImage, URLFetchError, URLRefused, fetch_image_bytes
+from vpm.core import urlfetch
+from vpm.core.urlfetch import FetchedImage, URLFetchError, URLRefused, fetch_image_bytes
 
 PUBLIC_IP = "93.184.216.34"  # a public address; nothing ever connects to it in these tests
 

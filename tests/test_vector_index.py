@@ -11,9 +11,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from vpm import lance_vectors
-from vpm.lance_vectors import LanceVectorIndex
-from vpm.vector_index import PhotoVector
+from vpm.backends import lance_vectors
+from vpm.backends.lance_vectors import LanceVectorIndex
+from vpm.core.vector_index import PhotoVector
 
 DIM = 16
 

@@ -1,4 +1,4 @@
-"""Verification only where it can change the answer (vpm/ranking.py `verification_needed`): a clear winner keeps its
+"""Verification only where it can change the answer (vpm/core/ranking.py `verification_needed`): a clear winner keeps its
 place without any keypoints, close candidates are verified and re-ordered, and either way the list is in the order
 of the score it shows. Pure ranking on real keypoints of synthetic packs; no catalog, no model."""
 
@@ -9,10 +9,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from vpm import ranking, rerank, scoring
-from vpm.catalog import Photo, Product
-from vpm.presentation import score_percent
-from vpm.results import Match
+from vpm.core import ranking, rerank, scoring
+from vpm.core.catalog import Photo, Product
+from vpm.core.presentation import score_percent
+from vpm.core.results import Match
 
 from synthetic import shopper_view, textured
 

@@ -1,8 +1,8 @@
-"""One composition root (vpm/wiring.py): storage, the engine's stores and the model loader are built there from the
+"""One composition root (vpm/core/wiring.py): storage, the engine's stores and the model loader are built there from the
 settings and handed to the facade; every face, the migration and the cluster path get their Matcher from it.
 
 The scans below read every product module (vpm/, pages/, streamlit_app.py, tools/); tests and benches may build a
-Matcher themselves (`Matcher(settings)` gets its parts from vpm.wiring too). What still breaks the rule is listed
+Matcher themselves (`Matcher(settings)` gets its parts from vpm.core.wiring too). What still breaks the rule is listed
 in the KNOWN sets: they may only shrink, so a new violation fails, and so does a listed one that is gone.
 """
 
@@ -16,19 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from vpm import engine, lance_engine, wiring
-from vpm.catalog import Page, Product
-from vpm.config import load_settings
-from vpm.matcher import Matcher
-from vpm.storage import make_storage
+from vpm.backends import engine, lance_engine
+from vpm.core import wiring
+from vpm.core.catalog import Page, Product
+from vpm.core.config import load_settings
+from vpm.core.matcher import Matcher
+from vpm.core.storage import make_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 # The modules allowed to build the engine's stores: the root, the engine's own module and the tables themselves.
-ENGINE_MODULES = re.compile(r"^vpm/(wiring|lance_\w+)\.py$")
+ENGINE_MODULES = re.compile(r"^vpm/(core/wiring|backends/lance_\w+)\.py$")
 LANCE_STORE = re.compile(r"^Lance\w*(Store|Index)$")
 
-# (module, what it builds or imports): to go through vpm.wiring (issue 25). Only ever shrinks.
-KNOWN_MATCHERS: set[str] = set()  # every product module builds its matcher through vpm.wiring
+# (module, what it builds or imports): to go through vpm.core.wiring (issue 25). Only ever shrinks.
+KNOWN_MATCHERS: set[str] = set()  # every product module builds its matcher through vpm.core.wiring
 KNOWN_STORE_IMPORTS: set[tuple[str, str]] = set()  # the migration, comparisons and Ray workers too
 
 
@@ -66,17 +67,17 @@ def lance_store_imports(path: Path) -> set[str]:
 
 def test_the_scans_see_a_matcher_built_and_a_store_imported(tmp_path):
     module = tmp_path / "face.py"
-    module.write_text("def page():\n    from vpm.lance_vectors import LanceVectorIndex\n"
-                      "    from vpm import matcher\n    return matcher.Matcher(settings)\n")
+    module.write_text("def page():\n    from vpm.backends.lance_vectors import LanceVectorIndex\n"
+                      "    from vpm.core import matcher\n    return matcher.Matcher(settings)\n")
 
     assert builds_a_matcher(module)
     assert lance_store_imports(module) == {"LanceVectorIndex"}
 
 
 def test_only_wiring_builds_a_matcher():
-    found = {_name(path) for path in product_modules() if builds_a_matcher(path)} - {"vpm/wiring.py"}
+    found = {_name(path) for path in product_modules() if builds_a_matcher(path)} - {"vpm/core/wiring.py"}
 
-    assert not found - KNOWN_MATCHERS, f"build the Matcher with vpm.wiring.build_matcher in {sorted(found - KNOWN_MATCHERS)}"
+    assert not found - KNOWN_MATCHERS, f"build the Matcher with vpm.core.wiring.build_matcher in {sorted(found - KNOWN_MATCHERS)}"
     assert not KNOWN_MATCHERS - found, f"no longer builds one, take it off KNOWN_MATCHERS: {KNOWN_MATCHERS - found}"
 
 
@@ -85,14 +86,14 @@ def test_only_the_engine_imports_its_store_classes():
              for name in lance_store_imports(path)}
 
     new = sorted(found - KNOWN_STORE_IMPORTS)
-    assert not new, "get the stores from vpm.wiring (the facade's parts) instead: " + ", ".join(map(str, new))
+    assert not new, "get the stores from vpm.core.wiring (the facade's parts) instead: " + ", ".join(map(str, new))
     gone = sorted(KNOWN_STORE_IMPORTS - found)
     assert not gone, "no longer imported, take it off KNOWN_STORE_IMPORTS: " + ", ".join(map(str, gone))
 
 
 def test_the_facade_imports_no_store_implementation():
-    assert not lance_store_imports(ROOT / "vpm" / "matcher.py")
-    assert "lance_engine" not in (ROOT / "vpm" / "matcher.py").read_text(encoding="utf-8")
+    assert not lance_store_imports(ROOT / "vpm" / "core" / "matcher.py")
+    assert "lance_engine" not in (ROOT / "vpm" / "core" / "matcher.py").read_text(encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------ the root
@@ -188,7 +189,7 @@ def test_building_a_matcher_reads_nothing_and_loads_no_model(local_settings):
 def test_a_ray_worker_reads_the_table_the_driver_made_through_wiring(local_settings, monkeypatch):
     """cluster_work's catalog comes from wiring, known to be there (a worker never creates the table), one handle per
     worker process; asked on a thread with a deadline, so a lock taken twice fails here instead of hanging a job."""
-    from vpm import cluster_work
+    from vpm.backends import cluster_work
 
     monkeypatch.setattr(cluster_work, "_cache", {})
     wiring.build_matcher(local_settings).catalog.count()  # the driver makes the table before the job starts

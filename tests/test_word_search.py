@@ -1,4 +1,4 @@
-"""Words search without a text model (vpm/word_search.py, vpm/word_index.py), on a catalog on local disk and on S3.
+"""Words search without a text model (vpm/core/word_search.py, vpm/core/word_index.py), on a catalog on local disk and on S3.
 
 The catalog is a real products table (and text table) in the parametrised backend; products carry the sample's
 kind of names, so what is asserted is what a person typing them would see.
@@ -11,12 +11,12 @@ import logging
 
 import pytest
 
-from vpm import word_index
-from vpm.catalog import Photo, Product
-from vpm.errors import InvalidRequest
-from vpm.lance_catalog import LanceCatalogStore
-from vpm.lance_text import LanceTextStore, PhotoText
-from vpm.word_search import CLIP_AND_WORDS, WORDS_ONLY, CatalogTooBigForWords, WordSearch, answered_by, fuse
+from vpm.backends.lance_catalog import LanceCatalogStore
+from vpm.backends.lance_text import LanceTextStore, PhotoText
+from vpm.core import word_index
+from vpm.core.catalog import Photo, Product
+from vpm.core.errors import InvalidRequest
+from vpm.core.word_search import CLIP_AND_WORDS, WORDS_ONLY, CatalogTooBigForWords, WordSearch, answered_by, fuse
 
 NAMES = {
     "oat-milk": ("Oatly Oat Milk", "dairy-alternatives", "Oat drink", "Oatly"),
@@ -157,14 +157,14 @@ def test_words_search_goes_on_without_package_text_it_cannot_read(catalog, caplo
         def table(self):
             raise OSError("the text table is damaged")
 
-    with caplog.at_level(logging.WARNING, logger="vpm.word_search"):
+    with caplog.at_level(logging.WARNING, logger="vpm.core.word_search"):
         assert first(WordSearch(catalog, Broken()), "kiwi") == "kiwi"
     assert "package text" in caplog.text
 
 
 def test_words_search_over_a_matchers_catalog_and_package_text(settings, engine_location):
     """As the Matcher wires it: its catalog, and its text table once one exists (never created by a search)."""
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     matcher = Matcher(settings)
     matcher.catalog.add(sample_products())

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from vpm.word_search import CLIP_AND_WORDS, WORDS_ONLY
+from vpm.core.word_search import CLIP_AND_WORDS, WORDS_ONLY
 
 from conftest import make_product_photo
 
@@ -32,7 +32,7 @@ def stock(matcher) -> None:
 @pytest.fixture
 def offline_settings(settings, monkeypatch):
     """The parametrised backend with the built-in image model, which reads photos only (what runs offline)."""
-    from vpm.config import load_settings
+    from vpm.core.config import load_settings
 
     monkeypatch.setenv("VPM_MODEL", "efficientnet-lite0")
     monkeypatch.setenv("VPM_DEVICE", "cpu")
@@ -41,7 +41,7 @@ def offline_settings(settings, monkeypatch):
 
 @pytest.fixture
 def offline(offline_settings):
-    from vpm.matcher import Matcher
+    from vpm.core.matcher import Matcher
 
     matcher = Matcher(offline_settings)
     stock(matcher)
@@ -73,7 +73,7 @@ def test_offline_words_find_a_product_by_its_misspelled_name_and_say_where(offli
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_offline_words_respect_categories_leave_out_rejected_products_and_refuse_an_empty_query(offline):
-    from vpm.errors import InvalidRequest
+    from vpm.core.errors import InvalidRequest
 
     assert offline.search_text("juice", categories=["dairy"]).results == []
     mixed = offline.search_mixed(text="tropicana juice", not_ids=["apple-juice"])
@@ -159,7 +159,7 @@ def test_cli_text_with_clip_is_fused(fused, cli):
 def client_for(settings, matcher):
     from fastapi.testclient import TestClient
 
-    from vpm.api import create_app
+    from vpm.faces.api import create_app
 
     return TestClient(create_app(settings, matcher), raise_server_exceptions=False)
 

@@ -160,7 +160,7 @@ def build_tiny_clip(dest: Path, *, full: bool = False) -> Path:
 #
 # Tiny random checkpoints saved with `save_pretrained` in the layout of the real ones (`facebook/dinov2-small`;
 # `google/siglip2-base-patch16-224`, which ships as model_type siglip with a Gemma tokenizer), so `VPM_MODEL=<folder>`
-# loads them through exactly the code path a real one takes (vpm/hf_models.py). A few hundred KB each.
+# loads them through exactly the code path a real one takes (vpm/models/hf_models.py). A few hundred KB each.
 
 HF_SEED = 4321
 

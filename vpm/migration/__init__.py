@@ -27,19 +27,27 @@ from __future__ import annotations
 import sys
 import time
 
-from ..config import Settings
-from ..health import Check
-from ..storage import S3Storage, Storage
-from . import ledger
-from .checks import run_checks
-from .execute import content_type_for, execute_plan, verify
-from .files import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, PlanItem, Progress
-from .flow import InFlight
-from .merge import Merge, merge_products, same_product
-from .plan import NOT_COMPARED, NOT_RUNNABLE, MigrationPlan, ModelPlan, ProductsPlan, make_plan, plan_from_ledger
-from .report import FAILED, SKIPPED, UPLOADED, ItemResult, MigrationReport, ProductsResult, VectorsResult
-from .size import catalog_size, local_catalog_size
-from .target import MigrationError, Source, Target, half_set_keys, plan_fingerprint, require_bucket
+from vpm.core.config import Settings
+from vpm.core.health import Check
+from vpm.core.storage import S3Storage, Storage
+from vpm.migration import ledger
+from vpm.migration.checks import run_checks
+from vpm.migration.execute import content_type_for, execute_plan, verify
+from vpm.migration.files import CONFLICT, MISSING, OVERWRITE, SKIP, UPLOAD, PlanItem, Progress
+from vpm.migration.flow import InFlight
+from vpm.migration.merge import Merge, merge_products, same_product
+from vpm.migration.plan import (
+    NOT_COMPARED,
+    NOT_RUNNABLE,
+    MigrationPlan,
+    ModelPlan,
+    ProductsPlan,
+    make_plan,
+    plan_from_ledger,
+)
+from vpm.migration.report import FAILED, SKIPPED, UPLOADED, ItemResult, MigrationReport, ProductsResult, VectorsResult
+from vpm.migration.size import catalog_size, local_catalog_size
+from vpm.migration.target import MigrationError, Source, Target, half_set_keys, plan_fingerprint, require_bucket
 
 DEFAULT_WORKERS = 8  # uploads in flight at the start; without --workers the number then follows the bucket
 MAX_WORKERS = 32  # S3Storage's connection pool holds 32; more threads would only queue for a connection

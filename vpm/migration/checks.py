@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import uuid
 
-from ..catalog import CatalogError
-from ..config import Settings
-from ..health import Check
-from ..storage import BucketAccessDenied, BucketFacts, BucketNotFound, EndpointNotS3, ObjectNotFound, StorageError
-from .target import Source, Target, half_set_keys
-from .text import few
+from vpm.core.catalog import CatalogError
+from vpm.core.config import Settings
+from vpm.core.health import Check
+from vpm.core.storage import (
+    BucketAccessDenied,
+    BucketFacts,
+    BucketNotFound,
+    EndpointNotS3,
+    ObjectNotFound,
+    StorageError,
+)
+from vpm.migration.target import Source, Target, half_set_keys
+from vpm.migration.text import few
 
 
 def run_checks(settings: Settings, source: Source, target: Target) -> list[Check]:

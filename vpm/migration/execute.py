@@ -16,15 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 
-from ..catalog import CatalogError
-from ..engine import chunks
-from ..health import Check
-from ..storage import ObjectInfo, PreconditionFailed, StorageError
-from . import ledger
-from .files import (
+from vpm.backends.engine import chunks
+from vpm.core.catalog import CatalogError
+from vpm.core.health import Check
+from vpm.core.storage import ObjectInfo, PreconditionFailed, StorageError
+from vpm.migration import ledger
+from vpm.migration.files import (
     CONFLICT as PLAN_CONFLICT,
 )
-from .files import (
+from vpm.migration.files import (
     MISSING,
     OVERWRITE,
     SKIP,
@@ -37,10 +37,10 @@ from .files import (
     remote_sha256,
     run_all,
 )
-from .flow import InFlight
-from .merge import merge_products
-from .plan import MigrationPlan
-from .report import (
+from vpm.migration.flow import InFlight
+from vpm.migration.merge import merge_products
+from vpm.migration.plan import MigrationPlan
+from vpm.migration.report import (
     CONFLICT,
     FAILED,
     SKIPPED,
@@ -50,8 +50,8 @@ from .report import (
     ProductsResult,
     VectorsResult,
 )
-from .target import Source, Target
-from .text import few
+from vpm.migration.target import Source, Target
+from vpm.migration.text import few
 
 _EXTRA_TYPES = {".heic": "image/heic", ".heif": "image/heif", ".webp": "image/webp", ".avif": "image/avif"}
 
@@ -263,7 +263,7 @@ def copy_vectors(plan: MigrationPlan, source: Source, target: Target, products: 
 def copy_model_vectors(model, entries, source: Source, target: Target) -> VectorsResult:
     if not entries:
         return VectorsResult(model.model_id, "unchanged", 0, 0)
-    from ..vector_index import PhotoVector  # numpy: only when there are vectors to copy
+    from vpm.core.vector_index import PhotoVector  # numpy: only when there are vectors to copy
 
     copied = 0
     try:

@@ -18,10 +18,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from ..catalog import Product
-from ..config import Settings
-from ..formats import sha256_hex
-from ..storage import MULTIPART_THRESHOLD, ObjectInfo, ObjectNotFound, Storage, StorageError, expected_etag
+from vpm.core.catalog import Product
+from vpm.core.config import Settings
+from vpm.core.formats import sha256_hex
+from vpm.core.storage import MULTIPART_THRESHOLD, ObjectInfo, ObjectNotFound, Storage, StorageError, expected_etag
 
 # progress(done_files, total_files, done_bytes, total_bytes)
 Progress = Callable[[int, int, int, int], None]

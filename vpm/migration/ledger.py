@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..health import Check
-from ..storage import LocalStorage, Storage, StorageError
+from vpm.core.health import Check
+from vpm.core.storage import LocalStorage, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _local_tables(root: Path, metadata_prefix: str) -> dict[str, list[int]]:
 
 
 def _bucket_listing(bucket: Storage, prefixes: list[str]) -> dict[str, Any]:
-    from .files import list_folders  # the folders listed at once, not one round trip after another
+    from vpm.migration.files import list_folders  # the folders listed at once, not one round trip after another
 
     return {key: [info.size, info.etag] for key, info in list_folders(bucket, prefixes).items()}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..catalog import Product
+from vpm.core.catalog import Product
 
 # Fields that say how often a row was edited, not what the product is.
 _BOOKKEEPING = {"revision", "updated_at"}

@@ -19,13 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..catalog import Product
-from ..config import Settings
-from ..costs import Estimate, Traffic, estimate
-from ..engine import chunks  # products or vectors per engine request: bounded IN lists
-from ..storage import StorageError
-from . import ledger as ledger_module
-from .files import (
+from vpm.backends.engine import chunks  # products or vectors per engine request: bounded IN lists
+from vpm.core.catalog import Product
+from vpm.core.config import Settings
+from vpm.core.costs import Estimate, Traffic, estimate
+from vpm.core.storage import StorageError
+from vpm.migration import ledger as ledger_module
+from vpm.migration.files import (
     ACTIONS,
     CONFLICT,
     MISSING,
@@ -38,11 +38,11 @@ from .files import (
     decide_files,
     list_folders,
 )
-from .merge import merge_products
-from .report import plan_cost_line, plan_text, plan_vectors_line
-from .size import catalog_size
-from .target import MigrationError, Source, Target, half_set_keys, plan_fingerprint
-from .text import few
+from vpm.migration.merge import merge_products
+from vpm.migration.report import plan_cost_line, plan_text, plan_vectors_line
+from vpm.migration.size import catalog_size
+from vpm.migration.target import MigrationError, Source, Target, half_set_keys, plan_fingerprint
+from vpm.migration.text import few
 
 
 @dataclass(frozen=True)
@@ -315,7 +315,7 @@ class BucketProducts:
         if target is not None and target.has_old_catalog():
             key = target.settings.s3_metadata_key
             raw = target.storage.get(key)
-            from ..legacy import parse_products_json  # numpy: only a bucket with a first-release catalog
+            from vpm.core.legacy import parse_products_json  # numpy: only a bucket with a first-release catalog
 
             self.old = {p.id: p for p in parse_products_json(raw, f"{key} in {target.description}")}
 

@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..costs import format_usd
-from ..health import Check, overall
-from ..presentation import format_bytes
-from .files import ACTIONS, SKIP, UPLOAD
+from vpm.core.costs import format_usd
+from vpm.core.health import Check, overall
+from vpm.core.presentation import format_bytes
+from vpm.migration.files import ACTIONS, SKIP, UPLOAD
 
 # What happened to one file.
 UPLOADED, SKIPPED, CONFLICT, FAILED = "uploaded", "skipped", "conflict", "failed"

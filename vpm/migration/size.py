@@ -3,10 +3,10 @@ Migration page, so the numbers a person sees before and after a preview are the 
 
 from __future__ import annotations
 
-from ..config import Settings
-from ..costs import CatalogSize
-from ..storage import Storage
-from .target import source_storage
+from vpm.core.config import Settings
+from vpm.core.costs import CatalogSize
+from vpm.core.storage import Storage
+from vpm.migration.target import source_storage
 
 
 def catalog_size(storage: Storage, settings: Settings) -> CatalogSize:

@@ -13,17 +13,18 @@ import json
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from .. import config, engine
-from ..config import Settings
-from ..errors import VpmError
-from ..storage import S3Storage, Storage, StorageError, make_storage, send_small_puts_at_once
-from .flow import Throttles
+from vpm.backends import engine
+from vpm.core import config
+from vpm.core.config import Settings
+from vpm.core.errors import VpmError
+from vpm.core.storage import S3Storage, Storage, StorageError, make_storage, send_small_puts_at_once
+from vpm.migration.flow import Throttles
 
 if TYPE_CHECKING:  # the tables' modules import pyarrow and numpy: a re-run decided from listings needs neither
-    from ..catalog import CatalogStore
-    from ..matcher import Matcher
-    from ..stores import Stores
-    from ..vector_index import VectorIndex
+    from vpm.core.catalog import CatalogStore
+    from vpm.core.matcher import Matcher
+    from vpm.core.stores import Stores
+    from vpm.core.vector_index import VectorIndex
 
 PRODUCTS_TABLE = "products"
 
@@ -93,7 +94,7 @@ class Source:
 
     @cached_property
     def matcher(self) -> Matcher:
-        from ..wiring import build_matcher
+        from vpm.core.wiring import build_matcher
 
         return build_matcher(self._settings, storage=self.storage)
 
@@ -108,7 +109,7 @@ class Source:
     def model_ids(self) -> list[str]:
         if not self.exists():
             return []
-        from ..lance_vectors import existing_model_ids
+        from vpm.backends.lance_vectors import existing_model_ids
 
         self.matcher.catalog.count()  # opening the catalog upgrades an old one, with its vectors
         return existing_model_ids(self.matcher.where)
@@ -136,17 +137,17 @@ class Target:
 
     def has_old_catalog(self) -> bool:
         """A products.json of the first release that the app has not upgraded into tables yet."""
-        from ..upgrade import needs_upgrade
+        from vpm.core.upgrade import needs_upgrade
 
         return needs_upgrade(self.storage, self.settings.s3_metadata_key)
 
     def has_vectors_table(self, model_id: str) -> bool:
-        from ..lance_vectors import table_name
+        from vpm.backends.lance_vectors import table_name
 
         return table_exists(self.storage, self.where, table_name(model_id))
 
     def model_ids(self) -> list[str]:
-        from ..lance_vectors import TABLE_PREFIX, existing_model_ids
+        from vpm.backends.lance_vectors import TABLE_PREFIX, existing_model_ids
 
         if not self.storage.list(f"{self.where.prefix}{TABLE_PREFIX}", page_size=1).objects:
             return []  # no vector table: no need to open a connection at all
@@ -155,7 +156,7 @@ class Target:
     def _tables(self) -> Stores:
         """The bucket's tables through the composition root, known to be there (planning and verifying only
         read): one that does not open is refused as unreadable, as the app refuses it."""
-        from ..wiring import stores_for
+        from vpm.core.wiring import stores_for
 
         return stores_for(self.settings, self.storage, known=True)
 
@@ -169,7 +170,7 @@ class Target:
     def catalog_for_writing(self) -> CatalogStore:
         """The products table, created if need be, after the app's own upgrade of an old products.json: the
         bucket's products are then compared with ours before anything of ours is written."""
-        from ..wiring import build_matcher
+        from vpm.core.wiring import build_matcher
 
         bucket = build_matcher(self.settings, storage=self.storage)
         return bucket.catalog
