@@ -374,7 +374,7 @@ def index_reached(pattern: re.Pattern, photos: int):
 
 KILLED_INDEX = textwrap.dedent("""
     import os, signal, sys
-    from vpm import {module} as module
+    from vpm.backends import {module} as module
     from vpm.faces.cli import main
 
     upsert = module.{store}.upsert
