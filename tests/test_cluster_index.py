@@ -27,7 +27,7 @@ ROWS = 12_000  # 12 IVF partitions at lance_vectors.ANN_PARTITION_ROWS
 WRITE_BATCH = 1_000  # one fragment a write: 12 fragments to share out
 QUERIES = 100
 K = 10
-RECALL_TOLERANCE = 0.04  # the builds' k-means start apart: their recall differed by 0.014 at most in repeated runs
+RECALL_TOLERANCE = 0.1  # at 1 probe the two builds' k-means starts alone moved recall by up to 0.048 (0.364 vs 0.412 in CI); a lost share costs far more
 
 
 def synthetic():
